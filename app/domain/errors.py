@@ -1,0 +1,50 @@
+"""Domain errors: raised by the store and the domain rules, mapped to HTTP by the API."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base class; `message` is safe to show to an API client."""
+
+    def __init__(self, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class NotFound(DomainError):
+    pass
+
+
+class AlreadyExists(DomainError):
+    pass
+
+
+class VersionConflict(DomainError):
+    """`expected_version` did not match, or a concurrent writer took the version first."""
+
+    def __init__(self, agent_id: str, expected: int | None, actual: int | None) -> None:
+        super().__init__(
+            f"agent {agent_id!r} is at version {actual}, not {expected}",
+            agent_id=agent_id,
+            expected_version=expected,
+            current_version=actual,
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class InUse(DomainError):
+    """A delete would leave a dangling reference (e.g. a route pointing at the agent)."""
+
+
+class InvalidInput(DomainError):
+    """A write that is well-formed but breaks a rule spanning several records (API: 422)."""
+
+
+class InvalidReference(InvalidInput):
+    """A write names something that does not exist (e.g. a route to an unknown agent)."""
+
+
+class StoreUnavailable(DomainError):
+    """The backing database cannot be reached; callers degrade instead of failing."""

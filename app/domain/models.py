@@ -1,0 +1,339 @@
+"""The domain model: the one definition the API, the stores and the factory all use.
+
+Every rule about what a valid configuration is lives here, once, as pydantic
+validation. The API validates request bodies with these classes, the stores
+serialise them (the SQL rows and Mongo documents are envelopes around their JSON),
+and the factory builds agents from them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+import jsonschema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    StringConstraints,
+    model_validator,
+)
+
+SLUG_RE = r"^[a-z0-9][a-z0-9-]{1,62}$"
+PURPOSE_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+TOOL_NAME_RE = r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$"
+VAR_NAME_RE = r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$"
+
+MAX_INSTRUCTIONS_BYTES = 32 * 1024
+MAX_SCHEMA_BYTES = 64 * 1024
+MAX_TOOLS = 32
+MAX_VARIABLE_VALUE_CHARS = 1024
+MAX_VARIABLES_BYTES = 8 * 1024
+
+AgentId = Annotated[str, StringConstraints(pattern=SLUG_RE)]
+Purpose = Annotated[str, StringConstraints(pattern=PURPOSE_RE)]
+ToolName = Annotated[str, StringConstraints(pattern=TOOL_NAME_RE)]
+
+BUILTIN_TOOL_NAMES = ("end_session", "transfer")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Model(BaseModel):
+    """Unknown fields are errors: a typo in a config must not be silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+def _json_size(value: object) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def template_fields(template: str) -> set[str]:
+    """Names of the `{placeholders}` in a template; raises ValueError on bad syntax.
+
+    Only bare names are allowed: no attribute access, indexing, conversions or format
+    specs, because variable values are untrusted and rendering must not execute them.
+    """
+    names: set[str] = set()
+    for _, field, spec, conv in string.Formatter().parse(template):
+        if field is None:
+            continue
+        if not re.fullmatch(VAR_NAME_RE, field) or spec or conv:
+            raise ValueError(
+                f"placeholder {{{field}{'!' + conv if conv else ''}{':' + spec if spec else ''}}} "
+                "is not a plain {name}; write literal braces as {{ and }}"
+            )
+        names.add(field)
+    return names
+
+
+# ---------------------------------------------------------------------------- prompts
+
+
+class VariableSpec(_Model):
+    description: str = Field("", max_length=500)
+    default: str | None = Field(None, max_length=MAX_VARIABLE_VALUE_CHARS)
+    required: bool = False
+
+
+class PromptConfig(_Model):
+    instructions: str = Field(min_length=1, description="System prompt template; {name} placeholders.")
+    greeting: str | None = Field(None, max_length=2000, description="First utterance, optional.")
+    variables: dict[
+        Annotated[str, StringConstraints(pattern=VAR_NAME_RE)], VariableSpec
+    ] = Field(default_factory=dict, max_length=64)
+
+    @model_validator(mode="after")
+    def _check_templates(self) -> PromptConfig:
+        if len(self.instructions.encode()) > MAX_INSTRUCTIONS_BYTES:
+            raise ValueError(f"instructions exceed {MAX_INSTRUCTIONS_BYTES} bytes")
+        for label, text in (("instructions", self.instructions), ("greeting", self.greeting)):
+            if text is None:
+                continue
+            try:
+                used = template_fields(text)
+            except ValueError as e:
+                raise ValueError(f"{label}: {e}") from None
+            unknown = sorted(used - set(self.variables))
+            if unknown:
+                raise ValueError(
+                    f"{label} uses undeclared variable(s) {', '.join(unknown)}; "
+                    "declare them under prompt_config.variables"
+                )
+        return self
+
+
+# ----------------------------------------------------------------------- json schema
+
+
+def check_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON Schema (draft 2020-12) describing an object; checked at write time."""
+    if _json_size(schema) > MAX_SCHEMA_BYTES:
+        raise ValueError(f"schema exceeds {MAX_SCHEMA_BYTES} bytes")
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        raise ValueError(f"invalid JSON Schema at {where}: {e.message}") from None
+    if schema.get("type") != "object":
+        raise ValueError('schema must have "type": "object"')
+    props = schema.get("properties", {})
+    for name in props:
+        if not re.fullmatch(TOOL_NAME_RE, name):
+            raise ValueError(f"property name {name!r} must match {TOOL_NAME_RE}")
+    for name in schema.get("required", []):
+        if name not in props:
+            raise ValueError(f"required field {name!r} is not in properties")
+    return schema
+
+
+JsonSchemaObject = Annotated[dict[str, Any], AfterValidator(check_json_schema)]
+"""`schema_config`: the JSON Schema of the data an agent collects."""
+
+
+def empty_schema() -> dict[str, Any]:
+    return {"type": "object", "properties": {}}
+
+
+# ------------------------------------------------------------------------- providers
+
+
+class LLMConfig(_Model):
+    provider: Literal["openai"] = "openai"
+    model: str | None = Field(None, max_length=200, description="None: the server default.")
+    base_url: HttpUrl | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1, le=32768)
+
+
+class STTConfig(_Model):
+    provider: Literal["openai"] = "openai"
+    model: str | None = Field(None, max_length=200)
+    language: str = Field("en", max_length=16)
+    base_url: HttpUrl | None = None
+
+
+class TTSConfig(_Model):
+    provider: Literal["openai"] = "openai"
+    model: str | None = Field(None, max_length=200)
+    voice: str | None = Field(None, max_length=100)
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    instructions: str | None = Field(None, max_length=2000)
+    base_url: HttpUrl | None = None
+
+
+class VADConfig(_Model):
+    provider: Literal["silero"] = "silero"
+    min_speech_duration: float = Field(0.05, ge=0, le=5)
+    min_silence_duration: float = Field(0.55, ge=0, le=10)
+    activation_threshold: float = Field(0.5, gt=0, lt=1)
+
+
+# ----------------------------------------------------------------------------- tools
+
+
+class HttpTool(_Model):
+    type: Literal["http"] = "http"
+    name: ToolName
+    description: str = Field(min_length=1, max_length=2000)
+    parameters: JsonSchemaObject = Field(default_factory=empty_schema)
+    url: HttpUrl
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    headers: dict[str, str] = Field(default_factory=dict, max_length=32)
+    timeout_s: float = Field(5.0, gt=0, le=30)
+
+
+class BuiltinTool(_Model):
+    type: Literal["builtin"] = "builtin"
+    name: Literal["end_session", "transfer"]
+
+
+ToolSpec = Annotated[HttpTool | BuiltinTool, Field(discriminator="type")]
+
+
+# ---------------------------------------------------------------------- agent config
+
+
+class AgentConfigInput(_Model):
+    """What a client writes: everything but the server-assigned version and times."""
+
+    agent_id: AgentId
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field("", max_length=2000)
+    enabled: bool = True
+    prompt_config: PromptConfig
+    schema_config: JsonSchemaObject = Field(default_factory=empty_schema)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    stt: STTConfig = Field(default_factory=STTConfig)
+    tts: TTSConfig = Field(default_factory=TTSConfig)
+    vad: VADConfig = Field(default_factory=VADConfig)
+    tools: list[ToolSpec] = Field(default_factory=list, max_length=MAX_TOOLS)
+    handoffs: list[AgentId] = Field(default_factory=list, max_length=MAX_TOOLS)
+
+    @model_validator(mode="after")
+    def _check_tools(self) -> AgentConfigInput:
+        names = [t.name for t in self.tools]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate tool name(s): {', '.join(dupes)}")
+        reserved = {f"record_{p}" for p in self.schema_config.get("properties", {})}
+        reserved |= {"record_data"}
+        clash = sorted(
+            n for n in names if n in reserved or (n in BUILTIN_TOOL_NAMES and not _is_builtin(self, n))
+        )
+        if clash:
+            raise ValueError(f"tool name(s) {', '.join(clash)} are reserved")
+        if self.agent_id in self.handoffs:
+            raise ValueError("an agent cannot hand off to itself")
+        if len(set(self.handoffs)) != len(self.handoffs):
+            raise ValueError("handoffs lists an agent twice")
+        if "transfer" in names and not self.handoffs:
+            raise ValueError("the transfer tool needs at least one agent id in handoffs")
+        return self
+
+
+def _is_builtin(cfg: AgentConfigInput, name: str) -> bool:
+    return any(isinstance(t, BuiltinTool) and t.name == name for t in cfg.tools)
+
+
+class AgentConfig(AgentConfigInput):
+    """One immutable version of an agent's configuration."""
+
+    version: int = Field(ge=1)
+    created_at: datetime
+    updated_at: datetime
+
+    def input(self) -> AgentConfigInput:
+        return AgentConfigInput.model_validate(
+            self.model_dump(exclude={"version", "created_at", "updated_at"})
+        )
+
+
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch; returns a new value, never mutates its inputs."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = apply_merge_patch(result.get(key), value)
+    return result
+
+
+def patched_input(current: AgentConfig, patch: dict[str, Any]) -> AgentConfigInput:
+    """The new input after a merge patch; the id is immutable."""
+    if "agent_id" in patch and patch["agent_id"] != current.agent_id:
+        raise ValueError("agent_id cannot be changed")
+    doc = apply_merge_patch(current.input().model_dump(mode="json"), patch)
+    return AgentConfigInput.model_validate(doc)
+
+
+# ---------------------------------------------------------------------------- routes
+
+
+class RouteInput(_Model):
+    agent_id: AgentId
+    is_default: bool = False
+
+
+class Route(RouteInput):
+    purpose: Purpose
+    updated_at: datetime | None = None
+
+
+# -------------------------------------------------------------------------- sessions
+
+
+class SessionStatus(str, Enum):
+    active = "active"
+    completed = "completed"
+    failed = "failed"
+    abandoned = "abandoned"
+
+
+class Turn(BaseModel):
+    seq: int = Field(ge=0)
+    role: Literal["user", "assistant", "system", "tool"]
+    text: str
+    at: datetime = Field(default_factory=utcnow)
+    agent_id: str | None = None
+
+
+class Handoff(BaseModel):
+    from_agent: str
+    to_agent: str
+    at: datetime = Field(default_factory=utcnow)
+    reason: str | None = None
+
+
+class SessionRecord(BaseModel):
+    session_id: str
+    room: str
+    agent_id: str
+    config_version: int | None = None
+    user_id: str | None = None
+    status: SessionStatus = SessionStatus.active
+    started_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+    route_reason: str | None = None
+    degraded: str | None = Field(
+        None, description="Set when the session started without a fresh config (store outage)."
+    )
+    turns: list[Turn] = Field(default_factory=list)
+    collected: dict[str, Any] = Field(default_factory=dict)
+    handoffs: list[Handoff] = Field(default_factory=list)
+    error: str | None = None
+    metrics: list[dict[str, Any]] = Field(default_factory=list)

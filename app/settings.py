@@ -1,0 +1,101 @@
+"""Process settings, read once from the environment (and `.env` / `.env.local`).
+
+One `Settings` object is built at start-up and passed down explicitly; nothing else
+reads `os.environ`, so tests can build the whole app from a literal `Settings(...)`.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/app.db"
+
+
+class AgentMode(str, Enum):
+    dynamic = "dynamic"
+    pte = "pte"
+
+
+class ExecutorType(str, Enum):
+    thread = "thread"
+    process = "process"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=(".env", ".env.local"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        description="SQLAlchemy async URL (sqlite+aiosqlite, postgresql+asyncpg) or mongodb:// URL.",
+    )
+    admin_api_key: SecretStr | None = Field(None, description="Bearer key for the admin API.")
+    token_api_key: SecretStr | None = Field(
+        None, description="Optional separate bearer key for POST /api/v1/token."
+    )
+    livekit_url: str | None = Field(None, description="wss:// URL of LiveKit Cloud or server.")
+    livekit_api_key: SecretStr | None = None
+    livekit_api_secret: SecretStr | None = None
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = Field(
+        None, description="Any OpenAI-compatible endpoint (Ollama, vLLM, a local fake)."
+    )
+    agent_mode: AgentMode = AgentMode.dynamic
+    agent_name: str = Field(
+        "voice-platform", description="Name the worker registers with; tokens dispatch to it."
+    )
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "text", "json"] = "auto"
+    executor_type: ExecutorType = ExecutorType.thread
+    drain_timeout: float = Field(
+        240.0, gt=0, le=290, description="Seconds active sessions may run on after SIGTERM."
+    )
+    default_llm_model: str = "gpt-4.1-mini"
+    default_stt_model: str = "gpt-4o-mini-transcribe"
+    default_tts_model: str = "gpt-4o-mini-tts"
+    default_tts_voice: str = "alloy"
+    token_ttl_s: int = Field(3600, ge=60, le=86400)
+    token_rate_per_minute: int = Field(30, ge=1)
+    cache_poll_interval: float = Field(0.5, gt=0, le=5.0)
+    max_body_bytes: int = 1024 * 1024
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("admin_api_key", "token_api_key", "openai_api_key", mode="before")
+    @classmethod
+    def _blank_is_none(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @property
+    def is_mongo(self) -> bool:
+        return self.database_url.startswith(("mongodb://", "mongodb+srv://"))
+
+    def missing_for_production(self) -> list[str]:
+        """Settings `start` refuses to run without, one name per missing item."""
+        missing: list[str] = []
+        if self.admin_api_key is None:
+            missing.append("ADMIN_API_KEY")
+        if not self.livekit_url:
+            missing.append("LIVEKIT_URL")
+        if self.livekit_api_key is None:
+            missing.append("LIVEKIT_API_KEY")
+        if self.livekit_api_secret is None:
+            missing.append("LIVEKIT_API_SECRET")
+        if "database_url" not in self.model_fields_set:
+            # The dev default (./data/app.db) is no place for production data: make the
+            # operator say where it lives (the image sets /data, fly mounts a volume there).
+            missing.append("DATABASE_URL")
+        return missing

@@ -1,0 +1,570 @@
+"""`ConfigStore` on SQLModel/SQLAlchemy async: SQLite (aiosqlite) by default, any async URL.
+
+Concurrency model. Agent writes conflict through a conditional update of the agent's
+head row (`... WHERE current_version = :seen`) plus a unique (agent_id, version)
+index, so a lost race is a `VersionConflict`, never a lost update. On SQLite, write
+transactions start with `BEGIN IMMEDIATE` (take the write lock up front, wait on
+`busy_timeout`) so two processes sharing the file queue instead of failing with
+SQLITE_BUSY half-way; inside one process an asyncio lock serialises writers cheaply.
+WAL mode lets readers (the API, the worker's cache poll) run beside a writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from app.domain import (
+    AgentConfig,
+    AgentConfigInput,
+    AlreadyExists,
+    Handoff,
+    InUse,
+    InvalidInput,
+    InvalidReference,
+    NotFound,
+    Route,
+    SessionRecord,
+    SessionStatus,
+    StoreUnavailable,
+    Turn,
+    VersionConflict,
+    patched_input,
+)
+from app.domain.models import utcnow
+from app.store.base import ChangeListener
+from app.store.sql_tables import (
+    SCHEMA_VERSION,
+    heads_t,
+    meta_t,
+    metadata,
+    routes_t,
+    sessions_t,
+    turns_t,
+    versions_t,
+)
+
+log = logging.getLogger("app.store.sql")
+
+_EPOCH = "config_epoch"
+_SCHEMA = "schema_version"
+_PARSED_CACHE_MAX = 4096
+
+
+def deep_merge(base: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge `new` into `base`: nested objects merge, anything else replaces."""
+    out = dict(base)
+    for k, v in new.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+class SQLStore:
+    """The SQL implementation of `app.store.base.ConfigStore`."""
+
+    def __init__(self, database_url: str, *, echo: bool = False) -> None:
+        self.url = database_url
+        self._echo = echo
+        self._sqlite = sa.engine.make_url(database_url).get_backend_name() == "sqlite"
+        self._engine: AsyncEngine | None = None
+        self._write_engine: AsyncEngine | None = None
+        self._write_lock = asyncio.Lock()
+        self._listeners: list[ChangeListener] = []
+        # Version rows are immutable, so a parsed config keyed by its row id never goes
+        # stale; re-validating stored JSON on every read would only burn CPU.
+        self._parsed: dict[int, AgentConfig] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._engine is not None:
+            return
+        if self._sqlite:
+            self._engine, self._write_engine = self._make_sqlite_engines()
+        else:
+            self._engine = create_async_engine(self.url, echo=self._echo, pool_pre_ping=True)
+            self._write_engine = self._engine
+        try:
+            async with self._write_engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+                for key in (_EPOCH, _SCHEMA):
+                    exists = await conn.scalar(sa.select(meta_t.c.value).where(meta_t.c.key == key))
+                    if exists is None:
+                        value = SCHEMA_VERSION if key == _SCHEMA else 0
+                        try:
+                            async with conn.begin_nested():
+                                await conn.execute(meta_t.insert().values(key=key, value=value))
+                        except IntegrityError:  # another process created it first
+                            pass
+        except DBAPIError as e:
+            await self.aclose()
+            raise StoreUnavailable(f"cannot open database: {type(e.orig).__name__}") from e
+
+    def _make_sqlite_engines(self) -> tuple[AsyncEngine, AsyncEngine]:
+        db = sa.engine.make_url(self.url).database
+        if db and db != ":memory:" and not db.startswith("file:"):
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+
+        def on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Let us issue BEGIN ourselves (pysqlite's implicit transactions would
+            # start a deferred one and upgrade it too late to wait on the lock).
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: durable across process crashes
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        def make(begin_sql: str) -> AsyncEngine:
+            eng = create_async_engine(self.url, echo=self._echo, connect_args={"timeout": 10})
+            event.listen(eng.sync_engine, "connect", on_connect)
+            event.listen(eng.sync_engine, "begin", lambda conn: conn.exec_driver_sql(begin_sql))
+            return eng
+
+        return make("BEGIN"), make("BEGIN IMMEDIATE")
+
+    async def aclose(self) -> None:
+        engines = {e for e in (self._engine, self._write_engine) if e is not None}
+        self._engine = self._write_engine = None
+        for eng in engines:
+            await eng.dispose()
+
+    async def ping(self) -> None:
+        async with self._read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    async def config_epoch(self) -> int:
+        async with self._read() as conn:
+            return int(await conn.scalar(sa.select(meta_t.c.value).where(meta_t.c.key == _EPOCH)) or 0)
+
+    # ----------------------------------------------------------------- plumbing
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        if self._engine is None:
+            raise StoreUnavailable("store is not started")
+        try:
+            async with self._engine.connect() as conn:
+                yield conn
+        except DBAPIError as e:
+            raise StoreUnavailable(f"database error: {type(e.orig).__name__}") from e
+        except OSError as e:
+            raise StoreUnavailable(f"database unreachable: {e.__class__.__name__}") from e
+
+    @asynccontextmanager
+    async def _tx(self, *, config_change: bool = False) -> AsyncIterator[AsyncConnection]:
+        """One atomic write transaction; bumps the config epoch and notifies listeners
+        (after commit) when it changes agents or routes."""
+        if self._write_engine is None:
+            raise StoreUnavailable("store is not started")
+        lock = self._write_lock if self._sqlite else _NULL_LOCK
+        async with lock:
+            try:
+                async with self._write_engine.begin() as conn:
+                    yield conn
+                    if config_change:
+                        await conn.execute(
+                            meta_t.update().where(meta_t.c.key == _EPOCH).values(value=meta_t.c.value + 1)
+                        )
+            except IntegrityError:
+                raise
+            except DBAPIError as e:
+                raise StoreUnavailable(f"database error: {type(e.orig).__name__}") from e
+            except OSError as e:
+                raise StoreUnavailable(f"database unreachable: {e.__class__.__name__}") from e
+        if config_change:
+            for listener in list(self._listeners):
+                try:
+                    listener()
+                except Exception:  # a broken listener must not fail a committed write
+                    log.exception("config change listener failed")
+
+    def _parse(self, row: Any) -> AgentConfig:
+        cfg = self._parsed.get(row.id)
+        if cfg is None:
+            cfg = AgentConfig.model_validate(row.data)
+            if len(self._parsed) >= _PARSED_CACHE_MAX:
+                self._parsed.pop(next(iter(self._parsed)))
+            self._parsed[row.id] = cfg
+        return cfg
+
+    def _for_update(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
+        return stmt if self._sqlite else stmt.with_for_update()
+
+    # ------------------------------------------------------------- agent configs
+
+    async def create_agent_config(self, data: AgentConfigInput) -> AgentConfig:
+        now = utcnow()
+        cfg = AgentConfig.model_validate(
+            {**data.model_dump(), "version": 1, "created_at": now, "updated_at": now}
+        )
+        try:
+            async with self._tx(config_change=True) as conn:
+                await conn.execute(
+                    heads_t.insert().values(
+                        agent_id=cfg.agent_id, current_version=1, enabled=cfg.enabled,
+                        created_at=now, updated_at=now,
+                    )
+                )
+                await conn.execute(self._version_insert(cfg))
+        except IntegrityError:
+            raise AlreadyExists(f"agent {cfg.agent_id!r} already exists", agent_id=cfg.agent_id) from None
+        return cfg
+
+    def _version_insert(self, cfg: AgentConfig) -> sa.Insert:
+        return versions_t.insert().values(
+            agent_id=cfg.agent_id, version=cfg.version,
+            data=cfg.model_dump(mode="json"), created_at=cfg.updated_at,
+        )
+
+    async def get_agent_config(self, agent_id: str, version: int | None = None) -> AgentConfig:
+        v = versions_t
+        if version is None:
+            stmt = (
+                sa.select(v.c.id, v.c.data)
+                .join(heads_t, sa.and_(heads_t.c.agent_id == v.c.agent_id,
+                                       heads_t.c.current_version == v.c.version))
+                .where(v.c.agent_id == agent_id)
+            )
+        else:
+            stmt = sa.select(v.c.id, v.c.data).where(v.c.agent_id == agent_id, v.c.version == version)
+        async with self._read() as conn:
+            row = (await conn.execute(stmt)).first()
+        if row is None:
+            what = f"agent {agent_id!r}" + (f" version {version}" if version is not None else "")
+            raise NotFound(f"{what} not found", agent_id=agent_id)
+        return self._parse(row)
+
+    async def list_agent_configs(
+        self, *, enabled: bool | None = None, offset: int = 0, limit: int = 50
+    ) -> tuple[list[AgentConfig], int]:
+        v, h = versions_t, heads_t
+        cond = [] if enabled is None else [h.c.enabled == enabled]
+        stmt = (
+            sa.select(v.c.id, v.c.data)
+            .join(h, sa.and_(h.c.agent_id == v.c.agent_id, h.c.current_version == v.c.version))
+            .where(*cond).order_by(h.c.agent_id).offset(offset).limit(limit)
+        )
+        async with self._read() as conn:
+            rows = (await conn.execute(stmt)).all()
+            total = await conn.scalar(sa.select(sa.func.count()).select_from(h).where(*cond))
+        return [self._parse(r) for r in rows], int(total or 0)
+
+    async def update_agent_config(
+        self,
+        agent_id: str,
+        patch: Mapping[str, Any] | AgentConfigInput,
+        expected_version: int | None = None,
+    ) -> AgentConfig:
+        async with self._tx(config_change=True) as conn:
+            head = (
+                await conn.execute(self._for_update(sa.select(heads_t).where(heads_t.c.agent_id == agent_id)))
+            ).first()
+            if head is None:
+                raise NotFound(f"agent {agent_id!r} not found", agent_id=agent_id)
+            seen = head.current_version
+            if expected_version is not None and expected_version != seen:
+                raise VersionConflict(agent_id, expected_version, seen)
+            row = (
+                await conn.execute(
+                    sa.select(versions_t.c.id, versions_t.c.data)
+                    .where(versions_t.c.agent_id == agent_id, versions_t.c.version == seen)
+                )
+            ).one()
+            current = self._parse(row)
+            if isinstance(patch, AgentConfigInput):
+                if patch.agent_id != agent_id:
+                    raise InvalidInput("agent_id cannot be changed", agent_id=agent_id)
+                new_input = patch
+            else:
+                new_input = patched_input(current, dict(patch))  # ValidationError → rolled back
+            now = utcnow()
+            new = AgentConfig.model_validate(
+                {**new_input.model_dump(), "version": seen + 1,
+                 "created_at": current.created_at, "updated_at": now}
+            )
+            res = await conn.execute(
+                heads_t.update()
+                .where(heads_t.c.agent_id == agent_id, heads_t.c.current_version == seen)
+                .values(current_version=seen + 1, enabled=new.enabled, updated_at=now)
+            )
+            if res.rowcount != 1:
+                raise VersionConflict(agent_id, expected_version if expected_version is not None else seen, None)
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(self._version_insert(new))
+            except IntegrityError:
+                raise VersionConflict(agent_id, seen, seen + 1) from None
+        return new
+
+    async def delete_agent_config(self, agent_id: str) -> None:
+        async with self._tx(config_change=True) as conn:
+            routes = (
+                await conn.execute(sa.select(routes_t.c.purpose).where(routes_t.c.agent_id == agent_id))
+            ).scalars().all()
+            if routes:
+                names = ", ".join(sorted(routes))
+                raise InUse(f"agent {agent_id!r} is used by route(s): {names}", routes=sorted(routes))
+            res = await conn.execute(heads_t.delete().where(heads_t.c.agent_id == agent_id))
+            if res.rowcount == 0:
+                raise NotFound(f"agent {agent_id!r} not found", agent_id=agent_id)
+            await conn.execute(versions_t.delete().where(versions_t.c.agent_id == agent_id))
+
+    async def list_versions(self, agent_id: str) -> list[AgentConfig]:
+        stmt = (
+            sa.select(versions_t.c.id, versions_t.c.data)
+            .where(versions_t.c.agent_id == agent_id).order_by(versions_t.c.version)
+        )
+        async with self._read() as conn:
+            rows = (await conn.execute(stmt)).all()
+        if not rows:
+            raise NotFound(f"agent {agent_id!r} not found", agent_id=agent_id)
+        return [self._parse(r) for r in rows]
+
+    async def rollback(
+        self, agent_id: str, version: int, expected_version: int | None = None
+    ) -> AgentConfig:
+        target = await self.get_agent_config(agent_id, version)
+        return await self.update_agent_config(agent_id, target.input(), expected_version)
+
+    # -------------------------------------------------------------------- routes
+
+    @staticmethod
+    def _route(row: Any) -> Route:
+        return Route(purpose=row.purpose, agent_id=row.agent_id,
+                     is_default=row.is_default, updated_at=row.updated_at)
+
+    async def list_routes(self) -> list[Route]:
+        async with self._read() as conn:
+            rows = (await conn.execute(sa.select(routes_t).order_by(routes_t.c.purpose))).all()
+        return [self._route(r) for r in rows]
+
+    async def get_route(self, purpose: str) -> Route:
+        async with self._read() as conn:
+            row = (await conn.execute(sa.select(routes_t).where(routes_t.c.purpose == purpose))).first()
+        if row is None:
+            raise NotFound(f"route {purpose!r} not found", purpose=purpose)
+        return self._route(row)
+
+    async def _check_agents_exist(self, conn: AsyncConnection, agent_ids: set[str]) -> None:
+        found = set(
+            (await conn.execute(sa.select(heads_t.c.agent_id).where(heads_t.c.agent_id.in_(agent_ids))))
+            .scalars().all()
+        )
+        missing = sorted(agent_ids - found)
+        if missing:
+            raise InvalidReference(f"no agent {', '.join(repr(m) for m in missing)}", agent_id=missing[0])
+
+    async def put_route(self, route: Route) -> Route:
+        now = utcnow()
+        stored = route.model_copy(update={"updated_at": now})
+        async with self._tx(config_change=True) as conn:
+            await self._check_agents_exist(conn, {route.agent_id})
+            if route.is_default:
+                await conn.execute(
+                    routes_t.update().where(routes_t.c.purpose != route.purpose).values(is_default=False)
+                )
+            values = dict(agent_id=route.agent_id, is_default=route.is_default, updated_at=now)
+            res = await conn.execute(routes_t.update().where(routes_t.c.purpose == route.purpose).values(**values))
+            if res.rowcount == 0:
+                await conn.execute(routes_t.insert().values(purpose=route.purpose, **values))
+        return stored
+
+    async def replace_routes(self, routes: list[Route]) -> list[Route]:
+        purposes = [r.purpose for r in routes]
+        if len(set(purposes)) != len(purposes):
+            raise InvalidInput("a purpose is listed twice")
+        if sum(r.is_default for r in routes) > 1:
+            raise InvalidInput("at most one route can be the default")
+        now = utcnow()
+        async with self._tx(config_change=True) as conn:
+            if routes:
+                await self._check_agents_exist(conn, {r.agent_id for r in routes})
+            await conn.execute(routes_t.delete())
+            if routes:
+                await conn.execute(
+                    routes_t.insert(),
+                    [dict(purpose=r.purpose, agent_id=r.agent_id, is_default=r.is_default, updated_at=now)
+                     for r in routes],
+                )
+        return [r.model_copy(update={"updated_at": now}) for r in sorted(routes, key=lambda r: r.purpose)]
+
+    async def delete_route(self, purpose: str) -> None:
+        async with self._tx(config_change=True) as conn:
+            res = await conn.execute(routes_t.delete().where(routes_t.c.purpose == purpose))
+            if res.rowcount == 0:
+                raise NotFound(f"route {purpose!r} not found", purpose=purpose)
+
+    # ------------------------------------------------------------------ sessions
+
+    async def start_session(self, record: SessionRecord) -> SessionRecord:
+        doc = record.model_dump(mode="python", exclude={"turns"})
+        doc["status"] = record.status.value
+        doc["handoffs"] = [h.model_dump(mode="json") for h in record.handoffs]
+        try:
+            async with self._tx() as conn:
+                await conn.execute(sessions_t.insert().values(**doc))
+                for turn in record.turns:
+                    await conn.execute(self._turn_insert(record.session_id, turn))
+        except IntegrityError:
+            raise AlreadyExists(f"session {record.session_id!r} already exists") from None
+        return record
+
+    def _turn_insert(self, session_id: str, turn: Turn) -> Any:
+        values = dict(session_id=session_id, seq=turn.seq, role=turn.role, text=turn.text,
+                      at=turn.at, agent_id=turn.agent_id)
+        dialect = "sqlite" if self._sqlite else self._write_engine.dialect.name  # type: ignore[union-attr]
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:  # pragma: no cover - other backends: plain insert, duplicates surface as IntegrityError
+            return turns_t.insert().values(**values)
+        return insert(turns_t).values(**values).on_conflict_do_nothing(index_elements=["session_id", "seq"])
+
+    async def _session_row(self, conn: AsyncConnection, session_id: str, *cols: Any) -> Any:
+        stmt = sa.select(*(cols or (sessions_t.c.session_id,))).where(sessions_t.c.session_id == session_id)
+        row = (await conn.execute(self._for_update(stmt))).first()
+        if row is None:
+            raise NotFound(f"session {session_id!r} not found", session_id=session_id)
+        return row
+
+    async def append_turn(self, session_id: str, turn: Turn) -> None:
+        async with self._tx() as conn:
+            await self._session_row(conn, session_id)
+            await conn.execute(self._turn_insert(session_id, turn))
+
+    async def record_data(self, session_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        async with self._tx() as conn:
+            row = await self._session_row(conn, session_id, sessions_t.c.collected)
+            merged = deep_merge(row.collected or {}, data)
+            await conn.execute(
+                sessions_t.update().where(sessions_t.c.session_id == session_id).values(collected=merged)
+            )
+        return merged
+
+    async def record_handoff(self, session_id: str, handoff: Handoff) -> None:
+        async with self._tx() as conn:
+            row = await self._session_row(conn, session_id, sessions_t.c.handoffs)
+            handoffs = [*(row.handoffs or []), handoff.model_dump(mode="json")]
+            await conn.execute(
+                sessions_t.update().where(sessions_t.c.session_id == session_id).values(handoffs=handoffs)
+            )
+
+    _UPDATABLE = frozenset(
+        {"agent_id", "config_version", "user_id", "degraded", "route_reason", "metrics", "error", "room"}
+    )
+
+    async def update_session(self, session_id: str, **fields: Any) -> None:
+        unknown = set(fields) - self._UPDATABLE
+        if unknown:
+            raise InvalidInput(f"cannot update session field(s): {', '.join(sorted(unknown))}")
+        if not fields:
+            return
+        async with self._tx() as conn:
+            await self._session_row(conn, session_id)
+            await conn.execute(
+                sessions_t.update().where(sessions_t.c.session_id == session_id).values(**fields)
+            )
+
+    async def finish_session(
+        self,
+        session_id: str,
+        status: SessionStatus,
+        reason: str | None = None,
+        error: str | None = None,
+        ended_at: datetime | None = None,
+    ) -> None:
+        async with self._tx() as conn:
+            await self._session_row(conn, session_id)
+            await conn.execute(
+                sessions_t.update().where(sessions_t.c.session_id == session_id).values(
+                    status=SessionStatus(status).value, end_reason=reason, error=error,
+                    ended_at=ended_at or utcnow(),
+                )
+            )
+
+    @staticmethod
+    def _record(row: Any, turns: list[Turn] | None = None) -> SessionRecord:
+        doc = dict(row._mapping)
+        doc["turns"] = turns or []
+        doc["collected"] = doc.get("collected") or {}
+        doc["handoffs"] = doc.get("handoffs") or []
+        doc["metrics"] = doc.get("metrics") or []
+        return SessionRecord.model_validate(doc)
+
+    async def list_sessions(
+        self,
+        *,
+        agent_id: str | None = None,
+        status: SessionStatus | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[SessionRecord], int]:
+        s = sessions_t
+        cond: list[Any] = []
+        if agent_id is not None:
+            cond.append(s.c.agent_id == agent_id)
+        if status is not None:
+            cond.append(s.c.status == SessionStatus(status).value)
+        if since is not None:
+            cond.append(s.c.started_at >= since)
+        if until is not None:
+            cond.append(s.c.started_at < until)
+        stmt = sa.select(s).where(*cond).order_by(s.c.started_at.desc(), s.c.session_id).offset(offset).limit(limit)
+        async with self._read() as conn:
+            rows = (await conn.execute(stmt)).all()
+            total = await conn.scalar(sa.select(sa.func.count()).select_from(s).where(*cond))
+        return [self._record(r) for r in rows], int(total or 0)
+
+    async def get_session(self, session_id: str) -> SessionRecord:
+        async with self._read() as conn:
+            row = (await conn.execute(sa.select(sessions_t).where(sessions_t.c.session_id == session_id))).first()
+            if row is None:
+                raise NotFound(f"session {session_id!r} not found", session_id=session_id)
+            turn_rows = (
+                await conn.execute(
+                    sa.select(turns_t).where(turns_t.c.session_id == session_id).order_by(turns_t.c.seq)
+                )
+            ).all()
+        turns = [Turn(seq=t.seq, role=t.role, text=t.text, at=t.at, agent_id=t.agent_id) for t in turn_rows]
+        return self._record(row, turns)
+
+    async def abandon_active_sessions(self, reason: str) -> int:
+        async with self._tx() as conn:
+            res = await conn.execute(
+                sessions_t.update().where(sessions_t.c.status == SessionStatus.active.value).values(
+                    status=SessionStatus.abandoned.value, end_reason=reason, ended_at=utcnow()
+                )
+            )
+        return int(res.rowcount or 0)
+
+
+class _NullLock:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NULL_LOCK = _NullLock()

@@ -1,0 +1,115 @@
+"""SQL table declarations (SQLModel) for `SQLStore`.
+
+The rows are storage envelopes around the domain models: an agent version row keeps
+the whole validated `AgentConfig` as JSON plus the few columns we filter or join on,
+so there is still exactly one definition of what a config is (`app.domain`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+SCHEMA_VERSION = 1
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware UTC in, timezone-aware UTC out, on every backend (SQLite has no tz)."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(sa_type=UTCDateTime, **kw)
+
+
+def _json(**kw: Any) -> Any:
+    return Field(sa_type=sa.JSON, **kw)
+
+
+class MetaRow(SQLModel, table=True):
+    __tablename__ = "meta"
+    key: str = Field(primary_key=True, max_length=64)
+    value: int = 0
+
+
+class AgentHeadRow(SQLModel, table=True):
+    """One row per agent: its current version. The conditional update of
+    `current_version` is what makes concurrent writers conflict instead of racing."""
+
+    __tablename__ = "agent_heads"
+    agent_id: str = Field(primary_key=True, max_length=64)
+    current_version: int
+    enabled: bool = Field(index=True)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class AgentVersionRow(SQLModel, table=True):
+    __tablename__ = "agent_configs"
+    __table_args__ = (sa.UniqueConstraint("agent_id", "version", name="uq_agent_version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    agent_id: str = Field(index=True, max_length=64)
+    version: int
+    data: dict[str, Any] = _json()
+    created_at: datetime = _ts()
+
+
+class RouteRow(SQLModel, table=True):
+    __tablename__ = "routes"
+    purpose: str = Field(primary_key=True, max_length=64)
+    agent_id: str = Field(index=True, max_length=64)
+    is_default: bool = False
+    updated_at: datetime = _ts()
+
+
+class SessionRow(SQLModel, table=True):
+    __tablename__ = "sessions"
+    session_id: str = Field(primary_key=True, max_length=64)
+    room: str = Field(max_length=256)
+    agent_id: str = Field(index=True, max_length=64)
+    config_version: int | None = None
+    user_id: str | None = Field(default=None, max_length=256)
+    status: str = Field(index=True, max_length=16)
+    started_at: datetime = _ts(index=True)
+    ended_at: datetime | None = _ts(default=None, nullable=True)
+    end_reason: str | None = None
+    route_reason: str | None = None
+    degraded: str | None = None
+    collected: dict[str, Any] = _json(default_factory=dict)
+    handoffs: list[dict[str, Any]] = _json(default_factory=list)
+    metrics: list[dict[str, Any]] = _json(default_factory=list)
+    error: str | None = None
+
+
+class TurnRow(SQLModel, table=True):
+    __tablename__ = "session_turns"
+    session_id: str = Field(primary_key=True, max_length=64)
+    seq: int = Field(primary_key=True)
+    role: str = Field(max_length=16)
+    text: str
+    at: datetime = _ts()
+    agent_id: str | None = Field(default=None, max_length=64)
+
+
+metadata = SQLModel.metadata
+meta_t: sa.Table = MetaRow.__table__  # type: ignore[attr-defined]
+heads_t: sa.Table = AgentHeadRow.__table__  # type: ignore[attr-defined]
+versions_t: sa.Table = AgentVersionRow.__table__  # type: ignore[attr-defined]
+routes_t: sa.Table = RouteRow.__table__  # type: ignore[attr-defined]
+sessions_t: sa.Table = SessionRow.__table__  # type: ignore[attr-defined]
+turns_t: sa.Table = TurnRow.__table__  # type: ignore[attr-defined]
