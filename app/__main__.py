@@ -1,0 +1,107 @@
+"""`python -m app dev|start|seed|chat`: the entry points users rely on."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from pydantic import ValidationError
+
+from app.settings import Settings
+
+
+def _load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as e:
+        for err in e.errors():
+            name = ".".join(str(p) for p in err["loc"]).upper()
+            print(f"error: setting {name}: {err['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _cmd_serve(dev: bool) -> int:
+    from app.logging_setup import configure_logging
+    from app.supervisor import Supervisor, prepare_settings
+
+    settings = _load_settings()
+    if not dev:
+        missing = settings.missing_for_production()
+        if missing:
+            for name in missing:
+                print(f"error: `start` needs {name} to be set", file=sys.stderr)
+            return 2
+    json_logs = settings.log_format == "json" or (settings.log_format == "auto" and not dev)
+    redactor = configure_logging(settings, json_logs=json_logs)
+    settings, generated = prepare_settings(settings, dev=dev)
+    if generated:
+        redactor.add(generated)
+        # Printed once, straight to the terminal, never through the (redacted) logs.
+        print(f"\n  admin API key for this run: {generated}\n"
+              f"  (set ADMIN_API_KEY to choose your own)\n", file=sys.stderr, flush=True)
+    return asyncio.run(Supervisor(settings, dev=dev).run())
+
+
+def _cmd_seed() -> int:
+    from app.logging_setup import configure_logging
+    from app.seed import seed
+    from app.store import open_store
+
+    settings = _load_settings()
+    configure_logging(settings, json_logs=False)
+
+    async def run() -> int:
+        store = open_store(settings.database_url)
+        await store.start()
+        try:
+            report = await seed(store)
+        finally:
+            await store.aclose()
+        print(report)
+        return 0
+
+    return asyncio.run(run())
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from app.chat import run_chat
+    from app.logging_setup import configure_logging
+
+    settings = _load_settings()
+    configure_logging(settings.model_copy(update={"log_level": "WARNING"}), json_logs=False)
+    variables: dict[str, str] = {}
+    for item in args.var or []:
+        if "=" not in item:
+            print(f"error: --var expects key=value, got {item!r}", file=sys.stderr)
+            return 2
+        k, v = item.split("=", 1)
+        variables[k] = v
+    return asyncio.run(
+        run_chat(settings, purpose=args.purpose, agent_id=args.agent_id, variables=variables,
+                 user_id=args.user_id)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("dev", help="run API + worker locally (SQLite, seeded, readable logs)")
+    sub.add_parser("start", help="run API + worker in production (needs keys, JSON logs)")
+    sub.add_parser("seed", help="load the example agents and routes from prompts/ (idempotent)")
+    chat = sub.add_parser("chat", help="talk to a routed agent in the terminal (text mode)")
+    who = chat.add_mutually_exclusive_group()
+    who.add_argument("--purpose", help="route by purpose, as a token's metadata would")
+    who.add_argument("--agent-id", help="talk to this agent directly")
+    chat.add_argument("--var", action="append", metavar="KEY=VALUE", help="a prompt variable")
+    chat.add_argument("--user-id", default="terminal", help="user id stored on the session")
+    args = parser.parse_args(argv)
+    if args.command in ("dev", "start"):
+        return _cmd_serve(dev=args.command == "dev")
+    if args.command == "seed":
+        return _cmd_seed()
+    return _cmd_chat(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

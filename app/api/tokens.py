@@ -1,0 +1,160 @@
+"""`POST /api/v1/token`: a LiveKit access token that dispatches our agent.
+
+The request is checked before anything is minted (the purpose has a route, the agent
+exists and is enabled, the variables are declared, required ones present, sizes
+capped), so a front end learns about a bad request now rather than as a caller in a
+silent room. The routing metadata travels in the token's room configuration
+(`RoomAgentDispatch`): LiveKit hands it to the worker as the job's dispatch metadata.
+(The module is not called `token.py`: that shadows the standard library.)
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from litestar import Controller, post
+from litestar.di import Provide
+from litestar.exceptions import ValidationException
+from litestar.middleware.rate_limit import RateLimitConfig
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.exceptions import HTTPException
+from livekit import api
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from app.api.auth import bearer_guard
+from app.domain import AgentConfig, NotFound
+from app.domain.models import MAX_VARIABLE_VALUE_CHARS, MAX_VARIABLES_BYTES, PURPOSE_RE, SLUG_RE
+from app.settings import AgentMode, Settings
+from app.store.base import ConfigStore
+
+TOKEN_SECURITY_SCHEME = "TokenBearer"
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    purpose: Annotated[str, StringConstraints(pattern=PURPOSE_RE)] | None = None
+    agent_id: Annotated[str, StringConstraints(pattern=SLUG_RE)] | None = None
+    user_id: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.@:-]+$")] | None = None
+    variables: dict[
+        Annotated[str, StringConstraints(max_length=64)],
+        Annotated[str, StringConstraints(max_length=MAX_VARIABLE_VALUE_CHARS)],
+    ] = Field(default_factory=dict, max_length=32)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> TokenRequest:
+        if self.purpose and self.agent_id:
+            raise ValueError("give either purpose or agent_id, not both")
+        if len(json.dumps(self.variables).encode()) > MAX_VARIABLES_BYTES:
+            raise ValueError(f"variables exceed {MAX_VARIABLES_BYTES} bytes")
+        return self
+
+
+class TokenResponse(BaseModel):
+    server_url: str
+    room_name: str
+    participant_token: str
+    participant_identity: str
+    agent_id: str
+    expires_at: datetime
+
+
+def _invalid(field: str, message: str) -> ValidationException:
+    return ValidationException(detail="Validation failed for POST /api/v1/token", extra=[{"key": field, "message": message}])
+
+
+async def _resolve(req: TokenRequest, store: ConfigStore, settings: Settings) -> AgentConfig:
+    if settings.agent_mode == AgentMode.pte:
+        from app.agents.pte import load_pte_config
+
+        return load_pte_config()
+    try:
+        if req.agent_id:
+            cfg = await store.get_agent_config(req.agent_id)
+            if not cfg.enabled:
+                raise _invalid("agent_id", f"agent {req.agent_id!r} is disabled")
+            return cfg
+        if req.purpose:
+            try:
+                route = await store.get_route(req.purpose)
+            except NotFound:
+                raise _invalid("purpose", f"no route for purpose {req.purpose!r}") from None
+        else:
+            route = next((r for r in await store.list_routes() if r.is_default), None)
+            if route is None:
+                raise _invalid("purpose", "no purpose given and no default route is set")
+        cfg = await store.get_agent_config(route.agent_id)
+    except NotFound:
+        raise _invalid("agent_id", f"agent {req.agent_id!r} not found") from None
+    if not cfg.enabled:
+        raise _invalid("purpose", f"the agent for this purpose ({cfg.agent_id}) is disabled")
+    return cfg
+
+
+def _check_variables(cfg: AgentConfig, variables: dict[str, str]) -> None:
+    declared = cfg.prompt_config.variables
+    unknown = sorted(set(variables) - set(declared))
+    if unknown:
+        raise _invalid(f"variables.{unknown[0]}", f"{cfg.agent_id} declares no variable {unknown[0]!r}")
+    for name, spec in declared.items():
+        if spec.required and spec.default is None and not variables.get(name):
+            raise _invalid(f"variables.{name}", f"{cfg.agent_id} requires variable {name!r}")
+
+
+def token_controller(settings: Settings) -> type[Controller]:
+    """The token endpoint, outside the admin guard: it has its own optional key and a
+    per-client rate limit (tokens start paid sessions)."""
+    rate_limit = RateLimitConfig(rate_limit=("minute", settings.token_rate_per_minute), store="token_rate_limit")
+
+    class TokenController(Controller):
+        path = "/api/v1/token"
+        tags = ["tokens"]
+        guards = [bearer_guard(settings.token_api_key)]
+        middleware = [rate_limit.middleware]
+        security = [{TOKEN_SECURITY_SCHEME: []}] if settings.token_api_key else []
+        dependencies = {"settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False)}
+
+        @post(
+            "/",
+            status_code=201,
+            summary="Mint a LiveKit token that dispatches the routed agent",
+            responses={
+                422: ResponseSpec(None, description="unknown purpose/agent, undeclared or missing variables"),
+                429: ResponseSpec(None, description="rate limited"),
+                503: ResponseSpec(None, description="LiveKit credentials are not configured"),
+            },
+        )
+        async def mint(self, data: TokenRequest, store: ConfigStore, settings: Settings) -> TokenResponse:
+            cfg = await _resolve(data, store, settings)
+            _check_variables(cfg, data.variables)
+            if not (settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret):
+                raise HTTPException(status_code=503, detail="LiveKit is not configured on this server")
+            identity = data.user_id or f"user-{secrets.token_hex(4)}"
+            room = f"{cfg.agent_id}-{secrets.token_hex(6)}"
+            meta: dict[str, Any] = {"variables": data.variables, "user_id": identity}
+            if data.agent_id:
+                meta["agent_id"] = data.agent_id
+            elif data.purpose:
+                meta["purpose"] = data.purpose
+            ttl = timedelta(seconds=settings.token_ttl_s)
+            jwt = (
+                api.AccessToken(settings.livekit_api_key.get_secret_value(), settings.livekit_api_secret.get_secret_value())
+                .with_identity(identity)
+                .with_ttl(ttl)
+                .with_grants(api.VideoGrants(room_join=True, room=room, can_publish=True,
+                                             can_subscribe=True, can_publish_data=True))
+                .with_room_config(api.RoomConfiguration(agents=[
+                    api.RoomAgentDispatch(agent_name=settings.agent_name, metadata=json.dumps(meta))
+                ]))
+                .to_jwt()
+            )
+            return TokenResponse(
+                server_url=settings.livekit_url, room_name=room, participant_token=jwt,
+                participant_identity=identity, agent_id=cfg.agent_id,
+                expires_at=datetime.now(UTC) + ttl,
+            )
+
+    return TokenController

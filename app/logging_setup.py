@@ -1,0 +1,102 @@
+"""Logging: readable lines in dev, one JSON object per line in production.
+
+A redaction filter on the root handler replaces any configured secret value that
+reaches a log record (message, arguments or exception text) with `***`, so a
+stray `log.info(settings)` or an exception that echoes a header cannot leak a key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from app.settings import Settings
+
+_STD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class RedactSecrets(logging.Filter):
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
+
+    def add(self, secret: str) -> None:
+        if secret and len(secret) >= 6 and secret not in self._secrets:
+            self._secrets.append(secret)
+            self._secrets.sort(key=len, reverse=True)
+
+    def _clean(self, text: str) -> str:
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        msg = record.getMessage()
+        cleaned = self._clean(msg)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._clean(record.exc_text)
+        if cleaned != msg or record.args:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for k, v in record.__dict__.items():
+            if k not in _STD_ATTRS and not k.startswith("_"):
+                doc[k] = v if isinstance(v, str | int | float | bool | type(None)) else repr(v)
+        if record.exc_text or record.exc_info:
+            doc["exc"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
+        return json.dumps(doc, ensure_ascii=False)
+
+
+_redactor: RedactSecrets | None = None
+
+
+def secret_values(settings: Settings) -> list[str]:
+    return [
+        s.get_secret_value()
+        for s in (
+            settings.admin_api_key,
+            settings.token_api_key,
+            settings.livekit_api_secret,
+            settings.livekit_api_key,
+            settings.openai_api_key,
+        )
+        if s is not None
+    ]
+
+
+def configure_logging(settings: Settings, *, json_logs: bool) -> RedactSecrets:
+    """Install one handler on the root logger; returns the redaction filter so a key
+    generated later (dev mode) can be added to it."""
+    global _redactor
+    handler = logging.StreamHandler(sys.stderr)
+    if json_logs:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    _redactor = RedactSecrets(secret_values(settings))
+    handler.addFilter(_redactor)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    # Third-party chatter that drowns our own lines at INFO.
+    for name in ("httpx", "httpcore", "aiosqlite", "urllib3", "openai._base_client"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    return _redactor

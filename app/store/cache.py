@@ -1,0 +1,171 @@
+"""In-memory snapshot of every current agent config and the routing table.
+
+Why: a session start must not wait on the database. The snapshot is immutable and
+swapped atomically, so readers on any thread (LiveKit runs THREAD-executor jobs on
+their own loops) can use it without locks.
+
+Freshness rules (DESIGN §5):
+- a write through this process's store marks the snapshot dirty at once (change
+  listener), so the next session after a successful write sees the new version;
+- a background poll of the store's `config_epoch` every `poll_interval` seconds picks
+  up other processes' writes (well within 1 s);
+- when the poll is not known to be healthy, `current()` spends one cheap epoch query
+  before answering, and never serves a snapshot it knows to be stale;
+- when the store is unreachable, the last known-good snapshot is served with
+  `stale=True` so callers can record the degradation instead of dropping the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Mapping
+
+from app.domain import AgentConfig, NotFound, Route, StoreUnavailable
+from app.store.base import ConfigStore
+
+log = logging.getLogger("app.store.cache")
+
+_PAGE = 500
+
+
+@dataclass(frozen=True)
+class ConfigSnapshot:
+    epoch: int
+    configs: Mapping[str, AgentConfig]
+    routes: tuple[Route, ...]
+    loaded_at: float = field(default_factory=time.monotonic)
+    stale: bool = False
+    """True when served from memory because the store could not be reached."""
+
+    @property
+    def default_agent_id(self) -> str | None:
+        return next((r.agent_id for r in self.routes if r.is_default), None)
+
+    def enabled(self, agent_id: str) -> AgentConfig | None:
+        cfg = self.configs.get(agent_id)
+        return cfg if cfg is not None and cfg.enabled else None
+
+
+EMPTY = ConfigSnapshot(epoch=-1, configs=MappingProxyType({}), routes=(), loaded_at=0.0)
+
+
+class ConfigCache:
+    def __init__(self, store: ConfigStore, *, poll_interval: float = 0.5) -> None:
+        self._store = store
+        self._poll_interval = poll_interval
+        self._snapshot: ConfigSnapshot = EMPTY
+        self._dirty = True
+        self._last_poll_ok = 0.0
+        self._poll_task: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+        self.store_ok = False
+        store.add_change_listener(self._on_local_change)
+
+    # lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self.current()
+        if self._poll_task is None:
+            self._poll_task = asyncio.create_task(self._poll_loop(), name="config-cache-poll")
+
+    async def aclose(self) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
+            self._poll_task = None
+
+    # reads -------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> ConfigSnapshot:
+        """The last loaded snapshot, with no freshness check (for metrics and debug)."""
+        return self._snapshot
+
+    def is_fresh(self) -> bool:
+        """True when the snapshot is known current without asking the store."""
+        return (
+            not self._dirty
+            and self._snapshot is not EMPTY
+            and time.monotonic() - self._last_poll_ok < 2 * self._poll_interval + 0.2
+        )
+
+    async def current(self) -> ConfigSnapshot:
+        """A snapshot that reflects every committed write, or the last known-good one
+        (marked `stale`) if the store is down. Raises `StoreUnavailable` only when
+        nothing was ever loaded."""
+        if self.is_fresh():
+            return self._snapshot
+        try:
+            await self._check()
+            return self._snapshot
+        except StoreUnavailable as e:
+            if self._snapshot is EMPTY:
+                raise
+            log.warning("store unavailable (%s); serving last known-good configs", e.message)
+            return replace(self._snapshot, stale=True)
+
+    async def get_agent_config(self, agent_id: str) -> AgentConfig:
+        """`ConfigSource` for handoffs: the current config of an enabled agent."""
+        cfg = (await self.current()).enabled(agent_id)
+        if cfg is None:
+            raise NotFound(f"agent {agent_id!r} not found or disabled", agent_id=agent_id)
+        return cfg
+
+    # internals ---------------------------------------------------------------
+
+    def _on_local_change(self) -> None:
+        self._dirty = True
+
+    async def _reload(self, epoch: int) -> None:
+        async with self._reload_lock:
+            # Clear the flag before reading: a write that lands during the read sets it
+            # again, so we can never keep a snapshot older than a committed write.
+            self._dirty = False
+            try:
+                configs: dict[str, AgentConfig] = {}
+                offset = 0
+                while True:
+                    page, total = await self._store.list_agent_configs(offset=offset, limit=_PAGE)
+                    configs.update((c.agent_id, c) for c in page)
+                    offset += len(page)
+                    if not page or offset >= total:
+                        break
+                routes = tuple(await self._store.list_routes())
+                # `epoch` was read before listing: if another process wrote meanwhile,
+                # the next check sees a newer epoch and reloads (never the reverse).
+            except BaseException:
+                self._dirty = True
+                raise
+            self._snapshot = ConfigSnapshot(
+                epoch=epoch, configs=MappingProxyType(configs), routes=routes
+            )
+            log.debug("config snapshot reloaded: epoch %s, %d agents", epoch, len(configs))
+
+    async def _check(self) -> None:
+        """One epoch query; reload only if something changed."""
+        try:
+            epoch = await self._store.config_epoch()
+            if self._dirty or epoch != self._snapshot.epoch:
+                await self._reload(epoch)
+        except StoreUnavailable:
+            self.store_ok = False
+            raise
+        self._last_poll_ok = time.monotonic()
+        self.store_ok = True
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            try:
+                await self._check()
+            except StoreUnavailable:
+                pass
+            except Exception:  # keep polling whatever happens; never kill the worker
+                log.exception("config cache poll failed")

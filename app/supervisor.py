@@ -1,0 +1,245 @@
+"""One process, two roles: the admin API (uvicorn) and the LiveKit worker, one loop.
+
+Why a supervisor of our own: `AgentServer.run()` gives up after `max_retry` failed
+connections (and the legacy CLI then exits 0), and uvicorn installs its own signal
+handlers. Here the supervisor owns SIGTERM/SIGINT, keeps the API serving whatever
+LiveKit does, retries the worker with capped backoff, reports both states on
+`/readyz`, and on shutdown drains sessions before closing the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+
+from app.api.app import create_app
+from app.api.status import RuntimeStatus
+from app.domain import StoreUnavailable
+from app.settings import AgentMode, ExecutorType, Settings
+from app.store import ConfigStore, open_store
+from app.worker.services import WorkerServices, install_services
+
+log = logging.getLogger("app.supervisor")
+
+WORKER_BACKOFF_MAX = 30.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: the supervisor owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def livekit_configured(settings: Settings) -> bool:
+    return bool(settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, *, dev: bool) -> None:
+        self.settings = settings
+        self.dev = dev
+        self.status = RuntimeStatus()
+        self.store: ConfigStore | None = None
+        self.services: WorkerServices | None = None
+        self._stop = asyncio.Event()
+        self._agent_server: Any = None
+        self._uvicorn: _Server | None = None
+        self._store_down = False
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("shutdown requested: draining")
+            self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+
+        self.store = open_store(self.settings.database_url)
+        await self._open_store()
+        self.services = WorkerServices(self.settings, self.store)
+        await self.services.start()
+        await asyncio.to_thread(self.services.load_vad)
+        install_services(self.services)
+
+        from app.api.tokens import token_controller
+
+        app = create_app(
+            self.settings, self.store, status=self.status,
+            extra_route_handlers=[token_controller(self.settings)],
+        )
+        self._uvicorn = _Server(
+            uvicorn.Config(
+                app, host=self.settings.host, port=self.settings.port, log_config=None,
+                access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+            )
+        )
+        api_task = asyncio.create_task(self._uvicorn.serve(), name="admin-api")
+        worker_task = asyncio.create_task(self._run_worker(), name="livekit-worker")
+        store_task = asyncio.create_task(self._watch_store(), name="store-watch")
+        stop_task = asyncio.create_task(self._stop.wait())
+
+        done, _ = await asyncio.wait({api_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        exit_code = 0
+        if api_task in done and not self._stop.is_set():
+            exc = api_task.exception()
+            log.error("admin API stopped unexpectedly: %s", exc or "server exited (port in use?)")
+            exit_code = 1
+            self._stop.set()
+
+        await self._shutdown_worker(worker_task)
+        store_task.cancel()
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(api_task, 10)
+        await self.services.aclose()
+        await self.store.aclose()
+        stop_task.cancel()
+        log.info("stopped")
+        return exit_code
+
+    # ------------------------------------------------------------------ store
+
+    async def _open_store(self) -> None:
+        assert self.store is not None
+        try:
+            await self.store.start()
+        except StoreUnavailable as e:
+            self._store_down = True
+            log.error("store unavailable at start (%s); API serves, /readyz is 503 until it recovers", e.message)
+            return
+        if self.settings.database_url.startswith("sqlite"):
+            # One machine owns a SQLite file, so any session still `active` belongs to a
+            # process that died: close it out instead of leaving it open forever.
+            n = await self.store.abandon_active_sessions("process restarted")
+            if n:
+                log.warning("marked %d session(s) left active by a previous run as abandoned", n)
+        if self.dev:
+            await self._seed_if_empty()
+
+    async def _seed_if_empty(self) -> None:
+        assert self.store is not None
+        _, total = await self.store.list_agent_configs(limit=1)
+        if total == 0:
+            from app.seed import seed
+
+            report = await seed(self.store)
+            log.info("empty database: seeded example agents (%s)", report)
+
+    async def _watch_store(self) -> None:
+        """Retry a store that failed at start; report health on /readyz."""
+        assert self.store is not None
+        while True:
+            try:
+                if self._store_down:
+                    await self.store.start()
+                await self.store.ping()
+                if self._store_down:
+                    log.info("store reachable again")
+                    self._store_down = False
+            except StoreUnavailable:
+                self._store_down = True
+            await asyncio.sleep(2.0)
+
+    # ----------------------------------------------------------------- worker
+
+    def _make_agent_server(self) -> Any:
+        from livekit.agents import AgentServer, JobExecutorType
+
+        from app.worker.entrypoint import entrypoint, prewarm
+
+        s = self.settings
+        server = AgentServer(
+            job_executor_type=(
+                JobExecutorType.PROCESS if s.executor_type == ExecutorType.process else JobExecutorType.THREAD
+            ),
+            num_idle_processes=0 if s.executor_type == ExecutorType.thread else 1,
+            port=0,
+            ws_url=s.livekit_url,
+            api_key=s.livekit_api_key.get_secret_value() if s.livekit_api_key else None,
+            api_secret=s.livekit_api_secret.get_secret_value() if s.livekit_api_secret else None,
+            max_retry=3,
+            drain_timeout=int(s.drain_timeout),
+            setup_fnc=prewarm,
+            log_level=s.log_level,
+        )
+        server.rtc_session(entrypoint, agent_name=s.agent_name)
+        return server
+
+    async def _run_worker(self) -> None:
+        if not livekit_configured(self.settings):
+            self.status.set_worker("disabled", "LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET not set")
+            log.warning("LiveKit is not configured: the worker is disabled, the API serves on")
+            return
+        backoff = 1.0
+        while not self._stop.is_set():
+            server = self._make_agent_server()
+            self._agent_server = server
+
+            def registered(*_: Any) -> None:
+                nonlocal backoff
+                backoff = 1.0
+                self.status.set_worker("registered")
+                log.info("worker registered with LiveKit as %r", self.settings.agent_name)
+
+            server.on("worker_registered", registered)
+            self.status.set_worker("connecting", self.status.worker_detail)
+            try:
+                await server.run(devmode=self.dev)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.status.set_worker("connecting", f"cannot reach LiveKit: {str(e)[:160]}")
+                log.warning("LiveKit worker stopped (%s); retrying in %.0fs", e, backoff)
+            finally:
+                if not self._stop.is_set():
+                    with contextlib.suppress(Exception):
+                        await server.aclose()
+            if self._stop.is_set():
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), backoff)
+            backoff = min(backoff * 2, WORKER_BACKOFF_MAX)
+
+    async def _shutdown_worker(self, worker_task: asyncio.Task[None]) -> None:
+        server = self._agent_server
+        if server is not None and self.status.worker == "registered":
+            self.status.set_worker("draining")
+            try:
+                await server.drain(timeout=int(self.settings.drain_timeout))
+            except TimeoutError:
+                log.warning("drain timeout (%ss) reached with sessions still active", self.settings.drain_timeout)
+            except Exception:
+                log.exception("drain failed")
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.aclose(), 15)
+        worker_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await worker_task
+
+
+def prepare_settings(settings: Settings, *, dev: bool) -> tuple[Settings, str | None]:
+    """Dev-mode defaults: a generated admin key if none is set (returned so it can be
+    printed once). Production refuses to start without its required settings."""
+    generated = None
+    if dev and settings.admin_api_key is None:
+        generated = "dev-" + secrets.token_urlsafe(24)
+        from pydantic import SecretStr
+
+        settings = settings.model_copy(update={"admin_api_key": SecretStr(generated)})
+    if settings.agent_mode == AgentMode.pte:
+        log.info("AGENT_MODE=pte: the worker runs only the PTE interview agent")
+    return settings, generated

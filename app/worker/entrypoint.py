@@ -1,0 +1,180 @@
+"""The LiveKit job entrypoint and the session-start logic it shares with `chat` and the sim.
+
+`prepare_session` is the whole decision from untrusted metadata to a built agent and
+a started session record: route → config (from the in-memory cache; last known-good
+or the built-in fallback agent when the store is down) → factory. It never raises
+for bad input; whatever goes wrong, the caller gets an agent that can talk.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.agents.context import SessionContext
+from app.agents.factory import AgentFactory, MissingVariables
+from app.agents.fallback import FALLBACK_CONFIG
+from app.agents.routing import MetadataSource, RouteDecision, RoutingTable, determine_agent_type
+from app.domain import AgentConfig, SessionRecord, StoreUnavailable
+from app.store.cache import ConfigSnapshot
+from app.worker.services import WorkerServices, ensure_services
+from app.worker.sessions import SessionManager
+
+log = logging.getLogger("app.worker")
+
+_tables: dict[int, tuple[ConfigSnapshot, RoutingTable]] = {}
+
+
+def routing_table(snapshot: ConfigSnapshot | None) -> RoutingTable:
+    """The routing table of a snapshot, built once per snapshot (they are immutable)."""
+    if snapshot is None:
+        return RoutingTable()
+    key = id(snapshot.configs)
+    hit = _tables.get(key)
+    if hit is not None and hit[0].configs is snapshot.configs:
+        return hit[1]
+    table = RoutingTable.build(snapshot.routes, snapshot.configs.values())
+    _tables.clear()  # only the newest snapshot matters
+    _tables[key] = (snapshot, table)
+    return table
+
+
+@dataclass
+class PreparedSession:
+    decision: RouteDecision
+    config: AgentConfig
+    agent: Any
+    manager: SessionManager
+    factory: AgentFactory
+
+    @property
+    def record(self) -> SessionRecord:
+        return self.manager.record
+
+
+async def prepare_session(
+    services: WorkerServices,
+    sources: Sequence[MetadataSource],
+    *,
+    room: str,
+    session_id: str | None = None,
+    user_id: str | None = None,
+    audio: bool = True,
+    llm_client: Any = None,
+    http_client: Any = None,
+) -> PreparedSession:
+    session_id = session_id or uuid.uuid4().hex
+    degraded: str | None = None
+    snapshot: ConfigSnapshot | None = None
+
+    if services.pte_mode:
+        from app.agents.pte import PTE_AGENT_ID, load_pte_config
+
+        config = load_pte_config()
+        table = RoutingTable(default_agent_id=PTE_AGENT_ID, enabled=frozenset({PTE_AGENT_ID}),
+                             known=frozenset({PTE_AGENT_ID}))
+        decision = determine_agent_type(sources, table, room=room)
+    else:
+        try:
+            snapshot = await services.snapshot()
+            if snapshot.stale:
+                degraded = "store unavailable: using last known-good config"
+        except StoreUnavailable as e:
+            degraded = f"store unavailable ({e.message}) and no config cached: fallback agent"
+        decision = determine_agent_type(sources, routing_table(snapshot), room=room)
+        config = (snapshot.enabled(decision.agent_id) if snapshot and decision.agent_id else None) or FALLBACK_CONFIG
+        if config is FALLBACK_CONFIG and degraded is None:
+            log.warning("room %s: no routable agent (%s); using the fallback agent", room, decision.reason)
+
+    if degraded:
+        log.warning("room %s: %s", room, degraded)
+    record = SessionRecord(
+        session_id=session_id, room=room, agent_id=config.agent_id, config_version=config.version,
+        user_id=decision.user_id or user_id, route_reason=decision.reason, degraded=degraded,
+    )
+    manager = SessionManager(services.store, record, call=services.call)
+    factory = AgentFactory(
+        services.settings, services.config_source,
+        vad=services.vad if audio else None, llm_client=llm_client, http_client=http_client,
+    )
+    ctx = SessionContext(
+        session_id=session_id, room=room, recorder=manager, user_id=record.user_id,
+        variables=dict(decision.variables), audio=audio,
+    )
+    try:
+        agent = factory.create_agent(config, ctx, extra_tools=_extra_tools(config, manager))
+    except MissingVariables as e:
+        fallback = _default_for(snapshot, exclude=config.agent_id)
+        log.warning(
+            "room %s: agent %s needs variable(s) %s; falling back to %s",
+            room, config.agent_id, ", ".join(e.names), fallback.agent_id,
+        )
+        config = fallback
+        record.agent_id, record.config_version = config.agent_id, config.version
+        record.route_reason = f"{decision.reason}:missing_variables"
+        manager.set_agent(config.agent_id, config.version)
+        agent = factory.create_agent(config, ctx, extra_tools=_extra_tools(config, manager))
+    await manager.start()
+    return PreparedSession(decision=decision, config=config, agent=agent, manager=manager, factory=factory)
+
+
+def _extra_tools(config: AgentConfig, manager: SessionManager) -> list[Any]:
+    from app.agents.pte import PTE_AGENT_ID, make_pte_tools
+
+    return list(make_pte_tools(manager)) if config.agent_id == PTE_AGENT_ID else []
+
+
+def _default_for(snapshot: ConfigSnapshot | None, *, exclude: str) -> AgentConfig:
+    if snapshot is not None and snapshot.default_agent_id not in (None, exclude):
+        cfg = snapshot.enabled(snapshot.default_agent_id)  # type: ignore[arg-type]
+        if cfg is not None and not any(v.required and v.default is None for v in cfg.prompt_config.variables.values()):
+            return cfg
+    return FALLBACK_CONFIG
+
+
+# ---------------------------------------------------------------------- LiveKit
+
+
+def prewarm(proc: Any) -> None:
+    """LiveKit's per-process setup hook. In THREAD mode the supervisor already loaded
+    the VAD and store for the whole process; in PROCESS mode the job process opens its
+    own on first use (`ensure_services`)."""
+    from app.worker import services as svc
+
+    if svc._services is not None:
+        proc.userdata["vad"] = svc._services.load_vad()
+    else:
+        from livekit.plugins import silero
+
+        proc.userdata["vad"] = silero.VAD.load()
+
+
+async def entrypoint(ctx: Any) -> None:
+    """Route the room, build the configured agent and run the voice session."""
+    from livekit.agents import AgentSession
+
+    services = await ensure_services()
+    if services.vad is None:
+        services.vad = ctx.proc.userdata.get("vad")
+    sources = [
+        MetadataSource("job", ctx.job.metadata),
+        MetadataSource("room", ctx.job.room.metadata),
+    ]
+    await ctx.connect()
+    participant = await ctx.wait_for_participant()
+    sources.append(MetadataSource("participant", participant.metadata))
+    prepared = await prepare_session(
+        services, sources, room=ctx.room.name, user_id=participant.identity, audio=True,
+    )
+    log.info(
+        "room %s: session %s with %s v%s (%s)",
+        ctx.room.name, prepared.record.session_id, prepared.config.agent_id,
+        prepared.config.version, prepared.decision.reason,
+    )
+    session = AgentSession(vad=services.vad)
+    prepared.manager.attach(session)
+    ctx.add_shutdown_callback(prepared.manager.aclose)
+    await session.start(agent=prepared.agent, room=ctx.room)
