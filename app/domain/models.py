@@ -48,6 +48,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _to_utc(value: datetime) -> datetime:
+    """Every stored time is UTC, whatever offset a client or driver used."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_to_utc)]
+
+
 class _Model(BaseModel):
     """Unknown fields are errors: a typo in a config must not be silently dropped."""
 
@@ -250,8 +258,8 @@ class AgentConfig(AgentConfigInput):
     """One immutable version of an agent's configuration."""
 
     version: int = Field(ge=1)
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
 
     def input(self) -> AgentConfigInput:
         return AgentConfigInput.model_validate(
@@ -290,7 +298,7 @@ class RouteInput(_Model):
 
 class Route(RouteInput):
     purpose: Purpose
-    updated_at: datetime | None = None
+    updated_at: UtcDatetime | None = None
 
 
 # -------------------------------------------------------------------------- sessions
@@ -307,14 +315,14 @@ class Turn(BaseModel):
     seq: int = Field(ge=0)
     role: Literal["user", "assistant", "system", "tool"]
     text: str
-    at: datetime = Field(default_factory=utcnow)
+    at: UtcDatetime = Field(default_factory=utcnow)
     agent_id: str | None = None
 
 
 class Handoff(BaseModel):
     from_agent: str
     to_agent: str
-    at: datetime = Field(default_factory=utcnow)
+    at: UtcDatetime = Field(default_factory=utcnow)
     reason: str | None = None
 
 
@@ -325,8 +333,8 @@ class SessionRecord(BaseModel):
     config_version: int | None = None
     user_id: str | None = None
     status: SessionStatus = SessionStatus.active
-    started_at: datetime = Field(default_factory=utcnow)
-    ended_at: datetime | None = None
+    started_at: UtcDatetime = Field(default_factory=utcnow)
+    ended_at: UtcDatetime | None = None
     end_reason: str | None = None
     route_reason: str | None = None
     degraded: str | None = Field(

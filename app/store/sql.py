@@ -85,7 +85,7 @@ class SQLStore:
         self._listeners: list[ChangeListener] = []
         # Version rows are immutable, so a parsed config keyed by its row id never goes
         # stale; re-validating stored JSON on every read would only burn CPU.
-        self._parsed: dict[int, AgentConfig] = {}
+        self._parsed: dict[tuple[int, str, int], AgentConfig] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -197,12 +197,13 @@ class SQLStore:
                     log.exception("config change listener failed")
 
     def _parse(self, row: Any) -> AgentConfig:
-        cfg = self._parsed.get(row.id)
+        key = (row.id, row.agent_id, row.version)
+        cfg = self._parsed.get(key)
         if cfg is None:
             cfg = AgentConfig.model_validate(row.data)
             if len(self._parsed) >= _PARSED_CACHE_MAX:
                 self._parsed.pop(next(iter(self._parsed)))
-            self._parsed[row.id] = cfg
+            self._parsed[key] = cfg
         return cfg
 
     def _for_update(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
@@ -238,13 +239,13 @@ class SQLStore:
         v = versions_t
         if version is None:
             stmt = (
-                sa.select(v.c.id, v.c.data)
+                sa.select(v.c.id, v.c.agent_id, v.c.version, v.c.data)
                 .join(heads_t, sa.and_(heads_t.c.agent_id == v.c.agent_id,
                                        heads_t.c.current_version == v.c.version))
                 .where(v.c.agent_id == agent_id)
             )
         else:
-            stmt = sa.select(v.c.id, v.c.data).where(v.c.agent_id == agent_id, v.c.version == version)
+            stmt = sa.select(v.c.id, v.c.agent_id, v.c.version, v.c.data).where(v.c.agent_id == agent_id, v.c.version == version)
         async with self._read() as conn:
             row = (await conn.execute(stmt)).first()
         if row is None:
@@ -258,7 +259,7 @@ class SQLStore:
         v, h = versions_t, heads_t
         cond = [] if enabled is None else [h.c.enabled == enabled]
         stmt = (
-            sa.select(v.c.id, v.c.data)
+            sa.select(v.c.id, v.c.agent_id, v.c.version, v.c.data)
             .join(h, sa.and_(h.c.agent_id == v.c.agent_id, h.c.current_version == v.c.version))
             .where(*cond).order_by(h.c.agent_id).offset(offset).limit(limit)
         )
@@ -284,7 +285,7 @@ class SQLStore:
                 raise VersionConflict(agent_id, expected_version, seen)
             row = (
                 await conn.execute(
-                    sa.select(versions_t.c.id, versions_t.c.data)
+                    sa.select(versions_t.c.id, versions_t.c.agent_id, versions_t.c.version, versions_t.c.data)
                     .where(versions_t.c.agent_id == agent_id, versions_t.c.version == seen)
                 )
             ).one()
@@ -329,7 +330,7 @@ class SQLStore:
 
     async def list_versions(self, agent_id: str) -> list[AgentConfig]:
         stmt = (
-            sa.select(versions_t.c.id, versions_t.c.data)
+            sa.select(versions_t.c.id, versions_t.c.agent_id, versions_t.c.version, versions_t.c.data)
             .where(versions_t.c.agent_id == agent_id).order_by(versions_t.c.version)
         )
         async with self._read() as conn:

@@ -61,7 +61,12 @@ class AgentHeadRow(SQLModel, table=True):
 
 class AgentVersionRow(SQLModel, table=True):
     __tablename__ = "agent_configs"
-    __table_args__ = (sa.UniqueConstraint("agent_id", "version", name="uq_agent_version"),)
+    # AUTOINCREMENT: SQLite would otherwise hand a deleted row's id to the next insert,
+    # and ids key the store's cache of parsed (immutable) versions.
+    __table_args__ = (
+        sa.UniqueConstraint("agent_id", "version", name="uq_agent_version"),
+        {"sqlite_autoincrement": True},
+    )
     id: int | None = Field(default=None, primary_key=True)
     agent_id: str = Field(index=True, max_length=64)
     version: int

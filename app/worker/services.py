@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+# LiveKit plugins must register on the main thread, and THREAD-executor jobs run on
+# other threads: import them here, at start-up, never first inside a job.
+from livekit.plugins import openai as _lk_openai  # noqa: F401
+from livekit.plugins import silero
 
 from app.agents.context import ConfigSource
 from app.domain import AgentConfig, StoreUnavailable
@@ -61,8 +66,6 @@ class WorkerServices:
     def load_vad(self) -> Any:
         """Silero VAD, loaded once per process and shared by every session."""
         if self.vad is None:
-            from livekit.plugins import silero
-
             self.vad = silero.VAD.load()
         return self.vad
 
@@ -138,6 +141,3 @@ async def ensure_services(settings_factory: Any = None) -> WorkerServices:
     _services = services
     return services
 
-
-def _unused(_: Awaitable[Any]) -> None:  # pragma: no cover
-    pass
