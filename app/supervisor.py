@@ -15,7 +15,7 @@ import logging
 import secrets
 import signal
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -24,7 +24,9 @@ from app.api.status import RuntimeStatus
 from app.domain import StoreUnavailable
 from app.settings import AgentMode, ExecutorType, Settings
 from app.store import ConfigStore, open_store
-from app.worker.services import WorkerServices, install_services
+
+if TYPE_CHECKING:
+    from app.worker.services import WorkerServices
 
 log = logging.getLogger("app.supervisor")
 
@@ -48,6 +50,8 @@ class Supervisor:
         self.settings = settings
         self.dev = dev
         self.status = RuntimeStatus()
+        if livekit_configured(settings):  # not ready until the worker has registered
+            self.status.set_worker("connecting", "worker starting")
         self.store: ConfigStore | None = None
         self.services: WorkerServices | None = None
         self._stop = asyncio.Event()
@@ -68,10 +72,6 @@ class Supervisor:
 
         self.store = open_store(self.settings.database_url)
         await self._open_store()
-        self.services = WorkerServices(self.settings, self.store)
-        await self.services.start()
-        self.services.load_vad()  # ~40 ms, once, before serving
-        install_services(self.services)
 
         from app.api.tokens import token_controller
 
@@ -86,6 +86,8 @@ class Supervisor:
             )
         )
         api_task = asyncio.create_task(self._uvicorn.serve(), name="admin-api")
+        # The API answers probes while the worker stack (seconds of imports) loads.
+        self.services = await self._start_services()
         worker_task = asyncio.create_task(self._run_worker(), name="livekit-worker")
         store_task = asyncio.create_task(self._watch_store(), name="store-watch")
         stop_task = asyncio.create_task(self._stop.wait())
@@ -104,11 +106,24 @@ class Supervisor:
             self._uvicorn.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(api_task, 10)
-        await self.services.aclose()
+        if self.services is not None:
+            await self.services.aclose()
         await self.store.aclose()
         stop_task.cancel()
         log.info("stopped")
         return exit_code
+
+    async def _start_services(self) -> WorkerServices:
+        # livekit.agents and openai take seconds to import: do that off the loop, then
+        # import the plugins on the main thread (LiveKit requires it) now that it is quick.
+        await asyncio.to_thread(_preimport_worker_stack)
+        from app.worker.services import WorkerServices, install_services
+
+        services = WorkerServices(self.settings, self.store)
+        await services.start()
+        services.load_vad()  # ~40 ms, once per process
+        install_services(services)
+        return services
 
     # ------------------------------------------------------------------ store
 
@@ -229,6 +244,11 @@ class Supervisor:
         worker_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await worker_task
+
+
+def _preimport_worker_stack() -> None:
+    import livekit.agents  # noqa: F401
+    import openai  # noqa: F401
 
 
 def prepare_settings(settings: Settings, *, dev: bool) -> tuple[Settings, str | None]:

@@ -1,0 +1,135 @@
+"""The one-process service, run as users run it: `python -m app dev|start` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "ADMIN_", "OPENAI_", "DATABASE_"))}
+    env.update(
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/app.db",
+        HOST="127.0.0.1",
+        LOG_LEVEL="INFO",
+        DRAIN_TIMEOUT="10",
+    )
+    env.update(extra)
+    return env
+
+
+def wait_http(url: str, deadline: float) -> httpx.Response:
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            return httpx.get(url, timeout=1.0)
+        except httpx.HTTPError as e:
+            last = e
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer in time: {last}")
+
+
+def test_dev_serves_api_while_livekit_is_unreachable_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    dead = free_port()  # nothing listens here
+    env = app_env(
+        tmp_path,
+        PORT=str(port),
+        LIVEKIT_URL=f"ws://127.0.0.1:{dead}",
+        LIVEKIT_API_KEY="APIdevkey",
+        LIVEKIT_API_SECRET="a-livekit-secret-that-must-not-leak-0123456789",
+        ADMIN_API_KEY="admin-key-that-must-not-leak-0123456789",
+    )
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "dev"], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        r = wait_http(f"http://127.0.0.1:{port}/healthz", t0 + 10)
+        assert r.status_code == 200
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=3)
+        assert ready.status_code == 503
+        assert ready.json()["worker"] == "connecting"
+        assert ready.json()["store"] == "ok"
+        # the API works while the worker retries: seeded agents are there
+        agents = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/agents/config",
+            headers={"Authorization": "Bearer admin-key-that-must-not-leak-0123456789"}, timeout=3,
+        )
+        assert agents.status_code == 200
+        assert {"support-agent-v1", "sales-agent-v1"} <= {a["agent_id"] for a in agents.json()["items"]}
+        time.sleep(1.5)  # let the worker fail at least one connection attempt
+        proc.send_signal(signal.SIGTERM)
+        t_term = time.monotonic()
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, out
+        assert time.monotonic() - t_term < 10  # within DRAIN_TIMEOUT
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "must-not-leak" not in out
+    assert (tmp_path / "app.db").exists()
+
+
+def test_start_refuses_without_required_settings(tmp_path: Path) -> None:
+    env = app_env(tmp_path)
+    del env["DATABASE_URL"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "start"], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    for name in ("ADMIN_API_KEY", "LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET", "DATABASE_URL"):
+        assert name in proc.stderr
+    assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]) == 5
+
+
+def test_bad_setting_is_named(tmp_path: Path) -> None:
+    env = app_env(tmp_path, AGENT_MODE="nonsense")
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "dev"], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "AGENT_MODE" in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["pte", "dynamic"])
+def test_dev_without_livekit_reports_worker_disabled(tmp_path: Path, mode: str) -> None:
+    port = free_port()
+    env = app_env(tmp_path, PORT=str(port), AGENT_MODE=mode)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "dev"], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", time.monotonic() + 10)
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=3)
+        assert ready.status_code == 200
+        assert ready.json()["worker"] == "disabled"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, out
+        assert "admin API key for this run" in out  # dev generates one and prints it once
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
