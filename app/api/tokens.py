@@ -16,11 +16,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from litestar import Controller, post
-from litestar.di import Provide
-from litestar.exceptions import ValidationException
+from litestar.di import NamedDependency, Provide
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.exceptions import HTTPException
+from litestar.params import JSONBody, SkipValidation
 from livekit import api
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -127,7 +127,12 @@ def token_controller(settings: Settings) -> type[Controller]:
                 503: ResponseSpec(None, description="LiveKit credentials are not configured"),
             },
         )
-        async def mint(self, data: TokenRequest, store: ConfigStore, settings: Settings) -> TokenResponse:
+        async def mint(
+            self,
+            data: JSONBody[TokenRequest],
+            store: NamedDependency[SkipValidation[ConfigStore]],
+            settings: NamedDependency[SkipValidation[Settings]],
+        ) -> TokenResponse:
             cfg = await _resolve(data, store, settings)
             _check_variables(cfg, data.variables)
             if not (settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret):

@@ -1,0 +1,130 @@
+"""POST /api/v1/token: checked before minting, dispatch metadata embedded, rate-limited."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from litestar.testing import AsyncTestClient
+from livekit import api
+from pydantic import SecretStr
+
+from app.api.app import create_app
+from app.api.tokens import token_controller
+from app.domain import AgentConfigInput, Route
+from app.settings import Settings
+from app.store.sql import SQLStore
+
+LK_KEY, LK_SECRET = "APIkey123", "lk-secret-0123456789abcdef0123456789abcdef"
+
+
+def make_settings(**kw) -> Settings:
+    base = dict(
+        livekit_url="wss://example.livekit.cloud", livekit_api_key=SecretStr(LK_KEY),
+        livekit_api_secret=SecretStr(LK_SECRET), admin_api_key=SecretStr("admin-key-123456"),
+        token_rate_per_minute=100,
+    )
+    base.update(kw)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = SQLStore(f"sqlite+aiosqlite:///{tmp_path}/t.db")
+    await s.start()
+    await s.create_agent_config(AgentConfigInput(
+        agent_id="support-agent-v1", name="Support",
+        prompt_config={"instructions": "Help {customer} of {company}.",
+                       "variables": {"customer": {"required": True}, "company": {"default": "Acme"}}},
+    ))
+    await s.create_agent_config(AgentConfigInput(
+        agent_id="sales-agent-v1", name="Sales", enabled=False, prompt_config={"instructions": "Sell."},
+    ))
+    await s.put_route(Route(purpose="support", agent_id="support-agent-v1", is_default=True))
+    await s.put_route(Route(purpose="sales", agent_id="sales-agent-v1"))
+    yield s
+    await s.aclose()
+
+
+def client_for(settings: Settings, store: SQLStore) -> AsyncTestClient:
+    app = create_app(settings, store, extra_route_handlers=[token_controller(settings)])
+    return AsyncTestClient(app)
+
+
+async def test_mints_a_token_that_dispatches_our_agent_with_metadata(store) -> None:
+    settings = make_settings()
+    async with client_for(settings, store) as c:
+        r = await c.post("/api/v1/token", json={
+            "purpose": "support", "user_id": "u-42", "variables": {"customer": "Ada"}})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["server_url"] == "wss://example.livekit.cloud"
+    assert body["agent_id"] == "support-agent-v1"
+    claims = api.TokenVerifier(LK_KEY, LK_SECRET).verify(body["participant_token"])
+    assert claims.identity == "u-42"
+    assert claims.video.room == body["room_name"]
+    assert claims.video.room_join and claims.video.can_publish and claims.video.can_subscribe
+    dispatch = claims.room_config.agents[0]
+    assert dispatch.agent_name == "voice-platform"
+    meta = json.loads(dispatch.metadata)
+    assert meta == {"purpose": "support", "variables": {"customer": "Ada"}, "user_id": "u-42"}
+    assert LK_SECRET not in r.text
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"purpose": "nope"}, "purpose"),
+        ({"agent_id": "ghost-agent"}, "agent_id"),
+        ({"agent_id": "sales-agent-v1", "variables": {}}, "agent_id"),  # disabled
+        ({"purpose": "sales"}, "purpose"),  # routes to a disabled agent
+        ({"purpose": "support", "variables": {}}, "variables.customer"),  # required missing
+        ({"purpose": "support", "variables": {"customer": "x", "evil": "y"}}, "variables.evil"),
+        ({"purpose": "support", "agent_id": "support-agent-v1"}, None),
+        ({"purpose": "support", "variables": {"customer": "x" * 5000}}, None),
+        ({"purpose": "support", "user_id": "<script>"}, "user_id"),
+        ({"purpose": "support", "unknown": 1}, None),
+    ],
+)
+async def test_refuses_bad_requests_with_422_naming_the_field(store, body, field) -> None:
+    async with client_for(make_settings(), store) as c:
+        r = await c.post("/api/v1/token", json=body)
+    assert r.status_code == 422, r.text
+    if field:
+        assert field in json.dumps(r.json()["extra"])
+
+
+async def test_no_livekit_credentials_is_503(store) -> None:
+    settings = make_settings(livekit_url=None)
+    async with client_for(settings, store) as c:
+        r = await c.post("/api/v1/token", json={"purpose": "support", "variables": {"customer": "A"}})
+    assert r.status_code == 503
+    assert "LiveKit" in r.json()["detail"]
+
+
+async def test_token_key_is_enforced_when_set_and_admin_key_is_not_needed(store) -> None:
+    settings = make_settings(token_api_key=SecretStr("token-key-abcdef"))
+    body = {"purpose": "support", "variables": {"customer": "A"}}
+    async with client_for(settings, store) as c:
+        assert (await c.post("/api/v1/token", json=body)).status_code == 401
+        wrong = await c.post("/api/v1/token", json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "token-key" not in wrong.text
+        ok = await c.post("/api/v1/token", json=body, headers={"Authorization": "Bearer token-key-abcdef"})
+        assert ok.status_code == 201
+
+
+async def test_rate_limited_per_client(store) -> None:
+    settings = make_settings(token_rate_per_minute=3)
+    body = {"purpose": "support", "variables": {"customer": "A"}}
+    async with client_for(settings, store) as c:
+        codes = [(await c.post("/api/v1/token", json=body)).status_code for _ in range(5)]
+    assert codes[:3] == [201, 201, 201]
+    assert codes[3:] == [429, 429]
+
+
+async def test_pte_mode_mints_for_the_pte_agent_without_routes(store) -> None:
+    settings = make_settings(agent_mode="pte")
+    async with client_for(settings, store) as c:
+        r = await c.post("/api/v1/token", json={"user_id": "candidate-1"})
+    assert r.status_code == 201, r.text
+    assert r.json()["agent_id"] == "pte-interview"
