@@ -45,6 +45,7 @@ def _cmd_serve(dev: bool) -> int:
 
 def _cmd_seed() -> int:
     from app.logging_setup import configure_logging
+    from app.domain.loading import ConfigFileError
     from app.seed import seed
     from app.store import open_store
 
@@ -56,6 +57,9 @@ def _cmd_seed() -> int:
         await store.start()
         try:
             report = await seed(store)
+        except ConfigFileError as e:  # names the file and the field
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         finally:
             await store.aclose()
         print(report)

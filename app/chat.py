@@ -69,7 +69,7 @@ async def run_chat(
             session.on("conversation_item_added", on_item)
             closed = asyncio.Event()
             session.on("close", lambda _ev: closed.set())
-            await session.start(prepared.agent)
+            await session.start(prepared.agent, capture_run=True)  # returns after the greeting
             async for line in lines if lines is not None else _stdin_lines():
                 if not line.strip() or closed.is_set():
                     break
@@ -79,7 +79,7 @@ async def run_chat(
                     print(f"error: {e}", file=sys.stderr, flush=True)
                 if closed.is_set():
                     break
-        await prepared.manager.aclose()
+        await prepared.aclose()
         rec = prepared.manager.record
         print(f"[session {rec.session_id} stored; collected: {json.dumps(prepared.manager.collected)}]",
               file=sys.stderr, flush=True)

@@ -8,6 +8,8 @@ protocols lets the factory run in the API process, the sim and `chat` unchanged.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -73,3 +75,24 @@ class SessionContext:
     variables: dict[str, str] = field(default_factory=dict)
     audio: bool = True
     """False in text mode (chat, sim): STT/TTS are not built."""
+    _closers: list[Callable[[], Awaitable[object]]] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
+
+    def add_closer(self, closer: Callable[[], Awaitable[object]]) -> None:
+        """Register cleanup for a per-session resource (the factory's model clients).
+
+        LiveKit never closes the LLM/STT/TTS an `Agent` was given, and a handoff creates
+        more of them mid-session, so the factory registers each here and the worker calls
+        `aclose()` once when the session has ended.
+        """
+        self._closers.append(closer)
+
+    async def aclose(self) -> None:
+        """Run the registered closers (newest first); errors are logged, not raised."""
+        closers, self._closers = self._closers[::-1], []
+        for closer in closers:
+            try:
+                await closer()
+            except Exception:
+                logging.getLogger("app.agents").exception("closing a session resource failed")

@@ -92,6 +92,7 @@ class ConfigCache:
         """True when the snapshot is known current without asking the store."""
         return (
             not self._dirty
+            and self.store_ok  # a failed poll ends freshness at once
             and self._snapshot is not EMPTY
             and time.monotonic() - self._last_poll_ok < 2 * self._poll_interval + 0.2
         )

@@ -49,10 +49,22 @@ class PreparedSession:
     agent: Any
     manager: SessionManager
     factory: AgentFactory
+    context: SessionContext
 
     @property
     def record(self) -> SessionRecord:
         return self.manager.record
+
+    async def aclose(self) -> None:
+        """Finish and flush the record, then close the models the factory built
+        (LiveKit does not close an Agent's own LLM/STT/TTS, and handoffs add more)."""
+        from app.agents.tools import aclose_default_http_client
+
+        try:
+            await self.manager.aclose()
+        finally:
+            await self.context.aclose()
+            await aclose_default_http_client()
 
 
 async def prepare_session(
@@ -118,7 +130,9 @@ async def prepare_session(
         manager.set_agent(config.agent_id, config.version)
         agent = factory.create_agent(config, ctx, extra_tools=_extra_tools(config, manager))
     await manager.start()
-    return PreparedSession(decision=decision, config=config, agent=agent, manager=manager, factory=factory)
+    return PreparedSession(
+        decision=decision, config=config, agent=agent, manager=manager, factory=factory, context=ctx
+    )
 
 
 def _extra_tools(config: AgentConfig, manager: SessionManager) -> list[Any]:
@@ -152,6 +166,26 @@ def prewarm(proc: Any) -> None:
         proc.userdata["vad"] = silero.VAD.load()
 
 
+def job_sources(ctx: Any, participant: Any = None) -> list[MetadataSource]:
+    """DESIGN §4 order: dispatch metadata, room metadata snapshot, then the participant's."""
+    sources = [
+        MetadataSource("job", ctx.job.metadata),
+        MetadataSource("room", ctx.job.room.metadata),
+    ]
+    if participant is not None:
+        sources.append(MetadataSource("participant", participant.metadata))
+    return sources
+
+
+async def prepare_job(ctx: Any, services: WorkerServices, participant: Any = None, **kw: Any) -> PreparedSession:
+    """`prepare_session` for a LiveKit job context (real, or `fake_job_context` in tests)."""
+    return await prepare_session(
+        services, job_sources(ctx, participant),
+        room=ctx.job.room.name or getattr(ctx.room, "name", "") or "room",
+        user_id=getattr(participant, "identity", None), **kw,
+    )
+
+
 async def entrypoint(ctx: Any) -> None:
     """Route the room, build the configured agent and run the voice session."""
     from livekit.agents import AgentSession
@@ -159,16 +193,9 @@ async def entrypoint(ctx: Any) -> None:
     services = await ensure_services()
     if services.vad is None:
         services.vad = ctx.proc.userdata.get("vad")
-    sources = [
-        MetadataSource("job", ctx.job.metadata),
-        MetadataSource("room", ctx.job.room.metadata),
-    ]
     await ctx.connect()
     participant = await ctx.wait_for_participant()
-    sources.append(MetadataSource("participant", participant.metadata))
-    prepared = await prepare_session(
-        services, sources, room=ctx.room.name, user_id=participant.identity, audio=True,
-    )
+    prepared = await prepare_job(ctx, services, participant, audio=True)
     log.info(
         "room %s: session %s with %s v%s (%s)",
         ctx.room.name, prepared.record.session_id, prepared.config.agent_id,
@@ -176,5 +203,7 @@ async def entrypoint(ctx: Any) -> None:
     )
     session = AgentSession(vad=services.vad)
     prepared.manager.attach(session)
-    ctx.add_shutdown_callback(prepared.manager.aclose)
+    ctx.add_shutdown_callback(prepared.aclose)
+    # end_session (or an error) closes the AgentSession; the job must end with it.
+    session.on("close", lambda ev: ctx.shutdown(reason=getattr(ev.reason, "value", "session closed")))
     await session.start(agent=prepared.agent, room=ctx.room)

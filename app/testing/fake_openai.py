@@ -1,0 +1,347 @@
+"""A scripted OpenAI-compatible Chat Completions endpoint, for tests, the sim and offline runs.
+
+Why at the HTTP boundary: the real `livekit-plugins-openai` code (request building, tool
+schemas, instructions, SSE parsing) must run, so we fake the server, not the `llm.LLM`.
+openai 3.x sends through `httpx2` (respx does not see it), so the fake plugs in as an
+`httpx2.MockTransport` (in process) or as a tiny ASGI app (loopback, for `python -m app
+dev`/`chat` offline).
+
+Usage::
+
+    fake = FakeOpenAI()
+    fake.tool_call("record_name", {"value": "Ada"}).text("Thanks Ada!")
+    llm = fake.llm()                      # livekit.plugins.openai.LLM on the fake
+    ... run the session ...
+    fake.requests[0].system               # the instructions the model saw
+    fake.requests[0].tool_names           # the tools it was offered
+
+Each chat completion request pops the next scripted reply; every request (including
+ones that found the script empty) is captured. An empty script answers HTTP 400 — a
+non-retryable error — so a test that under-scripts fails fast instead of retrying.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+import openai
+
+if TYPE_CHECKING:
+    from livekit.plugins.openai import LLM as OpenAILLM
+
+__all__ = [
+    "CapturedRequest",
+    "FakeOpenAI",
+    "ScriptedError",
+    "ScriptedText",
+    "ScriptedToolCalls",
+    "ToolCall",
+]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: Mapping[str, Any] | str = field(default_factory=dict)
+    """A dict (JSON-encoded on the wire) or a raw string (to script malformed JSON)."""
+    call_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ScriptedText:
+    text: str
+
+
+@dataclass(frozen=True)
+class ScriptedToolCalls:
+    calls: tuple[ToolCall, ...]
+    text: str = ""
+    """Optional assistant text streamed before the tool calls."""
+
+
+@dataclass(frozen=True)
+class ScriptedError:
+    status: int = 500
+    message: str = "scripted error"
+
+
+Reply = ScriptedText | ScriptedToolCalls | ScriptedError
+Responder = Callable[["CapturedRequest"], Reply]
+"""Computes a reply from the request (an alternative to a fixed reply in the script)."""
+
+
+@dataclass(frozen=True)
+class CapturedRequest:
+    """One POST /chat/completions body, with helpers for the parts tests assert on."""
+
+    body: dict[str, Any]
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return list(self.body.get("messages", []))
+
+    @property
+    def system(self) -> str | None:
+        """The first system/developer message's text (the agent's instructions)."""
+        for m in self.messages:
+            if m.get("role") in ("system", "developer"):
+                return _content_text(m.get("content"))
+        return None
+
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        """The `function` objects offered: [{"name", "description", "parameters", ...}]."""
+        return [t.get("function", t) for t in self.body.get("tools", []) or []]
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [t["name"] for t in self.tools]
+
+    def tool(self, name: str) -> dict[str, Any]:
+        for t in self.tools:
+            if t["name"] == name:
+                return t
+        raise KeyError(f"tool {name!r} not offered; offered: {self.tool_names}")
+
+    @property
+    def last_message(self) -> dict[str, Any] | None:
+        msgs = self.messages
+        return msgs[-1] if msgs else None
+
+    def tool_outputs(self) -> list[str]:
+        """Contents of the `tool` role messages, oldest first."""
+        return [_content_text(m.get("content")) or "" for m in self.messages if m.get("role") == "tool"]
+
+
+def _content_text(content: Any) -> str | None:
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content)
+
+
+class FakeOpenAI:
+    """A queue of scripted replies plus the list of captured requests. Thread-safe."""
+
+    def __init__(self, script: Iterable[Reply | Responder] = (), *, model: str = "test") -> None:
+        self._script: deque[Reply | Responder] = deque(script)
+        self._lock = threading.Lock()
+        self._seq = 0
+        self.model = model
+        self.requests: list[CapturedRequest] = []
+
+    # ------------------------------------------------------------------ scripting
+
+    def text(self, text: str) -> FakeOpenAI:
+        """Queue a plain assistant text reply."""
+        return self.add(ScriptedText(text))
+
+    def tool_call(
+        self, name: str, arguments: Mapping[str, Any] | str | None = None, *, call_id: str | None = None
+    ) -> FakeOpenAI:
+        """Queue a reply consisting of one tool call."""
+        return self.add(ScriptedToolCalls((ToolCall(name, arguments or {}, call_id),)))
+
+    def tool_calls(self, *calls: ToolCall, text: str = "") -> FakeOpenAI:
+        """Queue a reply with several (parallel) tool calls."""
+        return self.add(ScriptedToolCalls(tuple(calls), text=text))
+
+    def error(self, status: int = 500, message: str = "scripted error") -> FakeOpenAI:
+        return self.add(ScriptedError(status, message))
+
+    def add(self, reply: Reply | Responder) -> FakeOpenAI:
+        with self._lock:
+            self._script.append(reply)
+        return self
+
+    @property
+    def pending(self) -> int:
+        """Scripted replies not yet consumed."""
+        return len(self._script)
+
+    @property
+    def last_request(self) -> CapturedRequest:
+        return self.requests[-1]
+
+    # ------------------------------------------------------------------- plumbing
+
+    def respond(self, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+        """The core: capture a request body, pop the next reply, encode it."""
+        req = CapturedRequest(body)
+        with self._lock:
+            self.requests.append(req)
+            item = self._script.popleft() if self._script else None
+            self._seq += 1
+            seq = self._seq
+        if item is None:
+            item = ScriptedError(400, "FakeOpenAI: no scripted reply left for this request")
+        reply = item(req) if callable(item) else item
+        if isinstance(reply, ScriptedError):
+            err = {"error": {"message": reply.message, "type": "fake_error", "code": None}}
+            return reply.status, {"content-type": "application/json"}, json.dumps(err).encode()
+        stream = bool(body.get("stream"))
+        if not stream:
+            return 200, {"content-type": "application/json"}, _completion(reply, seq, self.model)
+        return 200, {"content-type": "text/event-stream"}, _sse(reply, seq, self.model)
+
+    def _handle(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method == "GET" and request.url.path.endswith("/models"):
+            return httpx2.Response(200, json={"object": "list", "data": []})
+        if request.method != "POST" or not request.url.path.endswith("/chat/completions"):
+            return httpx2.Response(404, json={"error": {"message": f"no route {request.url.path}"}})
+        status, headers, content = self.respond(json.loads(request.content or b"{}"))
+        return httpx2.Response(status, headers=headers, content=content)
+
+    def transport(self) -> httpx2.MockTransport:
+        return httpx2.MockTransport(self._handle)
+
+    def client(self, *, base_url: str = "http://fake/v1", api_key: str = "sk-test") -> openai.AsyncClient:
+        return openai.AsyncClient(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            http_client=httpx2.AsyncClient(transport=self.transport()),
+        )
+
+    def llm(self, model: str | None = None) -> OpenAILLM:
+        """A `livekit.plugins.openai.LLM` talking to this fake (imported lazily)."""
+        from livekit.plugins import openai as lk_openai
+
+        return lk_openai.LLM(model=model or self.model, client=self.client())
+
+    # ------------------------------------------------------------------------ ASGI
+
+    def asgi_app(self) -> Callable[..., Awaitable[None]]:
+        """A raw ASGI app: POST …/chat/completions and GET …/models, for loopback use."""
+
+        async def app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+            if scope["type"] == "lifespan":
+                while True:
+                    msg = await receive()
+                    if msg["type"] == "lifespan.startup":
+                        await send({"type": "lifespan.startup.complete"})
+                    elif msg["type"] == "lifespan.shutdown":
+                        await send({"type": "lifespan.shutdown.complete"})
+                        return
+            if scope["type"] != "http":
+                return
+            chunks: list[bytes] = []
+            more = True
+            while more:
+                msg = await receive()
+                chunks.append(msg.get("body", b""))
+                more = msg.get("more_body", False)
+            path, method = scope["path"], scope["method"]
+            if method == "GET" and path.endswith("/models"):
+                status, headers, content = 200, {"content-type": "application/json"}, b'{"object":"list","data":[]}'
+            elif method == "POST" and path.endswith("/chat/completions"):
+                try:
+                    body = json.loads(b"".join(chunks) or b"{}")
+                except ValueError:
+                    body = None
+                if isinstance(body, dict):
+                    status, headers, content = self.respond(body)
+                else:
+                    status, headers, content = 400, {"content-type": "application/json"}, b'{"error":{"message":"bad json"}}'
+            else:
+                status, headers, content = 404, {"content-type": "application/json"}, b'{"error":{"message":"not found"}}'
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+                }
+            )
+            await send({"type": "http.response.body", "body": content})
+
+        return app
+
+
+# ------------------------------------------------------------------------ encoding
+
+
+def _chunk(seq: int, model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-fake-{seq}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+def _args_json(call: ToolCall) -> str:
+    return call.arguments if isinstance(call.arguments, str) else json.dumps(dict(call.arguments))
+
+
+def _sse(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str) -> bytes:
+    chunks: list[dict[str, Any]] = []
+    if isinstance(reply, ScriptedText):
+        chunks.append(_chunk(seq, model, {"role": "assistant", "content": ""}))
+        for word in _words(reply.text):
+            chunks.append(_chunk(seq, model, {"content": word}))
+        chunks.append(_chunk(seq, model, {}, "stop"))
+    else:
+        chunks.append(_chunk(seq, model, {"role": "assistant", "content": reply.text or None}))
+        for i, call in enumerate(reply.calls):
+            call_id = call.call_id or f"call_{seq}_{i}"
+            head = {"index": i, "id": call_id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+            chunks.append(_chunk(seq, model, {"tool_calls": [head]}))
+            args = _args_json(call)
+            for j in range(0, len(args), 16):  # stream arguments in fragments, as servers do
+                chunks.append(_chunk(seq, model, {"tool_calls": [{"index": i, "function": {"arguments": args[j : j + 16]}}]}))
+        chunks.append(_chunk(seq, model, {}, "tool_calls"))
+    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    chunks.append({**_chunk(seq, model, {}), "choices": [], "usage": usage})
+    return b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n"
+
+
+def _completion(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str) -> bytes:
+    if isinstance(reply, ScriptedText):
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+        finish = "stop"
+    else:
+        message = {
+            "role": "assistant",
+            "content": reply.text or None,
+            "tool_calls": [
+                {
+                    "id": c.call_id or f"call_{seq}_{i}",
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": _args_json(c)},
+                }
+                for i, c in enumerate(reply.calls)
+            ],
+        }
+        finish = "tool_calls"
+    return json.dumps(
+        {
+            "id": f"chatcmpl-fake-{seq}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    ).encode()
+
+
+def _words(text: str) -> list[str]:
+    """Split keeping whitespace attached, so the deltas concatenate back to `text`."""
+    out: list[str] = []
+    start = 0
+    for i, ch in enumerate(text):
+        if ch == " " and i + 1 < len(text):
+            out.append(text[start : i + 1])
+            start = i + 1
+    if start < len(text):
+        out.append(text[start:])
+    return out
