@@ -73,11 +73,15 @@ class Supervisor:
         self.store = open_store(self.settings.database_url)
         await self._open_store()
 
+        from app.api.resolve import resolve_controller
         from app.api.tokens import token_controller
 
         app = create_app(
             self.settings, self.store, status=self.status,
-            extra_route_handlers=[token_controller(self.settings)],
+            extra_route_handlers=[
+                token_controller(self.settings),
+                resolve_controller(self._resolve, self.settings.admin_api_key),
+            ],
         )
         self._uvicorn = _Server(
             uvicorn.Config(
@@ -112,6 +116,15 @@ class Supervisor:
         stop_task.cancel()
         log.info("stopped")
         return exit_code
+
+    async def _resolve(self, metadata: str) -> Any:
+        from litestar.exceptions import ServiceUnavailableException
+
+        if self.services is None:
+            raise ServiceUnavailableException("the worker is still starting")
+        from app.worker.entrypoint import resolve_metadata
+
+        return await resolve_metadata(self.services, metadata)
 
     async def _start_services(self) -> WorkerServices:
         # livekit.agents and openai take seconds to import: do that off the loop, then

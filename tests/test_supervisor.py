@@ -133,3 +133,34 @@ def test_dev_without_livekit_reports_worker_disabled(tmp_path: Path, mode: str) 
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_resolve_shows_the_version_the_next_session_gets(tmp_path: Path) -> None:
+    port = free_port()
+    key = "admin-key-0123456789abcdef"
+    env = app_env(tmp_path, PORT=str(port), ADMIN_API_KEY=key)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "dev"], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    h = {"Authorization": f"Bearer {key}"}
+    base = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", time.monotonic() + 15)
+        deadline = time.monotonic() + 15
+        while (r := httpx.get(f"{base}/resolve", params={"purpose": "sales"}, headers=h)).status_code == 503:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.2)
+        assert r.status_code == 200, r.text
+        assert (r.json()["agent_id"], r.json()["config_version"], r.json()["reason"]) == ("sales-agent-v1", 1, "purpose")
+        assert httpx.get(f"{base}/resolve", params={"purpose": "sales"}).status_code == 401
+        p = httpx.patch(f"{base}/agents/config/sales-agent-v1", json={"description": "v2"}, headers=h)
+        assert p.status_code == 200, p.text
+        r = httpx.get(f"{base}/resolve", params={"purpose": "sales"}, headers=h)
+        assert r.json()["config_version"] == 2  # the very next session start sees the write
+        r = httpx.get(f"{base}/resolve", params={"purpose": "no-such-purpose"}, headers=h)
+        assert (r.json()["agent_id"], r.json()["reason"]) == ("support-agent-v1", "default:unknown_purpose")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out

@@ -135,6 +135,30 @@ async def prepare_session(
     )
 
 
+async def resolve_metadata(services: WorkerServices, metadata: str) -> Any:
+    """The routing half of a session start (no agent built, nothing recorded): what the
+    next session with this dispatch metadata would run. Backs `GET /api/v1/resolve`."""
+    from app.api.resolve import Resolution
+
+    if services.pte_mode:
+        from app.agents.pte import load_pte_config
+
+        cfg = load_pte_config()
+        return Resolution(agent_id=cfg.agent_id, config_version=cfg.version, reason="pte_mode")
+    snapshot: ConfigSnapshot | None = None
+    try:
+        snapshot = await services.snapshot()
+    except StoreUnavailable:
+        pass
+    decision = determine_agent_type([MetadataSource("job", metadata)], routing_table(snapshot), room="resolve")
+    cfg = (snapshot.enabled(decision.agent_id) if snapshot and decision.agent_id else None) or FALLBACK_CONFIG
+    return Resolution(
+        agent_id=cfg.agent_id, config_version=cfg.version, reason=decision.reason,
+        source=decision.source, config_epoch=snapshot.epoch if snapshot else None,
+        stale=bool(snapshot is None or snapshot.stale),
+    )
+
+
 def _extra_tools(config: AgentConfig, manager: SessionManager) -> list[Any]:
     from app.agents.pte import PTE_AGENT_ID, make_pte_tools
 
