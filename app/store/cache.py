@@ -59,7 +59,11 @@ class ConfigCache:
         self._store = store
         self._poll_interval = poll_interval
         self._snapshot: ConfigSnapshot = EMPTY
-        self._dirty = True
+        # Local writes bump `_changes`; a snapshot covers the changes counted when its
+        # reload *started*. Fresh only when it covers them all, so neither a write that
+        # lands mid-reload nor a reader arriving mid-reload can get a pre-write snapshot.
+        self._changes = 1
+        self._covered = 0
         self._last_poll_ok = 0.0
         self._poll_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
@@ -91,7 +95,7 @@ class ConfigCache:
     def is_fresh(self) -> bool:
         """True when the snapshot is known current without asking the store."""
         return (
-            not self._dirty
+            self._covered == self._changes
             and self.store_ok  # a failed poll ends freshness at once
             and self._snapshot is not EMPTY
             and time.monotonic() - self._last_poll_ok < 2 * self._poll_interval + 0.2
@@ -122,38 +126,33 @@ class ConfigCache:
     # internals ---------------------------------------------------------------
 
     def _on_local_change(self) -> None:
-        self._dirty = True
+        self._changes += 1
 
     async def _reload(self, epoch: int) -> None:
         async with self._reload_lock:
-            # Clear the flag before reading: a write that lands during the read sets it
-            # again, so we can never keep a snapshot older than a committed write.
-            self._dirty = False
-            try:
-                configs: dict[str, AgentConfig] = {}
-                offset = 0
-                while True:
-                    page, total = await self._store.list_agent_configs(offset=offset, limit=_PAGE)
-                    configs.update((c.agent_id, c) for c in page)
-                    offset += len(page)
-                    if not page or offset >= total:
-                        break
-                routes = tuple(await self._store.list_routes())
-                # `epoch` was read before listing: if another process wrote meanwhile,
-                # the next check sees a newer epoch and reloads (never the reverse).
-            except BaseException:
-                self._dirty = True
-                raise
+            covers = self._changes
+            configs: dict[str, AgentConfig] = {}
+            offset = 0
+            while True:
+                page, total = await self._store.list_agent_configs(offset=offset, limit=_PAGE)
+                configs.update((c.agent_id, c) for c in page)
+                offset += len(page)
+                if not page or offset >= total:
+                    break
+            routes = tuple(await self._store.list_routes())
+            # `epoch` was read before listing: if another process wrote meanwhile,
+            # the next check sees a newer epoch and reloads (never the reverse).
             self._snapshot = ConfigSnapshot(
                 epoch=epoch, configs=MappingProxyType(configs), routes=routes
             )
+            self._covered = covers
             log.debug("config snapshot reloaded: epoch %s, %d agents", epoch, len(configs))
 
     async def _check(self) -> None:
         """One epoch query; reload only if something changed."""
         try:
             epoch = await self._store.config_epoch()
-            if self._dirty or epoch != self._snapshot.epoch:
+            if self._covered != self._changes or epoch != self._snapshot.epoch:
                 await self._reload(epoch)
         except StoreUnavailable:
             self.store_ok = False
