@@ -1,0 +1,85 @@
+"""The admin API application factory.
+
+`create_app` wires explicit dependencies (settings, store, runtime status, optional
+config cache) into a Litestar app: no module-level state, so tests, the supervisor and
+the benchmark each build their own app around their own store. Dependencies reach
+handlers through Litestar DI (`app.api.deps`) and are also on `app.state` for code
+that is not a handler (the supervisor, middleware, the token endpoint).
+
+Layout:
+- `/healthz`, `/readyz`: open (probes carry no credentials);
+- `/api/v1/...`: the admin controllers behind the bearer guard;
+- `extra_route_handlers`: mounted at the app root as given, *outside* the admin guard,
+  so an endpoint with its own auth (`POST /api/v1/token`, its own key) is added by
+  passing a handler with the full path and its own guard.
+- `/schema` (UI) and `/schema/openapi.json`: the OpenAPI document, open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from litestar import Litestar, Router
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components
+from litestar.types import ControllerRouterHandler
+
+from app.api.agents import AgentConfigController
+from app.api.auth import SECURITY_SCHEME, SECURITY_SCHEME_NAME, bearer_guard
+from app.api.deps import dependencies
+from app.api.errors import EXCEPTION_HANDLERS
+from app.api.health import HealthController
+from app.api.routes import RouteController
+from app.api.sessions import SessionController
+from app.api.status import RuntimeStatus
+from app.settings import Settings
+from app.store.base import ConfigStore
+from app.store.cache import ConfigCache
+
+API_PREFIX = "/api/v1"
+API_VERSION = "1.0.0"
+
+
+def create_app(
+    settings: Settings,
+    store: ConfigStore,
+    *,
+    status: RuntimeStatus | None = None,
+    cache: ConfigCache | None = None,
+    extra_route_handlers: Sequence[ControllerRouterHandler] = (),
+) -> Litestar:
+    """Build the admin API around an already started `store`.
+
+    The caller owns the store's lifecycle (the supervisor starts it before serving and
+    closes it after the worker drains), so the app registers no startup/shutdown hooks
+    for it. The same goes for `cache`: pass the process's started `ConfigCache` (the
+    worker's) to serve `GET /agents/config/{id}` from memory while it is fresh; without
+    one every read goes to the store.
+    """
+    status = status if status is not None else RuntimeStatus()
+    admin = Router(
+        path=API_PREFIX,
+        route_handlers=[AgentConfigController, RouteController, SessionController],
+        guards=[bearer_guard(settings.admin_api_key)],
+        security=[{SECURITY_SCHEME_NAME: []}],
+    )
+    return Litestar(
+        route_handlers=[HealthController, admin, *extra_route_handlers],
+        dependencies=dependencies(store, cache, status),
+        state=State({"settings": settings, "store": store, "status": status, "cache": cache}),
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Voice platform admin API",
+            version=API_VERSION,
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin()],
+            components=Components(security_schemes={SECURITY_SCHEME_NAME: SECURITY_SCHEME}),
+        ),
+        # Logging belongs to the process (the supervisor configures text or JSON logs);
+        # Litestar's default config would reconfigure the root logger behind its back.
+        logging_config=None,
+        debug=False,
+    )

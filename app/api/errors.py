@@ -1,0 +1,230 @@
+"""One error shape for every failure: Litestar's `{"status_code", "detail", "extra"}`.
+
+Domain errors raised by the store are mapped to HTTP here, once, so controllers just
+call the store and let exceptions propagate. Field-level failures (Litestar's own body
+and parameter validation, pydantic errors from the domain model) become 422 with
+`extra` as a list of `{"key": "<dotted.path>", "message": ...}` entries, the format
+Litestar itself emits. Malformed JSON stays a plain 400: it never reached validation.
+Anything unexpected is logged here and answered with a generic 500, so no traceback,
+SQL or configuration value ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import ClientException, SerializationException, ValidationException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.exceptions.responses import ExceptionResponseContent
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.status_codes import (
+    HTTP_404_NOT_FOUND,
+    HTTP_409_CONFLICT,
+    HTTP_412_PRECONDITION_FAILED,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+from litestar.types import ExceptionHandlersMap
+from pydantic import ValidationError
+
+from app.api.conditional import etag
+from app.domain import (
+    AlreadyExists,
+    DomainError,
+    InUse,
+    InvalidInput,
+    InvalidReference,
+    NotFound,
+    StoreUnavailable,
+    VersionConflict,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FieldError:
+    """One entry of a 422's `extra`."""
+
+    message: str
+    key: str | None = None
+
+
+@dataclass
+class ErrorBody:
+    """The body of every error response (documented in OpenAPI)."""
+
+    status_code: int
+    detail: str
+    extra: list[FieldError] | dict[str, Any] | None = None
+
+
+def _json_error(
+    status_code: int,
+    detail: str,
+    extra: dict[str, Any] | list[Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[Any]:
+    return ExceptionResponseContent(
+        status_code=status_code,
+        detail=detail,
+        extra=extra,
+        headers=headers,
+        media_type=MediaType.JSON,
+    ).to_response()
+
+
+def field_error(key: str, message: str, detail: str | None = None) -> ValidationException:
+    """A 422 about one body field, for rules the handler checks itself."""
+    return ValidationException(
+        detail=detail or f"invalid value for {key}", extra=[{"message": message, "key": key}]
+    )
+
+
+def pydantic_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """Pydantic errors as Litestar's `[{"message", "key"}]` (input values are never echoed)."""
+    out: list[dict[str, str]] = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        entry = {"message": err["msg"]}
+        if err["loc"]:
+            entry["key"] = ".".join(str(p) for p in err["loc"])
+        out.append(entry)
+    return out
+
+
+# ------------------------------------------------------------------------- handlers
+
+
+def _validation_exception(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    # Litestar raises ValidationException (400) both for field errors (extra is a list)
+    # and for transport problems like a missing multipart boundary (no extra). Only the
+    # former is "unprocessable content".
+    if not isinstance(exc.extra, list):
+        return _json_error(exc.status_code, exc.detail, exc.extra)
+    return _json_error(HTTP_422_UNPROCESSABLE_ENTITY, exc.detail, [_readable(e) for e in exc.extra])
+
+
+def _readable(entry: Any) -> Any:
+    # An absent body surfaces from Litestar as a KeyError message "'data'"; say what it means.
+    if isinstance(entry, dict) and entry.get("key") == "data" and entry.get("message") == "'data'":
+        return {**entry, "message": "a JSON request body is required"}
+    return entry
+
+
+def _client_error(request: Request[Any, Any, Any], exc: ClientException) -> Response[Any]:
+    # Litestar reports undecodable JSON as a bare msgspec message ("Input data was
+    # truncated"); say that it is the body's syntax, not its content, that is wrong.
+    # A 413 names the limit, so a client knows how far over it is.
+    detail = exc.detail
+    if isinstance(exc.__cause__, SerializationException):
+        detail = f"malformed JSON body: {detail}"
+    elif isinstance(exc, RequestEntityTooLarge):
+        limit = request.route_handler.resolve_request_max_body_size()
+        detail = f"request body exceeds the {limit}-byte limit"
+    return _json_error(exc.status_code, detail, exc.extra, exc.headers)
+
+
+def _pydantic_validation(request: Request[Any, Any, Any], exc: ValidationError) -> Response[Any]:
+    return _json_error(
+        HTTP_422_UNPROCESSABLE_ENTITY,
+        f"Validation failed for {request.method} {request.url.path}",
+        pydantic_errors(exc),
+    )
+
+
+def _not_found(request: Request[Any, Any, Any], exc: NotFound) -> Response[Any]:
+    return _json_error(HTTP_404_NOT_FOUND, exc.message, exc.extra or None)
+
+
+def _conflict(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
+    return _json_error(HTTP_409_CONFLICT, exc.message, exc.extra or None)
+
+
+def _version_conflict(request: Request[Any, Any, Any], exc: VersionConflict) -> Response[Any]:
+    # 412 answers a failed precondition the client asked for; without If-Match the
+    # conflict came from a concurrent writer and is a plain 409.
+    status = HTTP_412_PRECONDITION_FAILED if "if-match" in request.headers else HTTP_409_CONFLICT
+    headers = {"ETag": etag(exc.actual)} if exc.actual is not None else None
+    return _json_error(status, exc.message, exc.extra, headers)
+
+
+def _invalid_input(request: Request[Any, Any, Any], exc: InvalidInput) -> Response[Any]:
+    # A rule spanning records (e.g. a route naming an unknown agent). The store puts
+    # the offending field in `extra` (`InvalidReference(..., agent_id=...)`): that
+    # field name becomes the error key, like any other field error.
+    entry: dict[str, Any] = {"message": exc.message}
+    if isinstance(exc, InvalidReference) and exc.extra:
+        entry["key"] = str(exc.extra.get("field") or next(iter(exc.extra)))
+    return _json_error(HTTP_422_UNPROCESSABLE_ENTITY, exc.message, [entry])
+
+
+def _store_unavailable(request: Request[Any, Any, Any], exc: StoreUnavailable) -> Response[Any]:
+    return _json_error(
+        HTTP_503_SERVICE_UNAVAILABLE, "store unavailable, retry shortly", None, {"Retry-After": "1"}
+    )
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Every exception without a more specific handler (and every HTTP 500)."""
+    log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return _json_error(HTTP_500_INTERNAL_SERVER_ERROR, "Internal Server Error")
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    ClientException: _client_error,
+    ValidationException: _validation_exception,
+    ValidationError: _pydantic_validation,
+    NotFound: _not_found,
+    AlreadyExists: _conflict,
+    InUse: _conflict,
+    VersionConflict: _version_conflict,
+    InvalidInput: _invalid_input,
+    StoreUnavailable: _store_unavailable,
+    HTTP_500_INTERNAL_SERVER_ERROR: _internal_error,
+}
+"""Passed to `Litestar(exception_handlers=...)`. Lookup is by class (most specific in
+the MRO wins), and the 500 entry catches everything else; other server-side
+HTTPExceptions (405, 503 raised by Litestar itself) keep Litestar's default
+rendering, which already has the shared shape."""
+
+
+# ------------------------------------------------------------------------- openapi
+
+_DESCRIPTIONS: dict[int, str] = {
+    400: "Malformed request (bad JSON, bad If-Match header)",
+    401: "Missing or invalid bearer token",
+    404: "Not found",
+    409: "Conflict (already exists, in use, or a concurrent write)",
+    412: "If-Match does not name the current version; `extra.current_version` does",
+    413: "Request body too large",
+    415: "Unsupported content type",
+    422: "Validation failed; `extra` lists `{key, message}` per field",
+    503: "Store unavailable",
+}
+
+
+ADMIN_ERRORS = (401, 503)
+"""Every admin handler can answer these: no/wrong key, store outage."""
+
+
+def error_responses(*codes: int) -> dict[int, ResponseSpec]:
+    """`responses=` for an admin handler: the listed codes plus `ADMIN_ERRORS`, with
+    the shared error body."""
+    return {
+        code: ResponseSpec(data_container=ErrorBody, description=_DESCRIPTIONS[code], generate_examples=False)
+        for code in sorted({*codes, *ADMIN_ERRORS})
+    }
+
+
+__all__ = [
+    "EXCEPTION_HANDLERS",
+    "ErrorBody",
+    "FieldError",
+    "error_responses",
+    "field_error",
+    "pydantic_errors",
+]

@@ -1,0 +1,51 @@
+"""`/api/v1/sessions`: read-only access to session records (transcripts, collected data)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from litestar import Controller, get
+from litestar.pagination import OffsetPagination
+from litestar.params import FromQuery, PathParameter, QueryParameter
+
+from app.api.deps import Limit, Offset, Store
+from app.api.errors import error_responses
+from app.domain import SessionRecord, SessionStatus
+
+
+class SessionController(Controller):
+    path = "/sessions"
+    tags = ["sessions"]
+
+    @get(
+        "/",
+        name="sessions:list",
+        summary="Session records, newest first, without turns",
+        responses=error_responses(),
+    )
+    async def list_sessions(
+        self,
+        store: Store,
+        agent_id: FromQuery[str | None] = None,
+        status: FromQuery[SessionStatus | None] = None,
+        since: Annotated[datetime | None, QueryParameter(description="started at or after")] = None,
+        until: Annotated[datetime | None, QueryParameter(description="started before")] = None,
+        offset: Offset = 0,
+        limit: Limit = 50,
+    ) -> OffsetPagination[SessionRecord]:
+        items, total = await store.list_sessions(
+            agent_id=agent_id, status=status, since=since, until=until, offset=offset, limit=limit
+        )
+        return OffsetPagination(items=items, total=total, offset=offset, limit=limit)
+
+    @get(
+        "/{session_id:str}",
+        name="sessions:get",
+        summary="One session with its turns",
+        responses=error_responses(404),
+    )
+    async def get_session(
+        self, store: Store, session_id: Annotated[str, PathParameter(max_length=200)]
+    ) -> SessionRecord:
+        return await store.get_session(session_id)
