@@ -7,6 +7,11 @@ transactions start with `BEGIN IMMEDIATE` (take the write lock up front, wait on
 `busy_timeout`) so two processes sharing the file queue instead of failing with
 SQLITE_BUSY half-way; inside one process an asyncio lock serialises writers cheaply.
 WAL mode lets readers (the API, the worker's cache poll) run beside a writer.
+On PostgreSQL (READ COMMITTED) every agent/route write transaction first locks the
+`config_epoch` row (`SELECT ... FOR UPDATE`), which serialises config writes across
+processes the way `BEGIN IMMEDIATE` does on SQLite, so checks that span rows (one
+default route, no route to a deleted agent) cannot be raced; session writes do not
+take that lock.
 """
 
 from __future__ import annotations
@@ -99,6 +104,10 @@ class SQLStore:
             self._write_engine = self._engine
         try:
             async with self._write_engine.begin() as conn:
+                if self._write_engine.dialect.name == "postgresql":
+                    # N processes starting on a fresh database at once: without this,
+                    # all but one fail in CREATE TABLE (unique violation in pg_type).
+                    await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7301946)"))
                 await conn.run_sync(metadata.create_all)
                 for key in (_EPOCH, _SCHEMA):
                     exists = await conn.scalar(sa.select(meta_t.c.value).where(meta_t.c.key == key))
@@ -129,13 +138,20 @@ class SQLStore:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-        def make(begin_sql: str) -> AsyncEngine:
-            eng = create_async_engine(self.url, echo=self._echo, connect_args={"timeout": 10})
+        def make(begin_sql: str | None) -> AsyncEngine:
+            # Reads (begin_sql None) run in SQLite's autocommit: one statement, its own
+            # snapshot, no BEGIN/ROLLBACK round trips through aiosqlite's thread (they
+            # were most of a config GET's cost). Writes take the lock up front.
+            eng = create_async_engine(
+                self.url, echo=self._echo, connect_args={"timeout": 10},
+                pool_reset_on_return=None if begin_sql is None else "rollback",
+            )
             event.listen(eng.sync_engine, "connect", on_connect)
-            event.listen(eng.sync_engine, "begin", lambda conn: conn.exec_driver_sql(begin_sql))
+            if begin_sql is not None:
+                event.listen(eng.sync_engine, "begin", lambda conn: conn.exec_driver_sql(begin_sql))
             return eng
 
-        return make("BEGIN"), make("BEGIN IMMEDIATE")
+        return make(None), make("BEGIN IMMEDIATE")
 
     async def aclose(self) -> None:
         engines = {e for e in (self._engine, self._write_engine) if e is not None}
@@ -178,6 +194,16 @@ class SQLStore:
         async with lock:
             try:
                 async with self._write_engine.begin() as conn:
+                    if config_change and not self._sqlite:
+                        # Serialise config writes across processes, as BEGIN IMMEDIATE
+                        # does on SQLite. Under READ COMMITTED (PostgreSQL) two writers
+                        # would otherwise both pass their checks: two default routes, a
+                        # route to an agent deleted at the same time, or a duplicate-key
+                        # error from two upserts of one new purpose. Admin writes are rare;
+                        # session writes do not take this lock.
+                        await conn.execute(
+                            sa.select(meta_t.c.value).where(meta_t.c.key == _EPOCH).with_for_update()
+                        )
                     yield conn
                     if config_change:
                         await conn.execute(
