@@ -39,7 +39,8 @@ def _cmd_serve(dev: bool) -> int:
         redactor.add(generated)
         # Printed once, straight to the terminal, never through the (redacted) logs.
         print(f"\n  admin API key for this run: {generated}\n"
-              f"  (set ADMIN_API_KEY to choose your own)\n", file=sys.stderr, flush=True)
+              f"  (set ADMIN_API_KEY to choose your own)\n"
+              f"  console: http://127.0.0.1:{settings.port}/\n", file=sys.stderr, flush=True)
     return asyncio.run(Supervisor(settings, dev=dev).run())
 
 

@@ -1,0 +1,143 @@
+// Version history of one agent: compare any two versions, roll back in one click.
+import { api, get } from '../api.js';
+import { diffLines, renderDiff } from '../diff.js';
+import { $, badge, clearNotices, fmtDate, h, notice, placeholderRow, setTitle, showConflict, showError, timeAgo, toast } from '../ui.js';
+
+const META = new Set(['version', 'created_at', 'updated_at']);
+const state = { agentId: null, versions: [], from: null, to: null };
+
+const content = (v) => Object.fromEntries(Object.entries(v).filter(([k]) => !META.has(k)));
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
+/** A YAML-like rendering for diffing: multi-line strings become blocks, one line each. */
+export function readable(value, indent = '') {
+  const lines = [];
+  const scalar = (v) => (typeof v === 'string' ? JSON.stringify(v) : String(v));
+  const emit = (key, v, pad) => {
+    const prefix = `${pad}${key}`;
+    if (typeof v === 'string' && v.includes('\n')) {
+      lines.push(`${prefix} |`);
+      for (const line of v.replace(/\n$/, '').split('\n')) lines.push(`${pad}  ${line}`);
+    } else if (Array.isArray(v)) {
+      if (!v.length) { lines.push(`${prefix} []`); return; }
+      lines.push(prefix);
+      for (const item of v) {
+        if (item && typeof item === 'object') {
+          const inner = readable(item, `${pad}  `).split('\n');
+          inner[0] = `${pad}- ${inner[0].trimStart()}`;
+          lines.push(...inner);
+        } else lines.push(`${pad}- ${scalar(item)}`);
+      }
+    } else if (v && typeof v === 'object') {
+      if (!Object.keys(v).length) { lines.push(`${prefix} {}`); return; }
+      lines.push(prefix);
+      lines.push(readable(v, `${pad}  `));
+    } else {
+      lines.push(`${prefix} ${v === null ? 'null' : scalar(v)}`);
+    }
+  };
+  for (const [k, v] of Object.entries(value)) emit(`${k}:`, v, indent);
+  return lines.join('\n');
+}
+
+function changeSummary(v, idx) {
+  if (idx === 0) return h('span', { class: 'muted' }, 'created');
+  const cur = content(v);
+  const restored = state.versions.slice(0, idx - 1).reverse().find((old) => same(content(old), cur));
+  const prev = content(state.versions[idx - 1]);
+  const keys = Object.keys({ ...prev, ...cur }).filter((k) => !same(prev[k], cur[k]));
+  const parts = [];
+  if (restored) parts.push(h('span', { class: 'chip chip-accent' }, `restores v${restored.version}`));
+  if (!keys.length && !restored) parts.push(h('span', { class: 'muted' }, 'no changes'));
+  else if (!restored) parts.push(...keys.map((k) => h('span', { class: 'chip chip-soft' }, k)));
+  return parts;
+}
+
+function renderTable() {
+  const tbody = $('#versions-table tbody');
+  const current = state.versions.at(-1);
+  $('#versions-count').textContent = state.versions.length;
+  const rows = state.versions.map((v, idx) => {
+    const isCurrent = v.version === current.version;
+    return h('tr', { class: isCurrent ? 'row-current' : '' },
+      h('td', {}, h('strong', {}, `v${v.version}`), isCurrent ? [' ', badge('Current', 'accent')] : null),
+      h('td', { class: 'nowrap' }, h('time', { datetime: v.updated_at, title: timeAgo(v.updated_at).textContent }, fmtDate(v.updated_at))),
+      h('td', {}, v.name),
+      h('td', {}, v.enabled ? badge('Enabled', 'success') : badge('Disabled', 'neutral')),
+      h('td', { class: 'chips-cell' }, changeSummary(v, idx)),
+      h('td', { class: 'center' }, h('input', {
+        type: 'radio', name: 'from', value: v.version, checked: v.version === state.from,
+        'aria-label': `Compare from version ${v.version}`, onchange: () => { state.from = v.version; renderDiffPanel(); },
+      })),
+      h('td', { class: 'center' }, h('input', {
+        type: 'radio', name: 'to', value: v.version, checked: v.version === state.to,
+        'aria-label': `Compare to version ${v.version}`, onchange: () => { state.to = v.version; renderDiffPanel(); },
+      })),
+      h('td', { class: 'right' }, isCurrent ? null : h('button', {
+        type: 'button', class: 'btn btn-small', 'aria-label': `Roll back to version ${v.version}`,
+        onclick: (e) => rollback(v.version, e.currentTarget),
+      }, 'Roll back')),
+    );
+  });
+  tbody.replaceChildren(...rows.reverse());
+}
+
+function renderDiffPanel() {
+  const from = state.versions.find((v) => v.version === state.from);
+  const to = state.versions.find((v) => v.version === state.to);
+  const box = $('#diff');
+  if (!from || !to) {
+    box.replaceChildren(h('p', { class: 'empty' }, 'Pick two versions above to compare them.'));
+    return;
+  }
+  if (state.versions.length === 1) {
+    $('#diff-heading').textContent = 'Changes';
+    box.replaceChildren(h('p', { class: 'empty' }, 'Only one version so far: edit the agent to have something to compare.'));
+    return;
+  }
+  $('#diff-heading').textContent = `Changes from v${from.version} to v${to.version}`;
+  const lines = diffLines(readable(content(from)), readable(content(to)));
+  box.replaceChildren(renderDiff(lines, { label: `Changes from version ${from.version} to version ${to.version}` }));
+}
+
+async function load() {
+  state.versions = await get(`/agents/config/${encodeURIComponent(state.agentId)}/versions`);
+  const n = state.versions.length;
+  state.to = state.versions[n - 1].version;
+  state.from = state.versions[Math.max(0, n - 2)].version;
+  const current = state.versions[n - 1];
+  $('#history-title').textContent = `${current.name} · history`;
+  $('#crumb-agent').textContent = state.agentId;
+  setTitle(`${current.name} history`);
+  renderTable();
+  renderDiffPanel();
+}
+
+async function rollback(version, button) {
+  const current = state.versions.at(-1).version;
+  button.disabled = true;
+  clearNotices();
+  try {
+    const res = await api('POST', `/agents/config/${encodeURIComponent(state.agentId)}/rollback/${version}`, { ifMatch: current });
+    await load();
+    toast(`Rolled back: version ${res.data.version} restores version ${version}.`);
+    notice('success', `Version ${res.data.version} is now current, with the content of version ${version}.`, { title: 'Rolled back.' });
+  } catch (err) {
+    button.disabled = false;
+    if (err.status === 412) showConflict(err);
+    else showError(err, 'Could not roll back');
+  }
+}
+
+export async function init(data) {
+  state.agentId = data.agentId;
+  const href = `/agents/${encodeURIComponent(state.agentId)}`;
+  $('#crumb-agent').href = href;
+  $('#edit-link').href = href;
+  try {
+    await load();
+  } catch (err) {
+    placeholderRow($('#versions-table tbody'), 8, err.status === 404 ? 'This agent does not exist (any more).' : 'Could not load the history.', 'error');
+    showError(err, 'Could not load the history');
+  }
+}

@@ -1,0 +1,142 @@
+// One session: transcript (with handoffs in place), details, and the collected data
+// checked against the schema of the agent version that ran it.
+import { api, get } from '../api.js';
+import { compareCollected } from '../schema-check.js';
+import { $, badge, duration, fill, fmtDate, fmtTime, h, notice, setTitle, showError } from '../ui.js';
+
+const ROLE_LABEL = { user: 'Caller', assistant: 'Agent', system: 'System', tool: 'Tool' };
+
+function link(href, text) {
+  return h('a', { href }, text);
+}
+
+function renderFacts(s) {
+  const agentHref = `/agents/${encodeURIComponent(s.agent_id)}`;
+  const facts = [
+    ['Status', [badge(s.status), s.degraded ? [' ', badge('degraded', 'warn')] : null]],
+    ['Agent', link(agentHref, s.agent_id)],
+    ['Config version', s.config_version ? link(`${agentHref}/history`, `v${s.config_version}`) : '—'],
+    ['User', s.user_id || '—'],
+    ['Room', h('code', { class: 'mono-id' }, s.room)],
+    ['Started', fmtDate(s.started_at)],
+    ['Ended', s.ended_at ? fmtDate(s.ended_at) : 'still active'],
+    ['Duration', s.ended_at ? duration(s.started_at, s.ended_at) : '—'],
+    ['End reason', s.end_reason || '—'],
+    ['Routed because', s.route_reason || '—'],
+  ];
+  if (s.degraded) facts.push(['Degraded', s.degraded]);
+  if (s.error) facts.push(['Error', h('span', { class: 'text-danger' }, s.error)]);
+  $('#facts').replaceChildren(...facts.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+}
+
+function renderTranscript(s) {
+  const list = $('#transcript');
+  $('#turns-count').textContent = s.turns.length;
+  const events = [
+    ...s.turns.map((t) => ({ at: t.at, kind: 'turn', t })),
+    ...s.handoffs.map((x) => ({ at: x.at, kind: 'handoff', x })),
+  ].sort((a, b) => new Date(a.at) - new Date(b.at) || (a.kind === 'turn' ? a.t.seq : 0) - (b.kind === 'turn' ? b.t.seq : 0));
+  if (!events.length) {
+    list.replaceChildren(h('li', { class: 'empty' }, 'No turns were recorded for this session.'));
+    return;
+  }
+  const multiAgent = new Set(s.turns.map((t) => t.agent_id).filter(Boolean)).size > 1;
+  list.replaceChildren(...events.map((e) => {
+    if (e.kind === 'handoff') {
+      return h('li', { class: 'turn-divider' }, h('span', {}, `Handed off from ${e.x.from_agent} to ${e.x.to_agent}`, e.x.reason ? ` — ${e.x.reason}` : '', ' · ', fmtTime(e.at)));
+    }
+    const t = e.t;
+    return h('li', { class: `turn turn-${t.role}` },
+      h('div', { class: 'turn-meta' },
+        h('span', { class: 'turn-role' }, ROLE_LABEL[t.role] || t.role),
+        multiAgent && t.agent_id && t.role === 'assistant' ? h('span', { class: 'chip chip-soft' }, t.agent_id) : null,
+        h('time', { datetime: t.at }, fmtTime(t.at))),
+      h('div', { class: 'turn-text' }, t.text));
+  }));
+}
+
+function valueCell(v) {
+  if (v === undefined) return h('span', { class: 'muted' }, '—');
+  if (Array.isArray(v)) return h('div', { class: 'chips' }, v.map((x) => h('span', { class: 'chip' }, typeof x === 'string' ? x : JSON.stringify(x))));
+  if (v && typeof v === 'object') return h('code', { class: 'mono-id' }, JSON.stringify(v));
+  return String(v);
+}
+
+const STATE_BADGE = {
+  ok: () => badge('valid', 'success'),
+  missing: () => badge('missing', 'danger'),
+  empty: () => badge('not collected', 'neutral'),
+  invalid: () => badge('invalid', 'danger'),
+  extra: () => badge('not in schema', 'warn'),
+};
+
+async function renderCollected(s) {
+  const box = $('#collected');
+  let schema = null;
+  let note = null;
+  try {
+    const query = s.config_version ? { version: s.config_version } : {};
+    schema = (await get(`/agents/config/${encodeURIComponent(s.agent_id)}`, { query })).schema_config;
+  } catch (err) {
+    if (err.status === 401) return;
+    note = err.status === 404
+      ? `The configuration of ${s.agent_id}${s.config_version ? ` v${s.config_version}` : ''} no longer exists, so the data is shown without its schema.`
+      : `Could not load the agent's schema: ${err.detail}`;
+  }
+  const rows = compareCollected(s.collected, schema || {});
+  if (!rows.length) {
+    box.replaceChildren(h('p', { class: 'empty' }, schema ? 'The schema declares no fields and nothing was collected.' : 'Nothing was collected.'));
+    return;
+  }
+  if (schema) {
+    const required = rows.filter((r) => r.required);
+    const done = required.filter((r) => r.state === 'ok').length;
+    $('#collected-summary').replaceChildren(badge(`${done} of ${required.length} required`, done === required.length ? 'success' : 'warn'));
+  }
+  fill(box,
+    note ? h('p', { class: 'hint hint-warn' }, note) : null,
+    h('div', { class: 'table-wrap' }, h('table', { class: 'table table-compact', 'aria-label': 'Collected data' },
+      h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Field'), h('th', { scope: 'col' }, 'Value'), h('th', { scope: 'col' }, 'Check'))),
+      h('tbody', {}, rows.map((r) => h('tr', { class: `collected-${r.state}` },
+        h('td', {}, h('code', { class: 'mono-id' }, r.name), r.required ? h('span', { class: 'req', title: 'required' }, '*') : null,
+          r.prop.description ? h('div', { class: 'cell-sub' }, r.prop.description) : null),
+        h('td', {}, valueCell(r.value)),
+        h('td', {}, schema || r.state !== 'extra' ? STATE_BADGE[r.state]() : null,
+          r.problems.length && r.state !== 'extra' ? h('div', { class: 'cell-sub text-danger' }, r.problems.join('; ')) : null),
+      ))),
+    )),
+  );
+}
+
+function renderHandoffs(s) {
+  const list = $('#handoff-list');
+  if (!s.handoffs.length) {
+    list.replaceChildren(h('li', { class: 'empty' }, 'No handoffs: one agent handled the whole call.'));
+    return;
+  }
+  list.replaceChildren(...s.handoffs.map((x) => h('li', {},
+    h('div', {}, link(`/agents/${encodeURIComponent(x.from_agent)}`, x.from_agent), ' → ', link(`/agents/${encodeURIComponent(x.to_agent)}`, x.to_agent)),
+    h('div', { class: 'cell-sub' }, fmtDate(x.at), x.reason ? ` · ${x.reason}` : ''))));
+}
+
+export async function init(data) {
+  const id = data.sessionId;
+  $('#crumb-current').textContent = id;
+  let s;
+  try {
+    s = (await api('GET', `/sessions/${encodeURIComponent(id)}`)).data;
+  } catch (err) {
+    if (err.status === 404) {
+      $('#session-title').textContent = 'Session not found';
+      notice('warn', `There is no session “${id}”.`, { actions: [h('a', { class: 'btn btn-small', href: '/sessions' }, 'All sessions')] });
+    } else showError(err, 'Could not load the session');
+    return;
+  }
+  setTitle(`Session ${id}`);
+  $('#session-title').replaceChildren(`Session ${id}`, ' ', badge(s.status));
+  $('#session-sub').textContent = `${s.agent_id}${s.config_version ? ` v${s.config_version}` : ''} · ${fmtDate(s.started_at)}${s.ended_at ? ` · ${duration(s.started_at, s.ended_at)}` : ''}`;
+  renderFacts(s);
+  renderTranscript(s);
+  renderHandoffs(s);
+  await renderCollected(s);
+}
