@@ -58,7 +58,9 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "text", "json"] = "auto"
     executor_type: ExecutorType = ExecutorType.thread
     drain_timeout: float = Field(
-        240.0, gt=0, le=290, description="Seconds active sessions may run on after SIGTERM."
+        240.0, gt=0, le=249,
+        description="Seconds active sessions may run on after SIGTERM. At most 249: the goodbye "
+        "and shutdown steps after it need up to 51 s more, inside fly's 300 s kill_timeout.",
     )
     default_llm_model: str = "gpt-4.1-mini"
     default_stt_model: str = "gpt-4o-mini-transcribe"

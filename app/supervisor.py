@@ -24,6 +24,14 @@ from app.api.status import RuntimeStatus
 from app.domain import StoreUnavailable
 from app.settings import AgentMode, ExecutorType, Settings
 from app.store import ConfigStore, open_store
+from app.store.cache import ConfigCache
+from app.worker.drain import (
+    API_STOP_TIMEOUT,
+    STORE_CLOSE_TIMEOUT,
+    WORKER_CLOSE_TIMEOUT,
+    active_sessions,
+    drain_worker,
+)
 
 if TYPE_CHECKING:
     from app.worker.services import WorkerServices
@@ -31,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("app.supervisor")
 
 WORKER_BACKOFF_MAX = 30.0
+STORE_RETRY_INTERVAL = 2.0
 
 
 class _Server(uvicorn.Server):
@@ -58,6 +67,7 @@ class Supervisor:
         self._agent_server: Any = None
         self._uvicorn: _Server | None = None
         self._store_down = False
+        self._store_setup_pending = False
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -75,10 +85,16 @@ class Supervisor:
 
         from app.api.resolve import resolve_controller
         from app.api.tokens import token_controller
+        from app.console import console_handlers
 
+        # One config cache per process, shared by the API's GETs and the worker's
+        # session starts; this process's writes refresh it at once, others' within a poll.
+        self.cache = ConfigCache(self.store, poll_interval=self.settings.cache_poll_interval)
+        await self.cache.start()
         app = create_app(
-            self.settings, self.store, status=self.status,
+            self.settings, self.store, status=self.status, cache=self.cache,
             extra_route_handlers=[
+                *console_handlers(self.settings),
                 token_controller(self.settings),
                 resolve_controller(self._resolve, self.settings.admin_api_key),
             ],
@@ -109,10 +125,13 @@ class Supervisor:
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(api_task, 10)
-        if self.services is not None:
-            await self.services.aclose()
-        await self.store.aclose()
+            await asyncio.wait_for(api_task, API_STOP_TIMEOUT)
+        with contextlib.suppress(Exception):  # bounded: fly's kill_timeout covers the whole drain
+            async with asyncio.timeout(STORE_CLOSE_TIMEOUT):
+                if self.services is not None:
+                    await self.services.aclose()
+                await self.cache.aclose()  # idempotent; services may never have started
+                await self.store.aclose()
         stop_task.cancel()
         log.info("stopped")
         return exit_code
@@ -132,7 +151,7 @@ class Supervisor:
         await asyncio.to_thread(_preimport_worker_stack)
         from app.worker.services import WorkerServices, install_services
 
-        services = WorkerServices(self.settings, self.store)
+        services = WorkerServices(self.settings, self.store, cache=self.cache)
         await services.start()
         services.load_vad()  # ~40 ms, once per process
         install_services(services)
@@ -146,8 +165,21 @@ class Supervisor:
             await self.store.start()
         except StoreUnavailable as e:
             self._store_down = True
-            log.error("store unavailable at start (%s); API serves, /readyz is 503 until it recovers", e.message)
+            self._store_setup_pending = True
+            log.error(
+                "store unavailable at start (%s); the API serves, /readyz is 503, "
+                "retrying every %.0fs", e.message, STORE_RETRY_INTERVAL,
+            )
             return
+        try:
+            await self._after_store_start()
+        except StoreUnavailable as e:  # went away right after start: the watch retries
+            self._store_down = self._store_setup_pending = True
+            log.error("store unavailable right after start (%s); retrying", e.message)
+
+    async def _after_store_start(self) -> None:
+        """One-time work once the store first answers (at start, or on recovery)."""
+        assert self.store is not None
         if self.settings.database_url.startswith("sqlite"):
             # One machine owns a SQLite file, so any session still `active` belongs to a
             # process that died: close it out instead of leaving it open forever.
@@ -156,6 +188,7 @@ class Supervisor:
                 log.warning("marked %d session(s) left active by a previous run as abandoned", n)
         if self.dev:
             await self._seed_if_empty()
+        self._store_setup_pending = False
 
     async def _seed_if_empty(self) -> None:
         assert self.store is not None
@@ -177,9 +210,15 @@ class Supervisor:
                 if self._store_down:
                     log.info("store reachable again")
                     self._store_down = False
-            except StoreUnavailable:
+                if self._store_setup_pending:
+                    await self._after_store_start()
+            except StoreUnavailable as e:
+                if not self._store_down:
+                    log.warning("store unavailable (%s); /readyz is 503 until it answers again", e.message)
                 self._store_down = True
-            await asyncio.sleep(2.0)
+            except Exception:  # keep watching whatever happens
+                log.exception("store watch failed")
+            await asyncio.sleep(STORE_RETRY_INTERVAL)
 
     # ----------------------------------------------------------------- worker
 
@@ -242,18 +281,23 @@ class Supervisor:
             backoff = min(backoff * 2, WORKER_BACKOFF_MAX)
 
     async def _shutdown_worker(self, worker_task: asyncio.Task[None]) -> None:
+        """Graceful drain (app/worker/drain.py): refuse new jobs, let live sessions end
+        for up to DRAIN_TIMEOUT, say goodbye to the rest and record them `abandoned`,
+        then close the LiveKit worker. The API keeps answering probes meanwhile."""
         server = self._agent_server
-        if server is not None and self.status.worker == "registered":
-            self.status.set_worker("draining")
+        if server is not None or len(active_sessions):
+            self.status.set_worker("draining", "shutting down: finishing active sessions")
             try:
-                await server.drain(timeout=int(self.settings.drain_timeout))
-            except TimeoutError:
-                log.warning("drain timeout (%ss) reached with sessions still active", self.settings.drain_timeout)
+                await drain_worker(server, active_sessions, timeout=self.settings.drain_timeout)
             except Exception:
                 log.exception("drain failed")
         if server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.aclose(), 15)
+            try:
+                await asyncio.wait_for(server.aclose(), WORKER_CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.error("LiveKit worker did not close within %gs", WORKER_CLOSE_TIMEOUT)
+            except Exception:
+                log.exception("LiveKit worker close failed")
         worker_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await worker_task

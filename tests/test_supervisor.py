@@ -121,7 +121,7 @@ def test_dev_without_livekit_reports_worker_disabled(tmp_path: Path, mode: str) 
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", time.monotonic() + 10)
+        wait_http(f"http://127.0.0.1:{port}/healthz", time.monotonic() + 20)  # loaded CI box
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=3)
         assert ready.status_code == 200
         assert ready.json()["worker"] == "disabled"

@@ -20,6 +20,7 @@ from app.agents.fallback import FALLBACK_CONFIG
 from app.agents.routing import MetadataSource, RouteDecision, RoutingTable, determine_agent_type
 from app.domain import AgentConfig, SessionRecord, StoreUnavailable
 from app.store.cache import ConfigSnapshot
+from app.worker.drain import active_sessions
 from app.worker.services import WorkerServices, ensure_services
 from app.worker.sessions import SessionManager
 
@@ -67,6 +68,23 @@ class PreparedSession:
             await aclose_default_http_client()
 
 
+def route_with(
+    snapshot: ConfigSnapshot | None,
+    sources: Sequence[MetadataSource],
+    *,
+    room: str,
+    degraded: str | None = None,
+) -> tuple[RouteDecision, AgentConfig]:
+    """The synchronous half of a session start: untrusted metadata → routing decision →
+    the config to run (an enabled agent of `snapshot`, or the fallback agent). Never
+    raises; `prepare_session` calls it once it has the snapshot."""
+    decision = determine_agent_type(sources, routing_table(snapshot), room=room)
+    config = (snapshot.enabled(decision.agent_id) if snapshot and decision.agent_id else None) or FALLBACK_CONFIG
+    if config is FALLBACK_CONFIG and degraded is None:
+        log.warning("room %s: no routable agent (%s); using the fallback agent", room, decision.reason)
+    return decision, config
+
+
 async def prepare_session(
     services: WorkerServices,
     sources: Sequence[MetadataSource],
@@ -77,6 +95,8 @@ async def prepare_session(
     audio: bool = True,
     llm_client: Any = None,
     http_client: Any = None,
+    stt_client: Any = None,
+    tts_client: Any = None,
 ) -> PreparedSession:
     session_id = session_id or uuid.uuid4().hex
     degraded: str | None = None
@@ -96,10 +116,10 @@ async def prepare_session(
                 degraded = "store unavailable: using last known-good config"
         except StoreUnavailable as e:
             degraded = f"store unavailable ({e.message}) and no config cached: fallback agent"
-        decision = determine_agent_type(sources, routing_table(snapshot), room=room)
-        config = (snapshot.enabled(decision.agent_id) if snapshot and decision.agent_id else None) or FALLBACK_CONFIG
-        if config is FALLBACK_CONFIG and degraded is None:
-            log.warning("room %s: no routable agent (%s); using the fallback agent", room, decision.reason)
+        except Exception:  # a bug or an unreadable stored config must not kill the call
+            log.exception("room %s: loading configs failed; using the fallback agent", room)
+            degraded = "config lookup failed: fallback agent"
+        decision, config = route_with(snapshot, sources, room=room, degraded=degraded)
 
     if degraded:
         log.warning("room %s: %s", room, degraded)
@@ -107,10 +127,11 @@ async def prepare_session(
         session_id=session_id, room=room, agent_id=config.agent_id, config_version=config.version,
         user_id=decision.user_id or user_id, route_reason=decision.reason, degraded=degraded,
     )
-    manager = SessionManager(services.store, record, call=services.call)
+    manager = SessionManager(services.store, record, call=services.call, spill=services.pending.adopt)
     factory = AgentFactory(
         services.settings, services.config_source,
         vad=services.vad if audio else None, llm_client=llm_client, http_client=http_client,
+        stt_client=stt_client, tts_client=tts_client,
     )
     ctx = SessionContext(
         session_id=session_id, room=room, recorder=manager, user_id=record.user_id,
@@ -210,6 +231,42 @@ async def prepare_job(ctx: Any, services: WorkerServices, participant: Any = Non
     )
 
 
+REPROMPT_INSTRUCTIONS = (
+    "The caller has been silent for a while. In one short sentence, ask whether they are "
+    "still there and offer to carry on."
+)
+MAX_REPROMPTS = 2
+
+
+def attach_silence_reprompt(
+    session: Any, *, max_reprompts: int = MAX_REPROMPTS, instructions: str = REPROMPT_INSTRUCTIONS
+) -> None:
+    """Re-prompt a silent caller instead of waiting forever.
+
+    LiveKit marks the user "away" once user and agent have both been silent for the
+    session's `user_away_timeout` (15 s by default). Then the agent asks, through the
+    LLM with `instructions`, whether they are still there — at most `max_reprompts`
+    times in a row (the count restarts when the caller speaks). The user is set back
+    to "listening" first, so LiveKit arms the away timer again after the re-prompt.
+    """
+    count = 0
+
+    def on_user_state(ev: Any) -> None:
+        nonlocal count
+        if ev.new_state == "speaking":
+            count = 0
+        if ev.new_state != "away" or count >= max_reprompts:
+            return
+        count += 1
+        try:
+            session.reset_away_timer()
+            session.generate_reply(instructions=instructions)
+        except RuntimeError as e:  # closing, or no activity any more
+            log.info("silence re-prompt skipped: %s", e)
+
+    session.on("user_state_changed", on_user_state)
+
+
 async def entrypoint(ctx: Any) -> None:
     """Route the room, build the configured agent and run the voice session."""
     from livekit.agents import AgentSession
@@ -227,7 +284,10 @@ async def entrypoint(ctx: Any) -> None:
     )
     session = AgentSession(vad=services.vad)
     prepared.manager.attach(session)
+    attach_silence_reprompt(session)
     ctx.add_shutdown_callback(prepared.aclose)
+    # SIGTERM drain (app/worker/drain.py) reaches live sessions through this registry.
+    ctx.add_shutdown_callback(active_sessions.register(session, prepared).release)
     # end_session (or an error) closes the AgentSession; the job must end with it.
     session.on("close", lambda ev: ctx.shutdown(reason=getattr(ev.reason, "value", "session closed")))
     await session.start(agent=prepared.agent, room=ctx.room)

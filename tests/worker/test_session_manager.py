@@ -116,3 +116,17 @@ async def test_bounded_queue_reports_overflow(store: FlakyStore, caplog) -> None
     assert m.dropped.count("append_turn") >= 14
     assert any("queue full" in r.getMessage() for r in caplog.records)
     await m.aclose()
+
+
+async def test_job_shutdown_under_a_live_call_is_abandoned(store: FlakyStore) -> None:
+    class Ev:
+        error = None
+        reason = type("R", (), {"value": "job_shutdown"})()
+
+    m = SessionManager(store, record())
+    await m.start()
+    m._on_close(Ev())
+    await m.aclose()
+    rec = await store.get_session("sess-1")
+    assert rec.status == SessionStatus.abandoned
+    assert rec.end_reason == "server shutting down"
