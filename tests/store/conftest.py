@@ -1,15 +1,18 @@
 """Fixtures for the `ConfigStore` contract suite.
 
-Every test in this directory runs once per backend in `BACKENDS`. A backend entry is a
-function `(request, tmp_path) -> StoreTarget`: it prepares an empty database (a file, a
-fresh database on a throwaway server...) and says how to reach it. Adding MongoDB or
-PostgreSQL is one entry each, e.g.
+Every test in this directory that uses `store_target` (or `store`) runs once per
+backend in `BACKENDS`. A backend entry is a function `(request, tmp_path) -> StoreTarget`:
+it prepares an empty database and says how to reach it:
 
-    def make_mongo_store(request, tmp_path):
-        server = request.getfixturevalue("secantus_server")  # a session-scoped fixture
-        return StoreTarget("mongo", f"mongodb://127.0.0.1:{server.port}/t_{uuid4().hex}")
+- sqlite: a file in the test's tmp dir;
+- mongo: a fresh database on one SecantusDB server (Mongo wire protocol) started once
+  per test session by `secantus_server`;
+- postgres: a fresh database (CREATE DATABASE) on one throwaway `initdb` cluster started
+  once per test session by `postgres_server`.
 
-    BACKENDS["mongo"] = make_mongo_store
+Both servers come from `app.testing.servers`; if one cannot start, every test on that
+backend fails with the server's output (they never skip). `.ci/run` installs
+PostgreSQL; SecantusDB is a dev dependency.
 
 The tests never name an implementation class: stores are opened with
 `app.store.open_store(url)`, so a child process (see `test_durability.py`) can open the
@@ -18,15 +21,17 @@ same database from the URL alone.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
 from app.domain import AgentConfigInput
 from app.store import ConfigStore, open_store
+from app.testing.servers import MongoServer, PostgresServer
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,36 @@ def make_sqlite_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreTa
     return StoreTarget("sqlite", f"sqlite+aiosqlite:///{tmp_path}/t.db")
 
 
+@pytest.fixture(scope="session")
+def secantus_server() -> Iterator[MongoServer]:
+    """One SecantusDB (Mongo wire) for the whole test session; each test gets its own
+    database on it. Fails (never skips) if the server cannot start."""
+    with MongoServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the whole test session; each test gets its
+    own database on it. Fails (never skips) if the server cannot start."""
+    with PostgresServer() as server:
+        yield server
+
+
+def make_mongo_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreTarget:
+    server: MongoServer = request.getfixturevalue("secantus_server")
+    return StoreTarget("mongo", server.url(f"t_{uuid4().hex}"))
+
+
+def make_postgres_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreTarget:
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return StoreTarget("postgres", server.create_database(f"t_{uuid4().hex}"))
+
+
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], StoreTarget]] = {
     "sqlite": make_sqlite_store,
+    "mongo": make_mongo_store,
+    "postgres": make_postgres_store,
 }
 
 
