@@ -24,10 +24,15 @@ from app.domain import AgentConfig, StoreUnavailable
 from app.settings import AgentMode, Settings
 from app.store.base import ConfigStore
 from app.store.cache import ConfigCache, ConfigSnapshot
+from app.worker.sessions import PendingWrites
 
 log = logging.getLogger("app.worker")
 
 T = TypeVar("T")
+
+PENDING_FLUSH_TIMEOUT = 3.0
+"""At shutdown, how long buffered session writes may wait for the store (bounded: the
+supervisor closes services within its own store-close budget)."""
 
 _services: WorkerServices | None = None
 
@@ -48,6 +53,8 @@ class WorkerServices:
         )
         self.vad = vad
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Session writes that outlive their session in a store outage (see sessions.py).
+        self.pending = PendingWrites()
 
     @property
     def pte_mode(self) -> bool:
@@ -56,10 +63,13 @@ class WorkerServices:
     async def start(self) -> None:
         """Start the cache on the running loop, which becomes the owner loop."""
         self.loop = asyncio.get_running_loop()
+        self.pending.start()
         if self.cache is not None:
             await self.cache.start()
 
     async def aclose(self) -> None:
+        # Buffered session writes get a last chance, then are logged with their payloads.
+        await self.pending.aclose(timeout=PENDING_FLUSH_TIMEOUT)
         if self.cache is not None:
             await self.cache.aclose()
 
