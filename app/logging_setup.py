@@ -1,8 +1,12 @@
 """Logging: readable lines in dev, one JSON object per line in production.
 
-A redaction filter on the root handler replaces any configured secret value that
-reaches a log record (message, arguments or exception text) with `***`, so a
-stray `log.info(settings)` or an exception that echoes a header cannot leak a key.
+A redaction filter replaces any configured secret value that reaches a log record
+(message, arguments, exception text, string `extra` fields) with `***`, so a stray
+`log.info(settings)` or an exception that echoes a header cannot leak a key. It runs
+when the record is created (a log-record factory), not only in our own handler: any
+other handler (pytest's capture, a log shipper added later, LiveKit's job-process
+forwarding) gets the redacted record too. The secrets are the configured keys and the
+password inside DATABASE_URL, if any.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from urllib.parse import unquote, urlsplit
 
 from app.settings import Settings
 
@@ -36,14 +41,24 @@ class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._secrets:
             return True
-        msg = record.getMessage()
+        try:
+            msg = record.getMessage()
+        except Exception:  # a broken format string: leave it to the handler to report
+            return True
         cleaned = self._clean(msg)
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = self._clean(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._clean(record.stack_info)
         if cleaned != msg or record.args:
             record.msg, record.args = cleaned, None
+        # `extra=` fields are set after the record is made, so only the handler's pass
+        # sees them (the factory's pass cannot).
+        for key, value in list(record.__dict__.items()):
+            if key not in _STD_ATTRS and isinstance(value, str):
+                setattr(record, key, self._clean(value))
         return True
 
 
@@ -67,7 +82,7 @@ _redactor: RedactSecrets | None = None
 
 
 def secret_values(settings: Settings) -> list[str]:
-    return [
+    values = [
         s.get_secret_value()
         for s in (
             settings.admin_api_key,
@@ -78,11 +93,27 @@ def secret_values(settings: Settings) -> list[str]:
         )
         if s is not None
     ]
+    password = urlsplit(settings.database_url).password if "@" in settings.database_url else None
+    if password:  # as written in the URL (percent-encoded) and as the driver sees it
+        values += [password, unquote(password)]
+    return values
+
+
+_base_factory = logging.getLogRecordFactory()
+
+
+def _install_record_factory(redactor: RedactSecrets) -> None:
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = _base_factory(*args, **kwargs)
+        redactor.filter(record)
+        return record
+
+    logging.setLogRecordFactory(factory)
 
 
 def configure_logging(settings: Settings, *, json_logs: bool) -> RedactSecrets:
-    """Install one handler on the root logger; returns the redaction filter so a key
-    generated later (dev mode) can be added to it."""
+    """Install one handler on the root logger and the redacting record factory; returns
+    the redaction filter so a key generated later (dev mode) can be added to it."""
     global _redactor
     handler = logging.StreamHandler(sys.stderr)
     if json_logs:
@@ -90,7 +121,8 @@ def configure_logging(settings: Settings, *, json_logs: bool) -> RedactSecrets:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
     _redactor = RedactSecrets(secret_values(settings))
-    handler.addFilter(_redactor)
+    handler.addFilter(_redactor)  # belt and braces: records made before the factory
+    _install_record_factory(_redactor)
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)

@@ -14,11 +14,14 @@ can be reached from a value, and a value containing `{x}` stays `{x}`.
 
 from __future__ import annotations
 
+import ssl
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import httpx2
 import openai
 from livekit.agents import llm as lk_llm
 from livekit.plugins import openai as lk_openai
@@ -32,6 +35,26 @@ from app.settings import Settings
 
 PLACEHOLDER_API_KEY = "sk-unset"
 """Sent when no key is configured, so keyless OpenAI-compatible servers still work."""
+
+_tls_context: ssl.SSLContext | None = None
+_tls_lock = threading.Lock()
+
+
+def shared_tls_context() -> ssl.SSLContext:
+    """The process's one verifying TLS context for model clients.
+
+    Why: left to themselves, the OpenAI plugins build a new HTTP client, and with it a
+    new TLS context, for every LLM/STT/TTS object; loading the CA bundle costs ~15-40 ms
+    of CPU each, so a voice session start paid it three times (measured by
+    `sim.bench.session_start`). An `SSLContext` is safe to share across threads and event
+    loops; clients (whose connection pools belong to a loop) stay per session.
+    """
+    global _tls_context
+    if _tls_context is None:
+        with _tls_lock:
+            if _tls_context is None:
+                _tls_context = httpx2.create_ssl_context()  # same trust rules as httpx2's default
+    return _tls_context
 
 
 class MissingVariables(ValueError):
@@ -98,15 +121,22 @@ class AgentFactory:
         vad: Any = None,
         llm_client: openai.AsyncClient | None = None,
         http_client: httpx.AsyncClient | None = None,
+        stt_client: openai.AsyncClient | None = None,
+        tts_client: openai.AsyncClient | None = None,
     ) -> None:
         """`vad`: the process's shared VAD (loaded once in prewarm), used in audio mode.
         `llm_client`: an OpenAI client every agent's LLM uses instead of building one
         (tests and the sim point it at a scripted endpoint). `http_client`: shared
-        client for HTTP tools (default: one lazily created per event loop)."""
+        client for HTTP tools (default: one lazily created per event loop).
+        `stt_client` / `tts_client`: the same as `llm_client` for the audio models
+        (the voice sim points them at a scripted `/audio/transcriptions` and
+        `/audio/speech`); never closed by the factory, like `llm_client`."""
         self._settings = settings
         self._configs = configs
         self._vad = vad
         self._llm_client = llm_client
+        self._stt_client = stt_client
+        self._tts_client = tts_client
         self._http_client = http_client
         key = settings.openai_api_key
         self._api_key = key.get_secret_value() if key is not None else PLACEHOLDER_API_KEY
@@ -166,6 +196,23 @@ class AgentFactory:
     def _base_url(self, configured: object) -> str | None:
         return str(configured) if configured else self._settings.openai_base_url
 
+    def _openai_client(self, base_url: str | None, ctx: SessionContext) -> openai.AsyncClient:
+        """A client configured as the plugins configure their own, but on the shared TLS
+        context; closed with the session (a plugin never closes a client it was given)."""
+        client = openai.AsyncClient(
+            api_key=self._api_key,
+            base_url=base_url,
+            max_retries=0,
+            http_client=httpx2.AsyncClient(
+                verify=shared_tls_context(),
+                timeout=httpx2.Timeout(connect=15.0, read=5.0, write=5.0, pool=5.0),
+                follow_redirects=True,
+                limits=httpx2.Limits(max_connections=50, max_keepalive_connections=50, keepalive_expiry=120),
+            ),
+        )
+        ctx.add_closer(client.close)
+        return client
+
     def _build_llm(self, config: AgentConfig, ctx: SessionContext) -> lk_openai.LLM:
         cfg = config.llm
         kwargs: dict[str, Any] = {"model": cfg.model or self._settings.default_llm_model}
@@ -175,23 +222,18 @@ class AgentFactory:
             kwargs["max_completion_tokens"] = cfg.max_tokens
         if self._llm_client is not None:
             return lk_openai.LLM(client=self._llm_client, **kwargs)
-        base_url = self._base_url(cfg.base_url)
-        if base_url:
-            kwargs["base_url"] = base_url
-        model = lk_openai.LLM(api_key=self._api_key, **kwargs)
-        ctx.add_closer(model.aclose)  # it owns its HTTP client
+        client = self._openai_client(self._base_url(cfg.base_url), ctx)
+        model = lk_openai.LLM(client=client, **kwargs)
+        ctx.add_closer(model.aclose)  # closers run newest first: the model, then its client
         return model
 
     def _build_stt(self, config: AgentConfig, ctx: SessionContext) -> lk_openai.STT:
         cfg = config.stt
-        kwargs: dict[str, Any] = {
-            "model": cfg.model or self._settings.default_stt_model,
-            "language": cfg.language,
-            "api_key": self._api_key,
-        }
-        if base_url := self._base_url(cfg.base_url):
-            kwargs["base_url"] = base_url
-        model = lk_openai.STT(**kwargs)
+        model = lk_openai.STT(
+            model=cfg.model or self._settings.default_stt_model,
+            language=cfg.language,
+            client=self._stt_client or self._openai_client(self._base_url(cfg.base_url), ctx),
+        )
         ctx.add_closer(model.aclose)
         return model
 
@@ -201,12 +243,10 @@ class AgentFactory:
             "model": cfg.model or self._settings.default_tts_model,
             "voice": cfg.voice or self._settings.default_tts_voice,
             "speed": cfg.speed,
-            "api_key": self._api_key,
         }
         if cfg.instructions:
             kwargs["instructions"] = cfg.instructions
-        if base_url := self._base_url(cfg.base_url):
-            kwargs["base_url"] = base_url
-        model = lk_openai.TTS(**kwargs)
+        client = self._tts_client or self._openai_client(self._base_url(cfg.base_url), ctx)
+        model = lk_openai.TTS(client=client, **kwargs)
         ctx.add_closer(model.aclose)
         return model

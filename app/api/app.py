@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components
 from litestar.types import ControllerRouterHandler
 
@@ -31,6 +30,7 @@ from app.api.auth import SECURITY_SCHEME, SECURITY_SCHEME_NAME, bearer_guard
 from app.api.deps import dependencies
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
+from app.api.openapi import AccurateJsonRenderPlugin, AccurateSwaggerRenderPlugin, fix_allow_header
 from app.api.routes import RouteController
 from app.api.sessions import SessionController
 from app.api.status import RuntimeStatus
@@ -65,7 +65,7 @@ def create_app(
         guards=[bearer_guard(settings.admin_api_key)],
         security=[{SECURITY_SCHEME_NAME: []}],
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[HealthController, admin, *extra_route_handlers],
         dependencies=dependencies(store, cache, status),
         state=State({"settings": settings, "store": store, "status": status, "cache": cache}),
@@ -75,7 +75,7 @@ def create_app(
             title="Voice platform admin API",
             version=API_VERSION,
             path="/schema",
-            render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin()],
+            render_plugins=[AccurateSwaggerRenderPlugin(path="/"), AccurateJsonRenderPlugin()],
             components=Components(security_schemes={SECURITY_SCHEME_NAME: SECURITY_SCHEME}),
         ),
         # Logging belongs to the process (the supervisor configures text or JSON logs);
@@ -83,3 +83,5 @@ def create_app(
         logging_config=None,
         debug=False,
     )
+    fix_allow_header(app)
+    return app

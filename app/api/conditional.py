@@ -14,15 +14,21 @@ import re
 from typing import Annotated
 
 from litestar.exceptions import ClientException
+from litestar.openapi.spec import OpenAPIType
 from litestar.params import HeaderParameter
 
 _IF_MATCH_RE = re.compile(r'^(?:W/)?"(\d{1,18})"$|^(\d{1,18})$')
+IF_MATCH_PATTERN = r'^(\*|(W/)?"[0-9]{1,18}"|[0-9]{1,18})$'
+"""The accepted forms, for the OpenAPI document (checked by `expected_version`, which
+answers 400 rather than Litestar's parameter 422: a bad precondition is a bad request)."""
 
 IfMatch = Annotated[
     str | None,
     HeaderParameter(
         name="If-Match",
         required=False,
+        # documented as a plain string: a nullable header makes generated clients send "null"
+        schema_extra={"oneOf": None, "type": OpenAPIType.STRING, "pattern": IF_MATCH_PATTERN},
         description='Current version as an ETag (`"7"`; `7` and `W/"7"` accepted). '
         "On mismatch the write is refused with 412.",
     ),

@@ -25,6 +25,7 @@ from litestar.status_codes import (
     HTTP_409_CONFLICT,
     HTTP_412_PRECONDITION_FAILED,
     HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_429_TOO_MANY_REQUESTS,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
@@ -125,7 +126,14 @@ def _client_error(request: Request[Any, Any, Any], exc: ClientException) -> Resp
     elif isinstance(exc, RequestEntityTooLarge):
         limit = request.route_handler.resolve_request_max_body_size()
         detail = f"request body exceeds the {limit}-byte limit"
-    return _json_error(exc.status_code, detail, exc.extra, exc.headers)
+    headers = exc.headers
+    if exc.status_code == HTTP_429_TOO_MANY_REQUESTS:
+        # Litestar's rate limiter sends only the draft RateLimit-* headers; Retry-After is
+        # what HTTP clients and proxies act on (RFC 9110 §10.2.3).
+        headers = dict(headers or {})
+        reset = next((v for k, v in headers.items() if k.lower() == "ratelimit-reset"), None)
+        headers.setdefault("Retry-After", str(reset or 60))
+    return _json_error(exc.status_code, detail, exc.extra, headers)
 
 
 def _pydantic_validation(request: Request[Any, Any, Any], exc: ValidationError) -> Response[Any]:
@@ -203,6 +211,7 @@ _DESCRIPTIONS: dict[int, str] = {
     413: "Request body too large",
     415: "Unsupported content type",
     422: "Validation failed; `extra` lists `{key, message}` per field",
+    429: "Too many requests from this client; retry after the `Retry-After` seconds",
     503: "Store unavailable",
 }
 

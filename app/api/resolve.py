@@ -19,6 +19,8 @@ from litestar.params import Parameter
 from pydantic import BaseModel, SecretStr
 
 from app.api.auth import SECURITY_SCHEME_NAME, bearer_guard
+from app.api.errors import error_responses
+from app.api.openapi import register_models
 
 
 class Resolution(BaseModel):
@@ -31,6 +33,8 @@ class Resolution(BaseModel):
     """True when the store was unreachable and the last known-good config was used."""
 
 
+register_models(Resolution)
+
 Resolver = Callable[[str], Awaitable[Resolution]]
 
 
@@ -42,7 +46,11 @@ def resolve_controller(resolver: Resolver, admin_key: SecretStr | None) -> type[
         security = [{SECURITY_SCHEME_NAME: []}]
         dependencies = {"resolver": Provide(lambda: resolver, use_cache=True, sync_to_thread=False)}
 
-        @get("/", summary="Resolve room metadata to the agent and version a new session would get")
+        @get(
+            "/",
+            summary="Resolve room metadata to the agent and version a new session would get",
+            responses=error_responses(422),
+        )
         async def resolve(
             self,
             resolver: Any,

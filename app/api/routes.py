@@ -17,8 +17,17 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 from app.api.deps import Store
 from app.api.errors import error_responses, field_error
 from app.domain import Route, RouteInput
+from app.domain.models import PURPOSE_RE
 
-PurposePath = Annotated[str, PathParameter(description="Route purpose", max_length=200)]
+PurposePath = Annotated[
+    str,
+    PathParameter(
+        description="Route purpose", max_length=200,
+        # documented, not enforced here: GET/DELETE of a malformed purpose is a plain 404,
+        # PUT validates it as `Route.purpose` (422)
+        schema_extra={"pattern": PURPOSE_RE},
+    ),
+]
 
 
 def _check_table(routes: list[Route]) -> None:
@@ -46,7 +55,7 @@ class RouteController(Controller):
         "/",
         name="routes:replace",
         summary="Replace the whole table atomically (at most one default)",
-        responses=error_responses(422),
+        responses=error_responses(400, 413, 422),
     )
     async def replace_routes(self, store: Store, data: JSONBody[list[Route]]) -> list[Route]:
         _check_table(data)
@@ -62,7 +71,7 @@ class RouteController(Controller):
     async def clear_routes(self, store: Store) -> None:
         await store.replace_routes([])
 
-    @get("/{purpose:str}", name="routes:get", responses=error_responses(404))
+    @get("/{purpose:str}", name="routes:get", responses=error_responses(404, 422))
     async def get_route(self, store: Store, purpose: PurposePath) -> Route:
         return await store.get_route(purpose)
 
@@ -70,7 +79,7 @@ class RouteController(Controller):
         "/{purpose:str}",
         name="routes:put",
         summary="Create or replace one route; is_default=true clears it elsewhere",
-        responses=error_responses(422),
+        responses=error_responses(400, 413, 422),
     )
     async def put_route(self, store: Store, purpose: PurposePath, data: JSONBody[RouteInput]) -> Route:
         # Route() validates the purpose from the path; a bad one is a pydantic error -> 422.
@@ -80,7 +89,7 @@ class RouteController(Controller):
         "/{purpose:str}",
         name="routes:delete",
         status_code=HTTP_204_NO_CONTENT,
-        responses=error_responses(404),
+        responses=error_responses(404, 422),
     )
     async def delete_route(self, store: Store, purpose: PurposePath) -> None:
         await store.delete_route(purpose)

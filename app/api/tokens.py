@@ -25,6 +25,8 @@ from livekit import api
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from app.api.auth import bearer_guard
+from app.api.errors import ErrorBody, error_responses
+from app.api.openapi import register_models
 from app.domain import AgentConfig, NotFound
 from app.domain.models import MAX_VARIABLE_VALUE_CHARS, MAX_VARIABLES_BYTES, PURPOSE_RE, SLUG_RE
 from app.settings import AgentMode, Settings
@@ -60,6 +62,9 @@ class TokenResponse(BaseModel):
     participant_identity: str
     agent_id: str
     expires_at: datetime
+
+
+register_models(TokenRequest, TokenResponse)
 
 
 def _invalid(field: str, message: str) -> ValidationException:
@@ -122,9 +127,11 @@ def token_controller(settings: Settings) -> type[Controller]:
             status_code=201,
             summary="Mint a LiveKit token that dispatches the routed agent",
             responses={
-                422: ResponseSpec(None, description="unknown purpose/agent, undeclared or missing variables"),
-                429: ResponseSpec(None, description="rate limited"),
-                503: ResponseSpec(None, description="LiveKit credentials are not configured"),
+                **error_responses(400, 413, 422, 429),
+                503: ResponseSpec(
+                    ErrorBody, description="LiveKit is not configured, or the store is unavailable",
+                    generate_examples=False,
+                ),
             },
         )
         async def mint(

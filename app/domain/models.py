@@ -19,10 +19,12 @@ import jsonschema
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     HttpUrl,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -53,7 +55,56 @@ def _to_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-UtcDatetime = Annotated[datetime, AfterValidator(_to_utc)]
+def _not_a_number(value: Any) -> Any:
+    """A time is an RFC 3339 string (or a datetime from a driver), never a bare number:
+    lax parsing would read `0` or `true` as a Unix timestamp."""
+    if isinstance(value, int | float):
+        raise ValueError("expected an RFC 3339 date-time string")
+    return value
+
+
+UtcDatetime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_to_utc)]
+
+
+# Exact JSON types for client-written scalars: `"true"`, `0` or `"5"` are not a bool or a
+# number. pydantic's lax mode coerces them, and Litestar validates bodies with
+# `strict=False` (overriding any model or field `strict`), so the check is a validator.
+# Found by fuzzing: bodies the OpenAPI document calls invalid were accepted.
+def _exact(*types: type, name: str) -> Any:
+    def check(value: Any) -> Any:
+        if value is None:  # left to the field's own None handling
+            return value
+        if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
+            raise ValueError(f"Input should be a JSON {name}")
+        return value
+
+    return BeforeValidator(check)
+
+
+_BOOL = _exact(bool, name="boolean")
+_INT = _exact(int, name="integer")
+_NUMBER = _exact(int, float, name="number")
+JsonBool = Annotated[bool, _BOOL]
+JsonInt = Annotated[int, _INT]
+JsonNumber = Annotated[float, _NUMBER]
+"""For a constrained optional, put the bounds first: `Annotated[float, Field(ge=0), _NUMBER]`
+(after the validator pydantic still enforces them but documents `ge`, not `minimum`)."""
+
+
+MAX_URL_CHARS = 2083
+
+
+def _url_fits(url: HttpUrl) -> HttpUrl:
+    """pydantic caps a URL's *input* length, then normalises it (percent-encoding, IDNA,
+    a trailing slash), which can grow it past the cap: such a config was stored and then
+    failed validation on every read — one bad write broke listing, routing and the
+    worker's cache reload (found by fuzzing). Check the stored form instead."""
+    if len(str(url)) > MAX_URL_CHARS:
+        raise ValueError(f"URL should have at most {MAX_URL_CHARS} characters once normalised")
+    return url
+
+
+WebUrl = Annotated[HttpUrl, AfterValidator(_url_fits)]
 
 
 class _Model(BaseModel):
@@ -87,7 +138,7 @@ def template_fields(template: str) -> set[str]:
 class VariableSpec(_Model):
     description: str = Field("", max_length=500)
     default: str | None = Field(None, max_length=MAX_VARIABLE_VALUE_CHARS)
-    required: bool = False
+    required: JsonBool = False
 
 
 class PromptConfig(_Model):
@@ -151,8 +202,27 @@ def check_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-JsonSchemaObject = Annotated[dict[str, Any], AfterValidator(check_json_schema)]
-"""`schema_config`: the JSON Schema of the data an agent collects."""
+_JSON_SCHEMA_DOC: dict[str, Any] = {
+    "type": "object",
+    "description": 'A JSON Schema (draft 2020-12) with "type": "object"; property names are '
+    "tool-name-safe and every `required` name is a property.",
+    "required": ["type"],
+    "properties": {
+        "type": {"const": "object"},
+        "properties": {
+            "type": "object",
+            "propertyNames": {"pattern": TOOL_NAME_RE},
+            "additionalProperties": {"type": ["object", "boolean"]},
+        },
+        "required": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+JsonSchemaObject = Annotated[
+    dict[str, Any], AfterValidator(check_json_schema), WithJsonSchema(_JSON_SCHEMA_DOC)
+]
+"""`schema_config`: the JSON Schema of the data an agent collects. The OpenAPI document
+shows the shape `check_json_schema` enforces (what JSON Schema can say of it)."""
 
 
 def empty_schema() -> dict[str, Any]:
@@ -165,32 +235,32 @@ def empty_schema() -> dict[str, Any]:
 class LLMConfig(_Model):
     provider: Literal["openai"] = "openai"
     model: str | None = Field(None, max_length=200, description="None: the server default.")
-    base_url: HttpUrl | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1, le=32768)
+    base_url: WebUrl | None = None
+    temperature: Annotated[float, Field(ge=0, le=2), _NUMBER] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=32768), _INT] | None = None
 
 
 class STTConfig(_Model):
     provider: Literal["openai"] = "openai"
     model: str | None = Field(None, max_length=200)
     language: str = Field("en", max_length=16)
-    base_url: HttpUrl | None = None
+    base_url: WebUrl | None = None
 
 
 class TTSConfig(_Model):
     provider: Literal["openai"] = "openai"
     model: str | None = Field(None, max_length=200)
     voice: str | None = Field(None, max_length=100)
-    speed: float = Field(1.0, ge=0.25, le=4.0)
+    speed: JsonNumber = Field(1.0, ge=0.25, le=4.0)
     instructions: str | None = Field(None, max_length=2000)
-    base_url: HttpUrl | None = None
+    base_url: WebUrl | None = None
 
 
 class VADConfig(_Model):
     provider: Literal["silero"] = "silero"
-    min_speech_duration: float = Field(0.05, ge=0, le=5)
-    min_silence_duration: float = Field(0.55, ge=0, le=10)
-    activation_threshold: float = Field(0.5, gt=0, lt=1)
+    min_speech_duration: JsonNumber = Field(0.05, ge=0, le=5)
+    min_silence_duration: JsonNumber = Field(0.55, ge=0, le=10)
+    activation_threshold: JsonNumber = Field(0.5, gt=0, lt=1)
 
 
 # ----------------------------------------------------------------------------- tools
@@ -201,10 +271,10 @@ class HttpTool(_Model):
     name: ToolName
     description: str = Field(min_length=1, max_length=2000)
     parameters: JsonSchemaObject = Field(default_factory=empty_schema)
-    url: HttpUrl
+    url: WebUrl
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     headers: dict[str, str] = Field(default_factory=dict, max_length=32)
-    timeout_s: float = Field(5.0, gt=0, le=30)
+    timeout_s: JsonNumber = Field(5.0, gt=0, le=30)
 
 
 class BuiltinTool(_Model):
@@ -224,7 +294,7 @@ class AgentConfigInput(_Model):
     agent_id: AgentId
     name: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=2000)
-    enabled: bool = True
+    enabled: JsonBool = True
     prompt_config: PromptConfig
     schema_config: JsonSchemaObject = Field(default_factory=empty_schema)
     llm: LLMConfig = Field(default_factory=LLMConfig)
@@ -299,7 +369,7 @@ def patched_input(current: AgentConfig, patch: dict[str, Any]) -> AgentConfigInp
 
 class RouteInput(_Model):
     agent_id: AgentId
-    is_default: bool = False
+    is_default: JsonBool = False
 
 
 class Route(RouteInput):

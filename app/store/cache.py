@@ -115,6 +115,13 @@ class ConfigCache:
                 raise
             log.warning("store unavailable (%s); serving last known-good configs", e.message)
             return replace(self._snapshot, stale=True)
+        except Exception as e:
+            # Not an outage: e.g. a stored config that no longer validates. Sessions keep
+            # the last good snapshot (marked stale) rather than failing to start.
+            log.exception("config reload failed; serving last known-good configs")
+            if self._snapshot is EMPTY:
+                raise StoreUnavailable(f"config reload failed: {type(e).__name__}") from e
+            return replace(self._snapshot, stale=True)
 
     async def get_agent_config(self, agent_id: str) -> AgentConfig:
         """`ConfigSource` for handoffs: the current config of an enabled agent."""

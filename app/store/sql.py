@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -63,7 +64,10 @@ log = logging.getLogger("app.store.sql")
 
 _EPOCH = "config_epoch"
 _SCHEMA = "schema_version"
+_PROBE = "write_probe"
 _PARSED_CACHE_MAX = 4096
+WRITE_PROBE_INTERVAL = 5.0
+"""`ping` adds a no-op write when no write succeeded for this long (see `ping`)."""
 
 
 def deep_merge(base: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -88,6 +92,9 @@ class SQLStore:
         self._write_engine: AsyncEngine | None = None
         self._write_lock = asyncio.Lock()
         self._listeners: list[ChangeListener] = []
+        self._write_error: str | None = None
+        self._last_write_ok = 0.0
+        """Set by a write that failed for lack of the database, cleared by one that worked."""
         # Version rows are immutable, so a parsed config keyed by its row id never goes
         # stale; re-validating stored JSON on every read would only burn CPU.
         self._parsed: dict[tuple[int, str, int], AgentConfig] = {}
@@ -162,6 +169,24 @@ class SQLStore:
     async def ping(self) -> None:
         async with self._read() as conn:
             await conn.execute(sa.text("SELECT 1"))
+        if self._write_error is not None or time.monotonic() - self._last_write_ok > WRITE_PROBE_INTERVAL:
+            # Reads can answer while writes fail (the file or its WAL turned read-only, a
+            # full disk): a ping that only reads would call that ready. So when the last
+            # write failed, or none succeeded for a while, probe with a tiny write; it
+            # also brings readiness back once writes work, with nothing else writing.
+            try:
+                async with self._tx() as conn:  # a real change: SQLite skips writing a no-op update
+                    res = await conn.execute(
+                        meta_t.update().where(meta_t.c.key == _PROBE).values(value=meta_t.c.value + 1)
+                    )
+                    if res.rowcount == 0:
+                        try:
+                            async with conn.begin_nested():
+                                await conn.execute(meta_t.insert().values(key=_PROBE, value=1))
+                        except IntegrityError:  # another process's first probe won
+                            pass
+            except StoreUnavailable as e:
+                raise StoreUnavailable(f"writes failing ({e.message})") from None
 
     def add_change_listener(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
@@ -212,9 +237,13 @@ class SQLStore:
             except IntegrityError:
                 raise
             except DBAPIError as e:
-                raise StoreUnavailable(f"database error: {type(e.orig).__name__}") from e
+                self._write_error = f"database error: {type(e.orig).__name__}"
+                raise StoreUnavailable(self._write_error) from e
             except OSError as e:
-                raise StoreUnavailable(f"database unreachable: {e.__class__.__name__}") from e
+                self._write_error = f"database unreachable: {e.__class__.__name__}"
+                raise StoreUnavailable(self._write_error) from e
+        self._write_error = None
+        self._last_write_ok = time.monotonic()
         if config_change:
             for listener in list(self._listeners):
                 try:

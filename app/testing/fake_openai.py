@@ -18,10 +18,20 @@ Usage::
 Each chat completion request pops the next scripted reply; every request (including
 ones that found the script empty) is captured. An empty script answers HTTP 400 — a
 non-retryable error — so a test that under-scripts fails fast instead of retrying.
+
+Audio (the voice sim): `POST …/audio/transcriptions` answers the next queued transcript
+(`fake.transcript("...")`; an empty queue transcribes as "", as a real model does with
+noise) and `POST …/audio/speech` answers raw 24 kHz 16-bit PCM (`audio/pcm`, which the
+OpenAI TTS plugin decodes as is): a tone whose length is proportional to the text
+(`speech_s_per_char`), or whatever `speech_audio(text) -> bytes` returns. Both are
+captured (`transcriptions`, `speech_requests`). `delays` (seconds per route: `chat`,
+`transcriptions`, `speech`) holds each answer back, for latency benchmarks.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import threading
 import time
@@ -38,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CapturedRequest",
+    "CapturedTranscription",
     "FakeOpenAI",
     "ScriptedError",
     "ScriptedText",
@@ -131,12 +142,27 @@ def _content_text(content: Any) -> str | None:
 class FakeOpenAI:
     """A queue of scripted replies plus the list of captured requests. Thread-safe."""
 
-    def __init__(self, script: Iterable[Reply | Responder] = (), *, model: str = "test") -> None:
+    def __init__(
+        self,
+        script: Iterable[Reply | Responder] = (),
+        *,
+        model: str = "test",
+        delays: Mapping[str, float] | None = None,
+        speech_s_per_char: float = 0.06,
+        speech_audio: Callable[[str], bytes] | None = None,
+    ) -> None:
         self._script: deque[Reply | Responder] = deque(script)
         self._lock = threading.Lock()
         self._seq = 0
         self.model = model
         self.requests: list[CapturedRequest] = []
+        # audio (voice sim): queued transcripts, captured STT/TTS requests
+        self.delays: dict[str, float] = dict(delays or {})
+        self.speech_s_per_char = speech_s_per_char
+        self.speech_audio = speech_audio
+        self._transcripts: deque[str] = deque()
+        self.transcriptions: list[CapturedTranscription] = []
+        self.speech_requests: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ scripting
 
@@ -167,9 +193,78 @@ class FakeOpenAI:
         """Scripted replies not yet consumed."""
         return len(self._script)
 
+    def clear(self) -> int:
+        """Drop the scripted replies not yet consumed; returns how many were dropped
+        (the sim scripts per turn and must not let one turn's leftovers leak into the next)."""
+        with self._lock:
+            dropped = len(self._script)
+            self._script.clear()
+        return dropped
+
     @property
     def last_request(self) -> CapturedRequest:
         return self.requests[-1]
+
+    # ---------------------------------------------------------------------- audio
+
+    def transcript(self, text: str) -> FakeOpenAI:
+        """Queue what the next `/audio/transcriptions` request transcribes to."""
+        with self._lock:
+            self._transcripts.append(text)
+        return self
+
+    def clear_transcripts(self) -> int:
+        with self._lock:
+            n = len(self._transcripts)
+            self._transcripts.clear()
+        return n
+
+    def transcribe(self, body: bytes, content_type: str) -> tuple[int, dict[str, str], bytes]:
+        fields = _multipart(body, content_type)
+        audio = fields.get("file", b"")
+        with self._lock:
+            text = self._transcripts.popleft() if self._transcripts else ""
+            self.transcriptions.append(CapturedTranscription(
+                model=_field_text(fields.get("model")), language=_field_text(fields.get("language")),
+                audio_bytes=len(audio), audio_s=_wav_seconds(audio), text=text,
+            ))
+        fmt = _field_text(fields.get("response_format")) or "json"
+        doc: dict[str, Any] = {"text": text}
+        if fmt == "verbose_json":
+            doc.update(language="english", duration=_wav_seconds(audio), segments=[])
+        return 200, {"content-type": "application/json"}, json.dumps(doc).encode()
+
+    def speak(self, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+        text = str(body.get("input", ""))
+        with self._lock:
+            self.speech_requests.append(body)
+        if self.speech_audio is not None:
+            pcm = self.speech_audio(text)
+        else:
+            pcm = speech_tone(max(0.2, len(text) * self.speech_s_per_char))
+        return 200, {"content-type": "audio/pcm", "x-request-id": f"speech-{len(self.speech_requests)}"}, pcm
+
+    def route(self, method: str, path: str, body: bytes, content_type: str) -> tuple[int, dict[str, str], bytes]:
+        """Answer one request (every route but the chat completions' JSON parsing)."""
+        if method == "GET" and path.endswith("/models"):
+            return 200, {"content-type": "application/json"}, b'{"object":"list","data":[]}'
+        if method == "POST" and path.endswith("/audio/transcriptions"):
+            return self.transcribe(body, content_type)
+        if method == "POST" and (path.endswith("/chat/completions") or path.endswith("/audio/speech")):
+            try:
+                doc = json.loads(body or b"{}")
+            except ValueError:
+                doc = None
+            if not isinstance(doc, dict):
+                return 400, {"content-type": "application/json"}, b'{"error":{"message":"bad json"}}'
+            return self.speak(doc) if path.endswith("/audio/speech") else self.respond(doc)
+        return 404, {"content-type": "application/json"}, json.dumps({"error": {"message": f"no route {path}"}}).encode()
+
+    def delay_for(self, path: str) -> float:
+        for key in ("transcriptions", "speech", "chat"):
+            if key in path:
+                return self.delays.get(key, 0.0)
+        return 0.0
 
     # ------------------------------------------------------------------- plumbing
 
@@ -195,13 +290,23 @@ class FakeOpenAI:
     def _handle(self, request: httpx2.Request) -> httpx2.Response:
         if request.method == "GET" and request.url.path.endswith("/models"):
             return httpx2.Response(200, json={"object": "list", "data": []})
+        path = request.url.path
+        if request.method == "POST" and (path.endswith("/audio/transcriptions") or path.endswith("/audio/speech")):
+            status, headers, content = self.route("POST", path, request.content, request.headers.get("content-type", ""))
+            return httpx2.Response(status, headers=headers, content=content)
         if request.method != "POST" or not request.url.path.endswith("/chat/completions"):
             return httpx2.Response(404, json={"error": {"message": f"no route {request.url.path}"}})
         status, headers, content = self.respond(json.loads(request.content or b"{}"))
         return httpx2.Response(status, headers=headers, content=content)
 
+    async def _ahandle(self, request: httpx2.Request) -> httpx2.Response:
+        delay = self.delay_for(request.url.path)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return self._handle(request)
+
     def transport(self) -> httpx2.MockTransport:
-        return httpx2.MockTransport(self._handle)
+        return httpx2.MockTransport(self._ahandle if self.delays else self._handle)
 
     def client(self, *, base_url: str = "http://fake/v1", api_key: str = "sk-test") -> openai.AsyncClient:
         return openai.AsyncClient(
@@ -240,9 +345,16 @@ class FakeOpenAI:
                 chunks.append(msg.get("body", b""))
                 more = msg.get("more_body", False)
             path, method = scope["path"], scope["method"]
-            if method == "GET" and path.endswith("/models"):
+            if method == "POST" and (path.endswith("/audio/transcriptions") or path.endswith("/audio/speech")):
+                if (delay := self.delay_for(path)) > 0:
+                    await asyncio.sleep(delay)
+                ctype = next((v.decode() for k, v in scope.get("headers", []) if k.lower() == b"content-type"), "")
+                status, headers, content = self.route(method, path, b"".join(chunks), ctype)
+            elif method == "GET" and path.endswith("/models"):
                 status, headers, content = 200, {"content-type": "application/json"}, b'{"object":"list","data":[]}'
             elif method == "POST" and path.endswith("/chat/completions"):
+                if (delay := self.delay_for(path)) > 0:
+                    await asyncio.sleep(delay)
                 try:
                     body = json.loads(b"".join(chunks) or b"{}")
                 except ValueError:
@@ -345,3 +457,72 @@ def _words(text: str) -> list[str]:
     if start < len(text):
         out.append(text[start:])
     return out
+
+
+# --------------------------------------------------------------------------- audio
+
+
+@dataclass(frozen=True)
+class CapturedTranscription:
+    """One POST /audio/transcriptions: what the STT plugin sent, and what it was told."""
+
+    model: str | None
+    language: str | None
+    audio_bytes: int
+    audio_s: float
+    """Duration of the uploaded WAV (0 if it was not a WAV)."""
+    text: str
+
+
+SPEECH_RATE = 24_000
+"""The OpenAI TTS plugin decodes every answer at 24 kHz mono."""
+
+
+def speech_tone(seconds: float, *, freq: float = 220.0) -> bytes:
+    """`seconds` (rounded to 10 ms) of a quiet sine as 24 kHz s16le PCM, with 10 ms fades."""
+    return _tone(max(1, round(seconds * 100)), freq)
+
+
+@functools.lru_cache(maxsize=512)
+def _tone(centis: int, freq: float) -> bytes:
+    import numpy as np
+
+    n = centis * SPEECH_RATE // 100
+    fade = min(n // 2, SPEECH_RATE // 100)
+    gain = np.ones(n)
+    if fade:
+        ramp = np.linspace(0.0, 1.0, fade)
+        gain[:fade], gain[-fade:] = ramp, ramp[::-1]
+    wave_ = 8000 * gain * np.sin(2 * np.pi * freq * np.arange(n) / SPEECH_RATE)
+    return wave_.astype("<i2").tobytes()
+
+
+def _multipart(body: bytes, content_type: str) -> dict[str, bytes]:
+    """The parts of a multipart/form-data body, by field name (the values as bytes)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    if "multipart/form-data" not in content_type:
+        return {}
+    msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    out: dict[str, bytes] = {}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name:
+            out[str(name)] = part.get_payload(decode=True) or b""
+    return out
+
+
+def _field_text(value: bytes | None) -> str | None:
+    return value.decode("utf-8", "replace") if value is not None else None
+
+
+def _wav_seconds(data: bytes) -> float:
+    import io
+    import wave
+
+    try:
+        with wave.open(io.BytesIO(data), "rb") as w:
+            return w.getnframes() / float(w.getframerate())
+    except (wave.Error, EOFError, ValueError):
+        return 0.0

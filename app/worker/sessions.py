@@ -140,8 +140,8 @@ class SessionManager:
             self._spill(sid, left)
             self.spilled += len(left)
             log.warning(
-                "session %s: %d record write(s) not stored by close (store unavailable); "
-                "handed to the process buffer to retry: %s", sid, len(left), ", ".join(names),
+                "session %s: %d record write(s) not stored by close (store unavailable or backed "
+                "up); handed to the process buffer to retry: %s", sid, len(left), ", ".join(names),
             )
             return
         self.dropped.extend(names)

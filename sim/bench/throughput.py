@@ -1,0 +1,125 @@
+"""Scripted conversation turns per second through the full sim harness, in one process.
+
+Run: `uv run python -m sim.bench.throughput [--turns 400] [--per-session 25]`
+
+Each session is a real one as `pytest sim/` runs it (`sim.harness.run_session`):
+routing, cached config, AgentFactory, SessionManager writing the record to SQLite,
+a text-mode LiveKit AgentSession, the OpenAI plugin streaming SSE from the in-process
+scripted endpoint, and every turn's expectations checked. Sessions are started,
+greeted, talked through and closed inside the measured time, so session setup and
+record flushing are part of the figure. A turn is one user input answered by the model.
+
+Two workloads at concurrency 1 (sessions one after another) and 16 (16 sessions at a
+time, the same total number of turns):
+- `text`: each turn is one LLM request answered with text;
+- `tool`: each turn is a record-tool call (validated, recorded) and then a text reply,
+  two LLM requests.
+Ends with one JSON line: `turns_per_s_c1`, `turns_per_s_c16` (text), and the tool
+workload as `tool_turns_per_s_c1`, `tool_turns_per_s_c16`. Each also as turns per
+CPU-second of this process (`..._per_cpu_s_...`): the process is one event loop, so on
+an otherwise idle core the wall figure approaches this one; on a shared machine the
+wall figure mostly measures the neighbours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+from sim.bench.stats import emit
+from sim.harness import SimEnvironment, run_session
+from sim.report import Checks
+from sim.scenario import Scenario, SessionSpec
+
+
+PRODUCTION = {"cache_poll_interval": 0.5}
+
+
+def session_spec(index: int, turns: int, tool: bool) -> SessionSpec:
+    steps: list[dict[str, Any]] = []
+    for t in range(turns):
+        reply = f"Noted, thanks ({index}.{t})."
+        if tool:
+            steps.append({
+                "user": f"My name is Caller {index}-{t}.",
+                "llm": [{"tool": "record_caller_name", "args": {"value": f"Caller {index}-{t}"}}, {"text": reply}],
+                "expect": [
+                    {"function_call": {"name": "record_caller_name"}},
+                    {"function_output": {"contains": "Recorded caller_name"}},
+                    {"message": {"text": reply}},
+                ],
+            })
+        else:
+            steps.append({
+                "user": f"Turn {t} of session {index}.",
+                "llm": [{"text": reply}],
+                "expect": [{"message": {"text": reply}}],
+            })
+    return SessionSpec.model_validate(
+        {"job_metadata": {"purpose": "support", "user_id": f"bench-{index}"}, "turns": steps,
+         "record": {"status": "completed"}}
+    )
+
+
+async def measure(
+    env: SimEnvironment, total_turns: int, per_session: int, concurrency: int, tool: bool
+) -> tuple[float, float]:
+    """(turns per wall second, turns per CPU second of this process)."""
+    sessions = max(1, total_turns // per_session)
+    specs = [session_spec(i, per_session, tool) for i in range(sessions)]
+    checks = Checks()
+    queue: asyncio.Queue[SessionSpec] = asyncio.Queue()
+    for spec in specs:
+        queue.put_nowait(spec)
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        while not queue.empty():
+            spec = queue.get_nowait()
+            outcome = await run_session(env, spec, checks=checks)
+            done += outcome.turns
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if checks.failures:
+        raise SystemExit("benchmark sessions failed:\n" + "\n".join(f.render() for f in checks.failures[:5]))
+    if done != sessions * per_session:
+        raise SystemExit(f"only {done} of {sessions * per_session} turns completed")
+    return done / elapsed, done / cpu
+
+
+async def main(total_turns: int, per_session: int) -> dict[str, Any]:
+    scenario = Scenario.model_validate({"name": "throughput", "sessions": [{}]})
+    figures: dict[str, Any] = {}
+    # Production settings: the sim's 50 ms cache poll (for outage scenarios) would add
+    # twenty store queries a second that a worker does not make.
+    async with SimEnvironment(scenario, settings_overrides=PRODUCTION) as env:
+        await measure(env, per_session * 2, per_session, 2, False)  # warm-up
+        for tool in (False, True):
+            for c in (1, 16):
+                rate, per_cpu = await measure(env, total_turns, per_session, c, tool)
+                prefix = "tool_" if tool else ""
+                figures[f"{prefix}turns_per_s_c{c}"] = rate
+                figures[f"{prefix}turns_per_cpu_s_c{c}"] = per_cpu
+                label = "tool call + text" if tool else "text"
+                print(f"  {label:>16} turns, concurrency {c:2d}: {rate:7.1f} turns/s"
+                      f"   ({per_cpu:7.1f} turns per CPU-second of this process)", flush=True)
+    figures.update(turns=total_turns, per_session=per_session)
+    return figures
+
+
+def _cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=400, help="turns per measurement")
+    parser.add_argument("--per-session", type=int, default=25, help="turns per session")
+    args = parser.parse_args()
+    print(f"throughput through the full harness ({args.turns} turns per figure, {args.per_session} per session)")
+    emit(asyncio.run(main(args.turns, args.per_session)))
+
+
+if __name__ == "__main__":
+    _cli()

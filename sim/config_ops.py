@@ -1,0 +1,149 @@
+"""Applying a scenario's config changes, through the store or the real admin API.
+
+Why both: `store` is the shortest path (and what a second process writing the same
+database looks like to the worker); `api` goes through `app.api.create_app` — auth,
+validation, merge-patch, If-Match/412, error mapping — with the *same* store object the
+worker's cache subscribes to, which is what makes DESIGN §5's promise testable: the
+next session after a successful API write sees the new version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from app.domain import AgentConfigInput, DomainError, Route
+from sim.outage import SwitchableStore
+from sim.report import Checks, Loc
+from sim.scenario import ConfigOp
+
+AGENTS = "/api/v1/agents/config"
+ROUTES = "/api/v1/routes"
+
+
+class ConfigApplier:
+    def __init__(
+        self,
+        store: SwitchableStore,
+        *,
+        api: Callable[[], Awaitable[httpx.AsyncClient]] | None,
+        default_via: str,
+        cache: Any = None,
+    ) -> None:
+        self.store = store
+        self.api = api
+        """Returns the admin API client, built on first use."""
+        self.default_via = default_via
+        self.cache = cache
+
+    async def apply_all(self, checks: Checks, loc: Loc, ops: list[ConfigOp]) -> None:
+        for i, op in enumerate(ops):
+            await self.apply(checks, (*loc, i), op)
+
+    async def apply(self, checks: Checks, loc: Loc, op: ConfigOp) -> None:
+        if op.store is not None:
+            await self._switch(op.store == "down")
+            return
+        via = op.via or self.default_via
+        if via == "api":
+            await self._via_api(checks, loc, op)
+        else:
+            await self._via_store(checks, loc, op)
+
+    async def _switch(self, down: bool) -> None:
+        """Flip the store; when going down, wait until the worker's cache has noticed
+        (its poll failed), as it would within one poll interval in production."""
+        self.store.down = down
+        if down and self.cache is not None:
+            deadline = time.monotonic() + 5
+            while self.cache.is_fresh() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+
+    # ---------------------------------------------------------------- store
+
+    async def _via_store(self, checks: Checks, loc: Loc, op: ConfigOp) -> None:
+        s = self.store
+        try:
+            result: Any = None
+            if op.create is not None:
+                result = await s.create_agent_config(AgentConfigInput.model_validate(op.create))
+            elif op.patch is not None:
+                result = await s.update_agent_config(op.patch.agent_id, op.patch.body, op.patch.if_match)
+            elif op.replace is not None:
+                body = AgentConfigInput.model_validate({"agent_id": op.replace.agent_id, **op.replace.body})
+                result = await s.update_agent_config(op.replace.agent_id, body, op.replace.if_match)
+            elif op.rollback is not None:
+                result = await s.rollback(op.rollback.agent_id, op.rollback.version, op.rollback.if_match)
+            elif op.delete is not None:
+                await s.delete_agent_config(op.delete.agent_id)
+            elif op.put_route is not None:
+                await s.put_route(Route(**op.put_route.model_dump()))
+            elif op.delete_route is not None:
+                await s.delete_route(op.delete_route.purpose)
+            elif op.replace_routes is not None:
+                await s.replace_routes([Route(**r.model_dump()) for r in op.replace_routes])
+        except (DomainError, ValueError) as e:
+            name = type(e).__name__
+            if op.expect_error is None:
+                checks.fail(loc, f"config {op.kind} via store failed", expected="success", actual=f"{name}: {e}")
+            else:
+                checks.check(name == op.expect_error, (*loc, "expect_error"), f"config {op.kind} raised another error",
+                             expected=op.expect_error, actual=f"{name}: {e}")
+            return
+        if op.expect_error is not None:
+            checks.fail((*loc, "expect_error"), f"config {op.kind} via store succeeded", expected=op.expect_error, actual="success")
+        if op.expect_version is not None:
+            got = getattr(result, "version", None)
+            checks.check(got == op.expect_version, (*loc, "expect_version"), f"config {op.kind}: version differs",
+                         expected=op.expect_version, actual=got)
+
+    # ------------------------------------------------------------------ api
+
+    async def _via_api(self, checks: Checks, loc: Loc, op: ConfigOp) -> None:
+        if self.api is None:
+            checks.fail(loc, "via: api but the admin API is not running")
+            return
+        c = await self.api()
+        headers: dict[str, str] = {}
+        if op.create is not None:
+            r = await c.post(AGENTS, json=op.create)
+        elif op.patch is not None:
+            headers["content-type"] = "application/merge-patch+json"
+            if op.patch.if_match is not None:
+                headers["If-Match"] = f'"{op.patch.if_match}"'
+            r = await c.patch(f"{AGENTS}/{op.patch.agent_id}", json=op.patch.body, headers=headers)
+        elif op.replace is not None:
+            if op.replace.if_match is not None:
+                headers["If-Match"] = f'"{op.replace.if_match}"'
+            body = {"agent_id": op.replace.agent_id, **op.replace.body}
+            r = await c.put(f"{AGENTS}/{op.replace.agent_id}", json=body, headers=headers)
+        elif op.rollback is not None:
+            if op.rollback.if_match is not None:
+                headers["If-Match"] = f'"{op.rollback.if_match}"'
+            r = await c.post(f"{AGENTS}/{op.rollback.agent_id}/rollback/{op.rollback.version}", headers=headers)
+        elif op.delete is not None:
+            r = await c.delete(f"{AGENTS}/{op.delete.agent_id}")
+        elif op.put_route is not None:
+            body = {"agent_id": op.put_route.agent_id, "is_default": op.put_route.is_default}
+            r = await c.put(f"{ROUTES}/{op.put_route.purpose}", json=body)
+        elif op.delete_route is not None:
+            r = await c.delete(f"{ROUTES}/{op.delete_route.purpose}")
+        else:
+            assert op.replace_routes is not None
+            r = await c.put(ROUTES, json=[x.model_dump() for x in op.replace_routes])
+        ok = r.status_code == op.expect_status if op.expect_status is not None else 200 <= r.status_code < 300
+        if not ok:
+            checks.fail(
+                (*loc, "expect_status") if op.expect_status is not None else loc,
+                f"config {op.kind} via api: unexpected status",
+                expected=op.expect_status or "2xx", actual=f"{r.status_code} {r.text[:300]}",
+            )
+            return
+        if op.expect_version is not None:
+            got = r.json().get("version") if r.content else None
+            checks.check(got == op.expect_version, (*loc, "expect_version"), f"config {op.kind}: version differs",
+                         expected=op.expect_version, actual=got)

@@ -1,0 +1,537 @@
+"""Checking a scenario's expectations against what actually happened.
+
+Per-turn events go through LiveKit's own `RunResult.expect` API (`next_event`,
+`is_function_call`, `is_function_call_output`, `is_message`, `is_agent_handoff`,
+`no_more_events`, `judge`), so the sim asserts exactly what LiveKit's testing API
+asserts; we add text matching (exact / contains / regex), exact arguments, handoff
+agent ids, and failure messages that show expected vs actual with the scenario line.
+
+Offline vs live (SIM_LIVE=1): structural checks (routing, what the model was sent,
+the stored record's status/agents/handoffs and collected keys) apply in both; checks
+that depend on what a scripted model said (exact event order, texts, argument values,
+`no_more_events`, request counts, transcripts, `within_ms`) are offline only, except
+events marked `live: true` (checked as "the turn contains one") and messages with an
+`intent` (judged by an LLM in live mode).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from livekit.agents import llm as lk_llm
+from livekit.agents.voice.run_result import (
+    AgentHandoffEvent,
+    ChatMessageEvent,
+    FunctionCallEvent,
+    FunctionCallOutputEvent,
+    RunEvent,
+    RunResult,
+)
+
+from app.domain import SessionRecord
+from app.testing.fake_openai import CapturedRequest, _content_text
+from sim.report import Checks, Loc
+from sim.scenario import (
+    ExpectEvent,
+    FunctionOutputExpect,
+    LLMReceived,
+    RecordExpect,
+    RouteExpect,
+    Step,
+    TextMatch,
+)
+
+MAX_SHOWN = 160
+
+
+def short(value: object, limit: int = MAX_SHOWN) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = text.replace("\n", "\\n")
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+# ------------------------------------------------------------------------ describing
+
+
+def describe_event(ev: RunEvent) -> str:
+    if isinstance(ev, FunctionCallEvent):
+        return f"function_call {ev.item.name}({ev.item.arguments})"
+    if isinstance(ev, FunctionCallOutputEvent):
+        flag = ", is_error" if ev.item.is_error else ""
+        return f"function_output {ev.item.name}: {short(ev.item.output)}{flag}"
+    if isinstance(ev, ChatMessageEvent):
+        return f"message {ev.item.role}: {short(ev.item.text_content or '')}"
+    if isinstance(ev, AgentHandoffEvent):
+        old = getattr(ev.old_agent, "id", None)
+        return f"handoff {old} -> {getattr(ev.new_agent, 'id', '?')}"
+    return repr(ev)
+
+
+def list_events(events: Sequence[RunEvent], marked: int | None = None) -> str:
+    if not events:
+        return "events: (none)"
+    rows = [
+        f"{'>>' if i == marked else '  '} [{i}] {describe_event(ev)}" for i, ev in enumerate(events)
+    ]
+    return "events:\n" + "\n".join(rows)
+
+
+def describe_expected(e: ExpectEvent) -> str:
+    if e.any_order is not None:
+        return "any order of: " + "; ".join(describe_expected(x) for x in e.any_order)
+    if e.function_call is not None:
+        fc = e.function_call
+        args = fc.arguments_exact if fc.arguments_exact is not None else fc.arguments
+        return f"function_call {fc.name}({json.dumps(args) if args is not None else '…'})"
+    if e.function_output is not None:
+        who = f"{e.function_output.name}: " if e.function_output.name else ""
+        return f"function_output {who}{_describe_match(e.function_output)}"
+    if e.message is not None:
+        return f"message {e.message.role}: {_describe_match(e.message)}"
+    assert e.handoff is not None
+    return f"handoff {e.handoff.from_ or '*'} -> {e.handoff.to}"
+
+
+def _describe_match(m: TextMatch | FunctionOutputExpect) -> str:
+    parts = []
+    exact = m.text if isinstance(m, TextMatch) else m.output
+    if exact is not None:
+        parts.append(f"text == {short(exact)}")
+    parts += [f"contains {short(c)}" for c in m.contains_list()]
+    if m.regex is not None:
+        parts.append(f"matches /{m.regex}/")
+    if isinstance(m, TextMatch) and m.intent:
+        parts.append(f"intent {short(m.intent)}")
+    if isinstance(m, FunctionOutputExpect) and m.is_error is not None:
+        parts.append(f"is_error={m.is_error}")
+    return ", ".join(parts) or "(any)"
+
+
+def text_problem(actual: str, exact: str | None, contains: Iterable[str], regex: str | None) -> str | None:
+    """Why `actual` does not match, or None."""
+    if exact is not None and actual.strip() != exact.strip():
+        return "text differs"
+    for c in contains:
+        if c not in actual:
+            return f"does not contain {short(c)}"
+    if regex is not None and re.search(regex, actual) is None:
+        return f"does not match /{regex}/"
+    return None
+
+
+def subset_problem(expected: Any, actual: Any, path: str = "") -> str | None:
+    """None if `expected` is a subset of `actual` (mappings recursively, lists equal length)."""
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict):
+            return f"{path or '(root)'}: expected an object, got {short(actual)}"
+        for k, v in expected.items():
+            if k not in actual:
+                return f"{path}{'.' if path else ''}{k}: missing"
+            p = subset_problem(v, actual[k], f"{path}{'.' if path else ''}{k}")
+            if p:
+                return p
+        return None
+    if isinstance(expected, list):
+        if not isinstance(actual, list) or len(actual) != len(expected):
+            return f"{path or '(root)'}: expected {short(expected)}, got {short(actual)}"
+        for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
+            p = subset_problem(e, a, f"{path}[{i}]")
+            if p:
+                return p
+        return None
+    if expected != actual or type(expected) is bool and type(actual) is not bool:
+        return f"{path or '(root)'}: expected {short(expected)}, got {short(actual)}"
+    return None
+
+
+# ----------------------------------------------------------------------------- route
+
+
+def check_route(checks: Checks, loc: Loc, spec: RouteExpect, record: SessionRecord, *, fallback: bool, source: str | None) -> None:
+    actual: dict[str, Any] = {
+        "agent_id": record.agent_id,
+        "version": record.config_version,
+        "reason": record.route_reason,
+        "fallback": fallback,
+        "source": source,
+        "user_id": record.user_id,
+    }
+    for name in ("agent_id", "version", "reason", "fallback", "source", "user_id"):
+        if name in spec.model_fields_set:
+            want = getattr(spec, name)
+            checks.check(
+                want == actual[name], (*loc, name), f"route {name} differs",
+                expected=repr(want), actual=repr(actual[name]),
+            )
+    if "degraded" in spec.model_fields_set:
+        _check_contains_or_null(checks, (*loc, "degraded"), "degraded", spec.degraded, record.degraded)
+
+
+def _check_contains_or_null(checks: Checks, loc: Loc, name: str, want: str | None, got: str | None) -> None:
+    if want is None:
+        checks.check(got is None, loc, f"{name} should be null", expected="None", actual=repr(got))
+    else:
+        checks.check(
+            got is not None and want in got, loc, f"{name} does not contain the expected text",
+            expected=f"contains {want!r}", actual=repr(got),
+        )
+
+
+# ----------------------------------------------------------------------------- events
+
+
+def skip_activation(result: RunResult) -> int:
+    """Index of the first event after the agent's activation (a handoff from no agent)."""
+    events = result.events
+    if events and isinstance(events[0], AgentHandoffEvent) and events[0].old_agent is None:
+        return 1
+    return 0
+
+
+async def check_events(
+    checks: Checks,
+    loc: Loc,
+    step: Step,
+    result: RunResult,
+    *,
+    first: int = 0,
+    live: bool = False,
+    judge_llm: lk_llm.LLM | None = None,
+) -> None:
+    if live:
+        await _check_events_live(checks, loc, step, result, first=first, judge_llm=judge_llm)
+        return
+    events = result.events
+    run = result.expect
+    if first:
+        run.skip_next(first)
+    index = first
+    for k, e in enumerate(step.expect):
+        eloc = (*loc, "expect", k)
+        if e.any_order is not None:
+            n = len(e.any_order)
+            window = events[index : index + n]
+            if len(window) < n:
+                checks.fail(eloc, f"expected {n} more event(s) in any order, the turn produced {len(window)}",
+                            expected=describe_expected(e), actual="(none)" if not window else
+                            "; ".join(describe_event(ev) for ev in window), context=list_events(events))
+                return
+            unmatched = _match_any_order(e.any_order, window)
+            if unmatched is not None:
+                checks.fail((*eloc, "any_order", unmatched) if unmatched >= 0 else eloc,
+                            "no event in the group matches this expectation" if unmatched >= 0
+                            else "the group's events cannot be matched one-to-one",
+                            expected=describe_expected(e.any_order[unmatched] if unmatched >= 0 else e),
+                            actual=_closest(e.any_order[unmatched], window) if unmatched >= 0 else "(see events)",
+                            context=list_events(events, index))
+                return
+            run.skip_next(n)
+            index += n
+            continue
+        if index >= len(events):
+            checks.fail(
+                eloc, "expected another event, but the turn produced no more",
+                expected=describe_expected(e), actual="(none)", context=list_events(events),
+            )
+            return
+        ev_assert = run.next_event()
+        problem = _event_problem(e, ev_assert)
+        if problem is not None:
+            checks.fail(
+                eloc, problem, expected=describe_expected(e), actual=describe_event(events[index]),
+                context=list_events(events, index),
+            )
+            return  # later events would only be misaligned noise
+        index += 1
+    if step.no_more_events if step.no_more_events is not None else bool(step.expect):
+        try:
+            run.no_more_events()
+        except AssertionError:
+            checks.fail(
+                (*loc, "expect") if step.expect else loc,
+                "unexpected extra event(s) after the expected ones (no_more_events)",
+                expected="(no more events)", actual=describe_event(events[index]),
+                context=list_events(events, index),
+            )
+
+
+def _closest(e: ExpectEvent, window: Sequence[RunEvent]) -> str:
+    """The group's events of the expected kind (and tool name), to show as "actual"."""
+    kind = {"function_call": FunctionCallEvent, "function_output": FunctionCallOutputEvent,
+            "message": ChatMessageEvent, "handoff": AgentHandoffEvent}[e.kind]
+    name = e.function_call.name if e.function_call else e.function_output.name if e.function_output else None
+    same = [ev for ev in window if isinstance(ev, kind)]
+    named = [ev for ev in same if name is not None and getattr(ev.item, "name", None) == name]
+    shown = named or same
+    return " | ".join(describe_event(ev) for ev in shown) if shown else f"no {e.kind} event in the group"
+
+
+def _match_any_order(expected: Sequence[ExpectEvent], window: Sequence[RunEvent]) -> int | None:
+    """One-to-one match of expectations to events (backtracking; groups are small).
+    None when every expectation found its own event, else the index of one that cannot."""
+    fits = [[j for j, ev in enumerate(window) if _event_problem(e, _Single(ev)) is None] for e in expected]
+    for i, options in enumerate(fits):
+        if not options:
+            return i
+    used: set[int] = set()
+
+    def assign(i: int) -> bool:
+        if i == len(fits):
+            return True
+        for j in fits[i]:
+            if j not in used:
+                used.add(j)
+                if assign(i + 1):
+                    return True
+                used.discard(j)
+        return False
+
+    return None if assign(0) else -1
+
+
+def _event_problem(e: ExpectEvent, ev_assert: Any) -> str | None:
+    """Check one event with LiveKit's assertions plus ours; the problem, or None."""
+    try:
+        if e.function_call is not None:
+            fc = e.function_call
+            ev_assert.is_function_call(name=fc.name, **({"arguments": fc.arguments} if fc.arguments is not None else {}))
+            if fc.arguments_exact is not None:
+                actual = json.loads(ev_assert.event().item.arguments or "{}")
+                if actual != fc.arguments_exact:
+                    return "arguments differ"
+        elif e.function_output is not None:
+            fo = e.function_output
+            ev_assert.is_function_call_output(**({"is_error": fo.is_error} if fo.is_error is not None else {}))
+            if fo.name is not None and ev_assert.event().item.name != fo.name:
+                return f"output of {ev_assert.event().item.name}, not {fo.name}"
+            return text_problem(ev_assert.event().item.output, fo.output, fo.contains_list(), fo.regex)
+        elif e.message is not None:
+            m = e.message
+            ev_assert.is_message(role=m.role)
+            return text_problem(ev_assert.event().item.text_content or "", m.text, m.contains_list(), m.regex)
+        elif e.handoff is not None:
+            ev_assert.is_agent_handoff()
+            ev = ev_assert.event()
+            if getattr(ev.new_agent, "id", None) != e.handoff.to:
+                return "handed off to another agent"
+            if e.handoff.from_ is not None and getattr(ev.old_agent, "id", None) != e.handoff.from_:
+                return "handed off from another agent"
+    except AssertionError as err:
+        return str(err).split("\n", 1)[0]
+    return None
+
+
+async def _check_events_live(
+    checks: Checks, loc: Loc, step: Step, result: RunResult, *, first: int, judge_llm: lk_llm.LLM | None
+) -> None:
+    events = result.events[first:]
+    flat: list[tuple[Loc, ExpectEvent]] = []
+    for k, e in enumerate(step.expect):
+        if e.any_order is not None:
+            flat += [((*loc, "expect", k, "any_order", m), x) for m, x in enumerate(e.any_order)]
+        else:
+            flat.append(((*loc, "expect", k), e))
+    for eloc, e in flat:
+        if e.message is not None and e.message.intent:
+            idx = _last_index(events, lambda ev: isinstance(ev, ChatMessageEvent) and ev.item.role == e.message.role)  # type: ignore[union-attr]
+            if idx is None:
+                checks.fail(eloc, "no message to judge in this turn", expected=describe_expected(e), context=list_events(events))
+                continue
+            if judge_llm is None:
+                checks.fail(eloc, "live mode has no judge LLM configured")
+                continue
+            try:
+                await result.expect[first + idx].is_message(role=e.message.role).judge(judge_llm, intent=e.message.intent)
+            except AssertionError as err:
+                checks.fail(
+                    eloc, "LLM judge: the message does not fulfil the intent",
+                    expected=f"intent {short(e.message.intent)}",
+                    actual=describe_event(events[idx]), context=str(err).split("\n", 1)[0],
+                )
+            continue
+        if not e.live:
+            continue
+        if not any(_event_problem(e, _Single(ev)) is None for ev in events):
+            checks.fail(
+                eloc, "the turn contains no such event (live: order not enforced)",
+                expected=describe_expected(e), context=list_events(events),
+            )
+
+
+class _Single:
+    """Adapts one event to the `EventAssert` calls `_event_problem` makes."""
+
+    def __init__(self, ev: RunEvent) -> None:
+        from livekit.agents.voice.run_result import EventAssert, RunAssert
+
+        class _R:
+            events = [ev]
+
+        self._assert = EventAssert(ev, RunAssert(_R()), 0)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._assert, name)
+
+
+def _last_index(events: Sequence[RunEvent], pred: Any) -> int | None:
+    for i in range(len(events) - 1, -1, -1):
+        if pred(events[i]):
+            return i
+    return None
+
+
+# ----------------------------------------------------------------- what the LLM got
+
+
+def request_text(req: CapturedRequest) -> list[str]:
+    """Every non-system message as text (content plus tool-call arguments)."""
+    out = []
+    for m in req.messages:
+        if m.get("role") in ("system", "developer"):
+            continue
+        text = _content_text(m.get("content")) or ""
+        for tc in m.get("tool_calls") or []:
+            fn = tc.get("function", {})
+            text += f" {fn.get('name', '')}({fn.get('arguments', '')})"
+        out.append(text)
+    return out
+
+
+def check_llm_received(
+    checks: Checks, loc: Loc, spec: LLMReceived, requests: Sequence[CapturedRequest], *, live: bool
+) -> None:
+    if spec.count is not None and not live:
+        checks.check(
+            len(requests) == spec.count, (*loc, "count"), "number of LLM requests in this step",
+            expected=spec.count, actual=len(requests),
+        )
+    checked = [n for n in spec.model_fields_set if n not in ("request", "count")]
+    if not checked:
+        return
+    if not requests:
+        checks.fail(loc, "no LLM request was made during this step", expected="at least one request", actual="none")
+        return
+    if spec.request == "all":
+        picked = list(enumerate(requests))
+    elif spec.request == "first":
+        picked = [(0, requests[0])]
+    elif spec.request == "last":
+        picked = [(len(requests) - 1, requests[-1])]
+    else:
+        if not -len(requests) <= spec.request < len(requests):
+            checks.fail((*loc, "request"), f"no request #{spec.request}", actual=f"{len(requests)} request(s)")
+            return
+        i = spec.request % len(requests)
+        picked = [(i, requests[i])]
+    for i, req in picked:
+        _check_request(checks, loc, spec, req, i)
+
+
+def _check_request(checks: Checks, loc: Loc, spec: LLMReceived, req: CapturedRequest, i: int) -> None:
+    tag = f"request #{i}"
+    system = req.system or ""
+    for s in spec.instructions_contain:
+        checks.check(s in system, (*loc, "instructions_contain"), f"{tag}: instructions lack a text",
+                     expected=f"contains {short(s)}", actual=short(system))
+    for s in spec.instructions_omit:
+        checks.check(s not in system, (*loc, "instructions_omit"), f"{tag}: instructions contain a forbidden text",
+                     expected=f"omits {short(s)}", actual=short(system[max(0, system.find(s) - 40):][:MAX_SHOWN]))
+    names = req.tool_names
+    if spec.tools is not None:
+        checks.check(sorted(names) == sorted(spec.tools), (*loc, "tools"), f"{tag}: tools offered differ",
+                     expected=sorted(spec.tools), actual=sorted(names))
+    for n in spec.tools_include:
+        checks.check(n in names, (*loc, "tools_include"), f"{tag}: tool not offered", expected=n, actual=sorted(names))
+    for n in spec.tools_exclude:
+        checks.check(n not in names, (*loc, "tools_exclude"), f"{tag}: tool offered but should not be", expected=f"not {n}", actual=sorted(names))
+    for name, schema in spec.tool_schemas.items():
+        if name not in names:
+            checks.fail((*loc, "tool_schemas", name), f"{tag}: tool not offered", expected=name, actual=sorted(names))
+            continue
+        problem = subset_problem(schema, req.tool(name).get("parameters"))
+        checks.check(problem is None, (*loc, "tool_schemas", name), f"{tag}: parameters schema of {name} differs: {problem}",
+                     expected=short(schema), actual=short(req.tool(name).get("parameters")))
+    texts = request_text(req)
+    for s in spec.messages_contain:
+        checks.check(any(s in t for t in texts), (*loc, "messages_contain"), f"{tag}: no message contains the text",
+                     expected=f"contains {short(s)}", actual=short(texts[-4:]))
+    for s in spec.messages_omit:
+        checks.check(not any(s in t for t in texts), (*loc, "messages_omit"), f"{tag}: a message contains a forbidden text",
+                     expected=f"omits {short(s)}", actual=short([t for t in texts if s in t][:2]))
+
+
+# ---------------------------------------------------------------------------- record
+
+
+def check_record(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRecord | None, *, live: bool) -> None:
+    if record is None:
+        checks.fail(loc, "no session record was stored", expected="a SessionRecord", actual="None")
+        return
+    fields = spec.model_fields_set
+    simple = {
+        "status": record.status.value,
+        "end_reason": record.end_reason,
+        "agent_id": record.agent_id,
+        "config_version": record.config_version,
+        "route_reason": record.route_reason,
+        "user_id": record.user_id,
+    }
+    for name, got in simple.items():
+        if name in fields:
+            want = getattr(spec, name)
+            checks.check(want == got, (*loc, name), f"record {name} differs", expected=repr(want), actual=repr(got))
+    if "degraded" in fields:
+        _check_contains_or_null(checks, (*loc, "degraded"), "record degraded", spec.degraded, record.degraded)
+    if spec.collected is not None:
+        if live:
+            checks.check(sorted(record.collected) == sorted(spec.collected), (*loc, "collected"),
+                         "collected fields differ (live: keys only)", expected=sorted(spec.collected), actual=sorted(record.collected))
+        else:
+            checks.check(record.collected == spec.collected, (*loc, "collected"), "collected data differs",
+                         expected=short(spec.collected, 400), actual=short(record.collected, 400))
+    if spec.collected_include is not None:
+        if live:
+            missing = sorted(set(spec.collected_include) - set(record.collected))
+            checks.check(not missing, (*loc, "collected_include"), "collected lacks fields (live: keys only)",
+                         expected=sorted(spec.collected_include), actual=sorted(record.collected))
+        else:
+            problem = subset_problem(spec.collected_include, record.collected)
+            checks.check(problem is None, (*loc, "collected_include"), f"collected data differs: {problem}",
+                         expected=short(spec.collected_include, 400), actual=short(record.collected, 400))
+    if spec.collected_keys is not None:
+        checks.check(sorted(record.collected) == sorted(spec.collected_keys), (*loc, "collected_keys"),
+                     "collected fields differ", expected=sorted(spec.collected_keys), actual=sorted(record.collected))
+    if spec.turn_count is not None and not live:
+        checks.check(len(record.turns) == spec.turn_count, (*loc, "turn_count"), "number of stored turns differs",
+                     expected=spec.turn_count, actual=len(record.turns))
+    if spec.turns is not None and not live:
+        _check_turns(checks, (*loc, "turns"), spec, record)
+    if spec.handoffs is not None:
+        got = [(h.from_agent, h.to_agent) for h in record.handoffs]
+        want = [(h.from_, h.to) for h in spec.handoffs]
+        if checks.check(got == want, (*loc, "handoffs"), "stored handoffs differ", expected=want, actual=got) and not live:
+            for i, (h, r) in enumerate(zip(spec.handoffs, record.handoffs, strict=True)):
+                if "reason" in h.model_fields_set:
+                    checks.check(h.reason == r.reason, (*loc, "handoffs", i, "reason"), "handoff reason differs",
+                                 expected=repr(h.reason), actual=repr(r.reason))
+
+
+def _check_turns(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRecord) -> None:
+    assert spec.turns is not None
+    got = record.turns
+    listing = "stored turns:\n" + "\n".join(f"  [{t.seq}] {t.role} ({t.agent_id}): {short(t.text)}" for t in got)
+    if len(got) != len(spec.turns):
+        checks.fail(loc, "number of stored turns differs", expected=len(spec.turns), actual=len(got), context=listing)
+        return
+    for i, (want, turn) in enumerate(zip(spec.turns, got, strict=True)):
+        problem = None if want.role == turn.role else f"role is {turn.role}"
+        problem = problem or text_problem(turn.text, want.text, want.contains_list(), want.regex)
+        if problem is None and want.agent_id is not None and want.agent_id != turn.agent_id:
+            problem = f"attributed to {turn.agent_id}"
+        if problem:
+            checks.fail((*loc, i), f"stored turn {i}: {problem}",
+                        expected=f"{want.role}: {_describe_match(want)}", actual=f"{turn.role}: {short(turn.text)}",
+                        context=listing)

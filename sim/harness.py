@@ -1,0 +1,513 @@
+"""Run a scenario through the real worker path and check its expectations.
+
+What is real: metadata routing, the store (a temporary SQLite file, or any URL the
+caller gives), the config cache, `AgentFactory`, `SessionManager`, the built-in and
+HTTP tools, LiveKit's `AgentSession` in text mode driven through the entrypoint logic
+(`prepare_job` under `fake_job_context`), the `livekit-plugins-openai` LLM, and (for
+`via: api` config changes) the admin API app. What is fake: the model (a scripted
+OpenAI-compatible endpoint; or a real one in live mode), the far end of HTTP tools
+(respx), and store outages (`sim.outage`).
+
+Library use (benchmarks, drain and hardening tests)::
+
+    result = await run_scenario(Path("sim/scenarios/support_happy_path.yaml"))
+    assert result.passed, result.report()
+
+    async with SimEnvironment(scenario) as env:          # shared services...
+        await asyncio.gather(*(run_session(env, spec) for spec in specs))   # ...concurrent sessions
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import respx
+from livekit.agents import AgentSession
+from livekit.agents.testing import fake_job_context
+from livekit.agents.voice.run_result import RunResult
+
+from app.domain import NotFound, SessionRecord, StoreUnavailable
+from app.seed import seed
+from app.settings import Settings
+from app.store import open_store
+from app.testing.fake_openai import CapturedRequest
+from app.worker.entrypoint import PreparedSession, prepare_job
+from app.worker.services import WorkerServices
+from sim.config_ops import ConfigApplier
+from sim.expect import check_events, check_llm_received, check_record, check_route, describe_event, skip_activation
+from sim.http_mocks import add_routes, check_calls
+from sim.llm import LiveConfig, LiveLLM, ScriptedLLM, SessionLLM
+from sim.outage import SwitchableStore
+from sim.report import Checks, Failure, Loc
+from sim.scenario import (
+    LoadedScenario,
+    Scenario,
+    SessionSpec,
+    StartSpec,
+    Step,
+    load_scenario,
+    render_metadata,
+)
+from sim.yamlsrc import LineMap
+
+__all__ = [
+    "ADMIN_KEY",
+    "ScenarioResult",
+    "SessionHooks",
+    "SessionOutcome",
+    "SimEnvironment",
+    "StepOutcome",
+    "run_scenario",
+    "run_session",
+]
+
+ADMIN_KEY = "sim-admin-key"
+CLOSE_WAIT_S = 3.0
+CACHE_POLL_S = 0.05
+"""The sim's cache poll interval: a store outage is noticed within ~0.1 s."""
+
+
+# ---------------------------------------------------------------------- outcomes
+
+
+@dataclass
+class StepOutcome:
+    label: str
+    user: str | None
+    duration_ms: float
+    requests: list[CapturedRequest]
+    events: list[str]
+    result: RunResult | None = None
+
+
+@dataclass
+class SessionOutcome:
+    name: str
+    session_id: str | None = None
+    agent_id: str | None = None
+    config_version: int | None = None
+    route_reason: str | None = None
+    steps: list[StepOutcome] = field(default_factory=list)
+    requests: list[CapturedRequest] = field(default_factory=list)
+    record: SessionRecord | None = None
+    closed_by_agent: bool = False
+    voice: Any = None
+    """`io: voice`: the session's `sim.voice.runner.VoiceDriver` (audio recorded, timeline)."""
+
+    @property
+    def turns(self) -> int:
+        """User turns completed."""
+        return sum(1 for s in self.steps if s.user is not None and s.result is not None)
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    path: Path | None
+    live: bool
+    failures: list[Failure] = field(default_factory=list)
+    sessions: list[SessionOutcome] = field(default_factory=list)
+    duration_s: float = 0.0
+    skipped: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.skipped is None and not self.failures
+
+    def report(self) -> str:
+        if self.skipped:
+            return f"scenario {self.name!r} skipped: {self.skipped}"
+        if not self.failures:
+            return f"scenario {self.name!r} passed ({len(self.sessions)} session(s), {self.duration_s:.2f}s)"
+        head = f"scenario {self.name!r}: {len(self.failures)} expectation(s) failed"
+        return head + "\n\n" + "\n\n".join(f.render() for f in self.failures)
+
+
+# --------------------------------------------------------------------- environment
+
+_template: Path | None = None
+
+
+async def _seeded_template() -> Path:
+    """A SQLite file seeded by `app.seed.seed` from prompts/, made once per process.
+
+    Each scenario gets its own copy: the same fresh, seeded store as seeding it anew,
+    without paying ~0.1 s of seed writes per scenario and per mutant.
+    """
+    global _template
+    if _template is None or not _template.exists():
+        path = Path(tempfile.mkdtemp(prefix="sim-template-")) / "seeded.db"
+        store = open_store(f"sqlite+aiosqlite:///{path}")
+        await store.start()
+        try:
+            await seed(store)
+        finally:
+            await store.aclose()  # the last connection checkpoints the WAL into the file
+        atexit.register(shutil.rmtree, path.parent, True)
+        _template = path
+    return _template
+
+
+
+class SimEnvironment:
+    """One worker's worth of services for a scenario: store, cache, settings, API.
+
+    Sessions run inside it share these, as sessions in one worker process do.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        live: LiveConfig | None = None,
+        tmp_dir: Path | None = None,
+        database_url: str | None = None,
+        settings_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.live = live
+        self._tmp_given = tmp_dir
+        self._database_url = database_url
+        self._overrides = settings_overrides or {}
+        self.tmp: Path | None = None
+        self.raw_store: Any = None
+        self.store: SwitchableStore = None  # type: ignore[assignment]
+        self.settings: Settings = None  # type: ignore[assignment]
+        self.services: WorkerServices = None  # type: ignore[assignment]
+        self.applier: ConfigApplier = None  # type: ignore[assignment]
+        self.router: respx.MockRouter | None = None
+        self._api: Any = None
+        self.judge_llm: Any = None
+
+    async def __aenter__(self) -> SimEnvironment:
+        sc = self.scenario
+        if self._database_url is None:
+            self.tmp = self._tmp_given or Path(tempfile.mkdtemp(prefix="sim-"))
+            url = f"sqlite+aiosqlite:///{self.tmp}/sim.db"
+            if sc.store.seed:
+                shutil.copyfile(await _seeded_template(), self.tmp / "sim.db")
+        else:
+            url = self._database_url
+        self.raw_store = open_store(url)
+        await self.raw_store.start()
+        if sc.store.seed and self._database_url is not None:
+            await seed(self.raw_store)
+        self.store = SwitchableStore(self.raw_store)
+        self.store.down = not sc.store.available
+        opts: dict[str, Any] = {
+            "agent_mode": sc.mode,
+            "cache_poll_interval": CACHE_POLL_S,
+            "admin_api_key": ADMIN_KEY,
+            "database_url": url,
+        }
+        if self.live is not None:
+            opts["default_llm_model"] = self.live.model
+        opts.update(self._overrides)
+        self.settings = Settings(_env_file=None, **opts)  # type: ignore[call-arg]
+        self.services = WorkerServices(self.settings, self.store)  # type: ignore[arg-type]
+        await self.services.start()
+        self.applier = ConfigApplier(self.store, api=self.api, default_via=sc.config_via, cache=self.services.cache)
+        if self.live is not None:
+            self.judge_llm = self.live.judge_llm()
+        return self
+
+    async def api(self) -> Any:
+        """The admin API (`create_app` around this environment's store and cache), on first use.
+
+        Served in-process on *this* event loop through `httpx.ASGITransport`, as uvicorn
+        serves it beside the worker in production. Not `litestar.testing.AsyncTestClient`:
+        that runs the app on a portal thread with its own loop and blocks the caller's
+        loop while a request runs, which deadlocks as soon as a session's record write
+        holds the store (a change made mid-session) and puts the store on two loops.
+        """
+        if self._api is None:
+            import httpx
+
+            from app.api.app import create_app
+
+            app = create_app(self.settings, self.store, cache=self.services.cache)  # type: ignore[arg-type]
+            self._api = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://sim-admin",
+                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            )
+        return self._api
+
+    def new_llm(self) -> SessionLLM:
+        return LiveLLM(self.live) if self.live is not None else ScriptedLLM(self.settings.default_llm_model)
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self._api is not None:
+                await self._api.aclose()
+            if self.judge_llm is not None:
+                await self.judge_llm.aclose()
+            await self.services.aclose()
+        finally:
+            await self.raw_store.aclose()
+            if self.tmp is not None and self._tmp_given is None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# -------------------------------------------------------------------------- hooks
+
+
+@dataclass
+class SessionHandle:
+    env: SimEnvironment
+    spec: SessionSpec
+    session: AgentSession
+    prepared: PreparedSession
+    llm: SessionLLM
+
+
+Hook = Callable[[SessionHandle], Awaitable[None]]
+
+
+@dataclass
+class SessionHooks:
+    """Callbacks for code reusing the harness (e.g. hold sessions open for a density
+    measurement, or start a drain mid-conversation)."""
+
+    after_start: Hook | None = None
+    after_turn: Callable[[SessionHandle, int], Awaitable[None]] | None = None
+    before_close: Hook | None = None
+
+
+# ------------------------------------------------------------------------ session
+
+
+async def run_session(
+    env: SimEnvironment,
+    spec: SessionSpec,
+    *,
+    checks: Checks | None = None,
+    loc: Loc = ("sessions", 0),
+    hooks: SessionHooks | None = None,
+) -> SessionOutcome:
+    """Run one session of a scenario in `env`; failures go to `checks`."""
+    checks = checks if checks is not None else Checks()
+    hooks = hooks or SessionHooks()
+    live = env.live is not None
+    outcome = SessionOutcome(name=spec.name or f"{loc}")
+    await env.applier.apply_all(checks, (*loc, "config"), spec.config)
+    llm = env.new_llm()
+    voice = None
+    if env.scenario.io == "voice":  # speech audio through VAD/STT/TTS: sim/voice/runner.py
+        from sim.voice.runner import VoiceDriver
+
+        voice = outcome.voice = VoiceDriver(env, spec)
+    routes = add_routes(env.router, spec.http) if spec.http and env.router is not None else []
+    participant = None
+    if spec.participant is not None:
+        participant = SimpleNamespace(
+            identity=spec.participant.identity, metadata=render_metadata(spec.participant.metadata)
+        )
+    try:
+        with fake_job_context(job_metadata=render_metadata(spec.job_metadata)) as ctx:
+            if spec.room_metadata is not None:
+                ctx.job.room.metadata = render_metadata(spec.room_metadata)
+            prepared = await prepare_job(ctx, env.services, participant, llm_client=llm.client(),
+                                         **(voice.prepare_kwargs() if voice else {"audio": False}))
+            record = prepared.record
+            outcome.session_id = record.session_id
+            outcome.agent_id, outcome.config_version = record.agent_id, record.config_version
+            outcome.route_reason = record.route_reason
+            if spec.route is not None:
+                check_route(checks, (*loc, "route"), spec.route, record,
+                            fallback=prepared.decision.is_fallback, source=prepared.decision.source)
+            try:
+                if voice is not None:
+                    await voice.converse(spec, prepared, llm, checks, loc, outcome, hooks, live)
+                else:
+                    await _converse(env, spec, prepared, llm, checks, loc, outcome, hooks, live)
+            finally:
+                if env.store.down:
+                    checks.fail(loc, "the store is still down at the end of the session: add `store: up` "
+                                "before the session ends (the record could not be written)")
+                    env.store.down = False
+                await prepared.aclose()
+    finally:
+        outcome.requests = list(llm.requests)
+        await llm.aclose()
+        if voice is not None:
+            await voice.aclose()
+        if routes and env.router is not None:
+            check_calls(checks, (*loc, "http"), spec.http, routes)
+            env.router.routes.clear()
+    try:
+        outcome.record = await env.raw_store.get_session(outcome.session_id)
+    except (NotFound, StoreUnavailable):
+        outcome.record = None
+    if spec.record is not None:
+        check_record(checks, (*loc, "record"), spec.record, outcome.record, live=live)
+    if voice is not None:
+        voice.check_session(checks, loc, outcome.record, live=live)
+    return outcome
+
+
+async def _converse(
+    env: SimEnvironment,
+    spec: SessionSpec,
+    prepared: PreparedSession,
+    llm: SessionLLM,
+    checks: Checks,
+    loc: Loc,
+    outcome: SessionOutcome,
+    hooks: SessionHooks,
+    live: bool,
+) -> None:
+    closed = asyncio.Event()
+    # As the entrypoint does: the process's shared VAD. Omitted, LiveKit would build its
+    # bundled inference VAD for every session (~30 ms of CPU each).
+    async with AgentSession(vad=env.services.load_vad()) as session:
+        prepared.manager.attach(session)
+        session.on("close", lambda _ev: closed.set())
+        handle = SessionHandle(env, spec, session, prepared, llm)
+
+        start = spec.start or StartSpec()  # no `start:` block: nothing checked
+        ok = await _step(
+            checks, (*loc, "start"), start, llm, outcome, "start", None, live, env,
+            lambda: session.start(prepared.agent, capture_run=True),
+        )
+        if not ok:
+            return
+        if hooks.after_start is not None:
+            await hooks.after_start(handle)
+        for j, turn in enumerate(spec.turns):
+            tloc = (*loc, "turns", j)
+            await env.applier.apply_all(checks, (*tloc, "config"), turn.config)
+            if closed.is_set():
+                checks.fail(tloc, "the session was already closed before this turn (end_session or an error)",
+                            expected=f"user turn {turn.user!r}", actual="session closed")
+                return
+            user = turn.user
+            ok = await _step(
+                checks, tloc, turn, llm, outcome, f"turn {j}", user, live, env,
+                lambda user=user: session.run(user_input=user),  # type: ignore[misc]
+            )
+            if not ok:
+                return
+            if hooks.after_turn is not None:
+                await hooks.after_turn(handle, j)
+        if spec.closes is not None:
+            # end_session closes the session from a speech-done callback, just after the
+            # goodbye: wait for it (or, for `closes: false`, give it the chance to happen).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(closed.wait(), CLOSE_WAIT_S if spec.closes else 0.05)
+        outcome.closed_by_agent = closed.is_set()
+        if spec.closes is not None:
+            checks.check(
+                outcome.closed_by_agent == spec.closes, (*loc, "closes"),
+                "the agent closed the session" if not spec.closes else "the agent did not close the session",
+                expected="closed by the agent" if spec.closes else "still open",
+                actual="closed" if outcome.closed_by_agent else "open",
+            )
+        if hooks.before_close is not None:
+            await hooks.before_close(handle)
+
+
+async def _step(
+    checks: Checks,
+    loc: Loc,
+    step: Step,
+    llm: SessionLLM,
+    outcome: SessionOutcome,
+    label: str,
+    user: str | None,
+    live: bool,
+    env: SimEnvironment,
+    run: Callable[[], Awaitable[RunResult | None]],
+) -> bool:
+    """Script, run and check one step; False if the session cannot go on."""
+    llm.script(step.llm)
+    first_request = len(llm.requests)
+    t0 = time.perf_counter()
+    try:
+        result = await run()
+    except Exception as e:  # the model or the session failed: report it as the step's outcome
+        requests = llm.requests[first_request:]
+        hint = ""
+        if not live and len(requests) > len(step.llm):
+            hint = f" (the model was asked {len(requests)} time(s) but only {len(step.llm)} repl(ies) were scripted)"
+        checks.fail(loc, f"{label} raised {type(e).__name__}{hint}", expected="the step to complete",
+                    actual=str(e)[:500], context="".join(traceback.format_exception_only(e)).strip())
+        outcome.steps.append(StepOutcome(label, user, (time.perf_counter() - t0) * 1000, list(requests), []))
+        return False
+    elapsed_ms = (time.perf_counter() - t0) * 1000
+    requests = llm.requests[first_request:]
+    events = [describe_event(ev) for ev in result.events] if result is not None else []
+    outcome.steps.append(StepOutcome(label, user, elapsed_ms, list(requests), events, result))
+    if not live:
+        dropped = llm.drop_pending()
+        if dropped:
+            checks.fail((*loc, "llm"), f"{dropped} scripted LLM repl(ies) were never requested in this step",
+                        expected=f"{len(step.llm)} request(s)", actual=f"{len(requests)} request(s)",
+                        context="\n".join(f"  {e}" for e in events))
+        if step.within_ms is not None:
+            checks.check(elapsed_ms <= step.within_ms, (*loc, "within_ms"), f"{label} took too long",
+                         expected=f"<= {step.within_ms:g} ms", actual=f"{elapsed_ms:.1f} ms")
+    if result is not None:
+        first = skip_activation(result) if isinstance(step, StartSpec) else 0
+        await check_events(checks, loc, step, result, first=first, live=live, judge_llm=env.judge_llm)
+    elif step.expect:
+        checks.fail((*loc, "expect"), "no run result to check (the step produced nothing)")
+    if step.llm_received is not None:
+        check_llm_received(checks, (*loc, "llm_received"), step.llm_received, requests, live=live)
+    return True
+
+
+# ----------------------------------------------------------------------- scenario
+
+
+def _as_loaded(scenario: Scenario | LoadedScenario | Path | str) -> LoadedScenario:
+    if isinstance(scenario, LoadedScenario):
+        return scenario
+    if isinstance(scenario, Scenario):
+        return LoadedScenario(scenario=scenario, path=Path(f"<{scenario.name}>"), lines=LineMap(Path(f"<{scenario.name}>")))
+    return load_scenario(Path(scenario))
+
+
+async def run_scenario(
+    scenario: Scenario | LoadedScenario | Path | str,
+    *,
+    live: bool = False,
+    live_config: LiveConfig | None = None,
+    tmp_dir: Path | None = None,
+    database_url: str | None = None,
+) -> ScenarioResult:
+    """Run every session of a scenario in a fresh environment; never raises for a
+    failed expectation (see `ScenarioResult.failures`)."""
+    loaded = _as_loaded(scenario)
+    sc = loaded.scenario
+    result = ScenarioResult(name=sc.name, path=loaded.path, live=live)
+    if live:
+        live_config = live_config or LiveConfig.from_env()
+        if live_config is None:
+            result.skipped = "SIM_LIVE=1 needs OPENAI_API_KEY (and optionally OPENAI_BASE_URL, SIM_LIVE_MODEL)"
+            return result
+        if sc.offline_only:
+            result.skipped = f"offline only: {sc.offline_only}"
+            return result
+    checks = Checks(loaded.lines)
+    t0 = time.perf_counter()
+    async with SimEnvironment(sc, live=live_config if live else None, tmp_dir=tmp_dir, database_url=database_url) as env:
+        with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
+            env.router = router
+            await env.applier.apply_all(checks, ("config",), sc.config)
+            for i, spec in enumerate(sc.sessions):
+                result.sessions.append(await run_session(env, spec, checks=checks, loc=("sessions", i)))
+    result.duration_s = time.perf_counter() - t0
+    result.failures = checks.failures
+    return result

@@ -1,0 +1,194 @@
+"""The model a simulated session talks to: scripted (offline) or real (live).
+
+Both give the factory an `openai.AsyncClient` (so the real `livekit-plugins-openai` LLM
+builds every request) and expose the captured request bodies as `CapturedRequest`s, so
+"what the LLM received" is checked the same way in both modes.
+
+- `ScriptedLLM`: a `FakeOpenAI` per session behind an in-process `httpx2.MockTransport`;
+  each step queues its scripted replies and must consume all of them.
+- `LiveLLM`: a real OpenAI-compatible endpoint (`OPENAI_API_KEY`, optional
+  `OPENAI_BASE_URL`), reached through `RecordingTransport`, which copies each chat
+  completion request body before sending it on. Scripted replies are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx2
+import openai
+
+from app.testing.fake_openai import (
+    CapturedRequest,
+    FakeOpenAI,
+    ScriptedError,
+    ScriptedText,
+    ScriptedToolCalls,
+    ToolCall,
+)
+from sim.scenario import LLMReply
+
+DEFAULT_LIVE_MODEL = "gpt-4.1-mini"
+NO_KEY = (
+    "SIM_LIVE=1 runs the scenarios against a real model and needs OPENAI_API_KEY "
+    "(optionally OPENAI_BASE_URL, SIM_LIVE_MODEL, SIM_JUDGE_MODEL); none is set"
+)
+
+
+def live_mode(environ: Mapping[str, str] | None = None) -> bool:
+    """SIM_LIVE=1 (or true/yes/on) asks for live mode."""
+    env = os.environ if environ is None else environ
+    return env.get("SIM_LIVE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def live_skip_reason(environ: Mapping[str, str] | None = None) -> str | None:
+    """Why a scenario must be skipped here: only live mode without a key, ever."""
+    if live_mode(environ) and LiveConfig.from_env(environ) is None:
+        return NO_KEY
+    return None
+
+
+class SessionLLM(Protocol):
+    requests: list[CapturedRequest]
+
+    def client(self) -> openai.AsyncClient: ...
+
+    def script(self, replies: list[LLMReply]) -> None: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def drop_pending(self) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+def to_reply(r: LLMReply) -> ScriptedText | ScriptedToolCalls | ScriptedError:
+    if r.error is not None:
+        return ScriptedError(r.error, "scripted error")
+    if r.tool is not None:
+        return ScriptedToolCalls((ToolCall(r.tool, r.args if r.args is not None else {}),))
+    if r.tools is not None:
+        return ScriptedToolCalls(tuple(ToolCall(t.name, t.args) for t in r.tools), text=r.text or "")
+    return ScriptedText(r.text or "")
+
+
+class ScriptedLLM:
+    def __init__(self, model: str = "sim-model") -> None:
+        self.fake = FakeOpenAI(model=model)
+        self._client: openai.AsyncClient | None = None
+
+    @property
+    def requests(self) -> list[CapturedRequest]:  # type: ignore[override]
+        return self.fake.requests
+
+    def client(self) -> openai.AsyncClient:
+        if self._client is None:
+            self._client = self.fake.client()
+        return self._client
+
+    def script(self, replies: list[LLMReply]) -> None:
+        for r in replies:
+            self.fake.add(to_reply(r))
+
+    @property
+    def pending(self) -> int:
+        return self.fake.pending
+
+    def drop_pending(self) -> int:
+        return self.fake.clear()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+class RecordingTransport(httpx2.AsyncBaseTransport):
+    """Forwards to `inner`, keeping a copy of every chat completion request body."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport, sink: list[CapturedRequest]) -> None:
+        self.inner = inner
+        self.sink = sink
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method == "POST" and request.url.path.endswith("/chat/completions"):
+            body = await request.aread()
+            try:
+                doc = json.loads(body or b"{}")
+            except ValueError:
+                doc = {}
+            if isinstance(doc, dict):
+                self.sink.append(CapturedRequest(doc))
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    api_key: str
+    base_url: str | None = None
+    model: str = DEFAULT_LIVE_MODEL
+    judge_model: str = DEFAULT_LIVE_MODEL
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> LiveConfig | None:
+        """From OPENAI_API_KEY / OPENAI_BASE_URL / SIM_LIVE_MODEL / SIM_JUDGE_MODEL; None without a key."""
+        env = os.environ if environ is None else environ
+        key = (env.get("OPENAI_API_KEY") or "").strip()
+        if not key:
+            return None
+        model = env.get("SIM_LIVE_MODEL") or DEFAULT_LIVE_MODEL
+        return cls(
+            api_key=key,
+            base_url=env.get("OPENAI_BASE_URL") or None,
+            model=model,
+            judge_model=env.get("SIM_JUDGE_MODEL") or model,
+        )
+
+    def openai_client(self, sink: list[CapturedRequest] | None = None) -> openai.AsyncClient:
+        transport: httpx2.AsyncBaseTransport = httpx2.AsyncHTTPTransport()
+        if sink is not None:
+            transport = RecordingTransport(transport, sink)
+        return openai.AsyncClient(
+            api_key=self.api_key,
+            base_url=self.base_url,
+            max_retries=2,
+            http_client=httpx2.AsyncClient(transport=transport, timeout=60.0),
+        )
+
+    def judge_llm(self) -> Any:
+        from livekit.plugins import openai as lk_openai
+
+        return lk_openai.LLM(model=self.judge_model, client=self.openai_client())
+
+
+class LiveLLM:
+    def __init__(self, config: LiveConfig) -> None:
+        self.config = config
+        self.requests: list[CapturedRequest] = []
+        self._client: openai.AsyncClient | None = None
+
+    def client(self) -> openai.AsyncClient:
+        if self._client is None:
+            self._client = self.config.openai_client(self.requests)
+        return self._client
+
+    def script(self, replies: list[LLMReply]) -> None:
+        """Scripted replies are ignored in live mode: the real model answers."""
+
+    @property
+    def pending(self) -> int:
+        return 0
+
+    def drop_pending(self) -> int:
+        return 0
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()

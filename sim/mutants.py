@@ -1,0 +1,175 @@
+"""Mutants of a scenario: one expectation changed so that it must fail.
+
+Why: a scenario that cannot fail proves nothing. `sim/tests/test_mutations.py` runs
+mutants of every scenario in `sim/scenarios/` and requires each to fail *at the
+mutated expectation* (the failure's location must lie under the site's anchor). By
+default one mutant per scenario runs (kinds chosen round-robin across the suite, so
+every kind is exercised); `SIM_MUTATE=all` runs every site of every scenario.
+
+A site is (kind, location of the changed value, anchor, change). Changed values use
+the marker "zz-mutant", which no agent, model script or record ever produces.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+MARK = "zz-mutant"
+Loc = tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class Site:
+    kind: str
+    loc: Loc
+    """Where the mutated value lives in the scenario document."""
+    anchor: Loc
+    """A failure must be reported at or under this location."""
+    change: Callable[[Any], Any]
+    """Old value (or None when absent) -> new value."""
+
+    def apply(self, doc: dict[str, Any]) -> dict[str, Any]:
+        out = copy.deepcopy(doc)
+        parent: Any = out
+        for part in self.loc[:-1]:
+            parent = parent[part]
+        last = self.loc[-1]
+        old = parent[last] if (isinstance(parent, dict) and last in parent) or isinstance(parent, list) else None
+        parent[last] = self.change(old)
+        return out
+
+    def describe(self) -> str:
+        from sim.yamlsrc import format_loc
+
+        return f"{self.kind} at {format_loc(self.loc)}"
+
+
+def _bump(v: Any) -> Any:
+    return v + 1
+
+
+def _text(v: Any) -> Any:
+    return f"{v} {MARK}"
+
+
+def _mark(_: Any) -> Any:
+    return MARK
+
+
+def _add(v: Any) -> Any:
+    if isinstance(v, list):
+        return [*v, MARK]
+    return [v, MARK] if v is not None else [MARK]
+
+
+def sites(doc: dict[str, Any]) -> Iterator[Site]:
+    """Every mutation site of a scenario document (as loaded from YAML)."""
+    for i, op in enumerate(doc.get("config") or []):
+        yield from _config_sites(op, ("config", i))
+    for s, session in enumerate(doc.get("sessions") or []):
+        sl: Loc = ("sessions", s)
+        for i, op in enumerate(session.get("config") or []):
+            yield from _config_sites(op, (*sl, "config", i))
+        route = session.get("route") or {}
+        for name, change in (
+            ("agent_id", _mark), ("version", _bump), ("reason", _mark), ("user_id", _mark),
+            ("fallback", lambda v: not v), ("source", lambda v: "room" if v == "job" else "job"),
+            ("degraded", lambda v: MARK if v is None else None),
+        ):
+            if name in route:
+                yield Site(f"route.{name}", (*sl, "route", name), (*sl, "route", name), change)
+        if "start" in session and session["start"]:
+            yield from _step_sites(session["start"], (*sl, "start"))
+        for t, turn in enumerate(session.get("turns") or []):
+            yield from _step_sites(turn, (*sl, "turns", t))
+            for i, op in enumerate(turn.get("config") or []):
+                yield from _config_sites(op, (*sl, "turns", t, "config", i))
+        if session.get("closes") is True:
+            yield Site("closes", (*sl, "closes"), (*sl, "closes"), lambda v: False)
+        for h, mock in enumerate(session.get("http") or []):
+            hl = (*sl, "http", h)
+            if "expect_calls" in mock:
+                yield Site("http.expect_calls", (*hl, "expect_calls"), hl, _bump)
+            if "expect_params" in mock:
+                yield Site("http.expect_params", (*hl, "expect_params"), hl, lambda v: {**v, "x": MARK})
+            if "expect_json" in mock:
+                yield Site("http.expect_json", (*hl, "expect_json"), hl, lambda v: {"x": MARK})
+        record = session.get("record") or {}
+        rl = (*sl, "record")
+        for name, change in (
+            ("status", lambda v: "failed" if v != "failed" else "completed"), ("end_reason", _text),
+            ("agent_id", _mark), ("config_version", _bump), ("route_reason", _mark), ("user_id", _mark),
+            ("degraded", lambda v: MARK if v is None else None), ("turn_count", _bump),
+            ("collected", lambda v: {**v, MARK: 1}), ("collected_include", lambda v: {**v, MARK: 1}),
+            ("collected_keys", _add), ("handoffs", lambda v: [*v, {"from": MARK, "to": MARK}]),
+        ):
+            if name in record:
+                yield Site(f"record.{name}", (*rl, name), (*rl, name), change)
+        for i, turn in enumerate(record.get("turns") or []):
+            key = "text" if "text" in turn else "contains" if "contains" in turn else None
+            if key:
+                yield Site("record.turns", (*rl, "turns", i, key), (*rl, "turns"), _text if key == "text" else _add)
+            break
+
+
+def _config_sites(op: dict[str, Any], loc: Loc) -> Iterator[Site]:
+    if "expect_version" in op:
+        yield Site("config.expect_version", (*loc, "expect_version"), loc, _bump)
+    if "expect_status" in op:
+        yield Site("config.expect_status", (*loc, "expect_status"), loc, lambda v: 299 if v != 299 else 298)
+
+
+def _step_sites(step: dict[str, Any], loc: Loc) -> Iterator[Site]:
+    expect = step.get("expect") or []
+    for k, e in enumerate(expect):
+        el: Loc = (*loc, "expect", k)
+        if "any_order" in e:
+            for m, member in enumerate(e["any_order"]):
+                yield from _event_sites(member, (*el, "any_order", m), loc)
+        else:
+            yield from _event_sites(e, el, loc)
+    if expect and step.get("no_more_events") is not False:
+        yield Site("expect.drop_last", (*loc, "expect"), loc, lambda v: v[:-1])
+    if not expect and step.get("no_more_events") is True:
+        yield Site("expect.add", (*loc, "expect"), loc, lambda v: [{"message": {"contains": MARK}}])
+    received = step.get("llm_received") or {}
+    rl = (*loc, "llm_received")
+    for name, change in (
+        ("instructions_contain", _add), ("tools_include", _add), ("messages_contain", _add),
+        ("count", _bump), ("tools", lambda v: v[1:] if v else [MARK]),
+        ("tool_schemas", lambda v: {**v, next(iter(v)): {"x-mutant": MARK}} if v else v),
+    ):
+        if name in received:
+            yield Site(f"llm_received.{name}", (*rl, name), rl, change)
+    if "within_ms" in step:
+        yield Site("within_ms", (*loc, "within_ms"), (*loc, "within_ms"), lambda v: 0.001)
+
+
+def _event_sites(e: dict[str, Any], loc: Loc, step: Loc) -> Iterator[Site]:
+    if "message" in e:
+        m = e["message"]
+        for key, change in (("text", _text), ("contains", _add), ("regex", _mark)):
+            if key in m:
+                yield Site(f"message.{key}", (*loc, "message", key), step, change)
+        if not any(k in m for k in ("text", "contains", "regex")):
+            yield Site("message.contains", (*loc, "message", "contains"), step, _add)
+    elif "function_call" in e:
+        fc = e["function_call"]
+        yield Site("function_call.name", (*loc, "function_call", "name"), step, lambda v: f"{v}_{MARK}")
+        if fc.get("arguments"):
+            first = next(iter(fc["arguments"]))
+            yield Site("function_call.arguments", (*loc, "function_call", "arguments", first), step, _mark)
+        if "arguments_exact" in fc:
+            yield Site("function_call.arguments_exact", (*loc, "function_call", "arguments_exact"), step,
+                       lambda v: {**v, MARK: 1})
+    elif "function_output" in e:
+        fo = e["function_output"]
+        for key, change in (("output", _text), ("contains", _add), ("regex", _mark),
+                            ("is_error", lambda v: not v), ("name", _mark)):
+            if key in fo:
+                yield Site(f"function_output.{key}", (*loc, "function_output", key), step, change)
+    elif "handoff" in e:
+        yield Site("handoff.to", (*loc, "handoff", "to"), step, _mark)

@@ -1,0 +1,93 @@
+"""The scenario format fails loudly: every problem is reported with its file and line."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from sim.harness import run_scenario
+from sim.scenario import Scenario, ScenarioError, load_scenario, render_metadata
+from sim.yamlsrc import loads_yaml
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_typo_is_reported_at_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+name: typo
+sessions:
+  - job_metadata: {purpose: support}
+    turns:
+      - user: hi
+        expect:
+          - message: {contians: hello}
+""")
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(path)
+    assert f"{path}:7: sessions[0].turns[0].expect[0].message.contians: Extra inputs are not permitted" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ("name: x\nname: y\nsessions: [{}]\n", 2, "duplicate key 'name'"),
+        ("name: x\nsessions:\n  - turns:\n      - {user: hi, expect: [{message: {regex: '('}}]}\n", 4, "invalid regex"),
+        ("name: x\nsessions:\n  - turns:\n      - user: hi\n        llm: [{text: a, tool: b}]\n", 5, "text goes with tools"),
+        ("name: x\nsessions:\n  - turns:\n      - user: hi\n        expect: [{message: {}, handoff: {to: a}}]\n", 5, "exactly one of"),
+        ("name: x\nsessions:\n  - turns:\n      - user: hi\n        expect: [{any_order: [{any_order: [{message: {}}]}]}]\n", 5, "cannot be nested"),
+        ("name: x\nconfig:\n  - {patch: {agent_id: a, body: {}}, delete: {agent_id: a}}\nsessions: [{}]\n", 3, "exactly one of"),
+        ("name: x\nsessions: []\n", 2, "at least 1 item"),
+        ("name: x\nsessions:\n  - route: {agent_id: a}\n    closes: maybe\n", 4, "closes"),
+        ("name: x\nsessions:\n  - job_metadata: {generate: {repeat: a, json: {}}}\n", 3, "exactly one of"),
+        ("name: x\nsessions: [{}\n", 3, "invalid YAML"),
+    ],
+)
+def test_invalid_scenarios_name_the_line(tmp_path: Path, text: str, line: int, fragment: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(path)
+    message = str(err.value)
+    assert f"{path}:{line}:" in message and fragment in message, message
+
+
+def test_line_map_points_at_keys_and_items() -> None:
+    data, lines = loads_yaml("a:\n  - x: 1\n    y: [2, 3]\n  - 4\nb: c\n")
+    assert data == {"a": [{"x": 1, "y": [2, 3]}, 4], "b": "c"}
+    assert lines.line(("a", 0, "y")) == 3
+    assert lines.line(("a", 1)) == 4
+    assert lines.line(("b",)) == 5
+    assert lines.line(("a", 0, "y", 7, "deeper")) == 3  # nearest known ancestor
+
+
+def test_generated_metadata_has_the_exact_size() -> None:
+    doc = Scenario.model_validate(
+        {"name": "g", "sessions": [{"job_metadata": {"generate": {"json": {"purpose": "sales"}, "pad_to_bytes": 8192}}},
+                                   {"job_metadata": {"generate": {"repeat": "[", "times": 3}}},
+                                   {"job_metadata": {"purpose": "x"}},
+                                   {"job_metadata": "raw"}]}
+    )
+    texts = [render_metadata(s.job_metadata) for s in doc.sessions]
+    assert len(texts[0].encode()) == 8192 and json.loads(texts[0])["purpose"] == "sales"
+    assert texts[1:] == ["[[[", '{"purpose": "x"}', "raw"]
+
+
+def readme_example() -> str:
+    text = README.read_text()
+    match = re.search(r"<!-- example -->\s*```yaml\n(.*?)```", text, re.S)
+    assert match, "sim/README.md must contain the complete example after <!-- example -->"
+    return match.group(1)
+
+
+async def test_the_readme_example_is_valid_and_passes(tmp_path: Path) -> None:
+    path = write(tmp_path, readme_example())
+    result = await run_scenario(load_scenario(path))
+    assert result.passed, result.report()
