@@ -132,7 +132,10 @@ def _step_sites(step: dict[str, Any], loc: Loc) -> Iterator[Site]:
         else:
             yield from _event_sites(e, el, loc)
     if expect and step.get("no_more_events") is not False:
-        yield Site("expect.drop_last", (*loc, "expect"), loc, lambda v: v[:-1])
+        # the dropped event is now an extra one: `no_more_events` (explicit, since an
+        # empty `expect` alone checks nothing) must catch it
+        yield Site("expect.drop_last", loc, loc,
+                   lambda st: {**st, "expect": st["expect"][:-1], "no_more_events": True})
     if not expect and step.get("no_more_events") is True:
         yield Site("expect.add", (*loc, "expect"), loc, lambda v: [{"message": {"contains": MARK}}])
     received = step.get("llm_received") or {}
