@@ -125,9 +125,32 @@ class SQLStore:
                                 await conn.execute(meta_t.insert().values(key=key, value=value))
                         except IntegrityError:  # another process created it first
                             pass
+            if self._sqlite:
+                await self._ensure_wal()
         except DBAPIError as e:
             await self.aclose()
             raise StoreUnavailable(f"cannot open database: {type(e.orig).__name__}") from e
+
+    async def _ensure_wal(self) -> None:
+        """Make sure the file is in WAL mode, retrying the switch if another process held it."""
+        assert self._engine is not None
+        delay = 0.01
+        deadline = time.monotonic() + 10.0
+        while True:
+            # The read engine: autocommit, so no BEGIN (the switch cannot run inside one).
+            async with self._engine.connect() as conn:
+                mode = await conn.exec_driver_sql("PRAGMA journal_mode")
+                current = str(mode.scalar() or "").lower()
+                if current in ("wal", "memory"):  # ":memory:" databases cannot use WAL
+                    return
+                try:
+                    await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                except DBAPIError as e:
+                    if time.monotonic() > deadline:
+                        raise
+                    log.debug("switching to WAL: %s; retrying", type(e.orig).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
 
     def _make_sqlite_engines(self) -> tuple[AsyncEngine, AsyncEngine]:
         db = sa.engine.make_url(self.url).database
@@ -139,7 +162,15 @@ class SQLStore:
             # start a deferred one and upgrade it too late to wait on the lock).
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            try:
+                cur.execute("PRAGMA journal_mode=WAL")
+            except Exception as e:  # noqa: BLE001 - the driver's OperationalError, re-raised below
+                # Switching a fresh file to WAL needs an exclusive lock, and SQLite
+                # answers BUSY at once (no busy handler: it would deadlock) when
+                # another process is switching it too. WAL is a property of the file,
+                # so the winner's switch counts for us; `start()` checks and retries.
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
             cur.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: durable across process crashes
             cur.execute("PRAGMA busy_timeout=10000")
             cur.execute("PRAGMA foreign_keys=ON")
