@@ -1,15 +1,16 @@
 """Admin API throughput and latency, against a Litestar hello-world in the same app.
 
-Run: `uv run python -m sim.bench.api [--get-n 2000] [--patch-n 500]`
+Run: `uv run python -m sim.bench.api [--store sqlite|mongo|postgres] [--get-n 2000] [--patch-n 500]`
 
-What it does: builds the real app (`create_app` around a `SQLStore` on a temporary
-SQLite file with one seeded agent), adds a hello-world GET to the *same* app through
+What it does: builds the real app (`create_app` around the store `--store` names:
+a temporary SQLite file by default, or a MongoDB / PostgreSQL server started for the
+run, see `sim.bench.stores`; one seeded agent), adds a hello-world GET to the *same* app through
 `extra_route_handlers`, and serves it with uvicorn on loopback as a task in this
 process (the way the supervisor embeds it). It then measures, at concurrency 1 and
 32 and for a fixed request count:
 
 - `hello`: `GET /bench/hello` (no auth, no store) - the framework's floor;
-- `get`:   `GET /api/v1/agents/config/{id}` (auth guard, DI, SQLite read, JSON);
+- `get`:   `GET /api/v1/agents/config/{id}` (auth guard, DI, a store read, JSON);
 - `get+cache`: the same GET on a second app given the worker's `ConfigCache`
   (`create_app(..., cache=...)`), which answers from memory while the cache is fresh;
 - `patch`: `PATCH /api/v1/agents/config/{id}` without If-Match (a real write: new
@@ -20,7 +21,8 @@ concurrent worker) runs in a *separate process* (multiprocessing, spawn) so it d
 not steal the server's event loop; the server process does nothing but serve while a
 run is in flight. On a small machine the Python client can still be the bottleneck,
 which would flatter the ratio, so the server's own CPU time per request
-(process_time of this process over the run: the event loop plus aiosqlite's threads)
+(process_time of this process over the run: the event loop plus the driver's threads;
+a MongoDB or PostgreSQL server's own CPU is in its own process and not counted)
 is reported too: `get_cpu_ratio` = hello CPU per request / GET CPU per request is the
 client-independent comparison.
 
@@ -36,11 +38,12 @@ import json
 import multiprocessing
 import socket
 import statistics
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+
+from sim.bench.stores import STORES, database
 
 ADMIN_KEY = "bench-admin-key"
 AGENT_ID = "bench-agent"
@@ -181,22 +184,22 @@ async def _measure(
     )
 
 
-async def main(get_n: int, patch_n: int, concurrencies: list[int]) -> dict[str, Any]:
+async def main(get_n: int, patch_n: int, concurrencies: list[int], kind: str = "sqlite") -> dict[str, Any]:
     from litestar import get
     from pydantic import SecretStr
 
     from app.api import create_app
     from app.domain import AgentConfigInput
     from app.settings import Settings
+    from app.store import open_store
     from app.store.cache import ConfigCache
-    from app.store.sql import SQLStore
 
     @get(HELLO_PATH, sync_to_thread=False)
     def hello() -> dict[str, str]:
         return {"hello": "world"}
 
-    with tempfile.TemporaryDirectory() as tmp:
-        store = SQLStore(f"sqlite+aiosqlite:///{tmp}/bench.db")
+    async with database(kind) as url:
+        store = open_store(url)
         await store.start()
         await store.create_agent_config(
             AgentConfigInput.model_validate(
@@ -250,17 +253,18 @@ async def main(get_n: int, patch_n: int, concurrencies: list[int]) -> dict[str, 
             await cache.aclose()
             await store.aclose()
 
-    return _report(rows, max(concurrencies))
+    return _report(rows, max(concurrencies), kind)
 
 
-def _report(rows: list[Row], top_c: int) -> dict[str, Any]:
+def _report(rows: list[Row], top_c: int, kind: str) -> dict[str, Any]:
+    print(f"store: {kind}")
     print(f"{'endpoint':<10} {'conc':>4} {'n':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'srv CPU µs/req':>15} {'errors':>6}")
     for r in rows:
         print(f"{r.name:<10} {r.concurrency:>4} {r.n:>6} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
               f"{r.cpu_us:>15.0f} {r.errors:>6}")
     by = {(r.name, r.concurrency): r for r in rows}
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"store": kind}
     print()
     for c in sorted({r.concurrency for r in rows}):
         hello, get_, cached, patch = (by[(n, c)] for n in ("hello", "get", "get+cache", "patch"))
@@ -295,8 +299,9 @@ def _cli() -> None:
     parser.add_argument("--get-n", type=int, default=2000, help="requests per GET/hello run")
     parser.add_argument("--patch-n", type=int, default=500, help="requests per PATCH run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--store", choices=STORES, default="sqlite")
     args = parser.parse_args()
-    asyncio.run(main(args.get_n, args.patch_n, args.concurrency))
+    asyncio.run(main(args.get_n, args.patch_n, args.concurrency, args.store))
 
 
 if __name__ == "__main__":

@@ -33,14 +33,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from app.agents.context import NullRecorder, SessionContext
@@ -53,6 +48,7 @@ from app.testing.fake_openai import FakeOpenAI
 from app.worker.entrypoint import prepare_session
 from app.worker.services import WorkerServices
 from sim.bench.stats import emit, percentile
+from sim.bench.stores import STORES, database
 
 METADATA = [
     json.dumps({"purpose": "support", "user_id": "u-1"}),
@@ -61,28 +57,6 @@ METADATA = [
     json.dumps({"purpose": "interview", "variables": {"role": "Data Engineer"}}),
 ]
 BLOCK = 50
-
-
-@contextlib.asynccontextmanager
-async def database(kind: str) -> AsyncIterator[str]:
-    if kind == "sqlite":
-        tmp = Path(tempfile.mkdtemp(prefix="bench-start-"))
-        try:
-            yield f"sqlite+aiosqlite:///{tmp}/bench.db"
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    elif kind == "mongo":
-        from app.testing.servers import mongo_server
-
-        async with mongo_server() as url:
-            yield url
-    elif kind == "postgres":
-        from app.testing.servers import postgres_server
-
-        async with postgres_server() as url:
-            yield url
-    else:
-        raise SystemExit(f"unknown store {kind!r}")
 
 
 async def ours(
@@ -174,7 +148,7 @@ async def main(n: int, kind: str, audio: bool) -> dict[str, Any]:
 def _cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--store", choices=["sqlite", "mongo", "postgres"], default="sqlite")
+    parser.add_argument("--store", choices=STORES, default="sqlite")
     parser.add_argument("--text", action="store_true", help="text agents (no STT/TTS objects)")
     args = parser.parse_args()
     emit(asyncio.run(main(args.n, args.store, not args.text)))
