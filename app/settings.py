@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     default_tts_voice: str = "alloy"
     token_ttl_s: int = Field(3600, ge=60, le=86400)
     token_rate_per_minute: int = Field(30, ge=1)
+    client_ip_header: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="Header carrying the caller's address, set by a trusted proxy in front of "
+        "the app (fly.io: Fly-Client-IP). The token rate limit counts per value of it; unset, "
+        "per peer address (behind a proxy: every caller shares the proxy's one limit).",
+    )
     cache_poll_interval: float = Field(0.5, gt=0, le=5.0)
     max_body_bytes: int = 1024 * 1024
 

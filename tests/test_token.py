@@ -122,6 +122,30 @@ async def test_rate_limited_per_client(store) -> None:
     assert codes[3:] == [429, 429]
 
 
+async def test_rate_limit_counts_per_proxy_client_header(store) -> None:
+    """Behind a proxy every request has the proxy's address: with CLIENT_IP_HEADER set,
+    callers are told apart by the header the proxy sets, so one caller's burst does not
+    lock out the others; without the header the peer address still counts."""
+    settings = make_settings(token_rate_per_minute=2, client_ip_header="Fly-Client-IP")
+    body = {"purpose": "support", "variables": {"customer": "A"}}
+
+    async def codes(n: int, ip: str | None) -> list[int]:
+        headers = {"Fly-Client-IP": ip} if ip is not None else {}
+        return [(await c.post("/api/v1/token", json=body, headers=headers)).status_code for _ in range(n)]
+
+    async with client_for(settings, store) as c:
+        assert await codes(3, "203.0.113.7") == [201, 201, 429]
+        assert await codes(2, "198.51.100.9") == [201, 201]  # another caller, same proxy peer
+        assert await codes(1, "198.51.100.9, 10.0.0.1") == [429]  # first value only
+        assert await codes(2, None) == [201, 201]  # no header: the peer address
+        assert await codes(1, "") == [429]  # empty header: the peer address again
+
+
+async def test_client_ip_header_setting_is_a_header_name() -> None:
+    with pytest.raises(ValueError, match="client_ip_header"):
+        make_settings(client_ip_header="Bad Header: x")
+
+
 async def test_pte_mode_mints_for_the_pte_agent_without_routes(store) -> None:
     settings = make_settings(agent_mode="pte")
     async with client_for(settings, store) as c:

@@ -18,7 +18,8 @@ from typing import Annotated, Any
 from litestar import Controller, post
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.middleware.rate_limit import RateLimitConfig
+from litestar import Request
+from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, SkipValidation
 from livekit import api
@@ -109,10 +110,30 @@ def _check_variables(cfg: AgentConfig, variables: dict[str, str]) -> None:
             raise _invalid(f"variables.{name}", f"{cfg.agent_id} requires variable {name!r}")
 
 
+def client_identifier(header: str | None) -> Any:
+    """Who a token request counts against: the trusted proxy's client-address header
+    when one is configured and present (behind fly's proxy every peer address is the
+    proxy's), else the peer address. Only the first value, capped, so a client cannot
+    grow the limiter's key space with huge or comma-joined values."""
+    name = header.lower() if header else None
+
+    def identify(request: Request[Any, Any, Any]) -> str:
+        if name is not None:
+            value = request.headers.get(name, "").split(",", 1)[0].strip()[:64]
+            if value:
+                return value
+        return get_remote_address(request)
+
+    return identify
+
+
 def token_controller(settings: Settings) -> type[Controller]:
     """The token endpoint, outside the admin guard: it has its own optional key and a
     per-client rate limit (tokens start paid sessions)."""
-    rate_limit = RateLimitConfig(rate_limit=("minute", settings.token_rate_per_minute), store="token_rate_limit")
+    rate_limit = RateLimitConfig(
+        rate_limit=("minute", settings.token_rate_per_minute), store="token_rate_limit",
+        identifier_for_request=client_identifier(settings.client_ip_header),
+    )
 
     class TokenController(Controller):
         path = "/api/v1/token"
