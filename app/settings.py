@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/app.db"
@@ -75,6 +75,16 @@ class Settings(BaseSettings):
         "per peer address (behind a proxy: every caller shares the proxy's one limit).",
     )
     cache_poll_interval: float = Field(0.5, gt=0, le=5.0)
+    session_heartbeat_interval: float = Field(
+        15.0, gt=0, le=300,
+        description="Seconds between this process's heartbeats on the sessions it runs.",
+    )
+    session_stale_after: float = Field(
+        60.0, gt=0, le=3600,
+        description="An active session whose owner has not heartbeated for this long is marked "
+        "abandoned (its process died); also how often that sweep runs. Keep it several "
+        "heartbeat intervals long.",
+    )
     max_body_bytes: int = 1024 * 1024
 
     @field_validator("log_level", mode="before")
@@ -86,6 +96,13 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _stale_outlasts_heartbeats(self) -> Settings:
+        # A live owner must get at least two heartbeats in before its sessions look stale.
+        if self.session_stale_after < 2 * self.session_heartbeat_interval:
+            raise ValueError("SESSION_STALE_AFTER must be at least twice SESSION_HEARTBEAT_INTERVAL")
+        return self
 
     @property
     def is_mongo(self) -> bool:

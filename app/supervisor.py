@@ -4,7 +4,9 @@ Why a supervisor of our own: `AgentServer.run()` gives up after `max_retry` fail
 connections (and the legacy CLI then exits 0), and uvicorn installs its own signal
 handlers. Here the supervisor owns SIGTERM/SIGINT, keeps the API serving whatever
 LiveKit does, retries the worker with capped backoff, reports both states on
-`/readyz`, and on shutdown drains sessions before closing the store.
+`/readyz`, and on shutdown drains sessions before closing the store. It also
+heartbeats the sessions this container runs and marks those of crashed containers
+`abandoned` (`_session_liveness`), which works with many containers on one database.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import contextlib
 import logging
 import secrets
 import signal
+import time
 from collections.abc import Generator
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -22,6 +26,7 @@ import uvicorn
 from app.api.app import create_app
 from app.api.status import RuntimeStatus
 from app.domain import StoreUnavailable
+from app.domain.models import utcnow
 from app.settings import AgentMode, ExecutorType, Settings
 from app.store import ConfigStore, open_store
 from app.store.cache import ConfigCache
@@ -32,6 +37,7 @@ from app.worker.drain import (
     active_sessions,
     drain_worker,
 )
+from app.worker.sessions import instance_id
 
 if TYPE_CHECKING:
     from app.worker.services import WorkerServices
@@ -68,6 +74,10 @@ class Supervisor:
         self._uvicorn: _Server | None = None
         self._store_down = False
         self._store_setup_pending = False
+        self.owner = instance_id(fresh=True)
+        """Written on every session this container runs; heartbeated by `_session_liveness`."""
+        self._store_ok_since: float | None = None
+        """When heartbeats last started succeeding (None while they fail)."""
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -110,6 +120,7 @@ class Supervisor:
         self.services = await self._start_services()
         worker_task = asyncio.create_task(self._run_worker(), name="livekit-worker")
         store_task = asyncio.create_task(self._watch_store(), name="store-watch")
+        liveness_task = asyncio.create_task(self._session_liveness(), name="session-liveness")
         stop_task = asyncio.create_task(self._stop.wait())
 
         done, _ = await asyncio.wait({api_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -122,6 +133,7 @@ class Supervisor:
 
         await self._shutdown_worker(worker_task)
         store_task.cancel()
+        liveness_task.cancel()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         with contextlib.suppress(Exception):
@@ -182,13 +194,63 @@ class Supervisor:
         assert self.store is not None
         if self.settings.database_url.startswith("sqlite"):
             # One machine owns a SQLite file, so any session still `active` belongs to a
-            # process that died: close it out instead of leaving it open forever.
+            # process that died: close it out now rather than after the stale timeout.
             n = await self.store.abandon_active_sessions("process restarted")
             if n:
                 log.warning("marked %d session(s) left active by a previous run as abandoned", n)
+        else:
+            # Shared database: other containers' live sessions are active too; only those
+            # whose owner stopped heartbeating belong to a dead process.
+            await self._abandon_stale()
         if self.dev:
             await self._seed_if_empty()
         self._store_setup_pending = False
+
+    async def _abandon_stale(self) -> int:
+        assert self.store is not None
+        stale_after = self.settings.session_stale_after
+        n = await self.store.abandon_stale_sessions(
+            utcnow() - timedelta(seconds=stale_after),
+            f"owner process stopped (no heartbeat for {stale_after:g}s)",
+        )
+        if n:
+            log.warning("marked %d session(s) of stopped process(es) as abandoned", n)
+        return n
+
+    async def _session_liveness(self) -> None:
+        """Heartbeat this container's active sessions every `session_heartbeat_interval`
+        and, every `session_stale_after`, abandon sessions whose owner stopped (a crashed
+        container, on any backend). Store outages are logged and waited out.
+
+        The sweep waits until our own heartbeats have worked for a whole stale window:
+        right after an outage every owner's heartbeats failed alike, and sweeping before
+        they had a chance to resume would abandon live sessions."""
+        s = self.settings
+        next_sweep = time.monotonic() + s.session_stale_after
+        failing = False
+        while True:
+            await asyncio.sleep(s.session_heartbeat_interval)
+            if self.store is None or self._store_setup_pending:
+                continue
+            try:
+                await self.store.heartbeat(self.owner)
+                if self._store_ok_since is None:
+                    self._store_ok_since = time.monotonic()
+                if failing:
+                    log.info("session heartbeats written again")
+                    failing = False
+                now = time.monotonic()
+                if now >= next_sweep and now - self._store_ok_since >= s.session_stale_after:
+                    next_sweep = now + s.session_stale_after
+                    await self._abandon_stale()
+            except StoreUnavailable as e:
+                self._store_ok_since = None
+                if not failing:
+                    log.warning("session heartbeat failed (%s); retrying", e.message)
+                    failing = True
+            except Exception:  # keep heartbeating whatever happens
+                self._store_ok_since = None
+                log.exception("session heartbeat or stale-session sweep failed")
 
     async def _seed_if_empty(self) -> None:
         assert self.store is not None

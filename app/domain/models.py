@@ -421,3 +421,10 @@ class SessionRecord(BaseModel):
     handoffs: list[Handoff] = Field(default_factory=list)
     error: str | None = None
     metrics: list[dict[str, Any]] = Field(default_factory=list)
+    owner: str | None = Field(
+        None, description="The process instance (host, pid, random) running the session; read-only."
+    )
+    heartbeat_at: UtcDatetime | None = Field(
+        None, description="When the owner last proved alive; an active session whose owner stops "
+        "heartbeating is marked abandoned. Read-only.",
+    )

@@ -5,15 +5,20 @@ test suite (`tests/store/test_contract.py`). Rules every implementation keeps:
 
 - every agent change writes a new immutable version row; current = highest version;
 - `expected_version` mismatches and lost races raise `VersionConflict` (never a lost update);
-- each write is atomic: a failed call leaves nothing half-written;
+- each write is atomic: a failed call leaves nothing half-written (one documented
+  exception: a session write batch on MongoDB, see `apply_session_writes`);
 - `config_epoch()` increases on every agent or route write, so caches in other processes
   can tell cheaply that something changed;
-- session turns are written one row at a time, so a crash loses at most the turn in flight.
+- a session write is durable once the call returns, so a crash loses at most what was
+  in flight: `apply_session_writes` applies a batch of one session's writes (what its
+  writer had queued) in order, on SQL in one transaction (all or nothing), on MongoDB
+  as an ordered sequence of single-document writes (see `apply_session_writes`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,6 +33,106 @@ from app.domain import (
 )
 
 ChangeListener = Callable[[], None]
+
+
+# ------------------------------------------------------------ session write ops
+#
+# One typed value per kind of session write, so a queued write is data, not a closure:
+# it can be logged with its payload, handed to another task (`PendingWrites`), and a
+# store can apply a run of them in one transaction.
+
+
+@dataclass(frozen=True, slots=True)
+class StartSession:
+    record: SessionRecord
+
+    @property
+    def name(self) -> str:
+        return "start_session"
+
+    def payload(self) -> dict[str, Any]:
+        r = self.record
+        return {"session_id": r.session_id, "agent_id": r.agent_id, "room": r.room}
+
+
+@dataclass(frozen=True, slots=True)
+class AppendTurn:
+    turn: Turn
+
+    @property
+    def name(self) -> str:
+        return "append_turn"
+
+    def payload(self) -> dict[str, Any]:
+        return {"seq": self.turn.seq, "role": self.turn.role, "text": self.turn.text}
+
+
+@dataclass(frozen=True, slots=True)
+class RecordData:
+    data: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return "record_data"
+
+    def payload(self) -> dict[str, Any]:
+        return dict(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordHandoff:
+    handoff: Handoff
+
+    @property
+    def name(self) -> str:
+        return "record_handoff"
+
+    def payload(self) -> dict[str, Any]:
+        return self.handoff.model_dump(mode="json")
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateSession:
+    """Set top-level fields; a later one in the same batch overrides an earlier one's
+    fields, so of several queued `metrics` snapshots only the last is written."""
+
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return "update_metrics" if set(self.fields) == {"metrics"} else "update_session"
+
+    def payload(self) -> dict[str, Any]:
+        return dict(self.fields)
+
+
+@dataclass(frozen=True, slots=True)
+class FinishSession:
+    status: SessionStatus
+    reason: str | None = None
+    error: str | None = None
+    ended_at: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        return "finish_session"
+
+    def payload(self) -> dict[str, Any]:
+        return {"status": SessionStatus(self.status).value, "reason": self.reason, "error": self.error}
+
+
+SessionWrite = StartSession | AppendTurn | RecordData | RecordHandoff | UpdateSession | FinishSession
+"""One queued write to a session record (`ConfigStore.apply_session_writes`)."""
+
+OPS_APPLIED_ATTR = "session_ops_applied"
+"""Set on an exception from `apply_session_writes` when a store that cannot apply a
+batch atomically (MongoDB) had already applied that many leading ops."""
+
+
+def ops_applied_before(exc: BaseException) -> int:
+    """How many leading ops of a failed `apply_session_writes` batch were applied (0 on SQL)."""
+    n = getattr(exc, OPS_APPLIED_ATTR, 0)
+    return n if isinstance(n, int) and n > 0 else 0
 
 
 @runtime_checkable
@@ -126,5 +231,27 @@ class ConfigStore(Protocol):
 
     async def get_session(self, session_id: str) -> SessionRecord: ...
 
+    async def apply_session_writes(self, session_id: str, ops: list[SessionWrite]) -> None:
+        """Apply one session's queued writes, in order, as one batch: the session
+        writer's hot path (one round of I/O for whatever queued up meanwhile).
+
+        The result equals calling the per-op methods in order. SQL: one transaction, so
+        on any error nothing of the batch is applied. MongoDB (no multi-document
+        transactions): an ordered sequence of single-document writes; on error the
+        exception carries how many leading ops were applied (`ops_applied_before`), and
+        re-applying those is harmless except that a handoff could be recorded twice.
+        Errors are the per-op ones (`NotFound`, `AlreadyExists`, `InvalidInput`,
+        `StoreUnavailable`); isolating the op that failed is the caller's job."""
+
+    async def heartbeat(self, owner: str) -> int:
+        """Stamp `heartbeat_at = now` on `owner`'s active sessions: the owner is alive.
+        Returns how many sessions were stamped."""
+
+    async def abandon_stale_sessions(self, cutoff: datetime, reason: str) -> int:
+        """Crash recovery with many processes on one database: active sessions whose
+        owner last proved alive (`heartbeat_at`, else `started_at`) before `cutoff` are
+        marked abandoned with `reason` and `ended_at`. Returns how many."""
+
     async def abandon_active_sessions(self, reason: str) -> int:
-        """Start-up recovery: mark sessions left `active` by a dead process as abandoned."""
+        """Start-up recovery when one process owns the database (SQLite): mark every
+        session left `active` (by a dead predecessor) as abandoned."""

@@ -68,6 +68,15 @@ and every other step is either invisible to readers before it or repairable afte
   per-session counter (`crev`), retried on a lost race, so concurrent merges never lose
   a field. Turns are inserted one document each; the unique index makes a retried
   `append_turn` a no-op.
+  `apply_session_writes` (the session writer's batches) is NOT one atomic write: it
+  applies the batch in order as a few single-document writes: the session insert (if
+  the batch starts the session), each run of consecutive turns as one `insert_many`
+  (duplicates ignored), each run of consecutive row changes (data merges, handoffs,
+  fields, finish) as one update of the session document. A failure part-way leaves a
+  prefix applied and says how long (`ops_applied_before`); what the caller re-applies
+  is idempotent except a handoff, which could then be recorded twice.
+- **Owner / heartbeat**: `owner` and `heartbeat_at` are plain fields (absent on older
+  documents, read as null), so no migration is needed and the schema version stays 1.
 
 Untrusted values never become operators: ids used in filters must be strings (or
 ints for versions), and every dict key stored from configs, collected data or metrics
@@ -104,6 +113,7 @@ from pydantic import TypeAdapter
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
+    BulkWriteError,
     ConnectionFailure,
     DocumentTooLarge,
     DuplicateKeyError,
@@ -130,7 +140,17 @@ from app.domain import (
     patched_input,
 )
 from app.domain.models import utcnow
-from app.store.base import ChangeListener
+from app.store.base import (
+    OPS_APPLIED_ATTR,
+    AppendTurn,
+    ChangeListener,
+    FinishSession,
+    RecordData,
+    RecordHandoff,
+    SessionWrite,
+    StartSession,
+    UpdateSession,
+)
 from app.store.sql import deep_merge
 
 log = logging.getLogger("app.store.mongo")
@@ -822,6 +842,8 @@ class MongoStore:
         doc["handoffs"] = [{**h.model_dump(mode="python"), "at": _ms(h.at)} for h in record.handoffs]
         doc["collected"] = escape_keys(record.collected)
         doc["metrics"] = escape_keys(record.metrics)
+        if doc.get("heartbeat_at") is not None:
+            doc["heartbeat_at"] = _ms(doc["heartbeat_at"])
         doc["crev"] = 0
         return doc
 
@@ -848,6 +870,13 @@ class MongoStore:
     @_mapped
     async def start_session(self, record: SessionRecord) -> SessionRecord:
         db = await self._ready()
+        return await self._insert_session(db, record)
+
+    async def _insert_session(self, db: AsyncDatabase[dict[str, Any]], record: SessionRecord) -> SessionRecord:
+        if record.owner is not None:
+            # The insert is itself a sign of life: a start written late (after an
+            # outage) must not look stale to `abandon_stale_sessions`.
+            record = record.model_copy(update={"heartbeat_at": max(record.heartbeat_at or _now(), _now())})
         try:
             await db.sessions.insert_one(self._session_doc(record))
         except DuplicateKeyError:
@@ -864,8 +893,128 @@ class MongoStore:
                 "ended_at": _ms(record.ended_at) if record.ended_at else None,
                 "turns": [t.model_copy(update={"at": _ms(t.at)}) for t in record.turns],
                 "handoffs": [h.model_copy(update={"at": _ms(h.at)}) for h in record.handoffs],
+                "heartbeat_at": _ms(record.heartbeat_at) if record.heartbeat_at else None,
             }
         )
+
+    async def apply_session_writes(self, session_id: str, ops: list[SessionWrite]) -> None:
+        progress = [0]
+        try:
+            await self._apply_session_writes(session_id, ops, progress)
+        except Exception as e:
+            if progress[0]:
+                setattr(e, OPS_APPLIED_ATTR, progress[0])
+            raise
+
+    @_mapped
+    async def _apply_session_writes(self, session_id: str, ops: list[SessionWrite], progress: list[int]) -> None:
+        """See the module docstring (Sessions): runs of ops, one write each, in order;
+        `progress[0]` counts the ops applied so far."""
+        if not ops:
+            return
+        _str_id(session_id, "session_id")
+        for op in ops:  # every op is checked before anything is written
+            if isinstance(op, UpdateSession):
+                self._session_values(op.fields)
+        db = await self._ready()
+        known = False  # the session exists (sessions are never deleted: once is enough)
+        i = 0
+        while i < len(ops):
+            op = ops[i]
+            if isinstance(op, StartSession):
+                await self._insert_session(db, op.record)
+                known, i = True, i + 1
+            elif isinstance(op, AppendTurn):
+                j = i
+                while j < len(ops) and isinstance(ops[j], AppendTurn):
+                    j += 1
+                if not known:
+                    await self._require_session(db, session_id)
+                    known = True
+                await self._insert_turns(db, session_id, [o.turn for o in ops[i:j]])  # type: ignore[union-attr]
+                i = j
+            else:
+                j = i
+                while j < len(ops) and not isinstance(ops[j], StartSession | AppendTurn):
+                    j += 1
+                await self._update_session_doc(db, session_id, ops[i:j])
+                known, i = True, j
+            progress[0] = i
+
+    async def _insert_turns(self, db: AsyncDatabase[dict[str, Any]], session_id: str, turns: list[Turn]) -> None:
+        docs = [self._turn_doc(session_id, t) for t in turns]
+        if len(docs) == 1:
+            try:
+                await db.session_turns.insert_one(docs[0])
+            except DuplicateKeyError:  # a retry of a turn already stored
+                pass
+            return
+        try:
+            await db.session_turns.insert_many(docs, ordered=False)
+        except BulkWriteError as e:  # only retried turns already stored are acceptable
+            if any(err.get("code") != 11000 for err in e.details.get("writeErrors", [])):
+                raise
+
+    def _session_values(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """`update_session` fields validated and encoded for the document."""
+        unknown = set(fields) - self._UPDATABLE
+        if unknown:
+            raise InvalidInput(f"cannot update session field(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for name, value in fields.items():
+            try:
+                value = _SESSION_FIELD_TYPES[name].validate_python(value)
+            except ValueError as e:
+                raise InvalidInput(f"bad value for session field {name}: {e}") from None
+            values[name] = escape_keys(value) if name == "metrics" else value
+        return values
+
+    async def _update_session_doc(
+        self, db: AsyncDatabase[dict[str, Any]], session_id: str, ops: list[SessionWrite]
+    ) -> None:
+        """A run of row changes as ONE update of the session document: handoffs pushed,
+        fields set (a later value wins), data merged (read + CAS on `crev`, as
+        `record_data`)."""
+        values: dict[str, Any] = {}
+        handoffs: list[dict[str, Any]] = []
+        data: list[Mapping[str, Any]] = []
+        for op in ops:
+            if isinstance(op, RecordData):
+                data.append(op.data)
+            elif isinstance(op, RecordHandoff):
+                handoffs.append({**op.handoff.model_dump(mode="python"), "at": _ms(op.handoff.at)})
+            elif isinstance(op, UpdateSession):
+                values.update(self._session_values(op.fields))
+            elif isinstance(op, FinishSession):
+                values.update(status=SessionStatus(op.status).value, end_reason=op.reason, error=op.error,
+                              ended_at=_ms(op.ended_at or utcnow()))
+            else:  # pragma: no cover - the caller splits runs at starts and turns
+                raise InvalidInput(f"not a session row change: {type(op).__name__}")
+        update: dict[str, Any] = {}
+        if handoffs:
+            update["$push"] = {"handoffs": {"$each": handoffs}}
+        if not data:
+            if values:
+                update["$set"] = values
+            res = await db.sessions.update_one({"_id": session_id}, update)
+            if not res.matched_count:
+                raise NotFound(f"session {session_id!r} not found", session_id=session_id)
+            return
+        async with self._lock("\x00s:" + session_id):
+            for attempt in range(_MAX_ATTEMPTS):
+                doc = await db.sessions.find_one({"_id": session_id}, {"collected": 1, "crev": 1})
+                if doc is None:
+                    raise NotFound(f"session {session_id!r} not found", session_id=session_id)
+                merged = unescape_keys(doc.get("collected") or {})
+                for d in data:
+                    merged = deep_merge(merged, d)
+                crev = doc.get("crev")
+                update["$set"] = {**values, "collected": escape_keys(merged), "crev": (crev or 0) + 1}
+                res = await db.sessions.update_one({"_id": session_id, "crev": crev}, update)
+                if res.matched_count:
+                    return
+                await _backoff(attempt)
+        raise StoreUnavailable(f"session {session_id!r}: too many concurrent writers, try again")
 
     async def _require_session(self, db: AsyncDatabase[dict[str, Any]], session_id: str) -> None:
         if await db.sessions.find_one({"_id": session_id}, {"_id": 1}) is None:
@@ -923,13 +1072,7 @@ class MongoStore:
             return
         db = await self._ready()
         _str_id(session_id, "session_id")
-        values: dict[str, Any] = {}
-        for name, value in fields.items():
-            try:
-                value = _SESSION_FIELD_TYPES[name].validate_python(value)
-            except ValueError as e:
-                raise InvalidInput(f"bad value for session field {name}: {e}") from None
-            values[name] = escape_keys(value) if name == "metrics" else value
+        values = self._session_values(fields)
         res = await db.sessions.update_one({"_id": session_id}, {"$set": values})
         if not res.matched_count:
             raise NotFound(f"session {session_id!r} not found", session_id=session_id)
@@ -1000,6 +1143,31 @@ class MongoStore:
         db = await self._ready()
         res = await db.sessions.update_many(
             {"status": SessionStatus.active.value},
+            {"$set": {"status": SessionStatus.abandoned.value, "end_reason": reason, "ended_at": _now()}},
+        )
+        return int(res.modified_count)
+
+    @_mapped
+    async def heartbeat(self, owner: str) -> int:
+        db = await self._ready()
+        res = await db.sessions.update_many(
+            {"owner": _str_id(owner, "owner"), "status": SessionStatus.active.value},
+            {"$set": {"heartbeat_at": _now()}},
+        )
+        return int(res.matched_count)
+
+    @_mapped
+    async def abandon_stale_sessions(self, cutoff: datetime, reason: str) -> int:
+        db = await self._ready()
+        cutoff = _ms(cutoff)
+        res = await db.sessions.update_many(
+            {
+                "status": SessionStatus.active.value,
+                "$or": [
+                    {"heartbeat_at": {"$lt": cutoff}},
+                    {"heartbeat_at": None, "started_at": {"$lt": cutoff}},
+                ],
+            },
             {"$set": {"status": SessionStatus.abandoned.value, "end_reason": reason, "ended_at": _now()}},
         )
         return int(res.modified_count)

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,18 @@ from app.domain import (
     patched_input,
 )
 from app.domain.models import utcnow
-from app.store.base import ChangeListener
+from app.store.base import (
+    AppendTurn,
+    ChangeListener,
+    FinishSession,
+    RecordData,
+    RecordHandoff,
+    SessionWrite,
+    StartSession,
+    UpdateSession,
+)
 from app.store.sql_tables import (
+    ADDED_COLUMNS,
     SCHEMA_VERSION,
     heads_t,
     meta_t,
@@ -116,6 +127,7 @@ class SQLStore:
                     # all but one fail in CREATE TABLE (unique violation in pg_type).
                     await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7301946)"))
                 await conn.run_sync(metadata.create_all)
+                await self._add_missing_columns(conn)
                 for key in (_EPOCH, _SCHEMA):
                     exists = await conn.scalar(sa.select(meta_t.c.value).where(meta_t.c.key == key))
                     if exists is None:
@@ -125,11 +137,39 @@ class SQLStore:
                                 await conn.execute(meta_t.insert().values(key=key, value=value))
                         except IntegrityError:  # another process created it first
                             pass
+                    elif key == _SCHEMA and int(exists) < SCHEMA_VERSION:
+                        await conn.execute(
+                            meta_t.update().where(meta_t.c.key == _SCHEMA).values(value=SCHEMA_VERSION)
+                        )
+                        log.info("database schema upgraded from version %s to %s", exists, SCHEMA_VERSION)
+                    elif key == _SCHEMA and int(exists) > SCHEMA_VERSION:
+                        log.warning(
+                            "database schema version %s is newer than this build's %s", exists, SCHEMA_VERSION
+                        )
             if self._sqlite:
                 await self._ensure_wal()
         except DBAPIError as e:
             await self.aclose()
             raise StoreUnavailable(f"cannot open database: {type(e.orig).__name__}") from e
+
+    async def _add_missing_columns(self, conn: AsyncConnection) -> None:
+        """Idempotent migration: add the columns newer builds declared (`ADDED_COLUMNS`)
+        to tables an older build created. Runs inside start-up's write transaction (under
+        BEGIN IMMEDIATE / the advisory lock), so concurrent starts cannot both add one."""
+
+        def missing(sync_conn: Any) -> list[tuple[str, str]]:
+            inspector = sa.inspect(sync_conn)
+            out: list[tuple[str, str]] = []
+            for table, cols in ADDED_COLUMNS.items():
+                have = {c["name"] for c in inspector.get_columns(table)}
+                out += [(table, c) for c in cols if c not in have]
+            return out
+
+        quote = conn.dialect.identifier_preparer.quote
+        for table, col in await conn.run_sync(missing):
+            ddl_type = metadata.tables[table].c[col].type.compile(dialect=conn.dialect)
+            await conn.execute(sa.text(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(col)} {ddl_type}"))
+            log.info("database migrated: added column %s.%s", table, col)
 
     async def _ensure_wal(self) -> None:
         """Make sure the file is in WAL mode, retrying the switch if another process held it."""
@@ -500,76 +540,151 @@ class SQLStore:
                 raise NotFound(f"route {purpose!r} not found", purpose=purpose)
 
     # ------------------------------------------------------------------ sessions
+    #
+    # Every session write goes through `_apply_segment`: the session writer's batches
+    # (`apply_session_writes`) and the per-op methods alike, so there is one code path.
+    # A batch is folded into at most one INSERT or one UPDATE of the session row plus
+    # the turn inserts, in one transaction. There is no existence SELECT in front of a
+    # write: the UPDATE's rowcount (or the read `record_data` needs anyway) tells a
+    # missing session, and a turns-only batch inserts its first turn with
+    # `INSERT ... SELECT ... WHERE EXISTS (session)` and looks only when nothing was
+    # inserted (a missing session, or a retried turn already stored).
 
-    async def start_session(self, record: SessionRecord) -> SessionRecord:
+    def _session_doc(self, record: SessionRecord) -> dict[str, Any]:
         doc = record.model_dump(mode="python", exclude={"turns"})
         doc["status"] = record.status.value
         doc["handoffs"] = [h.model_dump(mode="json") for h in record.handoffs]
+        return doc
+
+    async def start_session(self, record: SessionRecord) -> SessionRecord:
+        return (await self._write_session(record.session_id, [StartSession(record)])).started or record
+
+    async def apply_session_writes(self, session_id: str, ops: list[SessionWrite]) -> None:
+        if ops:
+            await self._write_session(session_id, ops)
+
+    async def _write_session(self, session_id: str, ops: list[SessionWrite]) -> _Applied:
+        segments = _segments(ops)  # validates first: a bad op fails before any I/O
         try:
             async with self._tx() as conn:
-                await conn.execute(sessions_t.insert().values(**doc))
-                for turn in record.turns:
-                    await conn.execute(self._turn_insert(record.session_id, turn))
+                applied = _Applied()
+                for seg in segments:
+                    applied = await self._apply_segment(conn, session_id, seg, applied)
         except IntegrityError:
-            raise AlreadyExists(f"session {record.session_id!r} already exists") from None
-        return record
+            raise AlreadyExists(f"session {session_id!r} already exists") from None
+        return applied
 
-    def _turn_insert(self, session_id: str, turn: Turn) -> Any:
-        values = dict(session_id=session_id, seq=turn.seq, role=turn.role, text=turn.text,
-                      at=turn.at, agent_id=turn.agent_id)
+    async def _apply_segment(
+        self, conn: AsyncConnection, session_id: str, seg: _Segment, applied: _Applied
+    ) -> _Applied:
+        s = sessions_t
+        if seg.start is not None:
+            record = seg.start
+            if record.owner is not None:
+                # The insert is itself a sign of life: a start written late (after an
+                # outage) must not look stale to `abandon_stale_sessions`.
+                hb = max(record.heartbeat_at or utcnow(), utcnow())
+                record = record.model_copy(update={"heartbeat_at": hb})
+            doc = self._session_doc(record)
+            collected = doc.get("collected") or {}
+            for data in seg.data:
+                collected = deep_merge(collected, data)
+            doc["collected"] = collected
+            doc["handoffs"] = [*doc["handoffs"], *seg.handoffs]
+            doc.update(seg.fields)
+            await conn.execute(s.insert().values(**doc))
+            turns = [*record.turns, *seg.turns]
+            if turns:
+                await conn.execute(self._turn_insert_stmt(), [self._turn_values(session_id, t) for t in turns])
+            return _Applied(started=record, collected=collected if seg.data else None)
+
+        values = dict(seg.fields)
+        merged: dict[str, Any] | None = None
+        known = False
+        if seg.data or seg.handoffs:
+            cols = [c for c, need in ((s.c.collected, seg.data), (s.c.handoffs, seg.handoffs)) if need]
+            stmt = self._for_update(sa.select(*cols).where(s.c.session_id == session_id))
+            row = (await conn.execute(stmt)).first()
+            if row is None:
+                raise NotFound(f"session {session_id!r} not found", session_id=session_id)
+            known = True
+            if seg.data:
+                merged = row.collected or {}
+                for data in seg.data:
+                    merged = deep_merge(merged, data)
+                values["collected"] = merged
+            if seg.handoffs:
+                values["handoffs"] = [*(row.handoffs or []), *seg.handoffs]
+        if values:
+            res = await conn.execute(s.update().where(s.c.session_id == session_id).values(**values))
+            if res.rowcount == 0:
+                raise NotFound(f"session {session_id!r} not found", session_id=session_id)
+            known = True
+        turns = seg.turns
+        if turns and not known:
+            res = await conn.execute(self._turn_insert_if_session(session_id, turns[0]))
+            if res.rowcount == 0 and await conn.scalar(
+                sa.select(s.c.session_id).where(s.c.session_id == session_id)
+            ) is None:
+                raise NotFound(f"session {session_id!r} not found", session_id=session_id)
+            turns = turns[1:]
+        if turns:
+            await conn.execute(self._turn_insert_stmt(), [self._turn_values(session_id, t) for t in turns])
+        return _Applied(started=applied.started, collected=merged if merged is not None else applied.collected)
+
+    def _dialect_insert(self) -> Any:
         dialect = "sqlite" if self._sqlite else self._write_engine.dialect.name  # type: ignore[union-attr]
         if dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
         elif dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:  # pragma: no cover - other backends: plain insert, duplicates surface as IntegrityError
-            return turns_t.insert().values(**values)
-        return insert(turns_t).values(**values).on_conflict_do_nothing(index_elements=["session_id", "seq"])
+            return None
+        return insert
 
-    async def _session_row(self, conn: AsyncConnection, session_id: str, *cols: Any) -> Any:
-        stmt = sa.select(*(cols or (sessions_t.c.session_id,))).where(sessions_t.c.session_id == session_id)
-        row = (await conn.execute(self._for_update(stmt))).first()
-        if row is None:
-            raise NotFound(f"session {session_id!r} not found", session_id=session_id)
-        return row
+    @staticmethod
+    def _turn_values(session_id: str, turn: Turn) -> dict[str, Any]:
+        return dict(session_id=session_id, seq=turn.seq, role=turn.role, text=turn.text,
+                    at=turn.at, agent_id=turn.agent_id)
+
+    def _turn_insert_stmt(self) -> Any:
+        """A turn insert (values bound at execute time) that ignores a retried turn."""
+        insert = self._dialect_insert()
+        if insert is None:  # pragma: no cover
+            return turns_t.insert()
+        return insert(turns_t).on_conflict_do_nothing(index_elements=["session_id", "seq"])
+
+    def _turn_insert_if_session(self, session_id: str, turn: Turn) -> Any:
+        """`INSERT INTO session_turns SELECT <turn> WHERE EXISTS (<the session>)`: the
+        existence check and the insert in one statement (turn rows have no foreign key)."""
+        values = self._turn_values(session_id, turn)
+        src = sa.select(*(sa.literal(v, turns_t.c[k].type) for k, v in values.items())).where(
+            sa.exists().where(sessions_t.c.session_id == session_id)
+        )
+        insert = self._dialect_insert()
+        if insert is None:  # pragma: no cover
+            return turns_t.insert().from_select(list(values), src)
+        return insert(turns_t).from_select(list(values), src).on_conflict_do_nothing(
+            index_elements=["session_id", "seq"]
+        )
 
     async def append_turn(self, session_id: str, turn: Turn) -> None:
-        async with self._tx() as conn:
-            await self._session_row(conn, session_id)
-            await conn.execute(self._turn_insert(session_id, turn))
+        await self._write_session(session_id, [AppendTurn(turn)])
 
     async def record_data(self, session_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
-        async with self._tx() as conn:
-            row = await self._session_row(conn, session_id, sessions_t.c.collected)
-            merged = deep_merge(row.collected or {}, data)
-            await conn.execute(
-                sessions_t.update().where(sessions_t.c.session_id == session_id).values(collected=merged)
-            )
-        return merged
+        applied = await self._write_session(session_id, [RecordData(data)])
+        return applied.collected or {}
 
     async def record_handoff(self, session_id: str, handoff: Handoff) -> None:
-        async with self._tx() as conn:
-            row = await self._session_row(conn, session_id, sessions_t.c.handoffs)
-            handoffs = [*(row.handoffs or []), handoff.model_dump(mode="json")]
-            await conn.execute(
-                sessions_t.update().where(sessions_t.c.session_id == session_id).values(handoffs=handoffs)
-            )
-
-    _UPDATABLE = frozenset(
-        {"agent_id", "config_version", "user_id", "degraded", "route_reason", "metrics", "error", "room"}
-    )
+        await self._write_session(session_id, [RecordHandoff(handoff)])
 
     async def update_session(self, session_id: str, **fields: Any) -> None:
-        unknown = set(fields) - self._UPDATABLE
+        unknown = set(fields) - _UPDATABLE
         if unknown:
             raise InvalidInput(f"cannot update session field(s): {', '.join(sorted(unknown))}")
         if not fields:
             return
-        async with self._tx() as conn:
-            await self._session_row(conn, session_id)
-            await conn.execute(
-                sessions_t.update().where(sessions_t.c.session_id == session_id).values(**fields)
-            )
+        await self._write_session(session_id, [UpdateSession(fields)])
 
     async def finish_session(
         self,
@@ -579,14 +694,27 @@ class SQLStore:
         error: str | None = None,
         ended_at: datetime | None = None,
     ) -> None:
+        await self._write_session(session_id, [FinishSession(status, reason, error, ended_at)])
+
+    async def heartbeat(self, owner: str) -> int:
+        s = sessions_t
         async with self._tx() as conn:
-            await self._session_row(conn, session_id)
-            await conn.execute(
-                sessions_t.update().where(sessions_t.c.session_id == session_id).values(
-                    status=SessionStatus(status).value, end_reason=reason, error=error,
-                    ended_at=ended_at or utcnow(),
-                )
+            res = await conn.execute(
+                s.update().where(s.c.owner == owner, s.c.status == SessionStatus.active.value)
+                .values(heartbeat_at=utcnow())
             )
+        return int(res.rowcount or 0)
+
+    async def abandon_stale_sessions(self, cutoff: datetime, reason: str) -> int:
+        s = sessions_t
+        async with self._tx() as conn:
+            res = await conn.execute(
+                s.update().where(
+                    s.c.status == SessionStatus.active.value,
+                    sa.func.coalesce(s.c.heartbeat_at, s.c.started_at) < cutoff,
+                ).values(status=SessionStatus.abandoned.value, end_reason=reason, ended_at=utcnow())
+            )
+        return int(res.rowcount or 0)
 
     @staticmethod
     def _record(row: Any, turns: list[Turn] | None = None) -> SessionRecord:
@@ -655,3 +783,65 @@ class _NullLock:
 
 
 _NULL_LOCK = _NullLock()
+
+
+# ------------------------------------------------------------- session batches
+
+_UPDATABLE = frozenset(
+    {"agent_id", "config_version", "user_id", "degraded", "route_reason", "metrics", "error", "room"}
+)
+"""Session fields `update_session` may set (the rest belong to start/finish)."""
+
+
+@dataclass
+class _Segment:
+    """A run of session writes folded into one row write: an optional start (the row
+    insert), then `record_data` merges, handoffs and field sets in order (a later field
+    overrides an earlier one: of several metrics snapshots only the last is written),
+    and the turns."""
+
+    start: SessionRecord | None = None
+    data: list[Mapping[str, Any]] = field(default_factory=list)
+    handoffs: list[dict[str, Any]] = field(default_factory=list)
+    fields: dict[str, Any] = field(default_factory=dict)
+    turns: list[Turn] = field(default_factory=list)
+
+
+@dataclass
+class _Applied:
+    started: SessionRecord | None = None
+    """The record as inserted (`heartbeat_at` stamped), if the batch started the session."""
+    collected: dict[str, Any] | None = None
+    """The merged `collected`, if the batch recorded data."""
+
+
+def _segments(ops: list[SessionWrite]) -> list[_Segment]:
+    """Fold `ops` into segments, split before each `start_session` after the first op (a
+    start must run before what follows it). Raises `InvalidInput` for a bad op."""
+    segs: list[_Segment] = [_Segment()]
+    for i, op in enumerate(ops):
+        seg = segs[-1]
+        if isinstance(op, StartSession):
+            if i:
+                seg = _Segment()
+                segs.append(seg)
+            seg.start = op.record
+        elif isinstance(op, AppendTurn):
+            seg.turns.append(op.turn)
+        elif isinstance(op, RecordData):
+            seg.data.append(op.data)
+        elif isinstance(op, RecordHandoff):
+            seg.handoffs.append(op.handoff.model_dump(mode="json"))
+        elif isinstance(op, UpdateSession):
+            unknown = set(op.fields) - _UPDATABLE
+            if unknown:
+                raise InvalidInput(f"cannot update session field(s): {', '.join(sorted(unknown))}")
+            seg.fields.update(op.fields)
+        elif isinstance(op, FinishSession):
+            seg.fields.update(
+                status=SessionStatus(op.status).value, end_reason=op.reason, error=op.error,
+                ended_at=op.ended_at or utcnow(),
+            )
+        else:
+            raise InvalidInput(f"not a session write: {type(op).__name__}")
+    return segs

@@ -13,7 +13,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: initial tables. 2: `sessions.owner` and `sessions.heartbeat_at` (crash recovery with
+several processes on one database); `SQLStore.start` adds them to a version-1 database."""
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -99,6 +101,8 @@ class SessionRow(SQLModel, table=True):
     handoffs: list[dict[str, Any]] = _json(default_factory=list)
     metrics: list[dict[str, Any]] = _json(default_factory=list)
     error: str | None = None
+    owner: str | None = Field(default=None, max_length=256)
+    heartbeat_at: datetime | None = _ts(default=None, nullable=True)
 
 
 class TurnRow(SQLModel, table=True):
@@ -118,3 +122,7 @@ versions_t: sa.Table = AgentVersionRow.__table__  # type: ignore[attr-defined]
 routes_t: sa.Table = RouteRow.__table__  # type: ignore[attr-defined]
 sessions_t: sa.Table = SessionRow.__table__  # type: ignore[attr-defined]
 turns_t: sa.Table = TurnRow.__table__  # type: ignore[attr-defined]
+
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"sessions": ("owner", "heartbeat_at")}
+"""Columns added after version 1, by table: `create_all` does not alter an existing table,
+so `SQLStore.start` adds whichever of these are missing (ALTER TABLE ... ADD COLUMN)."""

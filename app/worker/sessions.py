@@ -1,22 +1,33 @@
 """`SessionManager`: the durable record of one conversation.
 
-Persistence never blocks the conversation: every write is an operation on a bounded
-per-session queue, executed in order by one writer task. A failed write is retried
-with capped backoff while later ones wait behind it (order matters: a turn must not
-land before its session row). What still cannot be written when the session closes
-(a store outage outlasting the call) is handed, in order, to the process's
+Persistence never blocks the conversation: every write is a typed operation
+(`app.store.base.SessionWrite`) on a bounded per-session queue, and one writer task
+per session drains whatever is queued and applies it, in order, as one batch
+(`ConfigStore.apply_session_writes`: one transaction on SQL), so a busy store sees one
+write per batch instead of one per turn. A batch that fails because the store is
+unavailable is retried whole, with capped backoff, while later writes wait behind it
+(order matters: a turn must not land before its session row). A batch that fails for
+any other reason (a bug, a constraint) is re-applied one op at a time, so only the bad
+op is lost, and it is logged. What still cannot be written when the session closes (a
+store outage outlasting the call) is handed, in order, to the process's
 `PendingWrites` buffer, which keeps retrying on the worker's own loop and flushes when
 the store is back; only what overflows that bound, or is left at process exit, is
 dropped — and then logged as an ERROR with the session id and the payload (turn text,
 fields), so it can be recovered from the logs. Never silently.
+
+Each session row names its `owner` (`instance_id()`, one per container) and carries a
+`heartbeat_at` that the supervisor refreshes, so another process can tell a crashed
+owner's sessions from live ones (`ConfigStore.abandon_stale_sessions`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
+import os
+import secrets
+import socket
 import threading
 import time
 from collections import deque
@@ -24,6 +35,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from app.domain import (
+    AlreadyExists,
     Handoff,
     SessionRecord,
     SessionStatus,
@@ -31,17 +43,49 @@ from app.domain import (
     Turn,
 )
 from app.domain.models import utcnow
-from app.store.base import ConfigStore
+from app.store.base import (
+    AppendTurn,
+    ConfigStore,
+    FinishSession,
+    RecordData,
+    RecordHandoff,
+    SessionWrite,
+    StartSession,
+    UpdateSession,
+    ops_applied_before,
+)
 from app.store.sql import deep_merge
 
 log = logging.getLogger("app.sessions")
 
-Op = Callable[[], Coroutine[Any, Any, Any]]
 Caller = Callable[[Coroutine[Any, Any, Any]], Coroutine[Any, Any, Any]]
-Item = tuple[str, Op, Any]
-"""(name, operation, payload): the payload is what the write carries, for the logs."""
-Spill = Callable[[str, list[Item]], None]
-"""Takes a closing session's unwritten items, in order (`PendingWrites.adopt`)."""
+Item = SessionWrite
+"""A queued write: a typed op whose `payload()` is what it carries, for the logs."""
+Spill = Callable[[str, list[Item], ConfigStore], None]
+"""Takes a closing session's unwritten items, in order, and the store they are for
+(`PendingWrites.adopt`)."""
+Failed = Callable[[Item, BaseException], None]
+
+MAX_BATCH = 256
+"""Ops per `apply_session_writes` call: bounds one transaction after a long outage."""
+
+WRITER_STOP_TIMEOUT = 2.0
+"""At close, how long the cancelled writer may take to stop (a store call in flight)."""
+
+INSTANCE_ENV = "APP_INSTANCE_ID"
+
+
+def instance_id(*, fresh: bool = False) -> str:
+    """This container's owner id for session rows: hostname, pid and a random part,
+    made once. Kept in the environment so PROCESS-executor job processes (started
+    later, from this process) record the same owner the supervisor heartbeats for.
+    The supervisor, the root of a container's processes, asks for a `fresh` one: an id
+    inherited from whatever launched it (a shell, a test run) names another process."""
+    value = None if fresh else os.environ.get(INSTANCE_ENV)
+    if not value:
+        value = f"{socket.gethostname()[:200]}:{os.getpid()}:{secrets.token_hex(4)}"
+        os.environ[INSTANCE_ENV] = value
+    return value
 
 
 def _payload_text(payload: Any, limit: int = 4000) -> str:
@@ -54,12 +98,57 @@ def _payload_text(payload: Any, limit: int = 4000) -> str:
 
 def log_lost(session_id: str, items: list[Item], why: str) -> None:
     """The last resort: one ERROR line per write, with its payload."""
-    for name, _op, payload in items:
-        log.error("session %s: %s not stored (%s); payload: %s", session_id, name, why, _payload_text(payload))
+    for op in items:
+        log.error("session %s: %s not stored (%s); payload: %s", session_id, op.name, why, _payload_text(op.payload()))
 
 
 async def _direct(coro: Coroutine[Any, Any, Any]) -> Any:
     return await coro
+
+
+async def write_in_order(
+    call: Caller, store: ConfigStore, session_id: str, pending: deque[Item], failed: Failed, *, retried: bool
+) -> None:
+    """Apply up to `MAX_BATCH` ops from the front of `pending` as one batch, removing
+    each from `pending` once it is written (or has failed for good).
+
+    `StoreUnavailable` propagates with the unwritten ops still in `pending` (retry
+    them). Any other error makes us re-apply the batch one op at a time, so one bad op
+    costs only itself: it goes to `failed`. A `start_session` that finds its row already
+    there after a `retried` attempt was itself written by that attempt (its
+    acknowledgement was lost), so it counts as written."""
+    batch = list(pending)[:MAX_BATCH]
+    try:
+        await call(store.apply_session_writes(session_id, batch))
+    except StoreUnavailable as e:
+        for _ in range(ops_applied_before(e)):
+            pending.popleft()
+        raise
+    except Exception as e:  # not an outage: find the op that failed
+        done = ops_applied_before(e)
+        for _ in range(done):
+            pending.popleft()
+        if len(batch) - done == 1:
+            _failed_op(pending.popleft(), e, failed, retried=retried)
+            return
+        for _ in range(len(batch) - done):
+            op = pending[0]
+            try:
+                await call(store.apply_session_writes(session_id, [op]))
+            except StoreUnavailable:
+                raise
+            except Exception as e1:
+                _failed_op(op, e1, failed, retried=retried)
+            pending.popleft()
+        return
+    for _ in batch:
+        pending.popleft()
+
+
+def _failed_op(op: Item, e: BaseException, failed: Failed, *, retried: bool) -> None:
+    if retried and isinstance(op, StartSession) and isinstance(e, AlreadyExists):
+        return
+    failed(op, e)
 
 
 class SessionManager:
@@ -84,7 +173,9 @@ class SessionManager:
         self._retry_max_delay = retry_max_delay
         self._flush_timeout = flush_timeout
         self._writer: asyncio.Task[None] | None = None
-        self._inflight: Item | None = None
+        self._inflight: deque[Item] = deque()
+        """The batch being written, in order; what is left of it if we are cancelled
+        mid-retry is handed on by `aclose`."""
         self._seq = len(record.turns)
         self._collected: dict[str, Any] = dict(record.collected)
         self._agent_id = record.agent_id
@@ -92,6 +183,9 @@ class SessionManager:
         self._user_metrics: tuple[int, dict[str, Any]] | None = None
         """The last user turn's seq and LiveKit metrics, until an assistant turn answers it."""
         self._closed = False
+        self._stopping = False
+        """Set by `aclose` with the writer's cancel: a driver that swallows the
+        cancellation (seen with pymongo mid-operation) must not keep it retrying."""
         self.failed_writes = 0
         self.dropped: list[str] = []
         self.spilled = 0
@@ -100,11 +194,12 @@ class SessionManager:
     # ------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        if self.record.owner is None:  # this container runs it and heartbeats for it
+            self.record.owner = instance_id()
+            self.record.heartbeat_at = utcnow()
         # A copy: later turns/handoffs mutate self.record and have their own writes.
-        record = self.record.model_copy(deep=True)
-        self._enqueue("start_session", lambda: self._store.start_session(record),  # type: ignore[union-attr]
-                      {"session_id": record.session_id, "agent_id": record.agent_id, "room": record.room})
-        self._writer = asyncio.create_task(self._write_loop(), name=f"session-writer-{record.session_id}")
+        self._enqueue(StartSession(self.record.model_copy(deep=True)))
+        self._writer = asyncio.create_task(self._write_loop(), name=f"session-writer-{self.record.session_id}")
 
     def attach(self, session: Any) -> None:
         """Subscribe to a LiveKit `AgentSession`'s events."""
@@ -119,25 +214,23 @@ class SessionManager:
             self._finish = (status, reason or status.value, None)
         status_, reason_, error = self._finish or (SessionStatus.completed, "closed", None)
         sid = self.record.session_id
-        self._enqueue(
-            "finish_session",
-            lambda: self._store.finish_session(sid, status_, reason_, error),  # type: ignore[union-attr]
-            {"status": str(status_.value if hasattr(status_, "value") else status_), "reason": reason_},
-        )
+        self._enqueue(FinishSession(status_, reason_, error))
         self._closed = True
         await self.flush(self._flush_timeout)
         if self._writer is not None:
+            self._stopping = True
             self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-        left = [self._inflight] if self._inflight else []
+            done, _ = await asyncio.wait({self._writer}, timeout=WRITER_STOP_TIMEOUT)
+            if not done:  # stuck in a store call: hand its batch on anyway (writes are idempotent)
+                log.warning("session %s: record writer did not stop within %gs", sid, WRITER_STOP_TIMEOUT)
+        left = list(self._inflight)
         while not self._queue.empty():
             left.append(self._queue.get_nowait())
         if not left:
             return
-        names = [name for name, _op, _payload in left]
-        if self._spill is not None:
-            self._spill(sid, left)
+        names = [op.name for op in left]
+        if self._spill is not None and self._store is not None:
+            self._spill(sid, left, self._store)
             self.spilled += len(left)
             log.warning(
                 "session %s: %d record write(s) not stored by close (store unavailable or backed "
@@ -171,15 +264,12 @@ class SessionManager:
 
     def record_data(self, data: dict[str, Any]) -> None:
         self._collected = deep_merge(self._collected, data)
-        sid, payload = self.record.session_id, dict(data)
-        self._enqueue("record_data", lambda: self._store.record_data(sid, payload), payload)  # type: ignore[union-attr]
+        self._enqueue(RecordData(dict(data)))
 
     def record_handoff(self, from_agent: str, to_agent: str, reason: str | None) -> None:
         handoff = Handoff(from_agent=from_agent, to_agent=to_agent, reason=reason)
         self.record.handoffs.append(handoff)
-        sid = self.record.session_id
-        self._enqueue("record_handoff", lambda: self._store.record_handoff(sid, handoff),  # type: ignore[union-attr]
-                      handoff.model_dump(mode="json"))
+        self._enqueue(RecordHandoff(handoff))
 
     def set_agent(self, agent_id: str, version: int) -> None:
         self._agent_id = agent_id
@@ -194,9 +284,7 @@ class SessionManager:
         turn = Turn(seq=self._seq, role=role, text=text, at=utcnow(), agent_id=self._agent_id)  # type: ignore[arg-type]
         self._seq += 1
         self.record.turns.append(turn)
-        sid = self.record.session_id
-        self._enqueue("append_turn", lambda: self._store.append_turn(sid, turn),  # type: ignore[union-attr]
-                      {"seq": turn.seq, "role": turn.role, "text": turn.text})
+        self._enqueue(AppendTurn(turn))
         return turn
 
     def _on_item(self, ev: Any) -> None:
@@ -219,7 +307,8 @@ class SessionManager:
         answers it carries the model/TTS figures and `e2e_latency` (end of user speech
         → first agent audio frame played). One entry per assistant message that played
         audio (voice sessions only: text sessions write nothing extra), appended to
-        `SessionRecord.metrics` and stored by rewriting that list (`update_session`).
+        `SessionRecord.metrics` and stored by rewriting that list (`update_session`); of
+        several snapshots queued in one batch the store writes only the last.
         """
         m = getattr(item, "metrics", None) or {}
         if turn.role == "user":
@@ -231,9 +320,8 @@ class SessionManager:
         self._user_metrics = None
         entry = turn_metrics_entry(turn, m, um, user_seq=user_seq, interrupted=bool(getattr(item, "interrupted", False)))
         self.record.metrics.append(entry)
-        sid, snapshot = self.record.session_id, [dict(e) for e in self.record.metrics]
-        self._enqueue("update_metrics", lambda: self._store.update_session(sid, metrics=snapshot),  # type: ignore[union-attr]
-                      entry)
+        # Entries are never changed once appended: a shallow copy is a stable snapshot.
+        self._enqueue(UpdateSession({"metrics": list(self.record.metrics)}))
 
     def _on_close(self, ev: Any) -> None:
         error = getattr(ev, "error", None)
@@ -250,56 +338,67 @@ class SessionManager:
 
     # -------------------------------------------------------------- writer
 
-    def _enqueue(self, name: str, op: Op, payload: Any = None) -> None:
+    def _enqueue(self, op: Item) -> None:
         if self._store is None:
             return
         if self._closed:
-            self.dropped.append(name)
-            log_lost(self.record.session_id, [(name, op, payload)], "written after the session closed")
+            self.dropped.append(op.name)
+            log_lost(self.record.session_id, [op], "written after the session closed")
             return
         try:
-            self._queue.put_nowait((name, op, payload))
+            self._queue.put_nowait(op)
         except asyncio.QueueFull:
             # Bounded memory beats an unbounded backlog; say exactly what was lost.
-            self.dropped.append(name)
+            self.dropped.append(op.name)
             log.error(
                 "session %s: write queue full (%d); %s not stored",
-                self.record.session_id, self._queue.maxsize, name,
+                self.record.session_id, self._queue.maxsize, op.name,
             )
-            log_lost(self.record.session_id, [(name, op, payload)], "session write queue full")
+            log_lost(self.record.session_id, [op], "session write queue full")
+
+    def _take_queued(self) -> None:
+        """Move what is queued now behind the batch being written (same order)."""
+        while len(self._inflight) < MAX_BATCH and not self._queue.empty():
+            self._inflight.append(self._queue.get_nowait())
 
     async def _write_loop(self) -> None:
         while True:
-            item = await self._queue.get()
-            self._inflight = item  # left set if we are cancelled mid-retry: aclose hands it on
-            try:
-                await self._run_with_retry(item[0], item[1])
-                self._inflight = None
-            finally:
-                self._queue.task_done()
+            self._inflight.append(await self._queue.get())
+            self._take_queued()
+            await self._write_batch()
 
-    async def _run_with_retry(self, name: str, op: Op) -> None:
+    async def _write_batch(self) -> None:
+        """Write `_inflight` in order; retried whole while the store is unavailable."""
+        assert self._store is not None
+        sid = self.record.session_id
         delay = 0.05
         attempt = 0
-        while True:
+        while self._inflight:
+            if self._stopping:
+                raise asyncio.CancelledError
             attempt += 1
+            before = len(self._inflight)
             try:
-                await self._call(op())
-                return
+                await write_in_order(self._call, self._store, sid, self._inflight, self._failed, retried=attempt > 1)
+                continue
             except StoreUnavailable as e:
                 self.failed_writes += 1
                 if attempt == 1 or attempt % 20 == 0:
-                    log.warning(
-                        "session %s: %s failed (%s); retrying", self.record.session_id, name, e.message
-                    )
-            except Exception:
-                # Not an outage (a bug or a constraint): retrying will not help.
-                self.failed_writes += 1
-                self.dropped.append(name)
-                log.exception("session %s: %s failed permanently", self.record.session_id, name)
-                return
+                    names = ", ".join(dict.fromkeys(op.name for op in self._inflight))
+                    log.warning("session %s: writing %s failed (%s); retrying", sid, names, e.message)
+            finally:
+                for _ in range(before - len(self._inflight)):
+                    self._queue.task_done()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._retry_max_delay)
+            self._take_queued()
+
+    def _failed(self, op: Item, e: BaseException) -> None:
+        # Not an outage (a bug or a constraint): retrying would not help.
+        self.failed_writes += 1
+        self.dropped.append(op.name)
+        log.error("session %s: %s failed permanently", self.record.session_id, op.name, exc_info=e)
+        log_lost(self.record.session_id, [op], f"{type(e).__name__}")
 
 
 def _ms(value: Any) -> float | None:
@@ -344,8 +443,9 @@ class PendingWrites:
     session (in THREAD mode, with the job's event loop), so its unwritten turns and
     fields are handed over here, and one task on the worker's own loop (the store's)
     retries them in order, per session, until the store answers: buffered within a
-    bound (`max_items`), flushed on recovery. Past the bound, and whatever is left when
-    the process stops, is logged with its payload (`log_lost`) — never silently dropped.
+    bound (`max_items`), flushed on recovery (a session's ops as one batch, like the
+    session writer). Past the bound, and whatever is left when the process stops, is
+    logged with its payload (`log_lost`) — never silently dropped.
     `adopt` may be called from any thread.
     """
 
@@ -353,11 +453,12 @@ class PendingWrites:
         self._max = max_items
         self._retry_max_delay = retry_max_delay
         self._lock = threading.Lock()
-        self._batches: deque[tuple[str, deque[Item]]] = deque()
+        self._batches: deque[tuple[str, ConfigStore, deque[Item]]] = deque()
         self._count = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.written = 0
         self.lost = 0
         self.last_error: str | None = None
@@ -372,14 +473,14 @@ class PendingWrites:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="pending-session-writes")
 
-    def adopt(self, session_id: str, items: list[Item]) -> None:
-        """Take a closing session's unwritten items (in order); thread-safe."""
+    def adopt(self, session_id: str, items: list[Item], store: ConfigStore) -> None:
+        """Take a closing session's unwritten items (in order) for `store`; thread-safe."""
         overflow: list[Item] = []
         with self._lock:
             room = max(0, self._max - self._count)
             keep, overflow = items[:room], items[room:]
             if keep:
-                self._batches.append((session_id, deque(keep)))
+                self._batches.append((session_id, store, deque(keep)))
                 self._count += len(keep)
         if overflow:
             self.lost += len(overflow)
@@ -401,46 +502,51 @@ class PendingWrites:
         if self._count and self._task is not None:
             await self.flush(timeout)
         if self._task is not None:
+            self._stopping = True  # in case the store call in flight swallows the cancel
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=WRITER_STOP_TIMEOUT)
             self._task = None
         with self._lock:
             batches, self._batches, self._count = list(self._batches), deque(), 0
-        for sid, items in batches:
+        for sid, _store, items in batches:
             self.lost += len(items)
             log_lost(sid, list(items), "process stopped while the store was unavailable")
+
+    def _failed(self, sid: str, op: Item, e: BaseException) -> None:
+        self.lost += 1
+        log.error("session %s: buffered %s failed permanently", sid, op.name, exc_info=e)
+        log_lost(sid, [op], f"{type(e).__name__}")
 
     async def _run(self) -> None:
         assert self._wake is not None
         delay = 0.1
-        while True:
+        while not self._stopping:
             if not self._count:
                 self._wake.clear()
                 await self._wake.wait()
             with self._lock:
-                sid, items = self._batches[0]
-            name, op, payload = items[0]
+                sid, store, items = self._batches[0]
+            # `items` is only changed by this task (adopt appends new batches).
+            before, lost_before = len(items), self.lost
+            outage = False
             try:
-                await op()
+                # Retried: whatever an earlier session writer attempted may have landed.
+                await write_in_order(
+                    _direct, store, sid, items, lambda op, e, sid=sid: self._failed(sid, op, e), retried=True
+                )
             except StoreUnavailable as e:
                 self.last_error = e.message
+                outage = True
+            finally:  # also when cancelled: count what did reach the store
+                done = before - len(items)
+                self.written += done - (self.lost - lost_before)
+                with self._lock:
+                    self._count -= done
+                    if not items and self._batches and self._batches[0][2] is items:
+                        self._batches.popleft()
+                        log.info("session %s: buffered record writes stored", sid)
+            if outage:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max_delay)
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # a constraint or a bug: retrying will not help
-                if not (name == "start_session" and type(e).__name__ == "AlreadyExists"):
-                    self.lost += 1
-                    log.exception("session %s: buffered %s failed permanently", sid, name)
-                    log_lost(sid, [(name, op, payload)], f"{type(e).__name__}")
             else:
-                self.written += 1
-            delay = 0.1
-            with self._lock:
-                items.popleft()
-                self._count -= 1
-                if not items:
-                    self._batches.popleft()
-                    log.info("session %s: buffered record writes stored", sid)
+                delay = 0.1

@@ -15,6 +15,13 @@ Readings of the contract where the docstrings leave room (each is asserted below
 - `start_session` with an id that already exists raises `AlreadyExists`.
 - `abandon_active_sessions(reason)` sets `status=abandoned`, `end_reason=reason` and
   `ended_at`; `finish_session` without `ended_at` stamps the current time.
+- `apply_session_writes(id, ops)` leaves the same record as the per-op calls in order
+  (of several `metrics` snapshots the last wins), ignores retried turns, and raises the
+  per-op errors (`NotFound`, `AlreadyExists`, `InvalidInput`) without a partial write
+  for the cases tested here.
+- A session started with an `owner` gets `heartbeat_at` of at least the insert time;
+  `heartbeat(owner)` stamps only that owner's active sessions; `abandon_stale_sessions`
+  abandons active sessions whose `heartbeat_at` (else `started_at`) is before the cutoff.
 - Datetimes are compared at millisecond precision (what BSON dates keep); values written
   with any UTC offset come back as the same instant, timezone-aware, in UTC.
 """
@@ -45,6 +52,15 @@ from app.domain import (
     VersionConflict,
 )
 from app.store import ConfigStore
+from app.store.base import (
+    AppendTurn,
+    FinishSession,
+    RecordData,
+    RecordHandoff,
+    SessionWrite,
+    StartSession,
+    UpdateSession,
+)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -1124,3 +1140,184 @@ async def test_duplicate_session_id_raises_already_exists(store):
         await store.start_session(session("s-1", "agent-b"))
     got = await store.get_session("s-1")
     assert got.agent_id == original.agent_id and len(got.turns) == 1
+
+
+# ------------------------------------------------------------ session write batches
+
+
+def _batch_ops(sid: str, t0: datetime) -> list[SessionWrite]:
+    return [
+        StartSession(session(sid, "agent-a", config_version=1, started_at=t0)),
+        AppendTurn(Turn(seq=0, role="assistant", text="hello", at=t0)),
+        AppendTurn(Turn(seq=1, role="user", text="hi", at=t0)),
+        RecordData({"order_id": "A1", "nested": {"a": 1}}),
+        UpdateSession({"metrics": [{"seq": 0, "total_ms": 10.0}]}),
+        RecordHandoff(Handoff(from_agent="agent-a", to_agent="agent-b", reason="sales", at=t0)),
+        RecordData({"nested": {"b": 2}}),
+        AppendTurn(Turn(seq=2, role="assistant", text="bye", at=t0)),
+        UpdateSession({"metrics": [{"seq": 0, "total_ms": 10.0}, {"seq": 2, "total_ms": 20.0}],
+                       "degraded": "x"}),
+        FinishSession(SessionStatus.completed, "done", ended_at=t0 + timedelta(seconds=5)),
+    ]
+
+
+async def _apply_one_by_one(store: ConfigStore, sid: str, ops: list[SessionWrite]) -> None:
+    for op in ops:
+        match op:
+            case StartSession(record=r):
+                await store.start_session(r)
+            case AppendTurn(turn=t):
+                await store.append_turn(sid, t)
+            case RecordData(data=d):
+                await store.record_data(sid, d)
+            case RecordHandoff(handoff=h):
+                await store.record_handoff(sid, h)
+            case UpdateSession(fields=f):
+                await store.update_session(sid, **f)
+            case FinishSession(status=st, reason=rs, error=er, ended_at=at):
+                await store.finish_session(sid, st, rs, er, at)
+
+
+def _same(rec: SessionRecord) -> dict[str, Any]:
+    return rec.model_dump(exclude={"session_id", "room"})
+
+
+@pytest.mark.parametrize("split", [None, 1, 3, 5])
+async def test_apply_session_writes_equals_the_calls_one_by_one(store, split):
+    t0 = now_ms()
+    ops = _batch_ops("s-batch", t0)
+    if split is None:
+        await store.apply_session_writes("s-batch", ops)
+    else:  # the session already started: later batches find it without a start
+        for i in range(0, len(ops), split):
+            await store.apply_session_writes("s-batch", ops[i:i + split])
+    ref = _batch_ops("s-ref", t0)
+    await _apply_one_by_one(store, "s-ref", ref)
+    got, want = await store.get_session("s-batch"), await store.get_session("s-ref")
+    assert _same(got) == _same(want)
+    assert [t.text for t in got.turns] == ["hello", "hi", "bye"]
+    assert got.collected == {"order_id": "A1", "nested": {"a": 1, "b": 2}}
+    assert [m["seq"] for m in got.metrics] == [0, 2]  # the last snapshot wins
+    assert got.status == SessionStatus.completed and got.degraded == "x"
+    assert [(h.from_agent, h.to_agent) for h in got.handoffs] == [("agent-a", "agent-b")]
+
+
+async def test_apply_session_writes_is_idempotent_for_retried_turns(store):
+    await store.apply_session_writes("s-1", [StartSession(session("s-1"))])
+    turns = [AppendTurn(Turn(seq=i, role="user", text=f"t{i}", at=now_ms())) for i in range(3)]
+    await store.apply_session_writes("s-1", turns[:2])
+    await store.apply_session_writes("s-1", turns)  # a retry carrying two stored turns
+    await store.apply_session_writes("s-1", turns[:1])  # a turns-only batch, all stored
+    assert [t.seq for t in (await store.get_session("s-1")).turns] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("ops", [
+    [AppendTurn(Turn(seq=0, role="user", text="x"))],
+    [AppendTurn(Turn(seq=0, role="user", text="x")), RecordData({"a": 1})],
+    [RecordHandoff(Handoff(from_agent="a", to_agent="b")), UpdateSession({"degraded": "x"})],
+    [UpdateSession({"degraded": "x"}), AppendTurn(Turn(seq=0, role="user", text="x"))],
+    [FinishSession(SessionStatus.completed)],
+], ids=["turn", "turn+data", "handoff+update", "update+turn", "finish"])
+async def test_apply_session_writes_to_an_unknown_session_is_not_found(store, ops):
+    await store.start_session(session("s-1"))
+    with pytest.raises(NotFound):
+        await store.apply_session_writes("nope", ops)
+    with pytest.raises(NotFound):
+        await store.get_session("nope")
+    got = await store.get_session("s-1")
+    assert got.turns == [] and got.collected == {} and got.handoffs == []
+
+
+async def test_apply_session_writes_rejects_a_bad_op_before_writing(store):
+    await store.start_session(session("s-1"))
+    with pytest.raises(InvalidInput):
+        await store.apply_session_writes("s-1", [
+            AppendTurn(Turn(seq=0, role="user", text="x")), UpdateSession({"status": "completed"}),
+        ])
+    got = await store.get_session("s-1")
+    assert got.turns == [] and got.status == SessionStatus.active
+
+
+async def test_apply_session_writes_start_of_an_existing_session(store):
+    await store.start_session(session("s-1", "agent-a"))
+    with pytest.raises(AlreadyExists):
+        await store.apply_session_writes("s-1", [StartSession(session("s-1", "agent-b"))])
+    assert (await store.get_session("s-1")).agent_id == "agent-a"
+
+
+# ------------------------------------------------------------- owner / heartbeat
+
+
+async def test_owner_and_heartbeat_are_stored_and_the_insert_counts_as_a_heartbeat(store):
+    old = now_ms() - timedelta(minutes=10)
+    before = now_ms()
+    await store.start_session(session("s-1", owner="host:1:ab", heartbeat_at=old))
+    await store.start_session(session("s-2"))
+    got = await store.get_session("s-1")
+    assert got.owner == "host:1:ab"
+    assert got.heartbeat_at is not None and got.heartbeat_at >= before  # written now: alive now
+    assert_utc(got.heartbeat_at)
+    plain = await store.get_session("s-2")
+    assert plain.owner is None and plain.heartbeat_at is None
+    listed = {s.session_id: s for s in (await store.list_sessions())[0]}
+    assert listed["s-1"].owner == "host:1:ab"
+
+
+async def test_heartbeat_stamps_the_owners_active_sessions_only(store):
+    t0 = now_ms()
+    await store.start_session(session("a-1", owner="A"))
+    await store.start_session(session("a-2", owner="A"))
+    await store.start_session(session("a-done", owner="A"))
+    await store.finish_session("a-done", SessionStatus.completed)
+    await store.start_session(session("b-1", owner="B"))
+    done = await store.get_session("a-done")
+    b1 = await store.get_session("b-1")
+    await asyncio.sleep(0.01)
+
+    assert await store.heartbeat("A") == 2
+    for sid in ("a-1", "a-2"):
+        hb = (await store.get_session(sid)).heartbeat_at
+        assert hb is not None and hb > t0
+    assert await store.get_session("a-done") == done
+    assert await store.get_session("b-1") == b1
+    assert await store.heartbeat("nobody") == 0
+
+
+async def test_abandon_stale_sessions(store):
+    now = now_ms()
+    # fresh: a recent heartbeat; stale: an old one; never beat: falls back to started_at
+    await store.start_session(session("fresh", owner="A"))
+    await store.start_session(session("old-start-fresh-beat", owner="A", started_at=now - timedelta(hours=1)))
+    await store.start_session(session("stale", owner="B"))
+    await store.start_session(session("legacy-old", started_at=now - timedelta(minutes=5)))
+    await store.start_session(session("legacy-new", started_at=now))
+    await store.start_session(session("finished-old", started_at=now - timedelta(hours=1)))
+    await store.finish_session("finished-old", SessionStatus.completed, reason="done")
+    finished = await store.get_session("finished-old")
+    # B's process died 2 minutes ago: its last heartbeat is old
+    await store.apply_session_writes("stale", [])  # a no-op batch is fine
+    await _set_heartbeat(store, "stale", now - timedelta(minutes=2))
+
+    cutoff = now - timedelta(seconds=60)
+    assert await store.abandon_stale_sessions(cutoff, "owner stopped heartbeating") == 2
+    for sid in ("stale", "legacy-old"):
+        got = await store.get_session(sid)
+        assert got.status == SessionStatus.abandoned
+        assert got.end_reason == "owner stopped heartbeating"
+        assert_utc(got.ended_at)
+    for sid in ("fresh", "old-start-fresh-beat", "legacy-new"):
+        assert (await store.get_session(sid)).status == SessionStatus.active
+    assert await store.get_session("finished-old") == finished
+    assert await store.abandon_stale_sessions(cutoff, "again") == 0
+
+
+async def _set_heartbeat(store: ConfigStore, sid: str, at: datetime) -> None:
+    """Backdate a heartbeat (what a dead owner leaves behind) through the backend itself."""
+    if hasattr(store, "_tx"):  # SQL
+        from app.store.sql_tables import sessions_t
+
+        async with store._tx() as conn:  # type: ignore[attr-defined]
+            await conn.execute(sessions_t.update().where(sessions_t.c.session_id == sid).values(heartbeat_at=at))
+    else:  # Mongo
+        db = await store._ready()  # type: ignore[attr-defined]
+        await db.sessions.update_one({"_id": sid}, {"$set": {"heartbeat_at": at}})

@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from app.domain import SessionRecord, SessionStatus, StoreUnavailable
+from app.store.base import AppendTurn
 from app.store.sql import SQLStore
 from app.worker.sessions import SessionManager
 
@@ -24,6 +25,14 @@ class FlakyStore(SQLStore):
         if self.down:
             raise StoreUnavailable("simulated outage")
         await super().append_turn(session_id, turn)
+
+    async def apply_session_writes(self, session_id, ops):  # type: ignore[no-untyped-def]
+        """The session writer's path: an outage fails any batch carrying a turn."""
+        if any(isinstance(op, AppendTurn) for op in ops):
+            self.calls += 1
+            if self.down:
+                raise StoreUnavailable("simulated outage")
+        await super().apply_session_writes(session_id, ops)
 
 
 @pytest.fixture
