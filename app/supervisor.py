@@ -288,6 +288,7 @@ class Supervisor:
         from livekit.agents import AgentServer, JobExecutorType
 
         from app.worker.entrypoint import entrypoint, prewarm
+        from app.worker.load import ThreadWorkerLoad
 
         s = self.settings
         server = AgentServer(
@@ -303,6 +304,11 @@ class Supervisor:
             drain_timeout=int(s.drain_timeout),
             setup_fnc=prewarm,
             log_level=s.log_level,
+            # THREAD: report this process's CPU too (one GIL), see app/worker/load.py.
+            load_fnc=ThreadWorkerLoad() if s.executor_type == ExecutorType.thread else None,
+            # PROCESS: import the entrypoint's stack once in the forkserver, so job
+            # processes share it copy-on-write instead of each importing it.
+            preload_modules=["app.worker.entrypoint"],
         )
         server.rtc_session(entrypoint, agent_name=s.agent_name)
         return server

@@ -1,0 +1,82 @@
+"""The load a THREAD-executor worker reports: this process's CPU, not only the machine's."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from app.worker.load import ThreadWorkerLoad
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.wall = 0.0
+        self.cpu = 0.0
+
+    def run(self, wall: float, cpu: float) -> None:
+        self.wall += wall
+        self.cpu += cpu
+
+
+def make(clock: Clock, system: float = 0.1, **kw) -> ThreadWorkerLoad:
+    return ThreadWorkerLoad(process_time=lambda: clock.cpu, monotonic=lambda: clock.wall,
+                            system_load=lambda: system, **kw)
+
+
+def test_one_busy_core_in_this_process_is_full_load_on_a_big_machine() -> None:
+    clock = Clock()
+    load = make(clock, system=0.25)  # 8 cores, this process pegs one: machine at 25 %
+    for _ in range(5):
+        clock.run(0.5, 0.5)
+        value = load()
+    assert value == pytest.approx(1.0)  # above LiveKit's 0.7: no more jobs for us
+
+
+def test_idle_process_reports_the_machine() -> None:
+    clock = Clock()
+    load = make(clock, system=0.4)
+    for _ in range(5):
+        clock.run(0.5, 0.01)
+        value = load()
+    assert value == pytest.approx(0.4)
+
+
+def test_averages_over_the_window() -> None:
+    clock = Clock()
+    load = make(clock, system=0.0, window=4)
+    readings = []
+    for cpu in (0.0, 0.0, 0.4, 0.4):  # two idle half-seconds, then 80 % of a core
+        clock.run(0.5, cpu)
+        readings.append(load())
+    assert readings[-1] == pytest.approx(0.4)  # (0 + 0 + 0.8 + 0.8) / 4
+    assert readings == sorted(readings)
+
+
+def test_real_counters_see_a_busy_thread() -> None:
+    load = ThreadWorkerLoad(window=1)
+    stop = time.monotonic() + 0.6
+
+    def spin() -> None:
+        while time.monotonic() < stop:
+            pass
+
+    t = threading.Thread(target=spin)
+    t.start()
+    t.join()
+    assert load() > 0.25  # the spinning thread's CPU is this process's (even sharing a loaded core)
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_supervisor_gives_livekit_the_right_load_function(executor: str) -> None:
+    from app.settings import Settings
+    from app.supervisor import Supervisor
+
+    sup = Supervisor(Settings(_env_file=None, executor_type=executor), dev=True)  # type: ignore[call-arg]
+    server = sup._make_agent_server()
+    if executor == "thread":
+        assert isinstance(server.load_fnc, ThreadWorkerLoad)
+    else:
+        assert server.load_fnc is None  # LiveKit's default: the machine's CPU
+    assert "app.worker.entrypoint" in server._preload_modules
