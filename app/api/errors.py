@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from app.api.conditional import etag
 from app.domain import (
+    CorruptRecord,
     AlreadyExists,
     DomainError,
     InUse,
@@ -176,6 +177,13 @@ def _store_unavailable(request: Request[Any, Any, Any], exc: StoreUnavailable) -
     )
 
 
+def _corrupt_record(request: Request[Any, Any, Any], exc: CorruptRecord) -> Response[Any]:
+    # The server's data is wrong, not the request: a 500 that says which record, so an
+    # operator can fix or roll it back (the message names ids, never stored values).
+    log.error("%s %s: %s", request.method, request.url.path, exc.message)
+    return _json_error(HTTP_500_INTERNAL_SERVER_ERROR, exc.message, exc.extra or None)
+
+
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """Every exception without a more specific handler (and every HTTP 500)."""
     log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
@@ -192,6 +200,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     VersionConflict: _version_conflict,
     InvalidInput: _invalid_input,
     StoreUnavailable: _store_unavailable,
+    CorruptRecord: _corrupt_record,
     HTTP_500_INTERNAL_SERVER_ERROR: _internal_error,
 }
 """Passed to `Litestar(exception_handlers=...)`. Lookup is by class (most specific in

@@ -2,6 +2,7 @@
 
 from app.domain.errors import (
     AlreadyExists,
+    CorruptRecord,
     DomainError,
     InUse,
     InvalidInput,
@@ -37,6 +38,7 @@ __all__ = [
     "AgentConfigInput",
     "AlreadyExists",
     "BuiltinTool",
+    "CorruptRecord",
     "DomainError",
     "Handoff",
     "HttpTool",

@@ -48,3 +48,10 @@ class InvalidReference(InvalidInput):
 
 class StoreUnavailable(DomainError):
     """The backing database cannot be reached; callers degrade instead of failing."""
+
+
+class CorruptRecord(DomainError):
+    """A stored record does not validate against this build's model (edited by hand,
+    or written by a newer build before a rollback of the app). Readers skip it in
+    listings, so one bad record cannot hide the others; fetched alone it is a 500
+    that names it."""

@@ -126,6 +126,7 @@ from app.domain import (
     AgentConfig,
     AgentConfigInput,
     AlreadyExists,
+    CorruptRecord,
     Handoff,
     InUse,
     InvalidInput,
@@ -150,6 +151,9 @@ from app.store.base import (
     SessionWrite,
     StartSession,
     UpdateSession,
+    log_corrupt_once,
+    parse_stored_config,
+    skip_corrupt,
 )
 from app.store.sql import deep_merge
 
@@ -277,6 +281,7 @@ class MongoStore:
         self._schema_lock = asyncio.Lock()
         self._listeners: list[ChangeListener] = []
         self._parsed: dict[tuple[str, str, int], AgentConfig] = {}
+        self._corrupt_seen: set[tuple[str, int]] = set()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     # ------------------------------------------------------------------ lifecycle
@@ -399,7 +404,7 @@ class MongoStore:
         key = (doc["agent_id"], doc["gen"], doc["version"])
         cfg = self._parsed.get(key)
         if cfg is None:
-            cfg = AgentConfig.model_validate(unescape_keys(doc["data"]))
+            cfg = parse_stored_config(unescape_keys(doc["data"]), doc["agent_id"], doc["version"])
             if len(self._parsed) >= _PARSED_CACHE_MAX:
                 self._parsed.pop(next(iter(self._parsed)))
             self._parsed[key] = cfg
@@ -566,7 +571,10 @@ class MongoStore:
                 {"$or": [{"agent_id": a, "gen": g, "version": v} for a, g, v in missing]}
             ).to_list()
             for d in docs:
-                found[(d["agent_id"], d["gen"], d["version"])] = self._parse(d)
+                try:
+                    found[(d["agent_id"], d["gen"], d["version"])] = self._parse(d)
+                except CorruptRecord as e:  # one bad version must not hide the others
+                    log_corrupt_once(e, self._corrupt_seen)
         out = []
         for k in keys:
             cfg = self._parsed.get(k) or found.get(k)
@@ -590,19 +598,28 @@ class MongoStore:
                 gen, seen = head["gen"], head["current_version"]
                 if expected_version is not None and expected_version != seen:
                     raise VersionConflict(agent_id, expected_version, seen)
-                current = await self._get_version(db, agent_id, gen, seen)
-                if current is None:  # deleted under us
-                    continue
+                try:
+                    current = await self._get_version(db, agent_id, gen, seen)
+                except CorruptRecord:
+                    if not isinstance(patch, AgentConfigInput):
+                        raise  # a patch needs a valid base; a replacement (or rollback) repairs it
+                    current = None
+                    created_at = head["created_at"]
+                else:
+                    if current is None:  # deleted under us
+                        continue
+                    created_at = current.created_at
                 if isinstance(patch, AgentConfigInput):
                     if patch.agent_id != agent_id:
                         raise InvalidInput("agent_id cannot be changed", agent_id=agent_id)
                     new_input = patch
                 else:
+                    assert current is not None
                     new_input = patched_input(current, dict(patch))  # ValidationError: nothing written
                 now = _now()
                 new = AgentConfig.model_validate(
                     {**new_input.model_dump(), "version": seen + 1,
-                     "created_at": current.created_at, "updated_at": now}
+                     "created_at": created_at, "updated_at": now}
                 )
                 await self._bump_epoch(db)
                 try:
@@ -693,7 +710,7 @@ class MongoStore:
         ).sort("version", ASCENDING).to_list()
         if not docs:
             raise NotFound(f"agent {agent_id!r} not found", agent_id=agent_id)
-        return [self._parse(d) for d in docs]
+        return skip_corrupt(self._parse, docs, self._corrupt_seen)
 
     async def rollback(
         self, agent_id: str, version: int, expected_version: int | None = None

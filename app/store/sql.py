@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app.domain import (
+    CorruptRecord,
     AgentConfig,
     AgentConfigInput,
     AlreadyExists,
@@ -58,6 +59,8 @@ from app.store.base import (
     SessionWrite,
     StartSession,
     UpdateSession,
+    parse_stored_config,
+    skip_corrupt,
 )
 from app.store.sql_tables import (
     ADDED_COLUMNS,
@@ -109,6 +112,7 @@ class SQLStore:
         # Version rows are immutable, so a parsed config keyed by its row id never goes
         # stale; re-validating stored JSON on every read would only burn CPU.
         self._parsed: dict[tuple[int, str, int], AgentConfig] = {}
+        self._corrupt_seen: set[tuple[str, int]] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -326,7 +330,7 @@ class SQLStore:
         key = (row.id, row.agent_id, row.version)
         cfg = self._parsed.get(key)
         if cfg is None:
-            cfg = AgentConfig.model_validate(row.data)
+            cfg = parse_stored_config(row.data, row.agent_id, row.version)
             if len(self._parsed) >= _PARSED_CACHE_MAX:
                 self._parsed.pop(next(iter(self._parsed)))
             self._parsed[key] = cfg
@@ -392,7 +396,7 @@ class SQLStore:
         async with self._read() as conn:
             rows = (await conn.execute(stmt)).all()
             total = await conn.scalar(sa.select(sa.func.count()).select_from(h).where(*cond))
-        return [self._parse(r) for r in rows], int(total or 0)
+        return skip_corrupt(self._parse, rows, self._corrupt_seen), int(total or 0)
 
     async def update_agent_config(
         self,
@@ -415,17 +419,22 @@ class SQLStore:
                     .where(versions_t.c.agent_id == agent_id, versions_t.c.version == seen)
                 )
             ).one()
-            current = self._parse(row)
             if isinstance(patch, AgentConfigInput):
                 if patch.agent_id != agent_id:
                     raise InvalidInput("agent_id cannot be changed", agent_id=agent_id)
                 new_input = patch
+                try:
+                    created_at = self._parse(row).created_at
+                except CorruptRecord:  # a replacement (or rollback) is how one repairs it
+                    created_at = head.created_at
             else:
+                current = self._parse(row)  # CorruptRecord: a patch needs a valid base
                 new_input = patched_input(current, dict(patch))  # ValidationError → rolled back
+                created_at = current.created_at
             now = utcnow()
             new = AgentConfig.model_validate(
                 {**new_input.model_dump(), "version": seen + 1,
-                 "created_at": current.created_at, "updated_at": now}
+                 "created_at": created_at, "updated_at": now}
             )
             res = await conn.execute(
                 heads_t.update()
@@ -463,7 +472,7 @@ class SQLStore:
             rows = (await conn.execute(stmt)).all()
         if not rows:
             raise NotFound(f"agent {agent_id!r} not found", agent_id=agent_id)
-        return [self._parse(r) for r in rows]
+        return skip_corrupt(self._parse, rows, self._corrupt_seen)
 
     async def rollback(
         self, agent_id: str, version: int, expected_version: int | None = None
