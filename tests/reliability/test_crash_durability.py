@@ -8,10 +8,11 @@ middle of the next turns. Then:
 - SQLite: `python -m app dev` starts on the same file. Through the admin API, every
   committed turn and field is there, and start-up recovery has marked the session
   `abandoned` (not left `active` forever).
-- MongoDB: the same crash, checked through a fresh store. The supervisor runs no
-  recovery on Mongo (another live process may own an `active` session), so the
-  session stays `active`: asserted here as the current behaviour, and the reason for
-  the owner/heartbeat proposal in the hardening report.
+- MongoDB: the same crash, checked through a fresh store. Another live process may
+  own an `active` session there, so recovery is by heartbeat, not at start-up: the
+  session stays `active` until its owner has been silent past the cutoff, then the
+  sweep every process runs (`abandon_stale_sessions`) marks it `abandoned`
+  (the supervisor's timing is tested in tests/store/test_session_liveness.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ import httpx
 import pytest
 
 from app.domain import SessionStatus
+from app.domain.models import utcnow
 from app.store import open_store
 from app.testing.servers import MongoServer
 from tests.reliability.conftest import AUTH, REPO, LiveApp
@@ -108,17 +111,20 @@ def test_mongo_crash_keeps_every_committed_turn(tmp_path: Path) -> None:
         url = srv.url("crash")
         committed = crash_after(url, COMMITTED_BEFORE_KILL, tmp_path)
 
-        async def read() -> dict[str, Any]:
+        async def read() -> tuple[dict[str, Any], int, dict[str, Any]]:
             store = open_store(url)
             await store.start()
             try:
-                rec = await store.get_session(committed["session_id"])
-                return rec.model_dump(mode="json")
+                before = (await store.get_session(committed["session_id"])).model_dump(mode="json")
+                # The sweep as a surviving process runs it once the owner is past the cutoff.
+                swept = await store.abandon_stale_sessions(utcnow() + timedelta(seconds=1), "owner stopped")
+                after = (await store.get_session(committed["session_id"])).model_dump(mode="json")
+                return before, swept, after
             finally:
                 await store.aclose()
 
-        record = asyncio.run(read())
+        record, swept, after = asyncio.run(read())
     assert_nothing_lost(committed, record)
-    # No start-up recovery on Mongo: a crashed process's session stays `active` until an
-    # owner/heartbeat scheme can tell a dead owner from a live one (see the report).
-    assert record["status"] == SessionStatus.active.value
+    assert record["status"] == SessionStatus.active.value  # no start-up recovery on a shared store
+    assert swept == 1 and after["status"] == SessionStatus.abandoned.value
+    assert_nothing_lost(committed, after)

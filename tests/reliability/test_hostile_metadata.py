@@ -28,6 +28,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from app.domain.models import PURPOSE_RE, SLUG_RE
 from app.seed import seed
 from app.settings import Settings
 from app.store import open_store
+from app.store.base import StartSession
 from app.testing.fake_openai import FakeOpenAI
 from app.testing.servers import mongo_server
 from app.worker.entrypoint import prepare_session, route_with
@@ -156,6 +158,10 @@ def _keys(value: Any) -> Iterator[str]:
     """Every mapping key in `value`, however deep (models are dumped first)."""
     if hasattr(value, "model_dump"):
         value = value.model_dump()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a session write op
+        for f in dataclasses.fields(value):
+            yield from _keys(getattr(value, f.name))
+        return
     if isinstance(value, dict):
         for k, v in value.items():
             yield str(k)
@@ -171,6 +177,7 @@ class SpyStore:
 
     inner: Any
     calls: int = 0
+    session_starts: int = 0
     violations: list[str] = field(default_factory=list)
 
     def __getattr__(self, name: str) -> Any:
@@ -196,8 +203,14 @@ class SpyStore:
                 self.violations.append(f"{name}: purpose {purpose!r}")
         if name == "list_sessions" and kwargs.get("agent_id") is not None and type(kwargs["agent_id"]) is not str:
             self.violations.append(f"list_sessions: agent_id {kwargs['agent_id']!r}")
+        starts: list[SessionRecord] = []
         if name == "start_session":
-            rec: SessionRecord = args[0]
+            starts.append(args[0])
+        if name == "apply_session_writes":  # the session writer's batches (typed ops)
+            ops = args[1] if len(args) > 1 else kwargs["ops"]
+            starts += [op.record for op in ops if isinstance(op, StartSession)]
+        for rec in starts:
+            self.session_starts += 1
             if not (type(rec.agent_id) is str and SLUG.fullmatch(rec.agent_id)):
                 self.violations.append(f"start_session: agent_id {rec.agent_id!r}")
             if rec.user_id is not None and type(rec.user_id) is not str:
@@ -337,6 +350,7 @@ async def _full_sessions(svc: WorkerServices, spy: SpyStore, raw: Any, sample: l
         rec = await raw.get_session(sid)
         assert rec.agent_id in snapshot.configs and rec.status.value == "completed"
     assert spy.calls > len(sample), spy.calls
+    assert spy.session_starts == len(sample), (spy.session_starts, len(sample))  # the spy saw every record
     assert not spy.violations, spy.violations[:10]
     assert not routing_errors.records, [r.getMessage() for r in routing_errors.records[:5]]
 
