@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import shutil
 import tempfile
 import time
@@ -160,6 +161,16 @@ async def _seeded_template() -> Path:
 
 
 
+@functools.cache
+def process_vad() -> Any:
+    """One silero VAD per test process, shared by every scenario's `WorkerServices` (as
+    one worker process shares it between its sessions): loading it per scenario cost an
+    ONNX session each."""
+    from livekit.plugins import silero
+
+    return silero.VAD.load()
+
+
 class SimEnvironment:
     """One worker's worth of services for a scenario: store, cache, settings, API.
 
@@ -215,7 +226,9 @@ class SimEnvironment:
             opts["default_llm_model"] = self.live.model
         opts.update(self._overrides)
         self.settings = Settings(_env_file=None, **opts)  # type: ignore[call-arg]
-        self.services = WorkerServices(self.settings, self.store)  # type: ignore[arg-type]
+        # the process's silero VAD, loaded once (as a worker's prewarm loads it) and before
+        # any session is prepared, so voice agents get it from the factory as in production
+        self.services = WorkerServices(self.settings, self.store, vad=process_vad())  # type: ignore[arg-type]
         await self.services.start()
         self.applier = ConfigApplier(self.store, api=self.api, default_via=sc.config_via, cache=self.services.cache)
         if self.live is not None:

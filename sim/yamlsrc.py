@@ -63,6 +63,10 @@ class LineMap:
         return f"{self.path}:{self.line(loc)}"
 
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's parser when PyYAML has it (~10x faster; same nodes and line marks)."""
+
+
 def load_yaml(path: Path) -> tuple[Any, LineMap]:
     """Parse one YAML document; returns the plain data and its line map."""
     try:
@@ -74,7 +78,7 @@ def load_yaml(path: Path) -> tuple[Any, LineMap]:
 
 def loads_yaml(text: str, path: Path = Path("<string>")) -> tuple[Any, LineMap]:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         raise YamlSourceError(path, mark.line + 1 if mark else None, f"invalid YAML: {e.problem}") from None

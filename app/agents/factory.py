@@ -27,6 +27,7 @@ from livekit.agents import llm as lk_llm
 from livekit.plugins import openai as lk_openai
 
 from app.agents import openai_fastpath
+from app.agents.audio import session_audio_models
 from app.agents.base import BaseAgent
 from app.agents.context import ConfigSource, SessionContext
 from app.agents.tools import build_tools
@@ -179,10 +180,16 @@ class AgentFactory:
         ]
         models: dict[str, Any] = {"llm": self._build_llm(config, ctx)}
         if ctx.audio:
-            models["stt"] = self._build_stt(config, ctx)
+            raw_stt = self._build_stt(config, ctx)
+            models["stt"] = raw_stt
             models["tts"] = self._build_tts(config, ctx)
             if self._vad is not None:
-                models["vad"] = self._vad
+                # one VAD stream per session, shared by turn detection and the STT's
+                # segmentation (app.agents.audio), instead of LiveKit's StreamAdapter
+                # running a second one over the same audio
+                models["stt"], models["vad"] = session_audio_models(raw_stt, self._vad)
+                if models["stt"] is not raw_stt:
+                    ctx.add_closer(models["stt"].aclose)
         return BaseAgent(
             config,
             instructions=prompt.instructions,

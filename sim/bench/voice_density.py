@@ -1,7 +1,8 @@
 """Voice density: N concurrent real-time voice sessions in one process.
 
 Run: `uv run python -m sim.bench.voice_density [--sizes 1,10,25,50] [--seconds 25]`
-(`--quick`: sizes 1,10 and 12 s of audio per session).
+(`--quick`: sizes 1,10 and 12 s of audio per session; `--frame-ms 20 --input-rate 16000`:
+the shape this bench used before it matched LiveKit's RoomIO).
 
 What runs, per session, as a THREAD-executor job does: its own thread and event loop
 (`--executor loop` puts every session on one loop instead), the production session
@@ -10,11 +11,19 @@ start (`prepare_session`: routing, cached config, `AgentFactory` with `audio=Tru
 `AgentSession` with the process's shared silero VAD, VAD turn detection, the
 config's `livekit-plugins-openai` LLM, STT and TTS talking to scripted endpoints
 (`FakeOpenAI` in process) that hold each answer back by a known delay (`--stt-ms`,
-`--llm-ms`, `--tts-ms`), and the sim's audio I/O: a microphone streaming 20 ms
-frames at real time without pause (espeak-ng speech from sim/voice/fixtures, silence
-in between) and a speaker playing the agent's audio at real time. The caller waits for
-the greeting, then speaks a line, waits for the answer to finish, pauses, speaks the
-next, until `--seconds` of audio have streamed. Sessions start spread over 2 s.
+`--llm-ms`, `--tts-ms`), and the sim's audio I/O: a microphone streaming frames at real
+time without pause, shaped as LiveKit's `RoomIO` delivers a caller's track by default
+(24 kHz mono, 50 ms frames: `--input-rate`, `--frame-ms`; espeak-ng speech from
+sim/voice/fixtures resampled to that rate, silence in between) and a speaker playing the
+agent's audio at real time. The agent's one VAD stream (`app.agents.audio`) resamples to
+silero's 16 kHz, as in a room. The caller waits for the greeting, then speaks a line,
+waits for the answer to finish, pauses, speaks the next, until `--seconds` of audio have
+streamed. Sessions start spread over 2 s.
+
+`--gc-freeze`: `gc.freeze()` after the warm-up, as LiveKit's forkserver does before
+forking PROCESS-executor jobs. The worker's THREAD executor does not: a full collection
+then scans every imported object, 100-250 ms during which no session runs, which breaks
+real time for every session at once now and then (the usual reason N=25 misses).
 
 Figures, per N and overall:
 - latency: end of the caller's speech (the release of the fixture's last frame; the
@@ -63,7 +72,7 @@ from app.testing.fake_openai import FakeOpenAI, ScriptedText
 from app.worker.entrypoint import attach_silence_reprompt, prepare_session
 from app.worker.services import WorkerServices
 from sim.bench.stats import emit, percentile
-from sim.voice.audio import FIXTURES, load_fixture
+from sim.voice.audio import FIXTURES, INPUT_RATE, load_fixture, resample
 from sim.voice.clock import SimClock
 from sim.voice.io import LATE_S, Mic, PacingStats, Segment, SimAudioInput, SimAudioOutput
 from sim.voice.runner import voice_session_kwargs
@@ -137,7 +146,8 @@ def utterances() -> list[tuple[str, Any]]:
 
 async def one_session(
     services: WorkerServices, index: int, seconds: float, delays: Delays, lines: list[tuple[str, Any]],
-    opened: Callable[[float], None], release: Awaitable[None] | None, start_delay: float, frame_ms: int = 20,
+    opened: Callable[[float], None], release: Awaitable[None] | None, start_delay: float, frame_ms: int = 50,
+    rate: int = INPUT_RATE,
 ) -> SessionResult:
     res = SessionResult(index)
     await asyncio.sleep(start_delay)
@@ -146,7 +156,7 @@ async def one_session(
     llm_client, audio_client = llm.client(), audio.client()
     clock = SimClock(1.0)
     mic_in, speaker = SimAudioInput(), SimAudioOutput(clock, keep_audio=False)
-    mic = Mic(clock, mic_in, frame_ms=frame_ms, continuous=True)
+    mic = Mic(clock, mic_in, frame_ms=frame_ms, continuous=True, rate=rate)
     meta = json.dumps({"purpose": PURPOSES[index % len(PURPOSES)], "user_id": f"bench-{index}"})
     prepared = await prepare_session(
         services, [MetadataSource("job", meta)], room=f"bench-{index}", audio=True,
@@ -172,7 +182,7 @@ async def one_session(
                 k += 1
                 audio.transcript(f"utterance {label}")
                 seen = len(speaker.segments)
-                played = (await mic.play([Segment.speech(pcm, label)]))[0]
+                played = (await mic.play([Segment.speech(pcm, label, rate=rate)]))[0]
                 res.turns += 1
                 seg = await _first_audio_after(speaker, seen, timeout=15)
                 if seg is None:
@@ -228,12 +238,13 @@ async def _wait_quiet(speaker: SimAudioOutput, first: int, timeout: float) -> No
         await asyncio.sleep(0.02)
 
 
-async def caller_only(seconds: float, frame_ms: int, opened: Callable[[float], None], release: Awaitable[None]) -> PacingStats:
+async def caller_only(seconds: float, frame_ms: int, opened: Callable[[float], None], release: Awaitable[None],
+                      rate: int = INPUT_RATE) -> PacingStats:
     """The simulated caller alone (microphone streaming at real time into an input
     nobody reads but a drain): its CPU is the harness's, not the agent's."""
     clock = SimClock(1.0)
     mic_in = SimAudioInput()
-    mic = Mic(clock, mic_in, frame_ms=frame_ms, continuous=True)
+    mic = Mic(clock, mic_in, frame_ms=frame_ms, continuous=True, rate=rate)
 
     async def drain() -> None:
         async for _ in mic_in:
@@ -286,7 +297,7 @@ def rss_mb() -> float:
 
 async def run_size(
     services: WorkerServices, n: int, seconds: float, delays: Delays, lines: list[tuple[str, Any]], executor: str,
-    frame_ms: int = 20, *, baseline_rss: float | None = None, caller_only_s: float = 0.0,
+    frame_ms: int = 50, *, baseline_rss: float | None = None, caller_only_s: float = 0.0, rate: int = INPUT_RATE,
 ) -> dict[str, Any]:
     """N sessions at once (or, with `caller_only_s`, N simulated callers alone)."""
     proc = psutil.Process()
@@ -313,9 +324,9 @@ async def run_size(
         async def make() -> Any:
             release = asyncio.wrap_future(release_fut)  # on the session's own loop
             if caller_only_s:
-                return await caller_only(caller_only_s, frame_ms, opened, release)
+                return await caller_only(caller_only_s, frame_ms, opened, release, rate)
             return await one_session(services, i, seconds, delays, lines, opened, release,
-                                     start_delay=2.0 * i / max(1, n), frame_ms=frame_ms)
+                                     start_delay=2.0 * i / max(1, n), frame_ms=frame_ms, rate=rate)
         return make
 
     if executor == "thread":
@@ -392,7 +403,7 @@ def show(r: dict[str, Any]) -> None:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     sizes = [int(s) for s in args.sizes.split(",")]
     delays = Delays(args.stt_ms / 1000, args.llm_ms / 1000, args.tts_ms / 1000)
-    lines = utterances()
+    lines = [(label, resample(pcm, INPUT_RATE, args.input_rate)) for label, pcm in utterances()]
     tmp = Path(tempfile.mkdtemp(prefix="bench-voice-"))
     url = f"sqlite+aiosqlite:///{tmp}/bench.db"
     store = open_store(url)
@@ -403,19 +414,27 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     await services.start()
     services.load_vad()
     print(f"voice density: sizes {sizes}, {args.seconds:g} s of audio per session, executor {args.executor}, "
-          f"{args.frame_ms} ms frames, "
+          f"{args.frame_ms} ms frames at {args.input_rate} Hz, "
           f"scripted delays STT {args.stt_ms} + LLM {args.llm_ms} + TTS {args.tts_ms} ms, "
           f"{psutil.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}", flush=True)
     results: list[dict[str, Any]] = []
     try:
-        await run_size(services, 1, min(6.0, args.seconds), delays, lines, args.executor, args.frame_ms)  # warm-up
+        rate = args.input_rate
+        await run_size(services, 1, min(6.0, args.seconds), delays, lines, args.executor, args.frame_ms, rate=rate)  # warm-up
         baseline = rss_mb()
+        if args.gc_freeze:
+            # what LiveKit does for PROCESS-executor jobs (livekit.agents.ipc._preload_freeze):
+            # the preloaded heap leaves the cyclic GC, whose full collections otherwise scan
+            # every imported object (100-250 ms pauses here, stalling every session at once)
+            gc.collect()
+            gc.freeze()
         callers = await run_size(services, max(sizes), 0, delays, lines, args.executor, args.frame_ms,
-                                 caller_only_s=min(8.0, args.seconds))
+                                 caller_only_s=min(8.0, args.seconds), rate=rate)
         print(f"  simulated callers alone (N={max(sizes)}): {callers['cpu_s_per_session_min']:.2f} s/session-min "
               f"({callers['cores_used']:.2f} cores): the harness's share of the figures below", flush=True)
         for n in sizes:
-            r = await run_size(services, n, args.seconds, delays, lines, args.executor, args.frame_ms, baseline_rss=baseline)
+            r = await run_size(services, n, args.seconds, delays, lines, args.executor, args.frame_ms,
+                               baseline_rss=baseline, rate=rate)
             show(r)
             results.append(r)
     finally:
@@ -450,6 +469,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "seconds_per_session": args.seconds,
         "executor": args.executor,
         "frame_ms": args.frame_ms,
+        "input_rate": args.input_rate,
+        "gc_freeze": args.gc_freeze,
         "loadavg_1m": os.getloadavg()[0],
     }
     for r in results:
@@ -466,8 +487,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="sizes 1,10 and 12 s per session")
     ap.add_argument("--executor", choices=["thread", "loop"], default="thread",
                     help="thread: a thread and event loop per session (LiveKit THREAD executor); loop: one shared loop")
-    ap.add_argument("--frame-ms", type=int, choices=[10, 20, 50], default=20,
-                    help="microphone frame size (LiveKit's RoomIO delivers 50 ms frames)")
+    ap.add_argument("--frame-ms", type=int, choices=[10, 20, 50], default=50,
+                    help="microphone frame size (default: LiveKit RoomIO's 50 ms)")
+    ap.add_argument("--input-rate", type=int, choices=[16000, 24000, 48000], default=24000,
+                    help="the caller's track sample rate (default: LiveKit RoomIO's 24 kHz)")
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="gc.freeze() after the warm-up, as LiveKit's forkserver does for job processes "
+                         "(the worker's THREAD executor does not, today)")
     ap.add_argument("--stt-ms", type=int, default=150)
     ap.add_argument("--llm-ms", type=int, default=300)
     ap.add_argument("--tts-ms", type=int, default=100)

@@ -114,5 +114,16 @@ def frames(pcm: np.ndarray, rate: int = INPUT_RATE, frame_ms: int = 10) -> Itera
         yield rtc.AudioFrame(chunk.tobytes(), rate, 1, step)
 
 
+def resample(pcm: np.ndarray, rate: int, to_rate: int) -> np.ndarray:
+    """`pcm` at `to_rate` (LiveKit's high-quality resampler), e.g. a 16 kHz fixture as a
+    24 kHz room track delivers it."""
+    if rate == to_rate:
+        return pcm
+    rs = rtc.AudioResampler(input_rate=rate, output_rate=to_rate, quality=rtc.AudioResamplerQuality.HIGH)
+    out = [frame_pcm(f) for f in rs.push(rtc.AudioFrame(np.asarray(pcm, np.int16).tobytes(), rate, 1, len(pcm)))]
+    out += [frame_pcm(f) for f in rs.flush()]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int16)
+
+
 def frame_pcm(frame: rtc.AudioFrame) -> np.ndarray:
     return np.frombuffer(bytes(frame.data), dtype=np.int16)

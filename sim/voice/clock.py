@@ -2,8 +2,8 @@
 
 One clock per session drives both sides: the microphone releases a 10 ms frame every
 10 ms of *audio* time, and the simulated speaker plays the agent's audio at the same
-rate. `speed=1` is real time (the benchmark); tests run at e.g. `speed=10`, so a 2 s
-utterance streams in 0.2 s of wall time and a 3 s reply "plays" in 0.3 s.
+rate. `speed=1` is real time (the benchmark); tests run at e.g. `speed=20`, so a 2 s
+utterance streams in 0.1 s of wall time and a 3 s reply "plays" in 0.15 s.
 
 What is *not* accelerated: LiveKit's own wall-clock timers (endpointing delay,
 false-interruption timeout, user-away timeout). The VAD measures speech and silence

@@ -2,9 +2,10 @@
 
 - `SimAudioInput` is an `io.AudioInput` (what `RoomIO` gives the session for the
   caller's track): an async iterator of `rtc.AudioFrame`s fed by a `Mic`.
-- `Mic` streams user audio (WAV fixtures, silence, low-level noise) in 10-20 ms frames
-  paced by a `SimClock` (real time, or accelerated), records when each segment
-  played, and how late each frame was released (the real-time criterion of the
+- `Mic` streams user audio (WAV fixtures, silence, low-level noise) in 10-50 ms frames
+  (16 kHz, or any rate: the benchmark streams RoomIO's 24 kHz) paced by a `SimClock`
+  (real time, or accelerated), records when each segment played, and how late each
+  frame was released (the real-time criterion of the
   density benchmark). In `continuous` mode it streams ambient audio (silence or noise)
   whenever no segment is queued, as a real microphone does; otherwise it goes quiet
   between segments (tests: nothing to process while waiting for the agent).
@@ -76,22 +77,25 @@ class Segment:
     see `sim.voice.clock`)."""
     min_wall_s: float = 0.0
     """Stream over at least this much wall time (slower than the clock if need be)."""
+    rate: int = INPUT_RATE
+    """Sample rate of `pcm` (the `Mic` streams at its own rate: they must agree)."""
 
     @property
     def duration(self) -> float:
-        return len(self.pcm) / INPUT_RATE
+        return len(self.pcm) / self.rate
 
     @classmethod
-    def speech(cls, pcm: np.ndarray, label: str = "") -> Segment:
-        return cls("speech", pcm, label)
+    def speech(cls, pcm: np.ndarray, label: str = "", *, rate: int = INPUT_RATE) -> Segment:
+        return cls("speech", pcm, label, rate=rate)
 
     @classmethod
-    def silence(cls, seconds: float, *, realtime: bool = False) -> Segment:
-        return cls("silence", silence(seconds), f"silence {seconds:g}s", realtime)
+    def silence(cls, seconds: float, *, realtime: bool = False, rate: int = INPUT_RATE) -> Segment:
+        return cls("silence", silence(seconds, rate), f"silence {seconds:g}s", realtime, rate=rate)
 
     @classmethod
-    def noise(cls, seconds: float, level_dbfs: float = -50.0, seed: int = 0) -> Segment:
-        return cls("noise", noise(seconds, level_dbfs, seed=seed), f"noise {seconds:g}s @{level_dbfs:g} dBFS")
+    def noise(cls, seconds: float, level_dbfs: float = -50.0, seed: int = 0, *, rate: int = INPUT_RATE) -> Segment:
+        return cls("noise", noise(seconds, level_dbfs, seed=seed, rate=rate), f"noise {seconds:g}s @{level_dbfs:g} dBFS",
+                   rate=rate)
 
 
 @dataclass
@@ -161,10 +165,14 @@ class Mic:
         frame_ms: int = 20,
         continuous: bool = False,
         ambient: Segment | None = None,
+        rate: int = INPUT_RATE,
     ) -> None:
-        """`continuous`: stream `ambient` (default: silence) whenever nothing is queued."""
+        """`continuous`: stream `ambient` (default: silence) whenever nothing is queued.
+        `rate`: the frames' sample rate (LiveKit's RoomIO delivers 24 kHz by default; the
+        fixtures are 16 kHz, what silero runs at)."""
         if frame_ms not in (10, 20, 30, 40, 50):
             raise ValueError("frame_ms must be 10, 20, 30, 40 or 50")
+        self.rate = rate
         self.clock = clock
         self.target = target
         self.frame_ms = frame_ms
@@ -184,8 +192,8 @@ class Mic:
 
     def start(self) -> None:
         if self.continuous and self._task is None:
-            amb = self.ambient or Segment.silence(1.0)
-            self._ambient_frames = list(frames(amb.pcm, INPUT_RATE, self.frame_ms))
+            amb = self.ambient or Segment.silence(1.0, rate=self.rate)
+            self._ambient_frames = list(frames(amb.pcm, self.rate, self.frame_ms))
             self._next_t = self.clock.now()
             self._task = asyncio.create_task(self._run(), name="sim-mic")
 
@@ -220,7 +228,9 @@ class Mic:
         if target != speed:
             self.clock.set_speed(target)
         try:
-            for i, frame in enumerate(frames(seg.pcm, INPUT_RATE, self.frame_ms)):
+            if seg.rate != self.rate:
+                raise ValueError(f"a {seg.rate} Hz segment on a {self.rate} Hz microphone")
+            for i, frame in enumerate(frames(seg.pcm, self.rate, self.frame_ms)):
                 await self._release(frame)
                 if i == 0:
                     start_wall = time.perf_counter()

@@ -22,12 +22,12 @@ class _M(BaseModel):
 class VoiceOptions(_M):
     """`voice:` at the top of an `io: voice` scenario."""
 
-    speed: float = Field(40.0, gt=0, le=100)
+    speed: float = Field(80.0, gt=0, le=100)
     """Audio seconds per wall second for user speech, ambient audio and agent playback
-    (offline tests run accelerated; 1 is real time). The two silero VAD streams of a
-    session keep up with ~15x real time on a loaded 2-core box: faster input just
-    queues in front of them, while playback takes the full speed. Barge-ins and
-    timers that race the audio want a slower clock (10)."""
+    (offline tests run accelerated; 1 is real time). A session's one silero VAD
+    stream (`app.agents.audio`) keeps up with ~40-100x real time on a loaded 2-core
+    box: faster input just queues in front of it, while playback takes the full
+    speed. Barge-ins and timers that race the audio want a slower clock (20)."""
     frame_ms: Literal[10, 20] = 20
     """Microphone frame size."""
     tail_s: float = Field(0.7, ge=0.6, le=5)
