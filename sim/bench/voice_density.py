@@ -20,10 +20,12 @@ silero's 16 kHz, as in a room. The caller waits for the greeting, then speaks a 
 waits for the answer to finish, pauses, speaks the next, until `--seconds` of audio have
 streamed. Sessions start spread over 2 s.
 
-`--gc-freeze`: `gc.freeze()` after the warm-up, as LiveKit's forkserver does before
-forking PROCESS-executor jobs. The worker's THREAD executor does not: a full collection
-then scans every imported object, 100-250 ms during which no session runs, which breaks
-real time for every session at once now and then (the usual reason N=25 misses).
+`--gc-freeze` (default; `--no-gc-freeze` to turn off): `gc.freeze()` after the
+warm-up, as the supervisor does for a THREAD-executor worker
+(`app.supervisor.freeze_startup_heap`) and LiveKit's forkserver before forking
+PROCESS-executor jobs. Without it a full collection scans every imported object,
+100-250 ms during which no session runs, which breaks real time for every session at
+once now and then (the usual reason N=25 missed).
 
 Figures, per N and overall:
 - latency: end of the caller's speech (the release of the fixture's last frame; the
@@ -491,9 +493,9 @@ def main() -> None:
                     help="microphone frame size (default: LiveKit RoomIO's 50 ms)")
     ap.add_argument("--input-rate", type=int, choices=[16000, 24000, 48000], default=24000,
                     help="the caller's track sample rate (default: LiveKit RoomIO's 24 kHz)")
-    ap.add_argument("--gc-freeze", action="store_true",
-                    help="gc.freeze() after the warm-up, as LiveKit's forkserver does for job processes "
-                         "(the worker's THREAD executor does not, today)")
+    ap.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=True,
+                    help="gc.freeze() after the warm-up, as the supervisor does for THREAD-executor "
+                         "workers (app.supervisor.freeze_startup_heap); --no-gc-freeze to see without")
     ap.add_argument("--stt-ms", type=int, default=150)
     ap.add_argument("--llm-ms", type=int, default=300)
     ap.add_argument("--tts-ms", type=int, default=100)

@@ -80,3 +80,19 @@ def test_supervisor_gives_livekit_the_right_load_function(executor: str) -> None
     else:
         assert server.load_fnc is None  # LiveKit's default: the machine's CPU
     assert "app.worker.entrypoint" in server._preload_modules
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_startup_heap_frozen_only_for_thread_jobs(executor: str) -> None:
+    import gc
+
+    from app.settings import Settings
+    from app.supervisor import freeze_startup_heap
+
+    before = gc.get_freeze_count()
+    try:
+        frozen = freeze_startup_heap(Settings(_env_file=None, executor_type=executor))  # type: ignore[call-arg]
+        assert frozen is (executor == "thread")
+        assert (gc.get_freeze_count() > before) is (executor == "thread")
+    finally:
+        gc.unfreeze()
