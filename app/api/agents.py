@@ -174,21 +174,16 @@ class AgentConfigController(Controller):
         "/{agent_id:str}",
         name="agents:delete",
         summary="Delete an agent and its history (running sessions are unaffected)",
-        description="409 while a route points at the agent. `If-Match` is checked against "
-        "the current version just before the delete (the store's delete takes no version, "
-        "so this narrows but does not close the race with a concurrent write).",
+        description="409 while a route points at the agent. With `If-Match`, 412 unless that "
+        "is still the current version when the delete commits (checked in the same "
+        "transaction, so a concurrent write is never deleted unseen).",
         responses=error_responses(400, 404, 409, 412, 422),
         status_code=HTTP_204_NO_CONTENT,
     )
     async def delete_config(
         self, store: Store, agent_id: AgentIdPath, if_match: IfMatch = None
     ) -> None:
-        expected = expected_version(if_match)
-        if expected is not None:
-            current = await store.get_agent_config(agent_id)
-            if current.version != expected:
-                raise VersionConflict(agent_id, expected, current.version)
-        await store.delete_agent_config(agent_id)
+        await store.delete_agent_config(agent_id, expected_version(if_match))
 
     @get(
         "/{agent_id:str}/versions",

@@ -217,8 +217,10 @@ class ConfigStore(Protocol):
     ) -> AgentConfig:
         """A merge patch (mapping) or a full replacement (`AgentConfigInput`) as a new version."""
 
-    async def delete_agent_config(self, agent_id: str) -> None:
-        """Delete every version; `InUse` if a route points at the agent."""
+    async def delete_agent_config(self, agent_id: str, expected_version: int | None = None) -> None:
+        """Delete every version; `InUse` if a route points at the agent; with
+        `expected_version`, `VersionConflict` unless that is still the current version
+        when the delete commits (a concurrent write is never deleted unseen)."""
 
     async def list_versions(self, agent_id: str) -> list[AgentConfig]:
         """Every version, oldest first."""

@@ -655,20 +655,24 @@ class MongoStore:
         return None if doc is None else self._parse(doc)
 
     @_mapped
-    async def delete_agent_config(self, agent_id: str) -> None:
+    async def delete_agent_config(self, agent_id: str, expected_version: int | None = None) -> None:
         db = await self._ready()
         if not isinstance(agent_id, str):
             raise NotFound(f"agent {agent_id!r} not found")
+        if expected_version is not None and type(expected_version) is not int:
+            raise VersionConflict(agent_id, None, None)
+        version_cond = {} if expected_version is None else {"current_version": expected_version}
         async with self._lock(agent_id):
             for attempt in range(_MAX_ATTEMPTS):
                 token = uuid.uuid4().hex
                 head = await db.agent_heads.find_one_and_update(
-                    {"_id": agent_id, "deleted": {"$ne": True}},
+                    {"_id": agent_id, "deleted": {"$ne": True}, **version_cond},
                     {"$set": {"deleting": token}},
                     return_document=ReturnDocument.AFTER,
                 )
                 if head is None:
-                    raise NotFound(f"agent {agent_id!r} not found", agent_id=agent_id)
+                    live = await self._live_head(db, agent_id)  # NotFound if gone
+                    raise VersionConflict(agent_id, expected_version, live["current_version"])
                 # Fence: no route write may slip in between our check and our tombstone.
                 for fence_attempt in range(_MAX_ATTEMPTS):
                     table = await self._routes_table(db)
@@ -687,10 +691,12 @@ class MongoStore:
                     raise StoreUnavailable(f"agent {agent_id!r}: routes are changing too fast, try again")
                 await self._bump_epoch(db)
                 res = await db.agent_heads.update_one(
-                    {"_id": agent_id, "gen": head["gen"], "deleting": token, "deleted": {"$ne": True}},
+                    {"_id": agent_id, "gen": head["gen"], "deleting": token, "deleted": {"$ne": True},
+                     **version_cond},
                     {"$set": {"deleted": True, "deleted_at": _now()}},
                 )
-                if not res.matched_count:  # a route write cleared our intent: look again
+                if not res.matched_count:  # a route write cleared our intent, or a new version: look again
+                    await db.agent_heads.update_one({"_id": agent_id, "deleting": token}, {"$unset": {"deleting": ""}})
                     await _backoff(attempt)
                     continue
                 await self._finish_delete(db, agent_id, head["gen"])

@@ -450,7 +450,7 @@ class SQLStore:
                 raise VersionConflict(agent_id, seen, seen + 1) from None
         return new
 
-    async def delete_agent_config(self, agent_id: str) -> None:
+    async def delete_agent_config(self, agent_id: str, expected_version: int | None = None) -> None:
         async with self._tx(config_change=True) as conn:
             routes = (
                 await conn.execute(sa.select(routes_t.c.purpose).where(routes_t.c.agent_id == agent_id))
@@ -458,8 +458,16 @@ class SQLStore:
             if routes:
                 names = ", ".join(sorted(routes))
                 raise InUse(f"agent {agent_id!r} is used by route(s): {names}", routes=sorted(routes))
-            res = await conn.execute(heads_t.delete().where(heads_t.c.agent_id == agent_id))
+            cond = [heads_t.c.agent_id == agent_id]
+            if expected_version is not None:
+                cond.append(heads_t.c.current_version == expected_version)
+            res = await conn.execute(heads_t.delete().where(*cond))
             if res.rowcount == 0:
+                current = await conn.scalar(
+                    sa.select(heads_t.c.current_version).where(heads_t.c.agent_id == agent_id)
+                )
+                if current is not None:
+                    raise VersionConflict(agent_id, expected_version, current)
                 raise NotFound(f"agent {agent_id!r} not found", agent_id=agent_id)
             await conn.execute(versions_t.delete().where(versions_t.c.agent_id == agent_id))
 

@@ -492,6 +492,43 @@ async def test_delete_removes_every_version(store, make_agent):
     assert await store.list_agent_configs() == ([other], 1)
 
 
+async def test_delete_with_expected_version(store, make_agent):
+    await store.create_agent_config(make_agent("agent-a"))
+    await store.update_agent_config("agent-a", {"name": "two"})
+    with pytest.raises(VersionConflict) as err:
+        await store.delete_agent_config("agent-a", expected_version=1)
+    assert err.value.actual == 2
+    assert (await store.get_agent_config("agent-a")).version == 2  # nothing deleted
+    with pytest.raises(NotFound):
+        await store.delete_agent_config("nobody", expected_version=1)
+    await store.delete_agent_config("agent-a", expected_version=2)
+    with pytest.raises(NotFound):
+        await store.get_agent_config("agent-a")
+
+
+async def test_delete_racing_an_update_never_deletes_the_unseen_version(store, open_another, make_agent):
+    """A delete that saw version N and an update to N+1 from another process: either the
+    update lands first and the delete conflicts, or the delete lands and the update finds
+    nothing; never an N+1 deleted by a client that only saw N."""
+    other = await open_another()
+    for rnd in range(6):
+        aid = f"race-{rnd}"
+        await store.create_agent_config(make_agent(aid))
+        upd, dele = await asyncio.gather(
+            other.update_agent_config(aid, {"name": f"v2 {rnd}"}),
+            store.delete_agent_config(aid, expected_version=1),
+            return_exceptions=True,
+        )
+        if isinstance(dele, VersionConflict):
+            assert isinstance(upd, AgentConfig) and upd.version == 2
+            assert (await store.get_agent_config(aid)).version == 2
+        else:
+            assert dele is None, dele
+            assert isinstance(upd, NotFound | VersionConflict), upd
+            with pytest.raises(NotFound):
+                await store.get_agent_config(aid)
+
+
 async def test_recreate_after_delete_starts_at_version_1(store, make_agent):
     old = await store.create_agent_config(make_agent("agent-a", name="old"))
     await store.update_agent_config("agent-a", {"name": "old two"})
