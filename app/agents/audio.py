@@ -32,8 +32,10 @@ Here, per agent (the factory builds one of each with the agent's STT):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -49,6 +51,8 @@ from livekit.agents.utils import aio
 from livekit.plugins import silero
 from livekit.plugins.silero import onnx_model
 from livekit.plugins.silero.log import logger as silero_logger  # sim.bench.voice_density counts its warnings
+
+from app.domain import VADConfig
 
 SLOW_INFERENCE_THRESHOLD = 0.2
 INT16_MAX = int(np.iinfo(np.int16).max)
@@ -110,11 +114,14 @@ def _samples(frame: rtc.AudioFrame) -> np.ndarray:
 class SessionVAD(lk_vad.VAD):
     """A voice session's (agent's) VAD over the process's loaded silero model; see the module doc."""
 
-    def __init__(self, inner: silero.VAD) -> None:
+    def __init__(self, inner: silero.VAD, options: Mapping[str, float] | None = None) -> None:
+        """`options`: this agent's overrides of the loaded model's options (its
+        `VADConfig`), e.g. a longer `min_silence_duration` for an interview agent.
+        Without any, the loaded options object is shared."""
         super().__init__(capabilities=inner.capabilities)
         self._label = inner._label  # metrics stay labelled as silero's
         self._onnx_session = inner._onnx_session
-        self._opts = inner._opts  # shared: `inner.update_options()` reaches these streams too
+        self._opts = inner._opts if not options else dataclasses.replace(inner._opts, **options)
         self.inner = inner
         self.primary: _SileroStream | None = None
         self._listeners: list[_SegmentStream] = []
@@ -658,12 +665,30 @@ class _SegmentStream(StreamAdapterWrapper):
                 self._fallback = None
 
 
-def session_audio_models(stt: lk_stt.STT, vad: Any) -> tuple[lk_stt.STT, Any]:
+def vad_options(inner: silero.VAD, config: VADConfig | None) -> dict[str, float]:
+    """The loaded silero options an agent's `VADConfig` changes (empty: none). A new
+    activation threshold moves the deactivation one as silero derives it."""
+    if config is None:
+        return {}
+    loaded = inner._opts
+    wanted = {
+        "min_speech_duration": float(config.min_speech_duration),
+        "min_silence_duration": float(config.min_silence_duration),
+        "activation_threshold": float(config.activation_threshold),
+    }
+    changed = {k: v for k, v in wanted.items() if getattr(loaded, k) != v}
+    if "activation_threshold" in changed:
+        changed["deactivation_threshold"] = max(changed["activation_threshold"] - 0.15, 0.01)
+    return changed
+
+
+def session_audio_models(stt: lk_stt.STT, vad: Any, config: VADConfig | None = None) -> tuple[lk_stt.STT, Any]:
     """The (STT, VAD) an audio agent gets: with the process's silero VAD, one shared
-    VAD stream (`SessionVAD` + `SegmentingSTT`); any other VAD, or a streaming STT,
-    as given (LiveKit then wraps a non-streaming STT in its own `StreamAdapter`)."""
+    VAD stream (`SessionVAD` + `SegmentingSTT`) with the agent's `VADConfig` applied;
+    any other VAD, or a streaming STT, as given (LiveKit then wraps a non-streaming STT
+    in its own `StreamAdapter`, and the process's VAD options apply)."""
     if isinstance(vad, silero.VAD) and not stt.capabilities.streaming:
-        svad = SessionVAD(vad)
+        svad = SessionVAD(vad, vad_options(vad, config))
         return SegmentingSTT(stt=stt, vad=svad), svad
     return stt, vad
 

@@ -187,7 +187,7 @@ class AgentFactory:
                 # one VAD stream per session, shared by turn detection and the STT's
                 # segmentation (app.agents.audio), instead of LiveKit's StreamAdapter
                 # running a second one over the same audio
-                models["stt"], models["vad"] = session_audio_models(raw_stt, self._vad)
+                models["stt"], models["vad"] = session_audio_models(raw_stt, self._vad, config.vad)
                 if models["stt"] is not raw_stt:
                     ctx.add_closer(models["stt"].aclose)
         return BaseAgent(

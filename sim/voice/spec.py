@@ -31,7 +31,8 @@ class VoiceOptions(_M):
     frame_ms: Literal[10, 20] = 20
     """Microphone frame size."""
     tail_s: float = Field(0.7, ge=0.6, le=5)
-    """Silence after each utterance: the VAD needs 0.55 s of it to end the turn."""
+    """Silence after each utterance: the VAD needs the agent's `vad.min_silence_duration`
+    of it (0.55 s by default) to end the turn."""
     realtime_tail: bool = False
     """Stream each turn's tail at real time (and its speech over at least 0.3 s), so
     LiveKit's end-of-turn timestamps agree with each other and it reports the

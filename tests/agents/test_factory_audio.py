@@ -28,6 +28,7 @@ from livekit.plugins import silero
 from app.agents.audio import SegmentingSTT, SessionVAD, session_audio_models
 from app.agents.context import NullRecorder, SessionContext
 from app.agents.factory import AgentFactory
+from app.domain import VADConfig
 from app.settings import Settings
 from sim.voice.audio import frames, load_fixture
 from sim.voice.spec import fixture_name
@@ -238,6 +239,36 @@ async def test_audio_agent_gets_one_shared_vad_stream_and_a_segmenting_stt(
     other = factory.create_agent(config("other"), ctx)  # e.g. a handoff target: its own stream
     assert other.vad is not agent.vad
     await ctx.aclose()
+
+
+async def test_agent_vad_settings_apply_to_its_stream_only(
+    config: MakeConfig, configs: DictConfigs, recorder: NullRecorder
+) -> None:
+    settings = Settings(_env_file=None, openai_api_key="sk-real")  # type: ignore[call-arg]
+    factory = AgentFactory(settings, configs, vad=_vad())
+    ctx = SessionContext(session_id="s", room="r", recorder=recorder, audio=True)
+    loaded = _vad()._opts
+    default = factory.create_agent(config(), ctx)
+    assert default.vad._opts is loaded  # defaults equal the loaded options: shared
+    slow = config("interview")
+    slow.vad = VADConfig(min_silence_duration=1.2, activation_threshold=0.6)
+    agent = factory.create_agent(slow, ctx)
+    assert agent.vad.min_silence_duration == 1.2
+    assert (agent.vad._opts.activation_threshold, agent.vad._opts.deactivation_threshold) == (0.6, pytest.approx(0.45))
+    assert agent.vad._opts.sample_rate == loaded.sample_rate
+    assert loaded.min_silence_duration == 0.55 and loaded.activation_threshold == 0.5  # process VAD untouched
+    await ctx.aclose()
+
+
+async def test_a_longer_min_silence_ends_the_turn_later() -> None:
+    """The option reaches silero's algorithm: the same speech ends later with 1.2 s."""
+    fr = list(frames(_speech(16000, gap_s=2.0), 16000, 20))
+
+    async def first_end(options: dict[str, float]) -> float:
+        events = await _events(SessionVAD(_vad(), options).stream(), fr)
+        return next(e.timestamp for e in events if e.type == "end_of_speech")
+
+    assert await first_end({"min_silence_duration": 1.2}) - await first_end({}) == pytest.approx(0.65, abs=0.1)
 
 
 def test_other_vads_and_streaming_stts_are_left_to_livekit() -> None:
