@@ -16,6 +16,8 @@ events marked `live: true` (checked as "the turn contains one") and messages wit
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -535,3 +537,25 @@ def _check_turns(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRe
             checks.fail((*loc, i), f"stored turn {i}: {problem}",
                         expected=f"{want.role}: {_describe_match(want)}", actual=f"{turn.role}: {short(turn.text)}",
                         context=listing)
+
+
+CLOSE_WAIT_S = 3.0
+"""How long a session with `closes: true` may take to close after its last step."""
+
+
+async def check_closes(checks: Checks, closes: bool | None, closed: asyncio.Event, loc: Loc) -> bool:
+    """`closes:` of a session (text or voice): end_session closes the session from a
+    speech-done callback just after the goodbye, so wait for it (or, for `closes: false`,
+    give it the chance to happen). Returns whether the agent closed the session."""
+    if closes is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(closed.wait(), CLOSE_WAIT_S if closes else 0.05)
+    closed_by_agent = closed.is_set()
+    if closes is not None:
+        checks.check(
+            closed_by_agent == closes, (*loc, "closes"),
+            "the agent closed the session" if not closes else "the agent did not close the session",
+            expected="closed by the agent" if closes else "still open",
+            actual="closed" if closed_by_agent else "open",
+        )
+    return closed_by_agent

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import functools
 import shutil
 import tempfile
@@ -46,7 +45,15 @@ from app.testing.fake_openai import CapturedRequest
 from app.worker.entrypoint import PreparedSession, prepare_job
 from app.worker.services import WorkerServices
 from sim.config_ops import ConfigApplier
-from sim.expect import check_events, check_llm_received, check_record, check_route, describe_event, skip_activation
+from sim.expect import (
+    check_closes,
+    check_events,
+    check_llm_received,
+    check_record,
+    check_route,
+    describe_event,
+    skip_activation,
+)
 from sim.http_mocks import add_routes, check_calls
 from sim.llm import LiveConfig, LiveLLM, ScriptedLLM, SessionLLM
 from sim.outage import SwitchableStore
@@ -74,7 +81,6 @@ __all__ = [
 ]
 
 ADMIN_KEY = "sim-admin-key"
-CLOSE_WAIT_S = 3.0
 CACHE_POLL_S = 0.05
 """The sim's cache poll interval: a store outage is noticed within ~0.1 s."""
 
@@ -414,19 +420,7 @@ async def _converse(
                 return
             if hooks.after_turn is not None:
                 await hooks.after_turn(handle, j)
-        if spec.closes is not None:
-            # end_session closes the session from a speech-done callback, just after the
-            # goodbye: wait for it (or, for `closes: false`, give it the chance to happen).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(closed.wait(), CLOSE_WAIT_S if spec.closes else 0.05)
-        outcome.closed_by_agent = closed.is_set()
-        if spec.closes is not None:
-            checks.check(
-                outcome.closed_by_agent == spec.closes, (*loc, "closes"),
-                "the agent closed the session" if not spec.closes else "the agent did not close the session",
-                expected="closed by the agent" if spec.closes else "still open",
-                actual="closed" if outcome.closed_by_agent else "open",
-            )
+        outcome.closed_by_agent = await check_closes(checks, spec.closes, closed, loc)
         if hooks.before_close is not None:
             await hooks.before_close(handle)
 

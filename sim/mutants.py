@@ -42,9 +42,9 @@ class Site:
         return out
 
     def describe(self) -> str:
-        from sim.yamlsrc import format_loc
+        from app.domain.loading import format_location
 
-        return f"{self.kind} at {format_loc(self.loc)}"
+        return f"{self.kind} at {format_location(self.loc)}"
 
 
 def _bump(v: Any) -> Any:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sim.yamlsrc import LineMap, format_loc
+from app.domain.loading import format_location
+from sim.yamlsrc import LineMap
 
 Loc = tuple[int | str, ...]
 
@@ -28,7 +29,7 @@ class Failure:
     """Extra detail, e.g. every event of the turn with the failing one marked."""
 
     def render(self) -> str:
-        out = [f"{self.where}: {format_loc(self.loc)}: {self.message}"]
+        out = [f"{self.where}: {format_location(self.loc)}: {self.message}"]
         if self.expected is not None:
             out.append(f"    expected: {self.expected}")
         if self.actual is not None:

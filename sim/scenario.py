@@ -28,8 +28,9 @@ from pydantic import (
     model_validator,
 )
 
+from app.domain.loading import format_location
 from sim.voice.spec import VoiceExpect, VoiceOptions, VoiceSessionExpect, VoiceTurn
-from sim.yamlsrc import LineMap, YamlSourceError, format_loc, load_yaml
+from sim.yamlsrc import LineMap, YamlSourceError, load_yaml
 
 __all__ = [
     "ConfigOp",
@@ -527,7 +528,7 @@ def _describe(err: ValidationError, lines: LineMap) -> str:
     for e in err.errors(include_url=False):
         loc = _data_loc(e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        problems.append(f"{lines.where(loc)}: {format_loc(loc)}: {msg}")
+        problems.append(f"{lines.where(loc)}: {format_location(loc)}: {msg}")
     return "invalid scenario:\n  " + "\n  ".join(dict.fromkeys(problems))
 
 

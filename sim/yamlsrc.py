@@ -31,17 +31,6 @@ class YamlSourceError(ValueError):
         self.detail = message
 
 
-def format_loc(loc: Sequence[int | str]) -> str:
-    """`("sessions", 0, "turns", 1)` -> `sessions[0].turns[1]`."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(document)"
-
-
 @dataclass(frozen=True)
 class LineMap:
     """1-based line of each location; `line(loc)` falls back to the nearest ancestor."""

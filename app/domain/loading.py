@@ -7,6 +7,7 @@ models the admin API uses, so a file that loads here is accepted by the API too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,7 +28,7 @@ class ConfigFileError(ValueError):
         self.detail = message
 
 
-def format_location(loc: tuple[int | str, ...]) -> str:
+def format_location(loc: Sequence[int | str]) -> str:
     """`("schema_config", "properties", 0)` -> `schema_config.properties[0]`."""
     out = ""
     for part in loc:

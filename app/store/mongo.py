@@ -140,7 +140,7 @@ from app.domain import (
     VersionConflict,
     patched_input,
 )
-from app.domain.models import utcnow
+from app.domain.models import deep_merge, utcnow
 from app.store.base import (
     OPS_APPLIED_ATTR,
     AppendTurn,
@@ -155,7 +155,6 @@ from app.store.base import (
     parse_stored_config,
     skip_corrupt,
 )
-from app.store.sql import deep_merge
 
 log = logging.getLogger("app.store.mongo")
 

@@ -49,7 +49,7 @@ from app.domain import (
     VersionConflict,
     patched_input,
 )
-from app.domain.models import utcnow
+from app.domain.models import deep_merge, utcnow
 from app.store.base import (
     AppendTurn,
     ChangeListener,
@@ -82,17 +82,6 @@ _PROBE = "write_probe"
 _PARSED_CACHE_MAX = 4096
 WRITE_PROBE_INTERVAL = 5.0
 """`ping` adds a no-op write when no write succeeded for this long (see `ping`)."""
-
-
-def deep_merge(base: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge `new` into `base`: nested objects merge, anything else replaces."""
-    out = dict(base)
-    for k, v in new.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
 
 
 class SQLStore:

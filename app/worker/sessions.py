@@ -42,7 +42,7 @@ from app.domain import (
     StoreUnavailable,
     Turn,
 )
-from app.domain.models import utcnow
+from app.domain.models import deep_merge, utcnow
 from app.store.base import (
     AppendTurn,
     ConfigStore,
@@ -54,7 +54,6 @@ from app.store.base import (
     UpdateSession,
     ops_applied_before,
 )
-from app.store.sql import deep_merge
 
 log = logging.getLogger("app.sessions")
 

@@ -25,7 +25,6 @@ interruptions) are in `sim.voice.expect`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from livekit.agents.voice.run_result import RunResult
 
 from app.testing.fake_openai import FakeOpenAI
 from app.worker.entrypoint import attach_silence_reprompt
-from sim.expect import check_events, check_llm_received, describe_event, skip_activation
+from sim.expect import check_closes, check_events, check_llm_received, describe_event, skip_activation
 from sim.report import Checks, Loc
 from sim.scenario import SessionSpec, StartSpec, Step, TurnSpec
 from sim.voice.audio import fixture_path, load_fixture
@@ -57,7 +56,6 @@ COMMIT_TIMEOUT_S = 10.0
 """Wall seconds after the user's audio for the turn to be committed (VAD + STT + EOU)."""
 RUN_TIMEOUT_S = 20.0
 """Wall seconds for a step's replies to finish playing."""
-CLOSE_WAIT_S = 3.0
 EXTEND_STEP_S = 0.5
 EXTEND_MAX_S = 60.0
 """`until_agent_spoke`: a silence or noise part is extended in these steps, up to this much."""
@@ -280,17 +278,7 @@ class VoiceDriver:
             if pending is not None:
                 await self._complete(checks, pending, llm, outcome, live, hooks, handle)
 
-            if spec.closes is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(closed.wait(), CLOSE_WAIT_S if spec.closes else 0.05)
-            outcome.closed_by_agent = closed.is_set()
-            if spec.closes is not None:
-                checks.check(
-                    outcome.closed_by_agent == spec.closes, (*loc, "closes"),
-                    "the agent closed the session" if not spec.closes else "the agent did not close the session",
-                    expected="closed by the agent" if spec.closes else "still open",
-                    actual="closed" if outcome.closed_by_agent else "open",
-                )
+            outcome.closed_by_agent = await check_closes(checks, spec.closes, closed, loc)
             if hooks.before_close is not None:
                 await hooks.before_close(handle)
             await self.mic.aclose()

@@ -9,6 +9,7 @@ raises `CorruptRecord` naming it (the API's 500), and rolling back repairs it.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -22,6 +23,7 @@ from app.domain import CorruptRecord
 from app.settings import Settings
 from app.store.base import ConfigStore
 from app.store.cache import ConfigCache
+from app.store.mongo import MongoStore
 from tests.store.conftest import StoreTarget
 
 SECRET = "s3cret-header-value"
@@ -29,7 +31,7 @@ SECRET = "s3cret-header-value"
 
 async def corrupt(store: Any, agent_id: str, version: int) -> None:
     """Make one stored version invalid the way a newer build could: an unknown field."""
-    if store._db is not None if hasattr(store, "_db") else False:  # MongoStore
+    if isinstance(store, MongoStore):
         doc = await store._db.agent_configs.find_one({"agent_id": agent_id, "version": version})
         data = dict(doc["data"]) | {"added_by_a_newer_build": SECRET}
         await store._db.agent_configs.update_one({"_id": doc["_id"]}, {"$set": {"data": data}})
@@ -38,10 +40,9 @@ async def corrupt(store: Any, agent_id: str, version: int) -> None:
             row = (await conn.execute(sa.text(
                 "SELECT id, data FROM agent_configs WHERE agent_id = :a AND version = :v"
             ), {"a": agent_id, "v": version})).one()
-            data = row.data if isinstance(row.data, dict) else __import__("json").loads(row.data)
-            data = data | {"added_by_a_newer_build": SECRET}
+            data = (row.data if isinstance(row.data, dict) else json.loads(row.data)) | {"added_by_a_newer_build": SECRET}
             await conn.execute(sa.text("UPDATE agent_configs SET data = :d WHERE id = :i"),
-                               {"d": __import__("json").dumps(data), "i": row.id})
+                               {"d": json.dumps(data), "i": row.id})
     store._parsed.clear()  # as a fresh process would read it
 
 
