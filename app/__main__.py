@@ -45,8 +45,8 @@ def _cmd_serve(dev: bool) -> int:
 
 
 def _cmd_seed() -> int:
-    from app.logging_setup import configure_logging
     from app.domain.loading import ConfigFileError
+    from app.logging_setup import configure_logging
     from app.seed import seed
     from app.store import open_store
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from pydantic import ValidationError
 
 from app.domain import AgentConfigInput, AlreadyExists, NotFound, Route

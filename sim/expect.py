@@ -338,7 +338,8 @@ async def _check_events_live(
             flat.append(((*loc, "expect", k), e))
     for eloc, e in flat:
         if e.message is not None and e.message.intent:
-            idx = _last_index(events, lambda ev: isinstance(ev, ChatMessageEvent) and ev.item.role == e.message.role)  # type: ignore[union-attr]
+            role = e.message.role
+            idx = _last_index(events, lambda ev, role=role: isinstance(ev, ChatMessageEvent) and ev.item.role == role)  # type: ignore[misc]
             if idx is None:
                 checks.fail(eloc, "no message to judge in this turn", expected=describe_expected(e), context=list_events(events))
                 continue

@@ -59,7 +59,7 @@ class App:
             DATABASE_URL=database_url, AGENT_MODE="dynamic", HOST="127.0.0.1", PORT=str(self.port),
             ADMIN_API_KEY=KEY, LOG_LEVEL="INFO", DRAIN_TIMEOUT="5", PYTHONPATH=str(REPO),
         )
-        self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115
+        self._log: IO[bytes] = open(self.log_path, "wb")
         workdir = tmp_path / name
         workdir.mkdir()
         self.proc = subprocess.Popen(

@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from app.domain import AgentConfigInput, Route
+from app.domain import AgentConfigInput, NotFound, Route
 from app.domain.loading import ConfigFileError, load_agent_file
 from app.seed import NOT_SEEDED, PROMPTS_DIR, SeedReport, load_routes, load_seed_agents, seed
 from app.store.sql import SQLStore
@@ -174,7 +174,7 @@ async def test_seed_creates_agents_and_routes(store: SQLStore) -> None:
         cfg = await store.get_agent_config(agent_id)
         assert cfg.version == 1
         assert cfg.input() == load_agent_file(PROMPTS_DIR / f"{agent_id}.yaml")
-    with pytest.raises(Exception):  # the PTE agent is hardcoded, never seeded
+    with pytest.raises(NotFound):  # the PTE agent is hardcoded, never seeded
         await store.get_agent_config("pte-interview")
 
 

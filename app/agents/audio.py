@@ -43,9 +43,7 @@ from typing import Any
 
 import numpy as np
 from livekit import rtc
-from livekit.agents import stt as lk_stt
-from livekit.agents import utils
-from livekit.agents import vad as lk_vad
+from livekit.agents import stt as lk_stt, utils, vad as lk_vad
 from livekit.agents.metrics import VADMetrics
 from livekit.agents.metrics.base import Metadata
 from livekit.agents.stt.stream_adapter import StreamAdapterWrapper

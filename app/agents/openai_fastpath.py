@@ -115,7 +115,7 @@ def install() -> bool:
             log.info("OpenAI SDK chat params declare aliases/formats: keeping the SDK's transform")
             return False
         module.async_maybe_transform = make_transform(module.async_maybe_transform)  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - an SDK layout we do not know: leave it alone
+    except Exception:
         log.warning("OpenAI SDK fast path not installed (unexpected SDK layout)", exc_info=True)
         _identity_types.clear()
         return False

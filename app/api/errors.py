@@ -34,8 +34,8 @@ from pydantic import ValidationError
 
 from app.api.conditional import etag
 from app.domain import (
-    CorruptRecord,
     AlreadyExists,
+    CorruptRecord,
     DomainError,
     InUse,
     InvalidInput,

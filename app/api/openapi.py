@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.routes import HTTPRoute
 from pydantic import BaseModel

@@ -15,10 +15,9 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from litestar import Controller, post
+from litestar import Controller, Request, post
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, ValidationException
-from litestar import Request
 from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, SkipValidation

@@ -132,41 +132,40 @@ def console_handlers(settings: Settings) -> list[ControllerRouterHandler]:
         token_key_required=settings.token_api_key is not None,
         livekit_client=livekit,
     )
-    opts = {"include_in_schema": False, "sync_to_thread": False}
 
-    @get("/", name="console:home", **opts)
+    @get("/", name="console:home", include_in_schema=False, sync_to_thread=False)
     def home() -> Redirect:
         return Redirect("/agents")
 
-    @get("/agents", name="console:agents", **opts)
+    @get("/agents", name="console:agents", include_in_schema=False, sync_to_thread=False)
     def agents() -> Response[str]:
         return render_page(facts, "agents", "Agents", "agents")
 
-    @get("/agents/new", name="console:agent-new", **opts)
+    @get("/agents/new", name="console:agent-new", include_in_schema=False, sync_to_thread=False)
     def agent_new() -> Response[str]:
         return render_page(facts, "agent", "New agent", "agents", mode="create")
 
-    @get("/agents/{agent_id:str}", name="console:agent", **opts)
+    @get("/agents/{agent_id:str}", name="console:agent", include_in_schema=False, sync_to_thread=False)
     def agent_edit(agent_id: PathId) -> Response[str]:
         return render_page(facts, "agent", agent_id, "agents", mode="edit", agent_id=agent_id)
 
-    @get("/agents/{agent_id:str}/history", name="console:agent-history", **opts)
+    @get("/agents/{agent_id:str}/history", name="console:agent-history", include_in_schema=False, sync_to_thread=False)
     def agent_history(agent_id: PathId) -> Response[str]:
         return render_page(facts, "history", f"{agent_id} history", "agents", agent_id=agent_id)
 
-    @get("/routes", name="console:routes", **opts)
+    @get("/routes", name="console:routes", include_in_schema=False, sync_to_thread=False)
     def routes() -> Response[str]:
         return render_page(facts, "routes", "Routes", "routes")
 
-    @get("/sessions", name="console:sessions", **opts)
+    @get("/sessions", name="console:sessions", include_in_schema=False, sync_to_thread=False)
     def sessions() -> Response[str]:
         return render_page(facts, "sessions", "Sessions", "sessions")
 
-    @get("/sessions/{session_id:str}", name="console:session", **opts)
+    @get("/sessions/{session_id:str}", name="console:session", include_in_schema=False, sync_to_thread=False)
     def session_detail(session_id: PathId) -> Response[str]:
         return render_page(facts, "session", session_id, "sessions", session_id=session_id)
 
-    @get("/talk", name="console:talk", **opts)
+    @get("/talk", name="console:talk", include_in_schema=False, sync_to_thread=False)
     def talk() -> Response[str]:
         return render_page(facts, "talk", "Talk", "talk")
 

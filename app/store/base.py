@@ -17,12 +17,11 @@ test suite (`tests/store/test_contract.py`). Rules every implementation keeps:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
-
-import logging
 
 from pydantic import ValidationError
 

@@ -21,9 +21,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Mapping
 
 from app.domain import AgentConfig, NotFound, Route, StoreUnavailable
 from app.store.base import ConfigStore

@@ -526,7 +526,7 @@ class MongoStore:
                     continue
                 # A live head of another generation cannot coexist with our version 1
                 # (it needed that slot); never overwrite it.
-                raise AssertionError(f"agent {cfg.agent_id!r}: live head of another generation")  # pragma: no cover
+                raise AssertionError(f"agent {cfg.agent_id!r}: live head of another generation") from None  # pragma: no cover
         raise StoreUnavailable(f"agent {cfg.agent_id!r}: could not write its head, try again")
 
     @_mapped

@@ -32,10 +32,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app.domain import (
-    CorruptRecord,
     AgentConfig,
     AgentConfigInput,
     AlreadyExists,
+    CorruptRecord,
     Handoff,
     InUse,
     InvalidInput,
@@ -197,7 +197,7 @@ class SQLStore:
             cur = dbapi_conn.cursor()
             try:
                 cur.execute("PRAGMA journal_mode=WAL")
-            except Exception as e:  # noqa: BLE001 - the driver's OperationalError, re-raised below
+            except Exception as e:
                 # Switching a fresh file to WAL needs an exclusive lock, and SQLite
                 # answers BUSY at once (no busy handler: it would deadlock) when
                 # another process is switching it too. WAL is a property of the file,

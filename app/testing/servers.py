@@ -158,7 +158,7 @@ class _ManagedServer:
         # just-stopped server may still hold it for a moment: wait for it to be free.
         while _port_open(self.host, self.port) and time.monotonic() < self._deadline:
             time.sleep(0.1)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
                 self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -16,8 +16,10 @@ from typing import Any, TypeVar
 
 # LiveKit plugins must register on the main thread, and THREAD-executor jobs run on
 # other threads: import them here, at start-up, never first inside a job.
-from livekit.plugins import openai as _lk_openai  # noqa: F401
-from livekit.plugins import silero
+from livekit.plugins import (
+    openai as _lk_openai,  # noqa: F401
+    silero,
+)
 
 from app.agents.context import ConfigSource
 from app.domain import AgentConfig, StoreUnavailable

@@ -192,7 +192,7 @@ async def run_sessions(env: Any, slots: int, duration: float, turns: int, think:
             try:
                 outcome = await run_session(env, spec, checks=checks, loc=("sessions", slot),
                                             hooks=SessionHooks(after_turn=pause))
-            except Exception as e:  # noqa: BLE001 - counted and reported
+            except Exception as e:
                 stats.errors.append(f"slot {slot} session {n}: {type(e).__name__}: {e}")
                 n += 1
                 continue

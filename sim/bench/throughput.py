@@ -33,7 +33,6 @@ from sim.harness import SimEnvironment, run_session
 from sim.report import Checks
 from sim.scenario import Scenario, SessionSpec
 
-
 PRODUCTION = {"cache_poll_interval": 0.5}
 
 

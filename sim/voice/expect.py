@@ -173,7 +173,7 @@ def _check_transcript(checks: Checks, loc: Loc, user: str, entries: Sequence[Any
     got = [last_user_text(r) for r in requests]
     if not any((g or "").strip() == user.strip() for g in got):
         checks.fail((*loc, "transcript"), "no LLM request of this step ends with the transcript as the user's message",
-                    expected=repr(user), actual=short([g for g in got]) if got else "no LLM request", context=timeline)
+                    expected=repr(user), actual=short(list(got)) if got else "no LLM request", context=timeline)
 
 
 def check_voice_session(checks: Checks, loc: Loc, expect: VoiceSessionExpect | None, record: SessionRecord | None,

@@ -19,11 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 from livekit import rtc
-from livekit.agents import stt as lk_stt
-from livekit.agents import utils
+from livekit.agents import stt as lk_stt, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
-from livekit.plugins import openai as lk_openai
-from livekit.plugins import silero
+from livekit.plugins import openai as lk_openai, silero
 
 from app.agents.audio import SegmentingSTT, SessionVAD, session_audio_models
 from app.agents.context import NullRecorder, SessionContext

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from typing import Annotated, Any, Required
 
 import openai
 import pydantic
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from livekit.agents import llm
-from openai._utils._transform import PropertyInfo
-from openai._utils._transform import async_maybe_transform as sdk_transform
+from openai._utils._transform import PropertyInfo, async_maybe_transform as sdk_transform
 from openai.resources.chat.completions import completions as completions_module
 from openai.types.chat import completion_create_params as params
-from typing_extensions import Annotated, Required, TypedDict
+from typing_extensions import TypedDict
 
 from app.agents import openai_fastpath
 from app.testing.fake_openai import FakeOpenAI, ToolCall

@@ -7,9 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import settings as hypothesis_settings
-from hypothesis import strategies as st
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 from livekit.agents.llm import RawFunctionTool
 
 from app.agents.context import NullRecorder, SessionContext

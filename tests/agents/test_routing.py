@@ -6,8 +6,7 @@ import json
 import logging
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from app.agents.routing import (
     MAX_METADATA_BYTES,

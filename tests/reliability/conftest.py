@@ -87,7 +87,7 @@ class LiveApp:
         self.env = env
         workdir = tmp_path / f"{name}-cwd"
         workdir.mkdir(exist_ok=True)
-        self._log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115
+        self._log: IO[bytes] = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app", "dev"], cwd=workdir, env=env,
             stdout=self._log, stderr=subprocess.STDOUT,

@@ -46,7 +46,7 @@ CHILD = Path(__file__).with_name("crash_child.py")
 def crash_after(url: str, n: int, tmp_path: Path) -> dict[str, Any]:
     """Run the child until it has reported `n` committed turns, SIGKILL it, return the
     last report (what the store had acknowledged)."""
-    err = open(tmp_path / "child.err", "wb")  # noqa: SIM115
+    err = open(tmp_path / "child.err", "wb")
     proc = subprocess.Popen(
         [sys.executable, str(CHILD), url, "1000"], cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=err, text=True,

@@ -24,18 +24,17 @@ The same sample runs against MongoDB (SecantusDB), where operator injection matt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
-import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from livekit.agents import AgentSession
 
 from app.agents.fallback import FALLBACK_CONFIG
@@ -85,7 +84,7 @@ json_value = st.recursive(
     max_leaves=6,
 )
 hostile_object = st.one_of(
-    st.fixed_dictionaries({}, optional={k: json_value for k in ("agent_id", "purpose", "user_id", "variables")}),
+    st.fixed_dictionaries({}, optional=dict.fromkeys(("agent_id", "purpose", "user_id", "variables"), json_value)),
     st.dictionaries(st.sampled_from(KEYS), json_value, max_size=6),
     st.builds(lambda op, k: {k: op}, OPERATORS, st.sampled_from(["agent_id", "purpose", "user_id", "variables"])),
     st.builds(lambda v, extra: {**v, **extra}, VALID, st.dictionaries(st.sampled_from(KEYS), json_value, max_size=3)),
@@ -262,7 +261,7 @@ async def _services(url: str) -> tuple[WorkerServices, SpyStore, Any]:
 
 
 def _check_routed(snapshot: Any, sources: list[MetadataSource], decision: Any, config: Any) -> None:
-    enabled = set(a for a, c in snapshot.configs.items() if c.enabled)
+    enabled = {a for a, c in snapshot.configs.items() if c.enabled}
     assert config.agent_id in enabled, (config.agent_id, sources)
     assert config is not FALLBACK_CONFIG  # the seed has an enabled default route
     if decision.reason in ("agent_id", "purpose"):

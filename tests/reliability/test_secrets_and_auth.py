@@ -225,7 +225,7 @@ async def test_redaction_reaches_every_handler_and_error_bodies_are_generic(tmp_
             bodies.append((await c.post(TOKEN_PATH, json={"purpose": "x"},
                                         headers={"Authorization": f"Bearer {TOKEN_KEY}"})).text)
         log = logging.getLogger("app.reliability")
-        log.warning("settings dump: %s", {k: v for k, v in SECRETS.items()})
+        log.warning("settings dump: %s", dict(SECRETS.items()))
         log.info("header was Bearer %s", ADMIN_KEY, extra={"raw": f"Bearer {ADMIN_KEY}"})
     finally:
         await store.aclose()

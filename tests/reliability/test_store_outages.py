@@ -225,7 +225,12 @@ async def test_mongo_stops_mid_run(tmp_path: Path, live_app: type[LiveApp], lost
             t_out = time.monotonic()
             for i in range(2, 4):
                 await a.turn(i)
-            await asyncio.sleep(0.5)  # the cache's poll notices (0.2 s)
+            # The cache's poll notices (0.2 s interval; a poll against a dead Mongo takes
+            # up to its 2 s server-selection timeout). Until it does, the snapshot is still
+            # fresh and sessions are rightly not marked degraded.
+            deadline = time.monotonic() + 10
+            while services.cache.is_fresh() and time.monotonic() < deadline:  # type: ignore[union-attr]
+                await asyncio.sleep(0.05)
             b = await Conversation(services, "during").start()  # nothing readable: last known-good
             assert b.prepared.config.agent_id == "support-agent-v1"  # type: ignore[union-attr]
             assert "last known-good" in (b.prepared.record.degraded or "")  # type: ignore[union-attr]

@@ -42,7 +42,7 @@ async def mstore(secantus_server: MongoServer) -> AsyncIterator[MongoStore]:
 
 
 @pytest.fixture
-def raw(secantus_server: MongoServer, mstore: MongoStore):  # noqa: ANN201
+def raw(secantus_server: MongoServer, mstore: MongoStore):
     """A plain synchronous client on the same database, to build crash leftovers."""
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mstore.url, tz_aware=True)
     try:
@@ -179,7 +179,7 @@ def test_key_escaping_is_reversible_and_operator_free():
 
     def keys(v: Any) -> list[str]:
         if isinstance(v, dict):
-            return [k for k in v] + [k2 for x in v.values() for k2 in keys(x)]
+            return list(v) + [k2 for x in v.values() for k2 in keys(x)]
         if isinstance(v, list):
             return [k for x in v for k in keys(x)]
         return []

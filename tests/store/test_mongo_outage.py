@@ -48,7 +48,7 @@ async def store(mongo: MongoServer) -> AsyncIterator[ConfigStore]:
         await s.aclose()
 
 
-async def _fails_fast(coro) -> float:  # noqa: ANN001
+async def _fails_fast(coro) -> float:
     t0 = time.monotonic()
     with pytest.raises(StoreUnavailable):
         await coro

@@ -10,8 +10,6 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-import pytest
-
 from app.domain import SessionRecord, SessionStatus, StoreUnavailable
 from app.domain.models import utcnow
 from app.settings import Settings
