@@ -2,9 +2,10 @@
 
 All tools are LiveKit raw function tools (`function_tool(handler, raw_schema=...)`):
 their JSON Schemas are only known at run time, go to the model unchanged, and are
-*not* validated by LiveKit — so every handler validates its own arguments with
-jsonschema and answers the model with a plain-text error it can act on. No handler
-raises into the session: a tool failure is a tool output, the conversation goes on.
+*not* validated by LiveKit — so every handler validates its own arguments (with
+`app.domain.jsonschema_safe`: linear-time patterns, bounded cost, off the loop) and
+answers the model with a plain-text error it can act on. No handler raises into the
+session: a tool failure is a tool output, the conversation goes on.
 
 Schema tools — design choice: one `record_<field>` tool per top-level property of
 `schema_config` (taking `{"value": <the property's schema>}`) while there are at most
@@ -32,6 +33,7 @@ import json
 import logging
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -42,13 +44,13 @@ from livekit.agents.llm import RawFunctionTool
 from app.agents.base import BaseAgent
 from app.agents.context import ConfigSource, SessionContext, SessionRecorder
 from app.domain import AgentConfig, DomainError, HttpTool, NotFound, SessionStatus
+from app.domain.jsonschema_safe import validator_for, value_problems
 
 logger = logging.getLogger("app.agents.tools")
 
 MAX_PER_FIELD_TOOLS = 12
 MAX_TOOL_OUTPUT_CHARS = 4096
 MAX_HTTP_RESPONSE_BYTES = 256 * 1024
-MAX_ERROR_CHARS = 300
 MAX_REASON_CHARS = 500
 
 Handler = Callable[[dict[str, object], RunContext], Any]
@@ -58,22 +60,17 @@ BuildAgent = Callable[[AgentConfig, llm.ChatContext], BaseAgent]
 
 # ----------------------------------------------------------------------- validation
 
+_VALIDATION_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tool-validation")
+"""Where tool arguments are validated. Not on the session's loop: the write-time caps
+bound a schema's cost, but a bounded schema against a large value can still take up to
+`VALIDATION_BUDGET_S` of CPU, which on the loop would delay every call's audio. Two
+workers: a burst of such values queues here instead of taking every core."""
 
-def _validator(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
-    return jsonschema.Draft202012Validator(
-        dict(schema), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-    )
 
-
-def _problems(validator: jsonschema.protocols.Validator, instance: object) -> list[str]:
-    """Readable validation errors, capped, best first."""
-    errors = sorted(validator.iter_errors(instance), key=jsonschema.exceptions.relevance)
-    out = []
-    for e in errors[:5]:
-        where = "/".join(str(p) for p in e.absolute_path)
-        msg = f"{where}: {e.message}" if where else e.message
-        out.append(msg[:MAX_ERROR_CHARS])
-    return out
+async def _problems(validator: jsonschema.protocols.Validator, instance: object) -> list[str]:
+    """Readable validation errors, best first ([] when valid), computed off the loop."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_VALIDATION_POOL, value_problems, validator, instance)
 
 
 def _tool(name: str, description: str, parameters: dict[str, Any], handler: Handler) -> RawFunctionTool:
@@ -143,7 +140,7 @@ def _field_tool(
         "required": ["value"],
         **defs,
     }
-    validator = _validator(parameters)
+    validator = validator_for(parameters)
     desc = _describe(prop_schema)
     description = f"Record '{name}' as soon as the user has provided it" + (
         " (required)." if is_required else "."
@@ -152,7 +149,7 @@ def _field_tool(
         description += f" {desc}"
 
     async def handler(raw_arguments: dict[str, object], context: RunContext) -> str:
-        problems = _problems(validator, raw_arguments)
+        problems = await _problems(validator, raw_arguments)
         if problems:
             return (
                 f"Error: '{name}' was not recorded: {'; '.join(problems)}. "
@@ -178,7 +175,7 @@ def _grouped_tool(
         "minProperties": 1,
         **defs,
     }
-    validator = _validator(parameters)
+    validator = validator_for(parameters)
     description = (
         "Record one or more fields of the data you are collecting, as soon as the user has "
         "provided them; pass only the fields you know."
@@ -187,7 +184,7 @@ def _grouped_tool(
         description += f" Required fields: {', '.join(required)}."
 
     async def handler(raw_arguments: dict[str, object], context: RunContext) -> str:
-        problems = _problems(validator, raw_arguments)
+        problems = await _problems(validator, raw_arguments)
         if problems:
             return (
                 f"Error: nothing was recorded: {'; '.join(problems)}. "
@@ -403,10 +400,10 @@ async def call_http_tool(
 
 
 def build_http_tool(spec: HttpTool, *, http_client: httpx.AsyncClient | None = None) -> RawFunctionTool:
-    validator = _validator(spec.parameters)
+    validator = validator_for(spec.parameters)
 
     async def handler(raw_arguments: dict[str, object], context: RunContext) -> str:
-        problems = _problems(validator, raw_arguments)
+        problems = await _problems(validator, raw_arguments)
         if problems:
             return f"error: invalid arguments: {'; '.join(problems)}"
         return await call_http_tool(spec, raw_arguments, http_client or default_http_client())

@@ -8,7 +8,6 @@ and the factory builds agents from them.
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from collections.abc import Mapping
@@ -16,7 +15,6 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-import jsonschema
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -29,13 +27,14 @@ from pydantic import (
     model_validator,
 )
 
+from app.domain.schema_admission import SchemaRefused, check_schema
+
 SLUG_RE = r"^[a-z0-9][a-z0-9-]{1,62}$"
 PURPOSE_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 TOOL_NAME_RE = r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$"
 VAR_NAME_RE = r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$"
 
 MAX_INSTRUCTIONS_BYTES = 32 * 1024
-MAX_SCHEMA_BYTES = 64 * 1024
 MAX_TOOLS = 32
 MAX_VARIABLE_VALUE_CHARS = 1024
 MAX_VARIABLES_BYTES = 8 * 1024
@@ -172,25 +171,15 @@ class PromptConfig(_Model):
 # ----------------------------------------------------------------------- json schema
 
 
-_VALID_SCHEMAS: dict[str, None] = {}
-"""Canonical JSON of schemas that passed the meta-schema check (bounded, insertion order).
-The check costs ~0.5 ms and one update validates the same schema several times."""
-
-
 def check_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """A JSON Schema (draft 2020-12) describing an object; checked at write time."""
-    canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    if len(canonical.encode()) > MAX_SCHEMA_BYTES:
-        raise ValueError(f"schema exceeds {MAX_SCHEMA_BYTES} bytes")
-    if canonical not in _VALID_SCHEMAS:
-        try:
-            jsonschema.Draft202012Validator.check_schema(schema)
-        except jsonschema.SchemaError as e:
-            where = "/".join(str(p) for p in e.absolute_path) or "(root)"
-            raise ValueError(f"invalid JSON Schema at {where}: {e.message}") from None
-        if len(_VALID_SCHEMAS) >= 1024:
-            _VALID_SCHEMAS.pop(next(iter(_VALID_SCHEMAS)))
-        _VALID_SCHEMAS[canonical] = None
+    """A JSON Schema (draft 2020-12) describing an object; checked at write time.
+
+    `schema_admission.check_schema` bounds what evaluating it can cost; the rest is
+    what the factory needs to turn it into tools."""
+    try:
+        check_schema(schema)
+    except SchemaRefused as e:
+        raise ValueError(str(e)) from None
     if schema.get("type") != "object":
         raise ValueError('schema must have "type": "object"')
     props = schema.get("properties", {})
