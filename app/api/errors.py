@@ -4,8 +4,9 @@ Domain errors raised by the store are mapped to HTTP here, once, so controllers 
 call the store and let exceptions propagate. Field-level failures (Litestar's own body
 and parameter validation, pydantic errors from the domain model) become 422 with
 `extra` as a list of `{"key": "<dotted.path>", "message": ...}` entries, the format
-Litestar itself emits. Malformed JSON stays a plain 400: it never reached validation.
-Anything unexpected is logged here and answered with a generic 500, so no traceback,
+Litestar itself emits. Malformed JSON stays a plain 400: it never reached validation;
+that includes bodies the JSON decoder fails on with a bare Python exception instead of
+a decode error (nested too deeply, invalid UTF-8). Anything unexpected is logged here and answered with a generic 500, so no traceback,
 SQL or configuration value ever reaches a client.
 """
 
@@ -16,11 +17,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import MediaType, Request, Response
-from litestar.exceptions import ClientException, SerializationException, ValidationException
+from litestar.exceptions import (
+    ClientException,
+    NotAuthorizedException,
+    NotFoundException,
+    SerializationException,
+    ValidationException,
+)
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.exceptions.responses import ExceptionResponseContent
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.serialization import decode_json, decode_msgpack
 from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
     HTTP_412_PRECONDITION_FAILED,
@@ -137,6 +146,42 @@ def _client_error(request: Request[Any, Any, Any], exc: ClientException) -> Resp
     return _json_error(exc.status_code, detail, exc.extra, headers)
 
 
+_DECODERS = frozenset({decode_json.__code__, decode_msgpack.__code__})
+
+
+def _raised_decoding_the_body(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in _DECODERS:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _undecodable_body(request: Request[Any, Any, Any], exc: RecursionError | UnicodeDecodeError) -> Response[Any]:
+    """Litestar turns msgspec's decode errors into a 400, but msgspec raises a plain
+    RecursionError for a body nested ~1000 levels deep and UnicodeDecodeError for bytes
+    that are not UTF-8: the same client mistake, and an unhandled 500 before this.
+    Raised anywhere else, they are server bugs and stay 500s."""
+    if not _raised_decoding_the_body(exc):
+        return _internal_error(request, exc)
+    reason = "nested too deeply" if isinstance(exc, RecursionError) else "not valid UTF-8"
+    return _json_error(HTTP_400_BAD_REQUEST, f"malformed JSON body: {reason}")
+
+
+def file_not_found(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """For static file routers: Litestar's 404 names the absolute path it looked at,
+    and a 401 for an unreadable file names it too. A client learns only "not there"."""
+    return _json_error(HTTP_404_NOT_FOUND, "file not found")
+
+
+STATIC_FILE_HANDLERS: ExceptionHandlersMap = {
+    NotFoundException: file_not_found,
+    NotAuthorizedException: file_not_found,
+}
+"""`exception_handlers=` for a `create_static_files_router`."""
+
+
 def _pydantic_validation(request: Request[Any, Any, Any], exc: ValidationError) -> Response[Any]:
     return _json_error(
         HTTP_422_UNPROCESSABLE_ENTITY,
@@ -201,6 +246,8 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     InvalidInput: _invalid_input,
     StoreUnavailable: _store_unavailable,
     CorruptRecord: _corrupt_record,
+    RecursionError: _undecodable_body,
+    UnicodeDecodeError: _undecodable_body,
     HTTP_500_INTERNAL_SERVER_ERROR: _internal_error,
 }
 """Passed to `Litestar(exception_handlers=...)`. Lookup is by class (most specific in
@@ -240,6 +287,7 @@ def error_responses(*codes: int) -> dict[int, ResponseSpec]:
 
 __all__ = [
     "EXCEPTION_HANDLERS",
+    "STATIC_FILE_HANDLERS",
     "ErrorBody",
     "FieldError",
     "error_responses",

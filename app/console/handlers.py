@@ -17,15 +17,19 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from string import Template
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import MediaType, Response, get
+from litestar.connection import ASGIConnection
 from litestar.datastructures import CacheControlHeader
+from litestar.exceptions import NotFoundException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.params import PathParameter
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
+from app.api.errors import STATIC_FILE_HANDLERS
 from app.settings import Settings
 
 CONSOLE_DIR = Path(__file__).resolve().parent
@@ -72,6 +76,24 @@ NAV = (
     ("sessions", "/sessions", "Sessions"),
     ("talk", "/talk", "Talk"),
 )
+
+
+MAX_STATIC_PATH_CHARS = 512
+MAX_FILE_NAME_BYTES = 255
+
+
+async def file_path_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """A 404 for a static path that cannot name one of our files, before the file
+    system sees it: a NUL byte made `os.stat` raise ValueError, an over-long name
+    OSError (both unhandled 500s), and control characters have no business there.
+    async: Litestar runs a sync guard in a worker thread."""
+    path = str(connection.path_params.get("file_path", ""))
+    if (
+        len(path) > MAX_STATIC_PATH_CHARS
+        or any(ord(c) < 0x20 or c == "\x7f" for c in path)
+        or any(len(part.encode(errors="replace")) > MAX_FILE_NAME_BYTES for part in path.split("/"))
+    ):
+        raise NotFoundException("file not found")
 
 
 def livekit_client_built() -> bool:
@@ -175,13 +197,15 @@ def console_handlers(settings: Settings) -> list[ControllerRouterHandler]:
     handlers: list[ControllerRouterHandler] = [
         home, agents, agent_new, agent_edit, agent_history, routes, sessions, session_detail, talk,
         create_static_files_router(
-            path=STATIC_PATH, directories=[STATIC_DIR], name="console:static", cache_control=revalidate
+            path=STATIC_PATH, directories=[STATIC_DIR], name="console:static", cache_control=revalidate,
+            guards=[file_path_guard], exception_handlers=STATIC_FILE_HANDLERS,
         ),
     ]
     if livekit:
         handlers.append(
             create_static_files_router(
-                path=VENDOR_PATH, directories=[LIVEKIT_DIST], name="console:livekit", cache_control=revalidate
+                path=VENDOR_PATH, directories=[LIVEKIT_DIST], name="console:livekit", cache_control=revalidate,
+                guards=[file_path_guard], exception_handlers=STATIC_FILE_HANDLERS,
             )
         )
     return handlers
