@@ -33,7 +33,8 @@ async def _allow_all(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRout
 
 
 def bearer_guard(key: SecretStr | None) -> Guard:
-    """A guard accepting exactly `Authorization: Bearer <key>`; allow-all when key is None."""
+    """A guard accepting exactly `Authorization: Bearer <key>` (one space, nothing
+    around the key); allow-all when key is None."""
     if key is None:
         return _allow_all
     expected = key.get_secret_value().encode()
@@ -43,7 +44,9 @@ def bearer_guard(key: SecretStr | None) -> Guard:
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         scheme, _sep, presented = connection.headers.get("authorization", "").partition(" ")
         # compare_digest runs even for a wrong scheme so timing says nothing about why.
-        ok = hmac.compare_digest(presented.strip().encode(), expected)
+        # Exactly "<scheme> <key>": the scheme is case-insensitive (RFC 9110 §11.1), the
+        # rest is the key as configured, so extra spaces around it are a wrong key.
+        ok = hmac.compare_digest(presented.encode(errors="surrogateescape"), expected)
         if not (ok and scheme.lower() == "bearer"):
             raise NotAuthorizedException(
                 detail=UNAUTHORIZED_DETAIL, headers={"WWW-Authenticate": "Bearer"}
