@@ -126,6 +126,10 @@ class Supervisor:
             uvicorn.Config(
                 app, host=self.settings.host, port=self.settings.port, log_config=None,
                 access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+                # The client address is the socket peer (or CLIENT_IP_HEADER, read by the
+                # token rate limit): uvicorn's default rewrites it from X-Forwarded-For for
+                # any loopback peer, so one client could pose as 40 and pass the limit.
+                proxy_headers=False, forwarded_allow_ips=[],
             )
         )
         api_task = asyncio.create_task(self._uvicorn.serve(), name="admin-api")

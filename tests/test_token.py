@@ -52,9 +52,11 @@ def client_for(settings: Settings, store: SQLStore) -> AsyncTestClient:
 
 
 async def test_mints_a_token_that_dispatches_our_agent_with_metadata(store) -> None:
-    settings = make_settings()
+    # With TOKEN_API_KEY the caller is a trusted backend and user_id is the identity as
+    # given; without it the identity is marked unverified (tests/reliability/test_token_identity.py).
+    settings = make_settings(token_api_key=SecretStr("token-key-0123456789"))
     async with client_for(settings, store) as c:
-        r = await c.post("/api/v1/token", json={
+        r = await c.post("/api/v1/token", headers={"Authorization": "Bearer token-key-0123456789"}, json={
             "purpose": "support", "user_id": "u-42", "variables": {"customer": "Ada"}})
     assert r.status_code == 201, r.text
     body = r.json()

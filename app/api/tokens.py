@@ -33,6 +33,9 @@ from app.settings import AgentMode, Settings
 from app.store.base import ConfigStore
 
 TOKEN_SECURITY_SCHEME = "TokenBearer"
+UNVERIFIED_PREFIX = "unverified:"
+MAX_IDENTITY_CHARS = 128
+"""The worker keeps a session's user id only up to this length (`agents.routing`)."""
 
 
 class TokenRequest(BaseModel):
@@ -109,6 +112,23 @@ def _check_variables(cfg: AgentConfig, variables: dict[str, str]) -> None:
             raise _invalid(f"variables.{name}", f"{cfg.agent_id} requires variable {name!r}")
 
 
+def participant_identity(user_id: str | None, *, asserted: bool) -> str:
+    """The LiveKit identity, which becomes the session record's `user_id`.
+
+    With `TOKEN_API_KEY` set only a trusted backend can call, so `user_id` is what it
+    asserts and is used as given. Without it anyone can ask for any `user_id`: it is
+    kept, but behind `unverified:`, so records, canary stickiness and analytics cannot
+    mistake a caller's claim for a known user (README, "Security")."""
+    identity = user_id or f"user-{secrets.token_hex(4)}"
+    if asserted:
+        return identity
+    identity = UNVERIFIED_PREFIX + identity
+    if len(identity) > MAX_IDENTITY_CHARS:
+        raise _invalid("user_id", f"at most {MAX_IDENTITY_CHARS - len(UNVERIFIED_PREFIX)} characters without "
+                                  f"TOKEN_API_KEY (the identity is prefixed {UNVERIFIED_PREFIX!r})")
+    return identity
+
+
 def client_identifier(header: str | None) -> Any:
     """Who a token request counts against: the trusted proxy's client-address header
     when one is configured and present (behind fly's proxy every peer address is the
@@ -162,9 +182,9 @@ def token_controller(settings: Settings) -> type[Controller]:
         ) -> TokenResponse:
             cfg = await _resolve(data, store, settings)
             _check_variables(cfg, data.variables)
+            identity = participant_identity(data.user_id, asserted=settings.token_api_key is not None)
             if not (settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret):
                 raise HTTPException(status_code=503, detail="LiveKit is not configured on this server")
-            identity = data.user_id or f"user-{secrets.token_hex(4)}"
             room = f"{cfg.agent_id}-{secrets.token_hex(6)}"
             meta: dict[str, Any] = {"variables": data.variables, "user_id": identity}
             if data.agent_id:
