@@ -29,11 +29,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, cast
 
-import jsonschema
 from livekit.agents import RunContext, function_tool
 
 from app.agents.context import SessionRecorder
 from app.domain import AgentConfig
+from app.domain.jsonschema_safe import validator_for
 from app.domain.loading import ConfigFileError, load_agent_file
 
 PTE_AGENT_ID = "pte-interview"
@@ -197,7 +197,7 @@ RECORD_SCORE_SCHEMA: dict[str, Any] = {
     "parameters": RECORD_SCORE_PARAMETERS,
 }
 
-_validator = jsonschema.Draft202012Validator(RECORD_SCORE_PARAMETERS)
+_validator = validator_for(RECORD_SCORE_PARAMETERS)  # the one validator for untrusted data
 
 
 def validate_score(arguments: Mapping[str, object]) -> tuple[dict[str, Any] | None, str | None]:
