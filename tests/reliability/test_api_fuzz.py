@@ -1,4 +1,7 @@
-"""Item 1: schemathesis against the live service's own OpenAPI document.
+"""Fuzzing the API: schemathesis against the live service's own OpenAPI document
+(issue 8, item 1), and hypothesis against what a document cannot describe (issue 21,
+item 2): bodies nested past the decoder, bytes that are not UTF-8 JSON, and arbitrary
+bytes in every kind of path. The hypothesis tests are at the end of this file.
 
 `python -m app dev` runs on loopback (temp SQLite, seeded; LiveKit credentials set but
 pointing where nothing listens, so `/token` really mints; token rate limit raised so
@@ -9,7 +12,7 @@ settings below): once with the admin key, once without it. One worker: with seve
 CPython 3.11.7's `ast` module races across threads inside hypothesis ("AST constructor
 recursion depth mismatch") and the run errors out in the tool, not in the API.
 
-Assertions: st exits 0, i.e. no check failed — zero 5xx except the ones listed below,
+Schemathesis assertions: st exits 0, i.e. no check failed — zero 5xx except the ones listed below,
 every status code and response body matches the document. The number of generated
 cases is printed (run with `-s`) and asserted to be substantial.
 
@@ -27,16 +30,29 @@ and written out in `SCHEMATHESIS_TOML` with its reason:
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote_from_bytes
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from pydantic import SecretStr
 
+from app.api.app import create_app
+from app.api.tokens import token_controller
+from app.console import STATIC_DIR, console_handlers
 from app.domain import SessionRecord, SessionStatus, Turn
+from app.settings import Settings
 from app.store.sql import SQLStore
+from tests.api.conftest import agent_body
 from tests.reliability.conftest import ADMIN_KEY, LiveApp, leaked_secrets
 
 pytestmark = pytest.mark.slow
@@ -141,3 +157,151 @@ def test_fuzz_every_operation_with_and_without_the_admin_key(tmp_path: Path, liv
     ours = [ln for ln in out.splitlines() if "unhandled error" in ln or re.search(r" (ERROR|CRITICAL) +app\.", ln)]
     assert not ours, "\n".join(ours[:20])
     # (the live_app teardown then greps the app's whole output for every secret)
+
+
+# ------------------------------------------------------------------ hypothesis
+# The real app in process (SQLite file, console and token endpoint mounted as the
+# supervisor mounts them). Every generated request must get a 4xx/2xx answer in the
+# shared error shape, and nothing may be logged as an unhandled error.
+
+
+FUZZ = settings(
+    max_examples=400, deadline=None, database=None, derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+AGENTS = "/api/v1/agents/config"
+APP_DIR = str(STATIC_DIR.parents[1])
+
+
+@pytest.fixture
+async def fuzz_client(tmp_path: Path) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path}/hypo.db")
+    await store.start()
+    s = Settings(_env_file=None, admin_api_key=SecretStr(ADMIN_KEY), token_rate_per_minute=1_000_000,  # type: ignore[call-arg]
+                 livekit_url="ws://127.0.0.1:9", livekit_api_key=SecretStr("APIfuzz"),
+                 livekit_api_secret=SecretStr("f" * 32))
+    app = create_app(s, store, extra_route_handlers=[token_controller(s), *console_handlers(s)])
+    async with AsyncTestClient(app) as c:
+        c.headers.update({"Authorization": f"Bearer {ADMIN_KEY}"})
+        assert (await c.post(AGENTS, json=agent_body("fuzz-agent"))).status_code == 201
+        assert (await c.put("/api/v1/routes/support", json={"agent_id": "fuzz-agent", "is_default": True})
+                ).status_code == 200
+        yield c
+    await store.aclose()
+
+
+def _answered(r: Any) -> None:
+    """A client-side answer in the shared shape, never a 5xx, never a server path."""
+    assert r.status_code < 500, (r.status_code, r.text[:500])
+    assert APP_DIR not in r.text, r.text[:500]
+    if r.status_code >= 400 and r.content and r.headers.get("content-type", "").startswith("application/json"):
+        assert r.json()["status_code"] == r.status_code
+
+
+def _nest(depth: int, kind: str) -> str:
+    if kind == "array":
+        return "[" * depth + "]" * depth
+    if kind == "object":
+        return '{"a":' * depth + "null" + "}" * depth
+    # a JSON Schema nested through properties: what check_schema used to recurse on
+    return '{"type":"object","properties":{"a":' * depth + '{"type":"string"}' + "}}" * depth
+
+
+NEST_TARGETS = {
+    "token-top": ("POST", "/api/v1/token", "{X}"),
+    "token-variables": ("POST", "/api/v1/token", '{"variables":{X}}'),
+    "create-top": ("POST", AGENTS, "{X}"),
+    "create-schema": ("POST", AGENTS, json.dumps(agent_body("nested-agent", schema_config="@")).replace(
+        '"@"', '{"type":"object","properties":{"x":{X}}}')),
+    "create-description": ("POST", AGENTS, json.dumps(agent_body("nested-agent", description="@")).replace(
+        '"@"', "{X}")),
+    "patch-schema": ("PATCH", f"{AGENTS}/fuzz-agent", '{"schema_config":{"type":"object","properties":{"x":{X}}}}'),
+    "patch-llm": ("PATCH", f"{AGENTS}/fuzz-agent", '{"llm":{X}}'),
+    "put-agent": ("PUT", f"{AGENTS}/fuzz-agent", "{X}"),
+    "routes": ("PUT", "/api/v1/routes", "{X}"),
+}
+
+
+@FUZZ
+@given(
+    depth=st.one_of(st.integers(1, 64), st.integers(64, 1200), st.integers(1200, 6000)),
+    kind=st.sampled_from(["array", "object", "schema"]),
+    target=st.sampled_from(sorted(NEST_TARGETS)),
+)
+async def test_fuzz_nesting_depths(
+    fuzz_client: AsyncTestClient[Litestar], caplog: pytest.LogCaptureFixture, depth: int, kind: str, target: str
+) -> None:
+    method, path, template = NEST_TARGETS[target]
+    body = template.replace("{X}", _nest(depth, kind))
+    r = await fuzz_client.request(method, path, content=body.encode(), headers={"content-type": "application/json"})
+    _answered(r)
+    assert "unhandled error" not in caplog.text
+
+
+BASE_BODIES = {
+    "token": ("POST", "/api/v1/token", {"purpose": "support", "user_id": "ünï-42", "variables": {}}),
+    "create": ("POST", AGENTS, agent_body("encoded-agent", name="Agënt ☎", description="naïve café")),
+    "patch": ("PATCH", f"{AGENTS}/fuzz-agent", {"description": "zwölf Boxkämpfer ☎"}),
+}
+
+
+@st.composite
+def encoded_bodies(draw: st.DrawFn) -> tuple[str, bytes, str]:
+    name = draw(st.sampled_from(sorted(BASE_BODIES)))
+    text = json.dumps(BASE_BODIES[name][2], ensure_ascii=False)
+    how = draw(st.sampled_from(["codec", "splice", "escape", "truncate"]))
+    if how == "codec":
+        codec = draw(st.sampled_from(["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "latin-1",
+                                      "cp1252", "shift_jis", "utf-7"]))
+        data = text.encode(codec, errors="replace")
+    elif how == "splice":  # invalid sequences at a random place: lone continuation, overlong, surrogate, 0xff
+        junk = draw(st.one_of(st.sampled_from([b"\x80", b"\xc0\xaf", b"\xed\xa0\x80", b"\xff", b"\xf4\x90\x80\x80",
+                                               b"\xe2\x82", b"\x00"]), st.binary(min_size=1, max_size=8)))
+        raw = text.encode()
+        at = draw(st.integers(0, len(raw)))
+        data = raw[:at] + junk + raw[at:]
+    elif how == "escape":  # JSON escapes for code points UTF-8 cannot carry
+        esc = draw(st.sampled_from(["\\ud800", "\\udfff", "\\ud83d", "\\u0000", "\\ud800\\ud800"]))
+        data = text.replace("42", "42" + esc).replace("café", "café" + esc).replace("☎", esc).encode()
+    else:
+        raw = text.encode()
+        data = raw[: draw(st.integers(0, len(raw)))]
+    return name, data, draw(st.sampled_from(["application/json", "application/json; charset=utf-16",
+                                             "application/merge-patch+json", "text/plain"]))
+
+
+@FUZZ
+@given(case=encoded_bodies())
+async def test_fuzz_body_encodings(
+    fuzz_client: AsyncTestClient[Litestar], caplog: pytest.LogCaptureFixture, case: tuple[str, bytes, str]
+) -> None:
+    name, data, content_type = case
+    method, path, _ = BASE_BODIES[name]
+    r = await fuzz_client.request(method, path, content=data, headers={"content-type": content_type})
+    _answered(r)
+    assert "unhandled error" not in caplog.text
+
+
+PATH_PREFIXES = ["/console/static/", "/console/static/js/", "/agents/", "/sessions/", "/agents/x/history/",
+                 f"{AGENTS}/", f"{AGENTS}/fuzz-agent/rollback/", "/api/v1/sessions/", "/api/v1/routes/",
+                 "/schema/", "/", "/api/v1/token/"]
+
+
+@FUZZ
+@given(
+    prefix=st.sampled_from(PATH_PREFIXES),
+    tail=st.one_of(
+        st.binary(min_size=1, max_size=64),
+        st.builds(lambda b, n: b * n, st.sampled_from([b"\x00", b"a", b"../", b"%", b"\xff", b"/"]),
+                  st.integers(1, 3000)),
+    ),
+    method=st.sampled_from(["GET", "HEAD", "DELETE", "OPTIONS"]),
+)
+async def test_fuzz_path_bytes(
+    fuzz_client: AsyncTestClient[Litestar], caplog: pytest.LogCaptureFixture, prefix: str, tail: bytes, method: str
+) -> None:
+    # An absolute URL: httpx refuses a relative one whose path starts with "//".
+    base = str(fuzz_client.base_url).rstrip("/")
+    r = await fuzz_client.request(method, base + prefix + quote_from_bytes(tail, safe="/"))
+    _answered(r)
+    assert "unhandled error" not in caplog.text
