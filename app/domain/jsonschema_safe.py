@@ -37,7 +37,7 @@ MAX_VALUE_BYTES = 16 * 1024
 """A value validated against a schema (tool arguments), as compact UTF-8 JSON."""
 MAX_VALUE_DEPTH = 32
 VALIDATION_BUDGET_S = 0.25
-"""CPU time one validation may take before it is abandoned (the value is refused)."""
+"""Time one validation may run before it is abandoned (the value is then refused)."""
 MAX_REGEX_MEMORY = 1 << 20
 """RE2's memory budget per pattern (program and DFA cache); a larger pattern is refused."""
 MAX_PROBLEMS = 5
@@ -222,12 +222,14 @@ FORMAT_CHECKER = FormatChecker(formats=())
 FORMAT_CHECKER.checkers = dict(Draft202012Validator.FORMAT_CHECKER.checkers)
 
 
-@FORMAT_CHECKER.checks("regex", raises=UnsupportedPattern)
 def _is_regex(instance: object) -> bool:
     """`format: regex` means "a pattern we can evaluate": one RE2 compiles."""
     if isinstance(instance, str):
         compile_pattern(instance)
     return True
+
+
+FORMAT_CHECKER.checks("regex", raises=UnsupportedPattern)(_is_regex)
 
 
 _OVERRIDES: dict[str, Keyword] = {
@@ -304,7 +306,7 @@ def value_problems(
     finally:
         _DEADLINE.reset(token)
     out = []
-    for e in sorted(errors, key=jsonschema.exceptions.relevance)[:MAX_PROBLEMS]:
-        where = "/".join(str(p) for p in e.absolute_path)
-        out.append((f"{where}: {e.message}" if where else e.message)[:MAX_PROBLEM_CHARS])
+    for error in sorted(errors, key=jsonschema.exceptions.relevance)[:MAX_PROBLEMS]:
+        where = "/".join(str(p) for p in error.absolute_path)
+        out.append((f"{where}: {error.message}" if where else error.message)[:MAX_PROBLEM_CHARS])
     return out
