@@ -67,7 +67,7 @@ bound a schema's cost, but a bounded schema against a large value can still take
 workers: a burst of such values queues here instead of taking every core."""
 
 
-async def _problems(validator: jsonschema.protocols.Validator, instance: object) -> list[str]:
+async def argument_problems(validator: jsonschema.protocols.Validator, instance: object) -> list[str]:
     """Readable validation errors, best first ([] when valid), computed off the loop."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_VALIDATION_POOL, value_problems, validator, instance)
@@ -149,7 +149,7 @@ def _field_tool(
         description += f" {desc}"
 
     async def handler(raw_arguments: dict[str, object], context: RunContext) -> str:
-        problems = await _problems(validator, raw_arguments)
+        problems = await argument_problems(validator, raw_arguments)
         if problems:
             return (
                 f"Error: '{name}' was not recorded: {'; '.join(problems)}. "
@@ -184,7 +184,7 @@ def _grouped_tool(
         description += f" Required fields: {', '.join(required)}."
 
     async def handler(raw_arguments: dict[str, object], context: RunContext) -> str:
-        problems = await _problems(validator, raw_arguments)
+        problems = await argument_problems(validator, raw_arguments)
         if problems:
             return (
                 f"Error: nothing was recorded: {'; '.join(problems)}. "
@@ -403,7 +403,7 @@ def build_http_tool(spec: HttpTool, *, http_client: httpx.AsyncClient | None = N
     validator = validator_for(spec.parameters)
 
     async def handler(raw_arguments: dict[str, object], context: RunContext) -> str:
-        problems = await _problems(validator, raw_arguments)
+        problems = await argument_problems(validator, raw_arguments)
         if problems:
             return f"error: invalid arguments: {'; '.join(problems)}"
         return await call_http_tool(spec, raw_arguments, http_client or default_http_client())

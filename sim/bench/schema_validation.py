@@ -70,10 +70,10 @@ def main() -> None:
     figures["worst_admissible_budgeted_ms"] = median_ms(lambda: value_problems(hv, big), runs=3)
 
     async def hops() -> float:
-        await tools._problems(v, value)  # start the worker thread
+        await tools.argument_problems(v, value)  # start the worker thread
         t0 = time.perf_counter()
         for _ in range(200):
-            await tools._problems(v, value)
+            await tools.argument_problems(v, value)
         return (time.perf_counter() - t0) / 200 * 1e6
 
     figures["thread_hop_us"] = asyncio.run(hops()) - figures["typical_validate_us"]

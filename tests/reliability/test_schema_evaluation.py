@@ -225,7 +225,7 @@ async def test_slowest_admissible_schema_is_cut_off_and_never_blocks_the_loop() 
 
     tick = asyncio.create_task(ticker())
     t0 = time.perf_counter()
-    problems = await tools._problems(validator, value)
+    problems = await tools.argument_problems(validator, value)
     elapsed = time.perf_counter() - t0
     stop.set()
     await tick
