@@ -94,12 +94,15 @@ def build_schema_tools(schema: Mapping[str, Any], recorder: SessionRecorder) -> 
     if not props:
         return []
     required = [r for r in schema.get("required", []) if r in props]
+    # Validation awaits a worker thread; the lock (FIFO) keeps recording in the order
+    # the model called the tools when it calls several at once (a correction wins).
+    in_order = asyncio.Lock()
     if len(props) <= MAX_PER_FIELD_TOOLS:
         return [
-            _field_tool(name, prop, name in required, required, _defs(schema), recorder)
+            _field_tool(name, prop, name in required, required, _defs(schema), recorder, in_order)
             for name, prop in props.items()
         ]
-    return [_grouped_tool(props, required, _defs(schema), recorder)]
+    return [_grouped_tool(props, required, _defs(schema), recorder, in_order)]
 
 
 def _prop_schema(prop: object) -> dict[str, Any]:
@@ -132,6 +135,7 @@ def _field_tool(
     required: Sequence[str],
     defs: Mapping[str, Any],
     recorder: SessionRecorder,
+    in_order: asyncio.Lock,
 ) -> RawFunctionTool:
     prop_schema = _prop_schema(prop)
     parameters: dict[str, Any] = {
@@ -149,15 +153,16 @@ def _field_tool(
         description += f" {desc}"
 
     async def handler(raw_arguments: dict[str, object], context: RunContext) -> str:
-        problems = await argument_problems(validator, raw_arguments)
-        if problems:
-            return (
-                f"Error: '{name}' was not recorded: {'; '.join(problems)}. "
-                "Ask the user for a valid value."
-            )
-        value = raw_arguments["value"]
-        recorder.record_data({name: value})
-        return _recorded_message(recorder, {name: value}, required)
+        async with in_order:
+            problems = await argument_problems(validator, raw_arguments)
+            if problems:
+                return (
+                    f"Error: '{name}' was not recorded: {'; '.join(problems)}. "
+                    "Ask the user for a valid value."
+                )
+            value = raw_arguments["value"]
+            recorder.record_data({name: value})
+            return _recorded_message(recorder, {name: value}, required)
 
     return _tool(f"record_{name}", description, parameters, handler)
 
@@ -167,6 +172,7 @@ def _grouped_tool(
     required: Sequence[str],
     defs: Mapping[str, Any],
     recorder: SessionRecorder,
+    in_order: asyncio.Lock,
 ) -> RawFunctionTool:
     parameters: dict[str, Any] = {
         "type": "object",
@@ -184,15 +190,16 @@ def _grouped_tool(
         description += f" Required fields: {', '.join(required)}."
 
     async def handler(raw_arguments: dict[str, object], context: RunContext) -> str:
-        problems = await argument_problems(validator, raw_arguments)
-        if problems:
-            return (
-                f"Error: nothing was recorded: {'; '.join(problems)}. "
-                "Fix or ask the user about these fields and call record_data again."
-            )
-        data = dict(raw_arguments)
-        recorder.record_data(data)
-        return _recorded_message(recorder, data, required)
+        async with in_order:
+            problems = await argument_problems(validator, raw_arguments)
+            if problems:
+                return (
+                    f"Error: nothing was recorded: {'; '.join(problems)}. "
+                    "Fix or ask the user about these fields and call record_data again."
+                )
+            data = dict(raw_arguments)
+            recorder.record_data(data)
+            return _recorded_message(recorder, data, required)
 
     return _tool("record_data", description, parameters, handler)
 
