@@ -49,7 +49,7 @@ from app.domain.schema_admission import (
 )
 from app.settings import Settings
 from app.store.sql import SQLStore
-from app.testing.fake_openai import FakeOpenAI
+from app.testing.fake_openai import FakeOpenAI, ToolCall
 from app.worker.entrypoint import prepare_session
 from app.worker.services import WorkerServices
 from tests.api.conftest import agent_body
@@ -149,6 +149,23 @@ async def test_grouped_tool_and_pattern_properties_match_in_linear_time(tmp_path
     assert out.startswith("Error: nothing was recorded: extra: ") and "does not match any of the regexes" in out
     assert _outputs(good)[0].startswith('Recorded extra={"aaaa": 2}.')
     assert record.collected == {"extra": {"aaaa": 2}}
+
+
+async def test_parallel_record_calls_are_recorded_in_call_order(tmp_path: Path) -> None:
+    """Validation now awaits a worker thread, so a slow first value could finish after a
+    quick second one: the model's later call (a correction) must still win."""
+    slow = {"type": "array", "items": {"allOf": [{"minLength": 1} for _ in range(50)]}}
+    store = await _store(tmp_path, _agent("order-agent", {"type": "object", "properties": {"codes": slow}}))
+    fake = FakeOpenAI()
+    fake.tool_calls(ToolCall("record_codes", {"value": ["a"] * 400}), ToolCall("record_codes", {"value": ["b"]}))
+    fake.text("Noted.")
+    try:
+        _, (result,), record = await _chat(tmp_path, store, "order-agent", fake, ["my codes"])
+    finally:
+        await store.aclose()
+    outputs = _outputs(result)
+    assert len(outputs) == 2 and all(o.startswith("Recorded codes=") for o in outputs), outputs
+    assert record.collected == {"codes": ["b"]}
 
 
 @respx.mock
