@@ -23,7 +23,7 @@ import threading
 from typing import Any
 
 from litestar import Litestar, Request
-from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.routes import HTTPRoute
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -119,11 +119,6 @@ def refine(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class AccurateJsonRenderPlugin(JsonRenderPlugin):
-    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
-        return super().render(request, refine(openapi_schema))
-
-
-class AccurateSwaggerRenderPlugin(SwaggerRenderPlugin):
     def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
         return super().render(request, refine(openapi_schema))
 
