@@ -71,13 +71,13 @@ class BrowserAssets:
 
     def __init__(
         self, cache_dir: Path, *, registry: str | None = None, fetch: bool = False,
-        node_modules: Path = NODE_MODULES, lockfile: Path = LOCKFILE,
+        node_modules: Path | None = None, lockfile: Path | None = None,
     ) -> None:
         self.cache_dir = cache_dir
         self.registry = registry
         self.fetch_enabled = fetch
-        self.node_modules = node_modules
-        self.lockfile = lockfile
+        self.node_modules = node_modules if node_modules is not None else NODE_MODULES
+        self.lockfile = lockfile if lockfile is not None else LOCKFILE
         self._locked: dict[str, LockedPackage | NpmFetchError] = {}
         self._tasks: dict[str, asyncio.Task[Path | None]] = {}
         self._errors: dict[str, tuple[float, str]] = {}
