@@ -29,9 +29,9 @@ from litestar.types import ControllerRouterHandler
 from app.api.agents import AgentConfigController
 from app.api.auth import SECURITY_SCHEME, SECURITY_SCHEME_NAME, bearer_guard
 from app.api.deps import dependencies
+from app.api.docs import SelfHostedSwaggerPlugin, schema_router
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
-from app.api.docs import SelfHostedSwaggerPlugin, schema_router
 from app.api.openapi import AccurateJsonRenderPlugin, fix_allow_header
 from app.api.routes import RouteController
 from app.api.sessions import SessionController
