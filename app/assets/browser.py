@@ -81,6 +81,8 @@ class BrowserAssets:
         self._locked: dict[str, LockedPackage | NpmFetchError] = {}
         self._tasks: dict[str, asyncio.Task[Path | None]] = {}
         self._errors: dict[str, tuple[float, str]] = {}
+        self._found: dict[str, Path] = {}
+        """Packages seen usable: they stay so, and pages ask on every request."""
 
     @classmethod
     def from_settings(cls, settings: Settings, *, fetch: bool = False) -> BrowserAssets:
@@ -117,17 +119,20 @@ class BrowserAssets:
 
     def directory(self, pkg: BrowserPackage) -> Path | None:
         """The served directory if `pkg` is usable now, else None (no network)."""
+        if pkg.name in self._found:
+            return self._found[pkg.name]
         try:
             locked = self.locked(pkg)
         except NpmFetchError:
             return None
         found = self._node_modules_dir(pkg, locked)
+        if found is None:
+            root = cached_package(locked, self.cache_dir)
+            if root is not None and (root / pkg.subdir / pkg.probe).is_file():
+                found = root / pkg.subdir
         if found is not None:
-            return found
-        root = cached_package(locked, self.cache_dir)
-        if root is not None and (root / pkg.subdir / pkg.probe).is_file():
-            return root / pkg.subdir
-        return None
+            self._found[pkg.name] = found
+        return found
 
     def status(self, pkg: BrowserPackage) -> AssetStatus:
         if self.directory(pkg) is not None:

@@ -37,6 +37,8 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+    # Containers give /dev/shm 64 MB, too little for Chromium's shared memory: use /tmp.
+    "--disable-dev-shm-usage",
     # Talk asks for the microphone: grant it with a synthetic device instead of a prompt.
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
