@@ -199,7 +199,7 @@ check "/schema CSP allows only same-origin scripts" 1 \
 for a in assets/swagger-ui-bundle.js assets/swagger-ui.css assets/favicon-32x32.png ui/swagger-init.js ui/docs.css openapi.json; do
     check "/schema/$a" 200 "$(code "$B/schema/$a")"
 done
-fetched=$($DOCKER exec "$CTR" sh -c 'ls -A /home/app/.cache/voice-platform 2>/dev/null' | tr '\n' ' ')
+fetched=$($DOCKER exec "$CTR" sh -c 'ls -A /home/app/.cache/voice-platform 2>/dev/null || true' | tr '\n' ' ')
 check "no browser package fetched at run time" none "${fetched:-none}"
 
 h=
