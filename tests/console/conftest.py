@@ -32,7 +32,7 @@ from app.assets import PACKAGES, BrowserAssets  # noqa: E402
 from app.seed import seed  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.store.sql import SQLStore  # noqa: E402
-from tests.console.chromium import find_chromium  # noqa: E402
+from tests.console.chromium import ensure_playwright_node, find_chromium  # noqa: E402
 
 SCREENSHOTS = REPO_ROOT / "test-output" / "console"
 ADMIN_KEY = "console-test-key-3b1f"
@@ -42,6 +42,12 @@ T = TypeVar("T")
 
 
 # ------------------------------------------------------------------ build step
+
+
+@pytest.fixture(scope="session", autouse=True)
+def playwright_driver() -> str:
+    """Playwright's bundled Node, or Node.js from the npm registry where that cannot start."""
+    return ensure_playwright_node()
 
 
 @pytest.fixture(scope="session", autouse=True)
