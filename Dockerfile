@@ -1,6 +1,6 @@
-# syntax=docker/dockerfile:1
-#
 # One image, one process: the admin API and the LiveKit worker (`python -m app start`).
+# No `# syntax=` line: the daemon's built-in Dockerfile frontend handles everything here
+# (RUN --mount included), and naming one makes BuildKit pull it from Docker Hub.
 #
 #   docker build -t voice-platform .
 #   docker build --build-arg PYTHON_IMAGE=registry.local/python:3.11-slim-bookworm .
@@ -40,14 +40,17 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 # only talks to an API). Instead, prove at build time that the VAD model loads offline.
 RUN /app/.venv/bin/python -c "from livekit.plugins import silero; silero.VAD.load()"
 
-# ---------------------------------------------------------------- web console assets
-# Issue 7: the console serves `livekit-client` from npm, installed here at build time
-# (no third-party code in the repo). `npm ci` installs exactly app/console/package-lock.json
-# (node 22: one of its dependencies declares `engines: node >=22.22`).
+# ---------------------------------------------------------------- browser assets
+# The console's `livekit-client` and the /schema viewer's `swagger-ui-dist`, from npm at
+# build time: the runtime's code tree is read-only, so it must not fetch them itself
+# (app/assets/browser.py uses node_modules when it holds the locked versions). `npm ci`
+# installs exactly app/console/package-lock.json (node 22: one of its dependencies
+# declares `engines: node >=22.22`); --ignore-scripts: swagger-ui-dist's dependency
+# @scarf/scarf would report the install to its analytics service.
 FROM ${NODE_IMAGE} AS console
 WORKDIR /console
 COPY app/console/package.json app/console/package-lock.json ./
-RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
 
 # ---------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime
@@ -65,9 +68,16 @@ WORKDIR /app
 COPY --from=builder /app/.venv /app/.venv
 COPY prompts/ ./prompts/
 COPY app/ ./app/
-# Only the browser bundle the console serves (app/console/handlers.py: LIVEKIT_DIST);
-# it is self-contained, so the rest of node_modules stays in the build stage.
+# Only what is served (app/assets/browser.py): each package's package.json (its version
+# is checked against the lock) and its self-contained browser files; the rest of
+# node_modules stays in the build stage.
+COPY --from=console /console/node_modules/livekit-client/package.json ./app/console/node_modules/livekit-client/
 COPY --from=console /console/node_modules/livekit-client/dist ./app/console/node_modules/livekit-client/dist
+COPY --from=console /console/node_modules/swagger-ui-dist/package.json \
+     /console/node_modules/swagger-ui-dist/swagger-ui-bundle.js \
+     /console/node_modules/swagger-ui-dist/swagger-ui.css \
+     /console/node_modules/swagger-ui-dist/favicon-32x32.png \
+     ./app/console/node_modules/swagger-ui-dist/
 RUN /app/.venv/bin/python -m compileall -q app
 
 # DATABASE_URL: SQLite on /data, the volume fly.toml mounts ([[mounts]]); set a

@@ -6,13 +6,21 @@ reads `os.environ`, so tests can build the whole app from a literal `Settings(..
 
 from __future__ import annotations
 
+import os
 from enum import Enum
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/app.db"
+
+
+def default_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/voice-platform`, else `~/.cache/voice-platform` (the XDG default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "voice-platform"
 
 
 class AgentMode(str, Enum):
@@ -86,13 +94,23 @@ class Settings(BaseSettings):
         "heartbeat intervals long.",
     )
     max_body_bytes: int = 1024 * 1024
+    asset_cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="Where browser packages fetched from the npm registry (the console's LiveKit "
+        "client, Swagger UI) are kept; reused offline once filled.",
+    )
+    npm_registry: str | None = Field(
+        None, pattern=r"^https?://\S+$",
+        description="An npm registry mirror to fetch them from instead of registry.npmjs.org "
+        "(the lockfile's integrity hashes still apply).",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) else v
 
-    @field_validator("admin_api_key", "token_api_key", "openai_api_key", mode="before")
+    @field_validator("admin_api_key", "token_api_key", "openai_api_key", "npm_registry", mode="before")
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v

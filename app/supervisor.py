@@ -108,16 +108,22 @@ class Supervisor:
 
         from app.api.resolve import resolve_controller
         from app.api.tokens import token_controller
+        from app.assets import BrowserAssets
         from app.console import console_handlers
+
+        # The console's LiveKit client and Swagger UI: from node_modules or the asset
+        # cache, else fetched from the npm registry in the background (the API serves meanwhile).
+        assets = BrowserAssets.from_settings(self.settings, fetch=True)
+        assets.start()
 
         # One config cache per process, shared by the API's GETs and the worker's
         # session starts; this process's writes refresh it at once, others' within a poll.
         self.cache = ConfigCache(self.store, poll_interval=self.settings.cache_poll_interval)
         await self.cache.start()
         app = create_app(
-            self.settings, self.store, status=self.status, cache=self.cache,
+            self.settings, self.store, status=self.status, cache=self.cache, assets=assets,
             extra_route_handlers=[
-                *console_handlers(self.settings),
+                *console_handlers(self.settings, assets),
                 token_controller(self.settings),
                 resolve_controller(self._resolve, self.settings.admin_api_key),
             ],
@@ -149,6 +155,7 @@ class Supervisor:
             self._stop.set()
 
         await self._shutdown_worker(worker_task)
+        await assets.aclose()
         store_task.cancel()
         liveness_task.cancel()
         if self._uvicorn is not None:

@@ -12,7 +12,8 @@ Layout:
 - `extra_route_handlers`: mounted at the app root as given, *outside* the admin guard,
   so an endpoint with its own auth (`POST /api/v1/token`, its own key) is added by
   passing a handler with the full path and its own guard.
-- `/schema` (UI) and `/schema/openapi.json`: the OpenAPI document, open.
+- `/schema` (UI) and `/schema/openapi.json`: the OpenAPI document, open; the UI's
+  Swagger assets come from `assets` (`app.api.docs`).
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from litestar.types import ControllerRouterHandler
 from app.api.agents import AgentConfigController
 from app.api.auth import SECURITY_SCHEME, SECURITY_SCHEME_NAME, bearer_guard
 from app.api.deps import dependencies
+from app.api.docs import SelfHostedSwaggerPlugin, schema_router
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
-from app.api.openapi import AccurateJsonRenderPlugin, AccurateSwaggerRenderPlugin, fix_allow_header
+from app.api.openapi import AccurateJsonRenderPlugin, fix_allow_header
 from app.api.routes import RouteController
 from app.api.sessions import SessionController
 from app.api.status import RuntimeStatus
+from app.assets.browser import BrowserAssets
 from app.settings import Settings
 from app.store.base import ConfigStore
 from app.store.cache import ConfigCache
@@ -49,6 +52,7 @@ def create_app(
     status: RuntimeStatus | None = None,
     cache: ConfigCache | None = None,
     extra_route_handlers: Sequence[ControllerRouterHandler] = (),
+    assets: BrowserAssets | None = None,
 ) -> Litestar:
     """Build the admin API around an already started `store`.
 
@@ -56,9 +60,11 @@ def create_app(
     closes it after the worker drains), so the app registers no startup/shutdown hooks
     for it. The same goes for `cache`: pass the process's started `ConfigCache` (the
     worker's) to serve `GET /agents/config/{id}` from memory while it is fresh; without
-    one every read goes to the store.
+    one every read goes to the store. `assets` locates (and in the serving process
+    fetches) Swagger UI for `/schema`; without it, only what is on disk is used.
     """
     status = status if status is not None else RuntimeStatus()
+    assets = assets if assets is not None else BrowserAssets.from_settings(settings)
     admin = Router(
         path=API_PREFIX,
         route_handlers=[AgentConfigController, RouteController, SessionController],
@@ -74,8 +80,8 @@ def create_app(
         openapi_config=OpenAPIConfig(
             title="Voice platform admin API",
             version=API_VERSION,
-            path="/schema",
-            render_plugins=[AccurateSwaggerRenderPlugin(path="/"), AccurateJsonRenderPlugin()],
+            openapi_router=schema_router("/schema"),
+            render_plugins=[SelfHostedSwaggerPlugin(assets, path="/"), AccurateJsonRenderPlugin()],
             components=Components(security_schemes={SECURITY_SCHEME_NAME: SECURITY_SCHEME}),
         ),
         # Logging belongs to the process (the supervisor configures text or JSON logs);

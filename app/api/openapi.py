@@ -12,10 +12,6 @@ schemas of our pydantic models with pydantic's own JSON Schema (draft 2020-12, w
 OpenAPI 3.1 uses), generated from the same classes that validate requests. Models
 outside `app.domain` register themselves with `register_models`.
 
-The Swagger UI page (`/schema`) is rendered without inline script (its start-up code is
-served as `/schema/swagger-init.js`), so it can be sent with a Content-Security-Policy
-that allows scripts only from this server and the CDN Litestar loads Swagger UI from.
-
 Also here: Litestar 2's automatic OPTIONS handler lists only the methods of the first
 handler registered on a path (litestar-org/litestar#4169, fixed in v3);
 `fix_allow_header` answers with every method the path really has.
@@ -23,13 +19,11 @@ handler registered on a path (litestar-org/litestar#4169, fixed in v3);
 
 from __future__ import annotations
 
-import html
 import threading
 from typing import Any
 
-from litestar import Litestar, Request, Router, get
-from litestar.datastructures import ResponseHeader
-from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar import Litestar, Request
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.routes import HTTPRoute
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -127,84 +121,6 @@ def refine(doc: dict[str, Any]) -> dict[str, Any]:
 class AccurateJsonRenderPlugin(JsonRenderPlugin):
     def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
         return super().render(request, refine(openapi_schema))
-
-
-SWAGGER_CDN = "https://cdn.jsdelivr.net"
-DOCS_CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "default-src 'none'",
-        f"script-src 'self' {SWAGGER_CDN}",
-        # Swagger UI sets style attributes from script; inline styles cannot run code.
-        f"style-src 'self' 'unsafe-inline' {SWAGGER_CDN}",
-        f"img-src 'self' data: {SWAGGER_CDN}",
-        "connect-src 'self'",
-        "frame-ancestors 'none'",
-        "base-uri 'none'",
-        "form-action 'none'",
-    ]
-)
-DOCS_HEADERS = {
-    "Content-Security-Policy": DOCS_CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-}
-SWAGGER_INIT_PATH = "/swagger-init.js"
-SWAGGER_INIT_JS = """\
-// Starts Swagger UI on the document named by the container's data-spec-url.
-const container = document.getElementById("swagger-container");
-window.ui = SwaggerUIBundle({
-  url: container.dataset.specUrl,
-  dom_id: "#swagger-container",
-  deepLinking: true,
-  showExtensions: true,
-  showCommonExtensions: true,
-  validatorUrl: null,
-  presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
-});
-"""
-
-
-class AccurateSwaggerRenderPlugin(SwaggerRenderPlugin):
-    """Swagger UI over the refined document, with no inline script and a CSP."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(style="", **kwargs)
-
-    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
-        spec_url = self.get_openapi_json_route(request)
-        init_url = spec_url.rsplit("/", 1)[0] + SWAGGER_INIT_PATH
-        title = html.escape(str(openapi_schema.get("info", {}).get("title", "API")))
-        page = f"""<!DOCTYPE html>
-<html>
-  <head>
-    <title>{title}</title>
-    {self.favicon}
-    <meta charset="utf-8"/>
-    <meta name="viewport" content="width=device-width, initial-scale=1">
-    <link href="{html.escape(self.css_url)}" rel="stylesheet">
-    <script src="{html.escape(self.js_url)}" crossorigin></script>
-    <script src="{html.escape(self.standalone_preset_js_url)}" crossorigin></script>
-  </head>
-  <body>
-    <div id="swagger-container" data-spec-url="{html.escape(spec_url)}"></div>
-    <script src="{html.escape(init_url)}"></script>
-  </body>
-</html>
-"""
-        return page.encode()
-
-    def receive_router(self, router: Router) -> None:
-        """Every response of the docs router carries `DOCS_HEADERS`; add the init script."""
-        super().receive_router(router)
-        router.response_headers = [
-            *(router.response_headers or ()), *(ResponseHeader(name=k, value=v) for k, v in DOCS_HEADERS.items())
-        ]
-
-        @get(SWAGGER_INIT_PATH, media_type="text/javascript", sync_to_thread=False, include_in_schema=False)
-        def swagger_init() -> str:
-            return SWAGGER_INIT_JS
-
-        router.register(swagger_init)
 
 
 def fix_allow_header(app: Litestar) -> None:

@@ -6,6 +6,6 @@ on screen is fetched by the browser from `/api/v1` with the admin key the user t
 in, so the console has no authority of its own and needs no guard.
 """
 
-from app.console.handlers import LIVEKIT_DIST, STATIC_DIR, console_handlers, livekit_client_built
+from app.console.handlers import LIVEKIT_DIST, STATIC_DIR, console_handlers
 
-__all__ = ["LIVEKIT_DIST", "STATIC_DIR", "console_handlers", "livekit_client_built"]
+__all__ = ["LIVEKIT_DIST", "STATIC_DIR", "console_handlers"]

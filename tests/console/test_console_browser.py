@@ -496,16 +496,49 @@ def test_talk_explains_missing_console_assets(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
     start_server: Callable[..., ConsoleServer], new_context: Callable[..., Any],
 ) -> None:
-    import app.console.handlers as handlers
+    import app.assets.browser as browser_assets
 
-    monkeypatch.setattr(handlers, "LIVEKIT_DIST", tmp_path / "no-node-modules")
-    server = start_server()
+    # Neither `npm ci` nor a fetch has put the client anywhere this server looks.
+    monkeypatch.setattr(browser_assets, "NODE_MODULES", tmp_path / "no-node-modules")
+    server = start_server(asset_cache_dir=tmp_path / "empty-cache")
     page = new_context(server).new_page()
     page.goto("/talk")
-    alert = page.get_by_role("alert").filter(has_text="Console assets not built.")
-    expect(alert).to_contain_text("npm ci --prefix app/console")
+    alert = page.get_by_role("alert").filter(has_text="LiveKit client missing.")
+    expect(alert).to_contain_text("livekit-client@2.23.0 is not in")
+    expect(alert).to_contain_text(str(tmp_path / "empty-cache"))
+    expect(alert).to_contain_text("fetches it from the npm registry")
     expect(page.get_by_role("button", name="Start")).to_be_disabled()
     assert page.request.get("/console/vendor/livekit-client/livekit-client.esm.mjs").status == 404
+
+
+def test_api_reference_renders_offline_under_its_csp(page: Any) -> None:
+    """The console's "API reference" link: Swagger UI from this server only (the page's
+    CSP allows nothing else, and a refused script or style fails this test through
+    page_errors), listing the API, with "Try it out" reaching the server."""
+    page.goto("/agents")
+    with page.expect_popup() as popup:
+        page.get_by_role("link", name="API reference").click()
+    docs = popup.value
+    external = []
+    docs.on("request", lambda r: r.url.startswith(server_origin(docs)) or r.url.startswith("data:")
+            or external.append(r.url))
+    docs.reload()
+    expect(docs.get_by_role("heading", name=re.compile("Voice platform admin API"))).to_be_visible()
+    csp = docs.evaluate("() => fetch(location.href).then(r => r.headers.get('content-security-policy'))")
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    health = docs.locator(".opblock").filter(has_text="/healthz")
+    expect(health).to_be_visible()
+    expect(docs.locator(".opblock").filter(has_text="/api/v1/agents/config").first).to_be_visible()
+    health.locator(".opblock-summary").click()
+    health.get_by_role("button", name="Try it out").click()
+    health.get_by_role("button", name="Execute").click()
+    expect(health.locator(".live-responses-table tr.response .response-col_status")).to_have_text("200")
+    screenshot(docs, "api-reference", full_page=False)
+    assert external == [], f"the API reference loaded from elsewhere: {external}"
+
+
+def server_origin(page: Any) -> str:
+    return page.url.split("/schema", 1)[0]
 
 
 # ------------------------------------------------------------------ every page

@@ -1,5 +1,5 @@
 // Talk: call an agent from the browser. POST /api/v1/token for a room token, join the
-// room with livekit-client (served from app/console/node_modules), publish the mic,
+// room with livekit-client (served by the app: app/assets/browser.py), publish the mic,
 // play the agent's audio and show live transcriptions.
 import { api, get, getAll } from '../api.js';
 import { clearFieldErrors, showFieldErrors } from '../forms.js';
@@ -38,7 +38,7 @@ function cannotReachLiveKit(detail) {
 }
 
 function setRunning(running) {
-  $('#t-start').disabled = running || state.data.livekitClient !== 'built' || !target();
+  $('#t-start').disabled = running || state.data.livekitClient !== 'ready' || !target();
   $('#t-stop').disabled = !running;
   for (const el of $('#talk-form').querySelectorAll('select, input')) el.disabled = running;
 }
@@ -327,9 +327,14 @@ export async function init(data) {
     $('#t-token-key-field').hidden = false;
     $('#t-token-key').value = sessionStorage.getItem(TOKEN_KEY_STORAGE) || '';
   }
-  if (data.livekitClient !== 'built') {
-    notice('warn', h('span', {}, 'The LiveKit browser client (npm package livekit-client) is not installed on this server, so calls cannot start. Run ',
-      h('code', {}, 'npm ci --prefix app/console'), ' in the project and restart the server.'), { title: 'Console assets not built.' });
+  if (data.livekitClient === 'fetching') {
+    notice('info', 'The server is fetching the LiveKit browser client (npm package livekit-client) from the npm registry. Reload this page in a moment.',
+      { title: 'Getting the LiveKit client.' });
+  } else if (data.livekitClient !== 'ready') {
+    notice('warn', h('span', {}, 'Calls cannot start: the LiveKit browser client (npm package livekit-client) is not available on this server. ',
+      h('code', {}, data.livekitClientDetail || 'unknown reason'),
+      '. The server fetches it from the npm registry (or NPM_REGISTRY) and keeps it in ASSET_CACHE_DIR; once it can reach the registry, reload this page.'),
+    { title: 'LiveKit client missing.' });
   }
   $('#talk-form').addEventListener('submit', start);
   $('#t-stop').addEventListener('click', () => endCall('You left the call.'));
