@@ -33,7 +33,10 @@ from app.store.base import (
 UPDATABLE_FIELDS = ("agent_id", "config_version", "user_id", "degraded", "route_reason", "metrics", "error", "room")
 """Session fields `update_session` may set (the rest belong to start/finish)."""
 
-_FIELD_TYPES = {name: TypeAdapter(SessionRecord.model_fields[name].annotation) for name in UPDATABLE_FIELDS}
+_FIELD_TYPES: dict[str, TypeAdapter[Any]] = {
+    name: TypeAdapter(SessionRecord.model_fields[name].annotation)  # type: ignore[arg-type]  # declared fields
+    for name in UPDATABLE_FIELDS
+}
 
 
 def session_fields(fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,9 +31,12 @@ def _stored(row: Any, known: Known, head_created_at: Any = None) -> StoredVersio
     return StoredVersion(key, data, head_created_at)
 
 
-def _version_values(cfg: AgentConfig) -> dict[str, Any]:
-    return dict(agent_id=cfg.agent_id, version=cfg.version, data=cfg.model_dump(mode="json"),
-                created_at=cfg.updated_at)
+def _insert_version(c: Connection, cfg: AgentConfig) -> int:
+    """Insert a version row; its id (autoincrement, never reused) keys the parsed memo."""
+    res = c.execute(v.insert().values(agent_id=cfg.agent_id, version=cfg.version,
+                                      data=cfg.model_dump(mode="json"), created_at=cfg.updated_at))
+    assert res.inserted_primary_key is not None
+    return int(res.inserted_primary_key[0])
 
 
 class SQLConfigs:
@@ -80,7 +83,7 @@ class SQLConfigs:
         def run(c: Connection) -> int:
             c.execute(h.insert().values(agent_id=cfg.agent_id, current_version=1, enabled=cfg.enabled,
                                         created_at=cfg.created_at, updated_at=cfg.updated_at))
-            return int(c.execute(v.insert().values(**_version_values(cfg))).inserted_primary_key[0])
+            return _insert_version(c, cfg)
 
         try:
             row_id = await self._db.write(run, config_change=True)
@@ -96,7 +99,7 @@ class SQLConfigs:
             )
             if res.rowcount != 1:
                 raise HeadMoved(c.scalar(sa.select(h.c.current_version).where(h.c.agent_id == head.agent_id)))
-            return int(c.execute(v.insert().values(**_version_values(cfg))).inserted_primary_key[0])
+            return _insert_version(c, cfg)
 
         try:
             row_id = await self._db.write(run, config_change=True)

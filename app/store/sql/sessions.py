@@ -9,6 +9,7 @@ retried turn already stored)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -43,8 +44,10 @@ def _record(row: Any, turns: list[Turn] | None = None) -> SessionRecord:
 class SQLSessions:
     def __init__(self, db: SQLDatabase) -> None:
         self._db = db
-        insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}.get(db.dialect)
-        self._insert = insert
+        # The dialect's INSERT, which has ON CONFLICT DO NOTHING (None: plain inserts).
+        self._insert: Callable[[sa.Table], Any] | None = (
+            {"sqlite": sqlite.insert, "postgresql": postgresql.insert}.get(db.dialect)
+        )
 
     def _turns_stmt(self, src: sa.Select[Any] | None = None) -> Any:
         """A turn insert that ignores a retried turn (values bound at execute time, or from `src`)."""
