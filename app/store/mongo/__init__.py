@@ -24,9 +24,9 @@ Atomicity without multi-document transactions
 ---------------------------------------------
 A standalone `mongod` has no multi-document transactions (they need a replica set), so
 no operation needs one; the same code runs on a replica set, on Atlas and on
-SecantusDB. (SecantusDB 0.7 does run transactions, but requiring them would drop
-standalone servers, and every repair below would still be needed for data that older
-builds left behind.) Every write has a single *commit point*, a one-document write,
+SecantusDB. (SecantusDB 0.7 does run them, with snapshot isolation and WriteConflict
+errors, but requiring them would drop standalone servers, and every repair below would
+still be needed for the leftovers older builds may have written.) Every write has a single *commit point*, a one-document write,
 and every other step is either invisible to readers before it or repairable after it:
 
 - **Create**: insert version 1 (commit point; the unique index lets exactly one of
