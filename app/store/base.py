@@ -1,7 +1,9 @@
 """The `ConfigStore` protocol: the one persistence interface the API and worker use.
 
-Implementations (SQL in `sql.py`, MongoDB in `mongo.py`) pass the same contract
-test suite (`tests/store/test_contract.py`). Rules every implementation keeps:
+One implementation, `app.store.service.StoreService`, holds the rules; it runs over a
+backend (`app.store.sql`, `app.store.mongo`) that implements the narrow primitives of
+`app.store.backend`. Every backend passes the same contract test suite
+(`tests/store/test_contract.py`). Rules the store keeps:
 
 - every agent change writes a new immutable version row; current = highest version;
 - `expected_version` mismatches and lost races raise `VersionConflict` (never a lost update);
@@ -17,18 +19,14 @@ test suite (`tests/store/test_contract.py`). Rules every implementation keeps:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import ValidationError
-
 from app.domain import (
     AgentConfig,
     AgentConfigInput,
-    CorruptRecord,
     Handoff,
     Route,
     SessionRecord,
@@ -37,48 +35,6 @@ from app.domain import (
 )
 
 ChangeListener = Callable[[], None]
-
-log = logging.getLogger("app.store")
-
-
-def parse_stored_config(data: Any, agent_id: str, version: int) -> AgentConfig:
-    """A stored version as the domain model, or `CorruptRecord` naming it.
-
-    Stored rows were valid when written, so a failure means the row was edited by hand
-    or written by a newer build (then the app was rolled back). The message carries
-    the field path and pydantic's message, never the stored value (it may be a secret
-    header)."""
-    try:
-        return AgentConfig.model_validate(data)
-    except ValidationError as e:
-        first = e.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "(root)"
-        raise CorruptRecord(
-            f"stored configuration of agent {agent_id!r} version {version} does not validate "
-            f"in this build ({where}: {first.get('msg')}); roll the agent back to a valid "
-            "version or delete it",
-            agent_id=agent_id, version=version, field=where,
-        ) from None
-
-
-def skip_corrupt(parse: Callable[[Any], AgentConfig], rows: Any, seen: set[tuple[str, int]]) -> list[AgentConfig]:
-    """Parse a listing, leaving out rows that no longer validate (one bad row must not
-    hide every other agent from the API and the worker's cache); each is logged once
-    per process."""
-    out: list[AgentConfig] = []
-    for row in rows:
-        try:
-            out.append(parse(row))
-        except CorruptRecord as e:
-            log_corrupt_once(e, seen)
-    return out
-
-
-def log_corrupt_once(e: CorruptRecord, seen: set[tuple[str, int]]) -> None:
-    key = (str(e.extra.get("agent_id")), int(e.extra.get("version") or 0))  # type: ignore[call-overload]
-    if key not in seen:
-        seen.add(key)
-        log.error("%s (left out of listings)", e.message)
 
 
 # ------------------------------------------------------------ session write ops

@@ -1350,11 +1350,13 @@ async def test_abandon_stale_sessions(store):
 
 async def _set_heartbeat(store: ConfigStore, sid: str, at: datetime) -> None:
     """Backdate a heartbeat (what a dead owner leaves behind) through the backend itself."""
-    if hasattr(store, "_tx"):  # SQL
-        from app.store.sql_tables import sessions_t
+    backend = store.backend  # type: ignore[attr-defined]
+    if hasattr(backend, "write"):  # SQL
+        from app.store.sql.tables import sessions_t
 
-        async with store._tx() as conn:  # type: ignore[attr-defined]
-            await conn.execute(sessions_t.update().where(sessions_t.c.session_id == sid).values(heartbeat_at=at))
+        await backend.write(
+            lambda conn: conn.execute(sessions_t.update().where(sessions_t.c.session_id == sid).values(heartbeat_at=at))
+        )
     else:  # Mongo
-        db = await store._ready()  # type: ignore[attr-defined]
+        db = await backend.ready()
         await db.sessions.update_one({"_id": sid}, {"$set": {"heartbeat_at": at}})

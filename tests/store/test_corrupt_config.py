@@ -32,17 +32,20 @@ SECRET = "s3cret-header-value"
 async def corrupt(store: Any, agent_id: str, version: int) -> None:
     """Make one stored version invalid the way a newer build could: an unknown field."""
     if isinstance(store, MongoStore):
-        doc = await store._db.agent_configs.find_one({"agent_id": agent_id, "version": version})
+        db = await store.backend.ready()
+        doc = await db.agent_configs.find_one({"agent_id": agent_id, "version": version})
         data = dict(doc["data"]) | {"added_by_a_newer_build": SECRET}
-        await store._db.agent_configs.update_one({"_id": doc["_id"]}, {"$set": {"data": data}})
+        await db.agent_configs.update_one({"_id": doc["_id"]}, {"$set": {"data": data}})
     else:
-        async with store._write_engine.begin() as conn:
-            row = (await conn.execute(sa.text(
+        def edit(conn: Any) -> None:
+            row = conn.execute(sa.text(
                 "SELECT id, data FROM agent_configs WHERE agent_id = :a AND version = :v"
-            ), {"a": agent_id, "v": version})).one()
+            ), {"a": agent_id, "v": version}).one()
             data = (row.data if isinstance(row.data, dict) else json.loads(row.data)) | {"added_by_a_newer_build": SECRET}
-            await conn.execute(sa.text("UPDATE agent_configs SET data = :d WHERE id = :i"),
-                               {"d": json.dumps(data), "i": row.id})
+            conn.execute(sa.text("UPDATE agent_configs SET data = :d WHERE id = :i"),
+                         {"d": json.dumps(data), "i": row.id})
+
+        await store.backend.write(edit)
     store._parsed.clear()  # as a fresh process would read it
 
 

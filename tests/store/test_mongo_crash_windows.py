@@ -27,6 +27,7 @@ from app.domain import (
 )
 from app.store import open_store
 from app.store.mongo import MongoStore, escape_keys, unescape_keys
+from app.store.mongo.configs import version_doc
 from app.testing.servers import MongoServer
 
 
@@ -52,7 +53,7 @@ def raw(secantus_server: MongoServer, mstore: MongoStore):
 
 
 def _version_doc(cfg: AgentConfig, gen: str) -> dict[str, Any]:
-    return MongoStore._version_doc(cfg, gen)
+    return version_doc(cfg, gen)
 
 
 def _next(cfg: AgentConfig, **changes: Any) -> AgentConfig:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.domain import SessionRecord, SessionStatus
 from app.store.sql import SQLStore
-from app.store.sql_tables import SCHEMA_VERSION, meta_t
+from app.store.sql.tables import SCHEMA_VERSION, meta_t
 from tests.store.conftest import BACKENDS, StoreTarget
 
 

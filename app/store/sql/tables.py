@@ -1,4 +1,4 @@
-"""SQL table declarations (SQLModel) for `SQLStore`.
+"""SQL table declarations (SQLModel) for the SQL backend.
 
 The rows are storage envelopes around the domain models: an agent version row keeps
 the whole validated `AgentConfig` as JSON plus the few columns we filter or join on,
@@ -15,7 +15,7 @@ from sqlmodel import Field, SQLModel
 
 SCHEMA_VERSION = 2
 """1: initial tables. 2: `sessions.owner` and `sessions.heartbeat_at` (crash recovery with
-several processes on one database); `SQLStore.start` adds them to a version-1 database."""
+several processes on one database); `SQLDatabase.start` adds them to a version-1 database."""
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -125,4 +125,4 @@ turns_t: sa.Table = TurnRow.__table__  # type: ignore[attr-defined]
 
 ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"sessions": ("owner", "heartbeat_at")}
 """Columns added after version 1, by table: `create_all` does not alter an existing table,
-so `SQLStore.start` adds whichever of these are missing (ALTER TABLE ... ADD COLUMN)."""
+so `SQLDatabase.start` adds whichever of these are missing (ALTER TABLE ... ADD COLUMN)."""

@@ -1,0 +1,183 @@
+"""The narrow persistence primitives a database backend implements, split by concern.
+
+`app.store.service.StoreService` holds every rule (versioning, route-table invariants,
+session-field rules, listener fan-out) and calls these; a backend (`app.store.sql`,
+`app.store.mongo`) only stores and fetches, atomically. What each primitive must
+guarantee is stated on it; the contract suite (`tests/store/`) checks the whole.
+
+Every config write primitive (`create`, `append`, `delete`, `swap`) bumps the config
+epoch as part of its commit, so another process's cache notices it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple, Protocol
+
+from app.domain import AgentConfig, Route, SessionRecord, SessionStatus
+from app.store.session_rules import Run
+
+
+class VersionKey(NamedTuple):
+    """One stored version's identity: `token` tells apart two agents that had the same id
+    (an SQL row id, a Mongo generation), so a parsed version can be memoised forever."""
+
+    agent_id: str
+    token: int | str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    key: VersionKey
+    data: Any | None
+    """The stored config JSON; None when the caller said it already has `key` parsed."""
+    head_created_at: datetime | None = None
+    """On `current()`: when the agent was created (repairs a version that no longer parses)."""
+
+
+class Known(Protocol):
+    """Version keys the caller has parsed already (its memo): data for these may be left out."""
+
+    def __contains__(self, key: object, /) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    rev: int
+    """Bumped by every swap: the compare-and-swap token."""
+    routes: list[Route]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What a session batch produced that the caller may return."""
+
+    started: SessionRecord | None = None
+    """The record as stored (times at the backend's precision), if the batch started the session."""
+    collected: dict[str, Any] | None = None
+    """The merged `collected`, if the batch recorded data."""
+
+
+class HeadMoved(Exception):
+    """`append`/`delete`: the agent's current version is no longer the one given."""
+
+    def __init__(self, actual: int | None) -> None:
+        super().__init__(actual)
+        self.actual = actual
+
+
+class Routed(Exception):
+    """`delete`: routes still point at the agent."""
+
+    def __init__(self, purposes: list[str]) -> None:
+        super().__init__(purposes)
+        self.purposes = purposes
+
+
+class MissingAgents(Exception):
+    """`swap`: a route names an agent that does not exist (or is being deleted)."""
+
+    def __init__(self, agent_ids: list[str]) -> None:
+        super().__init__(agent_ids)
+        self.agent_ids = agent_ids
+
+
+class NoSession(Exception):
+    """A session write or read found no such session."""
+
+
+class SessionExists(Exception):
+    """A session start found the id taken."""
+
+
+class Lifecycle(Protocol):
+    async def start(self) -> None:
+        """Connect, create tables/indexes, migrate. Idempotent; `StoreUnavailable` if unreachable."""
+
+    async def aclose(self) -> None: ...
+
+    async def ping(self) -> None:
+        """`StoreUnavailable` unless the database can read and write right now."""
+
+    async def config_epoch(self) -> int: ...
+
+    def now(self) -> datetime:
+        """The current UTC time at the precision this database keeps (a re-read equals it)."""
+
+
+class ConfigsBackend(Protocol):
+    async def current(self, agent_id: str, known: Known) -> StoredVersion | None:
+        """The version the agent's head points at (with `head_created_at`), None if no agent."""
+
+    async def version(self, agent_id: str, version: int, known: Known) -> StoredVersion | None:
+        """One version of a live agent, never one above its head; None if absent."""
+
+    async def list_current(
+        self, enabled: bool | None, offset: int, limit: int, known: Known
+    ) -> tuple[list[StoredVersion], int]:
+        """Current versions ordered by agent id, and how many agents match `enabled`."""
+
+    async def versions(self, agent_id: str) -> list[StoredVersion]:
+        """Every version up to the head, oldest first; empty if no agent."""
+
+    async def create(self, cfg: AgentConfig) -> VersionKey | None:
+        """Store version 1 and its head atomically; None if the id is taken."""
+
+    async def append(self, head: VersionKey, cfg: AgentConfig) -> VersionKey:
+        """Store `cfg` (version head.version + 1) and move the head to it, only if the head
+        is still `head`: else `HeadMoved` (with the version now current, when known; None
+        also when the agent is gone). A lost race never overwrites anything."""
+
+    async def delete(self, agent_id: str, expected_version: int | None) -> bool:
+        """Remove the agent and every version, only if no route points at it (`Routed`)
+        and, with `expected_version`, its head is still that version (`HeadMoved`), both
+        checked atomically with the delete. False if there is no agent."""
+
+
+class RoutesBackend(Protocol):
+    async def table(self) -> RouteTable: ...
+
+    async def swap(self, rev: int, routes: list[Route], agent_ids: set[str]) -> bool:
+        """Replace the table with `routes` only if its revision is still `rev` (False if
+        not) and every agent in `agent_ids` exists then (`MissingAgents`): a route never points at a missing agent, even one being deleted."""
+
+
+class SessionsBackend(Protocol):
+    async def apply(self, session_id: str, runs: list[Run]) -> Applied:
+        """Apply one session's folded writes in order (see `app.store.session_rules`).
+        `SessionExists` for a second start, `NoSession` for a missing session. A backend
+        that cannot apply the batch atomically sets `OPS_APPLIED_ATTR` on the error."""
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        """With its turns, in order."""
+
+    async def list(
+        self, agent_id: str | None, status: SessionStatus | None, since: datetime | None,
+        until: datetime | None, offset: int, limit: int,
+    ) -> tuple[list[SessionRecord], int]: ...
+
+
+class LivenessBackend(Protocol):
+    async def heartbeat(self, owner: str, now: datetime) -> int: ...
+
+    async def abandon(self, cutoff: datetime | None, reason: str, now: datetime) -> int:
+        """Mark active sessions abandoned: all of them (`cutoff` None), or those whose
+        owner last proved alive (`heartbeat_at`, else `started_at`) before `cutoff`."""
+
+
+class Backend(Lifecycle, Protocol):
+    """One database: its lifecycle plus one repository per concern."""
+
+    @property
+    def configs(self) -> ConfigsBackend: ...
+
+    @property
+    def routes(self) -> RoutesBackend: ...
+
+    @property
+    def sessions(self) -> SessionsBackend: ...
+
+    @property
+    def liveness(self) -> LivenessBackend: ...

@@ -1,0 +1,373 @@
+"""`StoreService`: the `ConfigStore` every caller uses, holding every store rule once.
+
+Rules here, for every backend (`app.store.backend` lists what a backend does instead):
+- versioning: version 1 on create, N+1 on top of the head read (`append` only lands if
+  the head is still N), `expected_version` checked against that head, replace vs merge
+  patch vs rollback, a version that no longer parses repaired only by a replacement, and
+  the parsed-config memo (`app.store.parsed`);
+- lost races: a conditional write that loses is a `VersionConflict` when the caller gave
+  `expected_version`, else retried on top of the winner (never a lost update);
+- routes: table rules in `app.store.route_rules`, applied as a compare-and-swap of the
+  whole table; a delete refused while routed;
+- sessions: field rules and batch folding in `app.store.session_rules`; the per-op
+  methods are thin wrappers over the one batch path;
+- change listeners: called after every committed agent or route write in this process.
+
+In-process, writers to one agent (and route writers) take an asyncio lock first: fewer
+lost races to retry. Across processes the backends' conditional writes decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from app.domain import (
+    AgentConfig,
+    AgentConfigInput,
+    AlreadyExists,
+    CorruptRecord,
+    Handoff,
+    InUse,
+    InvalidReference,
+    NotFound,
+    Route,
+    SessionRecord,
+    SessionStatus,
+    StoreUnavailable,
+    Turn,
+    VersionConflict,
+    patched_input,
+)
+from app.domain.errors import InvalidInput
+from app.store.backend import (
+    Applied,
+    Backend,
+    HeadMoved,
+    Known,
+    MissingAgents,
+    NoSession,
+    Routed,
+    SessionExists,
+    StoredVersion,
+)
+from app.store.base import (
+    OPS_APPLIED_ATTR,
+    AppendTurn,
+    ChangeListener,
+    FinishSession,
+    RecordData,
+    RecordHandoff,
+    SessionWrite,
+    StartSession,
+    UpdateSession,
+)
+from app.store.parsed import ParsedVersions
+from app.store.retry import MAX_ATTEMPTS, backoff
+from app.store.route_rules import (
+    by_purpose,
+    check_table,
+    find_route,
+    stamped,
+    with_route,
+    without_route,
+)
+from app.store.session_rules import fold, must_be_str, session_fields
+
+log = logging.getLogger(__name__)
+
+def _agent_not_found(agent_id: Any, version: int | None = None) -> NotFound:
+    what = f"agent {agent_id!r}" + (f" version {version}" if version is not None else "")
+    return NotFound(f"{what} not found", agent_id=agent_id) if isinstance(agent_id, str) else NotFound(f"{what} not found")
+
+
+class StoreService:
+    """`app.store.base.ConfigStore` over one `Backend`."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._listeners: list[ChangeListener] = []
+        self._parsed = ParsedVersions()
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.backend.start()
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+    async def ping(self) -> None:
+        await self.backend.ping()
+
+    async def config_epoch(self) -> int:
+        return await self.backend.config_epoch()
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:  # a broken listener must not fail a committed write
+                log.exception("config change listener failed")
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    # ------------------------------------------------------------- agent configs
+
+    async def _load(self, fetch: Callable[[Known], Awaitable[StoredVersion | None]]) -> StoredVersion | None:
+        stored = await fetch(self._parsed)
+        if stored is not None and stored.data is None and stored.key not in self._parsed:
+            stored = await fetch(())  # evicted from the memo meanwhile: fetch the data after all
+        return stored
+
+    def _new_version(self, data: AgentConfigInput, version: int, created_at: datetime | None) -> AgentConfig:
+        now = self.backend.now()
+        return AgentConfig.model_validate(
+            {**data.model_dump(), "version": version, "created_at": created_at or now, "updated_at": now}
+        )
+
+    async def create_agent_config(self, data: AgentConfigInput) -> AgentConfig:
+        cfg = self._new_version(data, 1, None)
+        async with self._lock(cfg.agent_id):
+            key = await self.backend.configs.create(cfg)
+        if key is None:
+            raise AlreadyExists(f"agent {cfg.agent_id!r} already exists", agent_id=cfg.agent_id)
+        self._parsed.remember(key, cfg)
+        self._notify()
+        return cfg
+
+    async def get_agent_config(self, agent_id: str, version: int | None = None) -> AgentConfig:
+        if not isinstance(agent_id, str) or (version is not None and type(version) is not int):
+            raise _agent_not_found(agent_id)
+        configs = self.backend.configs
+        if version is None:
+            stored = await self._load(lambda known: configs.current(agent_id, known))
+        else:
+            stored = await self._load(lambda known: configs.version(agent_id, version, known))
+        if stored is None:
+            raise _agent_not_found(agent_id, version)
+        return self._parsed.parse(stored)
+
+    async def list_agent_configs(
+        self, *, enabled: bool | None = None, offset: int = 0, limit: int = 50
+    ) -> tuple[list[AgentConfig], int]:
+        rows, total = await self.backend.configs.list_current(enabled, offset, limit, self._parsed)
+        if any(r.data is None and r.key not in self._parsed for r in rows):
+            rows, total = await self.backend.configs.list_current(enabled, offset, limit, ())
+        return self._parsed.parse_listing(rows), total
+
+    async def list_versions(self, agent_id: str) -> list[AgentConfig]:
+        if not isinstance(agent_id, str):
+            raise _agent_not_found(agent_id)
+        rows = await self.backend.configs.versions(agent_id)
+        if not rows:
+            raise _agent_not_found(agent_id)
+        return self._parsed.parse_listing(rows)
+
+    async def update_agent_config(
+        self,
+        agent_id: str,
+        patch: Mapping[str, Any] | AgentConfigInput,
+        expected_version: int | None = None,
+    ) -> AgentConfig:
+        """A merge patch (mapping) or a full replacement (`AgentConfigInput`) as a new version."""
+        if not isinstance(agent_id, str):
+            raise _agent_not_found(agent_id)
+        configs = self.backend.configs
+        async with self._lock(agent_id):
+            for attempt in range(MAX_ATTEMPTS):
+                head = await self._load(lambda known: configs.current(agent_id, known))
+                if head is None:
+                    raise _agent_not_found(agent_id)
+                seen = head.key.version
+                if expected_version is not None and expected_version != seen:
+                    raise VersionConflict(agent_id, expected_version, seen)
+                new = self._next_version(agent_id, head, patch)
+                try:
+                    key = await configs.append(head.key, new)
+                except HeadMoved as e:
+                    if expected_version is not None and e.actual is not None:
+                        raise VersionConflict(agent_id, expected_version, e.actual) from None
+                    await backoff(attempt)
+                    continue
+                self._parsed.remember(key, new)
+                self._notify()
+                return new
+        raise VersionConflict(agent_id, expected_version, None)
+
+    def _next_version(
+        self, agent_id: str, head: StoredVersion, patch: Mapping[str, Any] | AgentConfigInput
+    ) -> AgentConfig:
+        try:
+            current: AgentConfig | None = self._parsed.parse(head)
+        except CorruptRecord:
+            if not isinstance(patch, AgentConfigInput):
+                raise  # a patch needs a valid base; a replacement (or rollback) repairs it
+            current = None
+        if isinstance(patch, AgentConfigInput):
+            if patch.agent_id != agent_id:
+                raise InvalidInput("agent_id cannot be changed", agent_id=agent_id)
+            new_input = patch
+        else:
+            assert current is not None
+            new_input = patched_input(current, dict(patch))  # ValidationError: nothing written
+        created_at = current.created_at if current is not None else head.head_created_at
+        return self._new_version(new_input, head.key.version + 1, created_at)
+
+    async def delete_agent_config(self, agent_id: str, expected_version: int | None = None) -> None:
+        """Delete every version; `InUse` while a route points at the agent; with
+        `expected_version`, `VersionConflict` unless that is still the current version
+        when the delete commits (a concurrent write is never deleted unseen)."""
+        if not isinstance(agent_id, str):
+            raise _agent_not_found(agent_id)
+        if expected_version is not None and type(expected_version) is not int:
+            raise VersionConflict(agent_id, None, None)
+        async with self._lock(agent_id):
+            try:
+                found = await self.backend.configs.delete(agent_id, expected_version)
+            except Routed as e:
+                raise InUse(f"agent {agent_id!r} is used by route(s): {', '.join(e.purposes)}",
+                            routes=e.purposes) from None
+            except HeadMoved as e:
+                raise VersionConflict(agent_id, expected_version, e.actual) from None
+        if not found:
+            raise _agent_not_found(agent_id)
+        self._notify()
+
+    async def rollback(self, agent_id: str, version: int, expected_version: int | None = None) -> AgentConfig:
+        """Write the content of `version` as a new current version."""
+        target = await self.get_agent_config(agent_id, version)
+        return await self.update_agent_config(agent_id, target.input(), expected_version)
+
+    # -------------------------------------------------------------------- routes
+
+    async def list_routes(self) -> list[Route]:
+        return by_purpose((await self.backend.routes.table()).routes)
+
+    async def get_route(self, purpose: str) -> Route:
+        return find_route((await self.backend.routes.table()).routes, purpose)
+
+    async def put_route(self, route: Route) -> Route:
+        """Create or replace; `is_default=True` clears the flag on every other route."""
+        new = stamped(route, self.backend.now())
+        await self._swap_routes(lambda routes: with_route(routes, new), {route.agent_id})
+        return new
+
+    async def replace_routes(self, routes: list[Route]) -> list[Route]:
+        """Replace the whole table atomically; at most one default."""
+        check_table(routes)
+        now = self.backend.now()
+        new = by_purpose([stamped(r, now) for r in routes])
+        await self._swap_routes(lambda _old: new, {r.agent_id for r in routes})
+        return new
+
+    async def delete_route(self, purpose: str) -> None:
+        await self._swap_routes(lambda routes: without_route(routes, purpose), set())
+
+    async def _swap_routes(self, mutate: Callable[[list[Route]], list[Route]], agent_ids: set[str]) -> None:
+        async with self._lock("\x00routes"):
+            for attempt in range(MAX_ATTEMPTS):
+                table = await self.backend.routes.table()
+                new = mutate(table.routes)
+                try:
+                    swapped = await self.backend.routes.swap(table.rev, new, agent_ids)
+                except MissingAgents as e:
+                    missing = e.agent_ids
+                    raise InvalidReference(f"no agent {', '.join(repr(m) for m in missing)}",
+                                           agent_id=missing[0]) from None
+                if swapped:
+                    self._notify()
+                    return
+                await backoff(attempt)
+        raise StoreUnavailable("routes are changing too fast, try again")
+
+    # ------------------------------------------------------------------ sessions
+
+    async def _write_session(self, session_id: str, ops: list[SessionWrite]) -> Applied:
+        runs = fold(ops, self.backend.now())  # validates first: a bad op fails before any I/O
+        try:
+            return await self.backend.sessions.apply(must_be_str(session_id, "session_id"), runs)
+        except NoSession as e:
+            err: Exception = NotFound(f"session {session_id!r} not found", session_id=session_id)
+            cause: Exception = e
+        except SessionExists as e:
+            err, cause = AlreadyExists(f"session {session_id!r} already exists"), e
+        if hasattr(cause, OPS_APPLIED_ATTR):
+            setattr(err, OPS_APPLIED_ATTR, getattr(cause, OPS_APPLIED_ATTR))
+        raise err from None
+
+    async def apply_session_writes(self, session_id: str, ops: list[SessionWrite]) -> None:
+        """One session's queued writes, in order, as one batch (see `ConfigStore`)."""
+        if ops:
+            await self._write_session(session_id, ops)
+
+    async def start_session(self, record: SessionRecord) -> SessionRecord:
+        return (await self._write_session(record.session_id, [StartSession(record)])).started or record
+
+    async def append_turn(self, session_id: str, turn: Turn) -> None:
+        await self._write_session(session_id, [AppendTurn(turn)])
+
+    async def record_data(self, session_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        return (await self._write_session(session_id, [RecordData(data)])).collected or {}
+
+    async def record_handoff(self, session_id: str, handoff: Handoff) -> None:
+        await self._write_session(session_id, [RecordHandoff(handoff)])
+
+    async def update_session(self, session_id: str, **fields: Any) -> None:
+        session_fields(fields)  # an unknown field is refused even when nothing else would run
+        if fields:
+            await self._write_session(session_id, [UpdateSession(fields)])
+
+    async def finish_session(
+        self,
+        session_id: str,
+        status: SessionStatus,
+        reason: str | None = None,
+        error: str | None = None,
+        ended_at: datetime | None = None,
+    ) -> None:
+        await self._write_session(session_id, [FinishSession(status, reason, error, ended_at)])
+
+    async def list_sessions(
+        self,
+        *,
+        agent_id: str | None = None,
+        status: SessionStatus | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[SessionRecord], int]:
+        if agent_id is not None:
+            must_be_str(agent_id, "agent_id")
+        status = SessionStatus(status) if status is not None else None
+        return await self.backend.sessions.list(agent_id, status, since, until, offset, limit)
+
+    async def get_session(self, session_id: str) -> SessionRecord:
+        record = await self.backend.sessions.get(must_be_str(session_id, "session_id"))
+        if record is None:
+            raise NotFound(f"session {session_id!r} not found", session_id=session_id)
+        return record
+
+    # ------------------------------------------------------------------ liveness
+
+    async def heartbeat(self, owner: str) -> int:
+        return await self.backend.liveness.heartbeat(must_be_str(owner, "owner"), self.backend.now())
+
+    async def abandon_stale_sessions(self, cutoff: datetime, reason: str) -> int:
+        return await self.backend.liveness.abandon(cutoff, reason, self.backend.now())
+
+    async def abandon_active_sessions(self, reason: str) -> int:
+        return await self.backend.liveness.abandon(None, reason, self.backend.now())

@@ -1,0 +1,141 @@
+"""Session write rules, once for every backend: which fields `update_session` may set and
+what values they take, and how a batch of queued writes folds into a few row writes.
+
+A batch (`ConfigStore.apply_session_writes`) is folded into `Run`s, in order: a start,
+a run of consecutive turns, or a run of consecutive row changes (data merges, handoffs,
+field sets, finish), in which a later field overrides an earlier one (of several queued
+`metrics` snapshots only the last is written). A backend that applies a batch atomically
+may merge runs further (`merge_runs`); one that cannot applies run after run and reports
+how many ops it got through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from app.domain import Handoff, InvalidInput, SessionRecord, SessionStatus, Turn
+from app.domain.models import deep_merge
+from app.store.base import (
+    AppendTurn,
+    FinishSession,
+    RecordData,
+    RecordHandoff,
+    SessionWrite,
+    StartSession,
+    UpdateSession,
+)
+
+UPDATABLE_FIELDS = ("agent_id", "config_version", "user_id", "degraded", "route_reason", "metrics", "error", "room")
+"""Session fields `update_session` may set (the rest belong to start/finish)."""
+
+_FIELD_TYPES: dict[str, TypeAdapter[Any]] = {
+    name: TypeAdapter(SessionRecord.model_fields[name].annotation)  # type: ignore[arg-type]  # declared fields
+    for name in UPDATABLE_FIELDS
+}
+
+
+def session_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """`update_session` fields, checked by name and validated as the record's own types."""
+    unknown = set(fields) - set(UPDATABLE_FIELDS)
+    if unknown:
+        raise InvalidInput(f"cannot update session field(s): {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    for name, value in fields.items():
+        try:
+            values[name] = _FIELD_TYPES[name].validate_python(value)
+        except ValueError as e:
+            raise InvalidInput(f"bad value for session field {name}: {e}") from None
+    return values
+
+
+def must_be_str(value: Any, what: str) -> str:
+    """Ids reach queries as strings only (a dict could become a query operator)."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string")
+    return value
+
+
+@dataclass
+class Run:
+    """Consecutive writes a backend applies as one: a start (the row insert), turns, or row changes."""
+
+    ops: int = 0
+    """How many of the batch's ops this run covers."""
+    start: SessionRecord | None = None
+    turns: list[Turn] = field(default_factory=list)
+    data: list[Mapping[str, Any]] = field(default_factory=list)
+    handoffs: list[Handoff] = field(default_factory=list)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def changes_row(self) -> bool:
+        return bool(self.data or self.handoffs or self.fields)
+
+    def merged_collected(self, collected: Mapping[str, Any]) -> dict[str, Any]:
+        """`collected` with this run's `record_data` calls merged in, in order."""
+        out = dict(collected)
+        for data in self.data:
+            out = deep_merge(out, data)
+        return out
+
+
+def stamp_start(record: SessionRecord, now: datetime) -> SessionRecord:
+    """The insert is itself a sign of life: a start written late (after an outage) must not
+    look stale to `abandon_stale_sessions`."""
+    if record.owner is None:
+        return record
+    return record.model_copy(update={"heartbeat_at": max(record.heartbeat_at or now, now)})
+
+
+def fold(ops: list[SessionWrite], now: datetime) -> list[Run]:
+    """`ops` as runs, in order; raises `InvalidInput` for a bad op before anything is written."""
+    runs: list[Run] = []
+    for op in ops:
+        if isinstance(op, StartSession):
+            runs.append(Run(ops=1, start=stamp_start(op.record, now)))
+            continue
+        is_turn = isinstance(op, AppendTurn)
+        last = runs[-1] if runs else None
+        if last is None or last.start is not None or bool(last.turns) != is_turn:
+            last = Run()
+            runs.append(last)
+        last.ops += 1
+        if isinstance(op, AppendTurn):
+            last.turns.append(op.turn)
+        elif isinstance(op, RecordData):
+            last.data.append(op.data)
+        elif isinstance(op, RecordHandoff):
+            last.handoffs.append(op.handoff)
+        elif isinstance(op, UpdateSession):
+            last.fields.update(session_fields(op.fields))
+        elif isinstance(op, FinishSession):
+            last.fields.update(
+                status=SessionStatus(op.status).value, end_reason=op.reason, error=op.error,
+                ended_at=op.ended_at or now,
+            )
+        else:
+            raise InvalidInput(f"not a session write: {type(op).__name__}")
+    return runs
+
+
+def merge_runs(runs: list[Run]) -> list[Run]:
+    """For a backend that applies a batch in one transaction: every run after a start (or
+    the first) folded into it, so a batch costs one row write per start. Turns and row
+    changes touch different records, so their relative order does not matter there."""
+    out: list[Run] = []
+    for run in runs:
+        if not out or run.start is not None:
+            out.append(Run(run.ops, run.start, list(run.turns), list(run.data), list(run.handoffs), dict(run.fields)))
+            continue
+        seg = out[-1]
+        seg.ops += run.ops
+        seg.turns += run.turns
+        seg.data += run.data
+        seg.handoffs += run.handoffs
+        seg.fields.update(run.fields)
+    return out
