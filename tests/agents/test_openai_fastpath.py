@@ -21,7 +21,7 @@ from openai.types.chat import completion_create_params as params
 from typing_extensions import TypedDict
 
 from app.agents import openai_fastpath
-from app.testing.fake_openai import FakeOpenAI, ToolCall
+from sim.fake_openai import FakeOpenAI, ToolCall
 
 STREAMING = params.CompletionCreateParamsStreaming
 fast = openai_fastpath.make_transform(sdk_transform)

@@ -23,7 +23,7 @@ from app.agents.pte import (
     validate_score,
 )
 from app.domain import AgentConfig
-from app.testing.fake_openai import FakeOpenAI
+from sim.fake_openai import FakeOpenAI
 
 TASKS = [
     "personal_introduction",
@@ -303,7 +303,7 @@ async def test_all_tasks_scored_in_one_step_store_the_band(
     factory: AgentFactory, fake: FakeOpenAI, recorder: NullRecorder, ctx: SessionContext, run_agent: Any
 ) -> None:
     """Parallel record_score calls (which LiveKit runs concurrently) lose no task."""
-    from app.testing.fake_openai import ToolCall
+    from sim.fake_openai import ToolCall
 
     agent = factory.create_agent(load_pte_config(), ctx, extra_tools=make_pte_tools(recorder))
     fake.tool_calls(*(ToolCall(RECORD_SCORE_TOOL, score(t, fluency=5, pron=5)) for t in TASKS))

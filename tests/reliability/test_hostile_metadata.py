@@ -45,10 +45,10 @@ from app.seed import seed
 from app.settings import Settings
 from app.store import open_store
 from app.store.base import StartSession
-from app.testing.fake_openai import FakeOpenAI
-from app.testing.servers import mongo_server
 from app.worker.entrypoint import prepare_session, route_with
 from app.worker.services import WorkerServices
+from sim.db_servers import mongo_server
+from sim.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.slow
 

@@ -40,10 +40,10 @@ from livekit.agents import AgentSession
 from app.agents.routing import MetadataSource
 from app.settings import Settings
 from app.store import open_store
-from app.testing.fake_openai import FakeOpenAI
-from app.testing.servers import MongoServer
 from app.worker.entrypoint import PreparedSession, prepare_session
 from app.worker.services import WorkerServices
+from sim.db_servers import MongoServer
+from sim.fake_openai import FakeOpenAI
 from tests.reliability.conftest import AUTH, LiveApp
 
 pytestmark = [

@@ -16,9 +16,9 @@ from app.domain import SessionStatus, StoreUnavailable
 from app.seed import seed
 from app.settings import Settings
 from app.store.sql import SQLStore
-from app.testing.fake_openai import FakeOpenAI
 from app.worker.entrypoint import prepare_job
 from app.worker.services import WorkerServices
+from sim.fake_openai import FakeOpenAI
 
 
 class SwitchableStore(SQLStore):
