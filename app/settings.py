@@ -7,12 +7,15 @@ reads `os.environ`, so tests can build the whole app from a literal `Settings(..
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/app.db"
+DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
+"""`prompts/` beside the `app` package: the repository root, or /app in the image."""
 
 
 class AgentMode(str, Enum):
@@ -49,6 +52,10 @@ class Settings(BaseSettings):
         None, description="Any OpenAI-compatible endpoint (Ollama, vLLM, a local fake)."
     )
     agent_mode: AgentMode = AgentMode.dynamic
+    prompts_dir: Path = Field(
+        DEFAULT_PROMPTS_DIR,
+        description="Directory of the example agents, routes and the PTE interviewer (YAML).",
+    )
     agent_name: str = Field(
         "voice-platform", description="Name the worker registers with; tokens dispatch to it."
     )

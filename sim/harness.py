@@ -41,8 +41,9 @@ from app.domain import NotFound, SessionRecord, StoreUnavailable
 from app.seed import seed
 from app.settings import Settings
 from app.store import open_store
-from app.worker.entrypoint import PreparedSession, prepare_job
+from app.worker.entrypoint import prepare_job
 from app.worker.services import WorkerServices
+from app.worker.session_start import PreparedSession
 from sim.config_ops import ConfigApplier
 from sim.expect import (
     check_closes,

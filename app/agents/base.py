@@ -28,7 +28,7 @@ from livekit.agents import Agent, llm
 
 from app.domain import AgentConfig
 
-logger = logging.getLogger("app.agents")
+logger = logging.getLogger(__name__)
 
 
 class BaseAgent(Agent):

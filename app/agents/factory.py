@@ -26,11 +26,10 @@ import openai
 from livekit.agents import llm as lk_llm
 from livekit.plugins import openai as lk_openai
 
-from app.agents import openai_fastpath
 from app.agents.audio import session_audio_models
 from app.agents.base import BaseAgent
 from app.agents.context import ConfigSource, SessionContext
-from app.agents.tools import build_tools
+from app.agents.tool_registry import build_tools
 from app.domain import AgentConfig, PromptConfig, template_fields
 from app.domain.models import MAX_VARIABLE_VALUE_CHARS
 from app.settings import Settings
@@ -142,7 +141,6 @@ class AgentFactory:
         self._http_client = http_client
         key = settings.openai_api_key
         self._api_key = key.get_secret_value() if key is not None else PLACEHOLDER_API_KEY
-        openai_fastpath.install()  # every LLM request the agents make goes through it
 
     @property
     def configs(self) -> ConfigSource:

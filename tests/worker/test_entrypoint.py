@@ -11,8 +11,8 @@ import pytest
 from livekit.agents import AgentSession
 from livekit.agents.testing import fake_job_context
 
-from app.agents.fallback import FALLBACK_AGENT_ID
 from app.domain import SessionStatus, StoreUnavailable
+from app.domain.fallback import FALLBACK_AGENT_ID
 from app.seed import seed
 from app.settings import Settings
 from app.store.sql import SQLStore
