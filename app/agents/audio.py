@@ -52,5 +52,3 @@ def session_audio_models(
         return SegmentingSTT(stt=stt, vad=svad), svad
     return stt, vad
 
-
-__all__ = ["SegmentingSTT", "SessionVAD", "session_audio_models"]
