@@ -3,6 +3,7 @@ three callers that use it (session start, GET /api/v1/resolve, POST /api/v1/toke
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -237,3 +238,52 @@ async def test_session_start_resolve_and_token_give_one_answer(store: SQLStore, 
     finally:
         await services.aclose()
     assert calls.count("s") == calls.count("resolve") == calls.count("token") == len(CASES)
+
+
+class DownStore(SQLStore):
+    """The real SQL store with an off switch (a database outage)."""
+
+    down = False
+
+    async def config_epoch(self) -> int:
+        if self.down:
+            raise StoreUnavailable("simulated outage")
+        return await super().config_epoch()
+
+    async def list_agent_configs(self, **kw: Any) -> Any:
+        if self.down:
+            raise StoreUnavailable("simulated outage")
+        return await super().list_agent_configs(**kw)
+
+
+async def test_token_during_an_outage_mints_from_last_known_good_or_answers_503(tmp_path) -> None:
+    """As a session start would: the last known-good configs while the store is down;
+    503 when nothing was ever loaded (no answer to give)."""
+    store = DownStore(f"sqlite+aiosqlite:///{tmp_path}/down.db")
+    await store.start()
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, admin_api_key=SecretStr(ADMIN), livekit_url="wss://lk.example",
+        livekit_api_key=SecretStr("APIkey"), livekit_api_secret=SecretStr("s" * 40), token_rate_per_minute=1000,
+    )
+    try:
+        await store.create_agent_config(AgentConfigInput(agent_id="sales-a", name="S", prompt_config={"instructions": "x"}))
+        await store.put_route(Route(purpose="sales", agent_id="sales-a", is_default=True))
+        warm = ConfigCache(store, poll_interval=0.05)
+        await warm.current()
+        cold = ConfigCache(store, poll_interval=0.05)
+        store.down = True
+        await asyncio.sleep(0.35)  # past the warm cache's freshness window: it must ask the store
+        for cache, code in ((warm, 201), (cold, 503)):
+            app = create_app(settings, store, cache=cache, extra_route_handlers=[token_controller(settings)])
+            async with AsyncTestClient(app) as client:
+                t = await client.post("/api/v1/token", json={"purpose": "sales"})
+                r = await client.get("/api/v1/resolve", params={"purpose": "sales"}, headers=AUTH)
+            assert t.status_code == code, t.text
+            assert r.status_code == 200 and r.json()["stale"] is True
+            if code == 201:
+                assert t.json()["agent_id"] == r.json()["agent_id"] == "sales-a"
+            else:
+                assert r.json()["agent_id"] == FALLBACK_CONFIG.agent_id
+    finally:
+        store.down = False
+        await store.aclose()
