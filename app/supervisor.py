@@ -381,8 +381,19 @@ class Supervisor:
 
 
 def _preimport_worker_stack() -> None:
+    """Run in a thread while the API serves: the slow imports of the worker stack (the
+    OpenAI realtime/responses types are most of what importing the OpenAI plugin costs)
+    and the OpenAI SDK adapter's one-time type walk. The LiveKit plugins themselves are
+    imported afterwards on the main thread, where they must register."""
     import livekit.agents  # noqa: F401
-    import openai  # noqa: F401
+    import openai
+    import openai.types.beta.realtime
+    import openai.types.realtime
+    import openai.types.responses  # noqa: F401
+
+    from app.adapters import openai_sdk
+
+    openai_sdk.install()
 
 
 def prepare_settings(settings: Settings, *, dev: bool) -> tuple[Settings, str | None]:

@@ -14,11 +14,14 @@ in place and logs one warning. Nothing is patched or enabled on import:
 
 from __future__ import annotations
 
-from app.adapters import livekit_agents, openai_sdk, silero
-
 
 def install_adapters() -> dict[str, bool]:
-    """Install every adapter (idempotent); which ones are active, by module name."""
+    """Install every adapter (idempotent); which ones are active, by module name.
+
+    Call it on the main thread: the silero adapter imports the silero plugin, and
+    LiveKit plugins register themselves on the main thread only."""
+    from app.adapters import livekit_agents, openai_sdk, silero
+
     return {
         openai_sdk.__name__: openai_sdk.install(),
         silero.__name__: silero.install(),
