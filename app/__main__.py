@@ -57,7 +57,7 @@ def _cmd_seed() -> int:
         store = open_store(settings.database_url)
         await store.start()
         try:
-            report = await seed(store)
+            report = await seed(store, settings.prompts_dir)
         except ConfigFileError as e:  # names the file and the field
             print(f"error: {e}", file=sys.stderr)
             return 2

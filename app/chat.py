@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
-from app.agents.routing import MetadataSource
 from app.domain import StoreUnavailable
-from app.settings import AgentMode, Settings
+from app.domain.routing import MetadataSource
+from app.settings import Settings
 from app.store import open_store
-from app.worker.entrypoint import prepare_session
 from app.worker.services import WorkerServices
+from app.worker.session_start import prepare_session
+
+if TYPE_CHECKING:
+    from livekit.agents import CloseEvent, ConversationItemAddedEvent
 
 
 def _say(who: str, text: str) -> None:
@@ -31,17 +35,18 @@ async def run_chat(
     agent_id: str | None = None,
     variables: dict[str, str] | None = None,
     user_id: str = "terminal",
-    lines: Any = None,
+    lines: AsyncIterator[str] | None = None,
 ) -> int:
     """`lines`: an async iterator of user inputs (tests); stdin when None."""
     from livekit.agents import AgentSession
+    from livekit.agents.llm import ChatMessage
 
-    store = None if settings.agent_mode == AgentMode.pte else open_store(settings.database_url)
-    if store is not None:
-        try:
-            await store.start()
-        except StoreUnavailable as e:
-            print(f"warning: store unavailable ({e.message}); using the fallback agent", file=sys.stderr)
+    store = open_store(settings.database_url)
+    try:
+        await store.start()
+    except StoreUnavailable as e:
+        print(f"warning: store unavailable ({e.message}); the session is not recorded until it "
+              "answers, and store-backed agents give way to the fallback agent", file=sys.stderr)
     services = WorkerServices(settings, store)
     await services.start()
     meta: dict[str, Any] = {"variables": variables or {}, "user_id": user_id}
@@ -61,14 +66,18 @@ async def run_chat(
         async with AgentSession() as session:
             prepared.manager.attach(session)
 
-            def on_item(ev: Any) -> None:
+            def on_item(ev: ConversationItemAddedEvent) -> None:
                 item = ev.item
-                if getattr(item, "type", None) == "message" and item.role == "assistant" and item.text_content:
+                if isinstance(item, ChatMessage) and item.role == "assistant" and item.text_content:
                     _say(prepared.manager.agent_id, item.text_content)
 
-            session.on("conversation_item_added", on_item)
             closed = asyncio.Event()
-            session.on("close", lambda _ev: closed.set())
+
+            def on_close(_ev: CloseEvent) -> None:
+                closed.set()
+
+            session.on("conversation_item_added", on_item)
+            session.on("close", on_close)
             await session.start(prepared.agent, capture_run=True)  # returns after the greeting
             async for line in lines if lines is not None else _stdin_lines():
                 if not line.strip() or closed.is_set():
@@ -86,11 +95,10 @@ async def run_chat(
         return 0
     finally:
         await services.aclose()
-        if store is not None:
-            await store.aclose()
+        await store.aclose()
 
 
-async def _stdin_lines() -> Any:
+async def _stdin_lines() -> AsyncIterator[str]:
     while True:
         try:
             line = await asyncio.to_thread(input, "you> ")

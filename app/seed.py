@@ -8,7 +8,7 @@ therefore writes nothing the second time: versions and `config_epoch` stay uncha
 
 Files: every `*.yaml` in the directory is one `AgentConfigInput` whose file name is its
 `agent_id`, except `routes.yaml` (the routing table) and `pte_interview.yaml` (the
-hardcoded PTE agent, run only with `AGENT_MODE=pte`; see `app.agents.pte`). Every file
+PTE interviewer, run only with `AGENT_MODE=pte`; see `app.store.sources`). Every file
 is validated before anything is written, so a bad file leaves the store untouched.
 """
 
@@ -27,13 +27,14 @@ from app.domain.loading import (
     load_agent_file,
     read_yaml,
 )
+from app.settings import DEFAULT_PROMPTS_DIR
 from app.store.base import ConfigStore
+from app.store.sources import PTE_CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+PROMPTS_DIR = DEFAULT_PROMPTS_DIR
 ROUTES_FILE = "routes.yaml"
-PTE_CONFIG_FILE = "pte_interview.yaml"
 NOT_SEEDED = frozenset({ROUTES_FILE, PTE_CONFIG_FILE})
 """Files in `prompts/` that are not seed agents."""
 

@@ -15,6 +15,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/app.db"
+DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
+"""`prompts/` beside the `app` package: the repository root, or /app in the image."""
 
 
 def default_cache_dir() -> Path:
@@ -57,6 +59,10 @@ class Settings(BaseSettings):
         None, description="Any OpenAI-compatible endpoint (Ollama, vLLM, a local fake)."
     )
     agent_mode: AgentMode = AgentMode.dynamic
+    prompts_dir: Path = Field(
+        DEFAULT_PROMPTS_DIR,
+        description="Directory of the example agents, routes and the PTE interviewer (YAML).",
+    )
     agent_name: str = Field(
         "voice-platform", description="Name the worker registers with; tokens dispatch to it."
     )

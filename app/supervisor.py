@@ -28,9 +28,10 @@ from app.api.app import create_app
 from app.api.status import RuntimeStatus
 from app.domain import StoreUnavailable
 from app.domain.models import utcnow
-from app.settings import AgentMode, ExecutorType, Settings
+from app.settings import ExecutorType, Settings
 from app.store import ConfigStore, open_store
 from app.store.cache import ConfigCache
+from app.store.sources import config_source
 from app.worker.drain import (
     API_STOP_TIMEOUT,
     STORE_CLOSE_TIMEOUT,
@@ -41,9 +42,11 @@ from app.worker.drain import (
 from app.worker.sessions import instance_id
 
 if TYPE_CHECKING:
+    from livekit.agents import AgentServer
+
     from app.worker.services import WorkerServices
 
-log = logging.getLogger("app.supervisor")
+log = logging.getLogger(__name__)
 
 WORKER_BACKOFF_MAX = 30.0
 STORE_RETRY_INTERVAL = 2.0
@@ -83,7 +86,7 @@ class Supervisor:
         self.store: ConfigStore | None = None
         self.services: WorkerServices | None = None
         self._stop = asyncio.Event()
-        self._agent_server: Any = None
+        self._agent_server: AgentServer | None = None
         self._uvicorn: _Server | None = None
         self._store_down = False
         self._store_setup_pending = False
@@ -106,7 +109,6 @@ class Supervisor:
         self.store = open_store(self.settings.database_url)
         await self._open_store()
 
-        from app.api.resolve import resolve_controller
         from app.api.tokens import token_controller
         from app.assets import BrowserAssets
         from app.console import console_handlers
@@ -120,13 +122,15 @@ class Supervisor:
         # session starts; this process's writes refresh it at once, others' within a poll.
         self.cache = ConfigCache(self.store, poll_interval=self.settings.cache_poll_interval)
         await self.cache.start()
+        # What sessions, /resolve and /token resolve against (the cache, or PTE's fixed
+        # snapshot): ready before the API serves, so /resolve answers from the start.
+        self.configs = config_source(self.settings, self.store, cache=self.cache)
+        if self.configs is not self.cache:
+            await self.configs.start()
         app = create_app(
-            self.settings, self.store, status=self.status, cache=self.cache, assets=assets,
-            extra_route_handlers=[
-                *console_handlers(self.settings, assets),
-                token_controller(self.settings),
-                resolve_controller(self._resolve, self.settings.admin_api_key),
-            ],
+            self.settings, self.store, status=self.status, cache=self.cache, configs=self.configs,
+            assets=assets,
+            extra_route_handlers=[*console_handlers(self.settings, assets), token_controller(self.settings)],
         )
         self._uvicorn = _Server(
             uvicorn.Config(
@@ -166,20 +170,12 @@ class Supervisor:
             async with asyncio.timeout(STORE_CLOSE_TIMEOUT):
                 if self.services is not None:
                     await self.services.aclose()
-                await self.cache.aclose()  # idempotent; services may never have started
+                await self.configs.aclose()  # idempotent; services may never have started
+                await self.cache.aclose()
                 await self.store.aclose()
         stop_task.cancel()
         log.info("stopped")
         return exit_code
-
-    async def _resolve(self, metadata: str) -> Any:
-        from litestar.exceptions import ServiceUnavailableException
-
-        if self.services is None:
-            raise ServiceUnavailableException("the worker is still starting")
-        from app.worker.entrypoint import resolve_metadata
-
-        return await resolve_metadata(self.services, metadata)
 
     async def _start_services(self) -> WorkerServices:
         # livekit.agents and openai take seconds to import: do that off the loop, then
@@ -187,7 +183,7 @@ class Supervisor:
         await asyncio.to_thread(_preimport_worker_stack)
         from app.worker.services import WorkerServices, install_services
 
-        services = WorkerServices(self.settings, self.store, cache=self.cache)
+        services = WorkerServices(self.settings, self.store, cache=self.cache, configs=self.configs)
         await services.start()
         services.load_vad()  # ~40 ms, once per process
         install_services(services)
@@ -283,7 +279,7 @@ class Supervisor:
         if total == 0:
             from app.seed import seed
 
-            report = await seed(self.store)
+            report = await seed(self.store, self.settings.prompts_dir)
             log.info("empty database: seeded example agents (%s)", report)
 
     async def _watch_store(self) -> None:
@@ -309,7 +305,7 @@ class Supervisor:
 
     # ----------------------------------------------------------------- worker
 
-    def _make_agent_server(self) -> Any:
+    def _make_agent_server(self) -> AgentServer:
         from livekit.agents import AgentServer, JobExecutorType
 
         from app.worker.entrypoint import entrypoint, prewarm
@@ -397,8 +393,19 @@ class Supervisor:
 
 
 def _preimport_worker_stack() -> None:
+    """Run in a thread while the API serves: the slow imports of the worker stack (the
+    OpenAI realtime/responses types are most of what importing the OpenAI plugin costs)
+    and the OpenAI SDK adapter's one-time type walk. The LiveKit plugins themselves are
+    imported afterwards on the main thread, where they must register."""
     import livekit.agents  # noqa: F401
-    import openai  # noqa: F401
+    import openai
+    import openai.types.beta.realtime
+    import openai.types.realtime
+    import openai.types.responses  # noqa: F401
+
+    from app.adapters import openai_sdk
+
+    openai_sdk.install()
 
 
 def prepare_settings(settings: Settings, *, dev: bool) -> tuple[Settings, str | None]:
@@ -410,6 +417,4 @@ def prepare_settings(settings: Settings, *, dev: bool) -> tuple[Settings, str | 
         from pydantic import SecretStr
 
         settings = settings.model_copy(update={"admin_api_key": SecretStr(generated)})
-    if settings.agent_mode == AgentMode.pte:
-        log.info("AGENT_MODE=pte: the worker runs only the PTE interview agent")
     return settings, generated

@@ -3,7 +3,7 @@
 Why both: `store` is the shortest path (and what a second process writing the same
 database looks like to the worker); `api` goes through `app.api.create_app` — auth,
 validation, merge-patch, If-Match/412, error mapping — with the *same* store object the
-worker's cache subscribes to, which is what makes DESIGN §5's promise testable: the
+worker's cache subscribes to, which is what makes the cache's promise testable: the
 next session after a successful API write sees the new version.
 """
 

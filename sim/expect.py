@@ -34,7 +34,7 @@ from livekit.agents.voice.run_result import (
 )
 
 from app.domain import SessionRecord
-from app.testing.fake_openai import CapturedRequest, _content_text
+from sim.fake_openai import CapturedRequest, _content_text
 from sim.report import Checks, Loc
 from sim.scenario import (
     ExpectEvent,

@@ -41,9 +41,9 @@ from app.domain import NotFound, SessionRecord, StoreUnavailable
 from app.seed import seed
 from app.settings import Settings
 from app.store import open_store
-from app.testing.fake_openai import CapturedRequest
-from app.worker.entrypoint import PreparedSession, prepare_job
+from app.worker.entrypoint import prepare_job
 from app.worker.services import WorkerServices
+from app.worker.session_start import PreparedSession
 from sim.config_ops import ConfigApplier
 from sim.expect import (
     check_closes,
@@ -54,6 +54,7 @@ from sim.expect import (
     describe_event,
     skip_activation,
 )
+from sim.fake_openai import CapturedRequest
 from sim.http_mocks import add_routes, check_calls
 from sim.llm import LiveConfig, LiveLLM, ScriptedLLM, SessionLLM
 from sim.outage import SwitchableStore

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import httpx2
 import openai
 
-from app.testing.fake_openai import (
+from sim.fake_openai import (
     CapturedRequest,
     FakeOpenAI,
     ScriptedError,

@@ -463,7 +463,7 @@ class Scenario(_M):
     name: str = Field(min_length=1, max_length=200)
     description: str = ""
     mode: Literal["dynamic", "pte"] = "dynamic"
-    """`pte`: Settings(agent_mode="pte"), the hardcoded PTE examiner."""
+    """`pte`: Settings(agent_mode="pte"): the PTE examiner is the only agent (a fixed config source)."""
     store: StoreSpec = Field(default_factory=StoreSpec)
     config_via: Literal["store", "api"] = "store"
     config: list[ConfigOp] = Field(default_factory=list)

@@ -13,7 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from app.store.sql import SQLStore
-from app.testing.fake_openai import FakeOpenAI
+from sim.fake_openai import FakeOpenAI
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -29,7 +29,7 @@ from typing import IO
 import httpx
 import pytest
 
-from app.testing.servers import MongoServer, PostgresServer
+from sim.db_servers import MongoServer, PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "scale-out-admin-key-0123456789"

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.testing.servers import MongoServer
+from sim.db_servers import MongoServer
 from tests.test_scale_out import AUTH, App
 
 

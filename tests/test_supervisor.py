@@ -164,3 +164,27 @@ def test_resolve_shows_the_version_the_next_session_gets(tmp_path: Path) -> None
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out
+
+
+def test_resolve_answers_as_soon_as_the_api_does(tmp_path: Path) -> None:
+    """/resolve reads the process's config source (ready before the API serves), not the
+    worker: no "worker still starting" 503 while /readyz already says ready."""
+    port = free_port()
+    key = "admin-key-0123456789abcdef"
+    env = app_env(tmp_path, PORT=str(port), ADMIN_API_KEY=key)  # no LiveKit: worker disabled
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "dev"], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/healthz", time.monotonic() + 15)
+        first = httpx.get(f"{base}/api/v1/resolve", headers={"Authorization": f"Bearer {key}"}, timeout=3)
+        ready = httpx.get(f"{base}/readyz", timeout=3)
+        assert first.status_code == 200, first.text
+        assert (first.json()["agent_id"], first.json()["reason"]) == ("support-agent-v1", "default")
+        assert ready.status_code == 200 and ready.json()["worker"] == "disabled", ready.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out

@@ -24,11 +24,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from livekit.agents import Agent, llm
+from livekit.agents import NOT_GIVEN, Agent, NotGivenOr, llm as lk_llm, stt as lk_stt, tts as lk_tts, vad as lk_vad
 
 from app.domain import AgentConfig
 
-logger = logging.getLogger("app.agents")
+logger = logging.getLogger(__name__)
 
 
 class BaseAgent(Agent):
@@ -38,18 +38,25 @@ class BaseAgent(Agent):
         *,
         instructions: str,
         greeting: str | None = None,
-        tools: list[llm.Tool | llm.Toolset] | None = None,
-        chat_ctx: llm.ChatContext | None = None,
+        tools: list[lk_llm.Tool | lk_llm.Toolset] | None = None,
+        chat_ctx: lk_llm.ChatContext | None = None,
         reply_on_enter: bool = False,
-        **models: Any,
+        llm: NotGivenOr[lk_llm.LLM[Any]] = NOT_GIVEN,
+        stt: NotGivenOr[lk_stt.STT[Any]] = NOT_GIVEN,
+        tts: NotGivenOr[lk_tts.TTS[Any]] = NOT_GIVEN,
+        vad: NotGivenOr[lk_vad.VAD] = NOT_GIVEN,
     ) -> None:
-        """`models`: `llm`, `stt`, `tts`, `vad` as LiveKit's `Agent` takes them."""
+        """`llm`, `stt`, `tts`, `vad`: the models, as LiveKit's `Agent` takes them
+        (not given: the session's)."""
         super().__init__(
             id=config.agent_id,
             instructions=instructions,
             tools=tools or [],
             chat_ctx=chat_ctx,
-            **models,
+            llm=llm,
+            stt=stt,
+            tts=tts,
+            vad=vad,
         )
         self.config = config
         self.greeting = greeting

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 from app.domain import AgentConfig, SessionStatus
 
+log = logging.getLogger(__name__)
+
 
 class SessionRecorder(Protocol):
     @property
@@ -95,4 +97,4 @@ class SessionContext:
             try:
                 await closer()
             except Exception:
-                logging.getLogger("app.agents").exception("closing a session resource failed")
+                log.exception("closing a session resource failed")

@@ -23,14 +23,13 @@ from typing import Any
 import httpx
 import httpx2
 import openai
-from livekit.agents import llm as lk_llm
+from livekit.agents import NOT_GIVEN, NotGivenOr, llm as lk_llm, stt as lk_stt, vad as lk_vad
 from livekit.plugins import openai as lk_openai
 
-from app.agents import openai_fastpath
 from app.agents.audio import session_audio_models
 from app.agents.base import BaseAgent
 from app.agents.context import ConfigSource, SessionContext
-from app.agents.tools import build_tools
+from app.agents.tool_registry import build_tools
 from app.domain import AgentConfig, PromptConfig, template_fields
 from app.domain.models import MAX_VARIABLE_VALUE_CHARS
 from app.settings import Settings
@@ -120,7 +119,7 @@ class AgentFactory:
         settings: Settings,
         configs: ConfigSource,
         *,
-        vad: Any = None,
+        vad: lk_vad.VAD | None = None,
         llm_client: openai.AsyncClient | None = None,
         http_client: httpx.AsyncClient | None = None,
         stt_client: openai.AsyncClient | None = None,
@@ -142,7 +141,6 @@ class AgentFactory:
         self._http_client = http_client
         key = settings.openai_api_key
         self._api_key = key.get_secret_value() if key is not None else PLACEHOLDER_API_KEY
-        openai_fastpath.install()  # every LLM request the agents make goes through it
 
     @property
     def configs(self) -> ConfigSource:
@@ -153,7 +151,7 @@ class AgentFactory:
         config: AgentConfig,
         ctx: SessionContext,
         *,
-        extra_tools: Sequence[Any] = (),
+        extra_tools: Sequence[lk_llm.Tool] = (),
         chat_ctx: lk_llm.ChatContext | None = None,
         reply_on_enter: bool = False,
     ) -> BaseAgent:
@@ -168,7 +166,7 @@ class AgentFactory:
         def build_target(target: AgentConfig, history: lk_llm.ChatContext) -> BaseAgent:
             return self.create_agent(target, ctx, chat_ctx=history, reply_on_enter=True)
 
-        tools: list[Any] = [
+        tools: list[lk_llm.Tool | lk_llm.Toolset] = [
             *build_tools(
                 config,
                 ctx,
@@ -178,26 +176,27 @@ class AgentFactory:
             ),
             *extra_tools,
         ]
-        models: dict[str, Any] = {"llm": self._build_llm(config, ctx)}
-        if ctx.audio:
-            raw_stt = self._build_stt(config, ctx)
-            models["stt"] = raw_stt
-            models["tts"] = self._build_tts(config, ctx)
-            if self._vad is not None:
-                # one VAD stream per session, shared by turn detection and the STT's
-                # segmentation (app.agents.audio), instead of LiveKit's StreamAdapter
-                # running a second one over the same audio
-                models["stt"], models["vad"] = session_audio_models(raw_stt, self._vad, config.vad)
-                if models["stt"] is not raw_stt:
-                    ctx.add_closer(models["stt"].aclose)
+        llm = self._build_llm(config, ctx)
+        if not ctx.audio:
+            return BaseAgent(
+                config, instructions=prompt.instructions, greeting=prompt.greeting, tools=tools,
+                chat_ctx=chat_ctx, reply_on_enter=reply_on_enter, llm=llm,
+            )
+        raw_stt = self._build_stt(config, ctx)
+        tts = self._build_tts(config, ctx)
+        stt: lk_stt.STT[Any] = raw_stt
+        vad: NotGivenOr[lk_vad.VAD] = NOT_GIVEN
+        if self._vad is not None:
+            # one VAD stream per session, shared by turn detection and the STT's
+            # segmentation (app.agents.audio), instead of LiveKit's StreamAdapter
+            # running a second one over the same audio
+            stt, vad = session_audio_models(raw_stt, self._vad, config.vad)
+            if stt is not raw_stt:
+                ctx.add_closer(stt.aclose)
         return BaseAgent(
-            config,
-            instructions=prompt.instructions,
-            greeting=prompt.greeting,
-            tools=tools,
-            chat_ctx=chat_ctx,
-            reply_on_enter=reply_on_enter,
-            **models,
+            config, instructions=prompt.instructions, greeting=prompt.greeting, tools=tools,
+            chat_ctx=chat_ctx, reply_on_enter=reply_on_enter,
+            llm=llm, stt=stt, tts=tts, vad=vad,
         )
 
     # ------------------------------------------------------------------------ models

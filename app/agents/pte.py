@@ -1,9 +1,9 @@
-"""The hardcoded PTE Academic speaking practice examiner (`AGENT_MODE=pte`).
+"""The PTE Academic speaking practice examiner's scoring: the `record_score` built-in tool.
 
 The conversation itself (task scripts, timing instructions, rubrics) lives in
-`prompts/pte_interview.yaml`, an ordinary `AgentConfigInput` document; this module loads
-it without a database and adds the one tool it needs beyond the built-ins:
-`record_score`, which the examiner calls after each task.
+`prompts/pte_interview.yaml`, an ordinary agent config that `AGENT_MODE=pte` serves as
+the process's only agent (`app.store.sources`) and that names `record_score` among its
+built-in tools; the examiner calls it after each task.
 
 Scores accumulate in the session's collected data as
 `{"scores": {task_id: {"content", "oral_fluency", "pronunciation", "note"}}}`; once all
@@ -20,27 +20,17 @@ Trait scales (whole numbers):
 from __future__ import annotations
 
 import copy
-import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from fractions import Fraction
-from pathlib import Path
 from typing import Any, cast
 
 from livekit.agents import RunContext, function_tool
+from livekit.agents.llm import RawFunctionTool
 
 from app.agents.context import SessionRecorder
-from app.domain import AgentConfig
 from app.domain.jsonschema_safe import validator_for
-from app.domain.loading import ConfigFileError, load_agent_file
-
-PTE_AGENT_ID = "pte-interview"
-PTE_CONFIG_PATH = Path(__file__).resolve().parents[2] / "prompts" / "pte_interview.yaml"
-PTE_CONFIG_VERSION = 1
-PTE_CONFIG_TIMESTAMP = datetime(2025, 1, 1, tzinfo=UTC)
-"""Fixed, so the hardcoded config is identical in every process and session record."""
 
 RECORD_SCORE_TOOL = "record_score"
 BAND_MIN, BAND_MAX = 10, 90
@@ -69,30 +59,6 @@ PTE_TASK_SPECS: dict[str, PTETask] = {
 }
 PTE_TASKS: list[str] = list(PTE_TASK_SPECS)
 """Task ids in the order the examiner runs them."""
-
-
-# ---------------------------------------------------------------------------- config
-
-
-@functools.lru_cache(maxsize=4)
-def _load(path: Path) -> AgentConfig:
-    cfg = load_agent_file(path)
-    if cfg.agent_id != PTE_AGENT_ID:
-        raise ConfigFileError(path, f"agent_id: expected {PTE_AGENT_ID!r}, got {cfg.agent_id!r}")
-    return AgentConfig(
-        **cfg.model_dump(),
-        version=PTE_CONFIG_VERSION,
-        created_at=PTE_CONFIG_TIMESTAMP,
-        updated_at=PTE_CONFIG_TIMESTAMP,
-    )
-
-
-def load_pte_config(path: Path = PTE_CONFIG_PATH) -> AgentConfig:
-    """The PTE examiner's config from its YAML file: version 1, fixed timestamps.
-
-    Parsed once per process; each call returns a fresh copy, so callers may mutate it.
-    """
-    return _load(path).model_copy(deep=True)
 
 
 # ------------------------------------------------------------------------------ band
@@ -223,10 +189,10 @@ def validate_score(arguments: Mapping[str, object]) -> tuple[dict[str, Any] | No
     return clean, None
 
 
-def make_pte_tools(recorder: SessionRecorder) -> list[Any]:
-    """The PTE-specific LiveKit tools (`record_score`), writing to `recorder`."""
+def record_score_tool(recorder: SessionRecorder) -> RawFunctionTool[..., Any]:
+    """The `record_score` LiveKit tool, writing to `recorder`."""
 
-    async def handler(raw_arguments: dict[str, object], context: RunContext) -> str:
+    async def handler(raw_arguments: dict[str, object], context: RunContext[Any]) -> str:
         clean, problem = validate_score(raw_arguments)
         if clean is None:
             return (
@@ -261,4 +227,4 @@ def make_pte_tools(recorder: SessionRecorder) -> list[Any]:
             "out. Now give the closing summary."
         )
 
-    return [function_tool(handler, raw_schema=copy.deepcopy(RECORD_SCORE_SCHEMA))]
+    return function_tool(handler, raw_schema=copy.deepcopy(RECORD_SCORE_SCHEMA))

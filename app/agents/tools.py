@@ -19,7 +19,8 @@ what was recorded and which required fields are still missing.
 
 Built-ins: `end_session` (finish the record, say goodbye, then close the session once
 the reply has played — the way LiveKit's own `EndCallTool` does it) and `transfer`
-(hand off to an agent listed in `handoffs` by returning the new agent).
+(hand off to an agent listed in `handoffs` by returning the new agent). Configs name
+them; `app.agents.tool_registry` maps the names to these builders.
 
 HTTP tools: declarative calls to an admin-configured URL; arguments are validated
 against the tool's `parameters` first, and every failure mode (status, timeout,
@@ -42,11 +43,11 @@ from livekit.agents import RunContext, function_tool, llm
 from livekit.agents.llm import RawFunctionTool
 
 from app.agents.base import BaseAgent
-from app.agents.context import ConfigSource, SessionContext, SessionRecorder
+from app.agents.context import ConfigSource, SessionRecorder
 from app.domain import AgentConfig, DomainError, HttpTool, NotFound, SessionStatus
 from app.domain.jsonschema_safe import validator_for, value_problems
 
-logger = logging.getLogger("app.agents.tools")
+logger = logging.getLogger(__name__)
 
 MAX_PER_FIELD_TOOLS = 12
 MAX_TOOL_OUTPUT_CHARS = 4096
@@ -416,26 +417,3 @@ def build_http_tool(spec: HttpTool, *, http_client: httpx.AsyncClient | None = N
         return await call_http_tool(spec, raw_arguments, http_client or default_http_client())
 
     return _tool(spec.name, spec.description, dict(spec.parameters), handler)
-
-
-# ------------------------------------------------------------------------ all at once
-
-
-def build_tools(
-    config: AgentConfig,
-    ctx: SessionContext,
-    *,
-    configs: ConfigSource,
-    build_agent: BuildAgent,
-    http_client: httpx.AsyncClient | None = None,
-) -> list[RawFunctionTool]:
-    """Schema tools, then the configured tools in config order."""
-    tools = build_schema_tools(config.schema_config, ctx.recorder)
-    for spec in config.tools:
-        if isinstance(spec, HttpTool):
-            tools.append(build_http_tool(spec, http_client=http_client))
-        elif spec.name == "end_session":
-            tools.append(build_end_session_tool(ctx.recorder))
-        elif spec.name == "transfer":
-            tools.append(build_transfer_tool(config, ctx.recorder, configs, build_agent))
-    return tools

@@ -33,6 +33,7 @@ from app.api.docs import SelfHostedSwaggerPlugin, schema_router
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
 from app.api.openapi import AccurateJsonRenderPlugin, fix_allow_header
+from app.api.resolve import ResolveController
 from app.api.routes import RouteController
 from app.api.sessions import SessionController
 from app.api.status import RuntimeStatus
@@ -40,6 +41,7 @@ from app.assets.browser import BrowserAssets
 from app.settings import Settings
 from app.store.base import ConfigStore
 from app.store.cache import ConfigCache
+from app.store.sources import SnapshotSource, config_source
 
 API_PREFIX = "/api/v1"
 API_VERSION = "1.0.0"
@@ -51,6 +53,7 @@ def create_app(
     *,
     status: RuntimeStatus | None = None,
     cache: ConfigCache | None = None,
+    configs: SnapshotSource | None = None,
     extra_route_handlers: Sequence[ControllerRouterHandler] = (),
     assets: BrowserAssets | None = None,
 ) -> Litestar:
@@ -62,19 +65,24 @@ def create_app(
     worker's) to serve `GET /agents/config/{id}` from memory while it is fresh; without
     one every read goes to the store. `assets` locates (and in the serving process
     fetches) Swagger UI for `/schema`; without it, only what is on disk is used.
+
+    `configs`: the process's config source (what `/resolve` and `/token` resolve
+    against, as session starts do); by default the one `config_source` picks for the
+    settings, over `cache` when given.
     """
     status = status if status is not None else RuntimeStatus()
     assets = assets if assets is not None else BrowserAssets.from_settings(settings)
+    configs = configs if configs is not None else config_source(settings, store, cache=cache)
     admin = Router(
         path=API_PREFIX,
-        route_handlers=[AgentConfigController, RouteController, SessionController],
+        route_handlers=[AgentConfigController, RouteController, SessionController, ResolveController],
         guards=[bearer_guard(settings.admin_api_key)],
         security=[{SECURITY_SCHEME_NAME: []}],
     )
     app = Litestar(
         route_handlers=[HealthController, admin, *extra_route_handlers],
-        dependencies=dependencies(store, cache, status),
-        state=State({"settings": settings, "store": store, "status": status, "cache": cache}),
+        dependencies=dependencies(store, cache, status, configs),
+        state=State({"settings": settings, "store": store, "status": status, "cache": cache, "configs": configs}),
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

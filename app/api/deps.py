@@ -18,6 +18,7 @@ from app.api.status import RuntimeStatus
 from app.domain import AgentConfig
 from app.store.base import ConfigStore
 from app.store.cache import ConfigCache
+from app.store.sources import SnapshotSource
 
 MAX_PAGE = 200
 MAX_INT = 2**31 - 1
@@ -55,6 +56,8 @@ class ConfigReader:
 Store = NamedDependency[SkipValidation[ConfigStore]]
 Reader = NamedDependency[SkipValidation[ConfigReader]]
 Status = NamedDependency[SkipValidation[RuntimeStatus]]
+Configs = NamedDependency[SkipValidation[SnapshotSource]]
+"""The process's config source: what sessions are resolved against (`app.store.sources`)."""
 
 Offset = Annotated[int, QueryParameter(ge=0, le=MAX_INT, description="Items to skip")]
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE, description="Page size (1..200)")]
@@ -70,11 +73,12 @@ def constant(value: object) -> Provide:
 
 
 def dependencies(
-    store: ConfigStore, cache: ConfigCache | None, status: RuntimeStatus
+    store: ConfigStore, cache: ConfigCache | None, status: RuntimeStatus, configs: SnapshotSource
 ) -> dict[str, Provide]:
     """The app-level DI map; names match the handler parameters typed above."""
     return {
         "store": constant(store),
         "reader": constant(ConfigReader(store, cache)),
         "runtime_status": constant(status),
+        "configs": constant(configs),
     }

@@ -1,26 +1,25 @@
 """`GET /api/v1/resolve`: which agent and config version would a session started *now*,
 in *this* process, get for the given metadata?
 
-Why: routing happens in the worker from its in-memory config cache, so "did my change
-reach the workers?" is otherwise invisible. This answers from the same cache and
-routing code a session start uses (the worker supplies the resolver; `api/` does not
-import `worker/`).
+Why: routing happens from the process's in-memory config snapshot, so "did my change
+reach the workers?" is otherwise invisible. This answers with the same resolver and
+config source a session start uses (`app.store.resolver`, the `configs` dependency).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from litestar import Controller, get
-from litestar.di import Provide
 from litestar.params import Parameter
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel
 
-from app.api.auth import SECURITY_SCHEME_NAME, bearer_guard
+from app.api.deps import Configs
 from app.api.errors import error_responses
 from app.api.openapi import register_models
+from app.domain.routing import MetadataSource
+from app.store.resolver import resolve_current
 
 
 class Resolution(BaseModel):
@@ -35,33 +34,29 @@ class Resolution(BaseModel):
 
 register_models(Resolution)
 
-Resolver = Callable[[str], Awaitable[Resolution]]
 
+class ResolveController(Controller):
+    path = "/resolve"
+    tags = ["routing"]
 
-def resolve_controller(resolver: Resolver, admin_key: SecretStr | None) -> type[Controller]:
-    class ResolveController(Controller):
-        path = "/api/v1/resolve"
-        tags = ["routing"]
-        guards = [bearer_guard(admin_key)]
-        security = [{SECURITY_SCHEME_NAME: []}]
-        dependencies = {"resolver": Provide(lambda: resolver, use_cache=True, sync_to_thread=False)}
-
-        @get(
-            "/",
-            summary="Resolve room metadata to the agent and version a new session would get",
-            responses=error_responses(422),
+    @get(
+        "/",
+        summary="Resolve room metadata to the agent and version a new session would get",
+        responses=error_responses(422),
+    )
+    async def resolve(
+        self,
+        configs: Configs,
+        purpose: Annotated[str | None, Parameter(max_length=64)] = None,
+        agent_id: Annotated[str | None, Parameter(max_length=64)] = None,
+    ) -> Resolution:
+        meta: dict[str, str] = {}
+        if agent_id:
+            meta["agent_id"] = agent_id
+        if purpose:
+            meta["purpose"] = purpose
+        res = await resolve_current(configs, [MetadataSource("job", json.dumps(meta))], room="resolve")
+        return Resolution(
+            agent_id=res.config.agent_id, config_version=res.config.version, reason=res.decision.reason,
+            source=res.decision.source, config_epoch=res.epoch, stale=res.stale,
         )
-        async def resolve(
-            self,
-            resolver: Any,
-            purpose: Annotated[str | None, Parameter(max_length=64)] = None,
-            agent_id: Annotated[str | None, Parameter(max_length=64)] = None,
-        ) -> Resolution:
-            meta: dict[str, str] = {}
-            if agent_id:
-                meta["agent_id"] = agent_id
-            if purpose:
-                meta["purpose"] = purpose
-            return await resolver(json.dumps(meta))
-
-    return ResolveController

@@ -25,12 +25,15 @@ from livekit import api
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from app.api.auth import bearer_guard
+from app.api.deps import Configs
 from app.api.errors import ErrorBody, error_responses
 from app.api.openapi import register_models
-from app.domain import AgentConfig, NotFound
+from app.domain import AgentConfig, StoreUnavailable
 from app.domain.models import MAX_VARIABLE_VALUE_CHARS, MAX_VARIABLES_BYTES, PURPOSE_RE, SLUG_RE
-from app.settings import AgentMode, Settings
-from app.store.base import ConfigStore
+from app.domain.routing import MetadataSource
+from app.settings import Settings
+from app.store.resolver import resolve_current
+from app.store.sources import SnapshotSource
 
 TOKEN_SECURITY_SCHEME = "TokenBearer"
 UNVERIFIED_PREFIX = "unverified:"
@@ -74,32 +77,30 @@ def _invalid(field: str, message: str) -> ValidationException:
     return ValidationException(detail="Validation failed for POST /api/v1/token", extra=[{"key": field, "message": message}])
 
 
-async def _resolve(req: TokenRequest, store: ConfigStore, settings: Settings) -> AgentConfig:
-    if settings.agent_mode == AgentMode.pte:
-        from app.agents.pte import load_pte_config
-
-        return load_pte_config()
-    try:
-        if req.agent_id:
-            cfg = await store.get_agent_config(req.agent_id)
-            if not cfg.enabled:
-                raise _invalid("agent_id", f"agent {req.agent_id!r} is disabled")
-            return cfg
-        if req.purpose:
-            try:
-                route = await store.get_route(req.purpose)
-            except NotFound:
-                raise _invalid("purpose", f"no route for purpose {req.purpose!r}") from None
-        else:
-            route = next((r for r in await store.list_routes() if r.is_default), None)
-            if route is None:
-                raise _invalid("purpose", "no purpose given and no default route is set")
-        cfg = await store.get_agent_config(route.agent_id)
-    except NotFound:
-        raise _invalid("agent_id", f"agent {req.agent_id!r} not found") from None
-    if not cfg.enabled:
-        raise _invalid("purpose", f"the agent for this purpose ({cfg.agent_id}) is disabled")
-    return cfg
+async def _resolve(req: TokenRequest, configs: SnapshotSource) -> AgentConfig:
+    """The agent a session started with this request's metadata would run (the same
+    resolver the worker uses), refusing what would only reach it by falling back."""
+    meta = {"agent_id": req.agent_id} if req.agent_id else {"purpose": req.purpose} if req.purpose else {}
+    res = await resolve_current(configs, [MetadataSource("job", json.dumps(meta))], room="token")
+    snap = res.snapshot
+    if snap is None:
+        raise StoreUnavailable(res.degraded or "no config loaded")
+    reason = res.decision.reason
+    if reason == "default:unknown_agent_id":
+        raise _invalid("agent_id", f"agent {req.agent_id!r} not found")
+    if reason == "default:disabled_agent" and req.agent_id:
+        raise _invalid("agent_id", f"agent {req.agent_id!r} is disabled")
+    if reason == "default:disabled_agent" and req.purpose:
+        target = snap.routing.routes.get(req.purpose)
+        raise _invalid("purpose", f"the agent for this purpose ({target}) is disabled")
+    if reason == "default:unknown_purpose":
+        raise _invalid("purpose", f"no route for purpose {req.purpose!r}")
+    if res.decision.agent_id is None:
+        default = snap.default_agent_id
+        if default is not None:
+            raise _invalid("purpose", f"the agent for this purpose ({default}) is disabled")
+        raise _invalid("purpose", "no purpose given and no default route is set")
+    return res.config
 
 
 def _check_variables(cfg: AgentConfig, variables: dict[str, str]) -> None:
@@ -177,10 +178,10 @@ def token_controller(settings: Settings) -> type[Controller]:
         async def mint(
             self,
             data: JSONBody[TokenRequest],
-            store: NamedDependency[SkipValidation[ConfigStore]],
+            configs: Configs,
             settings: NamedDependency[SkipValidation[Settings]],
         ) -> TokenResponse:
-            cfg = await _resolve(data, store, settings)
+            cfg = await _resolve(data, configs)
             _check_variables(cfg, data.variables)
             identity = participant_identity(data.user_id, asserted=settings.token_api_key is not None)
             if not (settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret):

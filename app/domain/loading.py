@@ -1,6 +1,6 @@
 """Reading configuration documents from YAML files, with errors that name the file and field.
 
-Used by the seed (`app.seed`) and by the hardcoded PTE agent (`app.agents.pte`); both
+Used by the seed (`app.seed`) and by the fixed PTE config source (`app.store.sources`); both
 keep their documents under `prompts/`. A document is validated by the same pydantic
 models the admin API uses, so a file that loads here is accepted by the API too.
 """

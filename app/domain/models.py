@@ -13,7 +13,7 @@ import string
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -43,7 +43,10 @@ AgentId = Annotated[str, StringConstraints(pattern=SLUG_RE)]
 Purpose = Annotated[str, StringConstraints(pattern=PURPOSE_RE)]
 ToolName = Annotated[str, StringConstraints(pattern=TOOL_NAME_RE)]
 
-BUILTIN_TOOL_NAMES = ("end_session", "transfer")
+BuiltinToolName = Literal["end_session", "transfer", "record_score"]
+"""Built-in tools a config may name; each is implemented in the agents layer's tool
+registry (`app.agents.tool_registry`). `record_score`: the PTE examiner's scoring."""
+BUILTIN_TOOL_NAMES: tuple[str, ...] = get_args(BuiltinToolName)
 
 
 def utcnow() -> datetime:
@@ -269,7 +272,7 @@ class HttpTool(_Model):
 
 class BuiltinTool(_Model):
     type: Literal["builtin"] = "builtin"
-    name: Literal["end_session", "transfer"]
+    name: BuiltinToolName
 
 
 ToolSpec = Annotated[HttpTool | BuiltinTool, Field(discriminator="type")]

@@ -1,10 +1,11 @@
-"""In-memory snapshot of every current agent config and the routing table.
+"""In-memory snapshot of every current agent config, the routes and their routing table.
 
 Why: a session start must not wait on the database. The snapshot is immutable and
 swapped atomically, so readers on any thread (LiveKit runs THREAD-executor jobs on
-their own loops) can use it without locks.
+their own loops) can use it without locks. Its routing table is built once, with the
+snapshot, so no reader rebuilds it.
 
-Freshness rules (DESIGN §5):
+Freshness rules:
 - a write through this process's store marks the snapshot dirty at once (change
   listener), so the next session after a successful write sees the new version;
 - a background poll of the store's `config_epoch` every `poll_interval` seconds picks
@@ -21,14 +22,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Any
 
 from app.domain import AgentConfig, NotFound, Route, StoreUnavailable
+from app.domain.routing import RoutingTable
 from app.store.base import ConfigStore
 
-log = logging.getLogger("app.store.cache")
+log = logging.getLogger(__name__)
 
 _PAGE = 500
 
@@ -38,9 +41,23 @@ class ConfigSnapshot:
     epoch: int
     configs: Mapping[str, AgentConfig]
     routes: tuple[Route, ...]
+    routing: RoutingTable
+    """What sessions can be routed to, built from `routes` and `configs` (`build`)."""
     loaded_at: float = field(default_factory=time.monotonic)
     stale: bool = False
     """True when served from memory because the store could not be reached."""
+
+    @classmethod
+    def build(
+        cls, epoch: int, configs: Mapping[str, AgentConfig], routes: Iterable[Route], **kw: Any
+    ) -> ConfigSnapshot:
+        """A snapshot with its routing table (the only way to make one)."""
+        frozen = MappingProxyType(dict(configs))
+        route_list = tuple(routes)
+        return cls(
+            epoch=epoch, configs=frozen, routes=route_list,
+            routing=RoutingTable.build(route_list, frozen.values()), **kw,
+        )
 
     @property
     def default_agent_id(self) -> str | None:
@@ -51,7 +68,7 @@ class ConfigSnapshot:
         return cfg if cfg is not None and cfg.enabled else None
 
 
-EMPTY = ConfigSnapshot(epoch=-1, configs=MappingProxyType({}), routes=(), loaded_at=0.0)
+EMPTY = ConfigSnapshot.build(epoch=-1, configs={}, routes=(), loaded_at=0.0)
 
 
 class ConfigCache:
@@ -149,9 +166,7 @@ class ConfigCache:
             routes = tuple(await self._store.list_routes())
             # `epoch` was read before listing: if another process wrote meanwhile,
             # the next check sees a newer epoch and reloads (never the reverse).
-            self._snapshot = ConfigSnapshot(
-                epoch=epoch, configs=MappingProxyType(configs), routes=routes
-            )
+            self._snapshot = ConfigSnapshot.build(epoch=epoch, configs=configs, routes=routes)
             self._covered = covers
             log.debug("config snapshot reloaded: epoch %s, %d agents", epoch, len(configs))
 

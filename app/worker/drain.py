@@ -24,7 +24,8 @@ on; the drain reaches it with `asyncio.run_coroutine_threadsafe`. With the PROCE
 executor the sessions live in other processes: there, step 3 does not apply and LiveKit
 closes the jobs at `AgentServer.aclose()` (records end `completed`).
 
-This module imports nothing from LiveKit, so the supervisor can import it at start-up.
+This module imports nothing from LiveKit at run time, so the supervisor can import it
+at start-up.
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ from typing import TYPE_CHECKING, Any
 from app.domain import SessionStatus
 
 if TYPE_CHECKING:
-    from app.worker.entrypoint import PreparedSession
+    from livekit.agents import AgentServer, AgentSession
 
-log = logging.getLogger("app.drain")
+    from app.worker.session_start import PreparedSession
+
+log = logging.getLogger(__name__)
 
 SHUTDOWN_REASON = "server shutting down"
 GOODBYE = (
@@ -73,7 +76,7 @@ def shutdown_budget(drain_timeout: float) -> float:
 class ActiveSession:
     """One live conversation: its `AgentSession`, its record, and the loop it runs on."""
 
-    session: Any
+    session: AgentSession[Any]
     prepared: PreparedSession
     loop: asyncio.AbstractEventLoop
     registry: SessionRegistry
@@ -101,7 +104,7 @@ class SessionRegistry:
         self._idle_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def register(
-        self, session: Any, prepared: PreparedSession, *, loop: asyncio.AbstractEventLoop | None = None
+        self, session: AgentSession[Any], prepared: PreparedSession, *, loop: asyncio.AbstractEventLoop | None = None
     ) -> ActiveSession:
         """Track `session` until it closes. Call from the session's own loop."""
         entry = ActiveSession(session, prepared, loop or asyncio.get_running_loop(), self)
@@ -163,7 +166,7 @@ class DrainReport:
 
 
 async def drain_worker(
-    server: Any,
+    server: AgentServer | None,
     registry: SessionRegistry = active_sessions,
     *,
     timeout: float,
@@ -208,7 +211,7 @@ async def drain_worker(
     return report
 
 
-async def _livekit_drain(server: Any) -> None:
+async def _livekit_drain(server: AgentServer) -> None:
     """`AgentServer.drain()` without its own timeout (we bound the wait). A server that
     never connected or already stopped has nothing to drain: not an error."""
     try:

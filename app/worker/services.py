@@ -1,4 +1,4 @@
-"""Per-process worker services: the store, the config cache and the VAD model.
+"""Per-process worker services: the store, the config source and the VAD model.
 
 Why this exists: LiveKit's THREAD executor runs every job on its own event loop in
 its own thread, while the store's async engine belongs to the loop that opened it.
@@ -11,24 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 # LiveKit plugins must register on the main thread, and THREAD-executor jobs run on
 # other threads: import them here, at start-up, never first inside a job.
+from livekit.agents import vad as lk_vad
 from livekit.plugins import (
     openai as _lk_openai,  # noqa: F401
     silero,
 )
 
-from app.agents.context import ConfigSource
+from app.adapters import install_adapters
 from app.domain import AgentConfig, StoreUnavailable
-from app.settings import AgentMode, Settings
+from app.settings import Settings
 from app.store.base import ConfigStore
 from app.store.cache import ConfigCache, ConfigSnapshot
+from app.store.sources import SnapshotSource, config_source
 from app.worker.sessions import PendingWrites
 
-log = logging.getLogger("app.worker")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -46,36 +48,43 @@ class WorkerServices:
         store: ConfigStore | None,
         *,
         cache: ConfigCache | None = None,
-        vad: Any = None,
+        configs: SnapshotSource | None = None,
+        vad: lk_vad.VAD | None = None,
     ) -> None:
+        """`cache`: the process's store cache (made here when not given and there is a
+        store). `configs`: where sessions get their configs (`config_source` picks it
+        from the settings when not given)."""
         self.settings = settings
         self.store = store
         self.cache = cache or (
             ConfigCache(store, poll_interval=settings.cache_poll_interval) if store is not None else None
         )
+        self.configs: SnapshotSource = configs or config_source(settings, store, cache=self.cache)
         self.vad = vad
         self.loop: asyncio.AbstractEventLoop | None = None
         # Session writes that outlive their session in a store outage (see sessions.py).
         self.pending = PendingWrites()
 
-    @property
-    def pte_mode(self) -> bool:
-        return self.settings.agent_mode == AgentMode.pte
-
     async def start(self) -> None:
-        """Start the cache on the running loop, which becomes the owner loop."""
+        """Install the library adapters (once per process) and start the config source
+        on the running loop, which becomes the owner loop."""
+        install_adapters()
         self.loop = asyncio.get_running_loop()
         self.pending.start()
         if self.cache is not None:
             await self.cache.start()
+        if self.configs is not self.cache:
+            await self.configs.start()
 
     async def aclose(self) -> None:
         # Buffered session writes get a last chance, then are logged with their payloads.
         await self.pending.aclose(timeout=PENDING_FLUSH_TIMEOUT)
+        if self.configs is not self.cache:
+            await self.configs.aclose()
         if self.cache is not None:
             await self.cache.aclose()
 
-    def load_vad(self) -> Any:
+    def load_vad(self) -> lk_vad.VAD:
         """Silero VAD, loaded once per process and shared by every session."""
         if self.vad is None:
             self.vad = silero.VAD.load()
@@ -93,16 +102,15 @@ class WorkerServices:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, owner))
 
     async def snapshot(self) -> ConfigSnapshot:
-        """Configs and routes for a session start; see `ConfigCache.current`."""
-        if self.cache is None:
-            raise StoreUnavailable("no store configured")
-        cache = self.cache
-        if cache.is_fresh():  # the hot path: no store round trip, no loop hop
-            return cache.snapshot
-        return await self.call(cache.current())
+        """Configs, routes and routing table for a session start; see `ConfigCache.current`."""
+        configs = self.configs
+        if configs.is_fresh():  # the hot path: no store round trip, no loop hop
+            return configs.snapshot
+        return await self.call(configs.current())
 
     @property
-    def config_source(self) -> ConfigSource:
+    def config_source(self) -> SnapshotSource:
+        """`configs`, usable from any session's loop (reads run on the owner loop)."""
         return _BridgedConfigSource(self)
 
 
@@ -110,13 +118,24 @@ class _BridgedConfigSource:
     def __init__(self, services: WorkerServices) -> None:
         self._services = services
 
-    async def get_agent_config(self, agent_id: str) -> AgentConfig:
-        cache = self._services.cache
-        if cache is None:
-            from app.domain import NotFound
+    @property
+    def snapshot(self) -> ConfigSnapshot:
+        return self._services.configs.snapshot
 
-            raise NotFound(f"agent {agent_id!r} not available without a store")
-        return await self._services.call(cache.get_agent_config(agent_id))
+    def is_fresh(self) -> bool:
+        return self._services.configs.is_fresh()
+
+    async def current(self) -> ConfigSnapshot:
+        return await self._services.snapshot()
+
+    async def get_agent_config(self, agent_id: str) -> AgentConfig:
+        return await self._services.call(self._services.configs.get_agent_config(agent_id))
+
+    async def start(self) -> None:  # the services own the source's lifecycle
+        return None
+
+    async def aclose(self) -> None:
+        return None
 
 
 def install_services(services: WorkerServices | None) -> None:
@@ -125,29 +144,27 @@ def install_services(services: WorkerServices | None) -> None:
     _services = services
 
 
-def get_services() -> WorkerServices:
-    if _services is None:
-        raise RuntimeError("worker services are not installed (call install_services first)")
+def installed_services() -> WorkerServices | None:
+    """The process-wide instance, if one was installed."""
     return _services
 
 
-async def ensure_services(settings_factory: Any = None) -> WorkerServices:
+async def ensure_services(settings_factory: Callable[[], Settings] | None = None) -> WorkerServices:
     """In a PROCESS-mode job process nothing was installed: open a store for this
     process on the job's loop (the supervisor's one lives in another process)."""
     global _services
     if _services is not None:
         return _services
-    from app.settings import Settings
     from app.store import open_store
 
     settings = settings_factory() if settings_factory else Settings()
-    store = None if settings.agent_mode == AgentMode.pte else open_store(settings.database_url)
+    store = open_store(settings.database_url)
     services = WorkerServices(settings, store)
-    if store is not None:
-        try:
-            await store.start()
-        except StoreUnavailable:
-            log.warning("store unavailable in job process; sessions use the fallback agent")
+    try:
+        await store.start()
+    except StoreUnavailable:
+        log.warning("store unavailable in job process: session records wait for it, and "
+                    "sessions of store-backed agents use the fallback agent")
     await services.start()
     services.load_vad()
     _services = services

@@ -23,6 +23,7 @@ owner's sessions from live ones (`ConfigStore.abandon_stale_sessions`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -31,8 +32,8 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from app.domain import (
     AlreadyExists,
@@ -55,7 +56,11 @@ from app.store.base import (
     ops_applied_before,
 )
 
-log = logging.getLogger("app.sessions")
+if TYPE_CHECKING:  # the supervisor imports this module before the LiveKit stack is loaded
+    from livekit.agents import AgentSession, CloseEvent, ConversationItemAddedEvent
+    from livekit.agents.llm import ChatMessage
+
+log = logging.getLogger(__name__)
 
 Caller = Callable[[Coroutine[Any, Any, Any]], Coroutine[Any, Any, Any]]
 Item = SessionWrite
@@ -200,7 +205,7 @@ class SessionManager:
         self._enqueue(StartSession(self.record.model_copy(deep=True)))
         self._writer = asyncio.create_task(self._write_loop(), name=f"session-writer-{self.record.session_id}")
 
-    def attach(self, session: Any) -> None:
+    def attach(self, session: AgentSession[Any]) -> None:
         """Subscribe to a LiveKit `AgentSession`'s events."""
         session.on("conversation_item_added", self._on_item)
         session.on("close", self._on_close)
@@ -279,26 +284,25 @@ class SessionManager:
 
     # -------------------------------------------------------------- turns
 
-    def add_turn(self, role: str, text: str) -> Turn:
-        turn = Turn(seq=self._seq, role=role, text=text, at=utcnow(), agent_id=self._agent_id)  # type: ignore[arg-type]
+    def add_turn(self, role: Literal["user", "assistant", "system", "tool"], text: str) -> Turn:
+        turn = Turn(seq=self._seq, role=role, text=text, at=utcnow(), agent_id=self._agent_id)
         self._seq += 1
         self.record.turns.append(turn)
         self._enqueue(AppendTurn(turn))
         return turn
 
-    def _on_item(self, ev: Any) -> None:
-        item = getattr(ev, "item", None)
-        if getattr(item, "type", None) != "message":
+    def _on_item(self, ev: ConversationItemAddedEvent) -> None:
+        item = ev.item
+        if item.type != "message":  # a handoff marker
             return
-        role = getattr(item, "role", None)
-        text = getattr(item, "text_content", None)
-        if role in ("user", "assistant") and text:
-            turn = self.add_turn(role, text)
+        text = item.text_content
+        if text and item.role in ("user", "assistant"):
+            turn = self.add_turn("user" if item.role == "user" else "assistant", text)
             self._on_turn_metrics(turn, item)
 
     # ------------------------------------------------------------ metrics
 
-    def _on_turn_metrics(self, turn: Turn, item: Any) -> None:
+    def _on_turn_metrics(self, turn: Turn, item: ChatMessage) -> None:
         """Per-turn voice latency, from LiveKit's `ChatMessage.metrics` (1.8: the
         `metrics_collected` event is deprecated in favour of these).
 
@@ -309,7 +313,7 @@ class SessionManager:
         `SessionRecord.metrics` and stored by rewriting that list (`update_session`); of
         several snapshots queued in one batch the store writes only the last.
         """
-        m = getattr(item, "metrics", None) or {}
+        m: Mapping[str, Any] = item.metrics or {}
         if turn.role == "user":
             self._user_metrics = (turn.seq, dict(m))
             return
@@ -317,14 +321,14 @@ class SessionManager:
             return  # no audio played: a text session, or interrupted before the first frame
         user_seq, um = self._user_metrics or (None, {})
         self._user_metrics = None
-        entry = turn_metrics_entry(turn, m, um, user_seq=user_seq, interrupted=bool(getattr(item, "interrupted", False)))
+        entry = turn_metrics_entry(turn, dict(m), um, user_seq=user_seq, interrupted=item.interrupted)
         self.record.metrics.append(entry)
         # Entries are never changed once appended: a shallow copy is a stable snapshot.
         self._enqueue(UpdateSession({"metrics": list(self.record.metrics)}))
 
-    def _on_close(self, ev: Any) -> None:
-        error = getattr(ev, "error", None)
-        reason = getattr(getattr(ev, "reason", None), "value", None) or "closed"
+    def _on_close(self, ev: CloseEvent) -> None:
+        error = ev.error
+        reason = ev.reason.value or "closed"
         if self._finish is None:
             if error is not None:
                 self._finish = (SessionStatus.failed, reason, str(error)[:1000])
@@ -531,7 +535,7 @@ class PendingWrites:
             try:
                 # Retried: whatever an earlier session writer attempted may have landed.
                 await write_in_order(
-                    _direct, store, sid, items, lambda op, e, sid=sid: self._failed(sid, op, e), retried=True
+                    _direct, store, sid, items, functools.partial(self._failed, sid), retried=True
                 )
             except StoreUnavailable as e:
                 self.last_error = e.message

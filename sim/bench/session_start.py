@@ -40,15 +40,15 @@ from typing import Any
 
 from app.agents.context import NullRecorder, SessionContext
 from app.agents.factory import AgentFactory
-from app.agents.routing import MetadataSource
+from app.domain.routing import MetadataSource
 from app.seed import seed
 from app.settings import Settings
 from app.store import open_store
-from app.testing.fake_openai import FakeOpenAI
-from app.worker.entrypoint import prepare_session
 from app.worker.services import WorkerServices
+from app.worker.session_start import prepare_session
 from sim.bench.stats import emit, percentile
 from sim.bench.stores import STORES, database
+from sim.fake_openai import FakeOpenAI
 
 METADATA = [
     json.dumps({"purpose": "support", "user_id": "u-1"}),

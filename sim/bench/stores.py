@@ -1,7 +1,7 @@
 """The `--store` choice shared by the benchmarks: a database URL for a throwaway store.
 
 SQLite is a temporary file; MongoDB (SecantusDB) and PostgreSQL are real servers
-started for the run by `app.testing.servers` (dev dependencies, the same ones the
+started for the run by `sim.db_servers` (dev dependencies, the same ones the
 store contract suite uses), so the figures are over the wire, as in production.
 """
 
@@ -25,12 +25,12 @@ async def database(kind: str) -> AsyncIterator[str]:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     elif kind == "mongo":
-        from app.testing.servers import mongo_server
+        from sim.db_servers import mongo_server
 
         async with mongo_server() as url:
             yield url
     elif kind == "postgres":
-        from app.testing.servers import postgres_server
+        from sim.db_servers import postgres_server
 
         async with postgres_server() as url:
             yield url

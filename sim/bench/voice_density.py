@@ -66,14 +66,15 @@ from typing import Any
 
 import psutil
 
-from app.agents.routing import MetadataSource
+from app.domain.routing import MetadataSource
 from app.seed import seed
 from app.settings import Settings
 from app.store import open_store
-from app.testing.fake_openai import FakeOpenAI, ScriptedText
-from app.worker.entrypoint import attach_silence_reprompt, prepare_session
 from app.worker.services import WorkerServices
+from app.worker.session_start import prepare_session
+from app.worker.silence import attach_silence_reprompt
 from sim.bench.stats import emit, percentile
+from sim.fake_openai import FakeOpenAI, ScriptedText
 from sim.voice.audio import FIXTURES, INPUT_RATE, load_fixture, resample
 from sim.voice.clock import SimClock
 from sim.voice.io import LATE_S, Mic, PacingStats, Segment, SimAudioInput, SimAudioOutput

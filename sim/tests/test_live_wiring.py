@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import uvicorn
 
-from app.testing.fake_openai import CapturedRequest, FakeOpenAI, ScriptedText, ScriptedToolCalls, ToolCall
-from app.testing.servers import free_port
+from sim.db_servers import free_port
+from sim.fake_openai import CapturedRequest, FakeOpenAI, ScriptedText, ScriptedToolCalls, ToolCall
 from sim.harness import run_scenario
 from sim.llm import NO_KEY, LiveConfig, live_skip_reason
 from sim.scenario import Scenario

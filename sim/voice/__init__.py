@@ -13,7 +13,7 @@ SessionManager, tools, expectations), but each user turn is speech audio:
   prepared, as a worker's prewarm loads it) and the agent's real
   `livekit-plugins-openai` STT and TTS (the factory wraps them as in production: one
   VAD stream per session, the STT segmenting on its events, `app.agents.audio`), whose clients the factory takes from `prepare_session(stt_client=, tts_client=)`
-  and which talk to `app.testing.fake_openai.FakeOpenAI`: `/audio/transcriptions`
+  and which talk to `sim.fake_openai.FakeOpenAI`: `/audio/transcriptions`
   answers the turn's transcript, `/audio/speech` a tone as long as the text.
 - `sim.voice.expect`: per step, the VAD saw the speech (user speaking, then not), the
   transcript reached the model, every assistant message played audio, interruptions;

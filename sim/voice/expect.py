@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from livekit.agents.voice.run_result import ChatMessageEvent
 
-from app.testing.fake_openai import CapturedRequest, _content_text
 from sim.expect import short
+from sim.fake_openai import CapturedRequest, _content_text
 from sim.report import Checks, Loc
 from sim.voice.spec import VoiceExpect, VoiceSessionExpect
 

@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 from livekit.agents import AgentSession
 from livekit.agents.voice.run_result import RunResult
 
-from app.testing.fake_openai import FakeOpenAI
-from app.worker.entrypoint import attach_silence_reprompt
+from app.worker.silence import attach_silence_reprompt
 from sim.expect import check_closes, check_events, check_llm_received, describe_event, skip_activation
+from sim.fake_openai import FakeOpenAI
 from sim.report import Checks, Loc
 from sim.scenario import SessionSpec, StartSpec, Step, TurnSpec
 from sim.voice.audio import fixture_path, load_fixture
@@ -48,7 +48,7 @@ from sim.voice.spec import AudioPart, VoiceExpect, VoiceOptions, VoiceTurn, fixt
 
 if TYPE_CHECKING:
     from app.domain import SessionRecord
-    from app.worker.entrypoint import PreparedSession
+    from app.worker.session_start import PreparedSession
     from sim.harness import SessionHooks, SessionOutcome, SimEnvironment
     from sim.llm import SessionLLM
 

@@ -17,7 +17,7 @@ from app.agents.context import NullRecorder, SessionContext
 from app.agents.factory import AgentFactory
 from app.domain import AgentConfig, NotFound
 from app.settings import Settings
-from app.testing.fake_openai import FakeOpenAI
+from sim.fake_openai import FakeOpenAI
 
 MakeConfig = Callable[..., AgentConfig]
 

@@ -17,7 +17,7 @@ from app.agents.factory import PLACEHOLDER_API_KEY, AgentFactory
 from app.agents.tools import END_SESSION_PARAMETERS, MAX_PER_FIELD_TOOLS
 from app.domain import SessionStatus
 from app.settings import Settings
-from app.testing.fake_openai import FakeOpenAI
+from sim.fake_openai import FakeOpenAI
 
 from .conftest import DictConfigs, MakeConfig, running
 

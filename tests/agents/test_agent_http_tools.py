@@ -14,7 +14,7 @@ from app.agents.context import SessionContext
 from app.agents.factory import AgentFactory
 from app.agents.tools import MAX_TOOL_OUTPUT_CHARS, call_http_tool
 from app.domain import HttpTool
-from app.testing.fake_openai import FakeOpenAI
+from sim.fake_openai import FakeOpenAI
 
 from .conftest import MakeConfig, running
 

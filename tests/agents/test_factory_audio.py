@@ -1,4 +1,5 @@
-"""Audio models of voice agents: one silero VAD stream per session (`app.agents.audio`).
+"""Audio models of voice agents: one silero VAD stream per session (`app.agents.audio`,
+`app.adapters.silero`, `app.adapters.livekit_agents`).
 
 The factory gives an audio agent a `SessionVAD` over the process's silero VAD and a
 `SegmentingSTT` that cuts utterances at that stream's start/end of speech instead of
@@ -23,7 +24,9 @@ from livekit.agents import stt as lk_stt, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
 from livekit.plugins import openai as lk_openai, silero
 
-from app.agents.audio import SegmentingSTT, SessionVAD, session_audio_models
+from app.adapters.livekit_agents import SegmentingSTT
+from app.adapters.silero import SessionVAD
+from app.agents.audio import session_audio_models
 from app.agents.context import NullRecorder, SessionContext
 from app.agents.factory import AgentFactory
 from app.domain import VADConfig

@@ -10,7 +10,7 @@ import pytest
 from livekit.agents import Agent, AgentSession, llm
 from livekit.plugins import openai as lk_openai
 
-from app.testing.fake_openai import FakeOpenAI, ScriptedText, ToolCall
+from sim.fake_openai import FakeOpenAI, ScriptedText, ToolCall
 
 
 async def _stream_text(model: lk_openai.LLM, prompt: str = "hi") -> tuple[str, list[llm.FunctionToolCall]]:

@@ -20,8 +20,8 @@ from openai.resources.chat.completions import completions as completions_module
 from openai.types.chat import completion_create_params as params
 from typing_extensions import TypedDict
 
-from app.agents import openai_fastpath
-from app.testing.fake_openai import FakeOpenAI, ToolCall
+from app.adapters import openai_sdk as openai_fastpath
+from sim.fake_openai import FakeOpenAI, ToolCall
 
 STREAMING = params.CompletionCreateParamsStreaming
 fast = openai_fastpath.make_transform(sdk_transform)

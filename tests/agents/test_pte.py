@@ -13,17 +13,16 @@ from livekit.agents.llm import RawFunctionTool
 from app.agents.context import NullRecorder, SessionContext
 from app.agents.factory import AgentFactory, render_prompt
 from app.agents.pte import (
-    PTE_AGENT_ID,
     PTE_TASK_SPECS,
     PTE_TASKS,
     RECORD_SCORE_TOOL,
     estimate_band,
-    load_pte_config,
-    make_pte_tools,
+    record_score_tool,
     validate_score,
 )
 from app.domain import AgentConfig
-from app.testing.fake_openai import FakeOpenAI
+from app.store.sources import PTE_AGENT_ID, load_pte_config
+from sim.fake_openai import FakeOpenAI
 
 TASKS = [
     "personal_introduction",
@@ -60,8 +59,7 @@ async def call(tool: Any, args: dict[str, Any]) -> str:
 
 @pytest.fixture
 def tool(recorder: NullRecorder) -> RawFunctionTool:
-    (t,) = make_pte_tools(recorder)
-    return t
+    return record_score_tool(recorder)
 
 
 # ---------------------------------------------------------------------- config
@@ -80,7 +78,7 @@ def test_load_pte_config() -> None:
     assert cfg == load_pte_config()
     cfg.name = "mutated"
     assert load_pte_config().name != "mutated", "callers get a copy"
-    assert [t.name for t in cfg.tools] == ["end_session"]
+    assert [t.name for t in cfg.tools] == ["end_session", "record_score"]  # record_score: a registered built-in
     assert cfg.schema_config["properties"] == {}
 
 
@@ -177,7 +175,7 @@ def test_band_is_bounded_and_monotonic(scores: dict[str, dict[str, int]], data: 
 
 
 def test_tool_schema() -> None:
-    (t,) = make_pte_tools(NullRecorder())
+    t = record_score_tool(NullRecorder())
     assert isinstance(t, RawFunctionTool)
     schema = t.info.raw_schema
     assert schema["name"] == RECORD_SCORE_TOOL
@@ -263,7 +261,7 @@ def test_validate_score_coerces_whole_floats() -> None:
 async def test_examiner_in_a_real_session(
     factory: AgentFactory, fake: FakeOpenAI, recorder: NullRecorder, ctx: SessionContext, run_agent: Any
 ) -> None:
-    agent = factory.create_agent(load_pte_config(), ctx, extra_tools=make_pte_tools(recorder))
+    agent = factory.create_agent(load_pte_config(), ctx)
     fake.text("Task one: personal introduction. ... Your preparation time starts now.")
     fake.tool_call(RECORD_SCORE_TOOL, score("personal_introduction", content=7))  # invalid
     fake.tool_call(RECORD_SCORE_TOOL, score("personal_introduction", content=4, fluency=3, pron=4))
@@ -303,9 +301,9 @@ async def test_all_tasks_scored_in_one_step_store_the_band(
     factory: AgentFactory, fake: FakeOpenAI, recorder: NullRecorder, ctx: SessionContext, run_agent: Any
 ) -> None:
     """Parallel record_score calls (which LiveKit runs concurrently) lose no task."""
-    from app.testing.fake_openai import ToolCall
+    from sim.fake_openai import ToolCall
 
-    agent = factory.create_agent(load_pte_config(), ctx, extra_tools=make_pte_tools(recorder))
+    agent = factory.create_agent(load_pte_config(), ctx)
     fake.tool_calls(*(ToolCall(RECORD_SCORE_TOOL, score(t, fluency=5, pron=5)) for t in TASKS))
     fake.text("That's the end of the practice test. Your estimated practice score is 90 out of 90.")
     async with run_agent(agent) as (session, _):

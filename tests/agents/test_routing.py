@@ -8,13 +8,13 @@ import logging
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from app.agents.routing import (
+from app.domain import Route
+from app.domain.routing import (
     MAX_METADATA_BYTES,
     MetadataSource,
     RoutingTable,
     determine_agent_type,
 )
-from app.domain import Route
 
 from .conftest import make_config
 
@@ -230,9 +230,9 @@ def test_fallback_is_logged_with_room_and_capped_preview(
     table: RoutingTable, caplog: pytest.LogCaptureFixture
 ) -> None:
     raw = json.dumps({"agent_id": "ghost", "pad": "p" * 5000})
-    with caplog.at_level(logging.DEBUG, logger="app.routing"):
+    with caplog.at_level(logging.DEBUG, logger="app.domain.routing"):
         determine_agent_type(job(raw), table, room="room-42")
-    records = [r for r in caplog.records if r.name == "app.routing"]
+    records = [r for r in caplog.records if r.name == "app.domain.routing"]
     assert records
     msg = records[-1].getMessage()
     assert "room-42" in msg and "default:unknown_agent_id" in msg
@@ -243,7 +243,7 @@ def test_fallback_is_logged_with_room_and_capped_preview(
 def test_bad_metadata_logged_without_the_payload(
     table: RoutingTable, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.DEBUG, logger="app.routing"):
+    with caplog.at_level(logging.DEBUG, logger="app.domain.routing"):
         determine_agent_type(job("q" * 20000), table, room="r")
     assert all("q" * 300 not in r.getMessage() for r in caplog.records)
 

@@ -26,11 +26,11 @@ from app.seed import seed
 from app.settings import Settings
 from app.store.sql import SQLStore
 from app.supervisor import Supervisor
-from app.testing.fake_openai import FakeOpenAI
 from app.worker import drain
 from app.worker.drain import GOODBYE, SHUTDOWN_REASON, SessionRegistry, drain_worker
 from app.worker.entrypoint import prepare_job
 from app.worker.services import WorkerServices, install_services
+from sim.fake_openai import FakeOpenAI
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ from livekit.agents.testing import fake_job_context
 from app.seed import seed
 from app.settings import Settings
 from app.store import open_store
-from app.testing.fake_openai import FakeOpenAI
 from app.worker.entrypoint import prepare_job
 from app.worker.services import WorkerServices
+from sim.fake_openai import FakeOpenAI
 
 FIELDS = [
     ("caller_name", "Ada Lovelace"),

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.testing.servers import MongoServer
+from sim.db_servers import MongoServer
 from tests.reliability.conftest import AUTH, LiveApp
 
 pytestmark = pytest.mark.slow

@@ -34,7 +34,7 @@ import pytest
 from app.domain import SessionStatus
 from app.domain.models import utcnow
 from app.store import open_store
-from app.testing.servers import MongoServer
+from sim.db_servers import MongoServer
 from tests.reliability.conftest import AUTH, REPO, LiveApp
 
 pytestmark = pytest.mark.slow

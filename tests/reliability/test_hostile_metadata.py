@@ -8,7 +8,7 @@ NaN/Infinity, duplicate keys, huge numbers — mixed with valid routing metadata
 over the three sources (job dispatch, room, participant) in every combination.
 
 Two paths, said plainly:
-- **volume (all 10 000)**: `route_with` — the exact function `prepare_session` calls
+- **volume (all 10 000)**: `resolve` — the exact function `prepare_session` calls
   once it has the config snapshot (routing + config lookup) — on the real cache's
   snapshot of a real seeded SQLite store. Every payload must end in an enabled agent
   of the snapshot (routed, or defaulted with a `default*` reason) and never reach
@@ -37,18 +37,19 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from livekit.agents import AgentSession
 
-from app.agents.fallback import FALLBACK_CONFIG
-from app.agents.routing import MetadataSource
 from app.domain import SessionRecord
+from app.domain.fallback import FALLBACK_CONFIG
 from app.domain.models import PURPOSE_RE, SLUG_RE
+from app.domain.routing import MetadataSource
 from app.seed import seed
 from app.settings import Settings
 from app.store import open_store
 from app.store.base import StartSession
-from app.testing.fake_openai import FakeOpenAI
-from app.testing.servers import mongo_server
-from app.worker.entrypoint import prepare_session, route_with
+from app.store.resolver import resolve
 from app.worker.services import WorkerServices
+from app.worker.session_start import prepare_session
+from sim.db_servers import mongo_server
+from sim.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.slow
 
@@ -235,10 +236,10 @@ class RoutingErrors(logging.Handler):
 @pytest.fixture
 def routing_errors() -> Iterator[RoutingErrors]:
     handler = RoutingErrors()
-    for name in ("app.routing", "app.worker"):
+    for name in ("app.domain.routing", "app.store.resolver", "app.worker"):
         logging.getLogger(name).addHandler(handler)
     yield handler
-    for name in ("app.routing", "app.worker"):
+    for name in ("app.domain.routing", "app.store.resolver", "app.worker"):
         logging.getLogger(name).removeHandler(handler)
 
 
@@ -291,7 +292,8 @@ async def test_10000_hostile_payloads_route_or_default_and_never_reach_the_store
         def volume(drawn: tuple[Any, Any, Any, list[str]]) -> None:
             sources = to_sources(drawn)
             n = len(drawn_all)
-            decision, config = route_with(snapshot, sources, room=f"hostile-{n}")
+            resolution = resolve(snapshot, sources, room=f"hostile-{n}")
+            decision, config = resolution.decision, resolution.config
             _check_routed(snapshot, sources, decision, config)
             counts["defaulted" if decision.is_fallback else "routed"] += 1
             if n % FULL_EVERY == 0:  # keep the sample small in memory: no 1 MB payloads kept
@@ -303,7 +305,7 @@ async def test_10000_hostile_payloads_route_or_default_and_never_reach_the_store
         # Each fallback logs one WARNING line (bounded: the metadata preview is capped);
         # formatting 8 000 of them through pytest's capture is most of the cost, so only
         # ERROR (routing's catch-all) is recorded during the volume run.
-        quiet = [logging.getLogger(n) for n in ("app.routing", "app.worker")]
+        quiet = [logging.getLogger(n) for n in ("app.domain.routing", "app.store.resolver", "app.worker")]
         levels = [lg.level for lg in quiet]
         for lg in quiet:
             lg.setLevel(logging.ERROR)

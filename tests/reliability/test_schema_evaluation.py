@@ -29,7 +29,6 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from livekit.agents import AgentSession
 
-from app.agents.routing import MetadataSource
 from app.api.app import create_app
 from app.domain import AgentConfigInput, HttpTool, SessionStatus
 from app.domain.jsonschema_safe import (
@@ -39,6 +38,7 @@ from app.domain.jsonschema_safe import (
     validator_for,
     value_problems,
 )
+from app.domain.routing import MetadataSource
 from app.domain.schema_admission import (
     MAX_SCHEMA_COST,
     MAX_SCHEMA_DEPTH,
@@ -49,9 +49,9 @@ from app.domain.schema_admission import (
 )
 from app.settings import Settings
 from app.store.sql import SQLStore
-from app.testing.fake_openai import FakeOpenAI, ToolCall
-from app.worker.entrypoint import prepare_session
 from app.worker.services import WorkerServices
+from app.worker.session_start import prepare_session
+from sim.fake_openai import FakeOpenAI, ToolCall
 from tests.api.conftest import agent_body
 
 EVIL = "^(a+)+$"

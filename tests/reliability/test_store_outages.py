@@ -37,13 +37,13 @@ import httpx
 import pytest
 from livekit.agents import AgentSession
 
-from app.agents.routing import MetadataSource
+from app.domain.routing import MetadataSource
 from app.settings import Settings
 from app.store import open_store
-from app.testing.fake_openai import FakeOpenAI
-from app.testing.servers import MongoServer
-from app.worker.entrypoint import PreparedSession, prepare_session
 from app.worker.services import WorkerServices
+from app.worker.session_start import PreparedSession, prepare_session
+from sim.db_servers import MongoServer
+from sim.fake_openai import FakeOpenAI
 from tests.reliability.conftest import AUTH, LiveApp
 
 pytestmark = [
@@ -57,7 +57,7 @@ FIELDS = [("caller_name", "Ada Lovelace"), ("issue_category", "billing"), ("urge
 
 @pytest.fixture
 def lost_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    with caplog.at_level(logging.WARNING, logger="app.sessions"):
+    with caplog.at_level(logging.WARNING, logger="app.worker.sessions"):
         yield caplog
 
 

@@ -22,15 +22,15 @@ from litestar.testing import AsyncTestClient
 from livekit import api
 from pydantic import SecretStr
 
-from app.agents.routing import MetadataSource
 from app.api.app import create_app
 from app.api.tokens import UNVERIFIED_PREFIX, token_controller
 from app.domain import AgentConfigInput, Route
+from app.domain.routing import MetadataSource
 from app.settings import Settings
 from app.store.sql import SQLStore
-from app.testing.fake_openai import FakeOpenAI
-from app.worker.entrypoint import prepare_session
 from app.worker.services import WorkerServices
+from app.worker.session_start import prepare_session
+from sim.fake_openai import FakeOpenAI
 from tests.reliability.conftest import LiveApp
 
 LIMIT = 30  # the default TOKEN_RATE_PER_MINUTE

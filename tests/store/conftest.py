@@ -10,7 +10,7 @@ it prepares an empty database and says how to reach it:
 - postgres: a fresh database (CREATE DATABASE) on one throwaway `initdb` cluster started
   once per test session by `postgres_server`.
 
-Both servers come from `app.testing.servers`; if one cannot start, every test on that
+Both servers come from `sim.db_servers`; if one cannot start, every test on that
 backend fails with the server's output (they never skip). `.ci/run` installs
 PostgreSQL; SecantusDB is a dev dependency.
 
@@ -31,7 +31,7 @@ import pytest
 
 from app.domain import AgentConfigInput
 from app.store import ConfigStore, open_store
-from app.testing.servers import MongoServer, PostgresServer
+from sim.db_servers import MongoServer, PostgresServer
 
 
 @dataclass(frozen=True)

@@ -559,7 +559,7 @@ async def test_delete_agent_used_by_route_raises_in_use(store, make_agent):
 
 
 async def test_delete_agent_keeps_its_sessions(store, make_agent):
-    """DESIGN 6: deleting an agent leaves running sessions (and their records) alone."""
+    """Deleting an agent leaves running sessions (and their records) alone."""
     await store.create_agent_config(make_agent("agent-a"))
     await store.start_session(session("s-1", "agent-a", config_version=1))
     await store.append_turn("s-1", Turn(seq=0, role="user", text="hi"))

@@ -28,7 +28,7 @@ from app.domain import (
 from app.store import open_store
 from app.store.mongo import MongoStore, escape_keys, unescape_keys
 from app.store.mongo.configs import version_doc
-from app.testing.servers import MongoServer
+from sim.db_servers import MongoServer
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ import pytest
 
 from app.domain import AlreadyExists, SessionRecord, SessionStatus, StoreUnavailable, Turn
 from app.store import ConfigStore, open_store
-from app.testing.servers import MongoServer
 from app.worker.sessions import SessionManager
+from sim.db_servers import MongoServer
 
 # serverSelectionTimeoutMS is 2 s; allow for a slow machine.
 DETECT_WITHIN_S = 4.0

@@ -16,7 +16,7 @@ import pytest
 import sim.pg_binaries as pg_binaries
 from app.domain import AgentConfigInput
 from app.store import open_store
-from app.testing.servers import PostgresServer
+from sim.db_servers import PostgresServer
 
 
 @pytest.fixture

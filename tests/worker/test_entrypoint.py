@@ -11,14 +11,14 @@ import pytest
 from livekit.agents import AgentSession
 from livekit.agents.testing import fake_job_context
 
-from app.agents.fallback import FALLBACK_AGENT_ID
 from app.domain import SessionStatus, StoreUnavailable
+from app.domain.fallback import FALLBACK_AGENT_ID
 from app.seed import seed
 from app.settings import Settings
 from app.store.sql import SQLStore
-from app.testing.fake_openai import FakeOpenAI
 from app.worker.entrypoint import prepare_job
 from app.worker.services import WorkerServices
+from sim.fake_openai import FakeOpenAI
 
 
 class SwitchableStore(SQLStore):

@@ -97,7 +97,7 @@ async def test_a_bad_op_is_isolated_and_logged_the_rest_is_written(store: Record
     m.add_turn("user", "before")
     m._enqueue(UpdateSession({"status": "hacked"}))  # not an updatable field: InvalidInput
     m.add_turn("assistant", "after")
-    with caplog.at_level(logging.ERROR, logger="app.sessions"):
+    with caplog.at_level(logging.ERROR, logger="app.worker.sessions"):
         assert await m.flush(5)
     rec = await store.get_session("sess-1")
     assert [t.text for t in rec.turns] == ["before", "after"]
@@ -156,7 +156,7 @@ async def test_pending_writes_log_a_bad_op_and_write_the_rest(store: RecordingSt
         UpdateSession({"status": "bad"}),
         AppendTurn(Turn(seq=1, role="user", text="b")),
     ]
-    with caplog.at_level(logging.ERROR, logger="app.sessions"):
+    with caplog.at_level(logging.ERROR, logger="app.worker.sessions"):
         pending.adopt("sess-1", ops, store)
         assert await pending.flush(5)
     assert pending.written == 2 and pending.lost == 1

@@ -95,7 +95,7 @@ async def test_unwritable_records_are_logged_not_silently_lost(store: FlakyStore
     await m.flush(5)
     store.down = True
     m.add_turn("user", "lost in the outage")
-    with caplog.at_level(logging.ERROR, logger="app.sessions"):
+    with caplog.at_level(logging.ERROR, logger="app.worker.sessions"):
         await m.aclose()
     assert "append_turn" in m.dropped
     assert any("sess-1" in r.getMessage() and "could not be stored" in r.getMessage() for r in caplog.records)
@@ -119,7 +119,7 @@ async def test_bounded_queue_reports_overflow(store: FlakyStore, caplog) -> None
     store.down = True
     m = SessionManager(store, record(), max_queue=5, flush_timeout=0.2)
     await m.start()
-    with caplog.at_level(logging.ERROR, logger="app.sessions"):
+    with caplog.at_level(logging.ERROR, logger="app.worker.sessions"):
         for i in range(20):
             m.add_turn("user", f"t{i}")
     assert m.dropped.count("append_turn") >= 14

@@ -12,7 +12,7 @@ import pytest
 from livekit import rtc
 from livekit.plugins import openai as lk_openai
 
-from app.testing.fake_openai import FakeOpenAI, speech_tone
+from sim.fake_openai import FakeOpenAI, speech_tone
 from sim.voice.audio import INPUT_RATE, load_fixture, wav_bytes
 
 

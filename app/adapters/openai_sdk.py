@@ -1,13 +1,17 @@
-"""Skip the OpenAI SDK's request-body transform where it provably changes nothing.
+"""openai (the Python SDK): skip its request-body transform where it provably changes nothing.
+
+Written against openai 3.57.0 (`openai.resources.chat.completions.completions.
+async_maybe_transform`); `install()` checks the installed version first and leaves the
+SDK untouched, with one warning, when it differs.
 
 Why: before every `chat.completions.create` the SDK walks the whole body (every
 message of the growing chat context, every tool's JSON Schema) against the params'
 `TypedDict` type hints, re-deriving the typing introspection at every node, to apply
 key aliases and date/base64 formats. The chat-completions params declare none of
 those, so the walk returns the body it was given, minus top-level omitted values,
-yet it was the largest single CPU cost of a turn in `sim/bench/throughput.py` (about
-half of the worker's CPU per LLM request, growing with the conversation) — CPU taken
-from the event loop that also plays live audio. Upstream knows
+yet it was the largest single CPU cost of a turn in `sim/bench/throughput.py`,
+growing with the conversation — CPU taken from the event loop that also plays live
+audio. Upstream knows
 (openai/openai-python#3616; anthropic-sdk-python#1216 shipped a similar fix).
 
 How it stays correct:
@@ -29,7 +33,12 @@ from typing import Any
 
 from typing_extensions import is_typeddict
 
-log = logging.getLogger("app.agents.openai_fastpath")
+from app.adapters.pins import matches
+
+log = logging.getLogger(__name__)
+
+DISTRIBUTION = "openai"
+WRITTEN_AGAINST = "3.57.0"
 
 _installed = False
 _identity_types: set[object] = set()
@@ -105,6 +114,8 @@ def install() -> bool:
     if _installed:
         return bool(_identity_types)
     _installed = True
+    if not matches(DISTRIBUTION, WRITTEN_AGAINST, adapter=__name__):
+        return False
     try:
         from openai.resources.chat.completions import completions as module
         from openai.types.chat import completion_create_params as params

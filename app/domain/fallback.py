@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from app.domain import AgentConfig
+from app.domain.models import AgentConfig
 
 FALLBACK_AGENT_ID = "fallback-agent"
 

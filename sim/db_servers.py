@@ -456,7 +456,7 @@ def postgres_server_sync(**kw: Any) -> Iterator[PostgresServer]:
         yield srv  # type: ignore[misc]
 
 
-if __name__ == "__main__":  # manual smoke test: python -m app.testing.servers
+if __name__ == "__main__":  # manual smoke test: python -m sim.db_servers
     async def _main() -> None:
         async with mongo_server() as m, postgres_server() as p:
             print(m)

@@ -1,4 +1,4 @@
-"""Session metadata → which agent runs the session (DESIGN §4).
+"""Session metadata → which agent runs the session: the routing rules.
 
 Metadata is untrusted JSON from up to three places (job dispatch, room, first remote
 participant). The first source that parses as a JSON object wins; later sources are
@@ -17,8 +17,8 @@ the mistake (the reason names it, the log line says which room).
 
 This module never raises and never passes a raw metadata value on: everything in the
 `RouteDecision` is either an id from the `RoutingTable` or a size-capped, type-checked
-string. It imports no LiveKit so the API can use the same table to check a route
-before minting a token.
+string. It is pure (no I/O, no LiveKit): the store's resolver (`app.store.resolver`)
+applies it for session starts, `GET /api/v1/resolve` and `POST /api/v1/token` alike.
 """
 
 from __future__ import annotations
@@ -31,10 +31,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
-from app.domain import AgentConfig, Route
-from app.domain.models import MAX_VARIABLE_VALUE_CHARS, PURPOSE_RE, SLUG_RE, VAR_NAME_RE
+from app.domain.models import (
+    MAX_VARIABLE_VALUE_CHARS,
+    PURPOSE_RE,
+    SLUG_RE,
+    VAR_NAME_RE,
+    AgentConfig,
+    Route,
+)
 
-logger = logging.getLogger("app.routing")
+logger = logging.getLogger(__name__)
 
 MAX_METADATA_BYTES = 8 * 1024
 MAX_VARIABLES = 32

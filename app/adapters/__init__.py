@@ -1,0 +1,29 @@
+"""Adaptations of third-party library internals, one module per library.
+
+Each module names the library version it was written against and checks the
+installed one in its `install()`; on a mismatch it leaves the library's own code path
+in place and logs one warning. Nothing is patched or enabled on import:
+`install_adapters()` runs once at process start (supervisor, `chat`, the sim).
+
+- `openai_sdk`: the OpenAI SDK's chat-completions body transform, skipped where it is
+  the identity;
+- `silero`: silero's VAD stream run inline, one per session (`SessionVAD`);
+- `livekit_agents`: `stt.StreamAdapter` segmenting on that one VAD stream
+  (`SegmentingSTT`).
+"""
+
+from __future__ import annotations
+
+
+def install_adapters() -> dict[str, bool]:
+    """Install every adapter (idempotent); which ones are active, by module name.
+
+    Call it on the main thread: the silero adapter imports the silero plugin, and
+    LiveKit plugins register themselves on the main thread only."""
+    from app.adapters import livekit_agents, openai_sdk, silero
+
+    return {
+        openai_sdk.__name__: openai_sdk.install(),
+        silero.__name__: silero.install(),
+        livekit_agents.__name__: livekit_agents.install(),
+    }

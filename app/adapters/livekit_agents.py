@@ -1,0 +1,303 @@
+"""livekit-agents: `stt.StreamAdapter` that segments on the session's primary VAD stream.
+
+Written against livekit-agents 1.8.9: `_SegmentStream` subclasses the private
+`livekit.agents.stt.stream_adapter.StreamAdapterWrapper` and uses its `_input_ch`,
+`_event_ch`, `_FlushSentinel`, `_wrapped_stt` and `_wrapped_stt_conn_options`.
+`install()` checks the installed version; when it differs, `active()` is False and
+agents get LiveKit's own `StreamAdapter` (`app.agents.audio.session_audio_models`).
+
+`SegmentingSTT` is `stt.StreamAdapter` for the agent's STT whose stream runs no VAD of
+its own: it cuts the utterance from the audio *it* was given (the STT pipeline's
+frames, aligned with the primary VAD stream's sample positions through the frames both
+received), at the primary's start/end of speech (`app.adapters.silero.SessionVAD`),
+and sends it to the wrapped STT's `recognize()` exactly as `StreamAdapter` does. Where
+LiveKit feeds the STT silence instead of the caller's audio (AEC warm-up,
+uninterruptible speech), the segment is silence and is not transcribed, as
+`StreamAdapter`'s own VAD would have heard nothing. With no primary stream (a session
+without VAD turn detection), it falls back to its own stream, i.e. `StreamAdapter`'s
+behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+from livekit import rtc
+from livekit.agents import stt as lk_stt, utils, vad as lk_vad
+from livekit.agents.stt.stream_adapter import StreamAdapterWrapper
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
+from livekit.agents.utils import aio
+
+from app.adapters.pins import matches
+from app.adapters.silero import Fifo, SessionVAD, SileroStream, frame_samples
+
+DISTRIBUTION = "livekit-agents"
+WRITTEN_AGAINST = "1.8.9"
+
+ALIGN_FRAMES = 16
+"""Frames each side remembers to align the STT's audio with the primary VAD's."""
+KEEP_BEFORE_SPEECH_S = 1.5
+"""Audio the segmenter keeps while nobody speaks (covers silero's 0.5 s prefix padding)."""
+FALLBACK_AFTER_S = 1.0
+"""Audio the segmenter waits for a primary VAD stream before running its own."""
+PENDING_MAX_WAIT_S = 0.5
+"""At most this long an end of speech waits for the STT's own frames to catch up."""
+
+_Pending = tuple[int, int, float, bool]
+"""An end of speech awaiting the STT's own frames: (start, end, speech_end_time, suppressed)."""
+
+_active: bool | None = None
+
+
+def install() -> bool:
+    """Check the installed livekit-agents once; True when `SegmentingSTT` may be used."""
+    global _active
+    if _active is None:
+        _active = matches(DISTRIBUTION, WRITTEN_AGAINST, adapter=__name__)
+    return _active
+
+
+def active() -> bool:
+    """True once `install()` found the version this adapter was written against."""
+    return bool(_active)
+
+
+class SegmentingSTT(lk_stt.StreamAdapter):
+    """`stt.StreamAdapter` segmenting on the session's primary VAD stream (module doc)."""
+
+    def __init__(self, *, stt: lk_stt.STT[Any], vad: SessionVAD) -> None:
+        super().__init__(stt=stt, vad=vad)
+        self.session_vad = vad
+
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+    ) -> lk_stt.RecognizeStream:
+        return _SegmentStream(
+            self, vad=self.session_vad, wrapped_stt=self._stt, language=language, conn_options=conn_options
+        )
+
+
+def _match(recent: dict[int, tuple[rtc.AudioFrame, deque[int]]], frame: rtc.AudioFrame) -> int | None:
+    """The position at which the other side saw this frame object, matching occurrences in
+    order (LiveKit pushes one silence frame object several times when it flushes the STT)."""
+    hit = recent.get(id(frame))
+    if hit is None or hit[0] is not frame:
+        return None
+    pos = hit[1].popleft()
+    if not hit[1]:
+        del recent[id(frame)]
+    return pos
+
+
+def _remember(recent: dict[int, tuple[rtc.AudioFrame, deque[int]]], frame: rtc.AudioFrame, pos: int) -> None:
+    hit = recent.get(id(frame))
+    if hit is not None and hit[0] is frame:
+        hit[1].append(pos)
+        return
+    recent[id(frame)] = (frame, deque([pos]))  # holding the frame keeps its id from being reused
+    if len(recent) > ALIGN_FRAMES:
+        del recent[next(iter(recent))]
+
+class _SegmentStream(StreamAdapterWrapper):
+    def __init__(self, stt: SegmentingSTT, *, vad: SessionVAD, wrapped_stt: lk_stt.STT[Any],
+                 language: NotGivenOr[str], conn_options: APIConnectOptions) -> None:
+        super().__init__(stt, vad=vad, wrapped_stt=wrapped_stt, language=language, conn_options=conn_options)
+        self._session_vad = vad
+        self._audio = Fifo(16384)
+        self._audio_pos = 0  # own position of self._audio's first sample
+        self._own_pos = 0  # samples received
+        self._orphan = 0  # samples received while no primary stream existed
+        self._rate = 0
+        self._offset: int | None = None  # primary position - own position, once aligned
+        # frames one side has seen and the other not yet: id -> (frame, positions, oldest first)
+        self._own_recent: dict[int, tuple[rtc.AudioFrame, deque[int]]] = {}
+        self._primary_recent: dict[int, tuple[rtc.AudioFrame, deque[int]]] = {}
+        self._seg_start: int | None = None  # own position where the current speech starts
+        self._in_speech = False
+        self._suppressed = False
+        self._fallback: SileroStream | None = None
+        self._fallback_base = 0  # own position of the fallback stream's first sample
+        self._pending: _Pending | None = None  # an end of speech awaiting our frames
+        self._out = aio.Chan[tuple[str, float, rtc.AudioFrame | None]]()
+
+    # ---- alignment with the primary VAD stream (both see the same frame objects)
+
+    def new_primary(self) -> None:
+        self._offset = None
+        self._primary_recent.clear()
+        self._in_speech = False
+        self._seg_start = None
+
+    def primary_frame(self, frame: rtc.AudioFrame, pos: int) -> None:
+        own = _match(self._own_recent, frame)
+        if own is not None:
+            self._offset = pos - own
+        else:
+            _remember(self._primary_recent, frame, pos)
+
+    def _own_frame(self, frame: rtc.AudioFrame) -> None:
+        if not self._rate:
+            self._rate = frame.sample_rate
+        self._own_pos += frame.samples_per_channel
+        self._audio.push(frame_samples(frame))
+        prim = _match(self._primary_recent, frame)
+        if prim is not None:
+            self._offset = prim - self._own_pos
+        else:
+            _remember(self._own_recent, frame, self._own_pos)
+        primary = self._session_vad.primary
+        if self._offset is None and primary is not None and abs(primary.pos - self._own_pos) <= self._rate // 2:
+            # both started on the same frame of the same AudioRecognition (a session's or
+            # agent's start): they count the same frames. Frames seen by both make the
+            # offset exact (above), but substituted silence (AEC warm-up during the
+            # greeting) is never seen by both
+            self._offset = 0
+        if self._pending is not None and self._own_pos >= self._pending[1]:
+            self._finish_pending()
+        if self._fallback is not None:
+            self._fallback.push_frame(frame)
+        elif primary is not None:
+            self._orphan = 0
+        else:
+            self._orphan += frame.samples_per_channel
+            if self._orphan >= FALLBACK_AFTER_S * self._rate:  # nobody runs a VAD: run our own
+                self._fallback = self._session_vad.own_stream(self._on_own_vad)
+                self._fallback_base = self._own_pos - frame.samples_per_channel
+                self._fallback.push_frame(frame)
+        self._trim()
+
+    def _trim(self) -> None:
+        if self._pending is not None:
+            keep_from = self._pending[0]
+        elif self._in_speech and self._seg_start is not None:
+            keep_from = self._seg_start
+        else:
+            keep_from = self._own_pos - int(KEEP_BEFORE_SPEECH_S * (self._rate or 16000))
+        if keep_from > self._audio_pos + 4096:
+            self._audio.drop(keep_from - self._audio_pos)
+            self._audio_pos = keep_from
+
+    def _cut(self, start: int, end: int) -> np.ndarray:
+        start = max(start, self._audio_pos)
+        end = min(end, self._own_pos)
+        if end <= start:
+            return np.zeros(0, dtype=np.int16)
+        return self._audio.buf[self._audio.start + (start - self._audio_pos) : self._audio.start + (end - self._audio_pos)]
+
+    # ---- speech events
+
+    def _on_own_vad(self, _s: SileroStream, ev: lk_vad.VADEvent, pos: int) -> None:
+        self.on_vad(ev, pos, own=True)
+
+    def on_vad(self, ev: lk_vad.VADEvent, pos: int, *, own: bool) -> None:
+        if self._fallback is not None and not own:
+            return
+        offset = -self._fallback_base if own else self._offset
+        n = ev.frames[0].samples_per_channel if ev.frames else 0
+        if ev.type == lk_vad.VADEventType.START_OF_SPEECH:
+            self._finish_pending()
+            self._in_speech = True
+            self._seg_start = None if offset is None else pos - n - offset
+            heard = self._cut(self._seg_start, self._own_pos) if self._seg_start is not None else None
+            # the STT was fed silence instead of this speech (AEC warm-up, uninterruptible speech)
+            self._suppressed = heard is not None and len(heard) > 0 and not heard.any()
+            if not self._suppressed:
+                self._out.send_nowait(("start", 0.0, None))
+        elif ev.type == lk_vad.VADEventType.END_OF_SPEECH:
+            speech_end_time = time.time() - ev.silence_duration - ev.inference_duration
+            suppressed = self._suppressed
+            self._in_speech, self._suppressed = False, False
+            if offset is None:  # not aligned yet: what the VAD heard
+                self._seg_start = None
+                frame = utils.merge_frames(ev.frames) if ev.frames else None
+                self._emit_end(speech_end_time, frame, suppressed)
+                return
+            start = self._seg_start if self._seg_start is not None else pos - n - offset
+            self._seg_start = None
+            # the STT's own frames may lag the VAD's by a frame or two: cut once they are in
+            self._pending = (start, min(pos - offset, start + n), speech_end_time, suppressed)
+            if self._own_pos >= self._pending[1]:
+                self._finish_pending()
+            else:
+                asyncio.get_running_loop().call_later(PENDING_MAX_WAIT_S, self._finish_pending, self._pending)
+
+    def _finish_pending(self, which: _Pending | None = None) -> None:
+        pending = self._pending
+        if pending is None or (which is not None and which is not pending):
+            return
+        self._pending = None
+        start, end, speech_end_time, suppressed = pending
+        pcm = self._cut(start, end)
+        frame = None if not pcm.any() else rtc.AudioFrame(
+            data=pcm.tobytes(), sample_rate=self._rate, num_channels=1, samples_per_channel=len(pcm)
+        )
+        self._emit_end(speech_end_time, frame, suppressed)
+
+    def _emit_end(self, speech_end_time: float, frame: rtc.AudioFrame | None, suppressed: bool) -> None:
+        if suppressed and frame is None:
+            return  # the STT heard only silence: as StreamAdapter's own VAD, no speech at all
+        if suppressed:
+            self._out.send_nowait(("start", 0.0, None))
+        self._out.send_nowait(("end", speech_end_time, frame))
+
+    async def _run(self) -> None:
+        vad = self._session_vad
+        vad.add_listener(self)
+        if vad.primary is None:
+            self.new_primary()
+
+        async def _forward_input() -> None:
+            async for item in self._input_ch:
+                if isinstance(item, self._FlushSentinel):
+                    self._in_speech, self._seg_start, self._suppressed = False, None, False
+                    if self._fallback is not None:
+                        self._fallback.flush()
+                    continue
+                self._own_frame(item)
+            self._finish_pending()
+            self._out.close()
+
+        async def _recognize() -> None:
+            async for kind, speech_end_time, frame in self._out:
+                if kind == "start":
+                    self._event_ch.send_nowait(lk_stt.SpeechEvent(lk_stt.SpeechEventType.START_OF_SPEECH))
+                    continue
+                self._event_ch.send_nowait(
+                    lk_stt.SpeechEvent(type=lk_stt.SpeechEventType.END_OF_SPEECH, speech_end_time=speech_end_time)
+                )
+                if frame is None:
+                    continue
+                t_event = await self._wrapped_stt.recognize(
+                    buffer=frame, language=self._language, conn_options=self._wrapped_stt_conn_options
+                )
+                if not t_event.alternatives or not t_event.alternatives[0].text:
+                    continue
+                self._event_ch.send_nowait(
+                    lk_stt.SpeechEvent(
+                        type=lk_stt.SpeechEventType.FINAL_TRANSCRIPT,
+                        alternatives=[t_event.alternatives[0]],
+                        speech_end_time=(
+                            t_event.speech_end_time if t_event.speech_end_time is not None else speech_end_time
+                        ),
+                    )
+                )
+
+        tasks = [
+            asyncio.create_task(_forward_input(), name="segment_input"),
+            asyncio.create_task(_recognize(), name="segment_recognize"),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            await utils.aio.cancel_and_wait(*tasks)
+            vad.remove_listener(self)
+            if self._fallback is not None:
+                await self._fallback.aclose()
+                self._fallback = None

@@ -1,0 +1,108 @@
+"""The start of a session, shared by the LiveKit entrypoint, `chat` and the sim.
+
+`prepare_session` goes from untrusted metadata to a built agent and a started session
+record: the resolver (`app.store.resolver`: route → config, from the in-memory
+snapshot; last known-good or the built-in fallback agent when the store is down) →
+`AgentFactory`. It never raises for bad input; whatever goes wrong, the caller gets
+an agent that can talk.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from app.agents.base import BaseAgent
+from app.agents.context import SessionContext
+from app.agents.factory import AgentFactory, MissingVariables
+from app.domain import AgentConfig, SessionRecord
+from app.domain.routing import MetadataSource, RouteDecision
+from app.store.resolver import resolve_current
+from app.worker.services import WorkerServices
+from app.worker.sessions import SessionManager
+
+if TYPE_CHECKING:
+    import httpx
+    import openai
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedSession:
+    decision: RouteDecision
+    config: AgentConfig
+    agent: BaseAgent
+    manager: SessionManager
+    factory: AgentFactory
+    context: SessionContext
+
+    @property
+    def record(self) -> SessionRecord:
+        return self.manager.record
+
+    async def aclose(self) -> None:
+        """Finish and flush the record, then close the models the factory built
+        (LiveKit does not close an Agent's own LLM/STT/TTS, and handoffs add more)."""
+        from app.agents.tools import aclose_default_http_client
+
+        try:
+            await self.manager.aclose()
+        finally:
+            await self.context.aclose()
+            await aclose_default_http_client()
+
+
+async def prepare_session(
+    services: WorkerServices,
+    sources: Sequence[MetadataSource],
+    *,
+    room: str,
+    session_id: str | None = None,
+    user_id: str | None = None,
+    audio: bool = True,
+    llm_client: openai.AsyncClient | None = None,
+    http_client: httpx.AsyncClient | None = None,
+    stt_client: openai.AsyncClient | None = None,
+    tts_client: openai.AsyncClient | None = None,
+) -> PreparedSession:
+    session_id = session_id or uuid.uuid4().hex
+    configs = services.config_source
+    resolution = await resolve_current(configs, sources, room=room)
+    decision, config = resolution.decision, resolution.config
+    if resolution.degraded:
+        log.warning("room %s: %s", room, resolution.degraded)
+    record = SessionRecord(
+        session_id=session_id, room=room, agent_id=config.agent_id, config_version=config.version,
+        user_id=decision.user_id or user_id, route_reason=decision.reason, degraded=resolution.degraded,
+    )
+    manager = SessionManager(services.store, record, call=services.call, spill=services.pending.adopt)
+    factory = AgentFactory(
+        services.settings, configs,
+        vad=services.vad if audio else None, llm_client=llm_client, http_client=http_client,
+        stt_client=stt_client, tts_client=tts_client,
+    )
+    ctx = SessionContext(
+        session_id=session_id, room=room, recorder=manager, user_id=record.user_id,
+        variables=dict(decision.variables), audio=audio,
+    )
+    try:
+        agent = factory.create_agent(config, ctx)
+    except MissingVariables as e:
+        fallback = resolution.replacement()
+        log.warning(
+            "room %s: agent %s needs variable(s) %s; falling back to %s",
+            room, config.agent_id, ", ".join(e.names), fallback.agent_id,
+        )
+        config = fallback
+        record.agent_id, record.config_version = config.agent_id, config.version
+        record.route_reason = f"{decision.reason}:missing_variables"
+        manager.set_agent(config.agent_id, config.version)
+        agent = factory.create_agent(config, ctx)
+    await manager.start()
+    return PreparedSession(
+        decision=decision, config=config, agent=agent, manager=manager, factory=factory, context=ctx
+    )

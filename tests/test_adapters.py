@@ -1,0 +1,90 @@
+"""Library adaptations (`app/adapters`): pinned to the version they were written against,
+installed explicitly at process start, and falling back to the library's own code path
+(with one warning) on any other version."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from livekit.plugins import openai as lk_openai
+from openai.resources.chat.completions import completions as completions_module
+
+from app.adapters import install_adapters, livekit_agents, openai_sdk, pins, silero as silero_adapter
+from app.adapters.livekit_agents import SegmentingSTT
+from app.agents.audio import session_audio_models
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_adapter_pins_the_installed_version() -> None:
+    for module in (openai_sdk, silero_adapter, livekit_agents):
+        assert pins.installed_version(module.DISTRIBUTION) == module.WRITTEN_AGAINST, module.__name__
+        assert f"{module.DISTRIBUTION} {module.WRITTEN_AGAINST}" in (module.__doc__ or "").replace("\n", " ")
+    assert install_adapters() == {
+        "app.adapters.openai_sdk": True, "app.adapters.silero": True, "app.adapters.livekit_agents": True,
+    }
+
+
+def test_a_version_mismatch_logs_one_warning_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="app.adapters"):
+        assert pins.matches("openai", "0.0.1", adapter="app.adapters.openai_sdk") is False
+        assert pins.matches("openai", openai_sdk.WRITTEN_AGAINST, adapter="app.adapters.openai_sdk") is True
+    (record,) = caplog.records
+    msg = record.getMessage()
+    assert "app.adapters.openai_sdk" in msg and "0.0.1" in msg and openai_sdk.WRITTEN_AGAINST in msg
+    assert "library's own code path" in msg
+
+
+def test_openai_sdk_left_alone_on_another_version(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(openai_sdk, "_installed", False)
+    monkeypatch.setattr(openai_sdk, "_identity_types", set())
+    monkeypatch.setattr(openai_sdk, "WRITTEN_AGAINST", "2.0.0")
+    before = completions_module.async_maybe_transform
+    with caplog.at_level(logging.WARNING, logger="app.adapters"):
+        assert openai_sdk.install() is False
+        assert openai_sdk.install() is False  # installed once: no second warning
+    assert completions_module.async_maybe_transform is before  # not wrapped (again)
+    assert not openai_sdk._identity_types  # the fast path never applies
+    assert len([r for r in caplog.records if "2.0.0" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize("inactive", [silero_adapter, livekit_agents])
+def test_audio_falls_back_to_livekits_own_path(monkeypatch: pytest.MonkeyPatch, inactive: object) -> None:
+    from livekit.plugins import silero
+
+    vad = silero.VAD.load()
+    stt = lk_openai.STT(api_key="sk-test")
+    adapted_stt, adapted_vad = session_audio_models(stt, vad)
+    assert isinstance(adapted_stt, SegmentingSTT) and adapted_vad is not vad
+    monkeypatch.setattr(inactive, "_active", False)
+    plain_stt, plain_vad = session_audio_models(stt, vad)
+    assert plain_stt is stt and plain_vad is vad  # LiveKit wraps the STT in its own StreamAdapter
+
+
+def test_nothing_is_installed_by_importing() -> None:
+    """Importing the product (factory, worker, supervisor) patches nothing; starting the
+    worker services does."""
+    code = textwrap.dedent("""
+        import asyncio
+        import app.agents.factory, app.worker.entrypoint, app.supervisor, app.chat
+        from openai.resources.chat.completions import completions
+        from app.adapters import silero, livekit_agents
+        print(hasattr(completions.async_maybe_transform, "__wrapped__"), silero.active(), livekit_agents.active())
+        from app.settings import Settings
+        from app.worker.services import WorkerServices
+
+        async def main():
+            services = WorkerServices(Settings(_env_file=None), None)
+            await services.start()
+            await services.aclose()
+        asyncio.run(main())
+        print(hasattr(completions.async_maybe_transform, "__wrapped__"), silero.active(), livekit_agents.active())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["False False False", "True True True"], out.stdout
