@@ -223,30 +223,140 @@ def empty_schema() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- providers
+#
+# Each of llm / stt / tts is a primary provider plus an ordered list of `fallbacks`
+# (another model, another OpenAI-compatible base URL); the agents layer wraps a chain in
+# LiveKit's own FallbackAdapter. Timeouts are per provider: a member without its own
+# `timeouts` uses the primary's.
+
+ProviderName = Literal["openai"]
+"""Providers a config may name; "openai" is any OpenAI-compatible server (`base_url`)."""
+
+MAX_FALLBACKS = 4
+
+DEFAULT_REPLY_MAX_TOKENS = 250
+"""The reply cap when an agent sets no `llm.max_tokens` (`DEFAULT_LLM_MAX_TOKENS`
+overrides it per process): about a minute of speech, room for a tool call's arguments."""
+
+DEFAULT_REPETITION_LIMIT = 3
+"""A reply that says the same sentence this many times is ended there."""
+
+
+def _timeouts_ordered(connect: float, first: float, total: float, first_name: str) -> None:
+    if first > total:
+        raise ValueError(f"{first_name} ({first:g}) cannot exceed total_s ({total:g})")
+    if connect > total:
+        raise ValueError(f"connect_s ({connect:g}) cannot exceed total_s ({total:g})")
+
+
+class LLMTimeouts(_Model):
+    """Seconds one LLM provider gets before the request goes to the next in the chain."""
+
+    connect_s: Annotated[float, Field(gt=0, le=60), _NUMBER] = Field(
+        3.0, description="Opening the connection (TCP + TLS)."
+    )
+    first_token_s: Annotated[float, Field(gt=0, le=300), _NUMBER] = Field(
+        6.0, description="Waiting for the response to start, and for each chunk after it "
+        "(a long prompt's prefill on a local model may need more)."
+    )
+    total_s: Annotated[float, Field(gt=0, le=600), _NUMBER] = Field(
+        45.0, description="The whole streamed reply."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LLMTimeouts:
+        _timeouts_ordered(self.connect_s, self.first_token_s, self.total_s, "first_token_s")
+        return self
+
+
+class AudioTimeouts(_Model):
+    """Seconds one STT or TTS provider gets before the request goes to the next."""
+
+    connect_s: Annotated[float, Field(gt=0, le=60), _NUMBER] = Field(
+        3.0, description="Opening the connection (TCP + TLS)."
+    )
+    first_byte_s: Annotated[float, Field(gt=0, le=120), _NUMBER] = Field(
+        5.0, description="Waiting for the response to start, and for each chunk after it "
+        "(STT: the transcript; TTS: the first audio)."
+    )
+    total_s: Annotated[float, Field(gt=0, le=600), _NUMBER] = Field(
+        30.0, description="The whole response."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AudioTimeouts:
+        _timeouts_ordered(self.connect_s, self.first_byte_s, self.total_s, "first_byte_s")
+        return self
+
+
+MaxTokensParam = Literal["auto", "max_completion_tokens", "max_tokens"]
+"""How the reply cap is sent: OpenAI's API takes `max_completion_tokens` (its newer models
+refuse `max_tokens`); llama.cpp, vLLM, Ollama and most OpenAI-compatible servers take
+`max_tokens`. `auto`: `max_completion_tokens` for api.openai.com / Azure OpenAI (or no
+base URL), `max_tokens` for any other base URL."""
+
+
+class LLMFallback(_Model):
+    """One alternative LLM, tried in order when the ones before it fail or time out."""
+
+    provider: ProviderName = "openai"
+    model: str | None = Field(None, max_length=200, description="None: the server default.")
+    base_url: WebUrl | None = None
+    timeouts: LLMTimeouts | None = Field(None, description="None: the primary's.")
+    max_tokens_param: MaxTokensParam | None = Field(None, description="None: the primary's.")
 
 
 class LLMConfig(_Model):
-    provider: Literal["openai"] = "openai"
+    provider: ProviderName = "openai"
     model: str | None = Field(None, max_length=200, description="None: the server default.")
     base_url: WebUrl | None = None
     temperature: Annotated[float, Field(ge=0, le=2), _NUMBER] | None = None
-    max_tokens: Annotated[int, Field(ge=1, le=32768), _INT] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=32768), _INT] | None = Field(
+        None, description=f"Reply cap in tokens. None: the platform default ({DEFAULT_REPLY_MAX_TOKENS}, "
+        "DEFAULT_LLM_MAX_TOKENS)."
+    )
+    max_tokens_param: MaxTokensParam = "auto"
+    repetition_limit: Annotated[int, Field(ge=2, le=20), _INT] | None = Field(
+        DEFAULT_REPETITION_LIMIT, description="End a reply once it says the same sentence this "
+        "many times; null turns the guard off."
+    )
+    timeouts: LLMTimeouts = Field(default_factory=LLMTimeouts)
+    fallbacks: list[LLMFallback] = Field(default_factory=list, max_length=MAX_FALLBACKS)
+
+
+class STTFallback(_Model):
+    provider: ProviderName = "openai"
+    model: str | None = Field(None, max_length=200)
+    base_url: WebUrl | None = None
+    timeouts: AudioTimeouts | None = Field(None, description="None: the primary's.")
 
 
 class STTConfig(_Model):
-    provider: Literal["openai"] = "openai"
+    provider: ProviderName = "openai"
     model: str | None = Field(None, max_length=200)
     language: str = Field("en", max_length=16)
     base_url: WebUrl | None = None
+    timeouts: AudioTimeouts = Field(default_factory=AudioTimeouts)
+    fallbacks: list[STTFallback] = Field(default_factory=list, max_length=MAX_FALLBACKS)
+
+
+class TTSFallback(_Model):
+    provider: ProviderName = "openai"
+    model: str | None = Field(None, max_length=200)
+    voice: str | None = Field(None, max_length=100, description="None: the primary's.")
+    base_url: WebUrl | None = None
+    timeouts: AudioTimeouts | None = Field(None, description="None: the primary's.")
 
 
 class TTSConfig(_Model):
-    provider: Literal["openai"] = "openai"
+    provider: ProviderName = "openai"
     model: str | None = Field(None, max_length=200)
     voice: str | None = Field(None, max_length=100)
     speed: JsonNumber = Field(1.0, ge=0.25, le=4.0)
     instructions: str | None = Field(None, max_length=2000)
     base_url: WebUrl | None = None
+    timeouts: AudioTimeouts = Field(default_factory=AudioTimeouts)
+    fallbacks: list[TTSFallback] = Field(default_factory=list, max_length=MAX_FALLBACKS)
 
 
 class VADConfig(_Model):
@@ -254,6 +364,29 @@ class VADConfig(_Model):
     min_speech_duration: JsonNumber = Field(0.05, ge=0, le=5)
     min_silence_duration: JsonNumber = Field(0.55, ge=0, le=10)
     activation_threshold: JsonNumber = Field(0.5, gt=0, lt=1)
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+class SessionBudget(_Model):
+    """Per-session limits of the agent running the call (each unset: no limit). Near a
+    limit (`wrap_up_at` of it) the agent is told once to wrap up; at the limit the session
+    ends politely with end_reason `budget_exhausted`. After a handoff the new agent's
+    budget applies to the session's totals so far."""
+
+    llm_tokens: Annotated[int, Field(gt=0, le=1_000_000_000), _INT] | None = Field(
+        None, description="LLM tokens, input and output, summed over every request."
+    )
+    tts_characters: Annotated[int, Field(gt=0, le=100_000_000), _INT] | None = Field(
+        None, description="Characters sent to TTS."
+    )
+    duration_s: Annotated[float, Field(gt=0, le=86_400), _NUMBER] | None = Field(
+        None, description="Call duration from the session start."
+    )
+    wrap_up_at: Annotated[float, Field(gt=0, lt=1), _NUMBER] = Field(
+        0.8, description="The fraction of a limit at which the agent is told to wrap up."
+    )
 
 
 # ----------------------------------------------------------------------------- tools
@@ -294,6 +427,7 @@ class AgentConfigInput(_Model):
     stt: STTConfig = Field(default_factory=STTConfig)
     tts: TTSConfig = Field(default_factory=TTSConfig)
     vad: VADConfig = Field(default_factory=VADConfig)
+    budget: SessionBudget = Field(default_factory=SessionBudget)
     tools: list[ToolSpec] = Field(default_factory=list, max_length=MAX_TOOLS)
     handoffs: list[AgentId] = Field(default_factory=list, max_length=MAX_TOOLS)
 
@@ -407,6 +541,49 @@ class Handoff(BaseModel):
     reason: str | None = None
 
 
+SessionEventKind = Literal[
+    "provider_unavailable", "provider_recovered", "reply_capped", "repetition_stopped",
+    "budget_warning", "budget_exhausted",
+]
+
+MAX_SESSION_EVENTS = 200
+"""Events kept on one record; later ones are dropped (and counted in the logs)."""
+
+
+class SessionEvent(BaseModel):
+    """Something the platform did to or noticed about a call, beyond its turns: a provider
+    failing over, a reply cut at its cap or for repeating itself, a budget warning."""
+
+    kind: SessionEventKind
+    at: UtcDatetime = Field(default_factory=utcnow)
+    agent_id: str | None = None
+    detail: str = Field("", max_length=500)
+
+
+class ServedBy(BaseModel):
+    """How many agent turns (LLM, TTS) or user turns (STT) one provider's model served."""
+
+    kind: Literal["llm", "stt", "tts"]
+    provider: str
+    model: str
+    turns: int = Field(0, ge=0)
+
+
+class SessionUsage(BaseModel):
+    """What a session consumed, as LiveKit counts it (`AgentSession.usage`), and which
+    providers served its turns. Budgets (`SessionBudget`) are checked against it."""
+
+    llm_input_tokens: int = Field(0, ge=0)
+    llm_output_tokens: int = Field(0, ge=0)
+    tts_characters: int = Field(0, ge=0)
+    stt_audio_s: float = Field(0.0, ge=0)
+    served_by: list[ServedBy] = Field(default_factory=list)
+
+    @property
+    def llm_tokens(self) -> int:
+        return self.llm_input_tokens + self.llm_output_tokens
+
+
 class SessionRecord(BaseModel):
     session_id: str
     room: str
@@ -426,6 +603,8 @@ class SessionRecord(BaseModel):
     handoffs: list[Handoff] = Field(default_factory=list)
     error: str | None = None
     metrics: list[dict[str, Any]] = Field(default_factory=list)
+    usage: SessionUsage = Field(default_factory=SessionUsage)
+    events: list[SessionEvent] = Field(default_factory=list)
     owner: str | None = Field(
         None, description="The process instance (host, pid, random) running the session; read-only."
     )

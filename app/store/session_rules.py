@@ -30,7 +30,9 @@ from app.store.base import (
     UpdateSession,
 )
 
-UPDATABLE_FIELDS = ("agent_id", "config_version", "user_id", "degraded", "route_reason", "metrics", "error", "room")
+UPDATABLE_FIELDS = (
+    "agent_id", "config_version", "user_id", "degraded", "route_reason", "metrics", "usage", "events", "error", "room",
+)
 """Session fields `update_session` may set (the rest belong to start/finish)."""
 
 _FIELD_TYPES: dict[str, TypeAdapter[Any]] = {
@@ -47,9 +49,11 @@ def session_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, value in fields.items():
         try:
-            values[name] = _FIELD_TYPES[name].validate_python(value)
+            checked = _FIELD_TYPES[name].validate_python(value)
         except ValueError as e:
             raise InvalidInput(f"bad value for session field {name}: {e}") from None
+        # stored as JSON by every backend (events carry times, usage is a model)
+        values[name] = _FIELD_TYPES[name].dump_python(checked, mode="json")
     return values
 
 

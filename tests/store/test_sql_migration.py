@@ -55,12 +55,14 @@ async def _make_version_1(url: str) -> None:
         url,
         "ALTER TABLE sessions DROP COLUMN owner",
         "ALTER TABLE sessions DROP COLUMN heartbeat_at",
+        "ALTER TABLE sessions DROP COLUMN usage",
+        "ALTER TABLE sessions DROP COLUMN events",
         meta_t.update().where(meta_t.c.key == "schema_version").values(value=1),
     )
 
 
 async def test_start_adds_the_owner_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     await _make_version_1(sql_target.url)
     stores = [SQLStore(sql_target.url) for _ in range(3)]
     try:
@@ -69,6 +71,10 @@ async def test_start_adds_the_owner_columns_to_a_version_1_database(sql_target: 
         store = stores[0]
         old = await store.get_session("s-old")
         assert old.owner is None and old.heartbeat_at is None and old.status == SessionStatus.active
+        assert old.usage.llm_tokens == 0 and old.events == []  # version 3's columns, empty
+        await store.update_session("s-old", usage={"llm_input_tokens": 5}, events=[{"kind": "budget_warning"}])
+        old = await store.get_session("s-old")
+        assert old.usage.llm_input_tokens == 5 and [e.kind for e in old.events] == ["budget_warning"]
         await store.start_session(SessionRecord(session_id="s-new", room="r", agent_id="a", owner="me"))
         assert await store.heartbeat("me") == 1
         assert (await store.get_session("s-new")).owner == "me"

@@ -49,6 +49,8 @@ def _session_doc(record: SessionRecord) -> dict[str, Any]:
     doc["status"] = SessionStatus(record.status).value
     doc["collected"] = escape_keys(record.collected)
     doc["metrics"] = escape_keys(record.metrics)
+    doc["usage"] = record.usage.model_dump(mode="json")
+    doc["events"] = [e.model_dump(mode="json") for e in record.events]
     doc["crev"] = 0
     return doc
 
@@ -61,6 +63,8 @@ def _record(doc: Mapping[str, Any], turns: list[Turn] | None = None) -> SessionR
     d["collected"] = unescape_keys(d.get("collected") or {})
     d["metrics"] = unescape_keys(d.get("metrics") or [])
     d["handoffs"] = d.get("handoffs") or []
+    d["usage"] = d.get("usage") or {}
+    d["events"] = d.get("events") or []
     return SessionRecord.model_validate(d)
 
 

@@ -13,9 +13,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1: initial tables. 2: `sessions.owner` and `sessions.heartbeat_at` (crash recovery with
-several processes on one database); `SQLDatabase.start` adds them to a version-1 database."""
+several processes on one database). 3: `sessions.usage` and `sessions.events` (what a call
+consumed, which providers served it, fail-overs, cut replies, budget warnings).
+`SQLDatabase.start` adds what an older database lacks."""
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -100,6 +102,8 @@ class SessionRow(SQLModel, table=True):
     collected: dict[str, Any] = _json(default_factory=dict)
     handoffs: list[dict[str, Any]] = _json(default_factory=list)
     metrics: list[dict[str, Any]] = _json(default_factory=list)
+    usage: dict[str, Any] = _json(default_factory=dict)
+    events: list[dict[str, Any]] = _json(default_factory=list)
     error: str | None = None
     owner: str | None = Field(default=None, max_length=256)
     heartbeat_at: datetime | None = _ts(default=None, nullable=True)
@@ -123,6 +127,6 @@ routes_t: sa.Table = RouteRow.__table__  # type: ignore[attr-defined]
 sessions_t: sa.Table = SessionRow.__table__  # type: ignore[attr-defined]
 turns_t: sa.Table = TurnRow.__table__  # type: ignore[attr-defined]
 
-ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"sessions": ("owner", "heartbeat_at")}
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"sessions": ("owner", "heartbeat_at", "usage", "events")}
 """Columns added after version 1, by table: `create_all` does not alter an existing table,
 so `SQLDatabase.start` adds whichever of these are missing (ALTER TABLE ... ADD COLUMN)."""
