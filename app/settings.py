@@ -15,6 +15,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/app.db"
+DEFAULT_REPLY_MAX_TOKENS = 250
+"""The reply cap of agents that set no `llm.max_tokens` (`DEFAULT_LLM_MAX_TOKENS` changes
+it): about a minute of speech, with room for a tool call's arguments."""
 DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
 """`prompts/` beside the `app` package: the repository root, or /app in the image."""
 
@@ -77,6 +80,11 @@ class Settings(BaseSettings):
         "and shutdown steps after it need up to 51 s more, inside fly's 300 s kill_timeout.",
     )
     default_llm_model: str = "gpt-4.1-mini"
+    default_llm_max_tokens: int = Field(
+        DEFAULT_REPLY_MAX_TOKENS, ge=1, le=32768,
+        description="The reply cap for agents that set no llm.max_tokens: about a minute of "
+        "speech, with room for a tool call's arguments.",
+    )
     default_stt_model: str = "gpt-4o-mini-transcribe"
     default_tts_model: str = "gpt-4o-mini-tts"
     default_tts_voice: str = "alloy"

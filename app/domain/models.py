@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from app.domain.schema_admission import SchemaRefused, check_schema
+from app.settings import DEFAULT_REPLY_MAX_TOKENS  # the reply cap without llm.max_tokens
 
 SLUG_RE = r"^[a-z0-9][a-z0-9-]{1,62}$"
 PURPOSE_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -233,10 +234,6 @@ ProviderName = Literal["openai"]
 """Providers a config may name; "openai" is any OpenAI-compatible server (`base_url`)."""
 
 MAX_FALLBACKS = 4
-
-DEFAULT_REPLY_MAX_TOKENS = 250
-"""The reply cap when an agent sets no `llm.max_tokens` (`DEFAULT_LLM_MAX_TOKENS`
-overrides it per process): about a minute of speech, room for a tool call's arguments."""
 
 DEFAULT_REPETITION_LIMIT = 3
 """A reply that says the same sentence this many times is ended there."""

@@ -18,6 +18,11 @@ fields), so it can be recovered from the logs. Never silently.
 Each session row names its `owner` (`instance_id()`, one per container) and carries a
 `heartbeat_at` that the supervisor refreshes, so another process can tell a crashed
 owner's sessions from live ones (`ConfigStore.abandon_stale_sessions`).
+
+Beyond turns and collected data the record keeps `usage` (LiveKit's own count of LLM
+tokens, TTS characters and STT audio, and which provider served each turn, from each
+message's `metrics`) and `events` (fail-overs, cut replies, budget warnings), each stored
+as a snapshot like `metrics`.
 """
 
 from __future__ import annotations
@@ -38,12 +43,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from app.domain import (
     AlreadyExists,
     Handoff,
+    ServedBy,
+    SessionEvent,
     SessionRecord,
     SessionStatus,
     StoreUnavailable,
     Turn,
 )
-from app.domain.models import deep_merge, utcnow
+from app.domain.models import MAX_SESSION_EVENTS, SessionEventKind, deep_merge, utcnow
 from app.store.base import (
     AppendTurn,
     ConfigStore,
@@ -59,6 +66,7 @@ from app.store.base import (
 if TYPE_CHECKING:  # the supervisor imports this module before the LiveKit stack is loaded
     from livekit.agents import AgentSession, CloseEvent, ConversationItemAddedEvent
     from livekit.agents.llm import ChatMessage
+    from livekit.agents.voice.events import SessionUsageUpdatedEvent
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +216,7 @@ class SessionManager:
     def attach(self, session: AgentSession[Any]) -> None:
         """Subscribe to a LiveKit `AgentSession`'s events."""
         session.on("conversation_item_added", self._on_item)
+        session.on("session_usage_updated", self._on_usage)
         session.on("close", self._on_close)
 
     async def aclose(self, status: SessionStatus | None = None, reason: str | None = None) -> None:
@@ -282,6 +291,19 @@ class SessionManager:
         if self._finish is None:
             self._finish = (status, reason, None)
 
+    def record_event(self, kind: SessionEventKind, detail: str = "") -> None:
+        events = self.record.events
+        if len(events) >= MAX_SESSION_EVENTS:
+            log.warning("session %s: event %s not kept (%d events already)", self.record.session_id, kind, len(events))
+            return
+        events.append(SessionEvent(kind=kind, agent_id=self._agent_id, detail=detail[:500]))
+        self._enqueue(UpdateSession({"events": [e.model_dump(mode="json") for e in events]}))
+
+    @property
+    def finished_reason(self) -> str | None:
+        """The end reason set so far (`finish`), None while the session runs on."""
+        return self._finish[1] if self._finish is not None else None
+
     # -------------------------------------------------------------- turns
 
     def add_turn(self, role: Literal["user", "assistant", "system", "tool"], text: str) -> Turn:
@@ -299,6 +321,54 @@ class SessionManager:
         if text and item.role in ("user", "assistant"):
             turn = self.add_turn("user" if item.role == "user" else "assistant", text)
             self._on_turn_metrics(turn, item)
+            self._count_served(item)
+
+    # ------------------------------------------------------------ usage
+
+    def _count_served(self, item: ChatMessage) -> None:
+        """Which provider's model served this turn: LiveKit names it in the message's
+        metrics (the instance a fallback chain actually used)."""
+        m: Mapping[str, Any] = item.metrics or {}
+        keys = ("stt",) if item.role == "user" else ("llm", "tts")
+        changed = False
+        for kind in keys:
+            meta = m.get(f"{kind}_metadata")
+            if not isinstance(meta, Mapping):
+                continue
+            provider, model = str(meta.get("model_provider") or "unknown"), str(meta.get("model_name") or "unknown")
+            served = self.record.usage.served_by
+            entry = next((e for e in served if (e.kind, e.provider, e.model) == (kind, provider, model)), None)
+            if entry is None:
+                entry = ServedBy(kind=kind, provider=provider, model=model)  # type: ignore[arg-type]
+                served.append(entry)
+            entry.turns += 1
+            changed = True
+        if changed:
+            self._store_usage()
+
+    def _on_usage(self, ev: SessionUsageUpdatedEvent) -> None:
+        """LiveKit's running totals for the session (`AgentSession.usage`)."""
+        from livekit.agents.metrics import LLMModelUsage, STTModelUsage, TTSModelUsage
+
+        llm_in = llm_out = tts_chars = 0
+        stt_s = 0.0
+        for u in ev.usage.model_usage:
+            if isinstance(u, LLMModelUsage):
+                llm_in += u.input_tokens
+                llm_out += u.output_tokens
+            elif isinstance(u, TTSModelUsage):
+                tts_chars += u.characters_count
+            elif isinstance(u, STTModelUsage):
+                stt_s += u.audio_duration
+        usage = self.record.usage
+        new = (llm_in, llm_out, tts_chars, round(stt_s, 3))
+        if new == (usage.llm_input_tokens, usage.llm_output_tokens, usage.tts_characters, usage.stt_audio_s):
+            return
+        usage.llm_input_tokens, usage.llm_output_tokens, usage.tts_characters, usage.stt_audio_s = new
+        self._store_usage()
+
+    def _store_usage(self) -> None:
+        self._enqueue(UpdateSession({"usage": self.record.usage.model_dump(mode="json")}))
 
     # ------------------------------------------------------------ metrics
 
@@ -421,7 +491,9 @@ def turn_metrics_entry(
     - `llm_ttft_ms`: LLM time to first token (`llm_node_ttft`);
     - `tts_ttfb_ms`: TTS time to first audio byte after its first text (`tts_node_ttfb`);
     - `total_ms`: end of user speech → first agent audio frame played (`e2e_latency`);
-    - `speech_ms`: how long the agent's audio played; `interrupted`: cut by the user.
+    - `speech_ms`: how long the agent's audio played; `interrupted`: cut by the user;
+    - `llm` / `tts`: `provider/model` that served the reply (`llm_metadata`, `tts_metadata`:
+      with a fallback chain, the member that answered).
     """
     started, stopped = assistant.get("started_speaking_at"), assistant.get("stopped_speaking_at")
     return {
@@ -436,7 +508,15 @@ def turn_metrics_entry(
         "total_ms": _ms(assistant.get("e2e_latency")),
         "speech_ms": _ms(stopped - started) if isinstance(started, float) and isinstance(stopped, float) else None,
         "interrupted": interrupted,
+        "llm": _served_name(assistant.get("llm_metadata")),
+        "tts": _served_name(assistant.get("tts_metadata")),
     }
+
+
+def _served_name(meta: Any) -> str | None:
+    if not isinstance(meta, Mapping):
+        return None
+    return f"{meta.get('model_provider') or 'unknown'}/{meta.get('model_name') or 'unknown'}"
 
 
 class PendingWrites:
