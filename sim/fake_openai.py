@@ -19,6 +19,14 @@ Each chat completion request pops the next scripted reply; every request (includ
 ones that found the script empty) is captured. An empty script answers HTTP 400 — a
 non-retryable error — so a test that under-scripts fails fast instead of retrying.
 
+Like a real server, it honours a request's reply cap (`max_completion_tokens`, or
+`max_tokens`): a scripted text longer than the cap is cut after that many tokens (here
+a token is a whitespace-separated word) with `finish_reason: "length"`, unless the fake
+was made with `honour_cap=False` (a server that ignores the parameter). Usage is
+reported as a server would: prompt tokens about one per four characters of the
+request's messages and tools, completion tokens one per word (or per four characters of
+tool arguments); a scripted reply may fix both (`usage=(prompt, completion)`).
+
 Audio (the voice sim): `POST …/audio/transcriptions` answers the next queued transcript
 (`fake.transcript("...")`; an empty queue transcribes as "", as a real model does with
 noise) and `POST …/audio/speech` answers raw 24 kHz 16-bit PCM (`audio/pcm`, which the
@@ -68,6 +76,8 @@ class ToolCall:
 @dataclass(frozen=True)
 class ScriptedText:
     text: str
+    usage: tuple[int, int] | None = None
+    """(prompt_tokens, completion_tokens) to report; None: counted from the request."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,7 @@ class ScriptedToolCalls:
     calls: tuple[ToolCall, ...]
     text: str = ""
     """Optional assistant text streamed before the tool calls."""
+    usage: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,17 @@ class CapturedRequest:
     """One POST /chat/completions body, with helpers for the parts tests assert on."""
 
     body: dict[str, Any]
+    endpoint: str = "default"
+    """Which fake answered it (`FakeOpenAI.name`: the sim's endpoint host)."""
+
+    @property
+    def cap(self) -> int | None:
+        """The reply cap the request carried (`max_completion_tokens` or `max_tokens`)."""
+        for key in ("max_completion_tokens", "max_tokens"):
+            value = self.body.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return None
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -150,12 +172,19 @@ class FakeOpenAI:
         delays: Mapping[str, float] | None = None,
         speech_s_per_char: float = 0.06,
         speech_audio: Callable[[str], bytes] | None = None,
+        honour_cap: bool = True,
+        requests: list[CapturedRequest] | None = None,
+        name: str = "default",
     ) -> None:
+        """`requests`: the list captured requests go to (several fakes may share one, to
+        keep their requests in arrival order); `name`: stamped on each of them."""
         self._script: deque[Reply | Responder] = deque(script)
         self._lock = threading.Lock()
         self._seq = 0
         self.model = model
-        self.requests: list[CapturedRequest] = []
+        self.name = name
+        self.honour_cap = honour_cap
+        self.requests: list[CapturedRequest] = requests if requests is not None else []
         # audio (voice sim): queued transcripts, captured STT/TTS requests
         self.delays: dict[str, float] = dict(delays or {})
         self.speech_s_per_char = speech_s_per_char
@@ -270,7 +299,7 @@ class FakeOpenAI:
 
     def respond(self, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
         """The core: capture a request body, pop the next reply, encode it."""
-        req = CapturedRequest(body)
+        req = CapturedRequest(body, self.name)
         with self._lock:
             self.requests.append(req)
             item = self._script.popleft() if self._script else None
@@ -282,10 +311,16 @@ class FakeOpenAI:
         if isinstance(reply, ScriptedError):
             err = {"error": {"message": reply.message, "type": "fake_error", "code": None}}
             return reply.status, {"content-type": "application/json"}, json.dumps(err).encode()
+        finish = None
+        if self.honour_cap and req.cap is not None and isinstance(reply, ScriptedText):
+            words = _words(reply.text)
+            if len(words) > req.cap:
+                reply, finish = ScriptedText("".join(words[: req.cap]).rstrip(), reply.usage), "length"
+        usage = _usage(req, reply, cut=req.cap if finish else None)
         stream = bool(body.get("stream"))
         if not stream:
-            return 200, {"content-type": "application/json"}, _completion(reply, seq, self.model)
-        return 200, {"content-type": "text/event-stream"}, _sse(reply, seq, self.model)
+            return 200, {"content-type": "application/json"}, _completion(reply, seq, self.model, usage, finish)
+        return 200, {"content-type": "text/event-stream"}, _sse(reply, seq, self.model, usage, finish)
 
     def _handle(self, request: httpx2.Request) -> httpx2.Response:
         if request.method == "GET" and request.url.path.endswith("/models"):
@@ -394,13 +429,28 @@ def _args_json(call: ToolCall) -> str:
     return call.arguments if isinstance(call.arguments, str) else json.dumps(dict(call.arguments))
 
 
-def _sse(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str) -> bytes:
+def _usage(req: CapturedRequest, reply: ScriptedText | ScriptedToolCalls, *, cut: int | None) -> dict[str, int]:
+    if reply.usage is not None:
+        prompt, completion = reply.usage
+    else:
+        prompt = max(1, len(json.dumps([req.messages, req.body.get("tools") or []])) // 4)
+        if isinstance(reply, ScriptedText):
+            completion = len(_words(reply.text))
+        else:
+            completion = len(_words(reply.text)) + sum(max(1, len(_args_json(c)) // 4) for c in reply.calls)
+        completion = max(1, completion)
+    if cut is not None:
+        completion = cut
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _sse(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str, usage: dict[str, int], finish: str | None) -> bytes:
     chunks: list[dict[str, Any]] = []
     if isinstance(reply, ScriptedText):
         chunks.append(_chunk(seq, model, {"role": "assistant", "content": ""}))
         for word in _words(reply.text):
             chunks.append(_chunk(seq, model, {"content": word}))
-        chunks.append(_chunk(seq, model, {}, "stop"))
+        chunks.append(_chunk(seq, model, {}, finish or "stop"))
     else:
         chunks.append(_chunk(seq, model, {"role": "assistant", "content": reply.text or None}))
         for i, call in enumerate(reply.calls):
@@ -411,15 +461,16 @@ def _sse(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str) -> bytes
             for j in range(0, len(args), 16):  # stream arguments in fragments, as servers do
                 chunks.append(_chunk(seq, model, {"tool_calls": [{"index": i, "function": {"arguments": args[j : j + 16]}}]}))
         chunks.append(_chunk(seq, model, {}, "tool_calls"))
-    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
     chunks.append({**_chunk(seq, model, {}), "choices": [], "usage": usage})
     return b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n"
 
 
-def _completion(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str) -> bytes:
+def _completion(
+    reply: ScriptedText | ScriptedToolCalls, seq: int, model: str, usage: dict[str, int], cut: str | None
+) -> bytes:
     if isinstance(reply, ScriptedText):
         message: dict[str, Any] = {"role": "assistant", "content": reply.text}
-        finish = "stop"
+        finish = cut or "stop"
     else:
         message = {
             "role": "assistant",
@@ -441,7 +492,7 @@ def _completion(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str) -
             "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            "usage": usage,
         }
     ).encode()
 
