@@ -41,6 +41,9 @@ async def run_chat(
     from livekit.agents import AgentSession
     from livekit.agents.llm import ChatMessage
 
+    from app.agents.providers import session_connect_options
+    from app.worker.budget import attach_budget_guard
+
     store = open_store(settings.database_url)
     try:
         await store.start()
@@ -63,8 +66,9 @@ async def run_chat(
             f"session {prepared.record.session_id}; empty line or Ctrl-D to quit]",
             file=sys.stderr, flush=True,
         )
-        async with AgentSession() as session:
+        async with AgentSession(conn_options=session_connect_options()) as session:
             prepared.manager.attach(session)
+            attach_budget_guard(session, prepared.manager)
 
             def on_item(ev: ConversationItemAddedEvent) -> None:
                 item = ev.item

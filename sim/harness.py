@@ -37,10 +37,12 @@ from livekit.agents import AgentSession
 from livekit.agents.testing import fake_job_context
 from livekit.agents.voice.run_result import RunResult
 
+from app.agents.providers import session_connect_options
 from app.domain import NotFound, SessionRecord, StoreUnavailable
 from app.seed import seed
 from app.settings import Settings
 from app.store import open_store
+from app.worker.budget import attach_budget_guard
 from app.worker.entrypoint import prepare_job
 from app.worker.services import WorkerServices
 from app.worker.session_start import PreparedSession
@@ -391,8 +393,9 @@ async def _converse(
     closed = asyncio.Event()
     # As the entrypoint does: the process's shared VAD. Omitted, LiveKit would build its
     # bundled inference VAD for every session (~30 ms of CPU each).
-    async with AgentSession(vad=env.services.load_vad()) as session:
+    async with AgentSession(vad=env.services.load_vad(), conn_options=session_connect_options()) as session:
         prepared.manager.attach(session)
+        attach_budget_guard(session, prepared.manager)
         session.on("close", lambda _ev: closed.set())
         handle = SessionHandle(env, spec, session, prepared, llm)
 

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 from livekit.agents import AgentSession
 from livekit.agents.voice.run_result import RunResult
 
+from app.agents.providers import session_connect_options
+from app.worker.budget import attach_budget_guard
 from app.worker.silence import attach_silence_reprompt
 from sim.expect import check_closes, check_events, check_llm_received, describe_event, skip_activation
 from sim.fake_openai import FakeOpenAI
@@ -74,7 +76,7 @@ def fixture_for(turn: TurnSpec) -> str:
 def voice_session_kwargs(vad: Any, options: VoiceOptions) -> dict[str, Any]:
     """The `AgentSession` options of a simulated voice session (and the benchmark's).
 
-    As production (`entrypoint`: `AgentSession(vad=...)`), except: turns end on the VAD
+    As production (`entrypoint`: `AgentSession(vad=..., conn_options=...)`), except: turns end on the VAD
     (production's default is LiveKit's turn-detector model; the sim asserts what VAD and
     endpointing do), no AEC warm-up (simulated audio has no echo: LiveKit skips it for
     its own simulations too), `away_timeout_s` when the scenario sets one, and a 0.2 s
@@ -84,6 +86,7 @@ def voice_session_kwargs(vad: Any, options: VoiceOptions) -> dict[str, Any]:
     """
     kw: dict[str, Any] = {
         "vad": vad,
+        "conn_options": session_connect_options(),
         "turn_handling": {"turn_detection": "vad"},
         "aec_warmup_duration": None,
         "session_close_transcript_timeout": 0.2,
@@ -210,6 +213,7 @@ class VoiceDriver:
             self.log.attach(session)
             prepared.manager.attach(session)
             attach_silence_reprompt(session)
+            attach_budget_guard(session, prepared.manager)
             session.on("close", lambda _ev: closed.set())
             session.on("speech_created", lambda ev: current[0].watch(ev.speech_handle) if current[0] else None)
             handle = SessionHandle(env, spec, session, prepared, llm)
