@@ -129,6 +129,14 @@ class CapturedRequest:
         return None
 
     @property
+    def instructions(self) -> str:
+        """Every system/developer message's text, in order: the agent's instructions and
+        any LiveKit adds for one reply (`generate_reply(instructions=...)`)."""
+        return "\n\n".join(
+            _content_text(m.get("content")) or "" for m in self.messages if m.get("role") in ("system", "developer")
+        )
+
+    @property
     def tools(self) -> list[dict[str, Any]]:
         """The `function` objects offered: [{"name", "description", "parameters", ...}]."""
         return [t.get("function", t) for t in self.body.get("tools", []) or []]
@@ -321,6 +329,10 @@ class FakeOpenAI:
         if not stream:
             return 200, {"content-type": "application/json"}, _completion(reply, seq, self.model, usage, finish)
         return 200, {"content-type": "text/event-stream"}, _sse(reply, seq, self.model, usage, finish)
+
+    def handle(self, request: httpx2.Request) -> httpx2.Response:
+        """Answer one request whose body has been read (`sim.endpoints` routes to this)."""
+        return self._handle(request)
 
     def _handle(self, request: httpx2.Request) -> httpx2.Response:
         if request.method == "GET" and request.url.path.endswith("/models"):

@@ -47,6 +47,7 @@ from app.worker.entrypoint import prepare_job
 from app.worker.services import WorkerServices
 from app.worker.session_start import PreparedSession
 from sim.config_ops import ConfigApplier
+from sim.endpoints import SimEndpoints
 from sim.expect import (
     check_closes,
     check_events,
@@ -114,6 +115,8 @@ class SessionOutcome:
     closed_by_agent: bool = False
     voice: Any = None
     """`io: voice`: the session's `sim.voice.runner.VoiceDriver` (audio recorded, timeline)."""
+    endpoints: SimEndpoints | None = None
+    """Offline: the scripted servers the session's models reached (`sim.endpoints`)."""
 
     @property
     def turns(self) -> int:
@@ -340,8 +343,7 @@ async def run_session(
         with fake_job_context(job_metadata=render_metadata(spec.job_metadata)) as ctx:
             if spec.room_metadata is not None:
                 ctx.job.room.metadata = render_metadata(spec.room_metadata)
-            prepared = await prepare_job(ctx, env.services, participant, llm_client=llm.client(),
-                                         **(voice.prepare_kwargs() if voice else {"audio": False}))
+            prepared = await prepare_job(ctx, env.services, participant, **_model_kwargs(env, spec, llm, voice, outcome))
             record = prepared.record
             outcome.session_id = record.session_id
             outcome.agent_id, outcome.config_version = record.agent_id, record.config_version
@@ -377,6 +379,19 @@ async def run_session(
     if voice is not None:
         voice.check_session(checks, loc, outcome.record, live=live)
     return outcome
+
+
+def _model_kwargs(
+    env: SimEnvironment, spec: SessionSpec, llm: SessionLLM, voice: Any, outcome: SessionOutcome
+) -> dict[str, Any]:
+    """How the session's models reach their servers. Offline: every client the factory
+    builds (each chain member, with its own timeouts) sends through the scripted
+    endpoints. Live: the one real LLM client (and the voice fake for audio)."""
+    if isinstance(llm, ScriptedLLM):
+        specs = {**env.scenario.endpoints, **spec.endpoints}
+        outcome.endpoints = SimEndpoints(llm.endpoint, audio=voice.audio if voice else None, specs=specs)
+        return {"transport": outcome.endpoints, "audio": voice is not None}
+    return {"llm_client": llm.client(), **(voice.prepare_kwargs() if voice else {"audio": False})}
 
 
 async def _converse(
@@ -519,6 +534,11 @@ async def run_scenario(
             await env.applier.apply_all(checks, ("config",), sc.config)
             for i, spec in enumerate(sc.sessions):
                 result.sessions.append(await run_session(env, spec, checks=checks, loc=("sessions", i)))
+    if sc.latency_budget is not None and not live:
+        from sim.voice.expect import check_latency_budget
+
+        samples = [s for o in result.sessions if o.voice is not None for s in o.voice.turn_latencies]
+        check_latency_budget(checks, sc.latency_budget, samples, sc.endpoints)
     result.duration_s = time.perf_counter() - t0
     result.failures = checks.failures
     return result

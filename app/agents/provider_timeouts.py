@@ -11,14 +11,17 @@ raises httpx's own timeout exceptions, which the plugins turn into LiveKit's
 
 The limits are enforced with asyncio around the inner transport too (not only as
 httpcore's socket timeouts), so they hold for any transport, including the sim's
-in-process scripted endpoints.
+in-process scripted endpoints; the first-byte limit runs from the moment the request
+went out, which httpcore reports through its `trace` extension.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx2
 
@@ -46,17 +49,60 @@ class TimeoutTransport(httpx2.AsyncBaseTransport):
         request.extensions["timeout"] = {
             "connect": lim.connect_s, "read": lim.first_byte_s, "write": lim.first_byte_s, "pool": lim.connect_s,
         }
-        wait = min(lim.connect_s + lim.first_byte_s, lim.total_s)
+        sent = asyncio.Event()
+        _watch_sent(request, sent)
+        attempt = asyncio.ensure_future(self._inner.handle_async_request(request))
         try:
-            async with asyncio.timeout(wait):
-                response = await self._inner.handle_async_request(request)
-        except TimeoutError:
-            raise httpx2.ReadTimeout(f"no response within {wait:g}s", request=request) from None
+            response = await _respond(attempt, sent, lim, deadline, request)
+        except BaseException:
+            attempt.cancel()
+            with contextlib.suppress(BaseException):
+                await attempt
+            raise
         response.stream = _LimitedStream(response.stream, lim.first_byte_s, deadline, request)
         return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def _watch_sent(request: httpx2.Request, sent: asyncio.Event) -> None:
+    """Set `sent` once the request has gone out (httpcore's `trace` extension reports
+    it; so does the sim's scripted network): the first-byte limit runs from then."""
+    previous = request.extensions.get("trace")
+
+    async def trace(name: str, info: dict[str, Any]) -> None:
+        if name.endswith("send_request_body.complete"):
+            sent.set()
+        if previous is not None:
+            await previous(name, info)
+
+    request.extensions["trace"] = trace
+
+
+async def _respond(
+    attempt: asyncio.Future[httpx2.Response], sent: asyncio.Event, lim: Limits, deadline: float, request: httpx2.Request
+) -> httpx2.Response:
+    """The response headers: the connection and the request within `connect_s` (plus
+    `first_byte_s` to send the body), then the first byte within `first_byte_s` of the
+    request going out, all within `total_s`. A transport that does not report sending
+    (in-process ones) gets both limits at once."""
+    loop = asyncio.get_running_loop()
+    went_out = asyncio.ensure_future(sent.wait())
+    try:
+        first = min(lim.connect_s + lim.first_byte_s, deadline - loop.time())
+        done, _ = await asyncio.wait({attempt, went_out}, timeout=first, return_when=asyncio.FIRST_COMPLETED)
+        if attempt in done:
+            return attempt.result()
+        if not done:
+            raise httpx2.ConnectTimeout(f"no connection within {lim.connect_s:g}s", request=request)
+        wait = min(lim.first_byte_s, deadline - loop.time())
+        done, _ = await asyncio.wait({attempt}, timeout=max(wait, 0))
+        if not done:
+            raise httpx2.ReadTimeout(f"no response within {lim.first_byte_s:g}s of the request", request=request)
+        return attempt.result()
+    finally:
+        went_out.cancel()
 
 
 class _LimitedStream(httpx2.AsyncByteStream):

@@ -157,6 +157,8 @@ class VoiceDriver:
         self.log = VoiceLog(self.clock)
         self.steps: list[StepState] = []
         self.session: AgentSession | None = None
+        self.turn_latencies: list[tuple[Loc, float]] = []
+        """Per user turn: end of the user's speech -> the agent's first audio (wall ms)."""
 
     # ------------------------------------------------------------------ harness API
 
@@ -411,11 +413,13 @@ class VoiceDriver:
         result = st.result
         events = [describe_event(ev) for ev in result.events] if result is not None else []
         outcome.steps.append(StepOutcome(st.label, st.user, (time.perf_counter() - st.t0) * 1000, list(requests), events, result))
+        first = self.output.segments[st.window.out_from : st.window.out_to]
+        e2e_ms = (first[0].started_wall - st.speech_end_wall) * 1000 if st.speech_end_wall is not None and first else None
+        if e2e_ms is not None and st.user is not None:
+            self.turn_latencies.append((st.loc, e2e_ms))
         if st.step.within_ms is not None and not live:
-            first = self.output.segments[st.window.out_from : st.window.out_to]
-            if st.speech_end_wall is not None and first:
-                ms = (first[0].started_wall - st.speech_end_wall) * 1000
-                what = "end of user speech -> first agent audio"
+            if e2e_ms is not None:
+                ms, what = e2e_ms, "end of user speech -> first agent audio"
             else:
                 ms = (time.perf_counter() - st.t0) * 1000
                 what = f"{st.label} took too long"

@@ -88,8 +88,9 @@ async def test_a_stream_that_never_ends_is_cut_at_the_total_limit() -> None:
 
 
 async def test_limits_hold_for_an_in_process_transport_and_reach_httpcore() -> None:
-    """The sim's scripted endpoints answer in process (no sockets): the limits still apply;
-    a network transport is handed them as httpcore's per-request timeouts."""
+    """An in-process transport (no sockets) still gets the limits (connect and first byte
+    at once: it reports no sending); a network transport is handed them as httpcore's
+    per-request timeouts."""
     seen: list[dict[str, float]] = []
 
     async def handler(request: httpx2.Request) -> httpx2.Response:
@@ -97,6 +98,32 @@ async def test_limits_hold_for_an_in_process_transport_and_reach_httpcore() -> N
         await asyncio.sleep(2)
         return httpx2.Response(200, content=b"late")
 
-    with pytest.raises(httpx2.ReadTimeout):
+    t0 = time.perf_counter()
+    with pytest.raises(httpx2.ConnectTimeout):
         await fetch("http://fake/", Limits(connect_s=0.2, first_byte_s=0.25, total_s=9), httpx2.MockTransport(handler))
+    assert time.perf_counter() - t0 < 1.0
     assert seen == [{"connect": 0.2, "read": 0.25, "write": 0.25, "pool": 0.2}]
+
+
+async def test_the_first_byte_limit_runs_from_when_the_request_went_out() -> None:
+    """A slow connection (2.5 s, within connect_s) then a quick answer passes; the
+    first-byte limit (0.3 s) is counted from the send httpcore reports, not the start."""
+
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        await asyncio.sleep(0.6)  # connecting
+        await request.extensions["trace"]("http11.send_request_body.complete", {})
+        await asyncio.sleep(0.1)  # the server thinks
+        return httpx2.Response(200, content=b"ok")
+
+    body, took = await fetch("http://fake/", Limits(connect_s=1, first_byte_s=0.3, total_s=9), httpx2.MockTransport(handler))
+    assert body == b"ok" and took >= 0.7
+
+    async def slow_server(request: httpx2.Request) -> httpx2.Response:
+        await request.extensions["trace"]("http11.send_request_body.complete", {})
+        await asyncio.sleep(2)
+        return httpx2.Response(200, content=b"late")
+
+    t0 = time.perf_counter()
+    with pytest.raises(httpx2.ReadTimeout):
+        await fetch("http://fake/", Limits(connect_s=5, first_byte_s=0.3, total_s=9), httpx2.MockTransport(slow_server))
+    assert time.perf_counter() - t0 < 1.0  # 0.3 s, not connect_s + first_byte_s
