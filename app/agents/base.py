@@ -45,6 +45,7 @@ from livekit.agents import (
 from app.agents.context import SessionRecorder
 from app.agents.reply_guard import ReplyGuard, ReplyLimits
 from app.domain import AgentConfig
+from app.domain.models import SessionEventKind
 
 logger = logging.getLogger(__name__)
 
@@ -137,16 +138,11 @@ class BaseAgent(Agent):
                     if chunk.usage.completion_tokens >= limits.max_tokens:
                         self._event("reply_capped", f"the server ended the reply at the cap "
                                     f"({limits.max_tokens} tokens)")
-                text = chunk if isinstance(chunk, str) else (
-                    chunk.delta.content if isinstance(chunk, lk_llm.ChatChunk) and chunk.delta else None
-                )
-                if text:
-                    passed = guard.feed(text)
-                    if isinstance(chunk, str):
-                        chunk = passed
-                    else:
-                        assert chunk.delta is not None
-                        chunk = chunk.model_copy(update={"delta": chunk.delta.model_copy(update={"content": passed})})
+                if isinstance(chunk, str):
+                    chunk = guard.feed(chunk)
+                elif isinstance(chunk, lk_llm.ChatChunk) and chunk.delta is not None and chunk.delta.content:
+                    passed = guard.feed(chunk.delta.content)
+                    chunk = chunk.model_copy(update={"delta": chunk.delta.model_copy(update={"content": passed})})
                 if not isinstance(chunk, str) or chunk:
                     yield chunk
                 if guard.stopped is not None:
@@ -161,7 +157,7 @@ class BaseAgent(Agent):
             self._event("reply_capped", f"cut after {limits.max_chars} characters: the server did not "
                         f"apply the cap of {limits.max_tokens} tokens")
 
-    def _event(self, kind: Any, detail: str) -> None:
+    def _event(self, kind: SessionEventKind, detail: str) -> None:
         logger.info("agent %s: %s (%s)", self.agent_id, kind, detail)
         if self._recorder is not None:
             self._recorder.record_event(kind, detail)

@@ -59,6 +59,7 @@ class TimeoutTransport(httpx2.AsyncBaseTransport):
             with contextlib.suppress(BaseException):
                 await attempt
             raise
+        assert isinstance(response.stream, httpx2.AsyncByteStream)  # an async transport's response
         response.stream = _LimitedStream(response.stream, lim.first_byte_s, deadline, request)
         return response
 
@@ -88,17 +89,18 @@ async def _respond(
     request going out, all within `total_s`. A transport that does not report sending
     (in-process ones) gets both limits at once."""
     loop = asyncio.get_running_loop()
-    went_out = asyncio.ensure_future(sent.wait())
+    went_out: asyncio.Future[object] = asyncio.ensure_future(sent.wait())
     try:
         first = min(lim.connect_s + lim.first_byte_s, deadline - loop.time())
-        done, _ = await asyncio.wait({attempt, went_out}, timeout=first, return_when=asyncio.FIRST_COMPLETED)
+        pending: set[asyncio.Future[Any]] = {attempt, went_out}
+        done, _ = await asyncio.wait(pending, timeout=first, return_when=asyncio.FIRST_COMPLETED)
         if attempt in done:
             return attempt.result()
         if not done:
             raise httpx2.ConnectTimeout(f"no connection within {lim.connect_s:g}s", request=request)
         wait = min(lim.first_byte_s, deadline - loop.time())
-        done, _ = await asyncio.wait({attempt}, timeout=max(wait, 0))
-        if not done:
+        answered, _ = await asyncio.wait({attempt}, timeout=max(wait, 0))
+        if not answered:
             raise httpx2.ReadTimeout(f"no response within {lim.first_byte_s:g}s of the request", request=request)
         return attempt.result()
     finally:

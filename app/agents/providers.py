@@ -37,8 +37,8 @@ from app.agents.context import SessionContext
 from app.agents.provider_timeouts import Limits, TimeoutTransport
 from app.agents.reply_guard import ReplyLimits
 from app.domain import AgentConfig, AudioTimeouts, LLMTimeouts
-from app.domain.models import DEFAULT_REPLY_MAX_TOKENS, MaxTokensParam
-from app.settings import Settings
+from app.domain.models import MaxTokensParam, SessionEventKind
+from app.settings import DEFAULT_REPLY_MAX_TOKENS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def reply_limits(config: AgentConfig, settings: Settings) -> ReplyLimits:
     )
 
 
-def _served(kind: str, recorder_event: Callable[[str, str], None]) -> Callable[[Any], None]:
+def _served(kind: str, recorder_event: Callable[[SessionEventKind, str], None]) -> Callable[[Any], None]:
     def on_change(ev: Any) -> None:
         model = getattr(ev, kind)
         what = f"{kind} {model.provider}/{model.model}"
@@ -159,10 +159,10 @@ def _served(kind: str, recorder_event: Callable[[str, str], None]) -> Callable[[
 # --------------------------------------------------------------------------------- LLM
 
 
-def build_llm(config: AgentConfig, ctx: SessionContext, clients: Clients) -> lk_llm.LLM:
+def build_llm(config: AgentConfig, ctx: SessionContext, clients: Clients) -> lk_llm.LLM[Any]:
     cfg = config.llm
     cap = reply_limits(config, clients.settings).max_tokens
-    members: list[lk_llm.LLM] = []
+    members: list[lk_llm.LLM[Any]] = []
     chain = [(cfg.model, cfg.base_url, cfg.timeouts, cfg.max_tokens_param)]
     chain += [(f.model, f.base_url, f.timeouts or cfg.timeouts, f.max_tokens_param or cfg.max_tokens_param)
               for f in cfg.fallbacks]

@@ -14,10 +14,10 @@ from app.domain.errors import (
 from app.domain.models import (
     AgentConfig,
     AgentConfigInput,
+    AudioTimeouts,
     BuiltinTool,
     Handoff,
     HttpTool,
-    AudioTimeouts,
     LLMConfig,
     LLMFallback,
     LLMTimeouts,

@@ -339,7 +339,7 @@ class SessionManager:
             served = self.record.usage.served_by
             entry = next((e for e in served if (e.kind, e.provider, e.model) == (kind, provider, model)), None)
             if entry is None:
-                entry = ServedBy(kind=kind, provider=provider, model=model)  # type: ignore[arg-type]
+                entry = ServedBy(kind=kind, provider=provider, model=model)
                 served.append(entry)
             entry.turns += 1
             changed = True
