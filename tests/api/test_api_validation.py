@@ -226,3 +226,55 @@ async def test_body_just_under_the_limit_reaches_validation(client: Client, body
     )
     assert r.status_code == 422
     assert _keys(r) == ["prompt_config"]
+
+
+# ------------------------------------------------- fallback chains, timeouts, budgets
+
+
+@pytest.mark.parametrize(
+    ("patch", "key"),
+    [
+        ({"llm": {"fallbacks": [{"provider": "anthropic"}]}}, "llm.fallbacks.0.provider"),
+        ({"stt": {"fallbacks": [{"provider": "deepgram"}]}}, "stt.fallbacks.0.provider"),
+        ({"tts": {"provider": "elevenlabs"}}, "tts.provider"),
+        ({"llm": {"fallbacks": [{"base_url": "not a url"}]}}, "llm.fallbacks.0.base_url"),
+        ({"tts": {"fallbacks": [{"base_url": "ftp://tts.example/v1"}]}}, "tts.fallbacks.0.base_url"),
+        ({"llm": {"timeouts": {"first_token_s": 0}}}, "llm.timeouts.first_token_s"),
+        ({"llm": {"fallbacks": [{"timeouts": {"connect_s": -1}}]}}, "llm.fallbacks.0.timeouts.connect_s"),
+        ({"stt": {"timeouts": {"total_s": -5}}}, "stt.timeouts.total_s"),
+        ({"llm": {"timeouts": {"first_token_s": 50, "total_s": 10}}}, "llm.timeouts"),
+        ({"llm": {"max_tokens": 0}}, "llm.max_tokens"),
+        ({"llm": {"max_tokens_param": "n_predict"}}, "llm.max_tokens_param"),
+        ({"llm": {"repetition_limit": 1}}, "llm.repetition_limit"),
+        ({"llm": {"fallbacks": [{}, {}, {}, {}, {}]}}, "llm.fallbacks"),
+        ({"budget": {"llm_tokens": 0}}, "budget.llm_tokens"),
+        ({"budget": {"tts_characters": -10}}, "budget.tts_characters"),
+        ({"budget": {"duration_s": 0}}, "budget.duration_s"),
+        ({"budget": {"wrap_up_at": 1}}, "budget.wrap_up_at"),
+        ({"budget": {"duration_s": "600"}}, "budget.duration_s"),
+        ({"budget": {"max_calls": 3}}, "budget.max_calls"),
+    ],
+)
+async def test_bad_chains_timeouts_and_budgets_are_422_naming_the_field(
+    client: Client, body: Any, patch: dict[str, Any], key: str
+) -> None:
+    r = await client.post(AGENTS, json=body(**patch))
+    assert r.status_code == 422, r.text
+    assert _keys(r) == [key], r.json()
+    await _nothing_stored(client)
+
+
+async def test_a_chain_with_budgets_round_trips(client: Client, body: Any) -> None:
+    chain = {
+        "model": "gpt-4.1-mini", "max_tokens": 180, "timeouts": {"first_token_s": 4},
+        "fallbacks": [{"model": "llama", "base_url": "http://127.0.0.1:8080/v1",
+                       "timeouts": {"first_token_s": 20, "total_s": 60}, "max_tokens_param": "max_tokens"}],
+    }
+    r = await client.post(AGENTS, json=body(llm=chain, budget={"llm_tokens": 50_000, "duration_s": 900}))
+    assert r.status_code == 201, r.text
+    got = r.json()
+    assert got["llm"]["fallbacks"][0]["base_url"] == "http://127.0.0.1:8080/v1"
+    assert got["llm"]["fallbacks"][0]["timeouts"] == {"connect_s": 3.0, "first_token_s": 20.0, "total_s": 60.0}
+    assert got["llm"]["timeouts"] == {"connect_s": 3.0, "first_token_s": 4.0, "total_s": 45.0}
+    assert got["llm"]["repetition_limit"] == 3 and got["llm"]["max_tokens_param"] == "auto"
+    assert got["budget"] == {"llm_tokens": 50_000, "tts_characters": None, "duration_s": 900.0, "wrap_up_at": 0.8}
