@@ -13,7 +13,8 @@ endpoint, fed by the scenario's `llm` replies tagged with `endpoint:`; all of th
 record requests into one list, in arrival order) and audio requests from the session's
 voice fake. Its behaviour is scripted too: `down` refuses connections (as a closed port
 does: LiveKit sees a connection error), `delay_ms` holds each answer back (a slow
-provider: the member's own timeouts cut it), `honour_cap: false` ignores reply caps.
+provider: the member's own timeouts cut it), `fail_status` answers every chat request
+with that HTTP error (captured, like any request), `honour_cap: false` ignores reply caps.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class SimEndpoints(httpx2.AsyncBaseTransport):
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
         await request.aread()
+        if spec.fail_status is not None and "/audio/" not in path:
+            return self._chat(name).fail(request, spec.fail_status)
         if "/audio/" in path:
             if self._audio is None:
                 return httpx2.Response(404, json={"error": {"message": f"no audio endpoint for {path}"}})

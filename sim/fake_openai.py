@@ -106,6 +106,8 @@ class CapturedRequest:
     body: dict[str, Any]
     endpoint: str = "default"
     """Which fake answered it (`FakeOpenAI.name`: the sim's endpoint host)."""
+    endpoint_failure: bool = False
+    """Answered by the endpoint's scripted `fail_status`, not by a scripted reply."""
 
     @property
     def cap(self) -> int | None:
@@ -329,6 +331,17 @@ class FakeOpenAI:
         if not stream:
             return 200, {"content-type": "application/json"}, _completion(reply, seq, self.model, usage, finish)
         return 200, {"content-type": "text/event-stream"}, _sse(reply, seq, self.model, usage, finish)
+
+    def fail(self, request: httpx2.Request, status: int) -> httpx2.Response:
+        """Capture a chat request and answer it with HTTP `status`, leaving the script alone."""
+        try:
+            body = json.loads(request.content or b"{}")
+        except ValueError:
+            body = {}
+        with self._lock:
+            self.requests.append(CapturedRequest(body if isinstance(body, dict) else {}, self.name, endpoint_failure=True))
+        err = {"error": {"message": f"scripted failure ({status})", "type": "fake_error", "code": None}}
+        return httpx2.Response(status, json=err)
 
     def handle(self, request: httpx2.Request) -> httpx2.Response:
         """Answer one request whose body has been read (`sim.endpoints` routes to this)."""

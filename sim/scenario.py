@@ -233,6 +233,9 @@ class EndpointSpec(_M):
 
     down: bool = False
     """Refuses connections (as a closed port): every request to it fails at once."""
+    fail_status: int | None = Field(None, ge=400, le=599)
+    """Answers every chat request with this HTTP error (reachable, but failing); the
+    requests are captured. Its scripted replies are not used."""
     delay_ms: EndpointDelays = Field(default_factory=EndpointDelays)
     honour_cap: bool = True
     """False: ignores a request's reply cap (`max_tokens` / `max_completion_tokens`)."""
