@@ -143,7 +143,7 @@ class Clients:
 def reply_limits(config: AgentConfig, settings: Settings) -> ReplyLimits:
     return ReplyLimits(
         max_tokens=config.llm.max_tokens or settings.default_llm_max_tokens,
-        repetition_limit=config.llm.repetition_limit,
+        repetition_limit=config.llm.repetition_limit or None,
     )
 
 

@@ -246,6 +246,12 @@ def _timeouts_ordered(connect: float, first: float, total: float, first_name: st
         raise ValueError(f"connect_s ({connect:g}) cannot exceed total_s ({total:g})")
 
 
+def _not_one(value: int) -> int:
+    if value == 1:
+        raise ValueError("1 would end every reply after its first sentence; use 0 to turn the guard off")
+    return value
+
+
 class LLMTimeouts(_Model):
     """Seconds one LLM provider gets before the request goes to the next in the chain."""
 
@@ -313,9 +319,9 @@ class LLMConfig(_Model):
         "DEFAULT_LLM_MAX_TOKENS)."
     )
     max_tokens_param: MaxTokensParam = "auto"
-    repetition_limit: Annotated[int, Field(ge=2, le=20), _INT] | None = Field(
-        DEFAULT_REPETITION_LIMIT, description="End a reply once it says the same sentence this "
-        "many times; null turns the guard off."
+    repetition_limit: Annotated[int, Field(ge=0, le=20), AfterValidator(_not_one), _INT] = Field(
+        DEFAULT_REPETITION_LIMIT, description="End a reply before it says the same sentence this "
+        "many times; 0 turns the guard off (not null: in a merge patch null restores the default)."
     )
     timeouts: LLMTimeouts = Field(default_factory=LLMTimeouts)
     fallbacks: list[LLMFallback] = Field(default_factory=list, max_length=MAX_FALLBACKS)

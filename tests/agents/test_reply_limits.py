@@ -45,7 +45,7 @@ async def test_the_repetition_limit_is_per_agent_and_can_be_off(
     f = factory_for(fake, configs)
     async with running(f.create_agent(config(llm={"repetition_limit": 2}), ctx)) as (session, _):
         assert said(await session.run(user_input="a")) == LOOP.strip()
-    async with running(f.create_agent(config(llm={"repetition_limit": None}), ctx)) as (session, _):
+    async with running(f.create_agent(config(llm={"repetition_limit": 0}), ctx)) as (session, _):
         assert said(await session.run(user_input="b")) == LOOP * 3
     assert [k for k, _ in recorder.events] == ["repetition_stopped"]
 

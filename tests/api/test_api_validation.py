@@ -246,6 +246,8 @@ async def test_body_just_under_the_limit_reaches_validation(client: Client, body
         ({"llm": {"max_tokens": 0}}, "llm.max_tokens"),
         ({"llm": {"max_tokens_param": "n_predict"}}, "llm.max_tokens_param"),
         ({"llm": {"repetition_limit": 1}}, "llm.repetition_limit"),
+        ({"llm": {"repetition_limit": -1}}, "llm.repetition_limit"),
+        ({"llm": {"repetition_limit": None}}, "llm.repetition_limit"),
         ({"llm": {"fallbacks": [{}, {}, {}, {}, {}]}}, "llm.fallbacks"),
         ({"budget": {"llm_tokens": 0}}, "budget.llm_tokens"),
         ({"budget": {"tts_characters": -10}}, "budget.tts_characters"),
@@ -278,3 +280,14 @@ async def test_a_chain_with_budgets_round_trips(client: Client, body: Any) -> No
     assert got["llm"]["timeouts"] == {"connect_s": 3.0, "first_token_s": 4.0, "total_s": 45.0}
     assert got["llm"]["repetition_limit"] == 3 and got["llm"]["max_tokens_param"] == "auto"
     assert got["budget"] == {"llm_tokens": 50_000, "tts_characters": None, "duration_s": 900.0, "wrap_up_at": 0.8}
+
+
+async def test_the_repetition_guard_is_turned_off_with_0_and_a_null_patch_restores_it(client: Client, body: Any) -> None:
+    r = await client.post(AGENTS, json=body(llm={"repetition_limit": 0}))
+    assert r.status_code == 201, r.text
+    agent_id = r.json()["agent_id"]
+    assert r.json()["llm"]["repetition_limit"] == 0
+    r = await client.patch(f"{AGENTS}/{agent_id}", json={"llm": {"repetition_limit": None}},
+                           headers={"Content-Type": "application/merge-patch+json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["llm"]["repetition_limit"] == 3  # RFC 7386: null removes the member, the default returns

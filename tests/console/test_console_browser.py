@@ -210,7 +210,7 @@ def test_fallback_chain_timeouts_and_limits_are_edited_with_errors_in_place(serv
     rows.nth(0).get_by_label("First token (s)").fill("20")
     llm.get_by_role("group", name="Timeouts (s)").get_by_label("First token").fill("4")
     llm.get_by_label("Send the cap as").select_option("max_tokens")
-    llm.get_by_label("End a reply repeating a sentence").fill("")
+    llm.get_by_label("End a reply repeating a sentence").fill("0")
     page.get_by_label("Call duration (s)").fill("600")
     page.get_by_label("LLM tokens").fill("50000")
     tts = page.get_by_role("group", name="Text to speech")
@@ -227,14 +227,14 @@ def test_fallback_chain_timeouts_and_limits_are_edited_with_errors_in_place(serv
     assert cfg.llm.fallbacks[0].timeouts is not None and cfg.llm.fallbacks[0].timeouts.first_token_s == 20
     assert cfg.llm.fallbacks[1].timeouts is None  # the primary's
     assert cfg.llm.timeouts.first_token_s == 4 and cfg.llm.timeouts.total_s == 45
-    assert (cfg.llm.max_tokens_param, cfg.llm.repetition_limit) == ("max_tokens", None)
+    assert (cfg.llm.max_tokens_param, cfg.llm.repetition_limit) == ("max_tokens", 0)
     assert (cfg.budget.duration_s, cfg.budget.llm_tokens, cfg.budget.wrap_up_at) == (600, 50000, 0.8)
     assert [(f.voice, str(f.base_url)) for f in cfg.tts.fallbacks] == [("nova", "https://tts.example.com/v1")]
 
     page.reload()  # what was saved is what the form shows
     expect(llm.locator(".fallback-row").nth(0).get_by_label("First token (s)")).to_have_value("20")
     expect(llm.locator(".fallback-row").nth(1).get_by_label("Model")).to_have_value("second-choice")
-    expect(llm.get_by_label("End a reply repeating a sentence")).to_have_value("")
+    expect(llm.get_by_label("End a reply repeating a sentence")).to_have_value("0")
     expect(page.get_by_label("LLM tokens")).to_have_value("50000")
 
 

@@ -350,7 +350,7 @@ function fillForm(cfg) {
   setInput('#f-llm-max-tokens', llm.max_tokens);
   setInput('#f-llm-base-url', llm.base_url);
   $('#f-llm-cap-param').value = llm.max_tokens_param || 'auto';
-  setInput('#f-llm-repetition', 'repetition_limit' in llm ? llm.repetition_limit : 3);
+  setInput('#f-llm-repetition', llm.repetition_limit);
   setInput('#f-llm-t-connect', llm.timeouts?.connect_s);
   setInput('#f-llm-t-first', llm.timeouts?.first_token_s);
   setInput('#f-llm-t-total', llm.timeouts?.total_s);
@@ -417,7 +417,7 @@ function readForm() {
       ...(base.llm || {}), provider: 'openai',
       model: orNull(val('#f-llm-model')), temperature: num('#f-llm-temperature'),
       max_tokens: num('#f-llm-max-tokens'), base_url: orNull(val('#f-llm-base-url')),
-      max_tokens_param: $('#f-llm-cap-param').value, repetition_limit: num('#f-llm-repetition'),
+      max_tokens_param: $('#f-llm-cap-param').value,
       timeouts: readTimeouts(base.llm?.timeouts, [['connect_s', '#f-llm-t-connect'], ['first_token_s', '#f-llm-t-first'], ['total_s', '#f-llm-t-total']]),
       fallbacks: readFallbacks('llm'),
     },
@@ -449,6 +449,7 @@ function readForm() {
   optional(body.vad, 'min_silence_duration', num('#f-vad-min-silence'));
   optional(body.vad, 'activation_threshold', num('#f-vad-threshold'));
   optional(body.budget, 'wrap_up_at', num('#f-budget-wrap'));
+  optional(body.llm, 'repetition_limit', num('#f-llm-repetition'));
   if (!body.agent_id) errors.push({ key: 'agent_id', message: 'Give the agent an ID.' });
   if (!body.name) errors.push({ key: 'name', message: 'Give the agent a name.' });
   if (!body.prompt_config.instructions.trim()) errors.push({ key: 'prompt_config.instructions', message: 'Instructions cannot be empty.' });
