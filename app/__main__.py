@@ -15,9 +15,11 @@ def _load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as e:
-        for err in e.errors():
-            name = ".".join(str(p) for p in err["loc"]).upper()
-            print(f"error: setting {name}: {err['msg']}", file=sys.stderr)
+        from app.domain.field_errors import field_errors
+
+        for loc, message in field_errors(e):
+            name = ".".join(str(p) for p in loc).upper()
+            print(f"error: setting {name}: {message}" if name else f"error: settings: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
