@@ -132,17 +132,21 @@ class Settings(BaseSettings):
     def is_mongo(self) -> bool:
         return self.database_url.startswith(("mongodb://", "mongodb+srv://"))
 
+    def missing_livekit(self) -> list[str]:
+        """The LiveKit settings the worker and `POST /api/v1/token` need that are unset."""
+        given = {
+            "LIVEKIT_URL": self.livekit_url,
+            "LIVEKIT_API_KEY": self.livekit_api_key,
+            "LIVEKIT_API_SECRET": self.livekit_api_secret,
+        }
+        return [name for name, value in given.items() if not value]
+
     def missing_for_production(self) -> list[str]:
         """Settings `start` refuses to run without, one name per missing item."""
         missing: list[str] = []
         if self.admin_api_key is None:
             missing.append("ADMIN_API_KEY")
-        if not self.livekit_url:
-            missing.append("LIVEKIT_URL")
-        if self.livekit_api_key is None:
-            missing.append("LIVEKIT_API_KEY")
-        if self.livekit_api_secret is None:
-            missing.append("LIVEKIT_API_SECRET")
+        missing += self.missing_livekit()
         if "database_url" not in self.model_fields_set:
             # The dev default (./data/app.db) is no place for production data: make the
             # operator say where it lives (the image sets /data, fly mounts a volume there).

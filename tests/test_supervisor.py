@@ -125,6 +125,10 @@ def test_dev_without_livekit_reports_worker_disabled(tmp_path: Path, mode: str) 
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=3)
         assert ready.status_code == 200
         assert ready.json()["worker"] == "disabled"
+        # the token endpoint says why it cannot mint (as the README says)
+        token = httpx.post(f"http://127.0.0.1:{port}/api/v1/token", json={}, timeout=3)
+        assert token.status_code == 503
+        assert token.json()["detail"] == "LiveKit is not configured on this server"
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=20)
         assert proc.returncode == 0, out
@@ -133,6 +137,14 @@ def test_dev_without_livekit_reports_worker_disabled(tmp_path: Path, mode: str) 
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    # one complete sentence naming the three settings and what still works
+    (warning,) = [line for line in out.splitlines() if "LiveKit is not configured" in line]
+    sentence = warning.split(": ", 1)[1]  # after "HH:MM:SS WARNING app.supervisor"
+    assert sentence == (
+        "LiveKit is not configured (missing: LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET), so "
+        "the voice worker is disabled; the admin API and console serve without it, and POST "
+        "/api/v1/token answers 503 until LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET are all set."
+    )
 
 
 def test_resolve_shows_the_version_the_next_session_gets(tmp_path: Path) -> None:
