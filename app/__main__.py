@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 
 from pydantic import ValidationError
@@ -28,14 +29,26 @@ def _cmd_serve(dev: bool) -> int:
     from app.supervisor import Supervisor, prepare_settings
 
     settings = _load_settings()
+    weak_secret = settings.weak_livekit_secret()
     if not dev:
-        missing = settings.missing_for_production()
-        if missing:
-            for name in missing:
-                print(f"error: `start` needs {name} to be set", file=sys.stderr)
+        problems = [f"`start` needs {name} to be set" for name in settings.missing_for_production()]
+        if weak_secret:
+            problems.append(f"{weak_secret}: `start` refuses it (`dev` accepts it with a warning)")
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if problems:
             return 2
     json_logs = settings.log_format == "json" or (settings.log_format == "auto" and not dev)
     redactor = configure_logging(settings, json_logs=json_logs)
+    if weak_secret:  # dev only (start refused above): say it once, not at every token signed
+        import warnings
+
+        from jwt.warnings import InsecureKeyLengthWarning
+
+        warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
+        logging.getLogger("app.cli").warning(
+            "%s; fine for a local LiveKit dev server, refused by `start`", weak_secret
+        )
     settings, generated = prepare_settings(settings, dev=dev)
     if generated:
         redactor.add(generated)

@@ -15,6 +15,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/app.db"
+MIN_LIVEKIT_SECRET_BYTES = 32
+"""LiveKit tokens are HMAC-SHA256 JWTs signed with LIVEKIT_API_SECRET; a key shorter than
+the hash output (RFC 7518 §3.2) is guessable offline from any token a client holds."""
 DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
 """`prompts/` beside the `app` package: the repository root, or /app in the image."""
 
@@ -140,6 +143,18 @@ class Settings(BaseSettings):
             "LIVEKIT_API_SECRET": self.livekit_api_secret,
         }
         return [name for name, value in given.items() if not value]
+
+    def weak_livekit_secret(self) -> str | None:
+        """Why LIVEKIT_API_SECRET is too short to sign tokens with, or None if it is not."""
+        if self.livekit_api_secret is None:
+            return None
+        size = len(self.livekit_api_secret.get_secret_value().encode())
+        if size >= MIN_LIVEKIT_SECRET_BYTES:
+            return None
+        return (
+            f"LIVEKIT_API_SECRET is {size} bytes long; tokens signed with it (HMAC-SHA256) need "
+            f"at least {MIN_LIVEKIT_SECRET_BYTES}"
+        )
 
     def missing_for_production(self) -> list[str]:
         """Settings `start` refuses to run without, one name per missing item."""
