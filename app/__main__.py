@@ -43,9 +43,9 @@ def _cmd_serve(dev: bool) -> int:
     if weak_secret:  # dev only (start refused above): say it once, not at every token signed
         import warnings
 
-        from jwt.warnings import InsecureKeyLengthWarning
-
-        warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
+        # PyJWT's InsecureKeyLengthWarning, at every token signed (tests/test_supervisor.py
+        # notices if its wording changes and it comes through again)
+        warnings.filterwarnings("ignore", message=r"The HMAC key is \d+ bytes long")
         logging.getLogger("app.cli").warning(
             "%s; fine for a local LiveKit dev server, refused by `start`", weak_secret
         )
@@ -89,7 +89,14 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     from app.logging_setup import configure_logging
 
     settings = _load_settings()
-    configure_logging(settings.model_copy(update={"log_level": "WARNING"}), json_logs=False)
+    debug = settings.log_level == "DEBUG"
+    configure_logging(settings.model_copy(update={"log_level": "DEBUG" if debug else "WARNING"}), json_logs=False)
+    if not debug:
+        # The terminal is the conversation: chat reports failures in one line of its own;
+        # LiveKit's retry warnings and tracebacks (and our worker's line for the same
+        # failure) show with LOG_LEVEL=DEBUG.
+        logging.getLogger("livekit").setLevel(logging.CRITICAL)
+        logging.getLogger("app.worker.model_unavailable").setLevel(logging.ERROR)
     variables: dict[str, str] = {}
     for item in args.var or []:
         if "=" not in item:

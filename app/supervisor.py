@@ -335,6 +335,13 @@ class Supervisor:
         return server
 
     async def _run_worker(self) -> None:
+        from app.worker.model_unavailable import missing_llm_endpoint
+
+        if livekit_configured(self.settings) and (no_endpoint := missing_llm_endpoint(self.settings)):
+            log.warning(
+                "%s: only agents with their own llm.base_url can answer; sessions of the others "
+                "end with a spoken apology and are recorded failed (llm_unavailable).", no_endpoint,
+            )
         if not livekit_configured(self.settings):
             self.status.set_worker("disabled", "LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET not set")
             log.warning(

@@ -42,6 +42,7 @@ from app.seed import seed
 from app.settings import Settings
 from app.store import open_store
 from app.worker.entrypoint import prepare_job
+from app.worker.model_unavailable import ModelUnavailable
 from app.worker.services import WorkerServices
 from app.worker.session_start import PreparedSession
 from sim.config_ops import ConfigApplier
@@ -393,13 +394,18 @@ async def _converse(
     # bundled inference VAD for every session (~30 ms of CPU each).
     async with AgentSession(vad=env.services.load_vad()) as session:
         prepared.manager.attach(session)
+        guard = ModelUnavailable.attach(session, prepared.manager, env.settings)  # as the entrypoint does
         session.on("close", lambda _ev: closed.set())
+
+        def model_failed() -> bool:
+            return guard.outcome is not None
+
         handle = SessionHandle(env, spec, session, prepared, llm)
 
         start = spec.start or StartSpec()  # no `start:` block: nothing checked
         ok = await _step(
             checks, (*loc, "start"), start, llm, outcome, "start", None, live, env,
-            lambda: session.start(prepared.agent, capture_run=True),
+            lambda: session.start(prepared.agent, capture_run=True), model_failed,
         )
         if not ok:
             return
@@ -416,6 +422,7 @@ async def _converse(
             ok = await _step(
                 checks, tloc, turn, llm, outcome, f"turn {j}", user, live, env,
                 lambda user=user: session.run(user_input=user),  # type: ignore[misc]
+                model_failed,
             )
             if not ok:
                 return
@@ -437,8 +444,10 @@ async def _step(
     live: bool,
     env: SimEnvironment,
     run: Callable[[], Awaitable[RunResult | None]],
+    model_failed: Callable[[], bool] = lambda: False,
 ) -> bool:
-    """Script, run and check one step; False if the session cannot go on."""
+    """Script, run and check one step; False if the session cannot go on. `model_failed`:
+    whether the session's model was found unavailable (then a failed run is expected)."""
     llm.script(step.llm)
     first_request = len(llm.requests)
     t0 = time.perf_counter()
@@ -446,6 +455,10 @@ async def _step(
         result = await run()
     except Exception as e:  # the model or the session failed: report it as the step's outcome
         requests = llm.requests[first_request:]
+        if model_failed():  # the model failed for good: the session ends as failed (checked by
+            # `closes` and `record`, as the worker records it), not a harness error
+            outcome.steps.append(StepOutcome(label, user, (time.perf_counter() - t0) * 1000, list(requests), []))
+            return True
         hint = ""
         if not live and len(requests) > len(step.llm):
             hint = f" (the model was asked {len(requests)} time(s) but only {len(step.llm)} repl(ies) were scripted)"

@@ -88,6 +88,8 @@ def test_dev_serves_api_while_livekit_is_unreachable_and_stops_on_sigterm(tmp_pa
             proc.communicate()
     assert "must-not-leak" not in out
     assert (tmp_path / "app.db").exists()
+    # no OPENAI_API_KEY / OPENAI_BASE_URL: said once, at start, before any call fails
+    assert out.count("no model endpoint: neither OPENAI_API_KEY nor OPENAI_BASE_URL is set") == 1
 
 
 def test_start_refuses_without_required_settings(tmp_path: Path) -> None:
