@@ -409,6 +409,8 @@ async def _converse(
         )
         if not ok:
             return
+        if model_failed():
+            await guard.wait()  # the session is closed now: any turn left is reported below
         if hooks.after_start is not None:
             await hooks.after_start(handle)
         for j, turn in enumerate(spec.turns):
@@ -426,6 +428,8 @@ async def _converse(
             )
             if not ok:
                 return
+            if model_failed():
+                await guard.wait()
             if hooks.after_turn is not None:
                 await hooks.after_turn(handle, j)
         outcome.closed_by_agent = await check_closes(checks, spec.closes, closed, loc)
@@ -455,12 +459,13 @@ async def _step(
         result = await run()
     except Exception as e:  # the model or the session failed: report it as the step's outcome
         requests = llm.requests[first_request:]
-        if model_failed():  # the model failed for good: the session ends as failed (checked by
-            # `closes` and `record`, as the worker records it), not a harness error
+        under_scripted = not live and len(requests) > len(step.llm)
+        if model_failed() and not under_scripted:  # a scripted failure: the session ends as
+            # failed (checked by `closes` and `record`, as the worker records it)
             outcome.steps.append(StepOutcome(label, user, (time.perf_counter() - t0) * 1000, list(requests), []))
             return True
         hint = ""
-        if not live and len(requests) > len(step.llm):
+        if under_scripted:
             hint = f" (the model was asked {len(requests)} time(s) but only {len(step.llm)} repl(ies) were scripted)"
         checks.fail(loc, f"{label} raised {type(e).__name__}{hint}", expected="the step to complete",
                     actual=str(e)[:500], context="".join(traceback.format_exception_only(e)).strip())
@@ -469,6 +474,13 @@ async def _step(
     elapsed_ms = (time.perf_counter() - t0) * 1000
     requests = llm.requests[first_request:]
     events = [describe_event(ev) for ev in result.events] if result is not None else []
+    if model_failed() and not live and len(requests) > len(step.llm):
+        # the scripted endpoint answers an unscripted request with a 400, which fails the model
+        checks.fail(loc, f"{label}: the model was asked {len(requests)} time(s) but only {len(step.llm)} "
+                    "repl(ies) were scripted; the unanswered request failed the model, which ends the session",
+                    context="\n".join(f"  {e}" for e in events))
+        outcome.steps.append(StepOutcome(label, user, elapsed_ms, list(requests), events, result))
+        return False
     outcome.steps.append(StepOutcome(label, user, elapsed_ms, list(requests), events, result))
     if not live:
         dropped = llm.drop_pending()

@@ -414,6 +414,10 @@ class VoiceDriver:
         st.window.close(self, llm)
         self._settle_llm(checks, st, llm)
         requests = st.window.requests(llm)
+        if self._model_failed() and not live and len(requests) > len(st.step.llm):
+            checks.fail(st.loc, f"{st.label}: the model was asked {len(requests)} time(s) but only "
+                        f"{len(st.step.llm)} repl(ies) were scripted (the unanswered request failed, "
+                        "which ends the session)", context=self.timeline(st))
         result = st.result
         events = [describe_event(ev) for ev in result.events] if result is not None else []
         outcome.steps.append(StepOutcome(st.label, st.user, (time.perf_counter() - st.t0) * 1000, list(requests), events, result))
