@@ -24,6 +24,9 @@ def restore_logging() -> Iterator[None]:
     handlers, level, factory = list(root.handlers), root.level, logging.getLogRecordFactory()
     with warnings.catch_warnings():  # restores warnings.showwarning and the filters
         warnings.simplefilter("always")
+        # an earlier test's configure_logging left logging's capture "on" while pytest has
+        # since put its own showwarning back: start from "off", as a new process does
+        logging.captureWarnings(False)
         yield
         logging.captureWarnings(False)
     for h in list(root.handlers):
