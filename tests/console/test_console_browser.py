@@ -425,8 +425,9 @@ def _store_sessions(server: ConsoleServer) -> None:
         ).model_dump(mode="json"), events=[SessionEvent(
             kind="provider_unavailable", agent_id="support-agent-v1", detail="llm api.openai.com/gpt-4.1-mini",
             at=t0 + timedelta(minutes=10, seconds=5)).model_dump(mode="json")])
-        await store.finish_session(
-            "sess-support-1", SessionStatus.failed, reason="error", error="LLM unavailable",
+        await store.finish_session(  # as app/worker/model_unavailable.py records it
+            "sess-support-1", SessionStatus.failed, reason="llm_unavailable",
+            error="APIStatusError: Error code: 401 - Incorrect API key provided: sk-***",
             ended_at=t0 + timedelta(minutes=12),
         )
         await store.start_session(SessionRecord(
@@ -454,6 +455,10 @@ def test_sessions_list_filters_and_transcript(server: ConsoleServer, page: Any) 
     page.get_by_label("Agent", exact=True).select_option("support-agent-v1")
     expect(table.get_by_role("row")).to_have_count(2)
     expect(table).to_contain_text("failed")
+    page.get_by_role("button", name="Reset").click()
+    page.get_by_label("Status").select_option("failed")  # the model was unavailable: why it ended
+    expect(table.get_by_role("row")).to_have_count(2)
+    expect(table.get_by_role("row").filter(has_text="sess-support-1")).to_contain_text("llm_unavailable")
     page.get_by_role("button", name="Reset").click()
 
     tomorrow = (datetime.now() + timedelta(days=1)).strftime("%Y-%m-%d")
@@ -487,7 +492,9 @@ def test_sessions_list_filters_and_transcript(server: ConsoleServer, page: Any) 
     expect(page.get_by_role("list", name=re.compile("Transcript"))).to_contain_text(
         "Handed off from support-agent-v1 to sales-agent-v1"
     )
-    expect(page.locator("#facts")).to_contain_text("LLM unavailable")
+    facts = page.locator("#facts")
+    expect(facts).to_contain_text("llm_unavailable")
+    expect(facts).to_contain_text("APIStatusError: Error code: 401")
     expect(page.locator("#usage")).to_contain_text("1,285 (1,200 in, 85 out)")
     served = page.get_by_role("table", name="Served by")
     expect(served.get_by_role("row").filter(has_text="backup.example:8080")).to_contain_text("llama")
