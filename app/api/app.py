@@ -32,6 +32,7 @@ from app.api.deps import dependencies
 from app.api.docs import SelfHostedSwaggerPlugin, schema_router
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
+from app.api.metrics import metrics_router
 from app.api.openapi import AccurateJsonRenderPlugin, fix_allow_header
 from app.api.resolve import ResolveController
 from app.api.routes import RouteController
@@ -79,8 +80,12 @@ def create_app(
         guards=[bearer_guard(settings.admin_api_key)],
         security=[{SECURITY_SCHEME_NAME: []}],
     )
+    open_metrics = settings.metrics_access == "open"
     app = Litestar(
-        route_handlers=[HealthController, admin, *extra_route_handlers],
+        route_handlers=[
+            HealthController, metrics_router(None if open_metrics else bearer_guard(settings.admin_api_key)),
+            admin, *extra_route_handlers,
+        ],
         dependencies=dependencies(store, cache, status, configs),
         state=State({"settings": settings, "store": store, "status": status, "cache": cache, "configs": configs}),
         exception_handlers=EXCEPTION_HANDLERS,
