@@ -44,7 +44,7 @@ from app.domain import (
     Turn,
 )
 from app.domain.models import deep_merge, utcnow
-from app.observability import metrics
+from app.observability import metrics, tracing
 from app.store.base import (
     AppendTurn,
     ConfigStore,
@@ -404,7 +404,10 @@ class SessionManager:
             before = len(self._inflight)
             started = time.perf_counter()
             try:
-                await write_in_order(self._call, self._store, sid, self._inflight, self._failed, retried=attempt > 1)
+                with tracing.tracer.start_as_current_span(
+                    "store.session_write", attributes={"ops": before, "attempt": attempt}
+                ):
+                    await write_in_order(self._call, self._store, sid, self._inflight, self._failed, retried=attempt > 1)
                 metrics.STORE_WRITE_SECONDS.labels("ok").observe(time.perf_counter() - started)
                 continue
             except StoreUnavailable as e:
