@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from app.observability.tracing import configure, enabled_by
-from tests.observability.otlp_receiver import OtlpReceiver, ReceivedSpan
+from sim.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 SCRIPT = Path(__file__).with_name("traced_call.py")
 

@@ -1,4 +1,4 @@
-"""A real OTLP/HTTP trace receiver on loopback (test server): accepts
+"""A real OTLP/HTTP trace receiver on loopback (a test server, like sim/webhook_receiver.py):
 `POST /v1/traces` with a protobuf `ExportTraceServiceRequest` (gzip or not), decodes it
 with `opentelemetry-proto` and keeps the spans, as a collector would."""
 
@@ -88,3 +88,23 @@ class OtlpReceiver:
             pass
         finally:
             writer.close()
+
+
+async def _serve_forever() -> None:
+    """`python -m sim.otlp_receiver`: a receiver in a process of its own (benchmarks: its
+    work must not count as the measured process's); prints its endpoint, then on SIGTERM
+    how many spans arrived."""
+    import signal
+
+    rx = OtlpReceiver()
+    await rx.start()
+    print(rx.endpoint, flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await rx.stop()
+    print(len(rx.spans), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve_forever())
