@@ -33,6 +33,7 @@ from app.api.deps import dependencies
 from app.api.docs import SelfHostedSwaggerPlugin, schema_router
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
+from app.api.latency import LatencyController
 from app.api.metrics import metrics_router
 from app.api.openapi import AccurateJsonRenderPlugin, fix_allow_header
 from app.api.resolve import ResolveController
@@ -78,7 +79,9 @@ def create_app(
     configs = configs if configs is not None else config_source(settings, store, cache=cache)
     admin = Router(
         path=API_PREFIX,
-        route_handlers=[AgentConfigController, RouteController, SessionController, ResolveController],
+        route_handlers=[
+            AgentConfigController, LatencyController, RouteController, SessionController, ResolveController,
+        ],
         guards=[bearer_guard(settings.admin_api_key)],
         security=[{SECURITY_SCHEME_NAME: []}],
     )
