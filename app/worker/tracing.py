@@ -2,7 +2,8 @@
 so its session, LLM, STT, TTS and tool spans join ours in one trace per call.
 
 Conversation content (messages, tool arguments and results) stays out of the spans
-unless `TRACE_CONTENT=true`: LiveKit's own in-process filter removes it before export.
+unless `TRACE_CONTENT=true`: LiveKit does not record it, and its in-process filter
+would remove it before export.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ def start_tracing(settings: Settings) -> TracerProvider | None:
     LiveKit; safe to call more than once (the supervisor, each job process, `chat`)."""
     provider = tracing.configure()
     if provider is not None and id(provider) not in _installed:
-        from livekit.agents.telemetry import set_tracer_provider
+        from livekit.agents.telemetry import gen_ai, set_tracer_provider
 
+        # Off: LiveKit does not even build the content attributes (the whole chat context
+        # as JSON on every model request); the PII filter is the second line.
+        gen_ai.set_capture_content(settings.trace_content)
         set_tracer_provider(provider, allow_pii=settings.trace_content)
         _installed.add(id(provider))
     return provider
