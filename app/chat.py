@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any
 from app.domain import SessionStatus, StoreUnavailable
 from app.domain.routing import MetadataSource
 from app.logging_setup import secret_values
+from app.observability import tracing
 from app.settings import Settings
 from app.store import open_store
 from app.worker.model_unavailable import LLM_UNAVAILABLE, ModelUnavailable, describe_error, missing_llm_endpoint
 from app.worker.services import WorkerServices
 from app.worker.session_start import prepare_session
+from app.worker.tracing import start_tracing
 
 if TYPE_CHECKING:
     from livekit.agents import CloseEvent, ConversationItemAddedEvent
@@ -60,6 +62,7 @@ async def run_chat(
     from app.agents.providers import session_connect_options
     from app.worker.budget import attach_budget_guard
 
+    start_tracing(settings)
     store = open_store(settings.database_url)
     try:
         await store.start()
@@ -135,6 +138,7 @@ async def run_chat(
     finally:
         await services.aclose()
         await store.aclose()
+        await asyncio.to_thread(tracing.shutdown)
 
 
 async def _stdin_lines() -> AsyncIterator[str]:

@@ -28,6 +28,7 @@ from app.api.app import create_app
 from app.api.status import RuntimeStatus
 from app.domain import StoreUnavailable
 from app.domain.models import utcnow
+from app.observability import tracing
 from app.settings import ExecutorType, Settings
 from app.store import ConfigStore, open_store
 from app.store.cache import ConfigCache
@@ -106,6 +107,9 @@ class Supervisor:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
 
+        from app.worker.tracing import start_tracing
+
+        start_tracing(self.settings)  # before the API is built: its requests are traced too
         self.store = open_store(self.settings.database_url)
         await self._open_store()
 
@@ -174,6 +178,8 @@ class Supervisor:
                 await self.cache.aclose()
                 await self.store.aclose()
         stop_task.cancel()
+        # Spans still buffered go out now (bounded by OTEL_BSP_EXPORT_TIMEOUT); off the loop.
+        await asyncio.to_thread(tracing.shutdown)
         log.info("stopped")
         return exit_code
 
