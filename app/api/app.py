@@ -27,7 +27,9 @@ from litestar.openapi.spec import Components
 from litestar.types import ControllerRouterHandler
 
 from app.api.agents import AgentConfigController
+from app.api.audit import AuditController
 from app.api.auth import SECURITY_SCHEME, SECURITY_SCHEME_NAME, bearer_guard
+from app.api.changes import ADMIN_ACTOR, CHANGE_DEPENDENCY
 from app.api.deps import dependencies
 from app.api.docs import SelfHostedSwaggerPlugin, schema_router
 from app.api.errors import EXCEPTION_HANDLERS
@@ -75,8 +77,10 @@ def create_app(
     configs = configs if configs is not None else config_source(settings, store, cache=cache)
     admin = Router(
         path=API_PREFIX,
-        route_handlers=[AgentConfigController, RouteController, SessionController, ResolveController],
-        guards=[bearer_guard(settings.admin_api_key)],
+        route_handlers=[AgentConfigController, RouteController, SessionController, ResolveController,
+                        AuditController],
+        guards=[bearer_guard(settings.admin_api_key, ADMIN_ACTOR)],
+        dependencies=CHANGE_DEPENDENCY,
         security=[{SECURITY_SCHEME_NAME: []}],
     )
     app = Litestar(

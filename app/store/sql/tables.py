@@ -13,9 +13,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1: initial tables. 2: `sessions.owner` and `sessions.heartbeat_at` (crash recovery with
-several processes on one database); `SQLDatabase.start` adds them to a version-1 database."""
+several processes on one database); `SQLDatabase.start` adds them to a version-1 database.
+3: the event journal (`events`); `create_all` adds the new table to an older database."""
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -115,6 +116,24 @@ class TurnRow(SQLModel, table=True):
     agent_id: str | None = Field(default=None, max_length=64)
 
 
+class EventRow(SQLModel, table=True):
+    """The journal: one row per event, written in the transaction of the change that
+    caused it. `seq` orders rows written in one millisecond; `id` is the public id."""
+
+    __tablename__ = "events"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=40)
+    type: str = Field(index=True, max_length=64)
+    at: datetime = _ts(index=True)
+    agent_id: str | None = Field(default=None, index=True, max_length=64)
+    actor: str | None = Field(default=None, index=True, max_length=100)
+    note: str | None = Field(default=None, max_length=500)
+    data: dict[str, Any] = _json(default_factory=dict)
+    rendered: bool = True
+    fanout_pending: bool = Field(default=True, index=True)
+
+
 metadata = SQLModel.metadata
 meta_t: sa.Table = MetaRow.__table__  # type: ignore[attr-defined]
 heads_t: sa.Table = AgentHeadRow.__table__  # type: ignore[attr-defined]
@@ -122,6 +141,7 @@ versions_t: sa.Table = AgentVersionRow.__table__  # type: ignore[attr-defined]
 routes_t: sa.Table = RouteRow.__table__  # type: ignore[attr-defined]
 sessions_t: sa.Table = SessionRow.__table__  # type: ignore[attr-defined]
 turns_t: sa.Table = TurnRow.__table__  # type: ignore[attr-defined]
+events_t: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
 
 ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"sessions": ("owner", "heartbeat_at")}
 """Columns added after version 1, by table: `create_all` does not alter an existing table,
