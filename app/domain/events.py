@@ -202,6 +202,16 @@ class SessionEndedData(BaseModel):
     metrics: list[dict[str, Any]] = Field(default_factory=list, description="Per-turn latency figures (voice)")
 
 
+class WebhookChangedData(BaseModel):
+    webhook_id: str
+    change: Literal["created", "updated", "deleted", "secret_rotated", "disabled"]
+    url: str | None = None
+    events: list[str] | None = None
+    agent_id: str | None = None
+    enabled: bool | None = None
+    disabled_reason: str | None = None
+
+
 # ------------------------------------------------------------------------- registry
 
 
@@ -250,6 +260,19 @@ SESSION_ENDED = register_event_type(
     "A conversation ended (completed, failed, or abandoned by the stale-session sweep or a shutdown), with its "
     "transcript, collected data and validation state, handoffs and per-turn metrics.",
     SessionEndedData)
+
+
+WEBHOOK_CREATED = register_event_type(
+    "webhook.created", EventKind.change, "A webhook endpoint was created (never with its secret).", WebhookChangedData)
+WEBHOOK_UPDATED = register_event_type(
+    "webhook.updated", EventKind.change,
+    "A webhook endpoint was changed, or disabled by the dispatcher because its receiver answered 410 Gone.",
+    WebhookChangedData)
+WEBHOOK_DELETED = register_event_type(
+    "webhook.deleted", EventKind.change, "A webhook endpoint was deleted with its deliveries.", WebhookChangedData)
+WEBHOOK_SECRET_ROTATED = register_event_type(
+    "webhook.secret_rotated", EventKind.change, "A webhook endpoint's signing secret was rotated.",
+    WebhookChangedData)
 
 
 def change_types() -> list[str]:

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, Protocol
 
 from app.domain import AgentConfig, Route, SessionRecord, SessionStatus
 from app.domain.events import Event
+from app.domain.webhooks import Delivery, DeliveryStatus, StoredWebhook
 from app.store.session_rules import Run
 
 
@@ -217,6 +218,59 @@ class JournalBackend(Protocol):
         """Newest first, and how many match (declared last: the name shadows `list`)."""
 
 
+class WebhooksBackend(Protocol):
+    """Webhook endpoints: a record each, written whole under a revision check."""
+
+    async def create(self, hook: StoredWebhook, rev: int, events: list[Event]) -> None: ...
+
+    async def get(self, webhook_id: str) -> tuple[StoredWebhook, int] | None:
+        """The endpoint and its revision (the compare-and-swap token of `replace`)."""
+
+    async def replace(self, hook: StoredWebhook, rev: int, events: list[Event]) -> bool:
+        """Write `hook` (revision `rev` + 1) only if its revision is still `rev`."""
+
+    async def delete(self, webhook_id: str, events: list[Event]) -> bool:
+        """Remove the endpoint and its deliveries; False if there was none."""
+
+    async def all(self) -> list[StoredWebhook]:
+        """Every endpoint, oldest first (fan-out and listing: a handful per deployment)."""
+
+
+class DeliveryInFlight(Exception):
+    """`resend`: an attempt of this delivery is running now."""
+
+
+class DeliveriesBackend(Protocol):
+    """Webhook deliveries: one per (event, endpoint); attempts leased with a CAS."""
+
+    async def add(self, deliveries: list[Delivery]) -> int:
+        """Insert, skipping any (event_id, webhook_id) that exists; returns how many were new."""
+
+    async def claim(
+        self, webhook_id: str, now: datetime, owner: str, lease_until: datetime, limit: int
+    ) -> list[Delivery]:
+        """Up to `limit` due deliveries of the endpoint (pending, `next_attempt_at` <= now,
+        not leased or lease expired), each leased to `owner` and its `attempts` counted,
+        by a conditional write: two processes never hold the same attempt."""
+
+    async def finish(self, delivery_id: str, owner: str, attempt: int, values: dict[str, Any]) -> bool:
+        """Record an attempt's outcome and drop the lease, only if `owner` still holds
+        attempt number `attempt`; False if the lease was lost (the result is dropped)."""
+
+    async def get(self, delivery_id: str) -> Delivery | None: ...
+
+    async def resend(self, delivery_id: str, now: datetime, window_ends_at: datetime) -> Delivery | None:
+        """Make a delivery due now with a new window; `DeliveryInFlight` while leased."""
+
+    async def count_due(self, now: datetime) -> int:
+        """Pending deliveries of enabled endpoints due by `now` (leased ones included)."""
+
+    async def list(
+        self, webhook_id: str | None, status: DeliveryStatus | None, offset: int, limit: int
+    ) -> tuple[list[Delivery], int]:
+        """Newest first (declared last: the name shadows `list`)."""
+
+
 class Backend(Lifecycle, Protocol):
     """One database: its lifecycle plus one repository per concern."""
 
@@ -234,3 +288,9 @@ class Backend(Lifecycle, Protocol):
 
     @property
     def journal(self) -> JournalBackend: ...
+
+    @property
+    def webhooks(self) -> WebhooksBackend: ...
+
+    @property
+    def deliveries(self) -> DeliveriesBackend: ...

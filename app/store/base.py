@@ -39,6 +39,15 @@ from app.domain import (
 from app.domain.events import SYSTEM, ChangeContext, Event
 
 if TYPE_CHECKING:
+    from app.domain.webhooks import (
+        Delivery,
+        DeliveryStatus,
+        SecretRotation,
+        StoredWebhook,
+        Webhook,
+        WebhookCreated,
+        WebhookInput,
+    )
     from app.store.backend import JournalEntry
 
 ChangeListener = Callable[[], None]
@@ -299,3 +308,48 @@ class ConfigStore(Protocol):
     async def relay_events(self, grace_s: float = 30.0) -> int:
         """Move events committed with a change but left out of the journal by a crash
         into it (MongoDB; a no-op on SQL). Idempotent."""
+
+    def add_journal_listener(self, listener: ChangeListener) -> None:
+        """Called after every write in this process that committed journal events."""
+
+    # webhooks (`app.store.webhook_service`) ------------------------------------
+    async def create_webhook(self, data: WebhookInput, *, ctx: ChangeContext = SYSTEM) -> WebhookCreated:
+        """A new endpoint with a new secret (returned only here)."""
+
+    async def list_webhooks(self) -> list[Webhook]: ...
+
+    async def dispatch_targets(self) -> list[StoredWebhook]:
+        """Every endpoint with its secrets, for the dispatcher."""
+
+    async def get_webhook(self, webhook_id: str) -> Webhook: ...
+
+    async def update_webhook(
+        self, webhook_id: str, patch: Mapping[str, Any], *, ctx: ChangeContext = SYSTEM
+    ) -> Webhook: ...
+
+    async def rotate_webhook_secret(
+        self, webhook_id: str, grace_period_s: int, *, ctx: ChangeContext = SYSTEM
+    ) -> SecretRotation: ...
+
+    async def disable_webhook(self, webhook_id: str, reason: str) -> None: ...
+
+    async def delete_webhook(self, webhook_id: str, *, ctx: ChangeContext = SYSTEM) -> None: ...
+
+    async def add_deliveries(self, deliveries: list[Delivery]) -> int:
+        """Idempotent per (event, endpoint)."""
+
+    async def claim_deliveries(self, webhook_id: str, owner: str, lease_s: float, limit: int) -> list[Delivery]:
+        """Lease due attempts (compare-and-swap): no two processes hold the same one."""
+
+    async def finish_delivery(self, delivery_id: str, owner: str, attempt: int, **values: Any) -> bool: ...
+
+    async def get_delivery(self, delivery_id: str) -> Delivery: ...
+
+    async def list_deliveries(
+        self, *, webhook_id: str | None = None, status: DeliveryStatus | None = None, offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[Delivery], int]: ...
+
+    async def resend_delivery(self, delivery_id: str, window_s: float) -> Delivery: ...
+
+    async def count_due_deliveries(self) -> int: ...

@@ -84,6 +84,7 @@ from app.store.route_rules import (
     without_route,
 )
 from app.store.session_rules import fold, must_be_str, session_fields
+from app.store.webhook_service import WebhookStore
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,13 @@ def _agent_not_found(agent_id: Any, version: int | None = None) -> NotFound:
     return NotFound(f"{what} not found", agent_id=agent_id) if isinstance(agent_id, str) else NotFound(f"{what} not found")
 
 
-class StoreService:
-    """`app.store.base.ConfigStore` over one `Backend`."""
+class StoreService(WebhookStore):
+    """`app.store.base.ConfigStore` over one `Backend` (webhook rules: `WebhookStore`)."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._listeners: list[ChangeListener] = []
+        self._journal_listeners: list[ChangeListener] = []
         self._parsed = ParsedVersions()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -124,6 +126,19 @@ class StoreService:
                 listener()
             except Exception:  # a broken listener must not fail a committed write
                 log.exception("config change listener failed")
+        self._journaled()
+
+    def add_journal_listener(self, listener: ChangeListener) -> None:
+        """Called after every write in this process that committed journal events (the
+        webhook dispatcher wakes up instead of waiting for its next poll)."""
+        self._journal_listeners.append(listener)
+
+    def _journaled(self) -> None:
+        for listener in list(self._journal_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("journal listener failed")
 
     def _lock(self, key: str) -> asyncio.Lock:
         lock = self._locks.get(key)
@@ -332,7 +347,10 @@ class StoreService:
         runs = fold(ops, now)  # validates first: a bad op fails before any I/O
         event_rules.session_run_events(session_id, runs, now)
         try:
-            return await self.backend.sessions.apply(must_be_str(session_id, "session_id"), runs)
+            applied = await self.backend.sessions.apply(must_be_str(session_id, "session_id"), runs)
+            if any(run.events for run in runs):
+                self._journaled()
+            return applied
         except NoSession as e:
             err: Exception = NotFound(f"session {session_id!r} not found", session_id=session_id)
             cause: Exception = e
@@ -413,7 +431,10 @@ class StoreService:
         def ended(session_id: str, agent_id: str) -> Event:
             return event_rules.session_ended(session_id, agent_id, status, reason, None, now, now)
 
-        return await self.backend.liveness.abandon(cutoff, reason, now, ended)
+        n = await self.backend.liveness.abandon(cutoff, reason, now, ended)
+        if n:
+            self._journaled()
+        return n
 
     # ------------------------------------------------------------------- journal
 

@@ -422,3 +422,21 @@ async def test_delete_that_died_after_its_tombstone_is_relayed_by_the_next_creat
     await mstore.create_agent_config(make_agent("agent-a", name="again"))
     assert (await mstore.list_events(types=["agent.deleted"]))[1] == 1
     assert (await mstore.list_events(types=["agent.created"]))[1] == 2
+
+
+async def test_webhook_delete_that_died_after_its_commit_is_finished_by_the_sweep(mstore, raw, monkeypatch):
+    from app.domain.webhooks import WebhookInput
+
+    hook = await mstore.create_webhook(WebhookInput(url="https://example.com/h", events=["session.ended"]))
+    raw.webhook_deliveries.insert_one({"_id": "dlv_x", "webhook_id": hook.id, "event_id": "evt_x"})
+    monkeypatch.setattr("app.store.mongo.webhooks.relay_now", _die)
+    with pytest.raises(ProcessDied):
+        await mstore.delete_webhook(hook.id)
+    monkeypatch.undo()
+    with pytest.raises(NotFound):  # committed: gone for readers at once
+        await mstore.get_webhook(hook.id)
+    assert await mstore.list_webhooks() == []
+    assert (await mstore.list_events(types=["webhook.deleted"]))[1] == 0
+    assert await mstore.relay_events(grace_s=60) == 1
+    assert (await mstore.list_events(types=["webhook.deleted"]))[1] == 1
+    assert raw.webhooks.count_documents({}) == 0 and raw.webhook_deliveries.count_documents({}) == 0

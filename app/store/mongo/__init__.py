@@ -19,6 +19,7 @@ Collections
   (A routing table is a handful of purposes; the 16 MB document limit is ~100k routes.)
 - `sessions` (`_id = session_id`) and `session_turns` (unique `(session_id, seq)`).
 - `events`: the journal (`_id` = event id), filled by the relay described below.
+- `webhooks`, `webhook_deliveries`: endpoints and deliveries (`app.store.mongo.webhooks`).
 - `meta`: `config_epoch` and `schema_version` counters.
 
 Atomicity without multi-document transactions
@@ -115,6 +116,7 @@ from typing import Any
 from app.store.mongo.client import MongoDatabase, escape_keys, unescape_keys
 from app.store.mongo.configs import MongoConfigs
 from app.store.mongo.journal import MongoJournal
+from app.store.mongo.webhooks import MongoDeliveries, MongoWebhooks
 from app.store.mongo.routes import MongoRoutes
 from app.store.mongo.sessions import MongoLiveness, MongoSessions
 from app.store.service import StoreService
@@ -129,7 +131,9 @@ class MongoBackend(MongoDatabase):
         self.routes = MongoRoutes(self)
         self.sessions = MongoSessions(self)
         self.liveness = MongoLiveness(self)
-        self.journal = MongoJournal(self, self.configs)
+        self.webhooks = MongoWebhooks(self)
+        self.deliveries = MongoDeliveries(self)
+        self.journal = MongoJournal(self, self.configs, self.webhooks)
 
 
 class MongoStore(StoreService):

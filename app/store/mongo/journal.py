@@ -105,9 +105,10 @@ async def ensure_indexes(db: Db) -> None:
 
 
 class MongoJournal:
-    def __init__(self, mdb: MongoDatabase, configs: Any) -> None:
+    def __init__(self, mdb: MongoDatabase, configs: Any, webhooks: Any) -> None:
         self.mdb = mdb
         self._configs = configs  # MongoConfigs: relaying version documents needs its repairs
+        self._webhooks = webhooks  # MongoWebhooks: finishes deletes once their event is relayed
 
     @mapped
     async def get(self, event_id: str) -> JournalEntry | None:
@@ -142,13 +143,14 @@ class MongoJournal:
     @mapped
     async def relay(self, grace_s: float) -> int:
         """The sweep: relay every committed change's events left embedded by a crash.
-        Sessions, the routes table and tombstones hold only committed events; version
+        Sessions, the routes table, tombstones and endpoints hold only committed events; version
         documents are checked against their head (`MongoConfigs.relay_versions`)."""
         db = await self.mdb.ready()
         n = 0
-        for coll in ("sessions", "routes", "agent_heads"):
+        for coll in ("sessions", "routes", "agent_heads", "webhooks"):
             n += await relay_found(db, coll, {})
         n += int(await self._configs.relay_versions(db, grace_s))
+        await self._webhooks.finish_deletes(db)
         if n:
             log.warning("journal: relayed %d event(s) a stopped process had committed but not relayed", n)
         return n

@@ -10,6 +10,7 @@ from app.store.service import StoreService
 from app.store.sql.configs import SQLConfigs
 from app.store.sql.database import SQLDatabase
 from app.store.sql.journal import SQLJournal
+from app.store.sql.webhooks import SQLDeliveries, SQLWebhooks
 from app.store.sql.routes import SQLRoutes
 from app.store.sql.sessions import SQLLiveness, SQLSessions
 
@@ -24,6 +25,8 @@ class SQLBackend(SQLDatabase):
         self.sessions = SQLSessions(self)
         self.liveness = SQLLiveness(self)
         self.journal = SQLJournal(self)
+        self.webhooks = SQLWebhooks(self)
+        self.deliveries = SQLDeliveries(self)
 
     def now(self) -> datetime:
         return utcnow()
