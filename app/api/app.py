@@ -39,11 +39,13 @@ from app.api.resolve import ResolveController
 from app.api.routes import RouteController
 from app.api.sessions import SessionController
 from app.api.status import RuntimeStatus
+from app.api.webhooks import WebhookController
 from app.assets.browser import BrowserAssets
 from app.settings import Settings
 from app.store.base import ConfigStore
 from app.store.cache import ConfigCache
 from app.store.sources import SnapshotSource, config_source
+from app.webhooks.safety import UrlPolicy
 
 API_PREFIX = "/api/v1"
 API_VERSION = "1.0.0"
@@ -78,14 +80,14 @@ def create_app(
     admin = Router(
         path=API_PREFIX,
         route_handlers=[AgentConfigController, RouteController, SessionController, ResolveController,
-                        AuditController],
+                        AuditController, WebhookController],
         guards=[bearer_guard(settings.admin_api_key, ADMIN_ACTOR)],
         dependencies=CHANGE_DEPENDENCY,
         security=[{SECURITY_SCHEME_NAME: []}],
     )
     app = Litestar(
         route_handlers=[HealthController, admin, *extra_route_handlers],
-        dependencies=dependencies(store, cache, status, configs),
+        dependencies=dependencies(store, cache, status, configs, UrlPolicy.from_settings(settings)),
         state=State({"settings": settings, "store": store, "status": status, "cache": cache, "configs": configs}),
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
