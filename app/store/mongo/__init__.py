@@ -116,9 +116,9 @@ from typing import Any
 from app.store.mongo.client import MongoDatabase, escape_keys, unescape_keys
 from app.store.mongo.configs import MongoConfigs
 from app.store.mongo.journal import MongoJournal
-from app.store.mongo.webhooks import MongoDeliveries, MongoWebhooks
 from app.store.mongo.routes import MongoRoutes
 from app.store.mongo.sessions import MongoLiveness, MongoSessions
+from app.store.mongo.webhooks import MongoDeliveries, MongoWebhooks
 from app.store.service import StoreService
 
 

@@ -10,9 +10,9 @@ from app.store.service import StoreService
 from app.store.sql.configs import SQLConfigs
 from app.store.sql.database import SQLDatabase
 from app.store.sql.journal import SQLJournal
-from app.store.sql.webhooks import SQLDeliveries, SQLWebhooks
 from app.store.sql.routes import SQLRoutes
 from app.store.sql.sessions import SQLLiveness, SQLSessions
+from app.store.sql.webhooks import SQLDeliveries, SQLWebhooks
 
 
 class SQLBackend(SQLDatabase):
