@@ -75,6 +75,8 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
     settings = _load_settings()
     configure_logging(settings.model_copy(update={"log_level": "WARNING"}), json_logs=False)
+    if settings.webhook_url_policy == "auto":  # a developer's command: webhooks as under `dev`
+        settings = settings.model_copy(update={"webhook_url_policy": "any"})
     variables: dict[str, str] = {}
     for item in args.var or []:
         if "=" not in item:

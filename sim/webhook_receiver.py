@@ -164,8 +164,8 @@ class WebhookReceiver:
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             return
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError:  # the receiver stopped under a held request: just close
+            return
         finally:
             self._conns.discard(writer)
             writer.close()
