@@ -20,3 +20,10 @@ def test_every_setting_is_in_the_configuration_table() -> None:
 def test_the_two_setup_commands() -> None:
     assert "uv run python -m app dev" in README
     assert "uv run pytest" in README
+
+
+def test_every_event_type_is_documented() -> None:
+    from app.domain.events import EVENT_TYPES
+
+    missing = sorted(name for name in EVENT_TYPES if f"`{name}`" not in README)
+    assert not missing, f"README lacks the event type(s): {', '.join(missing)}"
