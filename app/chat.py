@@ -25,11 +25,16 @@ from app.domain.routing import MetadataSource
 from app.logging_setup import secret_values
 from app.observability import tracing
 from app.settings import Settings
-from app.store import open_store
+from app.store import ConfigStore, open_store
+from app.webhooks.dispatcher import Dispatcher
 from app.worker.model_unavailable import LLM_UNAVAILABLE, ModelUnavailable, describe_error, missing_llm_endpoint
 from app.worker.services import WorkerServices
 from app.worker.session_start import prepare_session
 from app.worker.tracing import start_tracing
+
+WEBHOOK_FLUSH_S = 10.0
+"""At exit, how long the session's webhooks may take to go out (what is still due then
+is delivered by any `dev`/`start` process on the same database)."""
 
 if TYPE_CHECKING:
     from livekit.agents import CloseEvent, ConversationItemAddedEvent
@@ -71,6 +76,8 @@ async def run_chat(
               "answers, and store-backed agents give way to the fallback agent", file=sys.stderr)
     services = WorkerServices(settings, store)
     await services.start()
+    dispatcher = Dispatcher(settings, store)
+    dispatcher.start()
     meta: dict[str, Any] = {"variables": variables or {}, "user_id": user_id}
     if agent_id:
         meta["agent_id"] = agent_id
@@ -87,6 +94,7 @@ async def run_chat(
             await prepared.aclose()
             _error(no_endpoint)
             print(f"[session {rec.session_id} stored as failed ({LLM_UNAVAILABLE})]", file=sys.stderr, flush=True)
+            await _flush_webhooks(store, dispatcher)
             return EXIT_NO_MODEL_ENDPOINT
         print(
             f"[{prepared.config.agent_id} v{prepared.config.version} — {prepared.decision.reason}; "
@@ -131,14 +139,28 @@ async def run_chat(
         if guard.outcome is not None:
             _error(f"the model is unavailable ({guard.outcome.error}); the conversation has ended")
             print(f"[session {rec.session_id} stored as failed ({guard.outcome.reason})]", file=sys.stderr, flush=True)
+            await _flush_webhooks(store, dispatcher)
             return EXIT_MODEL_UNAVAILABLE
         print(f"[session {rec.session_id} stored; collected: {json.dumps(prepared.manager.collected)}]",
               file=sys.stderr, flush=True)
+        await _flush_webhooks(store, dispatcher)
         return 0
     finally:
+        await dispatcher.aclose()
         await services.aclose()
         await store.aclose()
         await asyncio.to_thread(tracing.shutdown)
+
+
+async def _flush_webhooks(store: ConfigStore, dispatcher: Dispatcher) -> None:
+    """The session's events (a failed one's too) get a chance to go out before exit."""
+    try:
+        hooks = bool(await store.list_webhooks())
+    except StoreUnavailable:
+        hooks = False
+    if hooks and not await dispatcher.flush(WEBHOOK_FLUSH_S):
+        print("[webhooks still due are delivered by the next dev/start process on this database]",
+              file=sys.stderr, flush=True)
 
 
 async def _stdin_lines() -> AsyncIterator[str]:

@@ -33,6 +33,7 @@ from app.settings import ExecutorType, Settings
 from app.store import ConfigStore, open_store
 from app.store.cache import ConfigCache
 from app.store.sources import config_source
+from app.webhooks.thread import DispatcherThread
 from app.worker.drain import (
     API_STOP_TIMEOUT,
     STORE_CLOSE_TIMEOUT,
@@ -131,6 +132,10 @@ class Supervisor:
         self.configs = config_source(self.settings, self.store, cache=self.cache)
         if self.configs is not self.cache:
             await self.configs.start()
+        # Webhook deliveries: off every session's path, on a thread and loop of their own;
+        # any number of processes may run one on the same store (leases).
+        self.dispatcher = DispatcherThread(self.settings, wake_from=self.store)
+        self.dispatcher.start()
         app = create_app(
             self.settings, self.store, status=self.status, cache=self.cache, configs=self.configs,
             assets=assets,
@@ -163,6 +168,7 @@ class Supervisor:
             self._stop.set()
 
         await self._shutdown_worker(worker_task)
+        await self.dispatcher.aclose()  # after the drain: the sessions' ends are committed
         await assets.aclose()
         store_task.cancel()
         liveness_task.cancel()
@@ -428,8 +434,11 @@ def _preimport_worker_stack() -> None:
 
 def prepare_settings(settings: Settings, *, dev: bool) -> tuple[Settings, str | None]:
     """Dev-mode defaults: a generated admin key if none is set (returned so it can be
-    printed once). Production refuses to start without its required settings."""
+    printed once), webhook URLs unrestricted (`start`: https to public addresses only).
+    Production refuses to start without its required settings."""
     generated = None
+    if settings.webhook_url_policy == "auto":
+        settings = settings.model_copy(update={"webhook_url_policy": "any" if dev else "public"})
     if dev and settings.admin_api_key is None:
         generated = "dev-" + secrets.token_urlsafe(24)
         from pydantic import SecretStr

@@ -28,7 +28,9 @@ from litestar.plugins import PluginProtocol
 from litestar.types import ControllerRouterHandler
 
 from app.api.agents import AgentConfigController
+from app.api.audit import AuditController
 from app.api.auth import SECURITY_SCHEME, SECURITY_SCHEME_NAME, bearer_guard
+from app.api.changes import ADMIN_ACTOR, CHANGE_DEPENDENCY
 from app.api.deps import dependencies
 from app.api.docs import SelfHostedSwaggerPlugin, schema_router
 from app.api.errors import EXCEPTION_HANDLERS
@@ -40,12 +42,14 @@ from app.api.resolve import ResolveController
 from app.api.routes import RouteController
 from app.api.sessions import SessionController
 from app.api.status import RuntimeStatus
+from app.api.webhooks import WebhookController
 from app.assets.browser import BrowserAssets
 from app.observability import tracing
 from app.settings import Settings
 from app.store.base import ConfigStore
 from app.store.cache import ConfigCache
 from app.store.sources import SnapshotSource, config_source
+from app.webhooks.safety import UrlPolicy
 
 API_PREFIX = "/api/v1"
 API_VERSION = "1.0.0"
@@ -81,8 +85,10 @@ def create_app(
         path=API_PREFIX,
         route_handlers=[
             AgentConfigController, LatencyController, RouteController, SessionController, ResolveController,
+            AuditController, WebhookController,
         ],
-        guards=[bearer_guard(settings.admin_api_key)],
+        guards=[bearer_guard(settings.admin_api_key, ADMIN_ACTOR)],
+        dependencies=CHANGE_DEPENDENCY,
         security=[{SECURITY_SCHEME_NAME: []}],
     )
     open_metrics = settings.metrics_access == "open"
@@ -99,10 +105,11 @@ def create_app(
         )))
     app = Litestar(
         route_handlers=[
-            HealthController, metrics_router(None if open_metrics else bearer_guard(settings.admin_api_key)),
+            HealthController,
+            metrics_router(None if open_metrics else bearer_guard(settings.admin_api_key, ADMIN_ACTOR)),
             admin, *extra_route_handlers,
         ],
-        dependencies=dependencies(store, cache, status, configs),
+        dependencies=dependencies(store, cache, status, configs, UrlPolicy.from_settings(settings)),
         state=State({"settings": settings, "store": store, "status": status, "cache": cache, "configs": configs}),
         exception_handlers=EXCEPTION_HANDLERS,
         plugins=plugins,

@@ -21,10 +21,10 @@ _RFC3339 = re.compile(
 )
 # documented as exactly what `_time` accepts (not `datetime | None`, which Litestar's
 # parser would also fill from `?since=0.5` as a Unix time, or from the string "null")
-_TIME_DOC = {"oneOf": None, "type": OpenAPIType.STRING, "format": OpenAPIFormat.DATE_TIME}
+TIME_DOC = {"oneOf": None, "type": OpenAPIType.STRING, "format": OpenAPIFormat.DATE_TIME}
 
 
-def _time(value: str | None, key: str) -> datetime | None:
+def query_time(value: str | None, key: str, where: str = "GET /api/v1/sessions") -> datetime | None:
     """An RFC 3339 date-time with an offset (JSON Schema's `date-time`), else a 422."""
     if value is None:
         return None
@@ -40,7 +40,7 @@ def _time(value: str | None, key: str) -> datetime | None:
         except ValueError:
             pass
     raise ValidationException(
-        detail="Validation failed for GET /api/v1/sessions",
+        detail=f"Validation failed for {where}",
         extra=[{"key": key, "message": "expected an RFC 3339 date-time, e.g. 2025-01-31T09:00:00Z",
                 "source": "query"}],
     )
@@ -61,13 +61,13 @@ class SessionController(Controller):
         store: Store,
         agent_id: FromQuery[str | None] = None,
         status: FromQuery[SessionStatus | None] = None,
-        since: Annotated[str | None, QueryParameter(description="started at or after", schema_extra=_TIME_DOC)] = None,
-        until: Annotated[str | None, QueryParameter(description="started before", schema_extra=_TIME_DOC)] = None,
+        since: Annotated[str | None, QueryParameter(description="started at or after", schema_extra=TIME_DOC)] = None,
+        until: Annotated[str | None, QueryParameter(description="started before", schema_extra=TIME_DOC)] = None,
         offset: Offset = 0,
         limit: Limit = 50,
     ) -> OffsetPagination[SessionRecord]:
         items, total = await store.list_sessions(
-            agent_id=agent_id, status=status, since=_time(since, "since"), until=_time(until, "until"),
+            agent_id=agent_id, status=status, since=query_time(since, "since"), until=query_time(until, "until"),
             offset=offset, limit=limit,
         )
         return OffsetPagination(items=items, total=total, offset=offset, limit=limit)

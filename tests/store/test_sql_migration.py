@@ -1,7 +1,8 @@
-"""Schema version 2 (`sessions.owner`, `sessions.heartbeat_at`) on a database an older
-build created: `SQLStore.start` adds the columns (idempotently, also with several
-processes starting at once), records version 2, and keeps the old rows readable; a
-database newer than this build is reported, not touched."""
+"""Schema versions 2 (`sessions.owner`, `sessions.heartbeat_at`) and 3 (the `events`
+journal) on a database an older build created: `SQLStore.start` adds the columns and
+the table (idempotently, also with several processes starting at once), records the
+version, and keeps the old rows readable; a database newer than this build is reported,
+not touched."""
 
 from __future__ import annotations
 
@@ -57,12 +58,13 @@ async def _make_version_1(url: str) -> None:
         "ALTER TABLE sessions DROP COLUMN heartbeat_at",
         "ALTER TABLE sessions DROP COLUMN usage",
         "ALTER TABLE sessions DROP COLUMN events",
+        "DROP TABLE events",
         meta_t.update().where(meta_t.c.key == "schema_version").values(value=1),
     )
 
 
 async def test_start_adds_the_owner_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
     await _make_version_1(sql_target.url)
     stores = [SQLStore(sql_target.url) for _ in range(3)]
     try:
@@ -78,6 +80,8 @@ async def test_start_adds_the_owner_columns_to_a_version_1_database(sql_target: 
         await store.start_session(SessionRecord(session_id="s-new", room="r", agent_id="a", owner="me"))
         assert await store.heartbeat("me") == 1
         assert (await store.get_session("s-new")).owner == "me"
+        events, total = await store.list_events(types=["session.started"])
+        assert total == 1 and events[0].data["session_id"] == "s-new"  # the journal table is there
     finally:
         for s in stores:
             await s.aclose()

@@ -9,8 +9,10 @@ from app.domain.models import utcnow
 from app.store.service import StoreService
 from app.store.sql.configs import SQLConfigs
 from app.store.sql.database import SQLDatabase
+from app.store.sql.journal import SQLJournal
 from app.store.sql.routes import SQLRoutes
 from app.store.sql.sessions import SQLLiveness, SQLSessions
+from app.store.sql.webhooks import SQLDeliveries, SQLWebhooks
 
 
 class SQLBackend(SQLDatabase):
@@ -22,6 +24,9 @@ class SQLBackend(SQLDatabase):
         self.routes = SQLRoutes(self)
         self.sessions = SQLSessions(self)
         self.liveness = SQLLiveness(self)
+        self.journal = SQLJournal(self)
+        self.webhooks = SQLWebhooks(self)
+        self.deliveries = SQLDeliveries(self)
 
     def now(self) -> datetime:
         return utcnow()
