@@ -69,6 +69,22 @@ CONFIG_RELOADS = Counter(
     "config_cache_reloads", "Config snapshot reloads by outcome (ok, unavailable, error).", ["outcome"],
 )
 
+WEBHOOK_ATTEMPTS = Counter(
+    "webhook_delivery_attempts",
+    "Webhook delivery attempts by event type and outcome: delivered, retrying (failed, tried "
+    "again later), failed (for good: window over or no retry), gone (410: endpoint disabled).",
+    ["event_type", "outcome"],
+)
+WEBHOOK_ATTEMPT_SECONDS = Histogram(
+    "webhook_delivery_attempt_seconds", "One webhook delivery attempt, request to answer (or failure).",
+    buckets=WRITE_BUCKETS,
+)
+WEBHOOK_DUE = Gauge(
+    "webhook_deliveries_due",
+    "Deliveries due now and not yet running, across the store (the queue the dispatchers work "
+    "through), as this process's dispatcher last counted it.",
+)
+
 UNKNOWN_TOOL = "unknown"
 """The label of a call naming no tool the agent has (a model may invent names)."""
 

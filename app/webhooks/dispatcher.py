@@ -27,11 +27,13 @@ import time
 from collections import OrderedDict
 
 import httpx
+from opentelemetry.trace import StatusCode
 
 from app.domain import StoreUnavailable
 from app.domain.events import Event
 from app.domain.models import utcnow
 from app.domain.webhooks import Delivery, DeliveryStatus, StoredWebhook
+from app.observability import metrics, tracing
 from app.settings import Settings
 from app.store.base import ConfigStore
 from app.webhooks.fanout import fan_out
@@ -51,6 +53,8 @@ live process records its outcome well inside its lease; a dead one's lease frees
 STOP_GRACE = 2.0
 """At shutdown, how long running attempts may finish (the rest are retried by a lease expiry)."""
 _EVENT_CACHE = 512
+COUNT_INTERVAL = 5.0
+"""Seconds between counts of the due deliveries (the `webhook_deliveries_due` gauge)."""
 
 
 class Dispatcher:
@@ -69,6 +73,7 @@ class Dispatcher:
         self._tls: ssl.SSLContext | None = None
         self._events: OrderedDict[str, Event] = OrderedDict()
         self._next_sweep = 0.0
+        self._next_count = 0.0
         self._failing = False
         self.attempts = 0
         self.delivered = 0
@@ -176,6 +181,9 @@ class Dispatcher:
                 running.add(task)
                 task.add_done_callback(running.discard)
         self._drop_clients_of_gone(targets)
+        if time.monotonic() >= self._next_count:  # the queue depth, for /metrics
+            self._next_count = time.monotonic() + COUNT_INTERVAL
+            metrics.WEBHOOK_DUE.set(await self.store.count_due_deliveries())
 
     def _drop_clients_of_gone(self, targets: list[StoredWebhook]) -> None:
         live = {h.id for h in targets}
@@ -218,12 +226,23 @@ class Dispatcher:
                 outcome = Outcome(None, "the event is no longer in the journal")
             else:
                 self.attempts += 1
-                outcome = await attempt(
-                    await self._client(hook), hook, event, self.policy, total_timeout=s.webhook_timeout,
-                    connect_timeout=s.webhook_connect_timeout, max_response_bytes=s.webhook_max_response_bytes,
-                    secrets=hook.signing_secrets(utcnow()),
-                )
-            await self._record(hook, delivery, outcome, retry=event is not None)
+                started = time.perf_counter()
+                with tracing.tracer.start_as_current_span("webhook.delivery", attributes={
+                    "webhook_id": hook.id, "event_id": event.id, "event_type": event.type,
+                    "attempt": delivery.attempts,
+                }) as span:
+                    outcome = await attempt(
+                        await self._client(hook), hook, event, self.policy, total_timeout=s.webhook_timeout,
+                        connect_timeout=s.webhook_connect_timeout, max_response_bytes=s.webhook_max_response_bytes,
+                        secrets=hook.signing_secrets(utcnow()),
+                    )
+                    if outcome.status_code is not None:
+                        span.set_attribute("http.status_code", outcome.status_code)
+                    if not outcome.ok:
+                        span.set_status(StatusCode.ERROR, outcome.error or f"HTTP {outcome.status_code}")
+                metrics.WEBHOOK_ATTEMPT_SECONDS.observe(time.perf_counter() - started)
+            kind = await self._record(hook, delivery, outcome, retry=event is not None)
+            metrics.WEBHOOK_ATTEMPTS.labels(event.type if event is not None else "unknown", kind).inc()
         except StoreUnavailable as e:
             log.warning("webhooks: delivery %s: outcome not recorded (%s); retried after its lease", delivery.id,
                         e.message)
@@ -234,8 +253,10 @@ class Dispatcher:
         finally:
             self.wake()  # a slot is free
 
-    async def _record(self, hook: StoredWebhook, delivery: Delivery, outcome: Outcome, *, retry: bool) -> None:
+    async def _record(self, hook: StoredWebhook, delivery: Delivery, outcome: Outcome, *, retry: bool) -> str:
+        """Store the attempt's outcome; returns its kind (the metric's `outcome` label)."""
         now = utcnow()
+        kind = "delivered" if outcome.ok else "gone" if outcome.gone else "retrying"
         values: dict[str, object] = {"last_status_code": outcome.status_code, "last_error": outcome.error}
         if outcome.ok:
             self.delivered += 1
@@ -247,11 +268,13 @@ class Dispatcher:
             at = next_attempt(delivery.attempts, now, delivery.window_ends_at, self.settings) if retry else None
             values.update(status=DeliveryStatus.pending if at else DeliveryStatus.failed, next_attempt_at=at)
             if at is None:
+                kind = "failed"
                 log.warning("webhooks: delivery %s of %s to %s failed for good after %d attempt(s): %s",
                             delivery.id, delivery.event_id, hook.id, delivery.attempts, outcome.error)
         if not await self.store.finish_delivery(delivery.id, self.owner, delivery.attempts, **values):
             log.info("webhooks: delivery %s: lease lost before the outcome was recorded", delivery.id)
-            return
+            return kind
         if outcome.gone:
             log.warning("webhooks: endpoint %s answered 410 Gone: disabled", hook.id)
             await self.store.disable_webhook(hook.id, "the receiver answered 410 Gone")
+        return kind
