@@ -132,10 +132,19 @@ class OneLineWarning(logging.Filter):
 _one_line_warning = OneLineWarning()
 
 
+_json_logs = False
+
+
+def json_logs_configured() -> bool:
+    """Whether this process logs JSON lines (a child process logs the way its parent does)."""
+    return _json_logs
+
+
 def configure_logging(settings: Settings, *, json_logs: bool) -> RedactSecrets:
     """Install one handler on the root logger and the redacting record factory; returns
     the redaction filter so a key generated later (dev mode) can be added to it."""
-    global _redactor
+    global _redactor, _json_logs
+    _json_logs = json_logs
     handler = logging.StreamHandler(sys.stderr)
     if json_logs:
         handler.setFormatter(JsonFormatter())

@@ -33,7 +33,7 @@ from app.settings import ExecutorType, Settings
 from app.store import ConfigStore, open_store
 from app.store.cache import ConfigCache
 from app.store.sources import config_source
-from app.webhooks.thread import DispatcherThread
+from app.webhooks.process import DispatcherProcess
 from app.worker.drain import (
     API_STOP_TIMEOUT,
     STORE_CLOSE_TIMEOUT,
@@ -132,9 +132,9 @@ class Supervisor:
         self.configs = config_source(self.settings, self.store, cache=self.cache)
         if self.configs is not self.cache:
             await self.configs.start()
-        # Webhook deliveries: off every session's path, on a thread and loop of their own;
-        # any number of processes may run one on the same store (leases).
-        self.dispatcher = DispatcherThread(self.settings, wake_from=self.store)
+        # Webhook deliveries: off every session's path, in a child process of their own
+        # (app/webhooks/process.py says why); any number may run on one store (leases).
+        self.dispatcher = DispatcherProcess(self.settings, wake_from=self.store)
         self.dispatcher.start()
         app = create_app(
             self.settings, self.store, status=self.status, cache=self.cache, configs=self.configs,

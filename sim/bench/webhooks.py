@@ -4,7 +4,7 @@ and 10 endpoints, and turn latency with and without deliveries running.
 Run: `uv run python -m sim.bench.webhooks [--events 400] [--rate 20] [--paced-s 10]`
 
 Everything is real but the network distance: a SQLite store in a temp dir, the
-dispatcher on its own thread as `dev`/`start` run it (`app.webhooks.thread`) with
+dispatcher in a child process as `dev`/`start` run it (`app.webhooks.process`) with
 production settings, and a real HTTP
 receiver on loopback (`sim.webhook_receiver`) that verifies nothing and answers 200 at
 once (verification is the receiver's cost, not ours). Sessions are committed through
@@ -38,7 +38,7 @@ from app.domain import AgentConfigInput, SessionRecord, SessionStatus, Turn
 from app.domain.webhooks import WebhookInput
 from app.settings import Settings
 from app.store import ConfigStore, open_store
-from app.webhooks.thread import DispatcherThread
+from app.webhooks.process import DispatcherProcess
 from sim.bench.stats import emit, percentile
 from sim.webhook_receiver import WebhookReceiver
 
@@ -73,7 +73,7 @@ async def delivery_run(endpoints: int, events: int, rate: float, paced_s: float,
         await rx.start()
         await store.create_webhook(WebhookInput(url=rx.url, events=["session.ended"]))
     await store.create_agent_config(AgentConfigInput.model_validate(AGENT))
-    dispatcher = DispatcherThread(bench_settings(url), wake_from=store)  # as `dev`/`start` run it
+    dispatcher = DispatcherProcess(bench_settings(url), wake_from=store)  # as `dev`/`start` run it
     dispatcher.start()
     try:
         # burst
@@ -123,7 +123,7 @@ async def turn_latency(with_flood: bool, tmp: Path, rate: float) -> tuple[float,
     from sim.scenario import Scenario
 
     scenario = Scenario.model_validate({"name": "webhook-bench", "sessions": [{}]})
-    dispatcher: DispatcherThread | None = None
+    dispatcher: DispatcherProcess | None = None
     receivers: subprocess.Popen[str] | None = None
     async with SimEnvironment(scenario, settings_overrides=PRODUCTION) as env:
         store = env.raw_store
@@ -135,7 +135,7 @@ async def turn_latency(with_flood: bool, tmp: Path, rate: float) -> tuple[float,
             assert receivers.stdout is not None and receivers.stdout.readline().strip() == "ready"
             for port in ports:
                 await store.create_webhook(WebhookInput(url=f"http://127.0.0.1:{port}/hook", events=["session.ended"]))
-            dispatcher = DispatcherThread(bench_settings(env.settings.database_url), wake_from=store)
+            dispatcher = DispatcherProcess(bench_settings(env.settings.database_url), wake_from=store)
             dispatcher.start()
 
         async def pump() -> None:  # other calls ending, in both runs
