@@ -36,7 +36,10 @@ class AuditController(Controller):
         agent_id: Annotated[str | None, QueryParameter(max_length=200, description="Changes to this agent")] = None,
         type: Annotated[
             list[str] | None,
-            QueryParameter(description="Event type(s), repeatable: " + ", ".join(change_types())),
+            QueryParameter(
+                description="Event type(s), repeatable: " + ", ".join(change_types()),
+                schema_extra={"items": {"type": "string", "enum": list(change_types())}},
+            ),
         ] = None,
         actor: Annotated[str | None, QueryParameter(max_length=200, description="Name of the API key")] = None,
         since: Annotated[str | None, QueryParameter(description="at or after", schema_extra=TIME_DOC)] = None,

@@ -15,6 +15,7 @@ from litestar.types import Guard
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from app.api.auth import SECURITY_SCHEME_NAME
+from app.api.errors import error_responses
 
 
 @get(
@@ -23,6 +24,7 @@ from app.api.auth import SECURITY_SCHEME_NAME
     summary="Prometheus metrics (text exposition format)",
     tags=["health"],
     media_type=CONTENT_TYPE_LATEST,
+    responses=error_responses(401),  # with METRICS_ACCESS=key, the default
 )
 async def metrics() -> Response[bytes]:
     body = await asyncio.to_thread(generate_latest, REGISTRY)

@@ -68,7 +68,7 @@ class WebhookController(Controller):
     async def list_hooks(self, store: Store) -> list[Webhook]:
         return await store.list_webhooks()
 
-    @get("/{webhook_id:str}", name="webhooks:get", responses=error_responses(404))
+    @get("/{webhook_id:str}", name="webhooks:get", responses=error_responses(404, 422))
     async def get_hook(self, store: Store, webhook_id: HookId) -> Webhook:
         return await store.get_webhook(webhook_id)
 
@@ -84,7 +84,7 @@ class WebhookController(Controller):
         return await store.update_webhook(webhook_id, data, ctx=change)
 
     @delete("/{webhook_id:str}", name="webhooks:delete", status_code=HTTP_204_NO_CONTENT,
-            summary="Delete an endpoint and its deliveries", responses=error_responses(404))
+            summary="Delete an endpoint and its deliveries", responses=error_responses(404, 422))
     async def delete_hook(self, store: Store, change: Change, webhook_id: HookId) -> None:
         await store.delete_webhook(webhook_id, ctx=change)
 
@@ -108,14 +108,14 @@ class WebhookController(Controller):
         items, total = await store.list_deliveries(webhook_id=webhook_id, status=status, offset=offset, limit=limit)
         return OffsetPagination(items=items, total=total, offset=offset, limit=limit)
 
-    @get("/{webhook_id:str}/deliveries/{delivery_id:str}", name="webhooks:delivery", responses=error_responses(404))
+    @get("/{webhook_id:str}/deliveries/{delivery_id:str}", name="webhooks:delivery", responses=error_responses(404, 422))
     async def delivery(self, store: Store, webhook_id: HookId, delivery_id: DeliveryId) -> Delivery:
         return await _delivery_of(store, webhook_id, delivery_id)
 
     @post("/{webhook_id:str}/deliveries/{delivery_id:str}/resend", name="webhooks:resend",
           status_code=HTTP_202_ACCEPTED,
           summary="Send again now, with the same webhook-id and a fresh retry window",
-          description="409 while an attempt of it is running.", responses=error_responses(404, 409))
+          description="409 while an attempt of it is running.", responses=error_responses(404, 409, 422))
     async def resend(
         self, request: Request[Any, Any, Any], store: Store, webhook_id: HookId, delivery_id: DeliveryId
     ) -> Response[Delivery]:

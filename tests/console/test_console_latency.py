@@ -9,6 +9,7 @@ and its stored record, per-turn metrics included, is copied into the console's s
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import threading
 from pathlib import Path
@@ -66,6 +67,11 @@ def seed(server: ConsoleServer, record: SessionRecord) -> tuple[str, str]:
     return fast.session_id, slow.session_id
 
 
+def js_round(x: float) -> int:
+    """JavaScript's Math.round (halves up), which the page uses; Python's round() goes to even."""
+    return math.floor(x + 0.5)
+
+
 def painted_pixels(page: Any, selector: str) -> int:
     """Non-transparent pixels on the chart's canvas: 0 means nothing was drawn."""
     return int(page.eval_on_selector(selector, """c => {
@@ -89,7 +95,7 @@ def test_session_page_charts_each_turn(server: ConsoleServer, page: Any, voice_r
     expect(rows).to_have_count(len(spoken))
     last = spoken[-1]
     if isinstance(last.get("total_ms"), float):
-        expect(rows.last).to_contain_text(f"{round(last['total_ms'])} ms")
+        expect(rows.last).to_contain_text(f"{js_round(last['total_ms'])} ms")
     screenshot(page, "20-session-latency", full_page=True)
 
 
@@ -116,8 +122,8 @@ def test_sessions_list_orders_by_slowest_turn(server: ConsoleServer, page: Any, 
     worst = max(m["total_ms"] for m in voice_record.metrics if isinstance(m.get("total_ms"), float))
     page.goto("/sessions")
     table = page.locator("#sessions-table")
-    expect(table.locator("tbody tr").filter(has_text=fast)).to_contain_text(f"{round(worst)} ms")
+    expect(table.locator("tbody tr").filter(has_text=fast)).to_contain_text(f"{js_round(worst)} ms")
     page.get_by_label("Order").select_option("worst")
     expect(table.locator("tbody tr").first).to_contain_text(slow)
-    expect(table.locator("tbody tr").first).to_contain_text(f"{round(worst * 2)} ms")
+    expect(table.locator("tbody tr").first).to_contain_text(f"{js_round(worst * 2)} ms")
     expect(page).to_have_url(re.compile(r"sort=worst"))

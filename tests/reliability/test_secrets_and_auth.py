@@ -27,6 +27,7 @@ import logging
 import re
 import statistics
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,7 @@ def test_guard_uses_compare_digest_and_wrong_key_timing(monkeypatch: pytest.Monk
     class Conn:
         def __init__(self, value: str) -> None:
             self.headers = {"authorization": value}
+            self.state = types.SimpleNamespace()  # the guard names the caller there
 
     import asyncio
 
