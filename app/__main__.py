@@ -1,14 +1,18 @@
-"""`python -m app dev|start|seed|chat`: the entry points users rely on."""
+"""`python -m app dev|start|seed|chat|models`: the entry points users rely on."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.localmodels.settings import LocalModelSettings
 
 
 def _load_settings() -> Settings:
@@ -88,6 +92,27 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     )
 
 
+def _load_local_settings(port: int | None) -> LocalModelSettings:
+    from app.localmodels.settings import LocalModelSettings
+
+    try:
+        settings = LocalModelSettings()
+    except ValidationError as e:
+        for err in e.errors():
+            name = "LOCAL_" + ".".join(str(p) for p in err["loc"]).upper()
+            print(f"error: setting {name}: {err['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return settings if port is None else settings.model_copy(update={"models_port": port})
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from app.localmodels.cli import serve
+    from app.logging_setup import configure_logging
+
+    configure_logging(_load_settings(), json_logs=args.json_logs)
+    return serve(_load_local_settings(args.port), demo=args.demo)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,7 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     who.add_argument("--agent-id", help="talk to this agent directly")
     chat.add_argument("--var", action="append", metavar="KEY=VALUE", help="a prompt variable")
     chat.add_argument("--user-id", default="terminal", help="user id stored on the session")
+    models = sub.add_parser("models", help="model servers on this machine (no cloud key needed)")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    serve = models_sub.add_parser(
+        "serve", help="serve local models (the `local` extra) as an OpenAI-compatible API on 127.0.0.1")
+    serve.add_argument("--demo", action="store_true",
+                       help="serve the scripted demo model instead (no downloads, no extra)")
+    serve.add_argument("--port", type=int, default=None, help="port (default LOCAL_MODELS_PORT, 8097)")
+    serve.add_argument("--json-logs", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.command == "models":
+        return _cmd_models(args)
     if args.command in ("dev", "start"):
         return _cmd_serve(dev=args.command == "dev")
     if args.command == "seed":
