@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 import openai
 
+from app.localmodels import wire
+
 if TYPE_CHECKING:
     from livekit.plugins.openai import LLM as OpenAILLM
 
@@ -381,13 +383,7 @@ class FakeOpenAI:
 
 
 def _chunk(seq: int, model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-fake-{seq}",
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
+    return wire.chunk(f"chatcmpl-fake-{seq}", model, delta, finish)
 
 
 def _args_json(call: ToolCall) -> str:
@@ -398,7 +394,7 @@ def _sse(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str) -> bytes
     chunks: list[dict[str, Any]] = []
     if isinstance(reply, ScriptedText):
         chunks.append(_chunk(seq, model, {"role": "assistant", "content": ""}))
-        for word in _words(reply.text):
+        for word in wire.text_pieces(reply.text):
             chunks.append(_chunk(seq, model, {"content": word}))
         chunks.append(_chunk(seq, model, {}, "stop"))
     else:
@@ -412,8 +408,8 @@ def _sse(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str) -> bytes
                 chunks.append(_chunk(seq, model, {"tool_calls": [{"index": i, "function": {"arguments": args[j : j + 16]}}]}))
         chunks.append(_chunk(seq, model, {}, "tool_calls"))
     usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-    chunks.append({**_chunk(seq, model, {}), "choices": [], "usage": usage})
-    return b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n"
+    chunks.append(wire.usage_chunk(f"chatcmpl-fake-{seq}", model, usage))
+    return b"".join(wire.sse(c) for c in chunks) + wire.SSE_DONE
 
 
 def _completion(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str) -> bytes:
@@ -446,19 +442,6 @@ def _completion(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str) -
     ).encode()
 
 
-def _words(text: str) -> list[str]:
-    """Split keeping whitespace attached, so the deltas concatenate back to `text`."""
-    out: list[str] = []
-    start = 0
-    for i, ch in enumerate(text):
-        if ch == " " and i + 1 < len(text):
-            out.append(text[start : i + 1])
-            start = i + 1
-    if start < len(text):
-        out.append(text[start:])
-    return out
-
-
 # --------------------------------------------------------------------------- audio
 
 
@@ -474,7 +457,7 @@ class CapturedTranscription:
     text: str
 
 
-SPEECH_RATE = 24_000
+SPEECH_RATE = wire.SPEECH_RATE
 """The OpenAI TTS plugin decodes every answer at 24 kHz mono."""
 
 

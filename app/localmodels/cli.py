@@ -60,13 +60,13 @@ def serve(settings: LocalModelSettings, *, demo: bool) -> int:
 
         backend = DemoBackend()
     else:
-        missing = missing_packages()
-        if missing:
-            return _fail(f"the local model server needs {', '.join(missing)}: {INSTALL_HINT}")
-        try:
+        try:  # a wrong path is named first: it is the user's to fix whatever is installed
             files = locate_all(settings)
         except ModelFileError as e:
             return _fail(str(e))
+        missing = missing_packages()
+        if missing:
+            return _fail(f"the local model server needs {', '.join(missing)}: {INSTALL_HINT}")
         backend = LocalBackend(files, settings)
     try:
         sock = bind_loopback(settings.models_port)

@@ -116,7 +116,7 @@ class DemoScript:
             return Reply(tool="end_session", arguments={"reason": "caller said goodbye"})
         if asked is None and "description" in fields and "description" not in recorded and len(user) >= 10:
             return Reply(tool="record_description", arguments={"value": user.strip()})  # the caller's opening words
-        if asked in fields and user:
+        if asked is not None and asked in fields and user:
             value = self._value(fields[asked], user)
             if value is not None:
                 return Reply(tool=f"record_{asked}", arguments={"value": value})

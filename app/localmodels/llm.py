@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,10 @@ class LLMError(Exception):
 
 
 def _error_of(doc: Mapping[str, Any]) -> LLMError:
-    err = doc.get("error") if isinstance(doc.get("error"), dict) else doc
-    status = err.get("code") if isinstance(err.get("code"), int) else 500
+    inner = doc.get("error")
+    err: Mapping[str, Any] = inner if isinstance(inner, dict) else doc
+    code = err.get("code")
+    status = code if isinstance(code, int) else 500
     message = str(err.get("message") or "the model server failed")
     kind = str(err.get("type") or "server_error")
     if kind == "exceed_context_size_error":
@@ -95,7 +97,7 @@ class LlamaChat:
         grammar: str = xllamacpp.json_schema_to_grammar(schema_json)
         return grammar
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         """llama.cpp's chunks for a streamed chat request. Raises `LLMError` when it
         refuses the request (before or during the stream)."""
         if self._server is None:

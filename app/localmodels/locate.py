@@ -132,7 +132,8 @@ def locate_tts(settings: LocalModelSettings) -> PiperSource:
         raise ModelFileError("tts_voice", f"{model} is not an ONNX model")
     config = model.with_name(model.name + ".json")
     doc = _json_file("tts_voice", config, what="the voice's config (expected beside the .onnx)")
-    rate = doc.get("audio", {}).get("sample_rate") if isinstance(doc.get("audio"), dict) else None
+    audio = doc.get("audio")
+    rate = audio.get("sample_rate") if isinstance(audio, dict) else None
     if not isinstance(rate, int) or rate <= 0:
         raise ModelFileError("tts_voice", f"{config} is not a Piper voice config (no audio.sample_rate)")
     return PiperSource(model, config)

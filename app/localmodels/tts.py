@@ -89,15 +89,18 @@ def encode(pcm24: Any, fmt: str) -> bytes:
     container_fmt, codec = _CONTAINERS[fmt]
     rate = _ENCODE_RATES.get(fmt, SPEECH_RATE)
     samples = resample(pcm24, SPEECH_RATE, rate)
+    from av.audio.stream import AudioStream
+
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=container_fmt) as out:
         stream = out.add_stream(codec, rate=rate)
-        stream.layout = "mono"  # type: ignore[union-attr]
+        assert isinstance(stream, AudioStream)
+        stream.layout = "mono"
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = rate
-        for packet in stream.encode(frame):  # type: ignore[union-attr]
+        for packet in stream.encode(frame):  # PyAV cuts the frame to the codec's frame size
             out.mux(packet)
-        for packet in stream.encode(None):  # type: ignore[union-attr]
+        for packet in stream.encode(None):
             out.mux(packet)
     return buf.getvalue()
 
