@@ -20,9 +20,20 @@ import pytest
 
 from sim.harness import ScenarioResult, run_scenario
 from sim.llm import live_mode, live_skip_reason
+from sim.local_models import NOT_INSTALLED, local_extra_installed
 from sim.scenario import LoadedScenario, ScenarioError, load_scenario
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
+
+LOCAL_EXTRA = local_extra_installed()
+# Real models (the `local` extra): scenarios whose audio goes through the local speech
+# recogniser and voice, and the live run of the subset against the local LLM. Where the
+# extra is not installed they are not collected at all (never skipped); the header says so.
+collect_ignore_glob = [] if LOCAL_EXTRA else ["scenarios/local/*", "tests/test_local_live.py"]
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return None if LOCAL_EXTRA else f"sim local-model scenarios: {NOT_INSTALLED}"
 TIMEOUT_S = 120.0
 """A scenario that hangs fails after this long (live mode talks to a real model)."""
 

@@ -121,7 +121,8 @@ class LocalBackend:
 
         try:
             prepared = await asyncio.to_thread(
-                prepare_chat, body, mode=self.settings.llm_tool_calls, grammar_of=self.llm.grammar_of)
+                prepare_chat, body, mode=self.settings.llm_tool_calls, grammar_of=self.llm.grammar_of,
+                max_tokens=self.settings.llm_max_tokens, repeat_penalty=self.settings.llm_repeat_penalty)
         except ToolRequestError as e:
             raise ModelError(400, str(e), param=e.param) from None
         model = str(body.get("model") or self.llm.name)

@@ -64,6 +64,15 @@ class LocalModelSettings(BaseSettings):
         default_factory=lambda: min(4, _cpus()), ge=1, le=256,
         description="Threads reading the prompt (prefill): more cores help here.",
     )
+    llm_max_tokens: int = Field(
+        512, ge=1, le=131072,
+        description="The most tokens one answer may have: the server's own ceiling, for requests that ask "
+        "for more or set no limit (a small model can loop on one sentence until its context is full).",
+    )
+    llm_repeat_penalty: float = Field(
+        1.1, ge=1.0, le=2.0,
+        description="Sampling penalty on repeated tokens, unless a request sets its own (1.0: off).",
+    )
     llm_tool_calls: Literal["constrained", "native"] = Field(
         "constrained",
         description="constrained: tools offered by the client become a JSON-schema grammar the "

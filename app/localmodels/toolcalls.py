@@ -128,7 +128,7 @@ def plan_tools(fns: list[dict[str, Any]], allow_reply: bool, grammar_of: Grammar
         options.append({"type": "object", "properties": {"action": {"const": REPLY}, "text": {"type": "string"}},
                         "required": ["action", "text"], "additionalProperties": False})
     for i, fn in enumerate(fns):
-        params, own_defs = _hoist_defs(fn.get("parameters") or {"type": "object", "properties": {}}, f"t{i}_")
+        params, own_defs = _hoist_defs(_closed(fn.get("parameters") or {"type": "object", "properties": {}}), f"t{i}_")
         try:  # each tool alone first: one unsupported schema must not lose every tool's grammar
             grammar_of(json.dumps({**params, "$defs": own_defs} if own_defs else params))
         except Exception as e:
@@ -145,6 +145,20 @@ def plan_tools(fns: list[dict[str, Any]], allow_reply: bool, grammar_of: Grammar
     plan = ToolPlan(tuple(f["name"] for f in fns), allow_reply, grammar_of(json.dumps(schema)), tuple(loose))
     _plans.put(key, plan)
     return plan
+
+
+def _closed(schema: Any) -> Any:
+    """Objects that do not say otherwise get no properties beyond the declared ones: a
+    schema allows extra keys by default, and a small model fills them with noise."""
+    if isinstance(schema, list):
+        return [_closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _closed(v) for k, v in schema.items()}
+    if isinstance(out.get("properties"), dict) and not {"additionalProperties", "patternProperties",
+                                                         "unevaluatedProperties"} & out.keys():
+        out["additionalProperties"] = False
+    return out
 
 
 def _hoist_defs(params: dict[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -177,14 +191,14 @@ def _hoist_defs(params: dict[str, Any], prefix: str) -> tuple[dict[str, Any], di
     return rewrite(params), {k: rewrite(v) for k, v in defs.items()}
 
 
-def tools_prompt(fns: Sequence[Mapping[str, Any]], allow_reply: bool) -> str:
-    lines = ["", "", "TOOLS", "Every answer you give is one JSON object."]
-    if allow_reply:
-        lines.append('To speak to the user: {"action": "reply", "text": "<your words>"}')
-    lines.append('To use a tool: {"action": "<tool name>", "arguments": {<its arguments>}}')
-    if allow_reply:
-        lines.append("Use a tool when the conversation calls for it; once its result arrives, reply to the user.")
-    lines.append("Tools:")
+def tools_prompt(fns: Sequence[Mapping[str, Any]]) -> str:
+    """The same text whatever `tool_choice` says (only the grammar narrows the choice), so
+    a conversation's system prompt never changes and llama.cpp reads it only once."""
+    lines = ["", "", "TOOLS", "Every answer you give is one JSON object.",
+             'To speak to the user: {"action": "reply", "text": "<your words>"}',
+             'To use a tool: {"action": "<tool name>", "arguments": {<its arguments>}}',
+             "Use a tool when the conversation calls for it; once its result arrives, reply to the user.",
+             "Tools:"]
     for fn in fns:
         props = (fn.get("parameters") or {}).get("properties")
         args = ", ".join(props) if isinstance(props, dict) else ""
@@ -263,17 +277,20 @@ PASSED_THROUGH = ("temperature", "top_p", "stop", "seed", "presence_penalty", "f
                   "logit_bias", "n_probs", "top_k", "min_p", "repeat_penalty", "response_format")
 
 
-def prepare_chat(body: Mapping[str, Any], *, mode: str, grammar_of: GrammarOf) -> PreparedChat:
-    """An OpenAI chat request → the request for llama.cpp (always streamed internally)."""
+def prepare_chat(body: Mapping[str, Any], *, mode: str, grammar_of: GrammarOf, max_tokens: int,
+                 repeat_penalty: float = 1.0) -> PreparedChat:
+    """An OpenAI chat request → the request for llama.cpp (always streamed internally).
+    `max_tokens`: the server's ceiling; `repeat_penalty`: its default."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ToolRequestError("messages must be a non-empty list", "messages")
     out: dict[str, Any] = {k: body[k] for k in PASSED_THROUGH if k in body}
+    out.setdefault("repeat_penalty", repeat_penalty)
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    if limit is not None:
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise ToolRequestError("max_tokens must be a positive integer", "max_tokens")
-        out["max_tokens"] = limit  # llama.cpp reads max_tokens; OpenAI's newer name is accepted too
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ToolRequestError("max_tokens must be a positive integer", "max_tokens")
+    # llama.cpp reads max_tokens; OpenAI's newer max_completion_tokens is accepted too
+    out["max_tokens"] = min(limit, max_tokens) if limit is not None else max_tokens
     out["stream"] = True
     out["stream_options"] = {"include_usage": True}
     tools = body.get("tools")
@@ -290,7 +307,7 @@ def prepare_chat(body: Mapping[str, Any], *, mode: str, grammar_of: GrammarOf) -
     plan = plan_tools(chosen, allow_reply, grammar_of)
     out.pop("response_format", None)  # the grammar is the answer's format
     out["grammar"] = plan.grammar
-    out["messages"] = with_system_suffix(rewrite_messages(messages, constrained=True), tools_prompt(chosen, allow_reply))
+    out["messages"] = with_system_suffix(rewrite_messages(messages, constrained=True), tools_prompt(fns))
     return PreparedChat(out, plan)
 
 

@@ -253,6 +253,7 @@ class VoiceDriver:
                 session._global_run_state = run.rr
                 current[0] = run
                 llm.script(turn.llm)
+                llm.force_tool_choice(turn.tool_choice)
                 self.audio.transcript(turn.user)
                 played = await self._play_turn(turn, vt, st)
                 speech = [p for p in played if p.kind == "speech"]

