@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -187,7 +188,7 @@ def create_model_app(backend: ModelBackend, settings: LocalModelSettings) -> Lit
                 with contextlib.suppress(Exception):
                     await it.aclose()  # type: ignore[attr-defined]
 
-        return Stream(audio(), media_type=FORMATS[fmt])
+        return Stream(audio(), media_type=FORMATS[fmt], headers={"x-request-id": f"speech-{secrets.token_hex(8)}"})
 
     return Litestar(
         route_handlers=[health, models, chat, transcriptions, speech],
