@@ -15,6 +15,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/app.db"
+MIN_LIVEKIT_SECRET_BYTES = 32
+"""LiveKit tokens are HMAC-SHA256 JWTs signed with LIVEKIT_API_SECRET; a key shorter than
+the hash output (RFC 7518 §3.2) is guessable offline from any token a client holds."""
 DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
 """`prompts/` beside the `app` package: the repository root, or /app in the image."""
 
@@ -132,17 +135,33 @@ class Settings(BaseSettings):
     def is_mongo(self) -> bool:
         return self.database_url.startswith(("mongodb://", "mongodb+srv://"))
 
+    def missing_livekit(self) -> list[str]:
+        """The LiveKit settings the worker and `POST /api/v1/token` need that are unset."""
+        given = {
+            "LIVEKIT_URL": self.livekit_url,
+            "LIVEKIT_API_KEY": self.livekit_api_key,
+            "LIVEKIT_API_SECRET": self.livekit_api_secret,
+        }
+        return [name for name, value in given.items() if not value]
+
+    def weak_livekit_secret(self) -> str | None:
+        """Why LIVEKIT_API_SECRET is too short to sign tokens with, or None if it is not."""
+        if self.livekit_api_secret is None:
+            return None
+        size = len(self.livekit_api_secret.get_secret_value().encode())
+        if size >= MIN_LIVEKIT_SECRET_BYTES:
+            return None
+        return (
+            f"LIVEKIT_API_SECRET is {size} bytes long; tokens signed with it (HMAC-SHA256) need "
+            f"at least {MIN_LIVEKIT_SECRET_BYTES}"
+        )
+
     def missing_for_production(self) -> list[str]:
         """Settings `start` refuses to run without, one name per missing item."""
         missing: list[str] = []
         if self.admin_api_key is None:
             missing.append("ADMIN_API_KEY")
-        if not self.livekit_url:
-            missing.append("LIVEKIT_URL")
-        if self.livekit_api_key is None:
-            missing.append("LIVEKIT_API_KEY")
-        if self.livekit_api_secret is None:
-            missing.append("LIVEKIT_API_SECRET")
+        missing += self.missing_livekit()
         if "database_url" not in self.model_fields_set:
             # The dev default (./data/app.db) is no place for production data: make the
             # operator say where it lives (the image sets /data, fly mounts a volume there).

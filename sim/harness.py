@@ -42,6 +42,7 @@ from app.seed import seed
 from app.settings import Settings
 from app.store import open_store
 from app.worker.entrypoint import prepare_job
+from app.worker.model_unavailable import ModelUnavailable
 from app.worker.services import WorkerServices
 from app.worker.session_start import PreparedSession
 from sim.config_ops import ConfigApplier
@@ -396,16 +397,23 @@ async def _converse(
     # bundled inference VAD for every session (~30 ms of CPU each).
     async with AgentSession(vad=env.services.load_vad()) as session:
         prepared.manager.attach(session)
+        guard = ModelUnavailable.attach(session, prepared.manager, env.settings)  # as the entrypoint does
         session.on("close", lambda _ev: closed.set())
+
+        def model_failed() -> bool:
+            return guard.outcome is not None
+
         handle = SessionHandle(env, spec, session, prepared, llm)
 
         start = spec.start or StartSpec()  # no `start:` block: nothing checked
         ok = await _step(
             checks, (*loc, "start"), start, llm, outcome, "start", None, live, env,
-            lambda: session.start(prepared.agent, capture_run=True),
+            lambda: session.start(prepared.agent, capture_run=True), model_failed,
         )
         if not ok:
             return
+        if model_failed():
+            await guard.wait()  # the session is closed now: any turn left is reported below
         if hooks.after_start is not None:
             await hooks.after_start(handle)
         for j, turn in enumerate(spec.turns):
@@ -420,9 +428,12 @@ async def _converse(
             ok = await _step(
                 checks, tloc, turn, llm, outcome, f"turn {j}", user, live, env,
                 lambda user=user: session.run(user_input=user),  # type: ignore[misc]
+                model_failed,
             )
             if not ok:
                 return
+            if model_failed():
+                await guard.wait()
             if hooks.after_turn is not None:
                 await hooks.after_turn(handle, j)
         outcome.closed_by_agent = await check_closes(checks, spec.closes, closed, loc)
@@ -441,8 +452,10 @@ async def _step(
     live: bool,
     env: SimEnvironment,
     run: Callable[[], Awaitable[RunResult | None]],
+    model_failed: Callable[[], bool] = lambda: False,
 ) -> bool:
-    """Script, run and check one step; False if the session cannot go on."""
+    """Script, run and check one step; False if the session cannot go on. `model_failed`:
+    whether the session's model was found unavailable (then a failed run is expected)."""
     llm.script(step.llm)
     first_request = len(llm.requests)
     t0 = time.perf_counter()
@@ -450,8 +463,13 @@ async def _step(
         result = await run()
     except Exception as e:  # the model or the session failed: report it as the step's outcome
         requests = llm.requests[first_request:]
+        under_scripted = not live and len(requests) > len(step.llm)
+        if model_failed() and not under_scripted:  # a scripted failure: the session ends as
+            # failed (checked by `closes` and `record`, as the worker records it)
+            outcome.steps.append(StepOutcome(label, user, (time.perf_counter() - t0) * 1000, list(requests), []))
+            return True
         hint = ""
-        if not live and len(requests) > len(step.llm):
+        if under_scripted:
             hint = f" (the model was asked {len(requests)} time(s) but only {len(step.llm)} repl(ies) were scripted)"
         checks.fail(loc, f"{label} raised {type(e).__name__}{hint}", expected="the step to complete",
                     actual=str(e)[:500], context="".join(traceback.format_exception_only(e)).strip())
@@ -460,6 +478,13 @@ async def _step(
     elapsed_ms = (time.perf_counter() - t0) * 1000
     requests = llm.requests[first_request:]
     events = [describe_event(ev) for ev in result.events] if result is not None else []
+    if model_failed() and not live and len(requests) > len(step.llm):
+        # the scripted endpoint answers an unscripted request with a 400, which fails the model
+        checks.fail(loc, f"{label}: the model was asked {len(requests)} time(s) but only {len(step.llm)} "
+                    "repl(ies) were scripted; the unanswered request failed the model, which ends the session",
+                    context="\n".join(f"  {e}" for e in events))
+        outcome.steps.append(StepOutcome(label, user, elapsed_ms, list(requests), events, result))
+        return False
     outcome.steps.append(StepOutcome(label, user, elapsed_ms, list(requests), events, result))
     if not live:
         dropped = llm.drop_pending()

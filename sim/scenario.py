@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.domain.loading import format_location
+from app.domain.field_errors import field_errors, format_location
 from sim.voice.spec import VoiceExpect, VoiceOptions, VoiceSessionExpect, VoiceTurn
 from sim.yamlsrc import LineMap, YamlSourceError, load_yaml
 
@@ -530,9 +530,8 @@ def load_scenario(path: Path | str) -> LoadedScenario:
 
 def _describe(err: ValidationError, lines: LineMap) -> str:
     problems = []
-    for e in err.errors(include_url=False):
-        loc = _data_loc(e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
+    for raw_loc, msg in field_errors(err):
+        loc = _data_loc(raw_loc)
         problems.append(f"{lines.where(loc)}: {format_location(loc)}: {msg}")
     return "invalid scenario:\n  " + "\n  ".join(dict.fromkeys(problems))
 

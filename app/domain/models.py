@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.domain.field_errors import field_error, raise_field_errors
 from app.domain.schema_admission import SchemaRefused, check_schema
 
 SLUG_RE = r"^[a-z0-9][a-z0-9-]{1,62}$"
@@ -153,21 +154,27 @@ class PromptConfig(_Model):
 
     @model_validator(mode="after")
     def _check_templates(self) -> PromptConfig:
+        # Located at the field (`prompt_config.greeting`), not the model: the API's 422
+        # and the console put the message next to the template that is wrong.
+        problems = []
         if len(self.instructions.encode()) > MAX_INSTRUCTIONS_BYTES:
-            raise ValueError(f"instructions exceed {MAX_INSTRUCTIONS_BYTES} bytes")
+            problems.append(field_error("instructions", f"exceeds {MAX_INSTRUCTIONS_BYTES} bytes"))
         for label, text in (("instructions", self.instructions), ("greeting", self.greeting)):
             if text is None:
                 continue
             try:
                 used = template_fields(text)
             except ValueError as e:
-                raise ValueError(f"{label}: {e}") from None
+                problems.append(field_error(label, str(e)))
+                continue
             unknown = sorted(used - set(self.variables))
             if unknown:
-                raise ValueError(
-                    f"{label} uses undeclared variable(s) {', '.join(unknown)}; "
-                    "declare them under prompt_config.variables"
-                )
+                problems.append(field_error(
+                    label,
+                    f"uses undeclared variable(s) {', '.join(unknown)}; "
+                    "declare them under prompt_config.variables",
+                ))
+        raise_field_errors(type(self).__name__, problems)
         return self
 
 
@@ -299,23 +306,25 @@ class AgentConfigInput(_Model):
 
     @model_validator(mode="after")
     def _check_tools(self) -> AgentConfigInput:
+        problems = []
         names = [t.name for t in self.tools]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"duplicate tool name(s): {', '.join(dupes)}")
+            problems.append(field_error("tools", f"duplicate tool name(s): {', '.join(dupes)}"))
         reserved = {f"record_{p}" for p in self.schema_config.get("properties", {})}
         reserved |= {"record_data"}
         clash = sorted(
             n for n in names if n in reserved or (n in BUILTIN_TOOL_NAMES and not _is_builtin(self, n))
         )
         if clash:
-            raise ValueError(f"tool name(s) {', '.join(clash)} are reserved")
+            problems.append(field_error("tools", f"tool name(s) {', '.join(clash)} are reserved"))
         if self.agent_id in self.handoffs:
-            raise ValueError("an agent cannot hand off to itself")
+            problems.append(field_error("handoffs", "an agent cannot hand off to itself"))
         if len(set(self.handoffs)) != len(self.handoffs):
-            raise ValueError("handoffs lists an agent twice")
+            problems.append(field_error("handoffs", "handoffs lists an agent twice"))
         if "transfer" in names and not self.handoffs:
-            raise ValueError("the transfer tool needs at least one agent id in handoffs")
+            problems.append(field_error("handoffs", "the transfer tool needs at least one agent id in handoffs"))
+        raise_field_errors(type(self).__name__, problems)
         return self
 
 

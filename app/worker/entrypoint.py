@@ -9,6 +9,7 @@ from livekit.agents import AgentSession, CloseEvent, JobContext, JobProcess
 
 from app.domain.routing import MetadataSource
 from app.worker.drain import active_sessions
+from app.worker.model_unavailable import ModelUnavailable
 from app.worker.services import WorkerServices, ensure_services, installed_services
 from app.worker.session_start import PreparedSession, prepare_session
 from app.worker.silence import attach_silence_reprompt
@@ -71,6 +72,9 @@ async def entrypoint(ctx: JobContext) -> None:
     session: AgentSession[None] = AgentSession(vad=services.vad)
     prepared.manager.attach(session)
     attach_silence_reprompt(session)
+    # A model that fails for good: the caller hears an apology, the record says
+    # failed / llm_unavailable (or stt_/tts_), the session closes (see on_close).
+    ModelUnavailable.attach(session, prepared.manager, services.settings)
     ctx.add_shutdown_callback(prepared.aclose)
     # SIGTERM drain (app/worker/drain.py) reaches live sessions through this registry.
     ctx.add_shutdown_callback(active_sessions.register(session, prepared).release)

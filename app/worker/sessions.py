@@ -278,9 +278,10 @@ class SessionManager:
     def set_agent(self, agent_id: str, version: int) -> None:
         self._agent_id = agent_id
 
-    def finish(self, status: SessionStatus, reason: str) -> None:
+    def finish(self, status: SessionStatus, reason: str, error: str | None = None) -> None:
+        """The first call decides how the record ends (written at `aclose`)."""
         if self._finish is None:
-            self._finish = (status, reason, None)
+            self._finish = (status, reason, error)
 
     # -------------------------------------------------------------- turns
 

@@ -57,6 +57,7 @@ def test_invalid_scenarios_name_the_line(tmp_path: Path, text: str, line: int, f
         load_scenario(path)
     message = str(err.value)
     assert f"{path}:{line}:" in message and fragment in message, message
+    assert "Value error" not in message  # worded by app.domain.field_errors
 
 
 def test_line_map_points_at_keys_and_items() -> None:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from livekit.agents import AgentSession
 from livekit.agents.voice.run_result import ChatMessageEvent, RunResult
 
+from app.worker.model_unavailable import ModelUnavailable
 from app.worker.silence import attach_silence_reprompt
 from sim.expect import check_closes, check_events, check_llm_received, describe_event, skip_activation
 from sim.fake_openai import FakeOpenAI
@@ -161,6 +162,9 @@ class VoiceDriver:
         self.log = VoiceLog(self.clock)
         self.steps: list[StepState] = []
         self.session: AgentSession | None = None
+        self.guard: ModelUnavailable | None = None
+        """The session's `ModelUnavailable`: once it decided, a failed run is expected
+        (the session ends as failed; `closes` and `record` check it)."""
 
     # ------------------------------------------------------------------ harness API
 
@@ -230,6 +234,7 @@ class VoiceDriver:
             self.log.attach(session)
             prepared.manager.attach(session)
             attach_silence_reprompt(session)
+            self.guard = ModelUnavailable.attach(session, prepared.manager, env.settings)  # as the entrypoint does
             session.on("close", lambda _ev: closed.set())
             session.on("speech_created", lambda ev: current[0].watch(ev.speech_handle) if current[0] else None)
             handle = SessionHandle(env, spec, session, prepared, llm)
@@ -408,7 +413,7 @@ class VoiceDriver:
         if isinstance(err, TimeoutError):
             checks.fail(st.loc, f"{st.label}: the agent's replies did not finish within {RUN_TIMEOUT_S:g}s",
                         expected="every reply played", actual="still running", context=self.timeline(st))
-        elif err is not None and "session closed" not in str(err):
+        elif err is not None and "session closed" not in str(err) and not self._model_failed():
             checks.fail(st.loc, f"{st.label} raised {type(err).__name__}", expected="the step to complete",
                         actual=str(err)[:500], context=self.timeline(st))
         await self._finish(checks, st, llm, outcome, live)
@@ -416,7 +421,12 @@ class VoiceDriver:
             await hooks.after_turn(handle, st.turn_index)
         return not isinstance(err, TimeoutError)
 
+    def _model_failed(self) -> bool:
+        return self.guard is not None and self.guard.outcome is not None
+
     def _fail_run(self, checks: Checks, st: StepState, e: BaseException, llm: SessionLLM) -> None:
+        if self._model_failed():
+            return
         checks.fail(st.loc, f"{st.label} raised {type(e).__name__}", expected="the step to complete",
                     actual=str(e)[:500], context=self.timeline(st))
 
@@ -426,6 +436,10 @@ class VoiceDriver:
         st.window.close(self, llm)
         self._settle_llm(checks, st, llm)
         requests = st.window.requests(llm)
+        if self._model_failed() and not live and len(requests) > len(st.step.llm):
+            checks.fail(st.loc, f"{st.label}: the model was asked {len(requests)} time(s) but only "
+                        f"{len(st.step.llm)} repl(ies) were scripted (the unanswered request failed, "
+                        "which ends the session)", context=self.timeline(st))
         result = st.result
         events = [describe_event(ev) for ev in result.events] if result is not None else []
         outcome.steps.append(StepOutcome(st.label, st.user, (time.perf_counter() - st.t0) * 1000, list(requests), events, result))

@@ -107,19 +107,59 @@ async def test_invalid_tool_parameters_schema_has_nested_path(client: Client, bo
     assert _keys(r) == ["tools.0.http.parameters"]
 
 
-async def test_undeclared_template_variable_is_422(client: Client, body: Any) -> None:
+async def test_undeclared_template_variable_is_422_at_the_template_field(client: Client, body: Any) -> None:
     r = await client.post(
         AGENTS, json=body(prompt_config={"instructions": "Hello {name}, order {order_id}"})
     )
     assert r.status_code == 422
-    (entry,) = r.json()["extra"]
-    assert entry["key"] == "prompt_config"
-    assert "name" in entry["message"] and "order_id" in entry["message"]
+    assert r.json()["extra"] == [{
+        "key": "prompt_config.instructions",
+        "message": "uses undeclared variable(s) name, order_id; declare them under prompt_config.variables",
+    }]
     r = await client.post(
         AGENTS, json=body(prompt_config={"instructions": "Hi {user.__class__}"})
     )
     assert r.status_code == 422
-    assert _keys(r) == ["prompt_config"]
+    assert _keys(r) == ["prompt_config.instructions"]
+    # both templates wrong: one entry each, at its own field
+    r = await client.post(AGENTS, json=body(prompt_config={
+        "instructions": "Help {company}.", "greeting": "Hi {caller}", "variables": {"company": {}},
+    }))
+    assert r.status_code == 422
+    assert r.json()["extra"] == [{
+        "key": "prompt_config.greeting",
+        "message": "uses undeclared variable(s) caller; declare them under prompt_config.variables",
+    }]
+    r = await client.post(AGENTS, json=body(prompt_config={"instructions": "{a}", "greeting": "{b:>9}"}))
+    assert _keys(r) == ["prompt_config.instructions", "prompt_config.greeting"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"enabled": "yes"}, "enabled"),  # a BeforeValidator's ValueError
+        ({"schema_config": {"type": "array"}}, "schema_config"),  # an AfterValidator's
+        ({"handoffs": ["support-agent"]}, "handoffs"),  # the model validator's, located
+        ({"tools": [{"type": "builtin", "name": "transfer"}]}, "handoffs"),
+        ({"tools": [{"type": "builtin", "name": "end_session"}] * 2}, "tools"),
+    ],
+)
+async def test_422_messages_carry_no_pydantic_prefix(
+    client: Client, body: Any, overrides: dict[str, Any], key: str
+) -> None:
+    """Litestar words a pydantic body error from pydantic's raw `msg` ("Value error,
+    ..."); the API answers with the validator's own words, at the field's path."""
+    r = await client.post(AGENTS, json=body(**overrides))
+    assert r.status_code == 422
+    extra = r.json()["extra"]
+    assert [e["key"] for e in extra] == [key]
+    assert not any(e["message"].startswith(("Value error", "Assertion failed")) for e in extra), extra
+    # the PATCH path (the store validates the merged document) words it the same
+    await client.post(AGENTS, json=body())
+    r = await client.patch(f"{AGENTS}/support-agent", json=overrides,
+                           headers={"Content-Type": "application/merge-patch+json"})
+    assert r.status_code == 422
+    assert r.json()["extra"] == extra
 
 
 async def test_several_errors_are_all_reported(client: Client, body: Any) -> None:
@@ -225,4 +265,4 @@ async def test_body_just_under_the_limit_reaches_validation(client: Client, body
         AGENTS, json=body(prompt_config={"instructions": "z" * (200 * 1024)})
     )
     assert r.status_code == 422
-    assert _keys(r) == ["prompt_config"]
+    assert _keys(r) == ["prompt_config.instructions"]

@@ -361,8 +361,9 @@ def _store_sessions(server: ConsoleServer) -> None:
             from_agent="support-agent-v1", to_agent="sales-agent-v1", reason="wants to upgrade",
             at=t0 + timedelta(minutes=11),
         ))
-        await store.finish_session(
-            "sess-support-1", SessionStatus.failed, reason="error", error="LLM unavailable",
+        await store.finish_session(  # as app/worker/model_unavailable.py records it
+            "sess-support-1", SessionStatus.failed, reason="llm_unavailable",
+            error="APIStatusError: Error code: 401 - Incorrect API key provided: sk-***",
             ended_at=t0 + timedelta(minutes=12),
         )
         await store.start_session(SessionRecord(
@@ -390,6 +391,10 @@ def test_sessions_list_filters_and_transcript(server: ConsoleServer, page: Any) 
     page.get_by_label("Agent", exact=True).select_option("support-agent-v1")
     expect(table.get_by_role("row")).to_have_count(2)
     expect(table).to_contain_text("failed")
+    page.get_by_role("button", name="Reset").click()
+    page.get_by_label("Status").select_option("failed")  # the model was unavailable: why it ended
+    expect(table.get_by_role("row")).to_have_count(2)
+    expect(table.get_by_role("row").filter(has_text="sess-support-1")).to_contain_text("llm_unavailable")
     page.get_by_role("button", name="Reset").click()
 
     tomorrow = (datetime.now() + timedelta(days=1)).strftime("%Y-%m-%d")
@@ -423,7 +428,9 @@ def test_sessions_list_filters_and_transcript(server: ConsoleServer, page: Any) 
     expect(page.get_by_role("list", name=re.compile("Transcript"))).to_contain_text(
         "Handed off from support-agent-v1 to sales-agent-v1"
     )
-    expect(page.locator("#facts")).to_contain_text("LLM unavailable")
+    facts = page.locator("#facts")
+    expect(facts).to_contain_text("llm_unavailable")
+    expect(facts).to_contain_text("APIStatusError: Error code: 401")
 
 
 # ------------------------------------------------------------------ talk
