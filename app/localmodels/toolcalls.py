@@ -125,7 +125,10 @@ def plan_tools(fns: list[dict[str, Any]], allow_reply: bool, grammar_of: Grammar
     defs: dict[str, Any] = {}
     loose: list[str] = []
     if allow_reply:
-        options.append({"type": "object", "properties": {"action": {"const": REPLY}, "text": {"type": "string"}},
+        # an empty reply would be no turn at all (the caller hears nothing), which a small
+        # sampled model otherwise produces now and then
+        options.append({"type": "object", "properties": {"action": {"const": REPLY},
+                                                         "text": {"type": "string", "minLength": 1}},
                         "required": ["action", "text"], "additionalProperties": False})
     for i, fn in enumerate(fns):
         params, own_defs = _hoist_defs(_closed(fn.get("parameters") or {"type": "object", "properties": {}}), f"t{i}_")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -22,6 +23,22 @@ from sim.db_servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "demo-admin-key-0123456789"
+README = (REPO / "README.md").read_text()
+
+
+def readme_try_out(command: str) -> list[str]:
+    """The arguments of the README's first-screen try-out line for `command` (`dev`,
+    `chat`), so the test below runs exactly what a newcomer copies."""
+    first_screen = README[: README.index("\n## Configuration")]
+    start = first_screen.index("**Try it with no key and nothing to download**")
+    block = first_screen[first_screen.index("```sh\n", start) + 6:]
+    block = block[: block.index("```")]
+    prefix = "uv run python -m app "
+    for line in block.splitlines():
+        words = shlex.split(line.split("#", 1)[0])
+        if line.startswith(prefix) and words[5] == command:
+            return words[5:]
+    raise AssertionError(f"the README's first screen has no `{prefix}{command} ...` try-out line")
 
 
 def tool(name: str, value: dict[str, Any], required: bool = True) -> dict[str, Any]:
@@ -110,7 +127,9 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def demo_dev(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess.Popen[str]]]:
     port, models = free_port(), free_port()
     env = _env(tmp_path, PORT=str(port), LOCAL_MODELS_PORT=str(models))
-    proc = subprocess.Popen([sys.executable, "-m", "app", "dev", "--demo"], cwd=tmp_path, env=env,
+    args = readme_try_out("dev")
+    assert args == ["dev", "--demo"]
+    proc = subprocess.Popen([sys.executable, "-m", "app", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -148,7 +167,9 @@ def test_dev_demo_then_chat_holds_a_whole_support_call_offline(demo_dev, tmp_pat
     assert ready["models"] == "ok" and ready["ready"] is True
     lines = "\n".join(["Hi, my parcel arrived damaged and I need a new one.", "My name is Ada Lovelace.",
                        "It arrived damaged.", "Quite urgent, high.", "No, that's all. Bye!"]) + "\n"
-    chat = subprocess.run([sys.executable, "-m", "app", "chat", "--demo", "--purpose", "support", "--user-id", "ada"],
+    args = readme_try_out("chat")
+    assert args == ["chat", "--demo", "--purpose", "support"]
+    chat = subprocess.run([sys.executable, "-m", "app", *args, "--user-id", "ada"],
                           cwd=tmp_path, env={k: v for k, v in env.items() if k != "PORT"}, input=lines,
                           capture_output=True, text=True, timeout=120, check=False)
     assert chat.returncode == 0, chat.stderr
@@ -205,3 +226,72 @@ def test_dev_refuses_to_share_a_port_with_another_kind_of_model_server(tmp_path:
     finally:
         other.terminate()
         other.wait(10)
+
+
+def _read_until(proc: subprocess.Popen[bytes], seen: bytearray, marker: bytes, timeout: float) -> None:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        assert time.monotonic() < deadline and proc.poll() is None, seen.decode(errors="replace")
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        if not chunk:
+            break
+        seen += chunk
+
+
+async def test_a_model_server_that_dies_mid_call_fails_the_session_as_provider_unavailable(tmp_path: Path) -> None:
+    """The model server (here the demo one, started by hand as `models serve`; `chat
+    --demo` uses it) is killed between two turns: the next turn cannot reach its model,
+    chat says so in one line and exits 1, and the session is stored failed /
+    llm_unavailable with the reason, as for any provider that goes away."""
+    models = free_port()
+    env = _env(tmp_path, LOCAL_MODELS_PORT=str(models))
+    server = subprocess.Popen([sys.executable, "-m", "app", "models", "serve", "--demo"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chat: subprocess.Popen[bytes] | None = None
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{models}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and server.poll() is None
+                time.sleep(0.2)
+        assert subprocess.run([sys.executable, "-m", "app", "seed"], cwd=tmp_path, env=env, capture_output=True,
+                              timeout=60, check=False).returncode == 0
+        chat = subprocess.Popen([sys.executable, "-m", "app", "chat", "--demo", "--purpose", "support"], cwd=tmp_path,
+                                env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert chat.stdin is not None
+        out = bytearray()
+        _read_until(chat, out, b"you> ", 60)  # the greeting, then the prompt
+        chat.stdin.write(b"Hi, my parcel arrived damaged and I need a new one.\n")
+        chat.stdin.flush()
+        _read_until(chat, out, b"May I have your name, please?", 60)
+        server.kill()
+        server.wait(10)
+        chat.stdin.write(b"My name is Ada Lovelace.\n")
+        chat.stdin.close()
+        code = chat.wait(90)
+        assert chat.stderr is not None
+        err = chat.stderr.read().decode()
+    finally:
+        for p in (chat, server):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(10)
+    assert code == 1, err
+    assert "error: the model is unavailable (APIConnectionError" in err
+    from app.domain import SessionStatus
+    from app.store.sql import SQLStore
+
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path}/app.db")
+    await store.start()
+    try:
+        (only,), _ = await store.list_sessions()
+        rec = await store.get_session(only.session_id)
+    finally:
+        await store.aclose()
+    assert (rec.status, rec.end_reason) == (SessionStatus.failed, "llm_unavailable")
+    assert rec.error and "APIConnectionError" in rec.error
+    assert rec.collected == {"description": "Hi, my parcel arrived damaged and I need a new one."}
