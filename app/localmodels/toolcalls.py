@@ -317,7 +317,7 @@ def prepare_chat(body: Mapping[str, Any], *, mode: str, grammar_of: GrammarOf, m
 # ----------------------------------------------------------------------- response
 
 _HEAD = re.compile(r'\s*\{\s*"action"\s*:\s*"((?:[^"\\]|\\.)*)"\s*')
-_TEXT_KEY = re.compile(r',\s*"text"\s*:\s*"')
+_TEXT_KEY = re.compile(r'\s*,\s*"text"\s*:\s*"')  # the space before the comma may come in a later piece
 
 
 @dataclass
