@@ -148,7 +148,21 @@ class RecordingTransport(httpx2.AsyncBaseTransport):
     def __init__(self, inner: httpx2.AsyncBaseTransport, sink: list[CapturedRequest] | None) -> None:
         self.inner = inner
         self.sink = sink
-        self.tool_choice: str | None = None
+        self._first: str | None = None
+        self._rest: str | None = None
+
+    @property
+    def tool_choice(self) -> str | None:
+        return self._first
+
+    @tool_choice.setter
+    def tool_choice(self, choice: str | None) -> None:
+        """Set at each turn's start: its first request that offers tools carries `choice`;
+        after a named tool or `required`, the turn's later requests (the reply to the tool's
+        output) carry `none`, the shape of the turn's script (that tool, then words). A
+        small model otherwise goes on calling tools of its own choosing in those steps."""
+        self._first = choice
+        self._rest = None
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         if request.method == "POST" and request.url.path.endswith("/chat/completions"):
@@ -157,9 +171,12 @@ class RecordingTransport(httpx2.AsyncBaseTransport):
                 doc = json.loads(body or b"{}")
             except ValueError:
                 doc = {}
-            if isinstance(doc, dict) and self.tool_choice is not None and doc.get("tools"):
-                doc["tool_choice"] = tool_choice_param(self.tool_choice)
-                self.tool_choice = None
+            choice = self._first if self._first is not None else self._rest
+            if isinstance(doc, dict) and choice is not None and doc.get("tools"):
+                doc["tool_choice"] = tool_choice_param(choice)
+                if self._first is not None:
+                    self._rest = None if self._first in ("auto", "none") else "none"
+                    self._first = None
                 headers = [(k, v) for k, v in request.headers.items() if k.lower() != "content-length"]
                 request = httpx2.Request(request.method, request.url, headers=headers,
                                          content=json.dumps(doc).encode(), extensions=request.extensions)

@@ -374,7 +374,9 @@ class TurnSpec(Step):
     """The first model request of the turn carries this `tool_choice` (a tool's name,
     `required`, `none` or `auto`), as `session.generate_reply(tool_choice=...)` sends it:
     a model too small to pick a tool by itself (the local one) is told which to use, so
-    the turn checks the call's path and its constrained arguments, not the model's choice."""
+    the turn checks the call's path and its constrained arguments, not the model's choice.
+    After a named tool or `required`, the turn's later requests carry `none` (that tool,
+    then a reply: the script's shape)."""
 
 
 class RouteExpect(_M):
