@@ -1,4 +1,4 @@
-"""`python -m app dev|start|seed|chat`: the entry points users rely on."""
+"""`python -m app dev|start|seed|chat|models`: the entry points users rely on."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import argparse
 import asyncio
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.localmodels.settings import LocalModelSettings
+    from app.localmodels.sidecar import ModelSidecar
 
 
 def _load_settings() -> Settings:
@@ -24,7 +29,17 @@ def _load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
-def _cmd_serve(dev: bool) -> int:
+def _model_server(kind: str | None, *, json_logs: bool, log_level: str | None = None) -> ModelSidecar | None:
+    """`--local-models` / `--demo`: the model server to run beside the platform."""
+    if kind is None:
+        return None
+    from app.localmodels.sidecar import ModelSidecar
+
+    return ModelSidecar("demo" if kind == "demo" else "local", _load_local_settings(None), json_logs=json_logs,
+                        log_level=log_level)
+
+
+def _cmd_serve(dev: bool, models: str | None = None) -> int:
     from app.logging_setup import configure_logging
     from app.supervisor import Supervisor, prepare_settings
 
@@ -49,6 +64,9 @@ def _cmd_serve(dev: bool) -> int:
         logging.getLogger("app.cli").warning(
             "%s; fine for a local LiveKit dev server, refused by `start`", weak_secret
         )
+    model_server = _model_server(models, json_logs=json_logs)
+    if model_server is not None:
+        settings = model_server.point(settings)
     settings, generated = prepare_settings(settings, dev=dev)
     if generated:
         redactor.add(generated)
@@ -56,7 +74,7 @@ def _cmd_serve(dev: bool) -> int:
         print(f"\n  admin API key for this run: {generated}\n"
               f"  (set ADMIN_API_KEY to choose your own)\n"
               f"  console: http://127.0.0.1:{settings.port}/\n", file=sys.stderr, flush=True)
-    return asyncio.run(Supervisor(settings, dev=dev).run())
+    return asyncio.run(Supervisor(settings, dev=dev, model_server=model_server).run())
 
 
 def _cmd_seed() -> int:
@@ -106,17 +124,67 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             return 2
         k, v = item.split("=", 1)
         variables[k] = v
-    return asyncio.run(
-        run_chat(settings, purpose=args.purpose, agent_id=args.agent_id, variables=variables,
-                 user_id=args.user_id)
-    )
+    model_server = _model_server(args.models, json_logs=False, log_level="WARNING")
+
+    async def run() -> int:
+        chat_settings = settings
+        if model_server is not None:  # one already running (a `dev --local-models`) is used as it is
+            from app.localmodels.sidecar import ModelServerError
+
+            try:
+                await model_server.start()
+            except ModelServerError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            chat_settings = model_server.point(settings)
+        try:
+            return await run_chat(chat_settings, purpose=args.purpose, agent_id=args.agent_id,
+                                  variables=variables, user_id=args.user_id)
+        finally:
+            if model_server is not None:
+                await model_server.aclose()
+
+    return asyncio.run(run())
+
+
+def _load_local_settings(port: int | None) -> LocalModelSettings:
+    from app.localmodels.settings import LocalModelSettings
+
+    try:
+        settings = LocalModelSettings()
+    except ValidationError as e:
+        from app.domain.field_errors import field_errors
+
+        for loc, message in field_errors(e):
+            name = "LOCAL_" + ".".join(str(p) for p in loc).upper()
+            print(f"error: setting {name}: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return settings if port is None else settings.model_copy(update={"models_port": port})
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from app.localmodels.cli import serve
+    from app.logging_setup import configure_logging
+
+    configure_logging(_load_settings(), json_logs=args.json_logs)
+    return serve(_load_local_settings(args.port), demo=args.demo)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("dev", help="run API + worker locally (SQLite, seeded, readable logs)")
-    sub.add_parser("start", help="run API + worker in production (needs keys, JSON logs)")
+    dev = sub.add_parser("dev", help="run API + worker locally (SQLite, seeded, readable logs)")
+    start = sub.add_parser("start", help="run API + worker in production (needs keys, JSON logs)")
+    for p, flags in ((dev, ("--local-models", "--demo")), (start, ("--local-models",))):
+        group = p.add_mutually_exclusive_group()
+        if "--local-models" in flags:
+            group.add_argument("--local-models", dest="models", action="store_const", const="local",
+                               help="start the local model server (the `local` extra) beside the platform "
+                               "and use it for every agent's default LLM, STT and TTS")
+        if "--demo" in flags:
+            group.add_argument("--demo", dest="models", action="store_const", const="demo",
+                               help="start the scripted demo model instead: try the seeded support agent "
+                               "with no key and nothing to download")
     sub.add_parser("seed", help="load the example agents and routes from prompts/ (idempotent)")
     chat = sub.add_parser("chat", help="talk to a routed agent in the terminal (text mode)")
     who = chat.add_mutually_exclusive_group()
@@ -124,9 +192,25 @@ def main(argv: list[str] | None = None) -> int:
     who.add_argument("--agent-id", help="talk to this agent directly")
     chat.add_argument("--var", action="append", metavar="KEY=VALUE", help="a prompt variable")
     chat.add_argument("--user-id", default="terminal", help="user id stored on the session")
+    models_flag = chat.add_mutually_exclusive_group()
+    models_flag.add_argument("--local-models", dest="models", action="store_const", const="local",
+                             help="talk through the local model server (the one `dev --local-models` "
+                             "runs, else one started for this chat)")
+    models_flag.add_argument("--demo", dest="models", action="store_const", const="demo",
+                             help="talk to the scripted demo model (no key, nothing to download)")
+    models = sub.add_parser("models", help="model servers on this machine (no cloud key needed)")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    serve = models_sub.add_parser(
+        "serve", help="serve local models (the `local` extra) as an OpenAI-compatible API on 127.0.0.1")
+    serve.add_argument("--demo", action="store_true",
+                       help="serve the scripted demo model instead (no downloads, no extra)")
+    serve.add_argument("--port", type=int, default=None, help="port (default LOCAL_MODELS_PORT, 8097)")
+    serve.add_argument("--json-logs", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.command == "models":
+        return _cmd_models(args)
     if args.command in ("dev", "start"):
-        return _cmd_serve(dev=args.command == "dev")
+        return _cmd_serve(dev=args.command == "dev", models=args.models)
     if args.command == "seed":
         return _cmd_seed()
     return _cmd_chat(args)

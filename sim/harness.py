@@ -134,6 +134,8 @@ class ScenarioResult:
     sessions: list[SessionOutcome] = field(default_factory=list)
     duration_s: float = 0.0
     skipped: str | None = None
+    notes: list[Failure] = field(default_factory=list)
+    """Expectations reported as not checked (live `intent:` without a judge)."""
 
     @property
     def passed(self) -> bool:
@@ -142,10 +144,11 @@ class ScenarioResult:
     def report(self) -> str:
         if self.skipped:
             return f"scenario {self.name!r} skipped: {self.skipped}"
+        notes = "".join(f"\n  {n.where}: {n.message}" for n in self.notes)
         if not self.failures:
-            return f"scenario {self.name!r} passed ({len(self.sessions)} session(s), {self.duration_s:.2f}s)"
+            return f"scenario {self.name!r} passed ({len(self.sessions)} session(s), {self.duration_s:.2f}s){notes}"
         head = f"scenario {self.name!r}: {len(self.failures)} expectation(s) failed"
-        return head + "\n\n" + "\n\n".join(f.render() for f in self.failures)
+        return head + "\n\n" + "\n\n".join(f.render() for f in self.failures) + notes
 
 
 # --------------------------------------------------------------------- environment
@@ -439,6 +442,7 @@ async def _converse(
                             expected=f"user turn {turn.user!r}", actual="session closed")
                 return
             user = turn.user
+            llm.force_tool_choice(turn.tool_choice)
             ok = await _step(
                 checks, tloc, turn, llm, outcome, f"turn {j}", user, live, env,
                 lambda user=user: session.run(user_input=user),  # type: ignore[misc]
@@ -566,4 +570,5 @@ async def run_scenario(
         check_latency_budget(checks, sc.latency_budget, samples, sc.endpoints)
     result.duration_s = time.perf_counter() - t0
     result.failures = checks.failures
+    result.notes = checks.notes
     return result

@@ -9,6 +9,12 @@ builds every request) and expose the captured request bodies as `CapturedRequest
 - `LiveLLM`: a real OpenAI-compatible endpoint (`OPENAI_API_KEY`, optional
   `OPENAI_BASE_URL`), reached through `RecordingTransport`, which copies each chat
   completion request body before sending it on. Scripted replies are ignored.
+  `SIM_LIVE=local` is the local model server instead (`sim.local_models`, the `local`
+  extra): no key, and no judge (`intent:` checks are reported as not judged: a 135M
+  model cannot grade another's reply).
+
+Both honour a turn's `tool_choice:` (set on the turn's first chat request by the
+transport, as `session.generate_reply(tool_choice=...)` would send it).
 """
 
 from __future__ import annotations
@@ -39,17 +45,36 @@ NO_KEY = (
 )
 
 
+NO_LOCAL = "SIM_LIVE=local runs the scenarios against the local model server and needs the `local` extra (uv sync --extra local)"
+
+
 def live_mode(environ: Mapping[str, str] | None = None) -> bool:
-    """SIM_LIVE=1 (or true/yes/on) asks for live mode."""
+    """SIM_LIVE=1 (or true/yes/on), or SIM_LIVE=local, asks for live mode."""
     env = os.environ if environ is None else environ
-    return env.get("SIM_LIVE", "").strip().lower() in ("1", "true", "yes", "on")
+    return env.get("SIM_LIVE", "").strip().lower() in ("1", "true", "yes", "on", "local")
+
+
+def live_local(environ: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    return env.get("SIM_LIVE", "").strip().lower() == "local"
 
 
 def live_skip_reason(environ: Mapping[str, str] | None = None) -> str | None:
-    """Why a scenario must be skipped here: only live mode without a key, ever."""
+    """Why a scenario must be skipped here: only live mode without a model, ever."""
+    if live_local(environ):
+        from sim.local_models import local_extra_installed
+
+        return None if local_extra_installed() else NO_LOCAL
     if live_mode(environ) and LiveConfig.from_env(environ) is None:
         return NO_KEY
     return None
+
+
+def tool_choice_param(choice: str) -> str | dict[str, Any]:
+    """A scenario's `tool_choice:` as the Chat Completions parameter."""
+    if choice in ("auto", "required", "none"):
+        return choice
+    return {"type": "function", "function": {"name": choice}}
 
 
 class SessionLLM(Protocol):
@@ -63,6 +88,10 @@ class SessionLLM(Protocol):
     def pending(self) -> int: ...
 
     def drop_pending(self) -> int: ...
+
+    def force_tool_choice(self, choice: str | None) -> None:
+        """The next chat request (the turn's first) carries this tool_choice."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -88,6 +117,7 @@ class ScriptedLLM:
         self.fakes: dict[str, FakeOpenAI] = {}
         self.fake = self.endpoint(DEFAULT_ENDPOINT)
         self._client: openai.AsyncClient | None = None
+        self._transport = RecordingTransport(self.fake.transport(), None)
 
     def endpoint(self, name: str) -> FakeOpenAI:
         """The fake scripting endpoint `name`'s chat completions."""
@@ -99,8 +129,12 @@ class ScriptedLLM:
     def client(self) -> openai.AsyncClient:
         """A client on the default endpoint alone (callers that inject one LLM client)."""
         if self._client is None:
-            self._client = self.fake.client()
+            self._client = openai.AsyncClient(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
+                                              http_client=httpx2.AsyncClient(transport=self._transport))
         return self._client
+
+    def force_tool_choice(self, choice: str | None) -> None:
+        self._transport.tool_choice = choice
 
     def script(self, replies: list[LLMReply]) -> None:
         for r in replies:
@@ -119,11 +153,27 @@ class ScriptedLLM:
 
 
 class RecordingTransport(httpx2.AsyncBaseTransport):
-    """Forwards to `inner`, keeping a copy of every chat completion request body."""
+    """Forwards to `inner`, keeping a copy of every chat completion request body (when
+    given a `sink`), and setting `tool_choice` on the next one that offers tools."""
 
-    def __init__(self, inner: httpx2.AsyncBaseTransport, sink: list[CapturedRequest]) -> None:
+    def __init__(self, inner: httpx2.AsyncBaseTransport, sink: list[CapturedRequest] | None) -> None:
         self.inner = inner
         self.sink = sink
+        self._first: str | None = None
+        self._rest: str | None = None
+
+    @property
+    def tool_choice(self) -> str | None:
+        return self._first
+
+    @tool_choice.setter
+    def tool_choice(self, choice: str | None) -> None:
+        """Set at each turn's start: its first request that offers tools carries `choice`;
+        after a named tool or `required`, the turn's later requests (the reply to the tool's
+        output) carry `none`, the shape of the turn's script (that tool, then words). A
+        small model otherwise goes on calling tools of its own choosing in those steps."""
+        self._first = choice
+        self._rest = None
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         if request.method == "POST" and request.url.path.endswith("/chat/completions"):
@@ -132,7 +182,16 @@ class RecordingTransport(httpx2.AsyncBaseTransport):
                 doc = json.loads(body or b"{}")
             except ValueError:
                 doc = {}
-            if isinstance(doc, dict):
+            choice = self._first if self._first is not None else self._rest
+            if isinstance(doc, dict) and choice is not None and doc.get("tools"):
+                doc["tool_choice"] = tool_choice_param(choice)
+                if self._first is not None:
+                    self._rest = None if self._first in ("auto", "none") else "none"
+                    self._first = None
+                headers = [(k, v) for k, v in request.headers.items() if k.lower() != "content-length"]
+                request = httpx2.Request(request.method, request.url, headers=headers,
+                                         content=json.dumps(doc).encode(), extensions=request.extensions)
+            if isinstance(doc, dict) and self.sink is not None:
                 self.sink.append(CapturedRequest(doc))
         return await self.inner.handle_async_request(request)
 
@@ -146,10 +205,26 @@ class LiveConfig:
     base_url: str | None = None
     model: str = DEFAULT_LIVE_MODEL
     judge_model: str = DEFAULT_LIVE_MODEL
+    judge: bool = True
+    """False: `intent:` checks are reported as not judged (the model is too small to judge)."""
+    timeout_s: float = 60.0
+
+    @classmethod
+    def local(cls) -> LiveConfig:
+        """The local model server of this process (started on first use)."""
+        from sim.local_models import local_model_server
+
+        server = local_model_server()
+        # a cold prompt of a long agent prompt takes tens of seconds on 2 busy cores
+        return cls(api_key="sk-local", base_url=server.base_url, model="local-llm", judge_model="local-llm",
+                   judge=False, timeout_s=180.0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LiveConfig | None:
-        """From OPENAI_API_KEY / OPENAI_BASE_URL / SIM_LIVE_MODEL / SIM_JUDGE_MODEL; None without a key."""
+        """From OPENAI_API_KEY / OPENAI_BASE_URL / SIM_LIVE_MODEL / SIM_JUDGE_MODEL; None without a key.
+        SIM_LIVE=local: the local model server (`local()`)."""
+        if live_local(environ):
+            return cls.local()
         env = os.environ if environ is None else environ
         key = (env.get("OPENAI_API_KEY") or "").strip()
         if not key:
@@ -162,18 +237,21 @@ class LiveConfig:
             judge_model=env.get("SIM_JUDGE_MODEL") or model,
         )
 
-    def openai_client(self, sink: list[CapturedRequest] | None = None) -> openai.AsyncClient:
-        transport: httpx2.AsyncBaseTransport = httpx2.AsyncHTTPTransport()
+    def openai_client(self, sink: list[CapturedRequest] | None = None, *,
+                      transport: httpx2.AsyncBaseTransport | None = None) -> openai.AsyncClient:
+        transport = transport or httpx2.AsyncHTTPTransport()
         if sink is not None:
             transport = RecordingTransport(transport, sink)
         return openai.AsyncClient(
             api_key=self.api_key,
             base_url=self.base_url,
             max_retries=2,
-            http_client=httpx2.AsyncClient(transport=transport, timeout=60.0),
+            http_client=httpx2.AsyncClient(transport=transport, timeout=self.timeout_s),
         )
 
     def judge_llm(self) -> Any:
+        if not self.judge:
+            return None
         from livekit.plugins import openai as lk_openai
 
         return lk_openai.LLM(model=self.judge_model, client=self.openai_client())
@@ -184,11 +262,18 @@ class LiveLLM:
         self.config = config
         self.requests: list[CapturedRequest] = []
         self._client: openai.AsyncClient | None = None
+        self._transport: RecordingTransport | None = None
 
     def client(self) -> openai.AsyncClient:
         if self._client is None:
-            self._client = self.config.openai_client(self.requests)
+            self._transport = RecordingTransport(httpx2.AsyncHTTPTransport(), self.requests)
+            self._client = self.config.openai_client(transport=self._transport)
         return self._client
+
+    def force_tool_choice(self, choice: str | None) -> None:
+        self.client()
+        if self._transport is not None:
+            self._transport.tool_choice = choice
 
     def script(self, replies: list[LLMReply]) -> None:
         """Scripted replies are ignored in live mode: the real model answers."""

@@ -45,6 +45,11 @@ class Checks:
 
     lines: LineMap = field(default_factory=lambda: LineMap(Path("<scenario>")))
     failures: list[Failure] = field(default_factory=list)
+    notes: list[Failure] = field(default_factory=list)
+    """What was not checked, and why (live mode's `intent:` with no judge): reported, not failed."""
+
+    def note(self, loc: Loc, message: str) -> None:
+        self.notes.append(Failure(loc=tuple(loc), where=self.lines.where(loc), message=message))
 
     def fail(
         self,

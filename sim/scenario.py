@@ -424,6 +424,13 @@ class TurnSpec(Step):
     """Applied after the previous turn, before the user speaks (mid-session changes)."""
     voice: VoiceTurn | None = None
     """`io: voice` only: the user's audio and the turn's voice checks (`sim.voice.spec`)."""
+    tool_choice: str | None = Field(None, pattern=r"^(auto|required|none|[A-Za-z0-9_-]{1,64})$")
+    """The first model request of the turn carries this `tool_choice` (a tool's name,
+    `required`, `none` or `auto`), as `session.generate_reply(tool_choice=...)` sends it:
+    a model too small to pick a tool by itself (the local one) is told which to use, so
+    the turn checks the call's path and its constrained arguments, not the model's choice.
+    After a named tool or `required`, the turn's later requests carry `none` (that tool,
+    then a reply: the script's shape)."""
 
 
 class RouteExpect(_M):

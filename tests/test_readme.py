@@ -33,6 +33,16 @@ def test_every_setting_is_in_the_configuration_table() -> None:
     assert not missing, f"README configuration table lacks: {', '.join(missing)}"
 
 
+def test_every_local_model_setting_is_documented() -> None:
+    from app.localmodels.settings import LocalModelSettings
+
+    table = "\n".join(line for line in README.splitlines() if line.startswith("|"))
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", table))
+    missing = sorted(f"LOCAL_{name.upper()}" for name in LocalModelSettings.model_fields
+                     if f"LOCAL_{name.upper()}" not in documented)
+    assert not missing, f"README's local models table lacks: {', '.join(missing)}"
+
+
 def test_the_two_setup_commands() -> None:
     assert "uv run python -m app dev" in README
     assert "uv run pytest" in README

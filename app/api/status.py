@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 WorkerState = Literal["disabled", "connecting", "registered", "draining", "failed"]
 StoreState = Literal["ok", "down"]
+ModelsState = Literal["starting", "ok", "down"]
+"""A model server this process started beside itself (`dev --local-models` / `--demo`)."""
 
 #: Worker states in which this process can take traffic. "disabled" counts as ready:
 #: an API-only process (or `AGENT_MODE` without a worker) must not be taken out of
@@ -36,6 +38,8 @@ class Readiness:
     store: StoreState
     worker: WorkerState
     detail: str | None = None
+    models: ModelsState | None = None
+    """null when the default providers are not a model server of this process's own."""
 
 
 @dataclass(slots=True)
@@ -45,11 +49,18 @@ class RuntimeStatus:
     worker: WorkerState = "disabled"
     worker_detail: str | None = None
     store_ping_timeout: float = STORE_PING_TIMEOUT_S
+    models: ModelsState | None = None
+    models_detail: str | None = None
 
     def set_worker(self, state: WorkerState, detail: str | None = None) -> None:
         """Record a worker transition; `detail` is shown to probes, so keep secrets out."""
         self.worker = state
         self.worker_detail = detail
+
+    def set_models(self, state: ModelsState, detail: str | None = None) -> None:
+        """Record the model server's state; sessions cannot reach their model unless "ok"."""
+        self.models = state
+        self.models_detail = detail
 
     async def store_health(self, store: ConfigStore) -> tuple[StoreState, str | None]:
         """Ping the store with a deadline; never raises.
@@ -73,6 +84,8 @@ class RuntimeStatus:
 
     async def readiness(self, store: ConfigStore) -> Readiness:
         store_state, store_detail = await self.store_health(store)
-        ready = store_state == "ok" and self.worker in READY_WORKER_STATES
-        detail = store_detail or (None if ready else self.worker_detail or f"worker is {self.worker}")
-        return Readiness(ready=ready, store=store_state, worker=self.worker, detail=detail)
+        models_ok = self.models in (None, "ok")
+        ready = store_state == "ok" and self.worker in READY_WORKER_STATES and models_ok
+        detail = store_detail or (None if models_ok else self.models_detail or f"model server is {self.models}") or (
+            None if ready else self.worker_detail or f"worker is {self.worker}")
+        return Readiness(ready=ready, store=store_state, worker=self.worker, detail=detail, models=self.models)

@@ -30,6 +30,7 @@ from sim.expect import short
 from sim.fake_openai import CapturedRequest, _content_text
 from sim.report import Checks, Loc
 from sim.voice.spec import VoiceExpect, VoiceSessionExpect
+from sim.voice.wer import wer
 
 if TYPE_CHECKING:
     from app.domain import SessionRecord
@@ -96,13 +97,13 @@ class StepWindow:
     @classmethod
     def open(cls, d: VoiceDriver, llm: SessionLLM) -> StepWindow:
         return cls(d, len(llm.requests), len(d.output.segments), len(d.log.entries),
-                   len(d.audio.speech_requests), len(d.audio.transcriptions), len(d.mic.played))
+                   len(d.speech_requests), len(d.transcriptions), len(d.mic.played))
 
     def close(self, d: VoiceDriver, llm: SessionLLM) -> None:
         if self.req_to is not None:
             return
         self.req_to, self.out_to, self.log_to = len(llm.requests), len(d.output.segments), len(d.log.entries)
-        self.tts_to, self.stt_to, self.mic_to = len(d.audio.speech_requests), len(d.audio.transcriptions), len(d.mic.played)
+        self.tts_to, self.stt_to, self.mic_to = len(d.speech_requests), len(d.transcriptions), len(d.mic.played)
 
     def requests(self, llm: SessionLLM) -> list[CapturedRequest]:
         return llm.requests[self.req_from : self.req_to]
@@ -114,7 +115,7 @@ class StepWindow:
         return self.driver.mic.played[self.mic_from : self.mic_to]
 
     def speech_inputs(self) -> list[str]:
-        return [str(r.get("input", "")) for r in self.driver.audio.speech_requests[self.tts_from : self.tts_to]]
+        return [str(r.get("input", "")) for r in self.driver.speech_requests[self.tts_from : self.tts_to]]
 
 
 def last_user_text(req: CapturedRequest) -> str | None:
@@ -133,7 +134,12 @@ def check_voice_step(
     timeline = driver.timeline(st)
     if st.user is not None:
         _check_turn_detected(checks, loc, expect, st, entries, timeline)
-        _check_transcript(checks, loc, st.user, entries, requests, timeline)
+        if driver.opts.stt == "local":
+            tolerance = getattr(expect, "max_wer", None)
+            _check_heard(checks, loc, st.user, driver.opts.max_wer if tolerance is None else tolerance,
+                         entries, requests, timeline)
+        else:
+            _check_transcript(checks, loc, st.user, entries, requests, timeline)
     assistant = [ev.item for ev in (st.result.events if st.result is not None else [])
                  if isinstance(ev, ChatMessageEvent) and ev.item.role == "assistant" and (ev.item.text_content or "")]
     segments = w.segments()
@@ -209,6 +215,25 @@ def _check_transcript(checks: Checks, loc: Loc, user: str, entries: Sequence[Any
     if not any((g or "").strip() == user.strip() for g in got):
         checks.fail((*loc, "transcript"), "no LLM request of this step ends with the transcript as the user's message",
                     expected=repr(user), actual=short(list(got)) if got else "no LLM request", context=timeline)
+
+
+def _check_heard(checks: Checks, loc: Loc, user: str, max_wer: float, entries: Sequence[Any],
+                 requests: Sequence[CapturedRequest], timeline: str) -> None:
+    """`stt: local`: the real recogniser's transcript is close enough to what was said,
+    and it is what the model got."""
+    said = [e.text for e in entries if e.kind == "user_message"]
+    if not said:
+        checks.fail((*loc, "transcript"), "no user message was committed", expected=repr(user), actual="none", context=timeline)
+        return
+    heard = said[-1]
+    rate = wer(user, heard)
+    checks.check(rate <= max_wer, (*loc, "transcript"),
+                 f"the recogniser's transcript differs too much from what was said (word error rate {rate:.2f})",
+                 expected=f"{user!r} (WER <= {max_wer:g})", actual=repr(heard))
+    got = [last_user_text(r) for r in requests]
+    if not any((g or "").strip() == heard.strip() for g in got):
+        checks.fail((*loc, "transcript"), "no LLM request of this step ends with the transcript as the user's message",
+                    expected=repr(heard), actual=short(list(got)) if got else "no LLM request", context=timeline)
 
 
 def check_voice_session(checks: Checks, loc: Loc, expect: VoiceSessionExpect | None, record: SessionRecord | None,

@@ -12,12 +12,14 @@ replays these too). They are 16 kHz mono 16-bit PCM, trimmed to the speech (the 
 the file is the end of speech, which the benchmark's latency is measured from) and
 normalised to -3 dBFS peak. The files are committed: CI and developers need no speech engine.
 
-Needs the Debian packages `espeak-ng` and `sox` (apt-get install espeak-ng sox).
+Needs the Debian packages `espeak-ng` and `sox` (apt-get install espeak-ng sox); turns
+with `voice.speaker: piper` are spoken by the `local` extra's Piper voice instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -32,10 +34,10 @@ SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 VOICE = "en-us"
 WPM = 170
 
-def wanted() -> dict[str, str]:
-    """fixture name -> the words it says, for every voice scenario turn."""
-    out: dict[str, str] = {}
-    for path in sorted(SCENARIOS.glob("*.yaml")):
+def wanted() -> dict[str, tuple[str, str]]:
+    """fixture name -> (the words it says, who says them), for every voice scenario turn."""
+    out: dict[str, tuple[str, str]] = {}
+    for path in sorted(SCENARIOS.rglob("*.yaml")):
         if "io: voice" not in path.read_text(encoding="utf-8"):
             continue  # a text scenario: skip parsing it
         try:
@@ -49,14 +51,18 @@ def wanted() -> dict[str, str]:
             for turn in session.turns:
                 v = turn.voice
                 text = (v.say if v and v.say else None) or turn.user
-                name = (v.audio_fixture if v and v.audio_fixture else None) or fixture_name(text)
-                if out.get(name, text) != text:
+                speaker = v.speaker if v else "espeak"
+                name = (v.audio_fixture if v and v.audio_fixture else None) or fixture_name(text, speaker)
+                if out.get(name, (text, speaker)) != (text, speaker):
                     raise SystemExit(f"{path.name}: fixture {name} would say both {out[name]!r} and {text!r}")
-                out[name] = text
+                out[name] = (text, speaker)
     return out
 
 
-def synthesize(text: str, dest: Path) -> None:
+def synthesize(text: str, dest: Path, speaker: str = "espeak") -> None:
+    if speaker == "piper":
+        synthesize_piper(text, dest)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
         subprocess.run(["espeak-ng", "-v", VOICE, "-s", str(WPM), "-w", str(raw), text], check=True)
@@ -69,6 +75,27 @@ def synthesize(text: str, dest: Path) -> None:
         )
 
 
+def synthesize_piper(text: str, dest: Path) -> None:
+    """The `local` extra's Piper voice, in process: resampled to 16 kHz, trimmed to the
+    speech and normalised like the espeak-ng fixtures (no sox needed)."""
+    import numpy as np
+
+    from app.localmodels.locate import locate_tts
+    from app.localmodels.settings import LocalModelSettings
+    from app.localmodels.tts import load_piper, resample
+    from sim.voice.audio import wav_bytes
+
+    voice = load_piper(locate_tts(LocalModelSettings()))
+    pcm = np.concatenate([c.audio_int16_array for c in voice.synthesize(text)])
+    pcm = resample(pcm, voice.config.sample_rate, INPUT_RATE).astype(np.float32)
+    loud = np.flatnonzero(np.abs(pcm) > 0.005 * 32768)
+    if loud.size:
+        pcm = pcm[loud[0] : loud[-1] + 1]
+    peak = float(np.abs(pcm).max()) or 1.0
+    pcm = pcm * (10 ** (-3 / 20) * 32767 / peak)
+    dest.write_bytes(wav_bytes(pcm.round().astype(np.int16), INPUT_RATE))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--force", action="store_true", help="regenerate every fixture")
@@ -78,16 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     need = wanted()
     missing = {n: t for n, t in need.items() if args.force or not (FIXTURES / f"{n}.wav").exists()}
     if args.check:
-        for n, t in sorted(missing.items()):
-            print(f"missing: {n}.wav ({t!r})")
+        for n, (t, who) in sorted(missing.items()):
+            print(f"missing: {n}.wav ({t!r}, {who})")
         return 1 if missing else 0
-    if missing and not (shutil.which("espeak-ng") and shutil.which("sox")):
+    if any(who == "espeak" for _t, who in missing.values()) and not (shutil.which("espeak-ng") and shutil.which("sox")):
         print("espeak-ng and sox are needed: apt-get install espeak-ng sox", file=sys.stderr)
         return 2
+    if any(who == "piper" for _t, who in missing.values()) and importlib.util.find_spec("piper") is None:
+        print("the Piper fixtures need the `local` extra: uv sync --extra local", file=sys.stderr)
+        return 2
     FIXTURES.mkdir(parents=True, exist_ok=True)
-    for n, t in sorted(missing.items()):
-        synthesize(t, FIXTURES / f"{n}.wav")
-        print(f"wrote {n}.wav: {t!r}")
+    for n, (t, who) in sorted(missing.items()):
+        synthesize(t, FIXTURES / f"{n}.wav", who)
+        print(f"wrote {n}.wav: {t!r} ({who})")
     if args.prune:
         for f in sorted(FIXTURES.glob("*.wav")):
             if f.stem not in need:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from livekit.agents import AgentSession
-from livekit.agents.voice.run_result import RunResult
+from livekit.agents.voice.run_result import ChatMessageEvent, RunResult
 
 from app.agents.providers import session_connect_options
 from app.worker.budget import attach_budget_guard
@@ -46,8 +46,10 @@ from sim.voice.audio import fixture_path, load_fixture
 from sim.voice.clock import SimClock
 from sim.voice.expect import StepWindow, check_voice_session, check_voice_step
 from sim.voice.io import Mic, PlayedSegment, Segment, SimAudioInput, SimAudioOutput
+from sim.voice.local_audio import LocalAudio
 from sim.voice.log import VoiceLog
 from sim.voice.spec import AudioPart, VoiceExpect, VoiceOptions, VoiceTurn, fixture_name
+from sim.voice.wer import wer
 
 if TYPE_CHECKING:
     from app.domain import SessionRecord
@@ -71,7 +73,7 @@ short utterance streamed in a few milliseconds."""
 
 def fixture_for(turn: TurnSpec) -> str:
     vt = turn.voice or VoiceTurn()
-    return vt.audio_fixture or fixture_name(vt.say or turn.user)
+    return vt.audio_fixture or fixture_name(vt.say or turn.user, vt.speaker)
 
 
 def voice_session_kwargs(vad: Any, options: VoiceOptions) -> dict[str, Any]:
@@ -150,6 +152,11 @@ class VoiceDriver:
         self.spec = spec
         self.opts = env.scenario.voice or VoiceOptions()
         self.audio = FakeOpenAI(model="sim-audio")
+        self.local: LocalAudio | None = None
+        if self.opts.stt == "local" or self.opts.tts == "local":  # the real speech models (`local` extra)
+            from sim.local_models import local_model_server
+
+            self.local = LocalAudio(local_model_server().base_url)
         self._client: Any = None
         self.clock = SimClock(self.opts.speed)
         self.input = SimAudioInput()
@@ -173,13 +180,26 @@ class VoiceDriver:
 
     def prepare_kwargs(self) -> dict[str, Any]:
         c = self.client()
-        return {"audio": True, "stt_client": c, "tts_client": c}
+        local = self.local.client() if self.local is not None else None
+        return {"audio": True, "stt_client": local if self.opts.stt == "local" else c,
+                "tts_client": local if self.opts.tts == "local" else c}
+
+    @property
+    def speech_requests(self) -> list[dict[str, Any]]:
+        """What the TTS was asked to say (scripted or local, recorded alike)."""
+        return self.local.speech_requests if self.local is not None and self.opts.tts == "local" else self.audio.speech_requests
+
+    @property
+    def transcriptions(self) -> list[Any]:
+        return self.local.transcriptions if self.local is not None and self.opts.stt == "local" else self.audio.transcriptions
 
     async def aclose(self) -> None:
         await self.mic.aclose()
         await self.output.aclose()
         if self._client is not None:
             await self._client.close()
+        if self.local is not None:
+            await self.local.aclose()
         dump = os.environ.get("SIM_VOICE_DUMP")
         if dump and self.output.keep_audio and self.output.segments:
             # everything the agent said, to listen to: SIM_VOICE_DUMP=dir uv run pytest sim -k voice
@@ -264,7 +284,9 @@ class VoiceDriver:
                 session._global_run_state = run.rr
                 current[0] = run
                 llm.script(turn.llm)
-                self.audio.transcript(turn.user)
+                llm.force_tool_choice(turn.tool_choice)
+                if self.opts.stt == "scripted":
+                    self.audio.transcript(turn.user)
                 played = await self._play_turn(turn, vt, st)
                 speech = [p for p in played if p.kind == "speech"]
                 st.speech_end_wall = speech[-1].end_wall if speech else None
@@ -447,6 +469,23 @@ class VoiceDriver:
         if st.step.llm_received is not None:
             check_llm_received(checks, (*st.loc, "llm_received"), st.step.llm_received, requests, live=live)
         check_voice_step(checks, (*st.loc, "voice"), st.voice, self, st, requests, live=live)
+        if self.local is not None and self.opts.tts == "local" and st.voice.audio and result is not None:
+            await self._hear_back(checks, st, result)
+
+    async def _hear_back(self, checks: Checks, st: StepState, result: RunResult[Any]) -> None:
+        """`tts: local`: each reply the speaker played in full, recognised back by the local
+        Whisper, must say the reply's words (within `tts_max_wer`)."""
+        assert self.local is not None
+        said = [ev.item.text_content or "" for ev in result.events
+                if isinstance(ev, ChatMessageEvent) and ev.item.role == "assistant" and ev.item.text_content]
+        for k, (text, seg) in enumerate(zip(said, st.window.segments(), strict=False)):
+            if seg.interrupted or not seg.pcm:
+                continue
+            heard = await self.local.recognise(seg.audio, seg.sample_rate)
+            rate = wer(text, heard)
+            checks.check(rate <= self.opts.tts_max_wer, (*st.loc, "voice", "tts", k),
+                         f"the agent's speech, recognised back, does not say its reply (word error rate {rate:.2f})",
+                         expected=f"{text!r} (WER <= {self.opts.tts_max_wer:g})", actual=repr(heard))
 
     # ------------------------------------------------------------------ diagnostics
 

@@ -38,6 +38,22 @@ class VoiceOptions(_M):
     LiveKit's end-of-turn timestamps agree with each other and it reports the
     end-of-turn and end-to-end figures (see `sim.voice.clock`): needed to check the
     stored latency metrics; costs ~0.7 s of wall time per user turn."""
+    stt: Literal["scripted", "local"] = "scripted"
+    """scripted: the STT answers each turn's `user` text. local: the user's audio goes
+    through the real local speech recogniser (Whisper on the local model server, the
+    `local` extra; such scenarios live in sim/scenarios/local/): what it heard is what
+    the model gets, checked against `user` by word error rate (`sim.voice.wer`: case,
+    punctuation, number words and digits normalised) within `max_wer`."""
+    tts: Literal["scripted", "local"] = "scripted"
+    """scripted: a tone as long as the text. local: the agent's words are synthesised by
+    the local Piper voice, and every reply the speaker played is recognised back by the
+    local Whisper and compared with the reply's text within `tts_max_wer`."""
+    max_wer: float = Field(0.25, ge=0, le=1)
+    """`stt: local`: the largest word error rate allowed between a turn's `user` text and
+    its transcript (a turn's `voice.max_wer` overrides it)."""
+    tts_max_wer: float = Field(0.25, ge=0, le=1)
+    """`tts: local`: the largest word error rate allowed between a reply and what the
+    recogniser heard of its audio."""
     away_timeout_s: float | None = Field(None, gt=0, le=120)
     """LiveKit's `user_away_timeout` in *audio* seconds (converted with `speed`): how long
     both sides must be silent before the user counts as away and the agent re-prompts
@@ -101,6 +117,12 @@ class VoiceTurn(VoiceExpect):
     barge_in_s: float | None = Field(None, ge=0, le=60)
     """Start speaking this many audio seconds after the agent's reply to the previous
     turn started playing (instead of after it finished): a barge-in."""
+    speaker: Literal["espeak", "piper"] = "espeak"
+    """Who says the fixture: espeak-ng, or the `local` extra's Piper voice (a second,
+    more natural voice for the real-recognition scenarios). A Piper fixture's default
+    name ends in `_piper`."""
+    max_wer: float | None = Field(None, ge=0, le=1)
+    """`stt: local`: this turn's word error rate tolerance (default: the scenario's)."""
 
     @model_validator(mode="after")
     def _barge(self) -> VoiceTurn:
@@ -124,7 +146,9 @@ class VoiceSessionExpect(_M):
     """Number of entries marked interrupted."""
 
 
-def fixture_name(text: str) -> str:
-    """The default fixture for an utterance: a readable slug plus a short hash."""
+def fixture_name(text: str, speaker: str = "espeak") -> str:
+    """The default fixture for an utterance: a readable slug plus a short hash (and the
+    speaker, when it is not espeak-ng)."""
     slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:40].rstrip("_")
-    return f"{slug}_{hashlib.sha1(text.encode()).hexdigest()[:6]}"
+    tail = "" if speaker == "espeak" else f"_{speaker}"
+    return f"{slug}_{hashlib.sha1(text.encode()).hexdigest()[:6]}{tail}"
