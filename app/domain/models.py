@@ -11,14 +11,12 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from enum import Enum
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     HttpUrl,
@@ -27,7 +25,17 @@ from pydantic import (
     model_validator,
 )
 
+from app.domain.analysis import AnalysisConfig, SessionAnalysis
 from app.domain.schema_admission import SchemaRefused, check_schema
+from app.domain.usage import SessionUsage
+from app.domain.values import (
+    INT as _INT,
+    NUMBER as _NUMBER,
+    JsonBool,
+    JsonNumber,
+    UtcDatetime,
+    utcnow,
+)
 
 SLUG_RE = r"^[a-z0-9][a-z0-9-]{1,62}$"
 PURPOSE_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -47,51 +55,6 @@ BuiltinToolName = Literal["end_session", "transfer", "record_score"]
 """Built-in tools a config may name; each is implemented in the agents layer's tool
 registry (`app.agents.tool_registry`). `record_score`: the PTE examiner's scoring."""
 BUILTIN_TOOL_NAMES: tuple[str, ...] = get_args(BuiltinToolName)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _to_utc(value: datetime) -> datetime:
-    """Every stored time is UTC, whatever offset a client or driver used."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _not_a_number(value: Any) -> Any:
-    """A time is an RFC 3339 string (or a datetime from a driver), never a bare number:
-    lax parsing would read `0` or `true` as a Unix timestamp."""
-    if isinstance(value, int | float):
-        raise ValueError("expected an RFC 3339 date-time string")
-    return value
-
-
-UtcDatetime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_to_utc)]
-
-
-# Exact JSON types for client-written scalars: `"true"`, `0` or `"5"` are not a bool or a
-# number. pydantic's lax mode coerces them, and Litestar validates bodies with
-# `strict=False` (overriding any model or field `strict`), so the check is a validator.
-# Found by fuzzing: bodies the OpenAPI document calls invalid were accepted.
-def _exact(*types: type, name: str) -> Any:
-    def check(value: Any) -> Any:
-        if value is None:  # left to the field's own None handling
-            return value
-        if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
-            raise ValueError(f"Input should be a JSON {name}")
-        return value
-
-    return BeforeValidator(check)
-
-
-_BOOL = _exact(bool, name="boolean")
-_INT = _exact(int, name="integer")
-_NUMBER = _exact(int, float, name="number")
-JsonBool = Annotated[bool, _BOOL]
-JsonInt = Annotated[int, _INT]
-JsonNumber = Annotated[float, _NUMBER]
-"""For a constrained optional, put the bounds first: `Annotated[float, Field(ge=0), _NUMBER]`
-(after the validator pydantic still enforces them but documents `ge`, not `minimum`)."""
 
 
 MAX_URL_CHARS = 2083
@@ -296,6 +259,9 @@ class AgentConfigInput(_Model):
     vad: VADConfig = Field(default_factory=VADConfig)
     tools: list[ToolSpec] = Field(default_factory=list, max_length=MAX_TOOLS)
     handoffs: list[AgentId] = Field(default_factory=list, max_length=MAX_TOOLS)
+    analysis: AnalysisConfig | None = Field(
+        None, description="Post-call analysis (summary, success criteria, extracted fields); none when unset."
+    )
 
     @model_validator(mode="after")
     def _check_tools(self) -> AgentConfigInput:
@@ -432,4 +398,12 @@ class SessionRecord(BaseModel):
     heartbeat_at: UtcDatetime | None = Field(
         None, description="When the owner last proved alive; an active session whose owner stops "
         "heartbeating is marked abandoned. Read-only.",
+    )
+    usage: SessionUsage | None = Field(
+        None, description="Tokens, audio and characters the call used, and their cost; written as the call "
+        "goes and when it ends. Read-only.",
+    )
+    analysis: SessionAnalysis | None = Field(
+        None, description="The post-call analysis, when the agent has analysis settings: pending until it has "
+        "run, then done or failed (with the reason). Read-only.",
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from app.domain import Handoff, InvalidInput, SessionRecord, SessionStatus, Turn
 from app.domain.models import deep_merge
@@ -30,8 +30,16 @@ from app.store.base import (
     UpdateSession,
 )
 
-UPDATABLE_FIELDS = ("agent_id", "config_version", "user_id", "degraded", "route_reason", "metrics", "error", "room")
+UPDATABLE_FIELDS = (
+    "agent_id", "config_version", "user_id", "degraded", "route_reason", "metrics", "error", "room",
+    "usage", "analysis",
+)
 """Session fields `update_session` may set (the rest belong to start/finish)."""
+
+QUEUE_FIELDS = ("analysis_status", "analysis_owner", "analysis_lease_until", "analysis_claims")
+"""Stored beside a session's `analysis`, not part of the record: the claimable state of
+its post-call analysis (`ConfigStore.claim_analyses`). Every write of `analysis` resets
+them (`queue_fields`), so a newly requested analysis is free to claim."""
 
 _FIELD_TYPES: dict[str, TypeAdapter[Any]] = {
     name: TypeAdapter(SessionRecord.model_fields[name].annotation)  # type: ignore[arg-type]  # declared fields
@@ -47,10 +55,32 @@ def session_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, value in fields.items():
         try:
-            values[name] = _FIELD_TYPES[name].validate_python(value)
+            valid = _FIELD_TYPES[name].validate_python(value)
         except ValueError as e:
             raise InvalidInput(f"bad value for session field {name}: {e}") from None
+        # Stored as JSON documents (SQL JSON columns, Mongo subdocuments), like `metrics`.
+        values[name] = valid.model_dump(mode="json") if isinstance(valid, BaseModel) else valid
     return values
+
+
+def queue_fields(analysis: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The `QUEUE_FIELDS` for a newly written `analysis` (its JSON form): its status, no lease."""
+    status = analysis.get("status") if analysis is not None else None
+    return {"analysis_status": status, "analysis_owner": None, "analysis_lease_until": None, "analysis_claims": 0}
+
+
+def with_queue_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` (validated) plus the queue fields when they set `analysis`."""
+    if "analysis" not in fields:
+        return fields
+    return {**fields, **queue_fields(fields["analysis"])}
+
+
+def stored_json(record: SessionRecord) -> dict[str, Any]:
+    """The record's JSON-document fields as stored (`usage`, `analysis`), and their queue fields."""
+    analysis = record.analysis.model_dump(mode="json") if record.analysis is not None else None
+    usage = record.usage.model_dump(mode="json") if record.usage is not None else None
+    return {"usage": usage, "analysis": analysis, **queue_fields(analysis)}
 
 
 def must_be_str(value: Any, what: str) -> str:
@@ -112,7 +142,7 @@ def fold(ops: list[SessionWrite], now: datetime) -> list[Run]:
         elif isinstance(op, RecordHandoff):
             last.handoffs.append(op.handoff)
         elif isinstance(op, UpdateSession):
-            last.fields.update(session_fields(op.fields))
+            last.fields.update(with_queue_fields(session_fields(op.fields)))
         elif isinstance(op, FinishSession):
             last.fields.update(
                 status=SessionStatus(op.status).value, end_reason=op.reason, error=op.error,

@@ -43,7 +43,8 @@ from app.domain import (
     StoreUnavailable,
     Turn,
 )
-from app.domain.models import deep_merge, utcnow
+from app.domain.models import deep_merge
+from app.domain.values import utcnow
 from app.store.base import (
     AppendTurn,
     ConfigStore,

@@ -1,7 +1,8 @@
-"""Schema version 2 (`sessions.owner`, `sessions.heartbeat_at`) on a database an older
-build created: `SQLStore.start` adds the columns (idempotently, also with several
-processes starting at once), records version 2, and keeps the old rows readable; a
-database newer than this build is reported, not touched."""
+"""Schema versions 2 (`sessions.owner`, `sessions.heartbeat_at`) and 3 (`sessions.usage`,
+`sessions.analysis` and the analysis queue columns with their index) on a database an
+older build created: `SQLStore.start` adds the columns and the index (idempotently, also
+with several processes starting at once), records the version, and keeps the old rows
+readable; a database newer than this build is reported, not touched."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.domain import SessionRecord, SessionStatus
+from app.domain.analysis import AnalysisConfig, AnalysisRequest, AnalysisStatus, SessionAnalysis
+from app.domain.usage import SessionUsage, UsageGroup
+from app.domain.values import utcnow
 from app.store.sql import SQLStore
-from app.store.sql.tables import SCHEMA_VERSION, meta_t
+from app.store.sql.tables import ADDED_COLUMNS, SCHEMA_VERSION, meta_t
 from tests.store.conftest import BACKENDS, StoreTarget
 
 
@@ -53,15 +57,25 @@ async def _make_version_1(url: str) -> None:
         await store.aclose()
     await _exec(
         url,
-        "ALTER TABLE sessions DROP COLUMN owner",
-        "ALTER TABLE sessions DROP COLUMN heartbeat_at",
+        "DROP INDEX ix_sessions_analysis_status",
+        *(f"ALTER TABLE sessions DROP COLUMN {col}" for col in ADDED_COLUMNS["sessions"]),
         meta_t.update().where(meta_t.c.key == "schema_version").values(value=1),
     )
 
 
-async def test_start_adds_the_owner_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
-    assert SCHEMA_VERSION == 2
+async def _indexes(url: str) -> set[str]:
+    eng = create_async_engine(url)
+    try:
+        async with eng.connect() as conn:
+            return await conn.run_sync(lambda c: {i["name"] for i in sa.inspect(c).get_indexes("sessions")})
+    finally:
+        await eng.dispose()
+
+
+async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
+    assert SCHEMA_VERSION == 3
     await _make_version_1(sql_target.url)
+    assert "ix_sessions_analysis_status" not in await _indexes(sql_target.url)
     stores = [SQLStore(sql_target.url) for _ in range(3)]
     try:
         # several processes upgrading at once: exactly one adds each column
@@ -69,13 +83,25 @@ async def test_start_adds_the_owner_columns_to_a_version_1_database(sql_target: 
         store = stores[0]
         old = await store.get_session("s-old")
         assert old.owner is None and old.heartbeat_at is None and old.status == SessionStatus.active
+        assert old.usage is None and old.analysis is None
         await store.start_session(SessionRecord(session_id="s-new", room="r", agent_id="a", owner="me"))
         assert await store.heartbeat("me") == 1
         assert (await store.get_session("s-new")).owner == "me"
+        # version 3: usage and a pending analysis are stored, claimed and summed
+        pending = SessionAnalysis(
+            status=AnalysisStatus.pending, requested_at=utcnow(),
+            request=AnalysisRequest(agent_id="a", settings=AnalysisConfig(summary_prompt="Sum up"), model="m"),
+        )
+        await store.update_session("s-old", usage=SessionUsage(llm_prompt_tokens=7, cost_usd=0.5), analysis=pending)
+        [claim] = await store.claim_analyses("me", lease_s=30, limit=5)
+        assert claim.record.session_id == "s-old" and claim.claims == 1
+        report = await store.usage_report(group_by=[UsageGroup.agent])
+        assert [(r.agent_id, r.sessions, r.llm_prompt_tokens) for r in report.rows] == [("a", 1, 0), ("agent-a", 1, 7)]
     finally:
         for s in stores:
             await s.aclose()
     assert await _schema_version(sql_target.url) == SCHEMA_VERSION
+    assert "ix_sessions_analysis_status" in await _indexes(sql_target.url)
     again = SQLStore(sql_target.url)  # idempotent: nothing left to add
     await again.start()
     await again.aclose()

@@ -101,10 +101,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.store.mongo.analysis import MongoAnalysisQueue
 from app.store.mongo.client import MongoDatabase, escape_keys, unescape_keys
 from app.store.mongo.configs import MongoConfigs
 from app.store.mongo.routes import MongoRoutes
 from app.store.mongo.sessions import MongoLiveness, MongoSessions
+from app.store.mongo.usage import MongoUsage
 from app.store.service import StoreService
 
 
@@ -117,6 +119,8 @@ class MongoBackend(MongoDatabase):
         self.routes = MongoRoutes(self)
         self.sessions = MongoSessions(self)
         self.liveness = MongoLiveness(self)
+        self.analysis = MongoAnalysisQueue(self)
+        self.usage = MongoUsage(self)
 
 
 class MongoStore(StoreService):

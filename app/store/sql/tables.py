@@ -13,9 +13,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1: initial tables. 2: `sessions.owner` and `sessions.heartbeat_at` (crash recovery with
-several processes on one database); `SQLDatabase.start` adds them to a version-1 database."""
+several processes on one database). 3: `sessions.usage`, `sessions.analysis` and the
+analysis queue columns. `SQLDatabase.start` adds what an older database lacks."""
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -103,6 +104,13 @@ class SessionRow(SQLModel, table=True):
     error: str | None = None
     owner: str | None = Field(default=None, max_length=256)
     heartbeat_at: datetime | None = _ts(default=None, nullable=True)
+    usage: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON(none_as_null=True), nullable=True)
+    analysis: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON(none_as_null=True), nullable=True)
+    # the analysis queue (`session_rules.QUEUE_FIELDS`)
+    analysis_status: str | None = Field(default=None, max_length=16, index=True)
+    analysis_owner: str | None = Field(default=None, max_length=300)
+    analysis_lease_until: datetime | None = _ts(default=None, nullable=True)
+    analysis_claims: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class TurnRow(SQLModel, table=True):
@@ -123,6 +131,12 @@ routes_t: sa.Table = RouteRow.__table__  # type: ignore[attr-defined]
 sessions_t: sa.Table = SessionRow.__table__  # type: ignore[attr-defined]
 turns_t: sa.Table = TurnRow.__table__  # type: ignore[attr-defined]
 
-ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"sessions": ("owner", "heartbeat_at")}
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "sessions": (
+        "owner", "heartbeat_at",
+        "usage", "analysis", "analysis_status", "analysis_owner", "analysis_lease_until", "analysis_claims",
+    ),
+}
 """Columns added after version 1, by table: `create_all` does not alter an existing table,
-so `SQLDatabase.start` adds whichever of these are missing (ALTER TABLE ... ADD COLUMN)."""
+so `SQLDatabase.start` adds whichever of these are missing (ALTER TABLE ... ADD COLUMN),
+and then the indexes declared on them."""
