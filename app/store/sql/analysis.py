@@ -2,9 +2,10 @@
 columns (`session_rules.QUEUE_FIELDS`).
 
 A claim selects candidates, then takes each with an UPDATE that repeats the candidate
-condition: on SQLite the write transaction holds the database lock (BEGIN IMMEDIATE);
-on PostgreSQL (READ COMMITTED) a concurrent claimer's UPDATE waits for the row lock and
-re-checks the condition, so it finds the lease taken and updates nothing."""
+condition: on SQLite the write transaction holds the database lock (BEGIN IMMEDIATE), so
+claimers take turns; on PostgreSQL the candidates are selected `FOR UPDATE SKIP LOCKED`,
+so concurrent claimers pick disjoint rows instead of queueing on the same ones (and the
+UPDATE's repeated condition would still refuse a row taken meanwhile)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ class SQLAnalysisQueue:
 
     async def claim(self, token: str, now: datetime, lease_until: datetime, limit: int) -> list[tuple[str, int]]:
         pick = sa.select(s.c.session_id).where(*_free(now)).order_by(s.c.started_at, s.c.session_id).limit(limit)
+        if not self._db.sqlite:
+            pick = pick.with_for_update(skip_locked=True)
 
         def run(c: Connection) -> list[tuple[str, int]]:
             taken: list[tuple[str, int]] = []
