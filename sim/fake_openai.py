@@ -16,7 +16,9 @@ Usage::
     fake.requests[0].tool_names           # the tools it was offered
 
 Each chat completion request pops the next scripted reply; every request (including
-ones that found the script empty) is captured. An empty script answers HTTP 400 — a
+ones that found the script empty) is captured. A reply reports `usage` (default 1 prompt
+and 1 completion token; `fake.text("...", usage=Usage(120, 8, cached_tokens=64))`), in
+the stream's last chunk as OpenAI sends it. An empty script answers HTTP 400 — a
 non-retryable error — so a test that under-scripts fails fast instead of retrying.
 
 Audio (the voice sim): `POST …/audio/transcriptions` answers the next queued transcript
@@ -54,6 +56,7 @@ __all__ = [
     "ScriptedText",
     "ScriptedToolCalls",
     "ToolCall",
+    "Usage",
 ]
 
 
@@ -66,8 +69,31 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """The token counts a reply reports (OpenAI's `usage`, in the stream's last chunk)."""
+
+    prompt_tokens: int = 1
+    completion_tokens: int = 1
+    cached_tokens: int = 0
+
+    def as_openai(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+        if self.cached_tokens:
+            doc["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return doc
+
+
+DEFAULT_USAGE = Usage()
+
+
+@dataclass(frozen=True)
 class ScriptedText:
     text: str
+    usage: Usage = DEFAULT_USAGE
 
 
 @dataclass(frozen=True)
@@ -75,6 +101,7 @@ class ScriptedToolCalls:
     calls: tuple[ToolCall, ...]
     text: str = ""
     """Optional assistant text streamed before the tool calls."""
+    usage: Usage = DEFAULT_USAGE
 
 
 @dataclass(frozen=True)
@@ -166,9 +193,9 @@ class FakeOpenAI:
 
     # ------------------------------------------------------------------ scripting
 
-    def text(self, text: str) -> FakeOpenAI:
+    def text(self, text: str, *, usage: Usage = DEFAULT_USAGE) -> FakeOpenAI:
         """Queue a plain assistant text reply."""
-        return self.add(ScriptedText(text))
+        return self.add(ScriptedText(text, usage))
 
     def tool_call(
         self, name: str, arguments: Mapping[str, Any] | str | None = None, *, call_id: str | None = None
@@ -411,8 +438,7 @@ def _sse(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str) -> bytes
             for j in range(0, len(args), 16):  # stream arguments in fragments, as servers do
                 chunks.append(_chunk(seq, model, {"tool_calls": [{"index": i, "function": {"arguments": args[j : j + 16]}}]}))
         chunks.append(_chunk(seq, model, {}, "tool_calls"))
-    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-    chunks.append({**_chunk(seq, model, {}), "choices": [], "usage": usage})
+    chunks.append({**_chunk(seq, model, {}), "choices": [], "usage": reply.usage.as_openai()})
     return b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n"
 
 
@@ -441,7 +467,7 @@ def _completion(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str) -
             "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            "usage": reply.usage.as_openai(),
         }
     ).encode()
 

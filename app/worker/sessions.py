@@ -18,6 +18,12 @@ fields), so it can be recovered from the logs. Never silently.
 Each session row names its `owner` (`instance_id()`, one per container) and carries a
 `heartbeat_at` that the supervisor refreshes, so another process can tell a crashed
 owner's sessions from live ones (`ConfigStore.abandon_stale_sessions`).
+
+Usage (`SessionRecord.usage`) comes from LiveKit's `session_usage_updated` events; the
+latest figures ride along with the next turn's write (no write of their own) and are
+written once more, final, with the end. When the agent has analysis settings, the
+pending analysis is written in that same last batch, so the end of a call and its
+analysis request are stored together; `on_closed` then tells the analysis runner.
 """
 
 from __future__ import annotations
@@ -43,7 +49,10 @@ from app.domain import (
     StoreUnavailable,
     Turn,
 )
+from app.domain.analysis import AnalysisRequest, AnalysisStatus, SessionAnalysis
 from app.domain.models import deep_merge
+from app.domain.pricing import PriceTable
+from app.domain.usage import SessionUsage
 from app.domain.values import utcnow
 from app.store.base import (
     AppendTurn,
@@ -60,6 +69,8 @@ from app.store.base import (
 if TYPE_CHECKING:  # the supervisor imports this module before the LiveKit stack is loaded
     from livekit.agents import AgentSession, CloseEvent, ConversationItemAddedEvent
     from livekit.agents.llm import ChatMessage
+    from livekit.agents.metrics import AgentSessionUsage
+    from livekit.agents.voice.events import SessionUsageUpdatedEvent
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +180,13 @@ class SessionManager:
         retry_max_delay: float = 2.0,
         flush_timeout: float = 10.0,
         spill: Spill | None = None,
+        analysis: AnalysisRequest | None = None,
+        prices: PriceTable | None = None,
+        on_closed: Callable[[SessionRecord], None] | None = None,
     ) -> None:
+        """`analysis`: what to ask after the call (None: the agent has no analysis).
+        `prices`: to price the usage (None: usage is not recorded). `on_closed`: called
+        once the last writes are flushed (or handed on)."""
         self._store = store
         self.record = record
         self._call = call
@@ -191,6 +208,12 @@ class SessionManager:
         self._stopping = False
         """Set by `aclose` with the writer's cancel: a driver that swallows the
         cancellation (seen with pymongo mid-operation) must not keep it retrying."""
+        self.analysis = analysis
+        self._prices = prices
+        self._on_closed = on_closed
+        self._session: AgentSession[Any] | None = None
+        self._usage: AgentSessionUsage | None = None
+        self._usage_dirty = False
         self.failed_writes = 0
         self.dropped: list[str] = []
         self.spilled = 0
@@ -208,8 +231,10 @@ class SessionManager:
 
     def attach(self, session: AgentSession[Any]) -> None:
         """Subscribe to a LiveKit `AgentSession`'s events."""
+        self._session = session
         session.on("conversation_item_added", self._on_item)
         session.on("close", self._on_close)
+        session.on("session_usage_updated", self._on_usage)
 
     async def aclose(self, status: SessionStatus | None = None, reason: str | None = None) -> None:
         """Finish the record (unless already finished) and flush what is queued."""
@@ -219,8 +244,30 @@ class SessionManager:
             self._finish = (status, reason or status.value, None)
         status_, reason_, error = self._finish or (SessionStatus.completed, "closed", None)
         sid = self.record.session_id
+        last: dict[str, Any] = {}
+        if self._session is not None:  # the final figures (readable after LiveKit closed it)
+            self._usage, self._usage_dirty = self._session.usage, True
+        if (usage := self._priced_usage()) is not None:
+            last["usage"] = usage
+        if self.analysis is not None:
+            self.record.analysis = SessionAnalysis(
+                status=AnalysisStatus.pending, request=self.analysis, requested_at=utcnow()
+            )
+            last["analysis"] = self.record.analysis
+        if last:
+            self._enqueue(UpdateSession(last))
         self._enqueue(FinishSession(status_, reason_, error))
         self._closed = True
+        try:
+            await self._close_writes(sid)
+        finally:
+            if self._on_closed is not None:
+                try:
+                    self._on_closed(self.record)
+                except Exception:
+                    log.exception("session %s: on_closed callback failed", sid)
+
+    async def _close_writes(self, sid: str) -> None:
         await self.flush(self._flush_timeout)
         if self._writer is not None:
             self._stopping = True
@@ -290,7 +337,26 @@ class SessionManager:
         self._seq += 1
         self.record.turns.append(turn)
         self._enqueue(AppendTurn(turn))
+        if (usage := self._priced_usage()) is not None:  # rides along in the turn's batch
+            self._enqueue(UpdateSession({"usage": usage}))
         return turn
+
+    # -------------------------------------------------------------- usage
+
+    def _on_usage(self, ev: SessionUsageUpdatedEvent) -> None:
+        self._usage, self._usage_dirty = ev.usage, True
+
+    def _priced_usage(self) -> SessionUsage | None:
+        """The latest usage, priced, if it changed since it was last queued (else None)."""
+        if not self._usage_dirty or self._usage is None or self._prices is None:
+            return None
+        from app.worker.usage import session_usage
+
+        self._usage_dirty = False
+        usage = session_usage(self._usage, self._prices)
+        if usage is not None:
+            self.record.usage = usage
+        return usage
 
     def _on_item(self, ev: ConversationItemAddedEvent) -> None:
         item = ev.item
