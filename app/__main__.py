@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 
 from pydantic import ValidationError
@@ -15,9 +16,11 @@ def _load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as e:
-        for err in e.errors():
-            name = ".".join(str(p) for p in err["loc"]).upper()
-            print(f"error: setting {name}: {err['msg']}", file=sys.stderr)
+        from app.domain.field_errors import field_errors
+
+        for loc, message in field_errors(e):
+            name = ".".join(str(p) for p in loc).upper()
+            print(f"error: setting {name}: {message}" if name else f"error: settings: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -26,14 +29,26 @@ def _cmd_serve(dev: bool) -> int:
     from app.supervisor import Supervisor, prepare_settings
 
     settings = _load_settings()
+    weak_secret = settings.weak_livekit_secret()
     if not dev:
-        missing = settings.missing_for_production()
-        if missing:
-            for name in missing:
-                print(f"error: `start` needs {name} to be set", file=sys.stderr)
+        problems = [f"`start` needs {name} to be set" for name in settings.missing_for_production()]
+        if weak_secret:
+            problems.append(f"{weak_secret}: `start` refuses it (`dev` accepts it with a warning)")
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if problems:
             return 2
     json_logs = settings.log_format == "json" or (settings.log_format == "auto" and not dev)
     redactor = configure_logging(settings, json_logs=json_logs)
+    if weak_secret:  # dev only (start refused above): say it once, not at every token signed
+        import warnings
+
+        # PyJWT's InsecureKeyLengthWarning, at every token signed (tests/test_supervisor.py
+        # notices if its wording changes and it comes through again)
+        warnings.filterwarnings("ignore", message=r"The HMAC key is \d+ bytes long")
+        logging.getLogger("app.cli").warning(
+            "%s; fine for a local LiveKit dev server, refused by `start`", weak_secret
+        )
     settings, generated = prepare_settings(settings, dev=dev)
     if generated:
         redactor.add(generated)
@@ -74,7 +89,14 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     from app.logging_setup import configure_logging
 
     settings = _load_settings()
-    configure_logging(settings.model_copy(update={"log_level": "WARNING"}), json_logs=False)
+    debug = settings.log_level == "DEBUG"
+    configure_logging(settings.model_copy(update={"log_level": "DEBUG" if debug else "WARNING"}), json_logs=False)
+    if not debug:
+        # The terminal is the conversation: chat reports failures in one line of its own;
+        # LiveKit's retry warnings and tracebacks (and our worker's line for the same
+        # failure) show with LOG_LEVEL=DEBUG.
+        logging.getLogger("livekit").setLevel(logging.CRITICAL)
+        logging.getLogger("app.worker.model_unavailable").setLevel(logging.ERROR)
     variables: dict[str, str] = {}
     for item in args.var or []:
         if "=" not in item:

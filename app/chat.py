@@ -3,6 +3,13 @@
 It runs the same routing, cache, factory, tools and session record as a voice call,
 in LiveKit's text mode (an `AgentSession` with no room and no audio), so it works
 with nothing but an OpenAI-compatible endpoint: no LiveKit server, no audio library.
+
+The terminal is the conversation: the agent's lines on stdout, ours (banner, errors)
+on stderr, one line each. LiveKit's own log lines (retry warnings, tracebacks) show
+only with LOG_LEVEL=DEBUG. When the model is unavailable the session ends as a voice
+call would (`app.worker.model_unavailable`: recorded `failed` / `llm_unavailable`),
+with one error line and exit status 1; with no model endpoint configured at all,
+chat says so before the first turn and exits with 2.
 """
 
 from __future__ import annotations
@@ -13,21 +20,30 @@ import sys
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from app.domain import StoreUnavailable
+from app.domain import SessionStatus, StoreUnavailable
 from app.domain.analysis import AnalysisStatus, SessionAnalysis
 from app.domain.routing import MetadataSource
 from app.domain.usage import SessionUsage
+from app.logging_setup import secret_values
 from app.settings import Settings
 from app.store import open_store
+from app.worker.model_unavailable import LLM_UNAVAILABLE, ModelUnavailable, describe_error, missing_llm_endpoint
 from app.worker.services import WorkerServices
 from app.worker.session_start import prepare_session
 
 if TYPE_CHECKING:
     from livekit.agents import CloseEvent, ConversationItemAddedEvent
 
+EXIT_MODEL_UNAVAILABLE = 1
+EXIT_NO_MODEL_ENDPOINT = 2
+
 
 def _say(who: str, text: str) -> None:
     print(f"{who}> {text}", flush=True)
+
+
+def _error(text: str) -> None:
+    print(f"error: {text}", file=sys.stderr, flush=True)
 
 
 async def run_chat(
@@ -42,6 +58,9 @@ async def run_chat(
     """`lines`: an async iterator of user inputs (tests); stdin when None."""
     from livekit.agents import AgentSession
     from livekit.agents.llm import ChatMessage
+
+    from app.agents.providers import session_connect_options
+    from app.worker.budget import attach_budget_guard
 
     store = open_store(settings.database_url)
     try:
@@ -60,13 +79,23 @@ async def run_chat(
         prepared = await prepare_session(
             services, [MetadataSource("job", json.dumps(meta))], room="terminal", audio=False
         )
+        rec = prepared.manager.record
+        no_endpoint = missing_llm_endpoint(settings, prepared.config)
+        if no_endpoint:
+            prepared.manager.finish(SessionStatus.failed, LLM_UNAVAILABLE, no_endpoint)
+            await prepared.aclose()
+            _error(no_endpoint)
+            print(f"[session {rec.session_id} stored as failed ({LLM_UNAVAILABLE})]", file=sys.stderr, flush=True)
+            return EXIT_NO_MODEL_ENDPOINT
         print(
             f"[{prepared.config.agent_id} v{prepared.config.version} — {prepared.decision.reason}; "
-            f"session {prepared.record.session_id}; empty line or Ctrl-D to quit]",
+            f"session {rec.session_id}; empty line or Ctrl-D to quit]",
             file=sys.stderr, flush=True,
         )
-        async with AgentSession() as session:
+        async with AgentSession(conn_options=session_connect_options()) as session:
             prepared.manager.attach(session)
+            attach_budget_guard(session, prepared.manager)
+            guard = ModelUnavailable.attach(session, prepared.manager, settings)
 
             def on_item(ev: ConversationItemAddedEvent) -> None:
                 item = ev.item
@@ -80,21 +109,31 @@ async def run_chat(
 
             session.on("conversation_item_added", on_item)
             session.on("close", on_close)
-            await session.start(prepared.agent, capture_run=True)  # returns after the greeting
-            async for line in lines if lines is not None else _stdin_lines():
-                if not line.strip() or closed.is_set():
-                    break
-                try:
-                    await session.run(user_input=line)
-                except Exception as e:  # a failed turn (LLM unreachable...) is reported, not fatal
-                    print(f"error: {e}", file=sys.stderr, flush=True)
-                if closed.is_set():
-                    break
+            try:
+                await session.start(prepared.agent, capture_run=True)  # returns after the greeting
+            except Exception as e:  # a greeting the model must generate, and it failed
+                if guard.outcome is None:
+                    _error(describe_error(e, secret_values(settings)))
+            if guard.outcome is None:
+                async for line in lines if lines is not None else _stdin_lines():
+                    if not line.strip() or closed.is_set():
+                        break
+                    try:
+                        await session.run(user_input=line)
+                    except Exception as e:  # reported in one line; the model's failures end the chat
+                        if guard.outcome is None:
+                            _error(describe_error(e, secret_values(settings)))
+                    if guard.outcome is not None or closed.is_set():
+                        break
+            await guard.wait()
         await prepared.aclose()
-        rec = prepared.manager.record
+        if guard.outcome is not None:
+            _error(f"the model is unavailable ({guard.outcome.error}); the conversation has ended")
+            print(f"[session {rec.session_id} stored as failed ({guard.outcome.reason})]", file=sys.stderr, flush=True)
+            return EXIT_MODEL_UNAVAILABLE
         print(f"[session {rec.session_id} stored; collected: {json.dumps(prepared.manager.collected)}]",
               file=sys.stderr, flush=True)
-        if rec.usage is not None:
+        if rec.usage.models:
             print(f"[{_usage_line(rec.usage)}]", file=sys.stderr, flush=True)
         if rec.analysis is not None and services.analysis is not None:
             timeout = rec.analysis.request.settings.timeout_s * rec.analysis.request.settings.max_attempts + 10
@@ -109,8 +148,8 @@ async def run_chat(
 
 
 def _usage_line(usage: SessionUsage) -> str:
-    text = (f"usage: {usage.llm_prompt_tokens} prompt tokens ({usage.llm_prompt_cached_tokens} cached), "
-            f"{usage.llm_completion_tokens} completion tokens; cost ${usage.cost_usd:.6f}")
+    text = (f"usage: {usage.llm_input_tokens} input tokens ({usage.llm_cached_tokens} cached), "
+            f"{usage.llm_output_tokens} output tokens; cost ${usage.cost_usd:.6f}")
     if usage.unpriced_models:
         text += f" (no price for {', '.join(usage.unpriced_models)})"
     return text

@@ -1,5 +1,10 @@
 """Logging: readable lines in dev, one JSON object per line in production.
 
+Python warnings (a library's `warnings.warn`, such as PyJWT's about a short HMAC key)
+are routed through logging too (`logging.captureWarnings`), as one line on the
+`py.warnings` logger: printed as plain text they broke the JSON stream, and they
+bypassed the redaction filter.
+
 A redaction filter replaces any configured secret value that reaches a log record
 (message, arguments, exception text, string `extra` fields) with `***`, so a stray
 `log.info(settings)` or an exception that echoes a header cannot leak a key. It runs
@@ -111,6 +116,22 @@ def _install_record_factory(redactor: RedactSecrets) -> None:
     logging.setLogRecordFactory(factory)
 
 
+class OneLineWarning(logging.Filter):
+    """`warnings.formatwarning` text as one line: `file:line: Category: message`, without
+    the quoted source line it appends (a second, unformatted line in text logs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg).rstrip("\n")
+        head, sep, last = text.rpartition("\n  ")
+        if sep and "\n" not in last:
+            text = head
+        record.msg = " ".join(line.strip() for line in text.splitlines())
+        return True
+
+
+_one_line_warning = OneLineWarning()
+
+
 def configure_logging(settings: Settings, *, json_logs: bool) -> RedactSecrets:
     """Install one handler on the root logger and the redacting record factory; returns
     the redaction filter so a key generated later (dev mode) can be added to it."""
@@ -128,6 +149,8 @@ def configure_logging(settings: Settings, *, json_logs: bool) -> RedactSecrets:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(settings.log_level)
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").addFilter(_one_line_warning)  # once: a Logger dedups filters
     # Third-party chatter that drowns our own lines at INFO.
     for name in ("httpx", "httpcore", "aiosqlite", "urllib3", "openai._base_client"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -21,12 +21,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from app.domain import AgentConfigInput, AlreadyExists, NotFound, Route
-from app.domain.loading import (
-    ConfigFileError,
-    format_location,
-    load_agent_file,
-    read_yaml,
-)
+from app.domain.field_errors import field_errors, format_location
+from app.domain.loading import ConfigFileError, load_agent_file, read_yaml
 from app.settings import DEFAULT_PROMPTS_DIR
 from app.store.base import ConfigStore
 from app.store.sources import PTE_CONFIG_FILE
@@ -145,10 +141,7 @@ def load_routes(prompts_dir: Path = PROMPTS_DIR) -> list[Route]:
 
 
 def _prefixed(index: int, err: ValidationError) -> str:
-    return "; ".join(
-        f"{format_location(('routes', index, *e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-        for e in err.errors(include_url=False)
-    )
+    return "; ".join(f"{format_location(('routes', index, *loc))}: {msg}" for loc, msg in field_errors(err))
 
 
 async def seed(store: ConfigStore, prompts_dir: Path = PROMPTS_DIR) -> SeedReport:

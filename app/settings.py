@@ -16,6 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints,
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/app.db"
+DEFAULT_REPLY_MAX_TOKENS = 250
+"""The reply cap of agents that set no `llm.max_tokens` (`DEFAULT_LLM_MAX_TOKENS` changes
+it): about a minute of speech, with room for a tool call's arguments."""
+MIN_LIVEKIT_SECRET_BYTES = 32
+"""LiveKit tokens are HMAC-SHA256 JWTs signed with LIVEKIT_API_SECRET; a key shorter than
+the hash output (RFC 7518 §3.2) is guessable offline from any token a client holds."""
 DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
 """`prompts/` beside the `app` package: the repository root, or /app in the image."""
 
@@ -97,6 +103,11 @@ class Settings(BaseSettings):
         "and shutdown steps after it need up to 51 s more, inside fly's 300 s kill_timeout.",
     )
     default_llm_model: str = "gpt-4.1-mini"
+    default_llm_max_tokens: int = Field(
+        DEFAULT_REPLY_MAX_TOKENS, ge=1, le=32768,
+        description="The reply cap for agents that set no llm.max_tokens: about a minute of "
+        "speech, with room for a tool call's arguments.",
+    )
     default_stt_model: str = "gpt-4o-mini-transcribe"
     default_tts_model: str = "gpt-4o-mini-tts"
     default_tts_voice: str = "alloy"
@@ -170,17 +181,33 @@ class Settings(BaseSettings):
     def is_mongo(self) -> bool:
         return self.database_url.startswith(("mongodb://", "mongodb+srv://"))
 
+    def missing_livekit(self) -> list[str]:
+        """The LiveKit settings the worker and `POST /api/v1/token` need that are unset."""
+        given = {
+            "LIVEKIT_URL": self.livekit_url,
+            "LIVEKIT_API_KEY": self.livekit_api_key,
+            "LIVEKIT_API_SECRET": self.livekit_api_secret,
+        }
+        return [name for name, value in given.items() if not value]
+
+    def weak_livekit_secret(self) -> str | None:
+        """Why LIVEKIT_API_SECRET is too short to sign tokens with, or None if it is not."""
+        if self.livekit_api_secret is None:
+            return None
+        size = len(self.livekit_api_secret.get_secret_value().encode())
+        if size >= MIN_LIVEKIT_SECRET_BYTES:
+            return None
+        return (
+            f"LIVEKIT_API_SECRET is {size} bytes long; tokens signed with it (HMAC-SHA256) need "
+            f"at least {MIN_LIVEKIT_SECRET_BYTES}"
+        )
+
     def missing_for_production(self) -> list[str]:
         """Settings `start` refuses to run without, one name per missing item."""
         missing: list[str] = []
         if self.admin_api_key is None:
             missing.append("ADMIN_API_KEY")
-        if not self.livekit_url:
-            missing.append("LIVEKIT_URL")
-        if self.livekit_api_key is None:
-            missing.append("LIVEKIT_API_KEY")
-        if self.livekit_api_secret is None:
-            missing.append("LIVEKIT_API_SECRET")
+        missing += self.missing_livekit()
         if "database_url" not in self.model_fields_set:
             # The dev default (./data/app.db) is no place for production data: make the
             # operator say where it lives (the image sets /data, fly mounts a volume there).

@@ -61,7 +61,7 @@ class _Server(uvicorn.Server):
 
 
 def livekit_configured(settings: Settings) -> bool:
-    return bool(settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret)
+    return not settings.missing_livekit()
 
 
 def freeze_startup_heap(settings: Settings) -> bool:
@@ -335,9 +335,21 @@ class Supervisor:
         return server
 
     async def _run_worker(self) -> None:
+        from app.worker.model_unavailable import missing_llm_endpoint
+
+        if livekit_configured(self.settings) and (no_endpoint := missing_llm_endpoint(self.settings)):
+            log.warning(
+                "%s: only agents with their own llm.base_url can answer; sessions of the others "
+                "end with a spoken apology and are recorded failed (llm_unavailable).", no_endpoint,
+            )
         if not livekit_configured(self.settings):
             self.status.set_worker("disabled", "LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET not set")
-            log.warning("LiveKit is not configured: the worker is disabled, the API serves on")
+            log.warning(
+                "LiveKit is not configured (missing: %s), so the voice worker is disabled; the "
+                "admin API and console serve without it, and POST /api/v1/token answers 503 until "
+                "LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET are all set.",
+                ", ".join(self.settings.missing_livekit()),
+            )
             return
         backoff = 1.0
         while not self._stop.is_set():

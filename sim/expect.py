@@ -406,12 +406,16 @@ def request_text(req: CapturedRequest) -> list[str]:
 def check_llm_received(
     checks: Checks, loc: Loc, spec: LLMReceived, requests: Sequence[CapturedRequest], *, live: bool
 ) -> None:
+    if spec.endpoint is not None:
+        if live:  # a real model is one endpoint
+            return
+        requests = [r for r in requests if r.endpoint == spec.endpoint]
     if spec.count is not None and not live:
         checks.check(
             len(requests) == spec.count, (*loc, "count"), "number of LLM requests in this step",
             expected=spec.count, actual=len(requests),
         )
-    checked = [n for n in spec.model_fields_set if n not in ("request", "count")]
+    checked = [n for n in spec.model_fields_set if n not in ("request", "count", "endpoint")]
     if not checked:
         return
     if not requests:
@@ -435,7 +439,7 @@ def check_llm_received(
 
 def _check_request(checks: Checks, loc: Loc, spec: LLMReceived, req: CapturedRequest, i: int) -> None:
     tag = f"request #{i}"
-    system = req.system or ""
+    system = req.instructions
     for s in spec.instructions_contain:
         checks.check(s in system, (*loc, "instructions_contain"), f"{tag}: instructions lack a text",
                      expected=f"contains {short(s)}", actual=short(system))
@@ -457,6 +461,10 @@ def _check_request(checks: Checks, loc: Loc, spec: LLMReceived, req: CapturedReq
         problem = subset_problem(schema, req.tool(name).get("parameters"))
         checks.check(problem is None, (*loc, "tool_schemas", name), f"{tag}: parameters schema of {name} differs: {problem}",
                      expected=short(schema), actual=short(req.tool(name).get("parameters")))
+    for key, want in spec.params.items():
+        got = req.body.get(key)
+        checks.check(got == want, (*loc, "params", key), f"{tag}: request field {key} differs",
+                     expected=short(want), actual=short(got) if key in req.body else "absent")
     texts = request_text(req)
     for s in spec.messages_contain:
         checks.check(any(s in t for t in texts), (*loc, "messages_contain"), f"{tag}: no message contains the text",
@@ -512,6 +520,12 @@ def check_record(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRe
                      expected=spec.turn_count, actual=len(record.turns))
     if spec.turns is not None and not live:
         _check_turns(checks, (*loc, "turns"), spec, record)
+    if spec.events is not None:
+        _check_events_stored(checks, (*loc, "events"), spec, record)
+    if spec.served_by is not None and not live:
+        _check_served_by(checks, (*loc, "served_by"), spec, record)
+    if spec.usage is not None and not live:
+        _check_usage(checks, (*loc, "usage"), spec, record)
     if spec.handoffs is not None:
         got = [(h.from_agent, h.to_agent) for h in record.handoffs]
         want = [(h.from_, h.to) for h in spec.handoffs]
@@ -520,6 +534,49 @@ def check_record(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRe
                 if "reason" in h.model_fields_set:
                     checks.check(h.reason == r.reason, (*loc, "handoffs", i, "reason"), "handoff reason differs",
                                  expected=repr(h.reason), actual=repr(r.reason))
+
+
+def _check_events_stored(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRecord) -> None:
+    assert spec.events is not None
+    got = record.events
+    listing = "stored events:\n" + "\n".join(f"  [{i}] {e.kind} ({e.agent_id}): {short(e.detail)}" for i, e in enumerate(got))
+    kinds = [e.kind for e in got]
+    want = [e.kind for e in spec.events]
+    if kinds != want:
+        checks.fail(loc, "stored events differ", expected=want, actual=kinds, context=listing)
+        return
+    for i, (w, e) in enumerate(zip(spec.events, got, strict=True)):
+        if w.contains is not None:
+            checks.check(w.contains in e.detail, (*loc, i, "contains"), f"event {i} ({e.kind}): detail lacks a text",
+                         expected=f"contains {short(w.contains)}", actual=short(e.detail))
+
+
+def _check_served_by(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRecord) -> None:
+    assert spec.served_by is not None
+    stored = list(record.usage.served_by)
+    listing = "served by:\n" + "\n".join(f"  {s.kind} {s.provider} {s.model}: {s.turns} turn(s)" for s in stored)
+    left = list(stored)
+    for i, w in enumerate(spec.served_by):
+        match = next((s for s in left if s.kind == w.kind and s.provider == w.provider
+                      and (w.model is None or s.model == w.model) and (w.turns is None or s.turns == w.turns)), None)
+        if match is None:
+            checks.fail((*loc, i), "no stored provider count matches",
+                        expected=short(w.model_dump(exclude_none=True)), actual=f"{len(stored)} stored", context=listing)
+        else:
+            left.remove(match)
+    if left:
+        checks.fail(loc, "providers served turns the scenario does not list",
+                    expected="nothing else", actual=short([f"{s.kind} {s.provider} {s.model}" for s in left]))
+
+
+def _check_usage(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRecord) -> None:
+    assert spec.usage is not None
+    u = record.usage
+    got = {"llm_tokens": u.llm_tokens, "llm_input_tokens": u.llm_input_tokens,
+           "llm_output_tokens": u.llm_output_tokens, "tts_characters": u.tts_characters}
+    for name in spec.usage.model_fields_set:
+        want = getattr(spec.usage, name)
+        checks.check(got[name] == want, (*loc, name), f"usage {name} differs", expected=want, actual=got[name])
 
 
 def _check_turns(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRecord) -> None:

@@ -16,10 +16,18 @@ Usage::
     fake.requests[0].tool_names           # the tools it was offered
 
 Each chat completion request pops the next scripted reply; every request (including
-ones that found the script empty) is captured. A reply reports `usage` (default 1 prompt
-and 1 completion token; `fake.text("...", usage=Usage(120, 8, cached_tokens=64))`), in
-the stream's last chunk as OpenAI sends it. An empty script answers HTTP 400 — a
+ones that found the script empty) is captured. An empty script answers HTTP 400 — a
 non-retryable error — so a test that under-scripts fails fast instead of retrying.
+
+Like a real server, it honours a request's reply cap (`max_completion_tokens`, or
+`max_tokens`): a scripted text longer than the cap is cut after that many tokens (here
+a token is a whitespace-separated word) with `finish_reason: "length"`, unless the fake
+was made with `honour_cap=False` (a server that ignores the parameter). Usage is
+reported as a server would: prompt tokens about one per four characters of the
+request's messages and tools, completion tokens one per word (or per four characters of
+tool arguments), in the stream's last chunk as OpenAI sends it; a scripted reply may fix
+both (`usage=(prompt, completion)`), and cached prompt tokens too
+(`usage=Usage(120, 8, cached_tokens=64)`, reported as `prompt_tokens_details.cached_tokens`).
 
 Audio (the voice sim): `POST …/audio/transcriptions` answers the next queued transcript
 (`fake.transcript("...")`; an empty queue transcribes as "", as a real model does with
@@ -72,28 +80,21 @@ class ToolCall:
 class Usage:
     """The token counts a reply reports (OpenAI's `usage`, in the stream's last chunk)."""
 
-    prompt_tokens: int = 1
-    completion_tokens: int = 1
+    prompt_tokens: int
+    completion_tokens: int
     cached_tokens: int = 0
 
-    def as_openai(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
-        if self.cached_tokens:
-            doc["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
-        return doc
 
-
-DEFAULT_USAGE = Usage()
+ScriptedUsage = Usage | tuple[int, int] | None
+"""What a scripted reply reports: `Usage`, `(prompt_tokens, completion_tokens)`, or None
+(counted from the request and the reply, as a server would)."""
 
 
 @dataclass(frozen=True)
 class ScriptedText:
     text: str
-    usage: Usage = DEFAULT_USAGE
+    usage: ScriptedUsage = None
+    """What to report (`ScriptedUsage`); None: counted from the request."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class ScriptedToolCalls:
     calls: tuple[ToolCall, ...]
     text: str = ""
     """Optional assistant text streamed before the tool calls."""
-    usage: Usage = DEFAULT_USAGE
+    usage: ScriptedUsage = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,19 @@ class CapturedRequest:
     """One POST /chat/completions body, with helpers for the parts tests assert on."""
 
     body: dict[str, Any]
+    endpoint: str = "default"
+    """Which fake answered it (`FakeOpenAI.name`: the sim's endpoint host)."""
+    endpoint_failure: bool = False
+    """Answered by the endpoint's scripted `fail_status`, not by a scripted reply."""
+
+    @property
+    def cap(self) -> int | None:
+        """The reply cap the request carried (`max_completion_tokens` or `max_tokens`)."""
+        for key in ("max_completion_tokens", "max_tokens"):
+            value = self.body.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return None
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -132,6 +146,14 @@ class CapturedRequest:
             if m.get("role") in ("system", "developer"):
                 return _content_text(m.get("content"))
         return None
+
+    @property
+    def instructions(self) -> str:
+        """Every system/developer message's text, in order: the agent's instructions and
+        any LiveKit adds for one reply (`generate_reply(instructions=...)`)."""
+        return "\n\n".join(
+            _content_text(m.get("content")) or "" for m in self.messages if m.get("role") in ("system", "developer")
+        )
 
     @property
     def tools(self) -> list[dict[str, Any]]:
@@ -177,12 +199,19 @@ class FakeOpenAI:
         delays: Mapping[str, float] | None = None,
         speech_s_per_char: float = 0.06,
         speech_audio: Callable[[str], bytes] | None = None,
+        honour_cap: bool = True,
+        requests: list[CapturedRequest] | None = None,
+        name: str = "default",
     ) -> None:
+        """`requests`: the list captured requests go to (several fakes may share one, to
+        keep their requests in arrival order); `name`: stamped on each of them."""
         self._script: deque[Reply | Responder] = deque(script)
         self._lock = threading.Lock()
         self._seq = 0
         self.model = model
-        self.requests: list[CapturedRequest] = []
+        self.name = name
+        self.honour_cap = honour_cap
+        self.requests: list[CapturedRequest] = requests if requests is not None else []
         # audio (voice sim): queued transcripts, captured STT/TTS requests
         self.delays: dict[str, float] = dict(delays or {})
         self.speech_s_per_char = speech_s_per_char
@@ -193,7 +222,7 @@ class FakeOpenAI:
 
     # ------------------------------------------------------------------ scripting
 
-    def text(self, text: str, *, usage: Usage = DEFAULT_USAGE) -> FakeOpenAI:
+    def text(self, text: str, *, usage: ScriptedUsage = None) -> FakeOpenAI:
         """Queue a plain assistant text reply."""
         return self.add(ScriptedText(text, usage))
 
@@ -297,7 +326,7 @@ class FakeOpenAI:
 
     def respond(self, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
         """The core: capture a request body, pop the next reply, encode it."""
-        req = CapturedRequest(body)
+        req = CapturedRequest(body, self.name)
         with self._lock:
             self.requests.append(req)
             item = self._script.popleft() if self._script else None
@@ -309,10 +338,31 @@ class FakeOpenAI:
         if isinstance(reply, ScriptedError):
             err = {"error": {"message": reply.message, "type": "fake_error", "code": None}}
             return reply.status, {"content-type": "application/json"}, json.dumps(err).encode()
+        finish = None
+        if self.honour_cap and req.cap is not None and isinstance(reply, ScriptedText):
+            words = _words(reply.text)
+            if len(words) > req.cap:
+                reply, finish = ScriptedText("".join(words[: req.cap]).rstrip(), reply.usage), "length"
+        usage = _usage(req, reply, cut=req.cap if finish else None)
         stream = bool(body.get("stream"))
         if not stream:
-            return 200, {"content-type": "application/json"}, _completion(reply, seq, self.model)
-        return 200, {"content-type": "text/event-stream"}, _sse(reply, seq, self.model)
+            return 200, {"content-type": "application/json"}, _completion(reply, seq, self.model, usage, finish)
+        return 200, {"content-type": "text/event-stream"}, _sse(reply, seq, self.model, usage, finish)
+
+    def fail(self, request: httpx2.Request, status: int) -> httpx2.Response:
+        """Capture a chat request and answer it with HTTP `status`, leaving the script alone."""
+        try:
+            body = json.loads(request.content or b"{}")
+        except ValueError:
+            body = {}
+        with self._lock:
+            self.requests.append(CapturedRequest(body if isinstance(body, dict) else {}, self.name, endpoint_failure=True))
+        err = {"error": {"message": f"scripted failure ({status})", "type": "fake_error", "code": None}}
+        return httpx2.Response(status, json=err)
+
+    def handle(self, request: httpx2.Request) -> httpx2.Response:
+        """Answer one request whose body has been read (`sim.endpoints` routes to this)."""
+        return self._handle(request)
 
     def _handle(self, request: httpx2.Request) -> httpx2.Response:
         if request.method == "GET" and request.url.path.endswith("/models"):
@@ -421,13 +471,34 @@ def _args_json(call: ToolCall) -> str:
     return call.arguments if isinstance(call.arguments, str) else json.dumps(dict(call.arguments))
 
 
-def _sse(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str) -> bytes:
+def _usage(req: CapturedRequest, reply: ScriptedText | ScriptedToolCalls, *, cut: int | None) -> dict[str, Any]:
+    cached = 0
+    if isinstance(reply.usage, Usage):
+        prompt, completion, cached = reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.cached_tokens
+    elif reply.usage is not None:
+        prompt, completion = reply.usage
+    else:
+        prompt = max(1, len(json.dumps([req.messages, req.body.get("tools") or []])) // 4)
+        if isinstance(reply, ScriptedText):
+            completion = len(_words(reply.text))
+        else:
+            completion = len(_words(reply.text)) + sum(max(1, len(_args_json(c)) // 4) for c in reply.calls)
+        completion = max(1, completion)
+    if cut is not None:
+        completion = cut
+    doc: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if cached:
+        doc["prompt_tokens_details"] = {"cached_tokens": cached}
+    return doc
+
+
+def _sse(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str, usage: dict[str, Any], finish: str | None) -> bytes:
     chunks: list[dict[str, Any]] = []
     if isinstance(reply, ScriptedText):
         chunks.append(_chunk(seq, model, {"role": "assistant", "content": ""}))
         for word in _words(reply.text):
             chunks.append(_chunk(seq, model, {"content": word}))
-        chunks.append(_chunk(seq, model, {}, "stop"))
+        chunks.append(_chunk(seq, model, {}, finish or "stop"))
     else:
         chunks.append(_chunk(seq, model, {"role": "assistant", "content": reply.text or None}))
         for i, call in enumerate(reply.calls):
@@ -438,14 +509,16 @@ def _sse(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str) -> bytes
             for j in range(0, len(args), 16):  # stream arguments in fragments, as servers do
                 chunks.append(_chunk(seq, model, {"tool_calls": [{"index": i, "function": {"arguments": args[j : j + 16]}}]}))
         chunks.append(_chunk(seq, model, {}, "tool_calls"))
-    chunks.append({**_chunk(seq, model, {}), "choices": [], "usage": reply.usage.as_openai()})
+    chunks.append({**_chunk(seq, model, {}), "choices": [], "usage": usage})
     return b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n"
 
 
-def _completion(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str) -> bytes:
+def _completion(
+    reply: ScriptedText | ScriptedToolCalls, seq: int, model: str, usage: dict[str, Any], cut: str | None
+) -> bytes:
     if isinstance(reply, ScriptedText):
         message: dict[str, Any] = {"role": "assistant", "content": reply.text}
-        finish = "stop"
+        finish = cut or "stop"
     else:
         message = {
             "role": "assistant",
@@ -467,7 +540,7 @@ def _completion(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str) -
             "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": reply.usage.as_openai(),
+            "usage": usage,
         }
     ).encode()
 

@@ -37,14 +37,18 @@ from livekit.agents import AgentSession
 from livekit.agents.testing import fake_job_context
 from livekit.agents.voice.run_result import RunResult
 
+from app.agents.providers import session_connect_options
 from app.domain import NotFound, SessionRecord, StoreUnavailable
 from app.seed import seed
 from app.settings import Settings
 from app.store import open_store
+from app.worker.budget import attach_budget_guard
 from app.worker.entrypoint import prepare_job
+from app.worker.model_unavailable import ModelUnavailable
 from app.worker.services import WorkerServices
 from app.worker.session_start import PreparedSession
 from sim.config_ops import ConfigApplier
+from sim.endpoints import SimEndpoints
 from sim.expect import (
     check_closes,
     check_events,
@@ -112,6 +116,8 @@ class SessionOutcome:
     closed_by_agent: bool = False
     voice: Any = None
     """`io: voice`: the session's `sim.voice.runner.VoiceDriver` (audio recorded, timeline)."""
+    endpoints: SimEndpoints | None = None
+    """Offline: the scripted servers the session's models reached (`sim.endpoints`)."""
 
     @property
     def turns(self) -> int:
@@ -338,8 +344,7 @@ async def run_session(
         with fake_job_context(job_metadata=render_metadata(spec.job_metadata)) as ctx:
             if spec.room_metadata is not None:
                 ctx.job.room.metadata = render_metadata(spec.room_metadata)
-            prepared = await prepare_job(ctx, env.services, participant, llm_client=llm.client(),
-                                         **(voice.prepare_kwargs() if voice else {"audio": False}))
+            prepared = await prepare_job(ctx, env.services, participant, **_model_kwargs(env, spec, llm, voice, outcome))
             record = prepared.record
             outcome.session_id = record.session_id
             outcome.agent_id, outcome.config_version = record.agent_id, record.config_version
@@ -377,6 +382,19 @@ async def run_session(
     return outcome
 
 
+def _model_kwargs(
+    env: SimEnvironment, spec: SessionSpec, llm: SessionLLM, voice: Any, outcome: SessionOutcome
+) -> dict[str, Any]:
+    """How the session's models reach their servers. Offline: every client the factory
+    builds (each chain member, with its own timeouts) sends through the scripted
+    endpoints. Live: the one real LLM client (and the voice fake for audio)."""
+    if isinstance(llm, ScriptedLLM):
+        specs = {**env.scenario.endpoints, **spec.endpoints}
+        outcome.endpoints = SimEndpoints(llm.endpoint, audio=voice.audio if voice else None, specs=specs)
+        return {"transport": outcome.endpoints, "audio": voice is not None}
+    return {"llm_client": llm.client(), **(voice.prepare_kwargs() if voice else {"audio": False})}
+
+
 async def _converse(
     env: SimEnvironment,
     spec: SessionSpec,
@@ -391,18 +409,26 @@ async def _converse(
     closed = asyncio.Event()
     # As the entrypoint does: the process's shared VAD. Omitted, LiveKit would build its
     # bundled inference VAD for every session (~30 ms of CPU each).
-    async with AgentSession(vad=env.services.load_vad()) as session:
+    async with AgentSession(vad=env.services.load_vad(), conn_options=session_connect_options()) as session:
         prepared.manager.attach(session)
+        attach_budget_guard(session, prepared.manager)
+        guard = ModelUnavailable.attach(session, prepared.manager, env.settings)  # as the entrypoint does
         session.on("close", lambda _ev: closed.set())
+
+        def model_failed() -> bool:
+            return guard.outcome is not None
+
         handle = SessionHandle(env, spec, session, prepared, llm)
 
         start = spec.start or StartSpec()  # no `start:` block: nothing checked
         ok = await _step(
             checks, (*loc, "start"), start, llm, outcome, "start", None, live, env,
-            lambda: session.start(prepared.agent, capture_run=True),
+            lambda: session.start(prepared.agent, capture_run=True), model_failed,
         )
         if not ok:
             return
+        if model_failed():
+            await guard.wait()  # the session is closed now: any turn left is reported below
         if hooks.after_start is not None:
             await hooks.after_start(handle)
         for j, turn in enumerate(spec.turns):
@@ -416,9 +442,12 @@ async def _converse(
             ok = await _step(
                 checks, tloc, turn, llm, outcome, f"turn {j}", user, live, env,
                 lambda user=user: session.run(user_input=user),  # type: ignore[misc]
+                model_failed,
             )
             if not ok:
                 return
+            if model_failed():
+                await guard.wait()
             if hooks.after_turn is not None:
                 await hooks.after_turn(handle, j)
         outcome.closed_by_agent = await check_closes(checks, spec.closes, closed, loc)
@@ -437,8 +466,10 @@ async def _step(
     live: bool,
     env: SimEnvironment,
     run: Callable[[], Awaitable[RunResult | None]],
+    model_failed: Callable[[], bool] = lambda: False,
 ) -> bool:
-    """Script, run and check one step; False if the session cannot go on."""
+    """Script, run and check one step; False if the session cannot go on. `model_failed`:
+    whether the session's model was found unavailable (then a failed run is expected)."""
     llm.script(step.llm)
     first_request = len(llm.requests)
     t0 = time.perf_counter()
@@ -446,8 +477,13 @@ async def _step(
         result = await run()
     except Exception as e:  # the model or the session failed: report it as the step's outcome
         requests = llm.requests[first_request:]
+        under_scripted = not live and len(requests) > len(step.llm)
+        if model_failed() and not under_scripted:  # a scripted failure: the session ends as
+            # failed (checked by `closes` and `record`, as the worker records it)
+            outcome.steps.append(StepOutcome(label, user, (time.perf_counter() - t0) * 1000, list(requests), []))
+            return True
         hint = ""
-        if not live and len(requests) > len(step.llm):
+        if under_scripted:
             hint = f" (the model was asked {len(requests)} time(s) but only {len(step.llm)} repl(ies) were scripted)"
         checks.fail(loc, f"{label} raised {type(e).__name__}{hint}", expected="the step to complete",
                     actual=str(e)[:500], context="".join(traceback.format_exception_only(e)).strip())
@@ -456,6 +492,13 @@ async def _step(
     elapsed_ms = (time.perf_counter() - t0) * 1000
     requests = llm.requests[first_request:]
     events = [describe_event(ev) for ev in result.events] if result is not None else []
+    if model_failed() and not live and len(requests) > len(step.llm):
+        # the scripted endpoint answers an unscripted request with a 400, which fails the model
+        checks.fail(loc, f"{label}: the model was asked {len(requests)} time(s) but only {len(step.llm)} "
+                    "repl(ies) were scripted; the unanswered request failed the model, which ends the session",
+                    context="\n".join(f"  {e}" for e in events))
+        outcome.steps.append(StepOutcome(label, user, elapsed_ms, list(requests), events, result))
+        return False
     outcome.steps.append(StepOutcome(label, user, elapsed_ms, list(requests), events, result))
     if not live:
         dropped = llm.drop_pending()
@@ -516,6 +559,11 @@ async def run_scenario(
             await env.applier.apply_all(checks, ("config",), sc.config)
             for i, spec in enumerate(sc.sessions):
                 result.sessions.append(await run_session(env, spec, checks=checks, loc=("sessions", i)))
+    if sc.latency_budget is not None and not live:
+        from sim.voice.expect import check_latency_budget
+
+        samples = [s for o in result.sessions if o.voice is not None for s in o.voice.turn_latencies]
+        check_latency_budget(checks, sc.latency_budget, samples, sc.endpoints)
     result.duration_s = time.perf_counter() - t0
     result.failures = checks.failures
     return result

@@ -29,8 +29,9 @@ from sim.fake_openai import (
     ScriptedText,
     ScriptedToolCalls,
     ToolCall,
+    Usage,
 )
-from sim.scenario import LLMReply
+from sim.scenario import DEFAULT_ENDPOINT, LLMReply
 
 DEFAULT_LIVE_MODEL = "gpt-4.1-mini"
 NO_KEY = (
@@ -68,39 +69,52 @@ class SessionLLM(Protocol):
 
 
 def to_reply(r: LLMReply) -> ScriptedText | ScriptedToolCalls | ScriptedError:
+    usage = (
+        Usage(r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.cached_tokens) if r.usage is not None else None
+    )
     if r.error is not None:
         return ScriptedError(r.error, "scripted error")
     if r.tool is not None:
-        return ScriptedToolCalls((ToolCall(r.tool, r.args if r.args is not None else {}),))
+        return ScriptedToolCalls((ToolCall(r.tool, r.args if r.args is not None else {}),), usage=usage)
     if r.tools is not None:
-        return ScriptedToolCalls(tuple(ToolCall(t.name, t.args) for t in r.tools), text=r.text or "")
-    return ScriptedText(r.text or "")
+        return ScriptedToolCalls(tuple(ToolCall(t.name, t.args) for t in r.tools), text=r.text or "", usage=usage)
+    return ScriptedText(r.text or "", usage=usage)
 
 
 class ScriptedLLM:
+    """One `FakeOpenAI` per scripted endpoint (`sim.endpoints`), created on first use;
+    their requests go to one list, in arrival order."""
+
     def __init__(self, model: str = "sim-model") -> None:
-        self.fake = FakeOpenAI(model=model)
+        self._model = model
+        self.requests: list[CapturedRequest] = []
+        self.fakes: dict[str, FakeOpenAI] = {}
+        self.fake = self.endpoint(DEFAULT_ENDPOINT)
         self._client: openai.AsyncClient | None = None
 
-    @property
-    def requests(self) -> list[CapturedRequest]:  # type: ignore[override]
-        return self.fake.requests
+    def endpoint(self, name: str) -> FakeOpenAI:
+        """The fake scripting endpoint `name`'s chat completions."""
+        fake = self.fakes.get(name)
+        if fake is None:
+            fake = self.fakes[name] = FakeOpenAI(model=self._model, requests=self.requests, name=name)
+        return fake
 
     def client(self) -> openai.AsyncClient:
+        """A client on the default endpoint alone (callers that inject one LLM client)."""
         if self._client is None:
             self._client = self.fake.client()
         return self._client
 
     def script(self, replies: list[LLMReply]) -> None:
         for r in replies:
-            self.fake.add(to_reply(r))
+            self.endpoint(r.endpoint or DEFAULT_ENDPOINT).add(to_reply(r))
 
     @property
     def pending(self) -> int:
-        return self.fake.pending
+        return sum(f.pending for f in self.fakes.values())
 
     def drop_pending(self) -> int:
-        return self.fake.clear()
+        return sum(f.clear() for f in self.fakes.values())
 
     async def aclose(self) -> None:
         if self._client is not None:

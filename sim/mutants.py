@@ -42,7 +42,7 @@ class Site:
         return out
 
     def describe(self) -> str:
-        from app.domain.loading import format_location
+        from app.domain.field_errors import format_location
 
         return f"{self.kind} at {format_location(self.loc)}"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.domain.loading import format_location
+from app.domain.field_errors import format_location
 from sim.yamlsrc import LineMap
 
 Loc = tuple[int | str, ...]

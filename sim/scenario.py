@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -28,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.domain.loading import format_location
+from app.domain.field_errors import field_errors, format_location
 from sim.voice.spec import VoiceExpect, VoiceOptions, VoiceSessionExpect, VoiceTurn
 from sim.yamlsrc import LineMap, YamlSourceError, load_yaml
 
@@ -201,7 +202,59 @@ class ConfigOp(_M):
         return next(n for n in CONFIG_OPS if getattr(self, n) is not None)
 
 
+# ----------------------------------------------------------------------- endpoints
+
+DEFAULT_ENDPOINT = "default"
+_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+
+
+def _endpoint_name(value: str) -> str:
+    if value != DEFAULT_ENDPOINT and not _HOST.match(value):
+        raise ValueError("an endpoint is `default` or a host name (lowercase letters, digits, dots, hyphens)")
+    return value
+
+
+EndpointName = Annotated[str, AfterValidator(_endpoint_name)]
+"""A scripted server: `default` (whatever the agent's base URL is when no other endpoint
+is named: OpenAI's, or OPENAI_BASE_URL) or a host name agents reach it by in their
+`base_url` (`http://backup.sim/v1` → `backup.sim`)."""
+
+
+class EndpointDelays(_M):
+    """Scripted provider delays (milliseconds) before each answer, per route."""
+
+    chat: float = Field(0, ge=0, le=60_000)
+    transcriptions: float = Field(0, ge=0, le=60_000)
+    speech: float = Field(0, ge=0, le=60_000)
+
+
+class EndpointSpec(_M):
+    """How one scripted OpenAI-compatible server behaves (`sim.endpoints`)."""
+
+    down: bool = False
+    """Refuses connections (as a closed port): every request to it fails at once."""
+    fail_status: int | None = Field(None, ge=400, le=599)
+    """Answers every chat request with this HTTP error (reachable, but failing); the
+    requests are captured. Its scripted replies are not used."""
+    delay_ms: EndpointDelays = Field(default_factory=EndpointDelays)
+    honour_cap: bool = True
+    """False: ignores a request's reply cap (`max_tokens` / `max_completion_tokens`)."""
+
+
 # ----------------------------------------------------------------------------- llm
+
+
+class ReplyUsage(_M):
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    cached_tokens: int = Field(0, ge=0)
+    """Of the prompt tokens, served from the cache (`prompt_tokens_details.cached_tokens`)."""
+
+    @model_validator(mode="after")
+    def _cached_within_prompt(self) -> ReplyUsage:
+        if self.cached_tokens > self.prompt_tokens:
+            raise ValueError("cached_tokens cannot exceed prompt_tokens")
+        return self
 
 
 class ToolCallSpec(_M):
@@ -218,6 +271,11 @@ class LLMReply(_M):
     args: dict[str, Any] | str | None = None
     tools: list[ToolCallSpec] | None = None
     error: int | None = Field(None, ge=400, le=599)
+    endpoint: EndpointName | None = None
+    """The scripted server that gives this reply (`endpoints:`); default: `default`.
+    Each endpoint answers its own requests from its own replies, in order."""
+    usage: ReplyUsage | None = None
+    """The usage the server reports; default: counted from the request and the reply."""
 
     @model_validator(mode="after")
     def _one(self) -> LLMReply:
@@ -337,6 +395,10 @@ class LLMReceived(_M):
     messages_contain: list[str] = Field(default_factory=list)
     """Each string must occur in some non-system message of the request."""
     messages_omit: list[str] = Field(default_factory=list)
+    endpoint: EndpointName | None = None
+    """Only the requests this scripted server received (`request` and `count` count those)."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Request body fields and their values (e.g. `max_completion_tokens: 250`); null: absent."""
 
 
 class Step(_M):
@@ -395,6 +457,29 @@ class HandoffRecordExpect(_M):
     reason: str | None = None
 
 
+class EventRecordExpect(_M):
+    kind: str
+    contains: str | None = None
+    """A text the event's detail must contain."""
+
+
+class ServedByExpect(_M):
+    kind: Literal["llm", "stt", "tts"]
+    provider: str
+    """The provider as LiveKit names it: the base URL's host[:port]."""
+    model: str | None = None
+    turns: int | None = Field(None, ge=0)
+
+
+class UsageExpect(_M):
+    """Exact totals (offline only: a real model's token counts vary)."""
+
+    llm_tokens: int | None = None
+    llm_input_tokens: int | None = None
+    llm_output_tokens: int | None = None
+    tts_characters: int | None = None
+
+
 class RecordExpect(_M):
     """The stored `SessionRecord`, read back from the store after the session closed."""
 
@@ -414,6 +499,12 @@ class RecordExpect(_M):
     """The whole transcript, in order (offline only)."""
     turn_count: int | None = None
     handoffs: list[HandoffRecordExpect] | None = None
+    events: list[EventRecordExpect] | None = None
+    """Every stored event, in order (`SessionRecord.events`: fail-overs, cut replies, budgets)."""
+    served_by: list[ServedByExpect] | None = None
+    """Which providers served the session's turns (`usage.served_by`), in any order; each
+    entry written must match one stored, and nothing else may be stored."""
+    usage: UsageExpect | None = None
 
 
 class HttpMock(_M):
@@ -437,6 +528,8 @@ class SessionSpec(_M):
     name: str | None = None
     config: list[ConfigOp] = Field(default_factory=list)
     """Applied before this session starts."""
+    endpoints: dict[EndpointName, EndpointSpec] = Field(default_factory=dict)
+    """This session's scripted servers, over the scenario's (same names replace them)."""
     job_metadata: MetadataValue | None = None
     room_metadata: MetadataValue | None = None
     participant: Participant | None = None
@@ -450,6 +543,17 @@ class SessionSpec(_M):
     record: RecordExpect | None = None
     voice: VoiceSessionExpect | None = None
     """`io: voice` only: the latency metrics stored on the record (`sim.voice.spec`)."""
+
+
+class LatencyBudget(_M):
+    """What the voice path may take, end of the user's speech to the agent's first audio
+    (wall time, with the scripted `endpoints` delays as the providers' share), over every
+    user turn of the scenario."""
+
+    turn_p95_ms: float = Field(gt=0, le=60_000)
+    """The 95th percentile (nearest rank) of the turns' end-to-end latency."""
+    min_turns: int = Field(1, ge=1)
+    """Fewer measured turns than this is a failure (a budget over nothing proves nothing)."""
 
 
 class StoreSpec(_M):
@@ -476,11 +580,34 @@ class Scenario(_M):
     (sim/voice/, README "Voice simulation"); `text`: `session.run(user_input=...)`."""
     voice: VoiceOptions | None = None
     """`io: voice` options (speed, frame size, away timeout)."""
+    endpoints: dict[EndpointName, EndpointSpec] = Field(default_factory=dict)
+    """Scripted OpenAI-compatible servers by name (`default`, or a host in an agent's
+    `base_url`): down, slow, ignoring the reply cap (`sim.endpoints`)."""
+    latency_budget: LatencyBudget | None = None
+    """`io: voice` only: the end-to-end latency the scenario's user turns must keep."""
+
+    def endpoint_problems(self) -> list[tuple[tuple[int | str, ...], str]]:
+        """Scripted replies naming an endpoint no `endpoints:` block declares, by location
+        (checked by `load_scenario`, which knows each location's line)."""
+        problems = []
+        for i, sess in enumerate(self.sessions):
+            known = {DEFAULT_ENDPOINT, *self.endpoints, *sess.endpoints}
+            steps: list[tuple[tuple[int | str, ...], Step | None]] = [(("start",), sess.start)]
+            steps += [(("turns", j), t) for j, t in enumerate(sess.turns)]
+            for where, step in steps:
+                for k, r in enumerate(step.llm if step is not None else []):
+                    if r.endpoint is not None and r.endpoint not in known:
+                        problems.append((("sessions", i, *where, "llm", k, "endpoint"),
+                                         f"{r.endpoint!r} is not declared under endpoints "
+                                         f"(known: {', '.join(sorted(known))})"))
+        return problems
 
     @model_validator(mode="after")
     def _voice_blocks(self) -> Scenario:
         if self.io == "voice":
             return self
+        if self.latency_budget is not None:
+            raise ValueError("`latency_budget` needs `io: voice`")
         if self.voice is not None:
             raise ValueError("`voice:` options need `io: voice`")
         for i, s in enumerate(self.sessions):
@@ -520,14 +647,16 @@ def load_scenario(path: Path | str) -> LoadedScenario:
         scenario = Scenario.model_validate(data)
     except ValidationError as e:
         raise ScenarioError(_describe(e, lines)) from None
+    problems = [f"{lines.where(loc)}: {format_location(loc)}: {msg}" for loc, msg in scenario.endpoint_problems()]
+    if problems:
+        raise ScenarioError("invalid scenario:\n  " + "\n  ".join(problems))
     return LoadedScenario(scenario=scenario, path=path, lines=lines)
 
 
 def _describe(err: ValidationError, lines: LineMap) -> str:
     problems = []
-    for e in err.errors(include_url=False):
-        loc = _data_loc(e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
+    for raw_loc, msg in field_errors(err):
+        loc = _data_loc(raw_loc)
         problems.append(f"{lines.where(loc)}: {format_location(loc)}: {msg}")
     return "invalid scenario:\n  " + "\n  ".join(dict.fromkeys(problems))
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
+from app.domain import SessionRecord, SessionStatus
 from app.store.sql import SQLStore
 from sim.fake_openai import FakeOpenAI
 
@@ -22,6 +23,111 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def chat_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LIVEKIT_", "DATABASE_", "LOG_"))}
+    env.update(PYTHONPATH=str(REPO), DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}", **extra)
+    return env
+
+
+async def run_cli(tmp_path: Path, env: dict[str, str], *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app", *args, cwd=tmp_path, env=env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def only_session(tmp_path: Path) -> SessionRecord:
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}")
+    await store.start()
+    try:
+        sessions, total = await store.list_sessions()
+        assert total == 1
+        return await store.get_session(sessions[0].session_id)
+    finally:
+        await store.aclose()
+
+
+async def test_chat_without_key_or_base_url_says_so_before_the_first_turn(tmp_path: Path) -> None:
+    env = chat_env(tmp_path)
+    code, _, err = await run_cli(tmp_path, env, "seed")
+    assert code == 0, err
+    code, out, err = await run_cli(tmp_path, env, "chat", "--purpose", "support", stdin=b"hello\n\n")
+    assert code == 2
+    assert out == ""  # not even the greeting: the conversation never started
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: no model endpoint: agent 'support-agent-v1' has no llm.base_url and neither "
+        "OPENAI_API_KEY nor OPENAI_BASE_URL is set (set OPENAI_API_KEY for OpenAI, or "
+        "OPENAI_BASE_URL for an OpenAI-compatible server)"
+    ]
+    assert len(err.splitlines()) == 2 and "stored as failed (llm_unavailable)" in err
+    rec = await only_session(tmp_path)
+    assert (rec.status, rec.end_reason) == (SessionStatus.failed, "llm_unavailable")
+    assert rec.error is not None and "OPENAI_API_KEY" in rec.error
+
+
+async def test_an_agent_with_its_own_base_url_needs_no_global_endpoint(tmp_path: Path) -> None:
+    """Per-agent `llm.base_url` counts: chat starts (and then meets a dead endpoint). With
+    LOG_LEVEL=DEBUG the failure's full trace is shown too."""
+    env = chat_env(tmp_path, LOG_LEVEL="DEBUG")
+    code, _, err = await run_cli(tmp_path, env, "seed")
+    assert code == 0, err
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}")
+    await store.start()
+    try:
+        await store.update_agent_config("support-agent-v1", {"llm": {"base_url": f"http://127.0.0.1:{free_port()}/v1"}})
+    finally:
+        await store.aclose()
+    code, out, err = await run_cli(tmp_path, env, "chat", "--purpose", "support", stdin=b"hello\n\n")
+    assert "no model endpoint" not in err
+    assert "Thanks for calling Acme support" in out  # the greeting: the session did start
+    assert code == 1 and "error: the model is unavailable (APIConnectionError" in err
+    assert "Traceback (most recent call last)" in err and "failed to generate LLM completion" in err
+
+
+async def test_a_model_failing_in_conversation_is_one_line_a_failed_session_and_exit_1(tmp_path: Path) -> None:
+    key = "sk-chat-test-key-that-must-not-leak-0123"
+    # the provider refuses the key and echoes part of it, as OpenAI's 401 does
+    fake = FakeOpenAI().error(401, f"Incorrect API key provided: {key[:8]}****{key[-4:]}")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(fake.asgi_app(), host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    env = chat_env(tmp_path, OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1", OPENAI_API_KEY=key)
+    try:
+        code, _, err = await run_cli(tmp_path, env, "seed")
+        assert code == 0, err
+        code, out, err = await run_cli(
+            tmp_path, env, "chat", "--purpose", "support", stdin=b"My parcel is damaged\nhello?\n\n"
+        )
+    finally:
+        server.should_exit = True
+        await task
+    assert code == 1
+    # the greeting, one prompt, and nothing after it: no reply, no apology in text (the
+    # error line says it), and the second line is never asked for
+    assert out.count("you> ") == 1
+    (greeting,) = out.replace("you> ", "").splitlines()
+    assert greeting.startswith("support-agent-v1> Thanks for calling Acme support")
+    lines = err.splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert errors[0].startswith("error: the model is unavailable (APIStatusError: ")
+    assert errors[0].endswith("; the conversation has ended")
+    assert "Traceback" not in err and "livekit" not in err.lower()
+    assert len(lines) == 3, err  # banner, the error, where the session went
+    assert len(fake.requests) == 1  # a 401 is not retried, and the second line was never sent
+    rec = await only_session(tmp_path)
+    assert (rec.status, rec.end_reason) == (SessionStatus.failed, "llm_unavailable")
+    assert rec.error is not None and rec.error.startswith("APIStatusError: ") and "401" in rec.error
+    assert [t.role for t in rec.turns] == ["assistant", "user"]
+    assert key not in err + out + rec.error and key[:8] not in rec.error  # masked: "sk-***"
 
 
 async def test_chat_talks_to_the_routed_agent_and_stores_the_session(tmp_path: Path) -> None:

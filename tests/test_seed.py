@@ -267,8 +267,12 @@ async def test_invalid_field_names_file_and_field(prompts: Path, store: SQLStore
 async def test_undeclared_template_variable_is_reported(prompts: Path) -> None:
     path = prompts / "support-agent-v1.yaml"
     path.write_text(path.read_text().replace("{followup_window}", "{follow_up}", 1))
-    with pytest.raises(ConfigFileError, match=r"support-agent-v1\.yaml: .*prompt_config.*follow_up"):
+    with pytest.raises(ConfigFileError) as err:
         load_seed_agents(prompts)
+    assert str(err.value).endswith(
+        "support-agent-v1.yaml: invalid agent config: prompt_config.instructions: uses undeclared "
+        "variable(s) follow_up; declare them under prompt_config.variables"
+    ), err.value
 
 
 async def test_yaml_syntax_error_names_line(prompts: Path) -> None:
@@ -302,6 +306,8 @@ async def test_agent_id_must_match_file_name(prompts: Path) -> None:
          "  - {purpose: b, agent_id: sales-agent-v1, is_default: true}\n", "more than one default"),
         ("routes:\n  - {purpose: 'Bad Purpose', agent_id: sales-agent-v1}\n", r"routes\[0\]\.purpose"),
         ("routes:\n  - {purpose: a, agent: sales-agent-v1}\n", r"routes\[0\]"),
+        ("routes:\n  - {purpose: a, agent_id: sales-agent-v1, is_default: 'yes'}\n",
+         r"invalid route: routes\[0\]\.is_default: Input should be a JSON boolean$"),  # no "Value error, "
         ("- purpose: a\n", "single key 'routes'"),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -87,6 +88,8 @@ def test_dev_serves_api_while_livekit_is_unreachable_and_stops_on_sigterm(tmp_pa
             proc.communicate()
     assert "must-not-leak" not in out
     assert (tmp_path / "app.db").exists()
+    # no OPENAI_API_KEY / OPENAI_BASE_URL: said once, at start, before any call fails
+    assert out.count("no model endpoint: neither OPENAI_API_KEY nor OPENAI_BASE_URL is set") == 1
 
 
 def test_start_refuses_without_required_settings(tmp_path: Path) -> None:
@@ -125,6 +128,10 @@ def test_dev_without_livekit_reports_worker_disabled(tmp_path: Path, mode: str) 
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=3)
         assert ready.status_code == 200
         assert ready.json()["worker"] == "disabled"
+        # the token endpoint says why it cannot mint (as the README says)
+        token = httpx.post(f"http://127.0.0.1:{port}/api/v1/token", json={}, timeout=3)
+        assert token.status_code == 503
+        assert token.json()["detail"] == "LiveKit is not configured on this server"
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=20)
         assert proc.returncode == 0, out
@@ -133,6 +140,14 @@ def test_dev_without_livekit_reports_worker_disabled(tmp_path: Path, mode: str) 
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    # one complete sentence naming the three settings and what still works
+    (warning,) = [line for line in out.splitlines() if "LiveKit is not configured" in line]
+    sentence = warning.split(": ", 1)[1]  # after "HH:MM:SS WARNING app.supervisor"
+    assert sentence == (
+        "LiveKit is not configured (missing: LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET), so "
+        "the voice worker is disabled; the admin API and console serve without it, and POST "
+        "/api/v1/token answers 503 until LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET are all set."
+    )
 
 
 def test_resolve_shows_the_version_the_next_session_gets(tmp_path: Path) -> None:
@@ -188,3 +203,51 @@ def test_resolve_answers_as_soon_as_the_api_does(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out
+
+
+def test_start_refuses_a_livekit_secret_shorter_than_32_bytes(tmp_path: Path) -> None:
+    env = app_env(
+        tmp_path, ADMIN_API_KEY="admin-key-0123456789abcdef", LIVEKIT_URL="wss://example.livekit.cloud",
+        LIVEKIT_API_KEY="APIkey", LIVEKIT_API_SECRET="short-secret-31-bytes-xxxxxxxxx",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "start"], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: LIVEKIT_API_SECRET is 31 bytes long; tokens signed with it (HMAC-SHA256) need at "
+        "least 32: `start` refuses it (`dev` accepts it with a warning)"
+    ]
+    assert "short-secret" not in proc.stderr + proc.stdout
+
+
+def test_dev_with_a_short_livekit_secret_warns_once_and_logs_stay_json(tmp_path: Path) -> None:
+    """PyJWT warns (InsecureKeyLengthWarning) when it signs with a short key, as plain text
+    on stderr; `dev` says it once, as a log line like any other (here: JSON)."""
+    port, dead = free_port(), free_port()
+    secret = "devsecret"  # what `livekit-server --dev` setups often use: 9 bytes
+    env = app_env(
+        tmp_path, PORT=str(port), LOG_FORMAT="json", ADMIN_API_KEY="admin-key-0123456789abcdef",
+        LIVEKIT_URL=f"ws://127.0.0.1:{dead}", LIVEKIT_API_KEY="APIdevkey", LIVEKIT_API_SECRET=secret,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "dev"], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", time.monotonic() + 20)
+        for _ in range(2):  # each token is an HS256 JWT signed with the short secret
+            r = httpx.post(f"http://127.0.0.1:{port}/api/v1/token", json={"purpose": "support"}, timeout=5)
+            assert r.status_code == 201, r.text
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]  # every line is JSON
+    weak = [r for r in records if "LIVEKIT_API_SECRET is 9 bytes long" in r["msg"]]
+    assert len(weak) == 1 and weak[0]["level"] == "WARNING", weak
+    assert not [r for r in records if "InsecureKeyLength" in r["msg"] or r["logger"] == "py.warnings"]
+    assert secret not in out

@@ -232,8 +232,8 @@ class AnalysisOutcome:
     """None: every attempt failed (`error` says why)."""
     error: str | None = None
     attempts: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
     problems: list[str] = field(default_factory=list)
     """One line per failed attempt."""
 
@@ -259,8 +259,8 @@ async def run_analysis(llm: lk_llm.LLM[Any], record: SessionRecord, request: Ana
             out.problems.append(f"the model endpoint failed: {str(e)[:200]}")
         else:
             if response.usage is not None:
-                out.prompt_tokens += response.usage.prompt_tokens
-                out.completion_tokens += response.usage.completion_tokens
+                out.input_tokens += response.usage.prompt_tokens
+                out.output_tokens += response.usage.completion_tokens
             try:
                 out.answer = await parse_answer(response.text, settings)
                 return out

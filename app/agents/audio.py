@@ -39,15 +39,18 @@ def vad_options(inner: silero.VAD, config: VADConfig | None) -> dict[str, float]
 
 
 def session_audio_models(
-    stt: lk_stt.STT[Any], vad: lk_vad.VAD, config: VADConfig | None = None
+    stt: lk_stt.STT[Any], vad: lk_vad.VAD, config: VADConfig | None = None, *, batch: bool | None = None
 ) -> tuple[lk_stt.STT[Any], lk_vad.VAD]:
     """The (STT, VAD) an audio agent gets: with the process's silero VAD, one shared
     VAD stream (`SessionVAD` + `SegmentingSTT`) with the agent's `VADConfig` applied;
     any other VAD, a streaming STT, or adapters not active, as given (LiveKit then
     wraps a non-streaming STT in its own `StreamAdapter`, and the process's VAD
-    options apply)."""
+    options apply). `batch`: the STT is driven through `recognize()` (default: it does
+    not stream; a fallback chain of non-streaming STTs reports streaming but is one)."""
     adapted = silero_adapter.active() and lk_adapter.active()
-    if adapted and isinstance(vad, silero.VAD) and not stt.capabilities.streaming:
+    if batch is None:
+        batch = not stt.capabilities.streaming
+    if adapted and isinstance(vad, silero.VAD) and batch:
         svad = SessionVAD(vad, vad_options(vad, config))
         return SegmentingSTT(stt=stt, vad=svad), svad
     return stt, vad

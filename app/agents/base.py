@@ -16,17 +16,36 @@ records the handoff there, so a handoff LiveKit dropped is never recorded), then
 `session.start`) until the speech has played. Callers that need the greeting settled
 before sending user input (tests, `chat`, the sim) use `session.start(agent,
 capture_run=True)`, whose RunResult completes after the on-enter speech.
+
+Every reply the LLM generates runs through `llm_node`, LiveKit's default node behind a
+`ReplyGuard` (`app.agents.reply_guard`): a reply that repeats one sentence, or that a
+server let run past the cap, ends there; a reply the server cut at the cap is noted.
+Both are recorded on the session as events.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from typing import Any
 
-from livekit.agents import NOT_GIVEN, Agent, NotGivenOr, llm as lk_llm, stt as lk_stt, tts as lk_tts, vad as lk_vad
+from livekit.agents import (
+    NOT_GIVEN,
+    Agent,
+    FlushSentinel,
+    ModelSettings,
+    NotGivenOr,
+    llm as lk_llm,
+    stt as lk_stt,
+    tts as lk_tts,
+    vad as lk_vad,
+)
 
+from app.agents.context import SessionRecorder
+from app.agents.reply_guard import ReplyGuard, ReplyLimits
 from app.domain import AgentConfig
+from app.domain.models import SessionEventKind
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +64,12 @@ class BaseAgent(Agent):
         stt: NotGivenOr[lk_stt.STT[Any]] = NOT_GIVEN,
         tts: NotGivenOr[lk_tts.TTS[Any]] = NOT_GIVEN,
         vad: NotGivenOr[lk_vad.VAD] = NOT_GIVEN,
+        reply_limits: ReplyLimits | None = None,
+        recorder: SessionRecorder | None = None,
     ) -> None:
         """`llm`, `stt`, `tts`, `vad`: the models, as LiveKit's `Agent` takes them
-        (not given: the session's)."""
+        (not given: the session's). `reply_limits`: the reply cap sent to the server and
+        the repetition limit (None: no guard). `recorder`: where the guard's events go."""
         super().__init__(
             id=config.agent_id,
             instructions=instructions,
@@ -61,6 +83,8 @@ class BaseAgent(Agent):
         self.config = config
         self.greeting = greeting
         self.reply_on_enter = reply_on_enter
+        self.reply_limits = reply_limits
+        self._recorder = recorder
         self._enter_hooks: list[Callable[[], None]] = []
 
     def add_enter_hook(self, hook: Callable[[], None]) -> None:
@@ -91,3 +115,49 @@ class BaseAgent(Agent):
             return
         if self.reply_on_enter:
             self.session.generate_reply()
+
+    async def llm_node(
+        self, chat_ctx: lk_llm.ChatContext, tools: list[lk_llm.Tool], model_settings: ModelSettings
+    ) -> AsyncGenerator[lk_llm.ChatChunk | str | FlushSentinel, None]:
+        """LiveKit's default LLM node behind the reply guard (module docstring)."""
+        source = Agent.default.llm_node(self, chat_ctx, tools, model_settings)
+        if self.reply_limits is None:
+            async for chunk in source:
+                yield chunk
+            return
+        async for chunk in self._guarded(source, self.reply_limits):
+            yield chunk
+
+    async def _guarded(
+        self, source: AsyncIterable[lk_llm.ChatChunk | str | FlushSentinel], limits: ReplyLimits
+    ) -> AsyncGenerator[lk_llm.ChatChunk | str | FlushSentinel, None]:
+        guard = ReplyGuard(limits)
+        async with contextlib.aclosing(source) as chunks:  # type: ignore[type-var]
+            async for chunk in chunks:
+                if isinstance(chunk, lk_llm.ChatChunk) and chunk.usage is not None:
+                    if chunk.usage.completion_tokens >= limits.max_tokens:
+                        self._event("reply_capped", f"the server ended the reply at the cap "
+                                    f"({limits.max_tokens} tokens)")
+                if isinstance(chunk, str):
+                    chunk = guard.feed(chunk)
+                elif isinstance(chunk, lk_llm.ChatChunk) and chunk.delta is not None and chunk.delta.content:
+                    passed = guard.feed(chunk.delta.content)
+                    chunk = chunk.model_copy(update={"delta": chunk.delta.model_copy(update={"content": passed})})
+                if not isinstance(chunk, str) or chunk:
+                    yield chunk
+                if guard.stopped is not None:
+                    break
+        if guard.stopped is None:
+            tail = guard.finish()
+            if tail:
+                yield tail
+        if guard.stopped == "repetition":
+            self._event("repetition_stopped", f"said {limits.repetition_limit} times: {guard.repeated or ''}"[:500])
+        elif guard.stopped == "length":
+            self._event("reply_capped", f"cut after {limits.max_chars} characters: the server did not "
+                        f"apply the cap of {limits.max_tokens} tokens")
+
+    def _event(self, kind: SessionEventKind, detail: str) -> None:
+        logger.info("agent %s: %s (%s)", self.agent_id, kind, detail)
+        if self._recorder is not None:
+            self._recorder.record_event(kind, detail)

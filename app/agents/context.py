@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from app.domain import AgentConfig, SessionStatus
+from app.domain.models import SessionEventKind
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ class SessionRecorder(Protocol):
     def finish(self, status: SessionStatus, reason: str) -> None:
         """Mark the session finished; the record is flushed when the session closes."""
 
+    def record_event(self, kind: SessionEventKind, detail: str = "") -> None:
+        """Note something the platform did to the call (a provider failed over, a reply
+        was cut, a budget warning) on the session record. Never blocks."""
+
 
 class ConfigSource(Protocol):
     async def get_agent_config(self, agent_id: str) -> AgentConfig:
@@ -48,6 +53,7 @@ class NullRecorder:
         self.handoffs: list[tuple[str, str, str | None]] = []
         self.finished: tuple[SessionStatus, str] | None = None
         self.agent: tuple[str, int] | None = None
+        self.events: list[tuple[str, str]] = []
 
     @property
     def collected(self) -> dict[str, Any]:
@@ -64,6 +70,9 @@ class NullRecorder:
 
     def finish(self, status: SessionStatus, reason: str) -> None:
         self.finished = (status, reason)
+
+    def record_event(self, kind: SessionEventKind, detail: str = "") -> None:
+        self.events.append((kind, detail))
 
 
 @dataclass

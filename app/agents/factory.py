@@ -14,8 +14,6 @@ can be reached from a value, and a value containing `{x}` stays `{x}`.
 
 from __future__ import annotations
 
-import ssl
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,38 +22,34 @@ import httpx
 import httpx2
 import openai
 from livekit.agents import NOT_GIVEN, NotGivenOr, llm as lk_llm, stt as lk_stt, vad as lk_vad
-from livekit.plugins import openai as lk_openai
 
 from app.agents.audio import session_audio_models
 from app.agents.base import BaseAgent
 from app.agents.context import ConfigSource, SessionContext
+from app.agents.providers import (
+    PLACEHOLDER_API_KEY,
+    Clients,
+    build_llm,
+    build_stt,
+    build_tts,
+    reply_limits,
+    shared_tls_context,
+)
 from app.agents.tool_registry import build_tools
 from app.domain import AgentConfig, PromptConfig, template_fields
 from app.domain.models import MAX_VARIABLE_VALUE_CHARS
 from app.settings import Settings
 
-PLACEHOLDER_API_KEY = "sk-unset"
-"""Sent when no key is configured, so keyless OpenAI-compatible servers still work."""
-
-_tls_context: ssl.SSLContext | None = None
-_tls_lock = threading.Lock()
-
-
-def shared_tls_context() -> ssl.SSLContext:
-    """The process's one verifying TLS context for model clients.
-
-    Why: left to themselves, the OpenAI plugins build a new HTTP client, and with it a
-    new TLS context, for every LLM/STT/TTS object; loading the CA bundle costs ~15-40 ms
-    of CPU each, so a voice session start paid it three times (measured by
-    `sim.bench.session_start`). An `SSLContext` is safe to share across threads and event
-    loops; clients (whose connection pools belong to a loop) stay per session.
-    """
-    global _tls_context
-    if _tls_context is None:
-        with _tls_lock:
-            if _tls_context is None:
-                _tls_context = httpx2.create_ssl_context()  # same trust rules as httpx2's default
-    return _tls_context
+__all__ = [
+    "PLACEHOLDER_API_KEY",
+    "AgentFactory",
+    "MissingVariables",
+    "RenderedPrompt",
+    "prompt_values",
+    "render_prompt",
+    "render_template",
+    "shared_tls_context",
+]
 
 
 class MissingVariables(ValueError):
@@ -124,23 +118,26 @@ class AgentFactory:
         http_client: httpx.AsyncClient | None = None,
         stt_client: openai.AsyncClient | None = None,
         tts_client: openai.AsyncClient | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         """`vad`: the process's shared VAD (loaded once in prewarm), used in audio mode.
-        `llm_client`: an OpenAI client every agent's LLM uses instead of building one
-        (tests and the sim point it at a scripted endpoint). `http_client`: shared
-        client for HTTP tools (default: one lazily created per event loop).
-        `stt_client` / `tts_client`: the same as `llm_client` for the audio models
-        (the voice sim points them at a scripted `/audio/transcriptions` and
-        `/audio/speech`); never closed by the factory, like `llm_client`."""
+        `llm_client`: an OpenAI client every agent's LLM (each member of its chain) uses
+        instead of building one (tests point it at a scripted endpoint). `http_client`:
+        shared client for HTTP tools (default: one lazily created per event loop).
+        `stt_client` / `tts_client`: the same as `llm_client` for the audio models;
+        never closed by the factory, like `llm_client`. `transport`: the HTTP transport
+        the clients the factory builds send through instead of the network (the sim's
+        scripted endpoints, which tell the members of a chain apart by base URL)."""
         self._settings = settings
         self._configs = configs
         self._vad = vad
-        self._llm_client = llm_client
-        self._stt_client = stt_client
-        self._tts_client = tts_client
         self._http_client = http_client
         key = settings.openai_api_key
-        self._api_key = key.get_secret_value() if key is not None else PLACEHOLDER_API_KEY
+        self._clients = Clients(
+            settings=settings,
+            api_key=key.get_secret_value() if key is not None else PLACEHOLDER_API_KEY,
+            llm=llm_client, stt=stt_client, tts=tts_client, transport=transport,
+        )
 
     @property
     def configs(self) -> ConfigSource:
@@ -176,85 +173,27 @@ class AgentFactory:
             ),
             *extra_tools,
         ]
-        llm = self._build_llm(config, ctx)
+        llm = build_llm(config, ctx, self._clients)
+        limits = reply_limits(config, self._settings)
         if not ctx.audio:
             return BaseAgent(
                 config, instructions=prompt.instructions, greeting=prompt.greeting, tools=tools,
                 chat_ctx=chat_ctx, reply_on_enter=reply_on_enter, llm=llm,
+                reply_limits=limits, recorder=ctx.recorder,
             )
-        raw_stt = self._build_stt(config, ctx)
-        tts = self._build_tts(config, ctx)
+        raw_stt, batch = build_stt(config, ctx, self._clients, self._vad)
+        tts = build_tts(config, ctx, self._clients)
         stt: lk_stt.STT[Any] = raw_stt
         vad: NotGivenOr[lk_vad.VAD] = NOT_GIVEN
         if self._vad is not None:
             # one VAD stream per session, shared by turn detection and the STT's
             # segmentation (app.agents.audio), instead of LiveKit's StreamAdapter
             # running a second one over the same audio
-            stt, vad = session_audio_models(raw_stt, self._vad, config.vad)
+            stt, vad = session_audio_models(raw_stt, self._vad, config.vad, batch=batch)
             if stt is not raw_stt:
                 ctx.add_closer(stt.aclose)
         return BaseAgent(
             config, instructions=prompt.instructions, greeting=prompt.greeting, tools=tools,
             chat_ctx=chat_ctx, reply_on_enter=reply_on_enter,
-            llm=llm, stt=stt, tts=tts, vad=vad,
+            llm=llm, stt=stt, tts=tts, vad=vad, reply_limits=limits, recorder=ctx.recorder,
         )
-
-    # ------------------------------------------------------------------------ models
-
-    def _base_url(self, configured: object) -> str | None:
-        return str(configured) if configured else self._settings.openai_base_url
-
-    def _openai_client(self, base_url: str | None, ctx: SessionContext) -> openai.AsyncClient:
-        """A client configured as the plugins configure their own, but on the shared TLS
-        context; closed with the session (a plugin never closes a client it was given)."""
-        client = openai.AsyncClient(
-            api_key=self._api_key,
-            base_url=base_url,
-            max_retries=0,
-            http_client=httpx2.AsyncClient(
-                verify=shared_tls_context(),
-                timeout=httpx2.Timeout(connect=15.0, read=5.0, write=5.0, pool=5.0),
-                follow_redirects=True,
-                limits=httpx2.Limits(max_connections=50, max_keepalive_connections=50, keepalive_expiry=120),
-            ),
-        )
-        ctx.add_closer(client.close)
-        return client
-
-    def _build_llm(self, config: AgentConfig, ctx: SessionContext) -> lk_openai.LLM:
-        cfg = config.llm
-        kwargs: dict[str, Any] = {"model": cfg.model or self._settings.default_llm_model}
-        if cfg.temperature is not None:
-            kwargs["temperature"] = cfg.temperature
-        if cfg.max_tokens is not None:
-            kwargs["max_completion_tokens"] = cfg.max_tokens
-        if self._llm_client is not None:
-            return lk_openai.LLM(client=self._llm_client, **kwargs)
-        client = self._openai_client(self._base_url(cfg.base_url), ctx)
-        model = lk_openai.LLM(client=client, **kwargs)
-        ctx.add_closer(model.aclose)  # closers run newest first: the model, then its client
-        return model
-
-    def _build_stt(self, config: AgentConfig, ctx: SessionContext) -> lk_openai.STT:
-        cfg = config.stt
-        model = lk_openai.STT(
-            model=cfg.model or self._settings.default_stt_model,
-            language=cfg.language,
-            client=self._stt_client or self._openai_client(self._base_url(cfg.base_url), ctx),
-        )
-        ctx.add_closer(model.aclose)
-        return model
-
-    def _build_tts(self, config: AgentConfig, ctx: SessionContext) -> lk_openai.TTS:
-        cfg = config.tts
-        kwargs: dict[str, Any] = {
-            "model": cfg.model or self._settings.default_tts_model,
-            "voice": cfg.voice or self._settings.default_tts_voice,
-            "speed": cfg.speed,
-        }
-        if cfg.instructions:
-            kwargs["instructions"] = cfg.instructions
-        client = self._tts_client or self._openai_client(self._base_url(cfg.base_url), ctx)
-        model = lk_openai.TTS(client=client, **kwargs)
-        ctx.add_closer(model.aclose)
-        return model

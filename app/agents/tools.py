@@ -54,7 +54,7 @@ MAX_TOOL_OUTPUT_CHARS = 4096
 MAX_HTTP_RESPONSE_BYTES = 256 * 1024
 MAX_REASON_CHARS = 500
 
-Handler = Callable[[dict[str, object], RunContext], Any]
+Handler = Callable[[dict[str, object], RunContext[Any]], Any]
 BuildAgent = Callable[[AgentConfig, llm.ChatContext], BaseAgent]
 """Builds a handoff target (the factory, bound to the session's context)."""
 
@@ -74,7 +74,7 @@ async def argument_problems(validator: jsonschema.protocols.Validator, instance:
     return await loop.run_in_executor(_VALIDATION_POOL, value_problems, validator, instance)
 
 
-def _tool(name: str, description: str, parameters: dict[str, Any], handler: Handler) -> RawFunctionTool:
+def _tool(name: str, description: str, parameters: dict[str, Any], handler: Handler) -> RawFunctionTool[..., Any]:
     return function_tool(
         handler,
         raw_schema={"name": name, "description": description, "parameters": parameters},
@@ -89,7 +89,7 @@ def _defs(schema: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------- schema tools
 
 
-def build_schema_tools(schema: Mapping[str, Any], recorder: SessionRecorder) -> list[RawFunctionTool]:
+def build_schema_tools(schema: Mapping[str, Any], recorder: SessionRecorder) -> list[RawFunctionTool[..., Any]]:
     """Tools through which the model records the data described by `schema_config`."""
     props: Mapping[str, Any] = schema.get("properties") or {}
     if not props:
@@ -137,7 +137,7 @@ def _field_tool(
     defs: Mapping[str, Any],
     recorder: SessionRecorder,
     in_order: asyncio.Lock,
-) -> RawFunctionTool:
+) -> RawFunctionTool[..., Any]:
     prop_schema = _prop_schema(prop)
     parameters: dict[str, Any] = {
         "type": "object",
@@ -153,7 +153,7 @@ def _field_tool(
     if desc:
         description += f" {desc}"
 
-    async def handler(raw_arguments: dict[str, object], context: RunContext) -> str:
+    async def handler(raw_arguments: dict[str, object], context: RunContext[Any]) -> str:
         async with in_order:
             problems = await argument_problems(validator, raw_arguments)
             if problems:
@@ -174,7 +174,7 @@ def _grouped_tool(
     defs: Mapping[str, Any],
     recorder: SessionRecorder,
     in_order: asyncio.Lock,
-) -> RawFunctionTool:
+) -> RawFunctionTool[..., Any]:
     parameters: dict[str, Any] = {
         "type": "object",
         "properties": {k: _prop_schema(v) for k, v in props.items()},
@@ -190,7 +190,7 @@ def _grouped_tool(
     if required:
         description += f" Required fields: {', '.join(required)}."
 
-    async def handler(raw_arguments: dict[str, object], context: RunContext) -> str:
+    async def handler(raw_arguments: dict[str, object], context: RunContext[Any]) -> str:
         async with in_order:
             problems = await argument_problems(validator, raw_arguments)
             if problems:
@@ -225,7 +225,7 @@ END_SESSION_PARAMETERS: dict[str, Any] = {
 }
 
 
-def build_end_session_tool(recorder: SessionRecorder) -> RawFunctionTool:
+def build_end_session_tool(recorder: SessionRecorder) -> RawFunctionTool[..., Any]:
     """Finish the record as completed, let the model say goodbye, then close the session.
 
     The goodbye is the tool reply the model generates from this tool's output (so it is
@@ -235,7 +235,7 @@ def build_end_session_tool(recorder: SessionRecorder) -> RawFunctionTool:
     """
     ending = False
 
-    async def handler(raw_arguments: dict[str, object], context: RunContext) -> str:
+    async def handler(raw_arguments: dict[str, object], context: RunContext[Any]) -> str:
         nonlocal ending
         if ending:
             return "The session is already ending; say nothing more."
@@ -263,7 +263,7 @@ def build_transfer_tool(
     recorder: SessionRecorder,
     configs: ConfigSource,
     build_agent: BuildAgent,
-) -> RawFunctionTool:
+) -> RawFunctionTool[..., Any]:
     """Hand the conversation to one of `config.handoffs` (LiveKit handoff by return value).
 
     Returning `(agent, ToolResult(..., reply_required=False))` makes LiveKit swap the
@@ -286,7 +286,7 @@ def build_transfer_tool(
         "required": ["agent_id"],
     }
 
-    async def handler(raw_arguments: dict[str, object], context: RunContext) -> Any:
+    async def handler(raw_arguments: dict[str, object], context: RunContext[Any]) -> Any:
         target = raw_arguments.get("agent_id")
         if not isinstance(target, str) or target not in allowed:
             shown = json.dumps(target)[:80] if not isinstance(target, str) else repr(target[:80])
@@ -407,10 +407,10 @@ async def call_http_tool(
     return _cap(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
 
 
-def build_http_tool(spec: HttpTool, *, http_client: httpx.AsyncClient | None = None) -> RawFunctionTool:
+def build_http_tool(spec: HttpTool, *, http_client: httpx.AsyncClient | None = None) -> RawFunctionTool[..., Any]:
     validator = validator_for(spec.parameters)
 
-    async def handler(raw_arguments: dict[str, object], context: RunContext) -> str:
+    async def handler(raw_arguments: dict[str, object], context: RunContext[Any]) -> str:
         problems = await argument_problems(validator, raw_arguments)
         if problems:
             return f"error: invalid arguments: {'; '.join(problems)}"

@@ -53,6 +53,7 @@ from app.domain import (
     StoreUnavailable,
     VersionConflict,
 )
+from app.domain.field_errors import field_errors
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +98,29 @@ def field_error(key: str, message: str, detail: str | None = None) -> Validation
 
 
 def pydantic_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """Pydantic errors as Litestar's `[{"message", "key"}]` (input values are never echoed)."""
+    """Pydantic errors as Litestar's `[{"message", "key"}]`, worded by the domain's one
+    formatter (`app.domain.field_errors`: no "Value error, " prefix); input values are
+    never echoed."""
     out: list[dict[str, str]] = []
-    for err in exc.errors(include_url=False, include_input=False, include_context=False):
-        entry = {"message": err["msg"]}
-        if err["loc"]:
-            entry["key"] = ".".join(str(p) for p in err["loc"])
+    for loc, message in field_errors(exc):
+        entry = {"message": message}
+        if loc:
+            entry["key"] = ".".join(str(p) for p in loc)
         out.append(entry)
     return out
+
+
+def _pydantic_cause(exc: BaseException) -> ValidationError | None:
+    """The pydantic error behind a Litestar `ValidationException`, if any: Litestar
+    validates a pydantic body itself and words the errors from pydantic's raw `msg`."""
+    seen: set[int] = set()
+    cause = exc.__cause__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ValidationError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__
+    return None
 
 
 # ------------------------------------------------------------------------- handlers
@@ -116,7 +132,9 @@ def _validation_exception(request: Request[Any, Any, Any], exc: ValidationExcept
     # former is "unprocessable content".
     if not isinstance(exc.extra, list):
         return _json_error(exc.status_code, exc.detail, exc.extra)
-    return _json_error(HTTP_422_UNPROCESSABLE_ENTITY, exc.detail, [_readable(e) for e in exc.extra])
+    cause = _pydantic_cause(exc)
+    extra = pydantic_errors(cause) if cause is not None else [_readable(e) for e in exc.extra]
+    return _json_error(HTTP_422_UNPROCESSABLE_ENTITY, exc.detail, extra)
 
 
 def _readable(entry: Any) -> Any:

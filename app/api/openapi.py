@@ -132,7 +132,7 @@ def fix_allow_header(app: Litestar) -> None:
                 if "OPTIONS" in handler.http_methods:
                     allow[id(handler)] = ", ".join(sorted(route.methods))
 
-    app.asgi_handler = _AllowFix(app.asgi_handler, allow)  # type: ignore[method-assign]
+    app.asgi_handler = _AllowFix(app.asgi_handler, allow)
 
 
 class _AllowFix:

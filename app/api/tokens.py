@@ -22,7 +22,7 @@ from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, SkipValidation
 from livekit import api
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from app.api.auth import bearer_guard
 from app.api.deps import Configs
@@ -52,12 +52,17 @@ class TokenRequest(BaseModel):
         Annotated[str, StringConstraints(max_length=MAX_VARIABLE_VALUE_CHARS)],
     ] = Field(default_factory=dict, max_length=32)
 
+    @field_validator("variables")
+    @classmethod
+    def _variables_fit(cls, variables: dict[str, str]) -> dict[str, str]:
+        if len(json.dumps(variables).encode()) > MAX_VARIABLES_BYTES:
+            raise ValueError(f"exceed {MAX_VARIABLES_BYTES} bytes in all")
+        return variables
+
     @model_validator(mode="after")
     def _one_target(self) -> TokenRequest:
         if self.purpose and self.agent_id:
             raise ValueError("give either purpose or agent_id, not both")
-        if len(json.dumps(self.variables).encode()) > MAX_VARIABLES_BYTES:
-            raise ValueError(f"variables exceed {MAX_VARIABLES_BYTES} bytes")
         return self
 
 

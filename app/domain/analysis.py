@@ -126,8 +126,8 @@ class SessionAnalysis(BaseModel):
     success: SuccessVerdict | None = None
     extracted: dict[str, Any] | None = None
     error: str | None = Field(None, description="Why the analysis failed (status failed).")
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
     cost_usd: float | None = Field(None, description="Of the analysis calls, at the price table's rates.")
 
     def finished(self, status: Literal["done", "failed"], at: datetime, **fields: Any) -> SessionAnalysis:

@@ -7,13 +7,13 @@ models the admin API uses, so a file that loads here is accepted by the API too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from app.domain.field_errors import field_errors, format_location
 from app.domain.models import AgentConfigInput
 
 M = TypeVar("M", bound=BaseModel)
@@ -28,24 +28,9 @@ class ConfigFileError(ValueError):
         self.detail = message
 
 
-def format_location(loc: Sequence[int | str]) -> str:
-    """`("schema_config", "properties", 0)` -> `schema_config.properties[0]`."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(document)"
-
-
 def validation_message(err: ValidationError) -> str:
     """One line per problem: `field.path: message`."""
-    lines = []
-    for e in err.errors(include_url=False):
-        msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{format_location(tuple(e['loc']))}: {msg}")
-    return "; ".join(lines)
+    return "; ".join(f"{format_location(loc)}: {msg}" for loc, msg in field_errors(err))
 
 
 def read_yaml(path: Path) -> Any:

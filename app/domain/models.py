@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from app.domain.analysis import AnalysisConfig, SessionAnalysis
+from app.domain.field_errors import field_error, raise_field_errors
 from app.domain.schema_admission import SchemaRefused, check_schema
 from app.domain.usage import SessionUsage
 from app.domain.values import (
@@ -36,6 +37,7 @@ from app.domain.values import (
     UtcDatetime,
     utcnow,
 )
+from app.settings import DEFAULT_REPLY_MAX_TOKENS  # the reply cap without llm.max_tokens
 
 SLUG_RE = r"^[a-z0-9][a-z0-9-]{1,62}$"
 PURPOSE_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -116,21 +118,27 @@ class PromptConfig(_Model):
 
     @model_validator(mode="after")
     def _check_templates(self) -> PromptConfig:
+        # Located at the field (`prompt_config.greeting`), not the model: the API's 422
+        # and the console put the message next to the template that is wrong.
+        problems = []
         if len(self.instructions.encode()) > MAX_INSTRUCTIONS_BYTES:
-            raise ValueError(f"instructions exceed {MAX_INSTRUCTIONS_BYTES} bytes")
+            problems.append(field_error("instructions", f"exceeds {MAX_INSTRUCTIONS_BYTES} bytes"))
         for label, text in (("instructions", self.instructions), ("greeting", self.greeting)):
             if text is None:
                 continue
             try:
                 used = template_fields(text)
             except ValueError as e:
-                raise ValueError(f"{label}: {e}") from None
+                problems.append(field_error(label, str(e)))
+                continue
             unknown = sorted(used - set(self.variables))
             if unknown:
-                raise ValueError(
-                    f"{label} uses undeclared variable(s) {', '.join(unknown)}; "
-                    "declare them under prompt_config.variables"
-                )
+                problems.append(field_error(
+                    label,
+                    f"uses undeclared variable(s) {', '.join(unknown)}; "
+                    "declare them under prompt_config.variables",
+                ))
+        raise_field_errors(type(self).__name__, problems)
         return self
 
 
@@ -186,30 +194,142 @@ def empty_schema() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- providers
+#
+# Each of llm / stt / tts is a primary provider plus an ordered list of `fallbacks`
+# (another model, another OpenAI-compatible base URL); the agents layer wraps a chain in
+# LiveKit's own FallbackAdapter. Timeouts are per provider: a member without its own
+# `timeouts` uses the primary's.
+
+ProviderName = Literal["openai"]
+"""Providers a config may name; "openai" is any OpenAI-compatible server (`base_url`)."""
+
+MAX_FALLBACKS = 4
+
+DEFAULT_REPETITION_LIMIT = 3
+"""A reply that says the same sentence this many times is ended there."""
+
+
+def _timeouts_ordered(connect: float, first: float, total: float, first_name: str) -> None:
+    if first > total:
+        raise ValueError(f"{first_name} ({first:g}) cannot exceed total_s ({total:g})")
+    if connect > total:
+        raise ValueError(f"connect_s ({connect:g}) cannot exceed total_s ({total:g})")
+
+
+def _not_one(value: int) -> int:
+    if value == 1:
+        raise ValueError("1 would end every reply after its first sentence; use 0 to turn the guard off")
+    return value
+
+
+class LLMTimeouts(_Model):
+    """Seconds one LLM provider gets before the request goes to the next in the chain."""
+
+    connect_s: Annotated[float, Field(gt=0, le=60), _NUMBER] = Field(
+        3.0, description="Opening the connection (TCP + TLS)."
+    )
+    first_token_s: Annotated[float, Field(gt=0, le=300), _NUMBER] = Field(
+        6.0, description="Waiting for the response to start, and for each chunk after it "
+        "(a long prompt's prefill on a local model may need more)."
+    )
+    total_s: Annotated[float, Field(gt=0, le=600), _NUMBER] = Field(
+        45.0, description="The whole streamed reply."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LLMTimeouts:
+        _timeouts_ordered(self.connect_s, self.first_token_s, self.total_s, "first_token_s")
+        return self
+
+
+class AudioTimeouts(_Model):
+    """Seconds one STT or TTS provider gets before the request goes to the next."""
+
+    connect_s: Annotated[float, Field(gt=0, le=60), _NUMBER] = Field(
+        3.0, description="Opening the connection (TCP + TLS)."
+    )
+    first_byte_s: Annotated[float, Field(gt=0, le=120), _NUMBER] = Field(
+        5.0, description="Waiting for the response to start, and for each chunk after it "
+        "(STT: the transcript; TTS: the first audio)."
+    )
+    total_s: Annotated[float, Field(gt=0, le=600), _NUMBER] = Field(
+        30.0, description="The whole response."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AudioTimeouts:
+        _timeouts_ordered(self.connect_s, self.first_byte_s, self.total_s, "first_byte_s")
+        return self
+
+
+MaxTokensParam = Literal["auto", "max_completion_tokens", "max_tokens"]
+"""How the reply cap is sent: OpenAI's API takes `max_completion_tokens` (its newer models
+refuse `max_tokens`); llama.cpp, vLLM, Ollama and most OpenAI-compatible servers take
+`max_tokens`. `auto`: `max_completion_tokens` for api.openai.com / Azure OpenAI (or no
+base URL), `max_tokens` for any other base URL."""
+
+
+class LLMFallback(_Model):
+    """One alternative LLM, tried in order when the ones before it fail or time out."""
+
+    provider: ProviderName = "openai"
+    model: str | None = Field(None, max_length=200, description="None: the server default.")
+    base_url: WebUrl | None = None
+    timeouts: LLMTimeouts | None = Field(None, description="None: the primary's.")
+    max_tokens_param: MaxTokensParam | None = Field(None, description="None: the primary's.")
 
 
 class LLMConfig(_Model):
-    provider: Literal["openai"] = "openai"
+    provider: ProviderName = "openai"
     model: str | None = Field(None, max_length=200, description="None: the server default.")
     base_url: WebUrl | None = None
     temperature: Annotated[float, Field(ge=0, le=2), _NUMBER] | None = None
-    max_tokens: Annotated[int, Field(ge=1, le=32768), _INT] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=32768), _INT] | None = Field(
+        None, description=f"Reply cap in tokens. None: the platform default ({DEFAULT_REPLY_MAX_TOKENS}, "
+        "DEFAULT_LLM_MAX_TOKENS)."
+    )
+    max_tokens_param: MaxTokensParam = "auto"
+    repetition_limit: Annotated[int, Field(ge=0, le=20), AfterValidator(_not_one), _INT] = Field(
+        DEFAULT_REPETITION_LIMIT, description="End a reply before it says the same sentence this "
+        "many times; 0 turns the guard off (not null: in a merge patch null restores the default)."
+    )
+    timeouts: LLMTimeouts = Field(default_factory=LLMTimeouts)
+    fallbacks: list[LLMFallback] = Field(default_factory=list, max_length=MAX_FALLBACKS)
+
+
+class STTFallback(_Model):
+    provider: ProviderName = "openai"
+    model: str | None = Field(None, max_length=200)
+    base_url: WebUrl | None = None
+    timeouts: AudioTimeouts | None = Field(None, description="None: the primary's.")
 
 
 class STTConfig(_Model):
-    provider: Literal["openai"] = "openai"
+    provider: ProviderName = "openai"
     model: str | None = Field(None, max_length=200)
     language: str = Field("en", max_length=16)
     base_url: WebUrl | None = None
+    timeouts: AudioTimeouts = Field(default_factory=AudioTimeouts)
+    fallbacks: list[STTFallback] = Field(default_factory=list, max_length=MAX_FALLBACKS)
+
+
+class TTSFallback(_Model):
+    provider: ProviderName = "openai"
+    model: str | None = Field(None, max_length=200)
+    voice: str | None = Field(None, max_length=100, description="None: the primary's.")
+    base_url: WebUrl | None = None
+    timeouts: AudioTimeouts | None = Field(None, description="None: the primary's.")
 
 
 class TTSConfig(_Model):
-    provider: Literal["openai"] = "openai"
+    provider: ProviderName = "openai"
     model: str | None = Field(None, max_length=200)
     voice: str | None = Field(None, max_length=100)
     speed: JsonNumber = Field(1.0, ge=0.25, le=4.0)
     instructions: str | None = Field(None, max_length=2000)
     base_url: WebUrl | None = None
+    timeouts: AudioTimeouts = Field(default_factory=AudioTimeouts)
+    fallbacks: list[TTSFallback] = Field(default_factory=list, max_length=MAX_FALLBACKS)
 
 
 class VADConfig(_Model):
@@ -217,6 +337,29 @@ class VADConfig(_Model):
     min_speech_duration: JsonNumber = Field(0.05, ge=0, le=5)
     min_silence_duration: JsonNumber = Field(0.55, ge=0, le=10)
     activation_threshold: JsonNumber = Field(0.5, gt=0, lt=1)
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+class SessionBudget(_Model):
+    """Per-session limits of the agent running the call (each unset: no limit). Near a
+    limit (`wrap_up_at` of it) the agent is told once to wrap up; at the limit the session
+    ends politely with end_reason `budget_exhausted`. After a handoff the new agent's
+    budget applies to the session's totals so far."""
+
+    llm_tokens: Annotated[int, Field(gt=0, le=1_000_000_000), _INT] | None = Field(
+        None, description="LLM tokens, input and output, summed over every request."
+    )
+    tts_characters: Annotated[int, Field(gt=0, le=100_000_000), _INT] | None = Field(
+        None, description="Characters sent to TTS."
+    )
+    duration_s: Annotated[float, Field(gt=0, le=86_400), _NUMBER] | None = Field(
+        None, description="Call duration from the session start."
+    )
+    wrap_up_at: Annotated[float, Field(gt=0, lt=1), _NUMBER] = Field(
+        0.8, description="The fraction of a limit at which the agent is told to wrap up."
+    )
 
 
 # ----------------------------------------------------------------------------- tools
@@ -257,6 +400,7 @@ class AgentConfigInput(_Model):
     stt: STTConfig = Field(default_factory=STTConfig)
     tts: TTSConfig = Field(default_factory=TTSConfig)
     vad: VADConfig = Field(default_factory=VADConfig)
+    budget: SessionBudget = Field(default_factory=SessionBudget)
     tools: list[ToolSpec] = Field(default_factory=list, max_length=MAX_TOOLS)
     handoffs: list[AgentId] = Field(default_factory=list, max_length=MAX_TOOLS)
     analysis: AnalysisConfig | None = Field(
@@ -265,23 +409,25 @@ class AgentConfigInput(_Model):
 
     @model_validator(mode="after")
     def _check_tools(self) -> AgentConfigInput:
+        problems = []
         names = [t.name for t in self.tools]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"duplicate tool name(s): {', '.join(dupes)}")
+            problems.append(field_error("tools", f"duplicate tool name(s): {', '.join(dupes)}"))
         reserved = {f"record_{p}" for p in self.schema_config.get("properties", {})}
         reserved |= {"record_data"}
         clash = sorted(
             n for n in names if n in reserved or (n in BUILTIN_TOOL_NAMES and not _is_builtin(self, n))
         )
         if clash:
-            raise ValueError(f"tool name(s) {', '.join(clash)} are reserved")
+            problems.append(field_error("tools", f"tool name(s) {', '.join(clash)} are reserved"))
         if self.agent_id in self.handoffs:
-            raise ValueError("an agent cannot hand off to itself")
+            problems.append(field_error("handoffs", "an agent cannot hand off to itself"))
         if len(set(self.handoffs)) != len(self.handoffs):
-            raise ValueError("handoffs lists an agent twice")
+            problems.append(field_error("handoffs", "handoffs lists an agent twice"))
         if "transfer" in names and not self.handoffs:
-            raise ValueError("the transfer tool needs at least one agent id in handoffs")
+            problems.append(field_error("handoffs", "the transfer tool needs at least one agent id in handoffs"))
+        raise_field_errors(type(self).__name__, problems)
         return self
 
 
@@ -373,6 +519,25 @@ class Handoff(BaseModel):
     reason: str | None = None
 
 
+SessionEventKind = Literal[
+    "provider_unavailable", "provider_recovered", "reply_capped", "repetition_stopped",
+    "budget_warning", "budget_exhausted",
+]
+
+MAX_SESSION_EVENTS = 200
+"""Events kept on one record; later ones are dropped (and counted in the logs)."""
+
+
+class SessionEvent(BaseModel):
+    """Something the platform did to or noticed about a call, beyond its turns: a provider
+    failing over, a reply cut at its cap or for repeating itself, a budget warning."""
+
+    kind: SessionEventKind
+    at: UtcDatetime = Field(default_factory=utcnow)
+    agent_id: str | None = None
+    detail: str = Field("", max_length=500)
+
+
 class SessionRecord(BaseModel):
     session_id: str
     room: str
@@ -392,16 +557,17 @@ class SessionRecord(BaseModel):
     handoffs: list[Handoff] = Field(default_factory=list)
     error: str | None = None
     metrics: list[dict[str, Any]] = Field(default_factory=list)
+    usage: SessionUsage = Field(
+        default_factory=SessionUsage, description="Tokens, audio and characters the call used, the providers "
+        "that served it, and the cost; kept current as the call goes. Read-only.",
+    )
+    events: list[SessionEvent] = Field(default_factory=list)
     owner: str | None = Field(
         None, description="The process instance (host, pid, random) running the session; read-only."
     )
     heartbeat_at: UtcDatetime | None = Field(
         None, description="When the owner last proved alive; an active session whose owner stops "
         "heartbeating is marked abandoned. Read-only.",
-    )
-    usage: SessionUsage | None = Field(
-        None, description="Tokens, audio and characters the call used, and their cost; written as the call "
-        "goes and when it ends. Read-only.",
     )
     analysis: SessionAnalysis | None = Field(
         None, description="The post-call analysis, when the agent has analysis settings: pending until it has "

@@ -54,6 +54,10 @@ class PriceTable:
     def from_settings(cls, settings: Settings) -> PriceTable:
         return cls({**DEFAULT_PRICES, **settings.price_table})
 
+    @classmethod
+    def defaults(cls) -> PriceTable:
+        return cls(DEFAULT_PRICES)
+
     def price_for(self, model: str) -> ModelPrice | None:
         """By exact name, else the name without a dated snapshot suffix
         (`gpt-4.1-mini-2025-04-14` is priced as `gpt-4.1-mini`)."""
@@ -66,23 +70,24 @@ class PriceTable:
             return line.model_copy(update={"cost_usd": None, "price_as_of": None})
         return line.model_copy(update={"cost_usd": round(line_cost(line, price), 8), "price_as_of": price.as_of})
 
-    def priced(self, lines: list[ModelUsage]) -> SessionUsage:
-        return SessionUsage.of(self.cost(line) for line in lines)
+    def priced(self, usage: SessionUsage, lines: list[ModelUsage]) -> SessionUsage:
+        """`usage` with `lines` priced and totalled (its `served_by` kept)."""
+        return usage.with_models(self.cost(line) for line in lines)
 
-    def tokens_cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    def tokens_cost(self, model: str, input_tokens: int, output_tokens: int) -> float | None:
         """Cost of a language-model call by its token counts (the post-call analysis)."""
-        line = ModelUsage(kind="llm", provider="", model=model, prompt_tokens=prompt_tokens,
-                          completion_tokens=completion_tokens)
+        line = ModelUsage(kind="llm", provider="", model=model, input_tokens=input_tokens,
+                          output_tokens=output_tokens)
         return self.cost(line).cost_usd
 
 
 def line_cost(line: ModelUsage, price: ModelPrice) -> float:
-    cached = min(line.prompt_cached_tokens, line.prompt_tokens)
+    cached = min(line.cached_tokens, line.input_tokens)
     cached_rate = price.input_per_mtok if price.cached_input_per_mtok is None else price.cached_input_per_mtok
     tokens = (
-        (line.prompt_tokens - cached) * price.input_per_mtok
+        (line.input_tokens - cached) * price.input_per_mtok
         + cached * cached_rate
-        + line.completion_tokens * price.output_per_mtok
+        + line.output_tokens * price.output_per_mtok
         + line.characters * price.per_mchars
     ) / 1_000_000
-    return tokens + line.audio_seconds / 60 * price.audio_per_minute
+    return tokens + line.audio_s / 60 * price.audio_per_minute

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 
 from app.domain import Handoff, InvalidInput, SessionRecord, SessionStatus, Turn
 from app.domain.models import deep_merge
@@ -31,8 +31,8 @@ from app.store.base import (
 )
 
 UPDATABLE_FIELDS = (
-    "agent_id", "config_version", "user_id", "degraded", "route_reason", "metrics", "error", "room",
-    "usage", "analysis",
+    "agent_id", "config_version", "user_id", "degraded", "route_reason", "metrics", "usage", "events", "error", "room",
+    "analysis",
 )
 """Session fields `update_session` may set (the rest belong to start/finish)."""
 
@@ -55,11 +55,11 @@ def session_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, value in fields.items():
         try:
-            valid = _FIELD_TYPES[name].validate_python(value)
+            checked = _FIELD_TYPES[name].validate_python(value)
         except ValueError as e:
             raise InvalidInput(f"bad value for session field {name}: {e}") from None
-        # Stored as JSON documents (SQL JSON columns, Mongo subdocuments), like `metrics`.
-        values[name] = valid.model_dump(mode="json") if isinstance(valid, BaseModel) else valid
+        # stored as JSON by every backend (events carry times, usage and analysis are models)
+        values[name] = _FIELD_TYPES[name].dump_python(checked, mode="json")
     return values
 
 
@@ -79,8 +79,7 @@ def with_queue_fields(fields: dict[str, Any]) -> dict[str, Any]:
 def stored_json(record: SessionRecord) -> dict[str, Any]:
     """The record's JSON-document fields as stored (`usage`, `analysis`), and their queue fields."""
     analysis = record.analysis.model_dump(mode="json") if record.analysis is not None else None
-    usage = record.usage.model_dump(mode="json") if record.usage is not None else None
-    return {"usage": usage, "analysis": analysis, **queue_fields(analysis)}
+    return {"usage": record.usage.model_dump(mode="json"), "analysis": analysis, **queue_fields(analysis)}
 
 
 def must_be_str(value: Any, what: str) -> str:

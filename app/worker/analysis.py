@@ -242,9 +242,9 @@ class AnalysisRunner:
         return self._finished(pending, outcome)
 
     def _finished(self, pending: SessionAnalysis, outcome: AnalysisOutcome) -> SessionAnalysis:
-        cost = self._prices.tokens_cost(pending.request.model, outcome.prompt_tokens, outcome.completion_tokens)
-        common = dict(attempts=outcome.attempts, prompt_tokens=outcome.prompt_tokens,
-                      completion_tokens=outcome.completion_tokens, cost_usd=cost)
+        cost = self._prices.tokens_cost(pending.request.model, outcome.input_tokens, outcome.output_tokens)
+        common = dict(attempts=outcome.attempts, input_tokens=outcome.input_tokens,
+                      output_tokens=outcome.output_tokens, cost_usd=cost)
         if outcome.answer is None:
             return pending.finished("failed", utcnow(), error=outcome.error, **common)
         a = outcome.answer

@@ -7,8 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 from livekit.agents import AgentSession, CloseEvent, JobContext, JobProcess
 
+from app.agents.providers import session_connect_options
 from app.domain.routing import MetadataSource
+from app.worker.budget import attach_budget_guard
 from app.worker.drain import active_sessions
+from app.worker.model_unavailable import ModelUnavailable
 from app.worker.services import WorkerServices, ensure_services, installed_services
 from app.worker.session_start import PreparedSession, prepare_session
 from app.worker.silence import attach_silence_reprompt
@@ -68,9 +71,13 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.room.name, prepared.record.session_id, prepared.config.agent_id,
         prepared.config.version, prepared.decision.reason,
     )
-    session: AgentSession[None] = AgentSession(vad=services.vad)
+    session: AgentSession[None] = AgentSession(vad=services.vad, conn_options=session_connect_options())
     prepared.manager.attach(session)
     attach_silence_reprompt(session)
+    attach_budget_guard(session, prepared.manager)
+    # A model that fails for good: the caller hears an apology, the record says
+    # failed / llm_unavailable (or stt_/tts_), the session closes (see on_close).
+    ModelUnavailable.attach(session, prepared.manager, services.settings)
     ctx.add_shutdown_callback(prepared.aclose)
     # SIGTERM drain (app/worker/drain.py) reaches live sessions through this registry.
     ctx.add_shutdown_callback(active_sessions.register(session, prepared).release)

@@ -27,6 +27,7 @@ from app.worker.sessions import SessionManager
 
 if TYPE_CHECKING:
     import httpx
+    import httpx2
     import openai
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,10 @@ async def prepare_session(
     http_client: httpx.AsyncClient | None = None,
     stt_client: openai.AsyncClient | None = None,
     tts_client: openai.AsyncClient | None = None,
+    transport: httpx2.AsyncBaseTransport | None = None,
 ) -> PreparedSession:
+    """`llm_client` / `stt_client` / `tts_client` / `transport`: see `AgentFactory`
+    (tests and the sim replace the model servers; production passes none)."""
     session_id = session_id or uuid.uuid4().hex
     configs = services.config_source
     resolution = await resolve_current(configs, sources, room=room)
@@ -88,7 +92,7 @@ async def prepare_session(
     factory = AgentFactory(
         services.settings, configs,
         vad=services.vad if audio else None, llm_client=llm_client, http_client=http_client,
-        stt_client=stt_client, tts_client=tts_client,
+        stt_client=stt_client, tts_client=tts_client, transport=transport,
     )
     ctx = SessionContext(
         session_id=session_id, room=room, recorder=manager, user_id=record.user_id,

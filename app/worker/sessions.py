@@ -19,11 +19,15 @@ Each session row names its `owner` (`instance_id()`, one per container) and carr
 `heartbeat_at` that the supervisor refreshes, so another process can tell a crashed
 owner's sessions from live ones (`ConfigStore.abandon_stale_sessions`).
 
-Usage (`SessionRecord.usage`) comes from LiveKit's `session_usage_updated` events; the
-latest figures ride along with the next turn's write (no write of their own) and are
-written once more, final, with the end. When the agent has analysis settings, the
-pending analysis is written in that same last batch, so the end of a call and its
-analysis request are stored together; `on_closed` then tells the analysis runner.
+Beyond turns and collected data the record keeps `usage` and `events` (fail-overs, cut
+replies, budget warnings), each stored as a snapshot like `metrics`. `usage` is the one
+place a session's consumption is collected: LiveKit's own count (`session_usage_updated`,
+`AgentSession.usage`: LLM input/cached/output tokens, STT audio seconds, TTS characters
+and audio seconds, per provider and model), priced with the price table, plus which
+provider served each turn (from each message's `metrics`). It is written when it changes
+and once more, final, with the end. When the agent has analysis settings, the pending
+analysis is written in that same last batch, so the end of a call and its analysis
+request are stored together; `on_closed` then tells the analysis runner.
 """
 
 from __future__ import annotations
@@ -44,15 +48,16 @@ from typing import TYPE_CHECKING, Any, Literal
 from app.domain import (
     AlreadyExists,
     Handoff,
+    ServedBy,
+    SessionEvent,
     SessionRecord,
     SessionStatus,
     StoreUnavailable,
     Turn,
 )
 from app.domain.analysis import AnalysisRequest, AnalysisStatus, SessionAnalysis
-from app.domain.models import deep_merge
+from app.domain.models import MAX_SESSION_EVENTS, SessionEventKind, deep_merge
 from app.domain.pricing import PriceTable
-from app.domain.usage import SessionUsage
 from app.domain.values import utcnow
 from app.store.base import (
     AppendTurn,
@@ -185,8 +190,8 @@ class SessionManager:
         on_closed: Callable[[SessionRecord], None] | None = None,
     ) -> None:
         """`analysis`: what to ask after the call (None: the agent has no analysis).
-        `prices`: to price the usage (None: usage is not recorded). `on_closed`: called
-        once the last writes are flushed (or handed on)."""
+        `prices`: to price the usage (None: the built-in price table). `on_closed`:
+        called once the last writes are flushed (or handed on)."""
         self._store = store
         self.record = record
         self._call = call
@@ -209,11 +214,9 @@ class SessionManager:
         """Set by `aclose` with the writer's cancel: a driver that swallows the
         cancellation (seen with pymongo mid-operation) must not keep it retrying."""
         self.analysis = analysis
-        self._prices = prices
+        self._prices = prices or PriceTable.defaults()
         self._on_closed = on_closed
         self._session: AgentSession[Any] | None = None
-        self._usage: AgentSessionUsage | None = None
-        self._usage_dirty = False
         self.failed_writes = 0
         self.dropped: list[str] = []
         self.spilled = 0
@@ -233,8 +236,8 @@ class SessionManager:
         """Subscribe to a LiveKit `AgentSession`'s events."""
         self._session = session
         session.on("conversation_item_added", self._on_item)
-        session.on("close", self._on_close)
         session.on("session_usage_updated", self._on_usage)
+        session.on("close", self._on_close)
 
     async def aclose(self, status: SessionStatus | None = None, reason: str | None = None) -> None:
         """Finish the record (unless already finished) and flush what is queued."""
@@ -245,10 +248,8 @@ class SessionManager:
         status_, reason_, error = self._finish or (SessionStatus.completed, "closed", None)
         sid = self.record.session_id
         last: dict[str, Any] = {}
-        if self._session is not None:  # the final figures (readable after LiveKit closed it)
-            self._usage, self._usage_dirty = self._session.usage, True
-        if (usage := self._priced_usage()) is not None:
-            last["usage"] = usage
+        if self._session is not None and self._update_usage(self._session.usage):
+            last["usage"] = self.record.usage  # the final figures (readable after LiveKit closed it)
         if self.analysis is not None:
             self.record.analysis = SessionAnalysis(
                 status=AnalysisStatus.pending, request=self.analysis, requested_at=utcnow()
@@ -326,9 +327,23 @@ class SessionManager:
     def set_agent(self, agent_id: str, version: int) -> None:
         self._agent_id = agent_id
 
-    def finish(self, status: SessionStatus, reason: str) -> None:
+    def finish(self, status: SessionStatus, reason: str, error: str | None = None) -> None:
+        """The first call decides how the record ends (written at `aclose`)."""
         if self._finish is None:
-            self._finish = (status, reason, None)
+            self._finish = (status, reason, error)
+
+    def record_event(self, kind: SessionEventKind, detail: str = "") -> None:
+        events = self.record.events
+        if len(events) >= MAX_SESSION_EVENTS:
+            log.warning("session %s: event %s not kept (%d events already)", self.record.session_id, kind, len(events))
+            return
+        events.append(SessionEvent(kind=kind, agent_id=self._agent_id, detail=detail[:500]))
+        self._enqueue(UpdateSession({"events": [e.model_dump(mode="json") for e in events]}))
+
+    @property
+    def finished_reason(self) -> str | None:
+        """The end reason set so far (`finish`), None while the session runs on."""
+        return self._finish[1] if self._finish is not None else None
 
     # -------------------------------------------------------------- turns
 
@@ -337,26 +352,7 @@ class SessionManager:
         self._seq += 1
         self.record.turns.append(turn)
         self._enqueue(AppendTurn(turn))
-        if (usage := self._priced_usage()) is not None:  # rides along in the turn's batch
-            self._enqueue(UpdateSession({"usage": usage}))
         return turn
-
-    # -------------------------------------------------------------- usage
-
-    def _on_usage(self, ev: SessionUsageUpdatedEvent) -> None:
-        self._usage, self._usage_dirty = ev.usage, True
-
-    def _priced_usage(self) -> SessionUsage | None:
-        """The latest usage, priced, if it changed since it was last queued (else None)."""
-        if not self._usage_dirty or self._usage is None or self._prices is None:
-            return None
-        from app.worker.usage import session_usage
-
-        self._usage_dirty = False
-        usage = session_usage(self._usage, self._prices)
-        if usage is not None:
-            self.record.usage = usage
-        return usage
 
     def _on_item(self, ev: ConversationItemAddedEvent) -> None:
         item = ev.item
@@ -366,6 +362,48 @@ class SessionManager:
         if text and item.role in ("user", "assistant"):
             turn = self.add_turn("user" if item.role == "user" else "assistant", text)
             self._on_turn_metrics(turn, item)
+            self._count_served(item)
+
+    # ------------------------------------------------------------ usage
+
+    def _count_served(self, item: ChatMessage) -> None:
+        """Which provider's model served this turn: LiveKit names it in the message's
+        metrics (the instance a fallback chain actually used)."""
+        m: Mapping[str, Any] = item.metrics or {}
+        keys = ("stt",) if item.role == "user" else ("llm", "tts")
+        changed = False
+        for kind in keys:
+            meta = m.get(f"{kind}_metadata")
+            if not isinstance(meta, Mapping):
+                continue
+            provider, model = str(meta.get("model_provider") or "unknown"), str(meta.get("model_name") or "unknown")
+            served = self.record.usage.served_by
+            entry = next((e for e in served if (e.kind, e.provider, e.model) == (kind, provider, model)), None)
+            if entry is None:
+                entry = ServedBy(kind=kind, provider=provider, model=model)
+                served.append(entry)
+            entry.turns += 1
+            changed = True
+        if changed:
+            self._store_usage()
+
+    def _on_usage(self, ev: SessionUsageUpdatedEvent) -> None:
+        """LiveKit's running totals for the session (`AgentSession.usage`)."""
+        if self._update_usage(ev.usage):
+            self._store_usage()
+
+    def _update_usage(self, usage: AgentSessionUsage) -> bool:
+        """`record.usage` from LiveKit's totals, priced; False when nothing changed."""
+        from app.worker.usage import model_lines
+
+        updated = self._prices.priced(self.record.usage, model_lines(usage))
+        if updated == self.record.usage:
+            return False
+        self.record.usage = updated
+        return True
+
+    def _store_usage(self) -> None:
+        self._enqueue(UpdateSession({"usage": self.record.usage.model_dump(mode="json")}))
 
     # ------------------------------------------------------------ metrics
 
@@ -488,7 +526,9 @@ def turn_metrics_entry(
     - `llm_ttft_ms`: LLM time to first token (`llm_node_ttft`);
     - `tts_ttfb_ms`: TTS time to first audio byte after its first text (`tts_node_ttfb`);
     - `total_ms`: end of user speech → first agent audio frame played (`e2e_latency`);
-    - `speech_ms`: how long the agent's audio played; `interrupted`: cut by the user.
+    - `speech_ms`: how long the agent's audio played; `interrupted`: cut by the user;
+    - `llm` / `tts`: `provider/model` that served the reply (`llm_metadata`, `tts_metadata`:
+      with a fallback chain, the member that answered).
     """
     started, stopped = assistant.get("started_speaking_at"), assistant.get("stopped_speaking_at")
     return {
@@ -503,7 +543,15 @@ def turn_metrics_entry(
         "total_ms": _ms(assistant.get("e2e_latency")),
         "speech_ms": _ms(stopped - started) if isinstance(started, float) and isinstance(stopped, float) else None,
         "interrupted": interrupted,
+        "llm": _served_name(assistant.get("llm_metadata")),
+        "tts": _served_name(assistant.get("tts_metadata")),
     }
+
+
+def _served_name(meta: Any) -> str | None:
+    if not isinstance(meta, Mapping):
+        return None
+    return f"{meta.get('model_provider') or 'unknown'}/{meta.get('model_name') or 'unknown'}"
 
 
 class PendingWrites:

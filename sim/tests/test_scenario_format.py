@@ -49,6 +49,17 @@ sessions:
         ("name: x\nsessions:\n  - route: {agent_id: a}\n    closes: maybe\n", 4, "closes"),
         ("name: x\nsessions:\n  - job_metadata: {generate: {repeat: a, json: {}}}\n", 3, "exactly one of"),
         ("name: x\nsessions: [{}\n", 3, "invalid YAML"),
+        # endpoints, latency budgets
+        ("name: x\nsessions:\n  - turns:\n      - user: hi\n        llm: [{endpoint: backup.sim, text: a}]\n",
+         5, "sessions[0].turns[0].llm[0].endpoint: 'backup.sim' is not declared under endpoints"),
+        ("name: x\nendpoints:\n  backup_sim: {}\nsessions: [{}]\n", 3, "endpoints.backup_sim: an endpoint is `default` or a host name"),
+        ("name: x\nendpoints:\n  b.sim: {delay_ms: {chat: -1}}\nsessions: [{}]\n", 3, "endpoints.b.sim.delay_ms.chat"),
+        ("name: x\nendpoints:\n  b.sim: {dwon: true}\nsessions: [{}]\n", 3, "endpoints.b.sim.dwon: Extra inputs"),
+        ("name: x\nlatency_budget: {turn_p95_ms: 1200}\nsessions: [{}]\n", 1, "`latency_budget` needs `io: voice`"),
+        ("name: x\nio: voice\nlatency_budget: {turn_p95_ms: 0}\nsessions: [{}]\n", 3, "latency_budget.turn_p95_ms"),
+        ("name: x\nsessions:\n  - turns:\n      - user: hi\n        llm: [{text: a, usage: {prompt_tokens: 1}}]\n",
+         5, "llm[0].usage.completion_tokens: Field required"),
+        ("name: x\nsessions:\n  - record: {events: [{kind: x, contain: y}]}\n", 3, "record.events[0].contain"),
     ],
 )
 def test_invalid_scenarios_name_the_line(tmp_path: Path, text: str, line: int, fragment: str) -> None:
@@ -57,6 +68,7 @@ def test_invalid_scenarios_name_the_line(tmp_path: Path, text: str, line: int, f
         load_scenario(path)
     message = str(err.value)
     assert f"{path}:{line}:" in message and fragment in message, message
+    assert "Value error" not in message  # worded by app.domain.field_errors
 
 
 def test_line_map_points_at_keys_and_items() -> None:

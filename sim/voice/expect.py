@@ -18,12 +18,14 @@ figures for the entries that answer a user turn, interruptions).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from livekit.agents.voice.run_result import ChatMessageEvent
 
+from app.domain.loading import format_location
 from sim.expect import short
 from sim.fake_openai import CapturedRequest, _content_text
 from sim.report import Checks, Loc
@@ -32,8 +34,41 @@ from sim.voice.spec import VoiceExpect, VoiceSessionExpect
 if TYPE_CHECKING:
     from app.domain import SessionRecord
     from sim.llm import SessionLLM
+    from sim.scenario import EndpointSpec, LatencyBudget
     from sim.voice.io import PlayedSegment, SpokenSegment
     from sim.voice.runner import StepState, VoiceDriver
+
+def p95(values: Sequence[float]) -> float:
+    """The 95th percentile by nearest rank (of 20 turns, the 19th fastest)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def check_latency_budget(
+    checks: Checks, budget: LatencyBudget, samples: Sequence[tuple[Loc, float]], endpoints: Mapping[str, EndpointSpec]
+) -> None:
+    """The scenario's `latency_budget` over every user turn's end-to-end latency (end of
+    the user's speech to the agent's first audio, wall time). The scripted provider
+    delays are listed with a failure: the rest of the time is ours (VAD end of turn,
+    plugins, session, tools, record writes) and LiveKit's."""
+    loc: Loc = ("latency_budget",)
+    if len(samples) < budget.min_turns:
+        checks.fail((*loc, "min_turns"), "too few user turns were measured for the latency budget",
+                    expected=f">= {budget.min_turns}", actual=len(samples))
+        return
+    got = p95([ms for _, ms in samples])
+    delays = [f"{name}: {d.chat:g} / {d.transcriptions:g} / {d.speech:g} ms"
+              for name, spec in sorted(endpoints.items()) if (d := spec.delay_ms) and (d.chat or d.transcriptions or d.speech)]
+    context = "\n".join(
+        ["turns (end of speech -> first agent audio):"]
+        + [f"  {format_location(at)}: {ms:.0f} ms" for at, ms in samples]
+        + ["scripted provider delays (chat / transcriptions / speech):"]
+        + [f"  {d}" for d in delays or ["none"]]
+    )
+    if got > budget.turn_p95_ms:
+        checks.fail((*loc, "turn_p95_ms"), f"end-to-end turn latency p95 over the budget ({len(samples)} turns)",
+                    expected=f"<= {budget.turn_p95_ms:g} ms", actual=f"{got:.0f} ms", context=context)
+
 
 METRIC_FIELDS = ("eou_delay_ms", "tts_ttfb_ms", "total_ms")
 """What every entry answering a user turn has. `llm_ttft_ms` too when the model wrote the

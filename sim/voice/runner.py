@@ -34,6 +34,9 @@ from typing import TYPE_CHECKING, Any
 from livekit.agents import AgentSession
 from livekit.agents.voice.run_result import RunResult
 
+from app.agents.providers import session_connect_options
+from app.worker.budget import attach_budget_guard
+from app.worker.model_unavailable import ModelUnavailable
 from app.worker.silence import attach_silence_reprompt
 from sim.expect import check_closes, check_events, check_llm_received, describe_event, skip_activation
 from sim.fake_openai import FakeOpenAI
@@ -74,7 +77,7 @@ def fixture_for(turn: TurnSpec) -> str:
 def voice_session_kwargs(vad: Any, options: VoiceOptions) -> dict[str, Any]:
     """The `AgentSession` options of a simulated voice session (and the benchmark's).
 
-    As production (`entrypoint`: `AgentSession(vad=...)`), except: turns end on the VAD
+    As production (`entrypoint`: `AgentSession(vad=..., conn_options=...)`), except: turns end on the VAD
     (production's default is LiveKit's turn-detector model; the sim asserts what VAD and
     endpointing do), no AEC warm-up (simulated audio has no echo: LiveKit skips it for
     its own simulations too), `away_timeout_s` when the scenario sets one, and a 0.2 s
@@ -84,6 +87,7 @@ def voice_session_kwargs(vad: Any, options: VoiceOptions) -> dict[str, Any]:
     """
     kw: dict[str, Any] = {
         "vad": vad,
+        "conn_options": session_connect_options(),
         "turn_handling": {"turn_detection": "vad"},
         "aec_warmup_duration": None,
         "session_close_transcript_timeout": 0.2,
@@ -154,6 +158,11 @@ class VoiceDriver:
         self.log = VoiceLog(self.clock)
         self.steps: list[StepState] = []
         self.session: AgentSession | None = None
+        self.turn_latencies: list[tuple[Loc, float]] = []
+        """Per user turn: end of the user's speech -> the agent's first audio (wall ms)."""
+        self.guard: ModelUnavailable | None = None
+        """The session's `ModelUnavailable`: once it decided, a failed run is expected
+        (the session ends as failed; `closes` and `record` check it)."""
 
     # ------------------------------------------------------------------ harness API
 
@@ -210,6 +219,8 @@ class VoiceDriver:
             self.log.attach(session)
             prepared.manager.attach(session)
             attach_silence_reprompt(session)
+            attach_budget_guard(session, prepared.manager)
+            self.guard = ModelUnavailable.attach(session, prepared.manager, env.settings)  # as the entrypoint does
             session.on("close", lambda _ev: closed.set())
             session.on("speech_created", lambda ev: current[0].watch(ev.speech_handle) if current[0] else None)
             handle = SessionHandle(env, spec, session, prepared, llm)
@@ -386,7 +397,7 @@ class VoiceDriver:
         if isinstance(err, TimeoutError):
             checks.fail(st.loc, f"{st.label}: the agent's replies did not finish within {RUN_TIMEOUT_S:g}s",
                         expected="every reply played", actual="still running", context=self.timeline(st))
-        elif err is not None and "session closed" not in str(err):
+        elif err is not None and "session closed" not in str(err) and not self._model_failed():
             checks.fail(st.loc, f"{st.label} raised {type(err).__name__}", expected="the step to complete",
                         actual=str(err)[:500], context=self.timeline(st))
         await self._finish(checks, st, llm, outcome, live)
@@ -394,7 +405,12 @@ class VoiceDriver:
             await hooks.after_turn(handle, st.turn_index)
         return not isinstance(err, TimeoutError)
 
+    def _model_failed(self) -> bool:
+        return self.guard is not None and self.guard.outcome is not None
+
     def _fail_run(self, checks: Checks, st: StepState, e: BaseException, llm: SessionLLM) -> None:
+        if self._model_failed():
+            return
         checks.fail(st.loc, f"{st.label} raised {type(e).__name__}", expected="the step to complete",
                     actual=str(e)[:500], context=self.timeline(st))
 
@@ -404,14 +420,20 @@ class VoiceDriver:
         st.window.close(self, llm)
         self._settle_llm(checks, st, llm)
         requests = st.window.requests(llm)
+        if self._model_failed() and not live and len(requests) > len(st.step.llm):
+            checks.fail(st.loc, f"{st.label}: the model was asked {len(requests)} time(s) but only "
+                        f"{len(st.step.llm)} repl(ies) were scripted (the unanswered request failed, "
+                        "which ends the session)", context=self.timeline(st))
         result = st.result
         events = [describe_event(ev) for ev in result.events] if result is not None else []
         outcome.steps.append(StepOutcome(st.label, st.user, (time.perf_counter() - st.t0) * 1000, list(requests), events, result))
+        first = self.output.segments[st.window.out_from : st.window.out_to]
+        e2e_ms = (first[0].started_wall - st.speech_end_wall) * 1000 if st.speech_end_wall is not None and first else None
+        if e2e_ms is not None and st.user is not None:
+            self.turn_latencies.append((st.loc, e2e_ms))
         if st.step.within_ms is not None and not live:
-            first = self.output.segments[st.window.out_from : st.window.out_to]
-            if st.speech_end_wall is not None and first:
-                ms = (first[0].started_wall - st.speech_end_wall) * 1000
-                what = "end of user speech -> first agent audio"
+            if e2e_ms is not None:
+                ms, what = e2e_ms, "end of user speech -> first agent audio"
             else:
                 ms = (time.perf_counter() - st.t0) * 1000
                 what = f"{st.label} took too long"

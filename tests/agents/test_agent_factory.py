@@ -129,13 +129,48 @@ async def test_exact_instructions_and_tools_sent_to_the_model(
 async def test_llm_options_reach_the_request(
     factory: AgentFactory, config: MakeConfig, ctx: SessionContext, fake: FakeOpenAI
 ) -> None:
-    cfg = config(llm={"model": "tiny-model", "temperature": 0.2, "max_tokens": 77})
+    cfg = config(llm={"model": "tiny-model", "temperature": 0.2, "max_tokens": 77,
+                      "max_tokens_param": "max_completion_tokens"})
     fake.text("ok")
     async with running(factory.create_agent(cfg, ctx)) as (session, _):
         await session.run(user_input="hi")
     body = fake.requests[0].body
     assert (body["model"], body["temperature"], body["max_completion_tokens"]) == ("tiny-model", 0.2, 77)
+    assert "max_tokens" not in body
     assert "tools" not in body
+
+
+@pytest.mark.parametrize(
+    ("llm", "sent"),
+    [
+        # the fake is not api.openai.com: an OpenAI-compatible server gets `max_tokens`
+        ({}, {"max_tokens": 250}),
+        ({"max_tokens": 40}, {"max_tokens": 40}),
+        ({"max_tokens": 40, "max_tokens_param": "max_completion_tokens"}, {"max_completion_tokens": 40}),
+        ({"max_tokens_param": "max_tokens"}, {"max_tokens": 250}),
+    ],
+)
+async def test_every_reply_is_capped_in_the_parameter_the_server_takes(
+    factory: AgentFactory, config: MakeConfig, ctx: SessionContext, fake: FakeOpenAI,
+    llm: dict[str, object], sent: dict[str, int],
+) -> None:
+    fake.text("ok")
+    async with running(factory.create_agent(config(llm=llm), ctx)) as (session, _):
+        await session.run(user_input="hi")
+    body = fake.requests[0].body
+    assert {k: body[k] for k in ("max_tokens", "max_completion_tokens") if k in body} == sent
+
+
+@pytest.mark.parametrize(
+    ("base_url", "openai"),
+    [(None, True), ("https://api.openai.com/v1", True), ("https://acme.openai.azure.com/openai", True),
+     ("http://127.0.0.1:8080/v1", False), ("https://openai.example.com/v1", False)],
+)
+def test_auto_cap_parameter_follows_the_base_url(base_url: str | None, openai: bool) -> None:
+    from app.agents.providers import cap_kwargs
+
+    expected = {"max_completion_tokens": 9} if openai else {"extra_body": {"max_tokens": 9}}
+    assert cap_kwargs(9, "auto", base_url) == expected
 
 
 async def test_greeting_is_said_on_enter_without_an_llm_call(

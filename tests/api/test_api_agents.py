@@ -189,7 +189,7 @@ async def test_patch_invalid_result_is_422_with_path(client: Client, agent: dict
     )
     assert r.status_code == 422
     (entry,) = r.json()["extra"]
-    assert entry["key"] == "prompt_config" and "who" in entry["message"]
+    assert entry["key"] == "prompt_config.instructions" and "who" in entry["message"]
     r = await client.patch(f"{AGENTS}/support-agent", json={"name": None})  # removes a required field
     assert r.status_code == 422
     assert r.json()["extra"][0]["key"] == "name"

@@ -107,19 +107,59 @@ async def test_invalid_tool_parameters_schema_has_nested_path(client: Client, bo
     assert _keys(r) == ["tools.0.http.parameters"]
 
 
-async def test_undeclared_template_variable_is_422(client: Client, body: Any) -> None:
+async def test_undeclared_template_variable_is_422_at_the_template_field(client: Client, body: Any) -> None:
     r = await client.post(
         AGENTS, json=body(prompt_config={"instructions": "Hello {name}, order {order_id}"})
     )
     assert r.status_code == 422
-    (entry,) = r.json()["extra"]
-    assert entry["key"] == "prompt_config"
-    assert "name" in entry["message"] and "order_id" in entry["message"]
+    assert r.json()["extra"] == [{
+        "key": "prompt_config.instructions",
+        "message": "uses undeclared variable(s) name, order_id; declare them under prompt_config.variables",
+    }]
     r = await client.post(
         AGENTS, json=body(prompt_config={"instructions": "Hi {user.__class__}"})
     )
     assert r.status_code == 422
-    assert _keys(r) == ["prompt_config"]
+    assert _keys(r) == ["prompt_config.instructions"]
+    # both templates wrong: one entry each, at its own field
+    r = await client.post(AGENTS, json=body(prompt_config={
+        "instructions": "Help {company}.", "greeting": "Hi {caller}", "variables": {"company": {}},
+    }))
+    assert r.status_code == 422
+    assert r.json()["extra"] == [{
+        "key": "prompt_config.greeting",
+        "message": "uses undeclared variable(s) caller; declare them under prompt_config.variables",
+    }]
+    r = await client.post(AGENTS, json=body(prompt_config={"instructions": "{a}", "greeting": "{b:>9}"}))
+    assert _keys(r) == ["prompt_config.instructions", "prompt_config.greeting"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"enabled": "yes"}, "enabled"),  # a BeforeValidator's ValueError
+        ({"schema_config": {"type": "array"}}, "schema_config"),  # an AfterValidator's
+        ({"handoffs": ["support-agent"]}, "handoffs"),  # the model validator's, located
+        ({"tools": [{"type": "builtin", "name": "transfer"}]}, "handoffs"),
+        ({"tools": [{"type": "builtin", "name": "end_session"}] * 2}, "tools"),
+    ],
+)
+async def test_422_messages_carry_no_pydantic_prefix(
+    client: Client, body: Any, overrides: dict[str, Any], key: str
+) -> None:
+    """Litestar words a pydantic body error from pydantic's raw `msg` ("Value error,
+    ..."); the API answers with the validator's own words, at the field's path."""
+    r = await client.post(AGENTS, json=body(**overrides))
+    assert r.status_code == 422
+    extra = r.json()["extra"]
+    assert [e["key"] for e in extra] == [key]
+    assert not any(e["message"].startswith(("Value error", "Assertion failed")) for e in extra), extra
+    # the PATCH path (the store validates the merged document) words it the same
+    await client.post(AGENTS, json=body())
+    r = await client.patch(f"{AGENTS}/support-agent", json=overrides,
+                           headers={"Content-Type": "application/merge-patch+json"})
+    assert r.status_code == 422
+    assert r.json()["extra"] == extra
 
 
 async def test_several_errors_are_all_reported(client: Client, body: Any) -> None:
@@ -225,4 +265,69 @@ async def test_body_just_under_the_limit_reaches_validation(client: Client, body
         AGENTS, json=body(prompt_config={"instructions": "z" * (200 * 1024)})
     )
     assert r.status_code == 422
-    assert _keys(r) == ["prompt_config"]
+    assert _keys(r) == ["prompt_config.instructions"]
+
+
+# ------------------------------------------------- fallback chains, timeouts, budgets
+
+
+@pytest.mark.parametrize(
+    ("patch", "key"),
+    [
+        ({"llm": {"fallbacks": [{"provider": "anthropic"}]}}, "llm.fallbacks.0.provider"),
+        ({"stt": {"fallbacks": [{"provider": "deepgram"}]}}, "stt.fallbacks.0.provider"),
+        ({"tts": {"provider": "elevenlabs"}}, "tts.provider"),
+        ({"llm": {"fallbacks": [{"base_url": "not a url"}]}}, "llm.fallbacks.0.base_url"),
+        ({"tts": {"fallbacks": [{"base_url": "ftp://tts.example/v1"}]}}, "tts.fallbacks.0.base_url"),
+        ({"llm": {"timeouts": {"first_token_s": 0}}}, "llm.timeouts.first_token_s"),
+        ({"llm": {"fallbacks": [{"timeouts": {"connect_s": -1}}]}}, "llm.fallbacks.0.timeouts.connect_s"),
+        ({"stt": {"timeouts": {"total_s": -5}}}, "stt.timeouts.total_s"),
+        ({"llm": {"timeouts": {"first_token_s": 50, "total_s": 10}}}, "llm.timeouts"),
+        ({"llm": {"max_tokens": 0}}, "llm.max_tokens"),
+        ({"llm": {"max_tokens_param": "n_predict"}}, "llm.max_tokens_param"),
+        ({"llm": {"repetition_limit": 1}}, "llm.repetition_limit"),
+        ({"llm": {"repetition_limit": -1}}, "llm.repetition_limit"),
+        ({"llm": {"repetition_limit": None}}, "llm.repetition_limit"),
+        ({"llm": {"fallbacks": [{}, {}, {}, {}, {}]}}, "llm.fallbacks"),
+        ({"budget": {"llm_tokens": 0}}, "budget.llm_tokens"),
+        ({"budget": {"tts_characters": -10}}, "budget.tts_characters"),
+        ({"budget": {"duration_s": 0}}, "budget.duration_s"),
+        ({"budget": {"wrap_up_at": 1}}, "budget.wrap_up_at"),
+        ({"budget": {"duration_s": "600"}}, "budget.duration_s"),
+        ({"budget": {"max_calls": 3}}, "budget.max_calls"),
+    ],
+)
+async def test_bad_chains_timeouts_and_budgets_are_422_naming_the_field(
+    client: Client, body: Any, patch: dict[str, Any], key: str
+) -> None:
+    r = await client.post(AGENTS, json=body(**patch))
+    assert r.status_code == 422, r.text
+    assert _keys(r) == [key], r.json()
+    await _nothing_stored(client)
+
+
+async def test_a_chain_with_budgets_round_trips(client: Client, body: Any) -> None:
+    chain = {
+        "model": "gpt-4.1-mini", "max_tokens": 180, "timeouts": {"first_token_s": 4},
+        "fallbacks": [{"model": "llama", "base_url": "http://127.0.0.1:8080/v1",
+                       "timeouts": {"first_token_s": 20, "total_s": 60}, "max_tokens_param": "max_tokens"}],
+    }
+    r = await client.post(AGENTS, json=body(llm=chain, budget={"llm_tokens": 50_000, "duration_s": 900}))
+    assert r.status_code == 201, r.text
+    got = r.json()
+    assert got["llm"]["fallbacks"][0]["base_url"] == "http://127.0.0.1:8080/v1"
+    assert got["llm"]["fallbacks"][0]["timeouts"] == {"connect_s": 3.0, "first_token_s": 20.0, "total_s": 60.0}
+    assert got["llm"]["timeouts"] == {"connect_s": 3.0, "first_token_s": 4.0, "total_s": 45.0}
+    assert got["llm"]["repetition_limit"] == 3 and got["llm"]["max_tokens_param"] == "auto"
+    assert got["budget"] == {"llm_tokens": 50_000, "tts_characters": None, "duration_s": 900.0, "wrap_up_at": 0.8}
+
+
+async def test_the_repetition_guard_is_turned_off_with_0_and_a_null_patch_restores_it(client: Client, body: Any) -> None:
+    r = await client.post(AGENTS, json=body(llm={"repetition_limit": 0}))
+    assert r.status_code == 201, r.text
+    agent_id = r.json()["agent_id"]
+    assert r.json()["llm"]["repetition_limit"] == 0
+    r = await client.patch(f"{AGENTS}/{agent_id}", json={"llm": {"repetition_limit": None}},
+                           headers={"Content-Type": "application/merge-patch+json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["llm"]["repetition_limit"] == 3  # RFC 7386: null removes the member, the default returns

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from app.domain import Handoff, SessionRecord, SessionStatus, Turn
+from app.domain import Handoff, ServedBy, SessionEvent, SessionRecord, SessionStatus, SessionUsage, Turn
 
 from .conftest import ADMIN_KEY, KEY_STORAGE, ConsoleServer, screenshot
 
@@ -178,6 +178,64 @@ def test_http_tool_error_lands_on_its_card_then_saves(server: ConsoleServer, pag
     assert str(http[0].url) == "https://orders.example.com/lookup"
     assert http[0].timeout_s == 3 and http[0].parameters["required"] == ["order_id"]
     assert cfg.handoffs == ["sales-agent-v1"]
+
+
+def test_fallback_chain_timeouts_and_limits_are_edited_with_errors_in_place(server: ConsoleServer, page: Any) -> None:
+    page.goto("/agents/support-agent-v1")
+    expect(page.get_by_label("Name", exact=True)).to_have_value("Customer Support")
+    llm = page.get_by_role("group", name="Language model")
+    expect(llm.get_by_label("End a reply repeating a sentence")).to_have_value("3")  # the default, shown
+    llm.get_by_role("button", name="Add fallback").click()
+    llm.get_by_role("button", name="Add fallback").click()
+    rows = llm.locator(".fallback-row")
+    expect(rows).to_have_count(2)
+    rows.nth(0).get_by_label("Model").fill("second-choice")
+    rows.nth(1).get_by_label("Model").fill("llama")
+    rows.nth(1).get_by_label("Base URL").fill("not a url")
+    rows.nth(1).get_by_role("button", name=re.compile("up$")).click()  # llama goes first
+    expect(rows.nth(0).get_by_label("Model")).to_have_value("llama")
+    llm.get_by_role("group", name="Timeouts (s)").get_by_label("First token").fill("0")
+    page.get_by_label("Call duration (s)").fill("-5")
+    page.get_by_role("button", name="Save changes").click()
+
+    # each 422 lands on its own field: the moved row is fallback 0 now
+    expect(page.locator('[data-field="llm.fallbacks.0.base_url"] .server-error')).to_contain_text("URL")
+    expect(page.locator('[data-field="llm.timeouts.first_token_s"] .server-error')).to_contain_text("greater than 0")
+    expect(page.locator('[data-field="budget.duration_s"] .server-error')).to_contain_text("greater than 0")
+    expect(rows.nth(0).get_by_label("Base URL")).to_have_attribute("aria-invalid", "true")
+    llm.scroll_into_view_if_needed()
+    screenshot(page, "04c-agent-fallback-errors", full_page=False)
+
+    rows.nth(0).get_by_label("Base URL").fill("http://127.0.0.1:8080/v1")
+    rows.nth(0).get_by_label("First token (s)").fill("20")
+    llm.get_by_role("group", name="Timeouts (s)").get_by_label("First token").fill("4")
+    llm.get_by_label("Send the cap as").select_option("max_tokens")
+    llm.get_by_label("End a reply repeating a sentence").fill("0")
+    page.get_by_label("Call duration (s)").fill("600")
+    page.get_by_label("LLM tokens").fill("50000")
+    tts = page.get_by_role("group", name="Text to speech")
+    tts.get_by_role("button", name="Add fallback").click()
+    tts.locator(".fallback-row").get_by_label("Voice").fill("nova")
+    tts.locator(".fallback-row").get_by_label("Base URL").fill("https://tts.example.com/v1")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_text("Saved as version 2.")).to_be_visible()
+    expect(page.locator(".server-error")).to_have_count(0)
+
+    cfg = server.run(server.store.get_agent_config("support-agent-v1"))
+    assert [(f.model, str(f.base_url) if f.base_url else None) for f in cfg.llm.fallbacks] == [
+        ("llama", "http://127.0.0.1:8080/v1"), ("second-choice", None)]
+    assert cfg.llm.fallbacks[0].timeouts is not None and cfg.llm.fallbacks[0].timeouts.first_token_s == 20
+    assert cfg.llm.fallbacks[1].timeouts is None  # the primary's
+    assert cfg.llm.timeouts.first_token_s == 4 and cfg.llm.timeouts.total_s == 45
+    assert (cfg.llm.max_tokens_param, cfg.llm.repetition_limit) == ("max_tokens", 0)
+    assert (cfg.budget.duration_s, cfg.budget.llm_tokens, cfg.budget.wrap_up_at) == (600, 50000, 0.8)
+    assert [(f.voice, str(f.base_url)) for f in cfg.tts.fallbacks] == [("nova", "https://tts.example.com/v1")]
+
+    page.reload()  # what was saved is what the form shows
+    expect(llm.locator(".fallback-row").nth(0).get_by_label("First token (s)")).to_have_value("20")
+    expect(llm.locator(".fallback-row").nth(1).get_by_label("Model")).to_have_value("second-choice")
+    expect(llm.get_by_label("End a reply repeating a sentence")).to_have_value("0")
+    expect(page.get_by_label("LLM tokens")).to_have_value("50000")
 
 
 def test_edit_from_two_pages_shows_conflict_not_overwrite(server: ConsoleServer, new_context: Callable[..., Any]) -> None:
@@ -361,8 +419,15 @@ def _store_sessions(server: ConsoleServer) -> None:
             from_agent="support-agent-v1", to_agent="sales-agent-v1", reason="wants to upgrade",
             at=t0 + timedelta(minutes=11),
         ))
-        await store.finish_session(
-            "sess-support-1", SessionStatus.failed, reason="error", error="LLM unavailable",
+        await store.update_session("sess-support-1", usage=SessionUsage(
+            llm_input_tokens=1200, llm_output_tokens=85, tts_characters=412,
+            served_by=[ServedBy(kind="llm", provider="backup.example:8080", model="llama", turns=2)],
+        ).model_dump(mode="json"), events=[SessionEvent(
+            kind="provider_unavailable", agent_id="support-agent-v1", detail="llm api.openai.com/gpt-4.1-mini",
+            at=t0 + timedelta(minutes=10, seconds=5)).model_dump(mode="json")])
+        await store.finish_session(  # as app/worker/model_unavailable.py records it
+            "sess-support-1", SessionStatus.failed, reason="llm_unavailable",
+            error="APIStatusError: Error code: 401 - Incorrect API key provided: sk-***",
             ended_at=t0 + timedelta(minutes=12),
         )
         await store.start_session(SessionRecord(
@@ -390,6 +455,10 @@ def test_sessions_list_filters_and_transcript(server: ConsoleServer, page: Any) 
     page.get_by_label("Agent", exact=True).select_option("support-agent-v1")
     expect(table.get_by_role("row")).to_have_count(2)
     expect(table).to_contain_text("failed")
+    page.get_by_role("button", name="Reset").click()
+    page.get_by_label("Status").select_option("failed")  # the model was unavailable: why it ended
+    expect(table.get_by_role("row")).to_have_count(2)
+    expect(table.get_by_role("row").filter(has_text="sess-support-1")).to_contain_text("llm_unavailable")
     page.get_by_role("button", name="Reset").click()
 
     tomorrow = (datetime.now() + timedelta(days=1)).strftime("%Y-%m-%d")
@@ -423,7 +492,14 @@ def test_sessions_list_filters_and_transcript(server: ConsoleServer, page: Any) 
     expect(page.get_by_role("list", name=re.compile("Transcript"))).to_contain_text(
         "Handed off from support-agent-v1 to sales-agent-v1"
     )
-    expect(page.locator("#facts")).to_contain_text("LLM unavailable")
+    facts = page.locator("#facts")
+    expect(facts).to_contain_text("llm_unavailable")
+    expect(facts).to_contain_text("APIStatusError: Error code: 401")
+    expect(page.locator("#usage")).to_contain_text("1,285 (1,200 in, 85 out)")
+    served = page.get_by_role("table", name="Served by")
+    expect(served.get_by_role("row").filter(has_text="backup.example:8080")).to_contain_text("llama")
+    expect(page.get_by_role("list", name="Events")).to_contain_text("Provider unavailable")
+    expect(page.get_by_role("list", name="Events")).to_contain_text("llm api.openai.com/gpt-4.1-mini")
 
 
 # ------------------------------------------------------------------ talk

@@ -27,7 +27,7 @@ from app.domain.analysis import (
     SessionAnalysis,
     SuccessVerdict,
 )
-from app.domain.usage import ModelUsage, SessionUsage, UsageGroup
+from app.domain.usage import ModelUsage, ServedBy, SessionUsage, UsageGroup
 from app.domain.values import utcnow
 from app.store.base import FinishSession, UpdateSession
 from tests.store.test_contract import now_ms, session
@@ -49,13 +49,14 @@ def pending(agent_id: str = "support-agent", **kw: Any) -> SessionAnalysis:
 
 def usage(prompt: int = 100, cached: int = 20, completion: int = 30, *, unpriced: bool = False) -> SessionUsage:
     lines = [
-        ModelUsage(kind="llm", provider="openai", model="gpt-4.1-mini", prompt_tokens=prompt,
-                   prompt_cached_tokens=cached, completion_tokens=completion, cost_usd=0.25),
-        ModelUsage(kind="stt", provider="openai", model="gpt-4o-mini-transcribe", audio_seconds=12.5, cost_usd=0.5),
+        ModelUsage(kind="llm", provider="openai", model="gpt-4.1-mini", input_tokens=prompt,
+                   cached_tokens=cached, output_tokens=completion, cost_usd=0.25),
+        ModelUsage(kind="stt", provider="openai", model="gpt-4o-mini-transcribe", audio_s=12.5, cost_usd=0.5),
         ModelUsage(kind="tts", provider="openai", model="tts-odd" if unpriced else "tts-1", characters=40,
-                   audio_seconds=3.25, cost_usd=None if unpriced else 0.25),
+                   audio_s=3.25, cost_usd=None if unpriced else 0.25),
     ]
-    return SessionUsage.of(lines)
+    served = [ServedBy(kind="llm", provider="api.openai.com", model="gpt-4.1-mini", turns=2)]
+    return SessionUsage(served_by=served).with_models(lines)
 
 
 async def ended_with_analysis(store, sid: str, **kw: Any) -> None:
@@ -78,7 +79,7 @@ async def test_usage_and_analysis_round_trip_with_hostile_keys(store):
         "done", now_ms(), attempts=2, summary="Ada asked about a refund. Resolved.",
         success=SuccessVerdict(passed=True, reason="order number taken"),
         extracted={"refund": True, "$where": "1", "a.b": {"%24x": [1, {"$gt": None}]}, "ünï": "çödé"},
-        prompt_tokens=812, completion_tokens=95, cost_usd=0.00048,
+        input_tokens=812, output_tokens=95, cost_usd=0.00048,
     )
     await store.update_session("s-1", usage=u, analysis=done)
     got = await store.get_session("s-1")
@@ -91,12 +92,12 @@ async def test_usage_and_analysis_round_trip_with_hostile_keys(store):
 async def test_a_session_starts_without_usage_or_analysis_and_takes_them_as_plain_json(store):
     await store.start_session(session("s-1"))
     got = await store.get_session("s-1")
-    assert got.usage is None and got.analysis is None
+    assert got.usage == SessionUsage() and got.analysis is None
     # the fields' own types are the rule: a mapping is validated like the model
     await store.update_session("s-1", usage=usage().model_dump(mode="json"))
     assert (await store.get_session("s-1")).usage == usage()
     with pytest.raises(InvalidInput, match="usage"):
-        await store.update_session("s-1", usage={"llm_prompt_tokens": "many"})
+        await store.update_session("s-1", usage={"llm_input_tokens": "many"})
     with pytest.raises(InvalidInput, match="analysis"):
         await store.update_session("s-1", analysis={"status": "maybe"})
 
@@ -223,15 +224,15 @@ async def test_usage_report_sums_by_agent_version_and_day(store):
     report = await store.usage_report(group_by=[])
     [row] = report.rows
     assert row.sessions == 5 and row.sessions_with_usage == 4 and row.sessions_unpriced == 1
-    assert row.llm_prompt_tokens == 351 and row.llm_prompt_cached_tokens == 25 and row.llm_completion_tokens == 46
-    assert row.stt_audio_seconds == 50.0 and row.tts_characters == 160 and row.tts_audio_seconds == 13.0
+    assert row.llm_input_tokens == 351 and row.llm_cached_tokens == 25 and row.llm_output_tokens == 46
+    assert row.stt_audio_s == 50.0 and row.tts_characters == 160 and row.tts_audio_s == 13.0
     assert row.cost_usd == pytest.approx(1.0 + 1.0 + 0.75 + 1.0)  # s-3 leaves out its unpriced TTS
     assert row.analysis_cost_usd == pytest.approx(0.03)
     assert report.total.model_dump() == pytest.approx(
         {k: v for k, v in row.model_dump().items() if k in report.total.model_dump()})
 
     by_agent = await store.usage_report(group_by=[UsageGroup.agent])
-    assert [(r.agent_id, r.sessions, r.llm_prompt_tokens, r.config_version, r.day) for r in by_agent.rows] == [
+    assert [(r.agent_id, r.sessions, r.llm_input_tokens, r.config_version, r.day) for r in by_agent.rows] == [
         ("agent-a", 3, 350, None, None), ("agent-b", 2, 1, None, None)]
 
     full = await store.usage_report(group_by=[UsageGroup.day, UsageGroup.version, UsageGroup.agent])
@@ -242,7 +243,7 @@ async def test_usage_report_sums_by_agent_version_and_day(store):
     assert full.total.sessions == 5 and full.total.cost_usd == pytest.approx(row.cost_usd)
 
     by_day = await store.usage_report(group_by=[UsageGroup.day], agent_id="agent-a")
-    assert [(r.day.isoformat(), r.sessions, r.llm_prompt_tokens) for r in by_day.rows] == [
+    assert [(r.day.isoformat(), r.sessions, r.llm_input_tokens) for r in by_day.rows] == [
         ("2031-03-01", 1, 100), ("2031-03-02", 2, 250)]
 
     window = await store.usage_report(group_by=[UsageGroup.version], since=d2, until=d2 + timedelta(days=1))

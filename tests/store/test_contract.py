@@ -46,8 +46,11 @@ from app.domain import (
     InvalidReference,
     NotFound,
     Route,
+    ServedBy,
+    SessionEvent,
     SessionRecord,
     SessionStatus,
+    SessionUsage,
     Turn,
     VersionConflict,
 )
@@ -869,6 +872,32 @@ async def test_update_session_sets_fields(store):
     await store.update_session("s-1", route_reason="explicit agent_id", user_id="u-9")
     got = await store.get_session("s-1")
     assert (got.route_reason, got.user_id, got.agent_id) == ("explicit agent_id", "u-9", "agent-b")
+
+
+async def test_usage_and_events_round_trip(store):
+    """What a call consumed and what happened to it (fail-overs, cut replies, budgets):
+    set at start and replaced by `update_session`, times kept exactly."""
+    at = now_ms()
+    start = session("s-1", "agent-a").model_copy(update={
+        "usage": SessionUsage(llm_input_tokens=3),
+        "events": [SessionEvent(kind="provider_unavailable", at=at, agent_id="agent-a", detail="api.openai.com")],
+    })
+    await store.start_session(start)
+    got = await store.get_session("s-1")
+    assert got.usage == SessionUsage(llm_input_tokens=3)
+    assert got.events == start.events
+    usage = SessionUsage(
+        llm_input_tokens=1200, llm_output_tokens=80, tts_characters=311, stt_audio_s=12.5,
+        served_by=[ServedBy(kind="llm", provider="backup.example:8080", model="m.1", turns=2)],
+    )
+    events = [*start.events, SessionEvent(kind="budget_warning", at=at + timedelta(seconds=1), detail="llm_tokens 80%")]
+    await store.update_session("s-1", usage=usage.model_dump(mode="json"),
+                               events=[e.model_dump(mode="json") for e in events])
+    got = await store.get_session("s-1")
+    assert got.usage == usage and got.usage.llm_tokens == 1280
+    assert got.events == events
+    with pytest.raises(InvalidInput):
+        await store.update_session("s-1", events=[{"kind": "not-a-kind"}])
 
 
 async def test_finish_session(store):

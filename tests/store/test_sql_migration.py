@@ -1,6 +1,6 @@
-"""Schema versions 2 (`sessions.owner`, `sessions.heartbeat_at`) and 3 (`sessions.usage`,
-`sessions.analysis` and the analysis queue columns with their index) on a database an
-older build created: `SQLStore.start` adds the columns and the index (idempotently, also
+"""Schema versions 2 (`sessions.owner`, `sessions.heartbeat_at`), 3 (`sessions.usage`,
+`sessions.events`) and 5 (`sessions.analysis` and the analysis queue columns with their
+index) on a database an older build created: `SQLStore.start` adds the columns and the index (idempotently, also
 with several processes starting at once), records the version, and keeps the old rows
 readable; a database newer than this build is reported, not touched."""
 
@@ -63,6 +63,24 @@ async def _make_version_1(url: str) -> None:
     )
 
 
+async def _make_version_3(url: str) -> None:
+    """A database as the version-3 build (usage and events, no analysis) left it, with a
+    session that used something."""
+    store = SQLStore(url)
+    await store.start()
+    try:
+        await store.start_session(SessionRecord(session_id="s-3", room="r", agent_id="agent-a"))
+        await store.update_session("s-3", usage={"llm_input_tokens": 40, "llm_output_tokens": 4})
+    finally:
+        await store.aclose()
+    await _exec(
+        url,
+        "DROP INDEX ix_sessions_analysis_status",
+        *(f"ALTER TABLE sessions DROP COLUMN {col}" for col in ADDED_COLUMNS["sessions"] if col.startswith("analysis")),
+        meta_t.update().where(meta_t.c.key == "schema_version").values(value=3),
+    )
+
+
 async def _indexes(url: str) -> set[str]:
     eng = create_async_engine(url)
     try:
@@ -73,7 +91,7 @@ async def _indexes(url: str) -> set[str]:
 
 
 async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 5
     await _make_version_1(sql_target.url)
     assert "ix_sessions_analysis_status" not in await _indexes(sql_target.url)
     stores = [SQLStore(sql_target.url) for _ in range(3)]
@@ -83,20 +101,23 @@ async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: St
         store = stores[0]
         old = await store.get_session("s-old")
         assert old.owner is None and old.heartbeat_at is None and old.status == SessionStatus.active
-        assert old.usage is None and old.analysis is None
+        assert old.usage.llm_tokens == 0 and old.events == [] and old.analysis is None  # new columns, empty
+        await store.update_session("s-old", usage={"llm_input_tokens": 5}, events=[{"kind": "budget_warning"}])
+        old = await store.get_session("s-old")
+        assert old.usage.llm_input_tokens == 5 and [e.kind for e in old.events] == ["budget_warning"]
         await store.start_session(SessionRecord(session_id="s-new", room="r", agent_id="a", owner="me"))
         assert await store.heartbeat("me") == 1
         assert (await store.get_session("s-new")).owner == "me"
-        # version 3: usage and a pending analysis are stored, claimed and summed
+        # version 5: usage and a pending analysis are stored, claimed and summed
         pending = SessionAnalysis(
             status=AnalysisStatus.pending, requested_at=utcnow(),
             request=AnalysisRequest(agent_id="a", settings=AnalysisConfig(summary_prompt="Sum up"), model="m"),
         )
-        await store.update_session("s-old", usage=SessionUsage(llm_prompt_tokens=7, cost_usd=0.5), analysis=pending)
+        await store.update_session("s-old", usage=SessionUsage(llm_input_tokens=7, cost_usd=0.5), analysis=pending)
         [claim] = await store.claim_analyses("me", lease_s=30, limit=5)
         assert claim.record.session_id == "s-old" and claim.claims == 1
         report = await store.usage_report(group_by=[UsageGroup.agent])
-        assert [(r.agent_id, r.sessions, r.llm_prompt_tokens) for r in report.rows] == [("a", 1, 0), ("agent-a", 1, 7)]
+        assert [(r.agent_id, r.sessions, r.llm_input_tokens) for r in report.rows] == [("a", 1, 0), ("agent-a", 1, 7)]
     finally:
         for s in stores:
             await s.aclose()
@@ -106,6 +127,22 @@ async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: St
     await again.start()
     await again.aclose()
     assert await _schema_version(sql_target.url) == SCHEMA_VERSION
+
+
+async def test_a_version_3_database_gains_the_analysis_columns_and_keeps_its_usage(sql_target: StoreTarget) -> None:
+    await _make_version_3(sql_target.url)
+    store = SQLStore(sql_target.url)
+    await store.start()
+    try:
+        old = await store.get_session("s-3")
+        assert (old.usage.llm_input_tokens, old.usage.llm_output_tokens) == (40, 4) and old.analysis is None
+        assert await store.claim_analyses("me", lease_s=30, limit=5) == []  # nothing pending
+        report = await store.usage_report(group_by=[])
+        assert (report.total.sessions, report.total.llm_input_tokens) == (1, 40)
+    finally:
+        await store.aclose()
+    assert await _schema_version(sql_target.url) == SCHEMA_VERSION
+    assert "ix_sessions_analysis_status" in await _indexes(sql_target.url)
 
 
 async def test_a_newer_database_is_reported_and_left_alone(sql_target: StoreTarget, caplog) -> None:

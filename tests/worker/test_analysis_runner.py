@@ -101,7 +101,7 @@ async def test_a_valid_answer_is_stored_with_its_tokens_and_cost(store: SQLStore
     assert result.summary == GOOD["summary"]
     assert result.success is not None and result.success.passed and "AB123456" in result.success.reason
     assert result.extracted == GOOD["extracted"]
-    assert (result.prompt_tokens, result.completion_tokens) == (1200, 80)
+    assert (result.input_tokens, result.output_tokens) == (1200, 80)
     assert result.cost_usd == pytest.approx((1200 * 0.40 + 80 * 1.60) / 1e6)  # gpt-4.1-mini's list price
     assert result.request.config_version == 4 and result.finished_at is not None
     # what the model was asked: structured output with the schema, the transcript and the data

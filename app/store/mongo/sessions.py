@@ -54,6 +54,7 @@ def _session_doc(record: SessionRecord) -> dict[str, Any]:
     doc["status"] = SessionStatus(record.status).value
     doc["collected"] = escape_keys(record.collected)
     doc["metrics"] = escape_keys(record.metrics)
+    doc["events"] = [e.model_dump(mode="json") for e in record.events]
     doc["crev"] = 0
     return doc
 
@@ -65,9 +66,10 @@ def _record(doc: Mapping[str, Any], turns: list[Turn] | None = None) -> SessionR
     d["turns"] = turns or []
     d["collected"] = unescape_keys(d.get("collected") or {})
     d["metrics"] = unescape_keys(d.get("metrics") or [])
-    d["usage"] = unescape_keys(d.get("usage"))
+    d["usage"] = unescape_keys(d.get("usage") or {})
     d["analysis"] = unescape_keys(d.get("analysis"))
     d["handoffs"] = d.get("handoffs") or []
+    d["events"] = d.get("events") or []
     return SessionRecord.model_validate(d)
 
 

@@ -11,8 +11,8 @@ from app.domain.usage import UsageGroup, UsageRow
 from app.store.mongo.client import MongoDatabase, mapped, ms
 
 _SUMS = (
-    "llm_prompt_tokens", "llm_prompt_cached_tokens", "llm_completion_tokens", "tts_characters",
-    "stt_audio_seconds", "tts_audio_seconds", "cost_usd",
+    "llm_input_tokens", "llm_cached_tokens", "llm_output_tokens", "tts_characters",
+    "stt_audio_s", "tts_audio_s", "cost_usd",
 )
 
 
@@ -20,9 +20,9 @@ def _num(path: str) -> dict[str, Any]:
     return {"$sum": {"$ifNull": [path, 0]}}
 
 
-def _has(path: str) -> dict[str, Any]:
-    """1 if `path` holds a value (not missing, not null), else 0."""
-    return {"$sum": {"$cond": [{"$eq": [{"$ifNull": [path, None]}, None]}, 0, 1]}}
+def _nonempty(path: str) -> dict[str, Any]:
+    """Counts the documents whose array at `path` has an element."""
+    return {"$sum": {"$cond": [{"$gt": [{"$size": {"$ifNull": [path, []]}}, 0]}, 1, 0]}}
 
 
 class MongoUsage:
@@ -54,9 +54,8 @@ class MongoUsage:
         group: dict[str, Any] = {
             "_id": key or None,
             "sessions": {"$sum": 1},
-            "sessions_with_usage": _has("$usage.cost_usd"),
-            "sessions_unpriced": {"$sum": {"$cond": [
-                {"$gt": [{"$size": {"$ifNull": ["$usage.unpriced_models", []]}}, 0]}, 1, 0]}},
+            "sessions_with_usage": _nonempty("$usage.models"),
+            "sessions_unpriced": _nonempty("$usage.unpriced_models"),
             **{k: _num(f"$usage.{k}") for k in _SUMS},
             "analysis_cost_usd": _num("$analysis.cost_usd"),
         }

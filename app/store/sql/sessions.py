@@ -38,6 +38,8 @@ def _record(row: Any, turns: list[Turn] | None = None) -> SessionRecord:
     doc["collected"] = doc.get("collected") or {}
     doc["handoffs"] = doc.get("handoffs") or []
     doc["metrics"] = doc.get("metrics") or []
+    doc["usage"] = doc.get("usage") or {}
+    doc["events"] = doc.get("events") or []
     return SessionRecord.model_validate(doc)
 
 
@@ -64,6 +66,7 @@ class SQLSessions:
             doc["status"] = record.status.value
             doc["handoffs"] = [x.model_dump(mode="json") for x in [*record.handoffs, *run.handoffs]]
             doc["collected"] = run.merged_collected(doc.get("collected") or {})
+            doc["events"] = [e.model_dump(mode="json") for e in record.events]
             doc.update(run.fields)
             c.execute(s.insert().values(**doc))
             turns = [*record.turns, *run.turns]

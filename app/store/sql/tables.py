@@ -13,10 +13,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 """1: initial tables. 2: `sessions.owner` and `sessions.heartbeat_at` (crash recovery with
-several processes on one database). 3: `sessions.usage`, `sessions.analysis` and the
-analysis queue columns. `SQLDatabase.start` adds what an older database lacks."""
+several processes on one database). 3: `sessions.usage` and `sessions.events` (what a call
+consumed, which providers served it, fail-overs, cut replies, budget warnings). 4: the
+event journal and webhooks (new tables). 5: `sessions.analysis` and the analysis queue
+columns (post-call analysis). `SQLDatabase.start` adds what an older database lacks
+(columns and indexes only if missing, so every step is idempotent)."""
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -101,10 +104,11 @@ class SessionRow(SQLModel, table=True):
     collected: dict[str, Any] = _json(default_factory=dict)
     handoffs: list[dict[str, Any]] = _json(default_factory=list)
     metrics: list[dict[str, Any]] = _json(default_factory=list)
+    usage: dict[str, Any] = _json(default_factory=dict)
+    events: list[dict[str, Any]] = _json(default_factory=list)
     error: str | None = None
     owner: str | None = Field(default=None, max_length=256)
     heartbeat_at: datetime | None = _ts(default=None, nullable=True)
-    usage: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON(none_as_null=True), nullable=True)
     analysis: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON(none_as_null=True), nullable=True)
     # the analysis queue (`session_rules.QUEUE_FIELDS`)
     analysis_status: str | None = Field(default=None, max_length=16, index=True)
@@ -133,8 +137,9 @@ turns_t: sa.Table = TurnRow.__table__  # type: ignore[attr-defined]
 
 ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
     "sessions": (
-        "owner", "heartbeat_at",
-        "usage", "analysis", "analysis_status", "analysis_owner", "analysis_lease_until", "analysis_claims",
+        "owner", "heartbeat_at",  # 2
+        "usage", "events",  # 3
+        "analysis", "analysis_status", "analysis_owner", "analysis_lease_until", "analysis_claims",  # 5
     ),
 }
 """Columns added after version 1, by table: `create_all` does not alter an existing table,

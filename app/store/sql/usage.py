@@ -17,8 +17,8 @@ from app.store.sql.tables import sessions_t
 
 s = sessions_t
 
-_INT_SUMS = ("llm_prompt_tokens", "llm_prompt_cached_tokens", "llm_completion_tokens", "tts_characters")
-_FLOAT_SUMS = ("stt_audio_seconds", "tts_audio_seconds", "cost_usd")
+_INT_SUMS = ("llm_input_tokens", "llm_cached_tokens", "llm_output_tokens", "tts_characters")
+_FLOAT_SUMS = ("stt_audio_s", "tts_audio_s", "cost_usd")
 
 
 def _day(value: Any) -> date | None:
@@ -44,7 +44,7 @@ class SQLUsage:
         u, a = s.c.usage, s.c.analysis
         sums = [
             sa.func.count().label("sessions"),
-            sa.func.count(u["cost_usd"].as_float()).label("sessions_with_usage"),
+            sa.func.count(u[("models", 0, "kind")].as_string()).label("sessions_with_usage"),
             sa.func.count(u[("unpriced_models", 0)].as_string()).label("sessions_unpriced"),
             *(sa.func.coalesce(sa.func.sum(u[k].as_integer()), 0).label(k) for k in _INT_SUMS),
             *(sa.func.coalesce(sa.func.sum(u[k].as_float()), 0.0).label(k) for k in _FLOAT_SUMS),

@@ -13,13 +13,10 @@ export class ApiError extends Error {
     this.headers = headers;
   }
 
-  /** Field errors of a 422 as [{key, message}], pydantic's "Value error, " prefix removed. */
+  /** Field errors of a 422 as [{key, message}]. */
   get fieldErrors() {
     if (!Array.isArray(this.extra)) return [];
-    return this.extra.map((e) => ({
-      key: e.key ?? '',
-      message: String(e.message ?? '').replace(/^Value error, /, ''),
-    }));
+    return this.extra.map((e) => ({ key: e.key ?? '', message: String(e.message ?? '') }));
   }
 
   /** For a 412: the version the server has now. */

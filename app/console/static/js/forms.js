@@ -19,16 +19,6 @@ function fieldFor(form, key) {
   return null;
 }
 
-/** Refine a model-level key by the field its message names ("greeting: ..." -> key.greeting). */
-function refine(form, { key, message }) {
-  const word = /^(\w+)[\s:]/.exec(message)?.[1];
-  if (word && key) {
-    const candidate = `${clean(key)}.${word}`;
-    if (form.querySelector(`[data-field="${CSS.escape(candidate)}"]`)) return candidate;
-  }
-  return key;
-}
-
 const labelOf = (field) => {
   const label = field.querySelector(':scope > label, :scope > legend, :scope > .field-head > label, :scope > .field-head > .label, :scope > .section-head > h2');
   return label ? label.textContent.replace(/\(.*\)/, '').trim() : field.dataset.field;
@@ -52,8 +42,7 @@ export function showFieldErrors(form, summary, errors, { title = 'Please fix the
   clearFieldErrors(form, summary);
   const items = [];
   errors.forEach((err, i) => {
-    const key = refine(form, err);
-    const field = fieldFor(form, key);
+    const field = fieldFor(form, err.key);
     if (field) {
       field.classList.add('has-error');
       const id = `server-error-${i}`;

@@ -216,6 +216,99 @@ function readTools(errors) {
   return tools;
 }
 
+// ------------------------------------------------------------------ fallbacks
+
+// [key, label, type, placeholder]; a key with a dot is nested (timeouts.first_token_s).
+const FALLBACK_FIELDS = {
+  llm: [['model', 'Model', 'text', 'server default'], ['base_url', 'Base URL', 'url', 'http://127.0.0.1:8080/v1'],
+    ['timeouts.first_token_s', 'First token (s)', 'number', 'as the primary']],
+  stt: [['model', 'Model', 'text', 'server default'], ['base_url', 'Base URL', 'url', 'https://stt.example.com/v1'],
+    ['timeouts.first_byte_s', 'First byte (s)', 'number', 'as the primary']],
+  tts: [['model', 'Model', 'text', 'server default'], ['voice', 'Voice', 'text', 'as the primary'],
+    ['base_url', 'Base URL', 'url', 'https://tts.example.com/v1'], ['timeouts.first_byte_s', 'First byte (s)', 'number', 'as the primary']],
+};
+
+const getPath = (obj, key) => key.split('.').reduce((o, k) => (o == null ? undefined : o[k]), obj);
+
+function renumberFallbacks(kind) {
+  $$(`#${kind}-fallbacks .fallback-row`).forEach((row, i) => {
+    row.dataset.field = `${kind}.fallbacks.${i}`;
+    $('.fallback-title', row).textContent = `Fallback ${i + 1}`;
+    for (const f of $$('[data-key]', row)) f.dataset.field = `${kind}.fallbacks.${i}.${f.dataset.key}`;
+  });
+}
+
+/** One alternative provider; the object it was loaded from is kept for the fields the row does not show. */
+function fallbackRow(kind, fb = {}) {
+  const n = ++varSeq;
+  const row = h('div', { class: 'fallback-row', dataset: { kind } });
+  row.loaded = fb;
+  const fields = FALLBACK_FIELDS[kind].map(([key, label, type, placeholder]) => {
+    const id = `fb-${kind}-${n}-${key.replace('.', '-')}`;
+    const input = h('input', {
+      id, class: 'fb-input', type, value: getPath(fb, key) ?? '', placeholder, autocomplete: 'off', spellcheck: 'false',
+      step: type === 'number' ? '0.1' : undefined, min: type === 'number' ? '0.1' : undefined,
+    });
+    return h('div', { class: 'field', dataset: { key } }, h('label', { for: id }, label), input);
+  });
+  const move = (delta) => {
+    const sibling = delta < 0 ? row.previousElementSibling : row.nextElementSibling;
+    if (!sibling) return;
+    if (delta < 0) sibling.before(row); else sibling.after(row);
+    renumberFallbacks(kind);
+    setDirty(true);
+  };
+  row.append(
+    h('div', { class: 'fallback-head' },
+      h('strong', { class: 'fallback-title' }, 'Fallback'),
+      h('span', { class: 'actions' },
+        h('button', { type: 'button', class: 'btn btn-small', title: 'Try earlier', 'aria-label': `Move ${kind} fallback ${n} up`, onclick: () => move(-1) }, '↑'),
+        h('button', { type: 'button', class: 'btn btn-small btn-ghost-danger', 'aria-label': `Remove ${kind} fallback ${n}`,
+          onclick: () => { row.remove(); renumberFallbacks(kind); setDirty(true); } }, 'Remove'))),
+    h('div', { class: 'grid-2' }, fields),
+  );
+  return row;
+}
+
+function addFallback(kind, fb = {}) {
+  const row = fallbackRow(kind, fb);
+  $(`#${kind}-fallbacks`).append(row);
+  renumberFallbacks(kind);
+  return row;
+}
+
+function readFallbacks(kind) {
+  renumberFallbacks(kind);
+  return $$(`#${kind}-fallbacks .fallback-row`).map((row) => {
+    const fb = structuredClone(row.loaded || {});
+    fb.provider = 'openai';
+    for (const input of $$('.fb-input', row)) {
+      const key = input.closest('[data-key]').dataset.key;
+      const raw = input.value.trim();
+      const value = raw === '' ? null : (input.type === 'number' ? Number(raw) : raw);
+      if (key.includes('.')) {
+        const [outer, inner] = key.split('.');
+        const obj = { ...(fb[outer] || {}) };
+        if (value === null) delete obj[inner]; else obj[inner] = value;
+        fb[outer] = Object.keys(obj).length ? obj : null;
+      } else {
+        fb[key] = value;
+      }
+    }
+    return fb;
+  });
+}
+
+/** `timeouts` of a provider: the loaded ones with the form's values; empty means the default. */
+function readTimeouts(loaded, fields) {
+  const out = { ...(loaded || {}) };
+  for (const [key, sel] of fields) {
+    const v = num(sel);
+    if (v === null) delete out[key]; else out[key] = v;
+  }
+  return out;
+}
+
 // ------------------------------------------------------------------ handoffs
 
 function renderHandoffs(selected = []) {
@@ -256,16 +349,36 @@ function fillForm(cfg) {
   setInput('#f-llm-temperature', llm.temperature);
   setInput('#f-llm-max-tokens', llm.max_tokens);
   setInput('#f-llm-base-url', llm.base_url);
+  $('#f-llm-cap-param').value = llm.max_tokens_param || 'auto';
+  setInput('#f-llm-repetition', llm.repetition_limit);
+  setInput('#f-llm-t-connect', llm.timeouts?.connect_s);
+  setInput('#f-llm-t-first', llm.timeouts?.first_token_s);
+  setInput('#f-llm-t-total', llm.timeouts?.total_s);
   const stt = cfg.stt || {};
   setInput('#f-stt-model', stt.model);
   setInput('#f-stt-language', stt.language);
   setInput('#f-stt-base-url', stt.base_url);
+  setInput('#f-stt-t-connect', stt.timeouts?.connect_s);
+  setInput('#f-stt-t-first', stt.timeouts?.first_byte_s);
+  setInput('#f-stt-t-total', stt.timeouts?.total_s);
   const tts = cfg.tts || {};
   setInput('#f-tts-model', tts.model);
   setInput('#f-tts-voice', tts.voice);
   setInput('#f-tts-speed', tts.speed);
   setInput('#f-tts-instructions', tts.instructions);
   setInput('#f-tts-base-url', tts.base_url);
+  setInput('#f-tts-t-connect', tts.timeouts?.connect_s);
+  setInput('#f-tts-t-first', tts.timeouts?.first_byte_s);
+  setInput('#f-tts-t-total', tts.timeouts?.total_s);
+  for (const [kind, c] of [['llm', llm], ['stt', stt], ['tts', tts]]) {
+    $(`#${kind}-fallbacks`).replaceChildren();
+    for (const fb of c.fallbacks || []) addFallback(kind, fb);
+  }
+  const budget = cfg.budget || {};
+  setInput('#f-budget-tokens', budget.llm_tokens);
+  setInput('#f-budget-chars', budget.tts_characters);
+  setInput('#f-budget-duration', budget.duration_s);
+  setInput('#f-budget-wrap', budget.wrap_up_at);
   const vad = cfg.vad || {};
   setInput('#f-vad-min-speech', vad.min_speech_duration);
   setInput('#f-vad-min-silence', vad.min_silence_duration);
@@ -304,12 +417,25 @@ function readForm() {
       ...(base.llm || {}), provider: 'openai',
       model: orNull(val('#f-llm-model')), temperature: num('#f-llm-temperature'),
       max_tokens: num('#f-llm-max-tokens'), base_url: orNull(val('#f-llm-base-url')),
+      max_tokens_param: $('#f-llm-cap-param').value,
+      timeouts: readTimeouts(base.llm?.timeouts, [['connect_s', '#f-llm-t-connect'], ['first_token_s', '#f-llm-t-first'], ['total_s', '#f-llm-t-total']]),
+      fallbacks: readFallbacks('llm'),
     },
-    stt: { ...(base.stt || {}), provider: 'openai', model: orNull(val('#f-stt-model')), base_url: orNull(val('#f-stt-base-url')) },
+    stt: {
+      ...(base.stt || {}), provider: 'openai', model: orNull(val('#f-stt-model')), base_url: orNull(val('#f-stt-base-url')),
+      timeouts: readTimeouts(base.stt?.timeouts, [['connect_s', '#f-stt-t-connect'], ['first_byte_s', '#f-stt-t-first'], ['total_s', '#f-stt-t-total']]),
+      fallbacks: readFallbacks('stt'),
+    },
     tts: {
       ...(base.tts || {}), provider: 'openai',
       model: orNull(val('#f-tts-model')), voice: orNull(val('#f-tts-voice')),
       instructions: orNull(val('#f-tts-instructions')), base_url: orNull(val('#f-tts-base-url')),
+      timeouts: readTimeouts(base.tts?.timeouts, [['connect_s', '#f-tts-t-connect'], ['first_byte_s', '#f-tts-t-first'], ['total_s', '#f-tts-t-total']]),
+      fallbacks: readFallbacks('tts'),
+    },
+    budget: {
+      ...(base.budget || {}),
+      llm_tokens: num('#f-budget-tokens'), tts_characters: num('#f-budget-chars'), duration_s: num('#f-budget-duration'),
     },
     vad: { ...(base.vad || {}), provider: 'silero' },
     tools: readTools(errors),
@@ -322,6 +448,8 @@ function readForm() {
   optional(body.vad, 'min_speech_duration', num('#f-vad-min-speech'));
   optional(body.vad, 'min_silence_duration', num('#f-vad-min-silence'));
   optional(body.vad, 'activation_threshold', num('#f-vad-threshold'));
+  optional(body.budget, 'wrap_up_at', num('#f-budget-wrap'));
+  optional(body.llm, 'repetition_limit', num('#f-llm-repetition'));
   if (!body.agent_id) errors.push({ key: 'agent_id', message: 'Give the agent an ID.' });
   if (!body.name) errors.push({ key: 'name', message: 'Give the agent a name.' });
   if (!body.prompt_config.instructions.trim()) errors.push({ key: 'prompt_config.instructions', message: 'Instructions cannot be empty.' });
@@ -458,6 +586,9 @@ export async function init(data) {
   window.addEventListener('beforeunload', (e) => { if (state.dirty) e.preventDefault(); });
   $('#add-variable').addEventListener('click', () => { $('.var-name', addVariable()).focus(); setDirty(true); });
   $('#add-http-tool').addEventListener('click', () => { const card = httpToolCard(); $('#http-tools').append(card); $('.tool-name', card).focus(); setDirty(true); });
+  for (const kind of ['llm', 'stt', 'tts']) {
+    $(`#add-${kind}-fallback`).addEventListener('click', () => { $('.fb-input', addFallback(kind)).focus(); setDirty(true); });
+  }
   $('#f-instructions').addEventListener('input', refreshHints);
   $('#f-greeting').addEventListener('input', refreshHints);
   $('#variables-body').addEventListener('input', refreshHints);

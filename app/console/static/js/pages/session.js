@@ -119,6 +119,47 @@ function renderHandoffs(s) {
     h('div', { class: 'cell-sub' }, fmtDate(x.at), x.reason ? ` · ${x.reason}` : ''))));
 }
 
+const KIND_LABEL = { llm: 'LLM', stt: 'Speech to text', tts: 'Text to speech' };
+const EVENT_LABEL = {
+  provider_unavailable: 'Provider unavailable',
+  provider_recovered: 'Provider recovered',
+  reply_capped: 'Reply cut at its cap',
+  repetition_stopped: 'Repeating reply stopped',
+  budget_warning: 'Told to wrap up',
+  budget_exhausted: 'Limit reached',
+};
+
+function renderUsage(s) {
+  const u = s.usage || {};
+  const n = (x) => Number(x || 0).toLocaleString();
+  $('#usage').replaceChildren(...[
+    ['LLM tokens', `${n((u.llm_input_tokens || 0) + (u.llm_output_tokens || 0))} (${n(u.llm_input_tokens)} in, ${n(u.llm_output_tokens)} out)`],
+    ['TTS characters', n(u.tts_characters)],
+    ['STT audio', `${Number(u.stt_audio_s || 0).toFixed(1)} s`],
+  ].flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+  const served = u.served_by || [];
+  $('#served-by').replaceChildren(served.length
+    ? h('div', { class: 'table-wrap' }, h('table', { class: 'table table-compact', 'aria-label': 'Served by' },
+      h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Model'), h('th', { scope: 'col' }, 'Provider'), h('th', { scope: 'col' }, 'Turns'))),
+      h('tbody', {}, served.map((x) => h('tr', {},
+        h('td', {}, KIND_LABEL[x.kind] || x.kind, h('div', { class: 'cell-sub' }, x.model)),
+        h('td', {}, h('code', { class: 'mono-id' }, x.provider)),
+        h('td', {}, String(x.turns)))))))
+    : h('p', { class: 'empty' }, 'No turn was served by a model.'));
+}
+
+function renderEvents(s) {
+  const list = $('#event-list');
+  const events = s.events || [];
+  if (!events.length) {
+    list.replaceChildren(h('li', { class: 'empty' }, 'Nothing to note: no fail-over, cut reply or limit.'));
+    return;
+  }
+  list.replaceChildren(...events.map((e) => h('li', {},
+    h('div', {}, EVENT_LABEL[e.kind] || e.kind),
+    h('div', { class: 'cell-sub' }, fmtTime(e.at), e.agent_id ? ` · ${e.agent_id}` : '', e.detail ? ` · ${e.detail}` : ''))));
+}
+
 export async function init(data) {
   const id = data.sessionId;
   $('#crumb-current').textContent = id;
@@ -138,5 +179,7 @@ export async function init(data) {
   renderFacts(s);
   renderTranscript(s);
   renderHandoffs(s);
+  renderUsage(s);
+  renderEvents(s);
   await renderCollected(s);
 }
