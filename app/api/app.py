@@ -37,6 +37,7 @@ from app.api.resolve import ResolveController
 from app.api.routes import RouteController
 from app.api.sessions import SessionController
 from app.api.status import RuntimeStatus
+from app.api.usage import UsageController
 from app.assets.browser import BrowserAssets
 from app.settings import Settings
 from app.store.base import ConfigStore
@@ -75,7 +76,7 @@ def create_app(
     configs = configs if configs is not None else config_source(settings, store, cache=cache)
     admin = Router(
         path=API_PREFIX,
-        route_handlers=[AgentConfigController, RouteController, SessionController, ResolveController],
+        route_handlers=[AgentConfigController, RouteController, SessionController, UsageController, ResolveController],
         guards=[bearer_guard(settings.admin_api_key)],
         security=[{SECURITY_SCHEME_NAME: []}],
     )

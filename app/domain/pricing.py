@@ -43,6 +43,12 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
     "tts-1-hd": _p(per_mchars=30.00),
 }
 
+class PriceEntry(ModelPrice):
+    """One row of the price table, as `GET /api/v1/usage/prices` lists it."""
+
+    model: str
+
+
 _SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
 
@@ -57,6 +63,9 @@ class PriceTable:
     @classmethod
     def defaults(cls) -> PriceTable:
         return cls(DEFAULT_PRICES)
+
+    def entries(self) -> list[PriceEntry]:
+        return [PriceEntry(model=name, **price.model_dump()) for name, price in sorted(self.prices.items())]
 
     def price_for(self, model: str) -> ModelPrice | None:
         """By exact name, else the name without a dated snapshot suffix
