@@ -71,6 +71,7 @@ NAV = (
     ("agents", "/agents", "Agents"),
     ("routes", "/routes", "Routes"),
     ("sessions", "/sessions", "Sessions"),
+    ("usage", "/usage", "Usage"),
     ("talk", "/talk", "Talk"),
 )
 
@@ -161,6 +162,10 @@ def console_handlers(settings: Settings, assets: BrowserAssets | None = None) ->
     def session_detail(session_id: PathId) -> Response[str]:
         return render_page(facts, "session", session_id, "sessions", session_id=session_id)
 
+    @get("/usage", name="console:usage", include_in_schema=False, sync_to_thread=False)
+    def usage() -> Response[str]:
+        return render_page(facts, "usage", "Usage", "usage")
+
     @get("/talk", name="console:talk", include_in_schema=False, sync_to_thread=False)
     def talk() -> Response[str]:
         assets.request_fetch(LIVEKIT_CLIENT)  # a failed start-up fetch is retried here
@@ -173,7 +178,7 @@ def console_handlers(settings: Settings, assets: BrowserAssets | None = None) ->
     # relative URLs, so a version query string could not bust their cache anyway.
     revalidate = CacheControlHeader(no_cache=True)
     handlers: list[ControllerRouterHandler] = [
-        home, agents, agent_new, agent_edit, agent_history, routes, sessions, session_detail, talk,
+        home, agents, agent_new, agent_edit, agent_history, routes, sessions, session_detail, usage, talk,
         safe_static_files_router(STATIC_PATH, [STATIC_DIR], name="console:static", cache_control=revalidate),
     ]
     # Served from where the client is or will be: a fetch after start-up fills the
