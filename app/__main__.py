@@ -97,6 +97,8 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         # failure) show with LOG_LEVEL=DEBUG.
         logging.getLogger("livekit").setLevel(logging.CRITICAL)
         logging.getLogger("app.worker.model_unavailable").setLevel(logging.ERROR)
+    if settings.webhook_url_policy == "auto":  # a developer's command: webhooks as under `dev`
+        settings = settings.model_copy(update={"webhook_url_policy": "any"})
     variables: dict[str, str] = {}
     for item in args.var or []:
         if "=" not in item:

@@ -26,10 +26,15 @@ from app.domain.routing import MetadataSource
 from app.domain.usage import SessionUsage
 from app.logging_setup import secret_values
 from app.settings import Settings
-from app.store import open_store
+from app.store import ConfigStore, open_store
+from app.webhooks.dispatcher import Dispatcher
 from app.worker.model_unavailable import LLM_UNAVAILABLE, ModelUnavailable, describe_error, missing_llm_endpoint
 from app.worker.services import WorkerServices
 from app.worker.session_start import prepare_session
+
+WEBHOOK_FLUSH_S = 10.0
+"""At exit, how long the session's webhooks may take to go out (what is still due then
+is delivered by any `dev`/`start` process on the same database)."""
 
 if TYPE_CHECKING:
     from livekit.agents import CloseEvent, ConversationItemAddedEvent
@@ -70,6 +75,8 @@ async def run_chat(
               "answers, and store-backed agents give way to the fallback agent", file=sys.stderr)
     services = WorkerServices(settings, store)
     await services.start()
+    dispatcher = Dispatcher(settings, store)
+    dispatcher.start()
     meta: dict[str, Any] = {"variables": variables or {}, "user_id": user_id}
     if agent_id:
         meta["agent_id"] = agent_id
@@ -141,8 +148,12 @@ async def run_chat(
             result = await services.analysis.wait_for(rec.session_id, timeout)
             for line in _analysis_lines(result):
                 print(f"[{line}]", file=sys.stderr, flush=True)
+        if await _has_webhooks(store) and not await dispatcher.flush(WEBHOOK_FLUSH_S):
+            print("[webhooks still due are delivered by the next dev/start process on this database]",
+                  file=sys.stderr, flush=True)
         return 0
     finally:
+        await dispatcher.aclose()
         await services.aclose()
         await store.aclose()
 
@@ -168,6 +179,11 @@ def _analysis_lines(analysis: SessionAnalysis | None) -> list[str]:
     if analysis.extracted is not None:
         lines.append(f"extracted: {json.dumps(analysis.extracted, ensure_ascii=False)}")
     return lines
+async def _has_webhooks(store: ConfigStore) -> bool:
+    try:
+        return bool(await store.list_webhooks())
+    except StoreUnavailable:
+        return False
 
 
 async def _stdin_lines() -> AsyncIterator[str]:

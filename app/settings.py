@@ -159,6 +159,31 @@ class Settings(BaseSettings):
         '{"gpt-4.1-mini": {"input_per_mtok": 0.4, "cached_input_per_mtok": 0.1, "output_per_mtok": 1.6, '
         '"as_of": "2025-08-01"}}.',
     )
+    webhook_url_policy: Literal["auto", "public", "any"] = Field(
+        "auto",
+        description="Where webhook URLs may point. public: https only, and never to loopback, private, "
+        "link-local or metadata addresses (checked at create and at every delivery, on the address "
+        "connected to); any: anything http(s); auto: public in `start`, any in `dev`.",
+    )
+    webhook_allow_loopback: bool = Field(
+        False, description="Under the public policy, still allow loopback receivers (http too): tests, "
+        "a local relay.")
+    webhook_retry_window: float = Field(
+        86400.0, gt=0, le=30 * 86400, description="Seconds a delivery is retried before it is failed.")
+    webhook_retry_base_delay: float = Field(
+        5.0, gt=0, le=3600, description="First retry after about this many seconds; doubles each attempt.")
+    webhook_retry_max_delay: float = Field(
+        3600.0, gt=0, le=86400, description="Cap on the pause between two attempts.")
+    webhook_connect_timeout: float = Field(5.0, gt=0, le=60)
+    webhook_timeout: float = Field(
+        15.0, gt=0, le=120, description="Total seconds for one attempt: connect, send, and read the answer.")
+    webhook_concurrency: int = Field(
+        4, ge=1, le=64, description="Attempts in flight per endpoint in one process.")
+    webhook_max_response_bytes: int = Field(
+        65536, ge=0, le=16 * 1024 * 1024, description="Bytes of a receiver's answer read (the rest is dropped).")
+    webhook_poll_interval: float = Field(
+        0.5, gt=0, le=60, description="Seconds between a dispatcher's checks for due deliveries "
+        "(this process's own events wake it at once).")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -176,6 +201,12 @@ class Settings(BaseSettings):
         if self.session_stale_after < 2 * self.session_heartbeat_interval:
             raise ValueError("SESSION_STALE_AFTER must be at least twice SESSION_HEARTBEAT_INTERVAL")
         return self
+
+    @property
+    def webhooks_public_only(self) -> bool:
+        """The webhook URL policy in force (`auto` is resolved by `python -m app dev|start`;
+        left unresolved, the strict one)."""
+        return self.webhook_url_policy != "any"
 
     @property
     def is_mongo(self) -> bool:

@@ -32,6 +32,7 @@ from app.settings import ExecutorType, Settings
 from app.store import ConfigStore, open_store
 from app.store.cache import ConfigCache
 from app.store.sources import config_source
+from app.webhooks.dispatcher import Dispatcher
 from app.worker.drain import (
     API_STOP_TIMEOUT,
     STORE_CLOSE_TIMEOUT,
@@ -127,6 +128,10 @@ class Supervisor:
         self.configs = config_source(self.settings, self.store, cache=self.cache)
         if self.configs is not self.cache:
             await self.configs.start()
+        # Webhook deliveries: off every session's path, on this loop; any number of
+        # processes may run one on the same store (leases).
+        self.dispatcher = Dispatcher(self.settings, self.store)
+        self.dispatcher.start()
         app = create_app(
             self.settings, self.store, status=self.status, cache=self.cache, configs=self.configs,
             assets=assets,
@@ -159,6 +164,7 @@ class Supervisor:
             self._stop.set()
 
         await self._shutdown_worker(worker_task)
+        await self.dispatcher.aclose()  # after the drain: the sessions' ends are committed
         await assets.aclose()
         store_task.cancel()
         liveness_task.cancel()
@@ -422,8 +428,11 @@ def _preimport_worker_stack() -> None:
 
 def prepare_settings(settings: Settings, *, dev: bool) -> tuple[Settings, str | None]:
     """Dev-mode defaults: a generated admin key if none is set (returned so it can be
-    printed once). Production refuses to start without its required settings."""
+    printed once), webhook URLs unrestricted (`start`: https to public addresses only).
+    Production refuses to start without its required settings."""
     generated = None
+    if settings.webhook_url_policy == "auto":
+        settings = settings.model_copy(update={"webhook_url_policy": "any" if dev else "public"})
     if dev and settings.admin_api_key is None:
         generated = "dev-" + secrets.token_urlsafe(24)
         from pydantic import SecretStr

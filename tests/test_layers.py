@@ -1,7 +1,7 @@
 """The import rules of app/'s layers, read from the source (every import statement,
 module level or inside a function or `if TYPE_CHECKING:` block).
 
-domain <- store <- agents <- api / worker <- supervisor, CLI: a layer imports only
+domain <- store <- agents, webhooks <- api / worker <- supervisor, CLI: a layer imports only
 layers below it; `api` and `worker` never import each other; `domain` and `store`
 import no LiveKit; library adaptations (`app/adapters`) depend on no feature code;
 nothing in `app/` imports the tests or the sim; every module in `app/` is imported by
@@ -84,9 +84,12 @@ def within(module: str, *prefixes: str) -> bool:
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     # importer layer: what it must not import
     "domain": ("livekit", "app.store", "app.agents", "app.api", "app.worker", "app.adapters",
-               "app.supervisor", "app.chat", "app.seed", "app.console"),
+               "app.supervisor", "app.chat", "app.seed", "app.console", "app.webhooks"),
     "store": ("livekit", "app.agents", "app.api", "app.worker", "app.adapters", "app.supervisor",
-              "app.chat", "app.seed", "app.console"),
+              "app.chat", "app.seed", "app.console", "app.webhooks"),
+    # webhook delivery: beside the agents layer, on the store; never on a session's path
+    "webhooks": ("livekit", "app.agents", "app.api", "app.worker", "app.adapters", "app.supervisor",
+                 "app.chat", "app.seed", "app.console"),
     "adapters": ("app.domain", "app.store", "app.agents", "app.api", "app.worker", "app.supervisor",
                  "app.chat", "app.seed", "app.console", "app.settings"),
     "agents": ("app.api", "app.worker", "app.supervisor", "app.chat", "app.seed", "app.console"),

@@ -232,3 +232,8 @@ def test_the_api_block_runs_top_to_bottom_as_written(
         if "422" in cmd.comment and '"key"' in cmd.comment:
             key_said = re.search(r'"key": "([^"]+)"', cmd.comment)
             assert key_said and [e.get("key") for e in json.loads(output)["extra"]] == [key_said.group(1)]
+def test_every_event_type_is_documented() -> None:
+    from app.domain.events import EVENT_TYPES
+
+    missing = sorted(name for name in EVENT_TYPES if f"`{name}`" not in README)
+    assert not missing, f"README lacks the event type(s): {', '.join(missing)}"

@@ -22,6 +22,7 @@ from litestar.status_codes import (
     HTTP_415_UNSUPPORTED_MEDIA_TYPE,
 )
 
+from app.api.changes import Change
 from app.api.conditional import IfMatch, etag, expected_version
 from app.api.deps import MAX_INT, Limit, Offset, Reader, Store
 from app.api.errors import error_responses, field_error
@@ -88,9 +89,9 @@ class AgentConfigController(Controller):
         response_headers=[ETAG_HEADER, LOCATION_HEADER],
     )
     async def create(
-        self, request: Request[Any, Any, Any], store: Store, data: JSONBody[AgentConfigInput]
+        self, request: Request[Any, Any, Any], store: Store, change: Change, data: JSONBody[AgentConfigInput]
     ) -> Response[AgentConfig]:
-        cfg = await store.create_agent_config(data)
+        cfg = await store.create_agent_config(data, ctx=change)
         location = request.app.route_reverse("agents:get", agent_id=cfg.agent_id)
         return _versioned(cfg, HTTP_201_CREATED, Location=location)
 
@@ -141,6 +142,7 @@ class AgentConfigController(Controller):
         self,
         store: Store,
         agent_id: AgentIdPath,
+        change: Change,
         data: Annotated[dict[str, Any], Body(media_type=MERGE_PATCH, title="JSON merge patch")],
         if_match: IfMatch = None,
     ) -> Response[AgentConfig]:
@@ -148,7 +150,7 @@ class AgentConfigController(Controller):
         if "agent_id" in data and data["agent_id"] != agent_id:
             raise field_error("agent_id", "agent_id cannot be changed")
         await _precheck(store, agent_id, expected)
-        return _versioned(await store.update_agent_config(agent_id, data, expected))
+        return _versioned(await store.update_agent_config(agent_id, data, expected, ctx=change))
 
     @put(
         "/{agent_id:str}",
@@ -161,6 +163,7 @@ class AgentConfigController(Controller):
         self,
         store: Store,
         agent_id: AgentIdPath,
+        change: Change,
         data: JSONBody[AgentConfigInput],
         if_match: IfMatch = None,
     ) -> Response[AgentConfig]:
@@ -168,7 +171,7 @@ class AgentConfigController(Controller):
         if data.agent_id != agent_id:
             raise field_error("agent_id", "agent_id in the body must match the path")
         await _precheck(store, agent_id, expected)
-        return _versioned(await store.update_agent_config(agent_id, data, expected))
+        return _versioned(await store.update_agent_config(agent_id, data, expected, ctx=change))
 
     @delete(
         "/{agent_id:str}",
@@ -181,9 +184,9 @@ class AgentConfigController(Controller):
         status_code=HTTP_204_NO_CONTENT,
     )
     async def delete_config(
-        self, store: Store, agent_id: AgentIdPath, if_match: IfMatch = None
+        self, store: Store, change: Change, agent_id: AgentIdPath, if_match: IfMatch = None
     ) -> None:
-        await store.delete_agent_config(agent_id, expected_version(if_match))
+        await store.delete_agent_config(agent_id, expected_version(if_match), ctx=change)
 
     @get(
         "/{agent_id:str}/versions",
@@ -206,7 +209,8 @@ class AgentConfigController(Controller):
         store: Store,
         agent_id: AgentIdPath,
         version: VersionPath,
+        change: Change,
         if_match: IfMatch = None,
     ) -> Response[AgentConfig]:
-        cfg = await store.rollback(agent_id, version, expected_version(if_match))
+        cfg = await store.rollback(agent_id, version, expected_version(if_match), ctx=change)
         return _versioned(cfg, HTTP_201_CREATED)

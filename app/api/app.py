@@ -27,7 +27,9 @@ from litestar.openapi.spec import Components
 from litestar.types import ControllerRouterHandler
 
 from app.api.agents import AgentConfigController
+from app.api.audit import AuditController
 from app.api.auth import SECURITY_SCHEME, SECURITY_SCHEME_NAME, bearer_guard
+from app.api.changes import ADMIN_ACTOR, CHANGE_DEPENDENCY
 from app.api.deps import dependencies
 from app.api.docs import SelfHostedSwaggerPlugin, schema_router
 from app.api.errors import EXCEPTION_HANDLERS
@@ -38,11 +40,13 @@ from app.api.routes import RouteController
 from app.api.sessions import SessionController
 from app.api.status import RuntimeStatus
 from app.api.usage import UsageController
+from app.api.webhooks import WebhookController
 from app.assets.browser import BrowserAssets
 from app.settings import Settings
 from app.store.base import ConfigStore
 from app.store.cache import ConfigCache
 from app.store.sources import SnapshotSource, config_source
+from app.webhooks.safety import UrlPolicy
 
 API_PREFIX = "/api/v1"
 API_VERSION = "1.0.0"
@@ -76,13 +80,15 @@ def create_app(
     configs = configs if configs is not None else config_source(settings, store, cache=cache)
     admin = Router(
         path=API_PREFIX,
-        route_handlers=[AgentConfigController, RouteController, SessionController, UsageController, ResolveController],
-        guards=[bearer_guard(settings.admin_api_key)],
+        route_handlers=[AgentConfigController, RouteController, SessionController, UsageController, ResolveController,
+                        AuditController, WebhookController],
+        guards=[bearer_guard(settings.admin_api_key, ADMIN_ACTOR)],
+        dependencies=CHANGE_DEPENDENCY,
         security=[{SECURITY_SCHEME_NAME: []}],
     )
     app = Litestar(
         route_handlers=[HealthController, admin, *extra_route_handlers],
-        dependencies=dependencies(store, cache, status, configs),
+        dependencies=dependencies(store, cache, status, configs, UrlPolicy.from_settings(settings)),
         state=State({"settings": settings, "store": store, "status": status, "cache": cache, "configs": configs}),
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,

@@ -28,15 +28,16 @@ SECURITY_SCHEME = SecurityScheme(
 UNAUTHORIZED_DETAIL = "missing or invalid bearer token"
 
 
-async def _allow_all(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    return None
-
-
-def bearer_guard(key: SecretStr | None) -> Guard:
+def bearer_guard(key: SecretStr | None, actor: str | None = None) -> Guard:
     """A guard accepting exactly `Authorization: Bearer <key>` (one space, nothing
-    around the key); allow-all when key is None."""
+    around the key); allow-all when key is None. A request it lets in is made by
+    `actor` (`connection.state.actor`), the name the audit trail records."""
     if key is None:
-        return _allow_all
+
+        async def allow_all(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+            connection.state.actor = actor
+
+        return allow_all
     expected = key.get_secret_value().encode()
 
     # async on purpose: Litestar runs a sync guard in a worker thread, a thread hop
@@ -51,5 +52,6 @@ def bearer_guard(key: SecretStr | None) -> Guard:
             raise NotAuthorizedException(
                 detail=UNAUTHORIZED_DETAIL, headers={"WWW-Authenticate": "Bearer"}
             )
+        connection.state.actor = actor
 
     return guard

@@ -19,6 +19,7 @@ from app.domain import AgentConfig
 from app.store.base import ConfigStore
 from app.store.cache import ConfigCache
 from app.store.sources import SnapshotSource
+from app.webhooks.safety import UrlPolicy
 
 MAX_PAGE = 200
 MAX_INT = 2**31 - 1
@@ -56,6 +57,8 @@ class ConfigReader:
 Store = NamedDependency[SkipValidation[ConfigStore]]
 Reader = NamedDependency[SkipValidation[ConfigReader]]
 Status = NamedDependency[SkipValidation[RuntimeStatus]]
+UrlPolicyDep = NamedDependency[SkipValidation[UrlPolicy]]
+"""Where webhook URLs may point (`url_policy`)."""
 Configs = NamedDependency[SkipValidation[SnapshotSource]]
 """The process's config source: what sessions are resolved against (`app.store.sources`)."""
 
@@ -73,7 +76,8 @@ def constant(value: object) -> Provide:
 
 
 def dependencies(
-    store: ConfigStore, cache: ConfigCache | None, status: RuntimeStatus, configs: SnapshotSource
+    store: ConfigStore, cache: ConfigCache | None, status: RuntimeStatus, configs: SnapshotSource,
+    url_policy: UrlPolicy,
 ) -> dict[str, Provide]:
     """The app-level DI map; names match the handler parameters typed above."""
     return {
@@ -81,4 +85,5 @@ def dependencies(
         "reader": constant(ConfigReader(store, cache)),
         "runtime_status": constant(status),
         "configs": constant(configs),
+        "url_policy": constant(url_policy),
     }

@@ -29,9 +29,21 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from app.domain import AgentConfig, AgentConfigInput, Route, RouteInput, SessionRecord
+from app.domain.events import Event
+from app.domain.webhooks import (
+    Delivery,
+    RotateSecretInput,
+    SecretRotation,
+    Webhook,
+    WebhookCreated,
+    WebhookInput,
+)
 
 _REF = "#/components/schemas/{model}"
-_models: list[type[BaseModel]] = [AgentConfig, AgentConfigInput, Route, RouteInput, SessionRecord]
+_models: list[type[BaseModel]] = [
+    AgentConfig, AgentConfigInput, Route, RouteInput, SessionRecord, Event,
+    WebhookInput, Webhook, WebhookCreated, SecretRotation, RotateSecretInput, Delivery,
+]
 _components: dict[str, Any] | None = None
 _lock = threading.Lock()
 
@@ -97,14 +109,22 @@ def merge_patch_schema(schema: dict[str, Any], components: dict[str, Any], depth
     return schema
 
 
-_PATCH_BODIES = {("/api/v1/agents/config/{agent_id}", "patch"): ("AgentConfigPatch", "AgentConfigInput")}
+_PATCH_BODIES = {
+    ("/api/v1/agents/config/{agent_id}", "patch"): ("AgentConfigPatch", "AgentConfigInput"),
+    ("/api/v1/webhooks/{webhook_id}", "patch"): ("WebhookPatch", "WebhookInput"),
+}
 """Operations whose body is a JSON merge patch of a model: (path, method) -> (component, model)."""
 
 
 def refine(doc: dict[str, Any]) -> dict[str, Any]:
-    """Replace the component schemas Litestar generated for our models; idempotent."""
+    """Replace the component schemas Litestar generated for our models, and describe what
+    webhook receivers get (`webhooks`); idempotent."""
+    from app.api.webhook_docs import payload_models, webhooks_section
+
+    register_models(*payload_models())
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(model_components())
+    doc["webhooks"] = webhooks_section()
     for (path, method), (name, model) in _PATCH_BODIES.items():
         op = doc.get("paths", {}).get(path, {}).get(method)
         if op is None or model not in schemas:

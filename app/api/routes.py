@@ -14,6 +14,7 @@ from litestar import Controller, delete, get, put
 from litestar.params import JSONBody, PathParameter
 from litestar.status_codes import HTTP_204_NO_CONTENT
 
+from app.api.changes import Change
 from app.api.deps import Store
 from app.api.errors import error_responses, field_error
 from app.domain import Route, RouteInput
@@ -57,9 +58,9 @@ class RouteController(Controller):
         summary="Replace the whole table atomically (at most one default)",
         responses=error_responses(400, 413, 422),
     )
-    async def replace_routes(self, store: Store, data: JSONBody[list[Route]]) -> list[Route]:
+    async def replace_routes(self, store: Store, change: Change, data: JSONBody[list[Route]]) -> list[Route]:
         _check_table(data)
-        return await store.replace_routes(data)
+        return await store.replace_routes(data, ctx=change)
 
     @delete(
         "/",
@@ -68,8 +69,8 @@ class RouteController(Controller):
         status_code=HTTP_204_NO_CONTENT,
         responses=error_responses(),
     )
-    async def clear_routes(self, store: Store) -> None:
-        await store.replace_routes([])
+    async def clear_routes(self, store: Store, change: Change) -> None:
+        await store.replace_routes([], ctx=change)
 
     @get("/{purpose:str}", name="routes:get", responses=error_responses(404, 422))
     async def get_route(self, store: Store, purpose: PurposePath) -> Route:
@@ -81,9 +82,11 @@ class RouteController(Controller):
         summary="Create or replace one route; is_default=true clears it elsewhere",
         responses=error_responses(400, 413, 422),
     )
-    async def put_route(self, store: Store, purpose: PurposePath, data: JSONBody[RouteInput]) -> Route:
+    async def put_route(
+        self, store: Store, change: Change, purpose: PurposePath, data: JSONBody[RouteInput]
+    ) -> Route:
         # Route() validates the purpose from the path; a bad one is a pydantic error -> 422.
-        return await store.put_route(Route(purpose=purpose, **data.model_dump()))
+        return await store.put_route(Route(purpose=purpose, **data.model_dump()), ctx=change)
 
     @delete(
         "/{purpose:str}",
@@ -91,5 +94,5 @@ class RouteController(Controller):
         status_code=HTTP_204_NO_CONTENT,
         responses=error_responses(404, 422),
     )
-    async def delete_route(self, store: Store, purpose: PurposePath) -> None:
-        await store.delete_route(purpose)
+    async def delete_route(self, store: Store, change: Change, purpose: PurposePath) -> None:
+        await store.delete_route(purpose, ctx=change)

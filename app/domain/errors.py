@@ -55,3 +55,7 @@ class CorruptRecord(DomainError):
     or written by a newer build before a rollback of the app). Readers skip it in
     listings, so one bad record cannot hide the others; fetched alone it is a 500
     that names it."""
+
+
+class InProgress(DomainError):
+    """The thing is busy right now (e.g. a webhook delivery attempt is running); retry later (API: 409)."""

@@ -7,17 +7,25 @@ guarantee is stated on it; the contract suite (`tests/store/`) checks the whole.
 
 Every config write primitive (`create`, `append`, `delete`, `swap`) bumps the config
 epoch as part of its commit, so another process's cache notices it.
+
+Every write primitive takes the journal events the service made for it (`events`, or
+`Run.events` for sessions) and commits them at the write's own commit point: in the
+same transaction on SQL; on MongoDB embedded in the commit-point document and relayed
+into the journal right after (`JournalBackend.relay` repeats that after a crash). A
+failed write leaves no event; a committed write always yields its events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 from app.domain import AgentConfig, Route, SessionRecord, SessionStatus
+from app.domain.events import Event
 from app.domain.usage import UsageGroup, UsageRow
+from app.domain.webhooks import Delivery, DeliveryStatus, StoredWebhook
 from app.store.session_rules import Run
 
 
@@ -124,15 +132,15 @@ class ConfigsBackend(Protocol):
     async def versions(self, agent_id: str) -> list[StoredVersion]:
         """Every version up to the head, oldest first; empty if no agent."""
 
-    async def create(self, cfg: AgentConfig) -> VersionKey | None:
+    async def create(self, cfg: AgentConfig, events: list[Event]) -> VersionKey | None:
         """Store version 1 and its head atomically; None if the id is taken."""
 
-    async def append(self, head: VersionKey, cfg: AgentConfig) -> VersionKey:
+    async def append(self, head: VersionKey, cfg: AgentConfig, events: list[Event]) -> VersionKey:
         """Store `cfg` (version head.version + 1) and move the head to it, only if the head
         is still `head`: else `HeadMoved` (with the version now current, when known; None
         also when the agent is gone). A lost race never overwrites anything."""
 
-    async def delete(self, agent_id: str, expected_version: int | None) -> bool:
+    async def delete(self, agent_id: str, expected_version: int | None, events: list[Event]) -> bool:
         """Remove the agent and every version, only if no route points at it (`Routed`)
         and, with `expected_version`, its head is still that version (`HeadMoved`), both
         checked atomically with the delete. False if there is no agent."""
@@ -141,7 +149,7 @@ class ConfigsBackend(Protocol):
 class RoutesBackend(Protocol):
     async def table(self) -> RouteTable: ...
 
-    async def swap(self, rev: int, routes: list[Route], agent_ids: set[str]) -> bool:
+    async def swap(self, rev: int, routes: list[Route], agent_ids: set[str], events: list[Event]) -> bool:
         """Replace the table with `routes` only if its revision is still `rev` (False if
         not) and every agent in `agent_ids` exists then (`MissingAgents`): a route never points at a missing agent, even one being deleted."""
 
@@ -164,9 +172,104 @@ class SessionsBackend(Protocol):
 class LivenessBackend(Protocol):
     async def heartbeat(self, owner: str, now: datetime) -> int: ...
 
-    async def abandon(self, cutoff: datetime | None, reason: str, now: datetime) -> int:
+    async def abandon(self, cutoff: datetime | None, reason: str, now: datetime, ended: Ended) -> int:
         """Mark active sessions abandoned: all of them (`cutoff` None), or those whose
-        owner last proved alive (`heartbeat_at`, else `started_at`) before `cutoff`."""
+        owner last proved alive (`heartbeat_at`, else `started_at`) before `cutoff`;
+        each with the event `ended(session_id, agent_id)` committed with its update."""
+
+
+Ended = Callable[[str, str], Event]
+"""`(session_id, agent_id)` -> the `session.ended` event of a session the sweep abandons."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    types: tuple[str, ...] | None = None
+    agent_id: str | None = None
+    actor: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    event: Event
+    rendered: bool
+    """False for a payload committed as a stub, until `freeze` renders it."""
+
+
+class JournalBackend(Protocol):
+    async def get(self, event_id: str) -> JournalEntry | None: ...
+
+    async def unfanned(self, limit: int) -> list[JournalEntry]:
+        """Events not yet fanned out to webhook deliveries, oldest first."""
+
+    async def freeze(self, event_id: str, agent_id: str | None, data: dict[str, Any]) -> JournalEntry | None:
+        """Set a stub's rendered payload, only if it is still a stub (the first renderer
+        wins); returns the entry as stored afterwards (None if there is no such event)."""
+
+    async def fanned_out(self, event_ids: list[str]) -> None:
+        """Mark events as fanned out (their deliveries exist)."""
+
+    async def relay(self, grace_s: float) -> int:
+        """Move events committed with a change but not yet in the journal (a process
+        died between the two steps) into it; idempotent. Returns how many. SQL: 0."""
+
+    async def list(self, flt: EventFilter, offset: int, limit: int) -> tuple[list[Event], int]:
+        """Newest first, and how many match (declared last: the name shadows `list`)."""
+
+
+class WebhooksBackend(Protocol):
+    """Webhook endpoints: a record each, written whole under a revision check."""
+
+    async def create(self, hook: StoredWebhook, rev: int, events: list[Event]) -> None: ...
+
+    async def get(self, webhook_id: str) -> tuple[StoredWebhook, int] | None:
+        """The endpoint and its revision (the compare-and-swap token of `replace`)."""
+
+    async def replace(self, hook: StoredWebhook, rev: int, events: list[Event]) -> bool:
+        """Write `hook` (revision `rev` + 1) only if its revision is still `rev`."""
+
+    async def delete(self, webhook_id: str, events: list[Event]) -> bool:
+        """Remove the endpoint and its deliveries; False if there was none."""
+
+    async def all(self) -> list[StoredWebhook]:
+        """Every endpoint, oldest first (fan-out and listing: a handful per deployment)."""
+
+
+class DeliveryInFlight(Exception):
+    """`resend`: an attempt of this delivery is running now."""
+
+
+class DeliveriesBackend(Protocol):
+    """Webhook deliveries: one per (event, endpoint); attempts leased with a CAS."""
+
+    async def add(self, deliveries: list[Delivery]) -> int:
+        """Insert, skipping any (event_id, webhook_id) that exists; returns how many were new."""
+
+    async def claim(
+        self, webhook_id: str, now: datetime, owner: str, lease_until: datetime, limit: int
+    ) -> list[Delivery]:
+        """Up to `limit` due deliveries of the endpoint (pending, `next_attempt_at` <= now,
+        not leased or lease expired), each leased to `owner` and its `attempts` counted,
+        by a conditional write: two processes never hold the same attempt."""
+
+    async def finish(self, delivery_id: str, owner: str, attempt: int, values: dict[str, Any]) -> bool:
+        """Record an attempt's outcome and drop the lease, only if `owner` still holds
+        attempt number `attempt`; False if the lease was lost (the result is dropped)."""
+
+    async def get(self, delivery_id: str) -> Delivery | None: ...
+
+    async def resend(self, delivery_id: str, now: datetime, window_ends_at: datetime) -> Delivery | None:
+        """Make a delivery due now with a new window; `DeliveryInFlight` while leased."""
+
+    async def count_due(self, now: datetime) -> int:
+        """Pending deliveries of enabled endpoints due by `now` (leased ones included)."""
+
+    async def list(
+        self, webhook_id: str | None, status: DeliveryStatus | None, offset: int, limit: int
+    ) -> tuple[list[Delivery], int]:
+        """Newest first (declared last: the name shadows `list`)."""
 
 
 class AnalysisQueueBackend(Protocol):
@@ -181,9 +284,10 @@ class AnalysisQueueBackend(Protocol):
     async def renew(self, session_id: str, token: str, lease_until: datetime) -> bool:
         """Extend the lease, only while `token` holds it."""
 
-    async def finish(self, session_id: str, token: str, analysis: dict[str, Any]) -> bool:
+    async def finish(self, session_id: str, token: str, analysis: dict[str, Any], events: list[Event]) -> bool:
         """Store the finished `analysis` (its JSON form) and clear the lease, only while
-        `token` holds it (else nothing is written: another process took over)."""
+        `token` holds it (else nothing is written: another process took over); `events`
+        (`session.analyzed`) commit with it."""
 
     async def release(self, session_id: str, token: str) -> bool:
         """Give the lease up unfinished (shutdown), only while `token` holds it."""
@@ -218,3 +322,12 @@ class Backend(Lifecycle, Protocol):
 
     @property
     def usage(self) -> UsageBackend: ...
+
+    @property
+    def journal(self) -> JournalBackend: ...
+
+    @property
+    def webhooks(self) -> WebhooksBackend: ...
+
+    @property
+    def deliveries(self) -> DeliveriesBackend: ...

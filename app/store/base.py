@@ -11,6 +11,9 @@ backend (`app.store.sql`, `app.store.mongo`) that implements the narrow primitiv
   exception: a session write batch on MongoDB, see `apply_session_writes`);
 - `config_epoch()` increases on every agent or route write, so caches in other processes
   can tell cheaply that something changed;
+- every change commits its journal events (`app.domain.events`) with it: agent and
+  route writes, session starts, handoffs and ends (also abandonment); write methods
+  take a `ChangeContext` (who, why) that the events carry;
 - a session write is durable once the call returns, so a crash loses at most what was
   in flight: `apply_session_writes` applies a batch of one session's writes (what its
   writer had queued) in order, on SQL in one transaction (all or nothing), on MongoDB
@@ -22,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from app.domain import (
     AgentConfig,
@@ -34,7 +37,20 @@ from app.domain import (
     Turn,
 )
 from app.domain.analysis import SessionAnalysis
+from app.domain.events import SYSTEM, ChangeContext, Event
 from app.domain.usage import UsageGroup, UsageReport
+
+if TYPE_CHECKING:
+    from app.domain.webhooks import (
+        Delivery,
+        DeliveryStatus,
+        SecretRotation,
+        StoredWebhook,
+        Webhook,
+        WebhookCreated,
+        WebhookInput,
+    )
+    from app.store.backend import JournalEntry
 
 ChangeListener = Callable[[], None]
 
@@ -170,7 +186,7 @@ class ConfigStore(Protocol):
         """A counter bumped by every agent or route write, from any process."""
 
     # agent configs -----------------------------------------------------------
-    async def create_agent_config(self, data: AgentConfigInput) -> AgentConfig: ...
+    async def create_agent_config(self, data: AgentConfigInput, *, ctx: ChangeContext = SYSTEM) -> AgentConfig: ...
 
     async def get_agent_config(self, agent_id: str, version: int | None = None) -> AgentConfig: ...
 
@@ -184,10 +200,14 @@ class ConfigStore(Protocol):
         agent_id: str,
         patch: Mapping[str, Any] | AgentConfigInput,
         expected_version: int | None = None,
+        *,
+        ctx: ChangeContext = SYSTEM,
     ) -> AgentConfig:
         """A merge patch (mapping) or a full replacement (`AgentConfigInput`) as a new version."""
 
-    async def delete_agent_config(self, agent_id: str, expected_version: int | None = None) -> None:
+    async def delete_agent_config(
+        self, agent_id: str, expected_version: int | None = None, *, ctx: ChangeContext = SYSTEM
+    ) -> None:
         """Delete every version; `InUse` if a route points at the agent; with
         `expected_version`, `VersionConflict` unless that is still the current version
         when the delete commits (a concurrent write is never deleted unseen)."""
@@ -196,7 +216,7 @@ class ConfigStore(Protocol):
         """Every version, oldest first."""
 
     async def rollback(
-        self, agent_id: str, version: int, expected_version: int | None = None
+        self, agent_id: str, version: int, expected_version: int | None = None, *, ctx: ChangeContext = SYSTEM
     ) -> AgentConfig:
         """Write the content of `version` as a new current version."""
 
@@ -205,13 +225,13 @@ class ConfigStore(Protocol):
 
     async def get_route(self, purpose: str) -> Route: ...
 
-    async def put_route(self, route: Route) -> Route:
+    async def put_route(self, route: Route, *, ctx: ChangeContext = SYSTEM) -> Route:
         """Create or replace; `is_default=True` clears the flag on every other route."""
 
-    async def replace_routes(self, routes: list[Route]) -> list[Route]:
+    async def replace_routes(self, routes: list[Route], *, ctx: ChangeContext = SYSTEM) -> list[Route]:
         """Replace the whole table atomically; at most one default."""
 
-    async def delete_route(self, purpose: str) -> None: ...
+    async def delete_route(self, purpose: str, *, ctx: ChangeContext = SYSTEM) -> None: ...
 
     # sessions ----------------------------------------------------------------
     async def start_session(self, record: SessionRecord) -> SessionRecord: ...
@@ -302,3 +322,76 @@ class ConfigStore(Protocol):
     ) -> UsageReport:
         """Usage and cost summed over the sessions started in [since, until), grouped by
         agent, version and/or UTC day, with the total."""
+    # journal -----------------------------------------------------------------
+    async def list_events(
+        self,
+        *,
+        types: list[str] | None = None,
+        agent_id: str | None = None,
+        actor: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[Event], int]:
+        """Journal events, newest first, and how many match (the audit trail lists the
+        `change` types)."""
+
+    async def get_event(self, event_id: str) -> JournalEntry: ...
+
+    async def unfanned_events(self, limit: int = 100) -> list[JournalEntry]:
+        """Events whose webhook deliveries are not made yet, oldest first."""
+
+    async def freeze_event(self, event_id: str, agent_id: str | None, data: dict[str, Any]) -> JournalEntry:
+        """Set a stub's rendered payload once; the first renderer wins."""
+
+    async def mark_fanned_out(self, event_ids: list[str]) -> None: ...
+
+    async def relay_events(self, grace_s: float = 30.0) -> int:
+        """Move events committed with a change but left out of the journal by a crash
+        into it (MongoDB; a no-op on SQL). Idempotent."""
+
+    def add_journal_listener(self, listener: ChangeListener) -> None:
+        """Called after every write in this process that committed journal events."""
+
+    # webhooks (`app.store.webhook_service`) ------------------------------------
+    async def create_webhook(self, data: WebhookInput, *, ctx: ChangeContext = SYSTEM) -> WebhookCreated:
+        """A new endpoint with a new secret (returned only here)."""
+
+    async def list_webhooks(self) -> list[Webhook]: ...
+
+    async def dispatch_targets(self) -> list[StoredWebhook]:
+        """Every endpoint with its secrets, for the dispatcher."""
+
+    async def get_webhook(self, webhook_id: str) -> Webhook: ...
+
+    async def update_webhook(
+        self, webhook_id: str, patch: Mapping[str, Any], *, ctx: ChangeContext = SYSTEM
+    ) -> Webhook: ...
+
+    async def rotate_webhook_secret(
+        self, webhook_id: str, grace_period_s: int, *, ctx: ChangeContext = SYSTEM
+    ) -> SecretRotation: ...
+
+    async def disable_webhook(self, webhook_id: str, reason: str) -> None: ...
+
+    async def delete_webhook(self, webhook_id: str, *, ctx: ChangeContext = SYSTEM) -> None: ...
+
+    async def add_deliveries(self, deliveries: list[Delivery]) -> int:
+        """Idempotent per (event, endpoint)."""
+
+    async def claim_deliveries(self, webhook_id: str, owner: str, lease_s: float, limit: int) -> list[Delivery]:
+        """Lease due attempts (compare-and-swap): no two processes hold the same one."""
+
+    async def finish_delivery(self, delivery_id: str, owner: str, attempt: int, **values: Any) -> bool: ...
+
+    async def get_delivery(self, delivery_id: str) -> Delivery: ...
+
+    async def list_deliveries(
+        self, *, webhook_id: str | None = None, status: DeliveryStatus | None = None, offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[Delivery], int]: ...
+
+    async def resend_delivery(self, delivery_id: str, window_s: float) -> Delivery: ...
+
+    async def count_due_deliveries(self) -> int: ...

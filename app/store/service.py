@@ -11,7 +11,10 @@ Rules here, for every backend (`app.store.backend` lists what a backend does ins
   whole table; a delete refused while routed;
 - sessions: field rules and batch folding in `app.store.session_rules`; the per-op
   methods are thin wrappers over the one batch path;
-- change listeners: called after every committed agent or route write in this process.
+- change listeners: called after every committed agent or route write in this process;
+- the journal: which events each change produces (`app.store.event_rules`), handed to
+  the backend with the write so both commit together; `ChangeContext` says who made a
+  change and why (the API passes it; sessions and sweeps are `SYSTEM`).
 
 In-process, writers to one agent (and route writers) take an asyncio lock first: fewer
 lost races to retry. Across processes the backends' conditional writes decide.
@@ -46,11 +49,15 @@ from app.domain import (
 )
 from app.domain.analysis import AnalysisStatus, SessionAnalysis
 from app.domain.errors import InvalidInput
+from app.domain.events import SYSTEM, ChangeContext, ChangeKind, Event
 from app.domain.usage import UsageGroup, UsageReport, UsageTotals
+from app.store import event_rules
 from app.store.backend import (
     Applied,
     Backend,
+    EventFilter,
     HeadMoved,
+    JournalEntry,
     Known,
     MissingAgents,
     NoSession,
@@ -81,6 +88,7 @@ from app.store.route_rules import (
     without_route,
 )
 from app.store.session_rules import fold, must_be_str, session_fields
+from app.store.webhook_service import WebhookStore
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +97,13 @@ def _agent_not_found(agent_id: Any, version: int | None = None) -> NotFound:
     return NotFound(f"{what} not found", agent_id=agent_id) if isinstance(agent_id, str) else NotFound(f"{what} not found")
 
 
-class StoreService:
-    """`app.store.base.ConfigStore` over one `Backend`."""
+class StoreService(WebhookStore):
+    """`app.store.base.ConfigStore` over one `Backend` (webhook rules: `WebhookStore`)."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._listeners: list[ChangeListener] = []
+        self._journal_listeners: list[ChangeListener] = []
         self._parsed = ParsedVersions()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -121,6 +130,19 @@ class StoreService:
                 listener()
             except Exception:  # a broken listener must not fail a committed write
                 log.exception("config change listener failed")
+        self._journaled()
+
+    def add_journal_listener(self, listener: ChangeListener) -> None:
+        """Called after every write in this process that committed journal events (the
+        webhook dispatcher wakes up instead of waiting for its next poll)."""
+        self._journal_listeners.append(listener)
+
+    def _journaled(self) -> None:
+        for listener in list(self._journal_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("journal listener failed")
 
     def _lock(self, key: str) -> asyncio.Lock:
         lock = self._locks.get(key)
@@ -142,10 +164,11 @@ class StoreService:
             {**data.model_dump(), "version": version, "created_at": created_at or now, "updated_at": now}
         )
 
-    async def create_agent_config(self, data: AgentConfigInput) -> AgentConfig:
+    async def create_agent_config(self, data: AgentConfigInput, *, ctx: ChangeContext = SYSTEM) -> AgentConfig:
         cfg = self._new_version(data, 1, None)
+        events = event_rules.agent_created(cfg, cfg.updated_at, ctx)
         async with self._lock(cfg.agent_id):
-            key = await self.backend.configs.create(cfg)
+            key = await self.backend.configs.create(cfg, events)
         if key is None:
             raise AlreadyExists(f"agent {cfg.agent_id!r} already exists", agent_id=cfg.agent_id)
         self._parsed.remember(key, cfg)
@@ -185,8 +208,22 @@ class StoreService:
         agent_id: str,
         patch: Mapping[str, Any] | AgentConfigInput,
         expected_version: int | None = None,
+        *,
+        ctx: ChangeContext = SYSTEM,
     ) -> AgentConfig:
         """A merge patch (mapping) or a full replacement (`AgentConfigInput`) as a new version."""
+        change: ChangeKind = "replace" if isinstance(patch, AgentConfigInput) else "patch"
+        return await self._write_version(agent_id, patch, expected_version, ctx, change, None)
+
+    async def _write_version(
+        self,
+        agent_id: str,
+        patch: Mapping[str, Any] | AgentConfigInput,
+        expected_version: int | None,
+        ctx: ChangeContext,
+        change: ChangeKind,
+        rolled_back_to: int | None,
+    ) -> AgentConfig:
         if not isinstance(agent_id, str):
             raise _agent_not_found(agent_id)
         configs = self.backend.configs
@@ -199,8 +236,9 @@ class StoreService:
                 if expected_version is not None and expected_version != seen:
                     raise VersionConflict(agent_id, expected_version, seen)
                 new = self._next_version(agent_id, head, patch)
+                events = event_rules.version_created(new, change, new.updated_at, ctx, rolled_back_to)
                 try:
-                    key = await configs.append(head.key, new)
+                    key = await configs.append(head.key, new, events)
                 except HeadMoved as e:
                     if expected_version is not None and e.actual is not None:
                         raise VersionConflict(agent_id, expected_version, e.actual) from None
@@ -230,7 +268,9 @@ class StoreService:
         created_at = current.created_at if current is not None else head.head_created_at
         return self._new_version(new_input, head.key.version + 1, created_at)
 
-    async def delete_agent_config(self, agent_id: str, expected_version: int | None = None) -> None:
+    async def delete_agent_config(
+        self, agent_id: str, expected_version: int | None = None, *, ctx: ChangeContext = SYSTEM
+    ) -> None:
         """Delete every version; `InUse` while a route points at the agent; with
         `expected_version`, `VersionConflict` unless that is still the current version
         when the delete commits (a concurrent write is never deleted unseen)."""
@@ -240,7 +280,8 @@ class StoreService:
             raise VersionConflict(agent_id, None, None)
         async with self._lock(agent_id):
             try:
-                found = await self.backend.configs.delete(agent_id, expected_version)
+                events = event_rules.agent_deleted(agent_id, self.backend.now(), ctx)
+                found = await self.backend.configs.delete(agent_id, expected_version, events)
             except Routed as e:
                 raise InUse(f"agent {agent_id!r} is used by route(s): {', '.join(e.purposes)}",
                             routes=e.purposes) from None
@@ -250,10 +291,12 @@ class StoreService:
             raise _agent_not_found(agent_id)
         self._notify()
 
-    async def rollback(self, agent_id: str, version: int, expected_version: int | None = None) -> AgentConfig:
+    async def rollback(
+        self, agent_id: str, version: int, expected_version: int | None = None, *, ctx: ChangeContext = SYSTEM
+    ) -> AgentConfig:
         """Write the content of `version` as a new current version."""
         target = await self.get_agent_config(agent_id, version)
-        return await self.update_agent_config(agent_id, target.input(), expected_version)
+        return await self._write_version(agent_id, target.input(), expected_version, ctx, "rollback", version)
 
     # -------------------------------------------------------------------- routes
 
@@ -263,30 +306,34 @@ class StoreService:
     async def get_route(self, purpose: str) -> Route:
         return find_route((await self.backend.routes.table()).routes, purpose)
 
-    async def put_route(self, route: Route) -> Route:
+    async def put_route(self, route: Route, *, ctx: ChangeContext = SYSTEM) -> Route:
         """Create or replace; `is_default=True` clears the flag on every other route."""
         new = stamped(route, self.backend.now())
-        await self._swap_routes(lambda routes: with_route(routes, new), {route.agent_id})
+        await self._swap_routes(lambda routes: with_route(routes, new), {route.agent_id}, ctx, "put", route.purpose)
         return new
 
-    async def replace_routes(self, routes: list[Route]) -> list[Route]:
+    async def replace_routes(self, routes: list[Route], *, ctx: ChangeContext = SYSTEM) -> list[Route]:
         """Replace the whole table atomically; at most one default."""
         check_table(routes)
         now = self.backend.now()
         new = by_purpose([stamped(r, now) for r in routes])
-        await self._swap_routes(lambda _old: new, {r.agent_id for r in routes})
+        await self._swap_routes(lambda _old: new, {r.agent_id for r in routes}, ctx, "replace", None)
         return new
 
-    async def delete_route(self, purpose: str) -> None:
-        await self._swap_routes(lambda routes: without_route(routes, purpose), set())
+    async def delete_route(self, purpose: str, *, ctx: ChangeContext = SYSTEM) -> None:
+        await self._swap_routes(lambda routes: without_route(routes, purpose), set(), ctx, "delete", purpose)
 
-    async def _swap_routes(self, mutate: Callable[[list[Route]], list[Route]], agent_ids: set[str]) -> None:
+    async def _swap_routes(
+        self, mutate: Callable[[list[Route]], list[Route]], agent_ids: set[str], ctx: ChangeContext,
+        change: str, purpose: str | None,
+    ) -> None:
         async with self._lock("\x00routes"):
             for attempt in range(MAX_ATTEMPTS):
                 table = await self.backend.routes.table()
                 new = mutate(table.routes)
+                events = event_rules.routes_changed(change, purpose, new, self.backend.now(), ctx)
                 try:
-                    swapped = await self.backend.routes.swap(table.rev, new, agent_ids)
+                    swapped = await self.backend.routes.swap(table.rev, new, agent_ids, events)
                 except MissingAgents as e:
                     missing = e.agent_ids
                     raise InvalidReference(f"no agent {', '.join(repr(m) for m in missing)}",
@@ -300,9 +347,14 @@ class StoreService:
     # ------------------------------------------------------------------ sessions
 
     async def _write_session(self, session_id: str, ops: list[SessionWrite]) -> Applied:
-        runs = fold(ops, self.backend.now())  # validates first: a bad op fails before any I/O
+        now = self.backend.now()
+        runs = fold(ops, now)  # validates first: a bad op fails before any I/O
+        event_rules.session_run_events(session_id, runs, now)
         try:
-            return await self.backend.sessions.apply(must_be_str(session_id, "session_id"), runs)
+            applied = await self.backend.sessions.apply(must_be_str(session_id, "session_id"), runs)
+            if any(run.events for run in runs):
+                self._journaled()
+            return applied
         except NoSession as e:
             err: Exception = NotFound(f"session {session_id!r} not found", session_id=session_id)
             cause: Exception = e
@@ -371,10 +423,66 @@ class StoreService:
         return await self.backend.liveness.heartbeat(must_be_str(owner, "owner"), self.backend.now())
 
     async def abandon_stale_sessions(self, cutoff: datetime, reason: str) -> int:
-        return await self.backend.liveness.abandon(cutoff, reason, self.backend.now())
+        return await self._abandon(cutoff, reason)
 
     async def abandon_active_sessions(self, reason: str) -> int:
-        return await self.backend.liveness.abandon(None, reason, self.backend.now())
+        return await self._abandon(None, reason)
+
+    async def _abandon(self, cutoff: datetime | None, reason: str) -> int:
+        now = self.backend.now()
+        status = SessionStatus.abandoned.value
+
+        def ended(session_id: str, agent_id: str) -> Event:
+            return event_rules.session_ended(session_id, agent_id, status, reason, None, now, now)
+
+        n = await self.backend.liveness.abandon(cutoff, reason, now, ended)
+        if n:
+            self._journaled()
+        return n
+
+    # ------------------------------------------------------------------- journal
+
+    async def list_events(
+        self,
+        *,
+        types: list[str] | None = None,
+        agent_id: str | None = None,
+        actor: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[Event], int]:
+        for value, what in ((agent_id, "agent_id"), (actor, "actor")):
+            if value is not None:
+                must_be_str(value, what)
+        flt = EventFilter(tuple(must_be_str(t, "type") for t in types) if types is not None else None,
+                          agent_id, actor, since, until)
+        return await self.backend.journal.list(flt, offset, limit)
+
+    async def get_event(self, event_id: str) -> JournalEntry:
+        entry = await self.backend.journal.get(must_be_str(event_id, "event_id"))
+        if entry is None:
+            raise NotFound(f"event {event_id!r} not found", event_id=event_id)
+        return entry
+
+    async def unfanned_events(self, limit: int = 100) -> list[JournalEntry]:
+        return await self.backend.journal.unfanned(limit)
+
+    async def freeze_event(self, event_id: str, agent_id: str | None, data: dict[str, Any]) -> JournalEntry:
+        """Render a stub once: the first caller's `data` is kept, later ones get it back."""
+        entry = await self.backend.journal.freeze(event_id, agent_id, data)
+        if entry is None:
+            raise NotFound(f"event {event_id!r} not found", event_id=event_id)
+        return entry
+
+    async def mark_fanned_out(self, event_ids: list[str]) -> None:
+        if event_ids:
+            await self.backend.journal.fanned_out(event_ids)
+
+    async def relay_events(self, grace_s: float = 30.0) -> int:
+        """Finish moving committed events into the journal after a crash (MongoDB)."""
+        return await self.backend.journal.relay(grace_s)
 
     # ---------------------------------------------------------- post-call analysis
 
@@ -402,7 +510,11 @@ class StoreService:
         if analysis.status == AnalysisStatus.pending:
             raise InvalidInput("a finished analysis is done or failed, not pending")
         doc = session_fields({"analysis": analysis})["analysis"]
-        return await self.backend.analysis.finish(claim.record.session_id, claim.token, doc)
+        events = [event_rules.session_analyzed(claim.record, analysis, self.backend.now())]
+        stored = await self.backend.analysis.finish(claim.record.session_id, claim.token, doc, events)
+        if stored:
+            self._journaled()
+        return stored
 
     async def release_analysis(self, claim: ClaimedAnalysis) -> None:
         await self.backend.analysis.release(claim.record.session_id, claim.token)

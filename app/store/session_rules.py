@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from app.domain import Handoff, InvalidInput, SessionRecord, SessionStatus, Turn
+from app.domain.events import Event
 from app.domain.models import deep_merge
 from app.store.base import (
     AppendTurn,
@@ -100,6 +101,8 @@ class Run:
     data: list[Mapping[str, Any]] = field(default_factory=list)
     handoffs: list[Handoff] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    """Journal events committed with this run (`app.store.event_rules.session_run_events`)."""
 
     @property
     def changes_row(self) -> bool:
@@ -159,7 +162,8 @@ def merge_runs(runs: list[Run]) -> list[Run]:
     out: list[Run] = []
     for run in runs:
         if not out or run.start is not None:
-            out.append(Run(run.ops, run.start, list(run.turns), list(run.data), list(run.handoffs), dict(run.fields)))
+            out.append(Run(run.ops, run.start, list(run.turns), list(run.data), list(run.handoffs),
+                           dict(run.fields), list(run.events)))
             continue
         seg = out[-1]
         seg.ops += run.ops
@@ -167,4 +171,5 @@ def merge_runs(runs: list[Run]) -> list[Run]:
         seg.data += run.data
         seg.handoffs += run.handoffs
         seg.fields.update(run.fields)
+        seg.events += run.events
     return out

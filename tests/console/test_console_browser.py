@@ -381,6 +381,85 @@ def test_routes_add_change_delete(server: ConsoleServer, page: Any) -> None:
     assert not any(r.is_default for r in routes)
 
 
+# ------------------------------------------------------------------ webhooks
+
+
+def test_webhooks_add_see_deliveries_resend_rotate_disable_delete(server: ConsoleServer, page: Any) -> None:
+    from app.domain.models import utcnow
+    from app.domain.webhooks import Delivery, new_delivery_id
+
+    page.goto("/webhooks")
+    table = page.get_by_role("table", name=re.compile("Endpoints"))
+    expect(table).to_contain_text("No endpoints yet")
+
+    # the production URL policy refuses a private address: the 422 lands on the field
+    page.get_by_label("URL", exact=True).fill("https://10.0.0.7/hooks")
+    page.get_by_role("button", name="Add endpoint").click()
+    expect(page.locator('[data-field="url"] .server-error')).to_be_visible()
+
+    page.get_by_label("URL", exact=True).fill("https://93.184.215.14/hooks")
+    expect(page.get_by_role("checkbox", name="session.ended")).to_be_checked()
+    page.get_by_role("checkbox", name="session.started").check()
+    page.get_by_label("Description").fill("CRM sync")
+    page.get_by_role("button", name="Add endpoint").click()
+    secret = page.locator("#secret-value")
+    expect(secret).to_contain_text("whsec_")
+    first_secret = secret.inner_text()
+    hooks = server.run(server.store.dispatch_targets())
+    assert len(hooks) == 1 and hooks[0].secret == first_secret and hooks[0].events == ["session.ended", "session.started"]
+    page.get_by_role("button", name="I have stored it").click()
+    expect(page.locator("#secret-panel")).to_be_hidden()
+    row = table.get_by_role("row").filter(has_text="93.184.215.14")
+    expect(row).to_contain_text("CRM sync")
+    expect(row).to_contain_text("enabled")
+
+    # a delivery that failed for good: listed with its last answer, then resent
+    hook_id = hooks[0].id
+
+    async def failed_delivery() -> None:
+        store = server.store
+        assert store is not None
+        now = utcnow()
+        d = Delivery(id=new_delivery_id(), webhook_id=hook_id, event_id="evt_01TESTTESTTESTTESTTESTTEST",
+                     event_type="session.ended", next_attempt_at=now, window_ends_at=now + timedelta(hours=1),
+                     created_at=now)
+        await store.add_deliveries([d])
+        (c,) = await store.claim_deliveries(hook_id, "elsewhere", 60, 1)
+        await store.finish_delivery(c.id, "elsewhere", 1, status="failed", next_attempt_at=None,
+                                    last_status_code=500, last_error="HTTP 500: upstream down")
+
+    server.run(failed_delivery())
+    row.get_by_role("button", name=re.compile("Deliveries of")).click()
+    deliveries = page.get_by_role("table", name=re.compile("Deliveries"))
+    expect(deliveries).to_contain_text("failed")
+    expect(deliveries).to_contain_text("HTTP 500: upstream down")
+    deliveries.get_by_role("button", name="Resend").click()
+    expect(page.get_by_text("Sent again")).to_be_visible()
+    expect(deliveries).to_contain_text("pending")
+    screenshot(page, "12-webhooks", full_page=True)
+
+    row.get_by_role("button", name=re.compile("Rotate the secret")).click()
+    page.get_by_role("dialog").get_by_role("button", name="Rotate secret").click()
+    expect(secret).to_contain_text("whsec_")
+    assert secret.inner_text() != first_secret
+    page.get_by_role("button", name="I have stored it").click()
+
+    row.get_by_role("button", name=re.compile("^Edit ")).click()
+    page.get_by_label("Enabled").uncheck()
+    page.get_by_role("button", name="Save endpoint").click()
+    expect(row).to_contain_text("disabled")
+    assert not server.run(server.store.get_webhook(hook_id)).enabled
+
+    row.get_by_role("button", name=re.compile("^Delete ")).click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete endpoint").click()
+    expect(table).to_contain_text("No endpoints yet")
+    audit, _ = server.run(server.store.list_events(types=["webhook.created", "webhook.updated",
+                                                          "webhook.secret_rotated", "webhook.deleted"]))
+    assert [e.type for e in reversed(audit)] == ["webhook.created", "webhook.secret_rotated", "webhook.updated",
+                                                 "webhook.deleted"]
+    assert all(e.actor == "admin" for e in audit)
+
+
 # ------------------------------------------------------------------ sessions
 
 
@@ -711,6 +790,7 @@ PAGES = [
     ("/sessions", "Sessions"),
     ("/sessions/sess-interview-1", "Session sess-interview-1"),
     ("/usage", "Usage"),
+    ("/webhooks", "Webhooks"),
     ("/talk", "Talk"),
 ]
 
@@ -726,7 +806,8 @@ def test_every_page_renders_with_labelled_controls(server: ConsoleServer, page: 
     for path, title in PAGES:
         page.goto(path)
         expect(heading(page)).to_contain_text(title)
-        expect(page.get_by_role("navigation", name="Main").get_by_role("link", name=re.compile(r"^(Agents|Routes|Sessions|Usage|Talk)$"))).to_have_count(5)
+        expect(page.get_by_role("navigation", name="Main").get_by_role(
+            "link", name=re.compile(r"^(Agents|Routes|Sessions|Usage|Webhooks|Talk)$"))).to_have_count(6)
         expect(page.locator("body[data-ready=true]")).to_be_attached()
         assert page.evaluate(UNLABELLED_CONTROLS) == [], path
         assert page.locator("text=undefined").count() == 0, path

@@ -145,10 +145,10 @@ async def test_two_processes_claiming_at_once_never_share_an_analysis(store, ope
 
 async def test_an_expired_lease_is_taken_over_and_fences_out_its_former_holder(store, open_another):
     await ended_with_analysis(store, "s-1")
-    [old] = await store.claim_analyses("dead", lease_s=0.2, limit=1)
     other = await open_another()
+    [old] = await store.claim_analyses("dead", lease_s=1.0, limit=1)  # long enough on a busy machine
     assert await other.claim_analyses("live", lease_s=30, limit=1) == []  # still held
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(1.1)
     [new] = await other.claim_analyses("live", lease_s=30, limit=1)
     assert new.claims == 2 and new.token != old.token
     # the stalled holder wakes up: it can neither extend nor finish
@@ -257,3 +257,34 @@ async def test_usage_report_sums_by_agent_version_and_day(store):
 async def test_usage_report_with_no_sessions(store):
     report = await store.usage_report(group_by=[])
     assert report.rows == [] and report.total.sessions == 0
+
+
+# ------------------------------------------------------------------ the journal
+
+
+async def test_a_finished_analysis_commits_its_session_analyzed_event(store):
+    await ended_with_analysis(store, "s-1")
+    [claim] = await store.claim_analyses("me", lease_s=30, limit=5)
+    done = pending().finished("done", now_ms(), attempts=1, summary="Ada asked about a refund.",
+                              success=SuccessVerdict(passed=True, reason="noted"), extracted={"a.b": 1})
+    assert await store.finish_analysis(claim, done) is True
+    events, total = await store.list_events(types=["session.analyzed"])
+    assert total == 1
+    data = events[0].data
+    assert (data["session_id"], data["status"], data["summary"]) == ("s-1", "done", "Ada asked about a refund.")
+    assert data["extracted"] == {"a.b": 1} and data["success"] == {"passed": True, "reason": "noted"}
+    assert events[0].agent_id == "support-agent"
+    assert (await store.get_event(events[0].id)).rendered  # complete at commit: nothing to render later
+
+
+async def test_a_lost_lease_stores_neither_the_result_nor_its_event(store):
+    await ended_with_analysis(store, "s-1")
+    [old] = await store.claim_analyses("a", lease_s=0.05, limit=5)
+    await asyncio.sleep(0.1)
+    [new] = await store.claim_analyses("b", lease_s=30, limit=5)
+    failed = pending().finished("failed", now_ms(), attempts=3, error="3 attempt(s) failed; last: not JSON")
+    assert await store.finish_analysis(old, failed) is False
+    assert (await store.list_events(types=["session.analyzed"]))[1] == 0
+    assert await store.finish_analysis(new, failed) is True
+    [event], _ = await store.list_events(types=["session.analyzed"])
+    assert event.data["status"] == "failed" and "not JSON" in event.data["error"]

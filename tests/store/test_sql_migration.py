@@ -1,8 +1,9 @@
 """Schema versions 2 (`sessions.owner`, `sessions.heartbeat_at`), 3 (`sessions.usage`,
-`sessions.events`) and 5 (`sessions.analysis` and the analysis queue columns with their
-index) on a database an older build created: `SQLStore.start` adds the columns and the index (idempotently, also
-with several processes starting at once), records the version, and keeps the old rows
-readable; a database newer than this build is reported, not touched."""
+`sessions.events`), 4 (the `events` journal table, webhooks and deliveries) and 5
+(`sessions.analysis` and the analysis queue columns with their index) on a database an
+older build created: `SQLStore.start` adds the columns, tables and index (idempotently,
+also with several processes starting at once), records the version, and keeps the old
+rows readable; a database newer than this build is reported, not touched."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ async def _make_version_1(url: str) -> None:
         url,
         "DROP INDEX ix_sessions_analysis_status",
         *(f"ALTER TABLE sessions DROP COLUMN {col}" for col in ADDED_COLUMNS["sessions"]),
+        "DROP TABLE events",
         meta_t.update().where(meta_t.c.key == "schema_version").values(value=1),
     )
 
@@ -77,6 +79,7 @@ async def _make_version_3(url: str) -> None:
         url,
         "DROP INDEX ix_sessions_analysis_status",
         *(f"ALTER TABLE sessions DROP COLUMN {col}" for col in ADDED_COLUMNS["sessions"] if col.startswith("analysis")),
+        "DROP TABLE events",  # version 4's journal (its webhook tables are left: create_all skips them)
         meta_t.update().where(meta_t.c.key == "schema_version").values(value=3),
     )
 
@@ -118,6 +121,8 @@ async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: St
         assert claim.record.session_id == "s-old" and claim.claims == 1
         report = await store.usage_report(group_by=[UsageGroup.agent])
         assert [(r.agent_id, r.sessions, r.llm_input_tokens) for r in report.rows] == [("a", 1, 0), ("agent-a", 1, 7)]
+        events, total = await store.list_events(types=["session.started"])
+        assert total == 1 and events[0].data["session_id"] == "s-new"  # the journal table is there
     finally:
         for s in stores:
             await s.aclose()

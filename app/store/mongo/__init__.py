@@ -18,6 +18,8 @@ Collections
   checked on the whole table before it is written, and two writers cannot interleave.
   (A routing table is a handful of purposes; the 16 MB document limit is ~100k routes.)
 - `sessions` (`_id = session_id`) and `session_turns` (unique `(session_id, seq)`).
+- `events`: the journal (`_id` = event id), filled by the relay described below.
+- `webhooks`, `webhook_deliveries`: endpoints and deliveries (`app.store.mongo.webhooks`).
 - `meta`: `config_epoch` and `schema_version` counters.
 
 Atomicity without multi-document transactions
@@ -76,6 +78,16 @@ and every other step is either invisible to readers before it or repairable afte
   merges never lose a field. A failure part-way leaves a prefix applied and says how
   long (`ops_applied_before`); what the caller re-applies is idempotent except a
   handoff, which could then be recorded twice.
+- **Journal**: a write's events are embedded in its commit-point document (the new
+  version, the delete's tombstone, the routes table, the session document) as
+  `pending_events`, in the same single-document write, then relayed into `events`
+  (`_id` = event id, so relaying twice is harmless) and pulled from the document. A
+  crash in between leaves them embedded; the sweep (`MongoJournal.relay`, run at start
+  and by every dispatcher periodically) relays them: always for sessions, routes and
+  tombstones (those writes are committed), and for a version only once it is current
+  (rolled forward first if its writer died, like the next writer would), never for a
+  version that never became current (another generation's, or above a tombstone). See
+  `app.store.mongo.journal`.
 - **Owner / heartbeat**: `owner` and `heartbeat_at` are plain fields (absent on older
   documents, read as null), so no migration is needed and the schema version stays 1.
 
@@ -104,9 +116,11 @@ from typing import Any
 from app.store.mongo.analysis import MongoAnalysisQueue
 from app.store.mongo.client import MongoDatabase, escape_keys, unescape_keys
 from app.store.mongo.configs import MongoConfigs
+from app.store.mongo.journal import MongoJournal
 from app.store.mongo.routes import MongoRoutes
 from app.store.mongo.sessions import MongoLiveness, MongoSessions
 from app.store.mongo.usage import MongoUsage
+from app.store.mongo.webhooks import MongoDeliveries, MongoWebhooks
 from app.store.service import StoreService
 
 
@@ -121,6 +135,9 @@ class MongoBackend(MongoDatabase):
         self.liveness = MongoLiveness(self)
         self.analysis = MongoAnalysisQueue(self)
         self.usage = MongoUsage(self)
+        self.webhooks = MongoWebhooks(self)
+        self.deliveries = MongoDeliveries(self)
+        self.journal = MongoJournal(self, self.configs, self.webhooks)
 
 
 class MongoStore(StoreService):

@@ -10,7 +10,9 @@ from typing import Any
 from pymongo import ASCENDING, ReturnDocument
 
 from app.domain.analysis import AnalysisStatus
+from app.domain.events import Event
 from app.store.mongo.client import MongoDatabase, escape_keys, mapped, ms
+from app.store.mongo.journal import push_pending, relay_now
 from app.store.session_rules import queue_fields
 
 PENDING = AnalysisStatus.pending.value
@@ -45,22 +47,30 @@ class MongoAnalysisQueue:
             taken.append((doc["_id"], int(doc.get("analysis_claims") or 0)))
         return taken
 
-    async def _held(self, session_id: str, token: str, values: dict[str, Any]) -> bool:
+    async def _held(self, session_id: str, token: str, values: dict[str, Any], events: list[Event] | None = None) -> bool:
+        """A write while `token` holds the lease. `events` are embedded in the same
+        single-document update (their commit point) and relayed to the journal after."""
         db = await self.mdb.ready()
+        update: dict[str, Any] = {"$set": values}
+        if events:
+            update["$push"] = push_pending(events)
         res = await db.sessions.update_one(
-            {"_id": session_id, "analysis_owner": token, "analysis_status": PENDING}, {"$set": values}
+            {"_id": session_id, "analysis_owner": token, "analysis_status": PENDING}, update
         )
-        return bool(res.matched_count)
+        if not res.matched_count:
+            return False
+        await relay_now(db, "sessions", session_id, events or [])
+        return True
 
     @mapped
     async def renew(self, session_id: str, token: str, lease_until: datetime) -> bool:
         return await self._held(session_id, token, {"analysis_lease_until": ms(lease_until)})
 
     @mapped
-    async def finish(self, session_id: str, token: str, analysis: dict[str, Any]) -> bool:
+    async def finish(self, session_id: str, token: str, analysis: dict[str, Any], events: list[Event]) -> bool:
         fields = queue_fields(analysis)
         fields.pop("analysis_claims")  # kept: how many runs it took
-        return await self._held(session_id, token, {"analysis": escape_keys(analysis), **fields})
+        return await self._held(session_id, token, {"analysis": escape_keys(analysis), **fields}, events)
 
     @mapped
     async def release(self, session_id: str, token: str) -> bool:

@@ -1,27 +1,30 @@
 """Agent config versions on MongoDB: `agent_configs` (a document per version) and
 `agent_heads` (a document per agent), with the commit points and repairs the package
-docstring describes (Create, Update / rollback, Delete, Generations)."""
+docstring describes (Create, Update / rollback, Delete, Generations, Journal)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from app.domain import AgentConfig, StoreUnavailable
+from app.domain.events import Event
 from app.store.backend import HeadMoved, Known, Routed, StoredVersion, VersionKey
 from app.store.mongo.client import TABLE, Db, MongoDatabase, escape_keys, mapped, unescape_keys
+from app.store.mongo.journal import HAS_PENDING, PENDING, embedded, push_pending, relay, relay_found, relay_now
 from app.store.mongo.routes import routes_doc
 from app.store.retry import MAX_ATTEMPTS, backoff
 
 _LIVE = {"deleted": {"$ne": True}}
 
 
-def version_doc(cfg: AgentConfig, gen: str) -> dict[str, Any]:
-    return {
+def version_doc(cfg: AgentConfig, gen: str, events: list[Event] | None = None) -> dict[str, Any]:
+    doc = {
         "agent_id": cfg.agent_id,
         "version": cfg.version,
         "gen": gen,
@@ -29,6 +32,9 @@ def version_doc(cfg: AgentConfig, gen: str) -> dict[str, Any]:
         "created_at": cfg.updated_at,
         "data": escape_keys(cfg.model_dump(mode="json")),
     }
+    if events:
+        doc[PENDING] = embedded(events)  # committed with the version: the commit point
+    return doc
 
 
 def _head_doc(agent_id: str, gen: str, version: int, enabled: bool, created_at: Any, updated_at: Any) -> dict[str, Any]:
@@ -130,22 +136,69 @@ class MongoConfigs:
         if doc["gen"] != gen:
             await db.agent_configs.delete_one({"_id": doc["_id"], "gen": doc["gen"]})
             return None
-        await self._advance_head(db, agent_id, gen, version, doc["enabled"], doc["created_at"])
+        if not await self._advance_head(db, agent_id, gen, version, doc["enabled"], doc["created_at"]):
+            head = await db.agent_heads.find_one({"_id": agent_id, "gen": gen})
+            if head is None or head["current_version"] < version:
+                return version  # above a tombstone: never current, its events never relayed
+        await relay(db, "agent_configs", doc["_id"], doc.get(PENDING) or [])  # committed and current now
         return version
 
     async def _finish_delete(self, db: Db, agent_id: str, gen: str) -> None:
-        """Remove a tombstoned generation: its versions first, then the head."""
+        """Remove a tombstoned generation: its versions first, then the head. Events the
+        generation committed but never relayed (its versions up to the head, and the
+        delete's own on the tombstone) go to the journal first."""
+        head = await db.agent_heads.find_one({"_id": agent_id, "gen": gen, "deleted": True})
+        if head is not None:
+            await relay_found(db, "agent_configs", {
+                "agent_id": agent_id, "gen": gen, "version": {"$lte": head["current_version"]}})
+            await relay(db, "agent_heads", agent_id, head.get(PENDING) or [])
         await db.agent_configs.delete_many({"agent_id": agent_id, "gen": gen})
         await db.agent_heads.delete_one({"_id": agent_id, "gen": gen, "deleted": True})
 
+    async def _roll_create_forward(self, db: Db, orphan: Mapping[str, Any]) -> None:
+        """A create that committed its version 1 but not its head: give it the head."""
+        try:
+            await db.agent_heads.insert_one(_head_doc(
+                orphan["agent_id"], orphan["gen"], 1, orphan["enabled"], orphan["created_at"], orphan["created_at"]
+            ))
+        except DuplicateKeyError:
+            return  # someone else did (or a head of another kind is there): nothing of ours to relay
+        await relay(db, "agent_configs", orphan["_id"], orphan.get(PENDING) or [])
+
+    async def relay_versions(self, db: Db, grace_s: float) -> int:
+        """The journal sweep's part for version documents still holding events: relay
+        those whose version is committed (at or below its head; a version-1 create with
+        no head and any version above a live head are committed writes whose writer
+        died, and are rolled forward first once older than `grace_s`, so a write still
+        in flight is left to its writer). Versions of another generation, or above a
+        tombstone, never became current: their events are never relayed."""
+        n = 0
+        cutoff = self.mdb.now() - timedelta(seconds=grace_s)
+        async for doc in db.agent_configs.find(HAS_PENDING):
+            head = await db.agent_heads.find_one({"_id": doc["agent_id"]})
+            pending = doc.get(PENDING) or []
+            if head is None:
+                if doc["version"] == 1 and doc["created_at"] <= cutoff:
+                    await self._roll_create_forward(db, doc)
+                    n += len(pending)
+                continue
+            if head["gen"] != doc["gen"]:
+                continue
+            if doc["version"] <= head["current_version"]:
+                n += await relay(db, "agent_configs", doc["_id"], pending)
+            elif not head.get("deleted") and doc["created_at"] <= cutoff:
+                await self._settle_slot(db, doc["agent_id"], doc["gen"], doc["version"])
+                n += len(pending)
+        return n
+
     @mapped
-    async def create(self, cfg: AgentConfig) -> VersionKey | None:
+    async def create(self, cfg: AgentConfig, events: list[Event]) -> VersionKey | None:
         db = await self.mdb.ready()
         aid, gen = cfg.agent_id, uuid.uuid4().hex
         for attempt in range(MAX_ATTEMPTS):
             await self.mdb.bump_epoch(db)
             try:
-                await db.agent_configs.insert_one(version_doc(cfg, gen))
+                res = await db.agent_configs.insert_one(version_doc(cfg, gen, events))
             except DuplicateKeyError:
                 head = await db.agent_heads.find_one({"_id": aid})
                 if head is not None and head.get("deleted"):
@@ -158,14 +211,10 @@ class MongoConfigs:
                     orphan = await db.agent_configs.find_one({"agent_id": aid, "version": 1})
                     if orphan is None:
                         continue
-                    try:
-                        await db.agent_heads.insert_one(_head_doc(
-                            aid, orphan["gen"], 1, orphan["enabled"], orphan["created_at"], orphan["created_at"]
-                        ))
-                    except DuplicateKeyError:
-                        pass
+                    await self._roll_create_forward(db, orphan)
                 return None
             await self._insert_head(db, cfg, gen)
+            await relay_now(db, "agent_configs", res.inserted_id, events)
             await self.mdb.bump_epoch(db)
             return VersionKey(aid, gen, 1)
         raise StoreUnavailable(f"agent {aid!r}: too many concurrent writers, try again")
@@ -184,6 +233,7 @@ class MongoConfigs:
                 if head["gen"] == gen:  # another writer rolled our create forward
                     return
                 if head.get("deleted"):  # the tombstone of a previous generation
+                    await relay(db, "agent_heads", cfg.agent_id, head.get(PENDING) or [])  # its delete committed
                     res = await db.agent_heads.replace_one(
                         {"_id": cfg.agent_id, "gen": head["gen"], "deleted": True}, doc
                     )
@@ -197,12 +247,12 @@ class MongoConfigs:
         raise StoreUnavailable(f"agent {cfg.agent_id!r}: could not write its head, try again")
 
     @mapped
-    async def append(self, head: VersionKey, cfg: AgentConfig) -> VersionKey:
+    async def append(self, head: VersionKey, cfg: AgentConfig, events: list[Event]) -> VersionKey:
         db = await self.mdb.ready()
         aid, gen, version = head.agent_id, str(head.token), cfg.version
         await self.mdb.bump_epoch(db)
         try:
-            res = await db.agent_configs.insert_one(version_doc(cfg, gen))
+            res = await db.agent_configs.insert_one(version_doc(cfg, gen, events))
         except DuplicateKeyError:
             raise HeadMoved(await self._settle_slot(db, aid, gen, version)) from None
         if not await self._advance_head(db, aid, gen, version, cfg.enabled, cfg.updated_at):
@@ -211,15 +261,17 @@ class MongoConfigs:
                 now_head is None or now_head["gen"] != gen or now_head.get("deleted")
                 or now_head["current_version"] < version
             ):
-                # The agent was deleted while we wrote: our version is garbage.
+                # The agent was deleted while we wrote: our version is garbage (and so
+                # are its events, which were never relayed).
                 await db.agent_configs.delete_one({"_id": res.inserted_id})
                 raise HeadMoved(None)
             # else: a helper already advanced the head to (or past) our version.
+        await relay_now(db, "agent_configs", res.inserted_id, events)
         await self.mdb.bump_epoch(db)
         return VersionKey(aid, gen, version)
 
     @mapped
-    async def delete(self, agent_id: str, expected_version: int | None) -> bool:
+    async def delete(self, agent_id: str, expected_version: int | None, events: list[Event]) -> bool:
         db = await self.mdb.ready()
         version_cond = {} if expected_version is None else {"current_version": expected_version}
         for attempt in range(MAX_ATTEMPTS):
@@ -252,7 +304,7 @@ class MongoConfigs:
             await self.mdb.bump_epoch(db)
             res = await db.agent_heads.update_one(
                 {"_id": agent_id, "gen": head["gen"], "deleting": token, **_LIVE, **version_cond},
-                {"$set": {"deleted": True, "deleted_at": self.mdb.now()}},
+                {"$set": {"deleted": True, "deleted_at": self.mdb.now()}, "$push": push_pending(events)},
             )
             if not res.matched_count:  # a route write cleared our intent, or a new version: look again
                 await db.agent_heads.update_one(*clear)

@@ -8,8 +8,10 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from app.domain import Route, StoreUnavailable
+from app.domain.events import Event
 from app.store.backend import MissingAgents, RouteTable
 from app.store.mongo.client import TABLE, Db, MongoDatabase, mapped
+from app.store.mongo.journal import push_pending, relay_now
 from app.store.retry import MAX_ATTEMPTS
 
 
@@ -61,15 +63,19 @@ class MongoRoutes:
         raise StoreUnavailable("agents are changing too fast, try again")
 
     @mapped
-    async def swap(self, rev: int, routes: list[Route], agent_ids: set[str]) -> bool:
+    async def swap(self, rev: int, routes: list[Route], agent_ids: set[str], events: list[Event]) -> bool:
         db = await self.mdb.ready()
         if agent_ids:
             await self._check_agents(db, agent_ids)
         docs = [{"purpose": r.purpose, "agent_id": r.agent_id, "is_default": r.is_default,
                  "updated_at": r.updated_at} for r in routes]
         await self.mdb.bump_epoch(db)
-        res = await db.routes.update_one({"_id": TABLE, "rev": rev}, {"$set": {"routes": docs}, "$inc": {"rev": 1}})
+        res = await db.routes.update_one(
+            {"_id": TABLE, "rev": rev},
+            {"$set": {"routes": docs}, "$inc": {"rev": 1}, "$push": push_pending(events)},
+        )
         if not res.matched_count:
             return False
+        await relay_now(db, "routes", TABLE, events)
         await self.mdb.bump_epoch(db)
         return True

@@ -11,9 +11,10 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from app.domain import Handoff, SessionRecord, SessionStatus, StoreUnavailable, Turn
-from app.store.backend import Applied, NoSession, SessionExists
+from app.store.backend import Applied, Ended, NoSession, SessionExists
 from app.store.base import OPS_APPLIED_ATTR
 from app.store.mongo.client import Db, MongoDatabase, escape_keys, mapped, ms, unescape_keys
+from app.store.mongo.journal import PENDING, embedded, push_pending, relay_now
 from app.store.retry import MAX_ATTEMPTS, backoff
 from app.store.session_rules import QUEUE_FIELDS, Run, stored_json
 
@@ -47,7 +48,7 @@ def _as_stored(record: SessionRecord) -> SessionRecord:
     })
 
 
-def _session_doc(record: SessionRecord) -> dict[str, Any]:
+def _session_doc(record: SessionRecord, events: list[Any]) -> dict[str, Any]:
     doc = _as_stored(record).model_dump(mode="python", exclude={"turns", "session_id", "usage", "analysis"})
     doc.update(_fields_doc(stored_json(record)))
     doc["_id"] = record.session_id
@@ -56,6 +57,8 @@ def _session_doc(record: SessionRecord) -> dict[str, Any]:
     doc["metrics"] = escape_keys(record.metrics)
     doc["events"] = [e.model_dump(mode="json") for e in record.events]
     doc["crev"] = 0
+    if events:
+        doc[PENDING] = embedded(events)
     return doc
 
 
@@ -63,6 +66,7 @@ def _record(doc: Mapping[str, Any], turns: list[Turn] | None = None) -> SessionR
     d = {k: v for k, v in doc.items() if k not in QUEUE_FIELDS}
     d["session_id"] = d.pop("_id")
     d.pop("crev", None)
+    d.pop(PENDING, None)
     d["turns"] = turns or []
     d["collected"] = unescape_keys(d.get("collected") or {})
     d["metrics"] = unescape_keys(d.get("metrics") or [])
@@ -95,20 +99,21 @@ class MongoSessions:
         known = False  # the session exists (sessions are never deleted: once is enough)
         for run in runs:
             if run.start is not None:
-                started = await self._insert(db, run.start)
+                started = await self._insert(db, run.start, run)
             elif run.turns:
                 if not known and await db.sessions.find_one({"_id": session_id}, {"_id": 1}) is None:
                     raise NoSession
                 await self._insert_turns(db, session_id, run.turns)
             elif run.changes_row:
                 collected = await self._update_row(db, session_id, run) or collected
+            await relay_now(db, "sessions", session_id, run.events)
             known = True
             progress[0] += run.ops
         return Applied(started=started, collected=collected)
 
-    async def _insert(self, db: Db, record: SessionRecord) -> SessionRecord:
+    async def _insert(self, db: Db, record: SessionRecord, run: Run) -> SessionRecord:
         try:
-            await db.sessions.insert_one(_session_doc(record))
+            await db.sessions.insert_one(_session_doc(record, run.events))
         except DuplicateKeyError:
             raise SessionExists from None
         for turn in record.turns:
@@ -137,8 +142,13 @@ class MongoSessions:
         fields set, data merged (read + CAS on `crev`); returns the merged data, if any."""
         update: dict[str, Any] = {}
         values = _fields_doc(run.fields)
+        push: dict[str, Any] = {}
         if run.handoffs:
-            update["$push"] = {"handoffs": {"$each": [_handoff_doc(h) for h in run.handoffs]}}
+            push["handoffs"] = {"$each": [_handoff_doc(h) for h in run.handoffs]}
+        if run.events:
+            push.update(push_pending(run.events))  # the events commit with this update
+        if push:
+            update["$push"] = push
         if not run.data:
             if values:
                 update["$set"] = values
@@ -209,13 +219,23 @@ class MongoLiveness:
         return int(res.matched_count)
 
     @mapped
-    async def abandon(self, cutoff: datetime | None, reason: str, now: datetime) -> int:
+    async def abandon(self, cutoff: datetime | None, reason: str, now: datetime, ended: Ended) -> int:
+        """One conditional update per session (still active, still stale), each the commit
+        point of that session's `session.ended` event."""
         db = await self.mdb.ready()
         flt: dict[str, Any] = {"status": SessionStatus.active.value}
         if cutoff is not None:
             cutoff = ms(cutoff)
             flt["$or"] = [{"heartbeat_at": {"$lt": cutoff}}, {"heartbeat_at": None, "started_at": {"$lt": cutoff}}]
-        res = await db.sessions.update_many(
-            flt, {"$set": {"status": SessionStatus.abandoned.value, "end_reason": reason, "ended_at": ms(now)}}
-        )
-        return int(res.modified_count)
+        n = 0
+        for doc in await db.sessions.find(flt, {"_id": 1, "agent_id": 1}).to_list():
+            events = [ended(doc["_id"], doc.get("agent_id") or "")]
+            res = await db.sessions.update_one(
+                {"_id": doc["_id"], **flt},
+                {"$set": {"status": SessionStatus.abandoned.value, "end_reason": reason, "ended_at": ms(now)},
+                 "$push": push_pending(events)},
+            )
+            if res.modified_count:
+                n += 1
+                await relay_now(db, "sessions", doc["_id"], events)
+        return n

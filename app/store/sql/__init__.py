@@ -10,9 +10,11 @@ from app.store.service import StoreService
 from app.store.sql.analysis import SQLAnalysisQueue
 from app.store.sql.configs import SQLConfigs
 from app.store.sql.database import SQLDatabase
+from app.store.sql.journal import SQLJournal
 from app.store.sql.routes import SQLRoutes
 from app.store.sql.sessions import SQLLiveness, SQLSessions
 from app.store.sql.usage import SQLUsage
+from app.store.sql.webhooks import SQLDeliveries, SQLWebhooks
 
 
 class SQLBackend(SQLDatabase):
@@ -26,6 +28,9 @@ class SQLBackend(SQLDatabase):
         self.liveness = SQLLiveness(self)
         self.analysis = SQLAnalysisQueue(self)
         self.usage = SQLUsage(self)
+        self.journal = SQLJournal(self)
+        self.webhooks = SQLWebhooks(self)
+        self.deliveries = SQLDeliveries(self)
 
     def now(self) -> datetime:
         return utcnow()

@@ -16,8 +16,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from app.domain.analysis import AnalysisStatus
+from app.domain.events import Event
 from app.store.session_rules import queue_fields
 from app.store.sql.database import SQLDatabase
+from app.store.sql.journal import insert_events
 from app.store.sql.tables import sessions_t
 
 s = sessions_t
@@ -54,19 +56,26 @@ class SQLAnalysisQueue:
 
         return await self._db.write(run)
 
-    async def _held(self, session_id: str, token: str, **values: Any) -> bool:
+    async def _held(self, session_id: str, token: str, events: list[Event] | None = None, **values: Any) -> bool:
         stmt = s.update().where(
             s.c.session_id == session_id, s.c.analysis_owner == token, s.c.analysis_status == PENDING
         ).values(**values)
-        return await self._db.write(lambda c: bool(c.execute(stmt).rowcount))
+
+        def run(c: Connection) -> bool:
+            if not c.execute(stmt).rowcount:
+                return False
+            insert_events(c, events or [])  # in the same transaction: no result without its event
+            return True
+
+        return await self._db.write(run)
 
     async def renew(self, session_id: str, token: str, lease_until: datetime) -> bool:
         return await self._held(session_id, token, analysis_lease_until=lease_until)
 
-    async def finish(self, session_id: str, token: str, analysis: dict[str, Any]) -> bool:
+    async def finish(self, session_id: str, token: str, analysis: dict[str, Any], events: list[Event]) -> bool:
         fields = queue_fields(analysis)
         fields.pop("analysis_claims")  # kept: how many runs it took
-        return await self._held(session_id, token, analysis=analysis, **fields)
+        return await self._held(session_id, token, events, analysis=analysis, **fields)
 
     async def release(self, session_id: str, token: str) -> bool:
         return await self._held(session_id, token, analysis_owner=None, analysis_lease_until=None)

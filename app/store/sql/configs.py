@@ -12,8 +12,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from app.domain import AgentConfig
+from app.domain.events import Event
 from app.store.backend import HeadMoved, Known, Routed, StoredVersion, VersionKey
 from app.store.sql.database import SQLDatabase
+from app.store.sql.journal import insert_events
 from app.store.sql.tables import heads_t, routes_t, versions_t
 
 v, h = versions_t, heads_t
@@ -79,11 +81,13 @@ class SQLConfigs:
         rows = await self._db.read(lambda c: c.execute(stmt).all())
         return [_stored(r, ()) for r in rows]
 
-    async def create(self, cfg: AgentConfig) -> VersionKey | None:
+    async def create(self, cfg: AgentConfig, events: list[Event]) -> VersionKey | None:
         def run(c: Connection) -> int:
             c.execute(h.insert().values(agent_id=cfg.agent_id, current_version=1, enabled=cfg.enabled,
                                         created_at=cfg.created_at, updated_at=cfg.updated_at))
-            return _insert_version(c, cfg)
+            row_id = _insert_version(c, cfg)
+            insert_events(c, events)
+            return row_id
 
         try:
             row_id = await self._db.write(run, config_change=True)
@@ -91,7 +95,7 @@ class SQLConfigs:
             return None
         return VersionKey(cfg.agent_id, row_id, 1)
 
-    async def append(self, head: VersionKey, cfg: AgentConfig) -> VersionKey:
+    async def append(self, head: VersionKey, cfg: AgentConfig, events: list[Event]) -> VersionKey:
         def run(c: Connection) -> int:
             res = c.execute(
                 h.update().where(h.c.agent_id == head.agent_id, h.c.current_version == head.version)
@@ -99,7 +103,9 @@ class SQLConfigs:
             )
             if res.rowcount != 1:
                 raise HeadMoved(c.scalar(sa.select(h.c.current_version).where(h.c.agent_id == head.agent_id)))
-            return _insert_version(c, cfg)
+            row_id = _insert_version(c, cfg)
+            insert_events(c, events)
+            return row_id
 
         try:
             row_id = await self._db.write(run, config_change=True)
@@ -107,7 +113,7 @@ class SQLConfigs:
             raise HeadMoved(None) from None
         return VersionKey(cfg.agent_id, row_id, cfg.version)
 
-    async def delete(self, agent_id: str, expected_version: int | None) -> bool:
+    async def delete(self, agent_id: str, expected_version: int | None, events: list[Event]) -> bool:
         def run(c: Connection) -> None:
             users = c.execute(sa.select(routes_t.c.purpose).where(routes_t.c.agent_id == agent_id)).scalars().all()
             if users:
@@ -121,6 +127,7 @@ class SQLConfigs:
                     raise HeadMoved(current)
                 raise _Absent
             c.execute(v.delete().where(v.c.agent_id == agent_id))
+            insert_events(c, events)
 
         try:
             await self._db.write(run, config_change=True)

@@ -8,8 +8,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from app.domain import Route
+from app.domain.events import Event
 from app.store.backend import MissingAgents, RouteTable
 from app.store.sql.database import SQLDatabase, read_epoch
+from app.store.sql.journal import insert_events
 from app.store.sql.tables import heads_t, routes_t
 
 r = routes_t
@@ -33,7 +35,7 @@ class SQLRoutes:
 
         return await self._db.read(run)
 
-    async def swap(self, rev: int, routes: list[Route], agent_ids: set[str]) -> bool:
+    async def swap(self, rev: int, routes: list[Route], agent_ids: set[str], events: list[Event]) -> bool:
         def run(c: Connection) -> None:
             if read_epoch(c) != rev:
                 raise _LostRace
@@ -47,6 +49,7 @@ class SQLRoutes:
             if routes:
                 c.execute(r.insert(), [dict(purpose=x.purpose, agent_id=x.agent_id, is_default=x.is_default,
                                             updated_at=x.updated_at) for x in routes])
+            insert_events(c, events)
 
         try:
             await self._db.write(run, config_change=True)

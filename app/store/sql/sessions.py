@@ -19,9 +19,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from app.domain import SessionRecord, SessionStatus, Turn
-from app.store.backend import Applied, NoSession, SessionExists
+from app.store.backend import Applied, Ended, NoSession, SessionExists
 from app.store.session_rules import QUEUE_FIELDS, Run, merge_runs, stored_json
 from app.store.sql.database import SQLDatabase
+from app.store.sql.journal import insert_events
 from app.store.sql.tables import sessions_t, turns_t
 
 s, t = sessions_t, turns_t
@@ -72,6 +73,7 @@ class SQLSessions:
             turns = [*record.turns, *run.turns]
             if turns:
                 c.execute(self._turns_stmt(), [_turn_values(session_id, x) for x in turns])
+            insert_events(c, run.events)
             return Applied(started=record, collected=doc["collected"] if run.data else None)
 
         values = dict(run.fields)
@@ -105,6 +107,7 @@ class SQLSessions:
             turns = turns[1:]
         if turns:
             c.execute(self._turns_stmt(), [_turn_values(session_id, x) for x in turns])
+        insert_events(c, run.events)
         return Applied(started=applied.started, collected=merged if merged is not None else applied.collected)
 
     async def apply(self, session_id: str, runs: list[Run]) -> Applied:
@@ -159,9 +162,25 @@ class SQLLiveness:
         stmt = s.update().where(s.c.owner == owner, s.c.status == SessionStatus.active.value).values(heartbeat_at=now)
         return await self._db.write(lambda c: int(c.execute(stmt).rowcount or 0))
 
-    async def abandon(self, cutoff: datetime | None, reason: str, now: datetime) -> int:
+    async def abandon(self, cutoff: datetime | None, reason: str, now: datetime, ended: Ended) -> int:
         cond = [s.c.status == SessionStatus.active.value]
         if cutoff is not None:
             cond.append(sa.func.coalesce(s.c.heartbeat_at, s.c.started_at) < cutoff)
-        stmt = s.update().where(*cond).values(status=SessionStatus.abandoned.value, end_reason=reason, ended_at=now)
-        return await self._db.write(lambda c: int(c.execute(stmt).rowcount or 0))
+        find = sa.select(s.c.session_id, s.c.agent_id).where(*cond)
+        if not self._db.sqlite:
+            find = find.with_for_update()  # the rows stay ours until the events are in
+
+        def run(c: Connection) -> int:
+            rows = c.execute(find).all()
+            if not rows:
+                return 0
+            ids = [r.session_id for r in rows]
+            n = 0
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                n += int(c.execute(s.update().where(s.c.session_id.in_(chunk), *cond).values(
+                    status=SessionStatus.abandoned.value, end_reason=reason, ended_at=now)).rowcount or 0)
+            insert_events(c, [ended(r.session_id, r.agent_id) for r in rows])
+            return n
+
+        return await self._db.write(run)

@@ -17,9 +17,10 @@ SCHEMA_VERSION = 5
 """1: initial tables. 2: `sessions.owner` and `sessions.heartbeat_at` (crash recovery with
 several processes on one database). 3: `sessions.usage` and `sessions.events` (what a call
 consumed, which providers served it, fail-overs, cut replies, budget warnings). 4: the
-event journal and webhooks (new tables). 5: `sessions.analysis` and the analysis queue
-columns (post-call analysis). `SQLDatabase.start` adds what an older database lacks
-(columns and indexes only if missing, so every step is idempotent)."""
+event journal (the `events` table), webhook endpoints and deliveries (new tables:
+`create_all` adds them). 5: `sessions.analysis` and the analysis queue columns
+(post-call analysis). `SQLDatabase.start` adds what an older database lacks (tables,
+columns and indexes only if missing, so every step is idempotent)."""
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -127,6 +128,67 @@ class TurnRow(SQLModel, table=True):
     agent_id: str | None = Field(default=None, max_length=64)
 
 
+class EventRow(SQLModel, table=True):
+    """The journal: one row per event, written in the transaction of the change that
+    caused it. `seq` orders rows written in one millisecond; `id` is the public id."""
+
+    __tablename__ = "events"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=40)
+    type: str = Field(index=True, max_length=64)
+    at: datetime = _ts(index=True)
+    agent_id: str | None = Field(default=None, index=True, max_length=64)
+    actor: str | None = Field(default=None, index=True, max_length=100)
+    note: str | None = Field(default=None, max_length=500)
+    data: dict[str, Any] = _json(default_factory=dict)
+    rendered: bool = True
+    fanout_pending: bool = Field(default=True, index=True)
+
+
+class WebhookRow(SQLModel, table=True):
+    __tablename__ = "webhooks"
+    id: str = Field(primary_key=True, max_length=40)
+    rev: int = 0
+    url: str = Field(sa_type=sa.Text)
+    events: list[str] = _json(default_factory=list)
+    agent_id: str | None = Field(default=None, max_length=64)
+    enabled: bool = True
+    description: str = Field(default="", sa_type=sa.Text)
+    secret: str = Field(max_length=100)
+    previous_secret: str | None = Field(default=None, max_length=100)
+    previous_secret_expires_at: datetime | None = _ts(default=None, nullable=True)
+    disabled_reason: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class DeliveryRow(SQLModel, table=True):
+    """One event to one endpoint. `lease_owner`/`lease_until`: the process running an
+    attempt now; `attempts` doubles as the attempt's compare-and-swap token."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint("event_id", "webhook_id", name="uq_delivery_event_webhook"),
+        sa.Index("ix_delivery_due", "webhook_id", "status", "next_attempt_at"),
+    )
+    id: str = Field(primary_key=True, max_length=40)
+    webhook_id: str = Field(max_length=40)
+    event_id: str = Field(max_length=40)
+    event_type: str = Field(max_length=64)
+    status: str = Field(index=True, max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime | None = _ts(default=None, nullable=True)
+    window_ends_at: datetime = _ts()
+    last_attempt_at: datetime | None = _ts(default=None, nullable=True)
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    delivered_at: datetime | None = _ts(default=None, nullable=True)
+    created_at: datetime = _ts(index=True)
+    lease_owner: str | None = Field(default=None, max_length=256)
+    lease_until: datetime | None = _ts(default=None, nullable=True)
+
+
 metadata = SQLModel.metadata
 meta_t: sa.Table = MetaRow.__table__  # type: ignore[attr-defined]
 heads_t: sa.Table = AgentHeadRow.__table__  # type: ignore[attr-defined]
@@ -134,6 +196,9 @@ versions_t: sa.Table = AgentVersionRow.__table__  # type: ignore[attr-defined]
 routes_t: sa.Table = RouteRow.__table__  # type: ignore[attr-defined]
 sessions_t: sa.Table = SessionRow.__table__  # type: ignore[attr-defined]
 turns_t: sa.Table = TurnRow.__table__  # type: ignore[attr-defined]
+events_t: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
+webhooks_t: sa.Table = WebhookRow.__table__  # type: ignore[attr-defined]
+deliveries_t: sa.Table = DeliveryRow.__table__  # type: ignore[attr-defined]
 
 ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
     "sessions": (

@@ -11,6 +11,7 @@ const PAGES = {
   sessions: './pages/sessions.js',
   session: './pages/session.js',
   usage: './pages/usage.js',
+  webhooks: './pages/webhooks.js',
   talk: './pages/talk.js',
 };
 
