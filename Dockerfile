@@ -41,7 +41,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 RUN /app/.venv/bin/python -c "from livekit.plugins import silero; silero.VAD.load()"
 
 # ---------------------------------------------------------------- browser assets
-# The console's `livekit-client` and the /schema viewer's `swagger-ui-dist`, from npm at
+# The console's `livekit-client` and `uplot`, and the /schema viewer's `swagger-ui-dist`, from npm at
 # build time: the runtime's code tree is read-only, so it must not fetch them itself
 # (app/assets/browser.py uses node_modules when it holds the locked versions). `npm ci`
 # installs exactly app/console/package-lock.json (node 22: one of its dependencies
@@ -78,6 +78,8 @@ COPY --from=console /console/node_modules/swagger-ui-dist/package.json \
      /console/node_modules/swagger-ui-dist/swagger-ui.css \
      /console/node_modules/swagger-ui-dist/favicon-32x32.png \
      ./app/console/node_modules/swagger-ui-dist/
+COPY --from=console /console/node_modules/uplot/package.json ./app/console/node_modules/uplot/
+COPY --from=console /console/node_modules/uplot/dist ./app/console/node_modules/uplot/dist
 RUN /app/.venv/bin/python -m compileall -q app
 
 # DATABASE_URL: SQLite on /data, the volume fly.toml mounts ([[mounts]]); set a

@@ -25,12 +25,14 @@ from app.domain.analysis import AnalysisStatus, SessionAnalysis
 from app.domain.routing import MetadataSource
 from app.domain.usage import SessionUsage
 from app.logging_setup import secret_values
+from app.observability import tracing
 from app.settings import Settings
 from app.store import ConfigStore, open_store
 from app.webhooks.dispatcher import Dispatcher
 from app.worker.model_unavailable import LLM_UNAVAILABLE, ModelUnavailable, describe_error, missing_llm_endpoint
 from app.worker.services import WorkerServices
 from app.worker.session_start import prepare_session
+from app.worker.tracing import start_tracing
 
 WEBHOOK_FLUSH_S = 10.0
 """At exit, how long the session's webhooks may take to go out (what is still due then
@@ -67,6 +69,7 @@ async def run_chat(
     from app.agents.providers import session_connect_options
     from app.worker.budget import attach_budget_guard
 
+    start_tracing(settings)
     store = open_store(settings.database_url)
     try:
         await store.start()
@@ -93,6 +96,7 @@ async def run_chat(
             await prepared.aclose()
             _error(no_endpoint)
             print(f"[session {rec.session_id} stored as failed ({LLM_UNAVAILABLE})]", file=sys.stderr, flush=True)
+            await _flush_webhooks(store, dispatcher)
             return EXIT_NO_MODEL_ENDPOINT
         print(
             f"[{prepared.config.agent_id} v{prepared.config.version} — {prepared.decision.reason}; "
@@ -137,6 +141,7 @@ async def run_chat(
         if guard.outcome is not None:
             _error(f"the model is unavailable ({guard.outcome.error}); the conversation has ended")
             print(f"[session {rec.session_id} stored as failed ({guard.outcome.reason})]", file=sys.stderr, flush=True)
+            await _flush_webhooks(store, dispatcher)
             return EXIT_MODEL_UNAVAILABLE
         print(f"[session {rec.session_id} stored; collected: {json.dumps(prepared.manager.collected)}]",
               file=sys.stderr, flush=True)
@@ -148,14 +153,13 @@ async def run_chat(
             result = await services.analysis.wait_for(rec.session_id, timeout)
             for line in _analysis_lines(result):
                 print(f"[{line}]", file=sys.stderr, flush=True)
-        if await _has_webhooks(store) and not await dispatcher.flush(WEBHOOK_FLUSH_S):
-            print("[webhooks still due are delivered by the next dev/start process on this database]",
-                  file=sys.stderr, flush=True)
+        await _flush_webhooks(store, dispatcher)
         return 0
     finally:
         await dispatcher.aclose()
         await services.aclose()
         await store.aclose()
+        await asyncio.to_thread(tracing.shutdown)
 
 
 def _usage_line(usage: SessionUsage) -> str:
@@ -179,11 +183,17 @@ def _analysis_lines(analysis: SessionAnalysis | None) -> list[str]:
     if analysis.extracted is not None:
         lines.append(f"extracted: {json.dumps(analysis.extracted, ensure_ascii=False)}")
     return lines
-async def _has_webhooks(store: ConfigStore) -> bool:
+
+
+async def _flush_webhooks(store: ConfigStore, dispatcher: Dispatcher) -> None:
+    """The session's events (a failed one's too) get a chance to go out before exit."""
     try:
-        return bool(await store.list_webhooks())
+        hooks = bool(await store.list_webhooks())
     except StoreUnavailable:
-        return False
+        hooks = False
+    if hooks and not await dispatcher.flush(WEBHOOK_FLUSH_S):
+        print("[webhooks still due are delivered by the next dev/start process on this database]",
+              file=sys.stderr, flush=True)
 
 
 async def _stdin_lines() -> AsyncIterator[str]:

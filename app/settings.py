@@ -95,6 +95,16 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    trace_content: bool = Field(
+        False,
+        description="Put conversation content (messages, tool arguments and results) on trace "
+        "spans; off by default, since it may be personal data.",
+    )
+    metrics_access: Literal["key", "open"] = Field(
+        "key",
+        description="GET /metrics: behind the admin key (key) or open to any caller (open: a "
+        "scraper on a private network).",
+    )
     log_format: Literal["auto", "text", "json"] = "auto"
     executor_type: ExecutorType = ExecutorType.thread
     drain_timeout: float = Field(

@@ -28,11 +28,12 @@ from app.api.app import create_app
 from app.api.status import RuntimeStatus
 from app.domain import StoreUnavailable
 from app.domain.values import utcnow
+from app.observability import tracing
 from app.settings import ExecutorType, Settings
 from app.store import ConfigStore, open_store
 from app.store.cache import ConfigCache
 from app.store.sources import config_source
-from app.webhooks.dispatcher import Dispatcher
+from app.webhooks.thread import DispatcherThread
 from app.worker.drain import (
     API_STOP_TIMEOUT,
     STORE_CLOSE_TIMEOUT,
@@ -107,6 +108,9 @@ class Supervisor:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
 
+        from app.worker.tracing import start_tracing
+
+        start_tracing(self.settings)  # before the API is built: its requests are traced too
         self.store = open_store(self.settings.database_url)
         await self._open_store()
 
@@ -128,9 +132,9 @@ class Supervisor:
         self.configs = config_source(self.settings, self.store, cache=self.cache)
         if self.configs is not self.cache:
             await self.configs.start()
-        # Webhook deliveries: off every session's path, on this loop; any number of
-        # processes may run one on the same store (leases).
-        self.dispatcher = Dispatcher(self.settings, self.store)
+        # Webhook deliveries: off every session's path, on a thread and loop of their own;
+        # any number of processes may run one on the same store (leases).
+        self.dispatcher = DispatcherThread(self.settings, wake_from=self.store)
         self.dispatcher.start()
         app = create_app(
             self.settings, self.store, status=self.status, cache=self.cache, configs=self.configs,
@@ -180,6 +184,8 @@ class Supervisor:
                 await self.cache.aclose()
                 await self.store.aclose()
         stop_task.cancel()
+        # Spans still buffered go out now (bounded by OTEL_BSP_EXPORT_TIMEOUT); off the loop.
+        await asyncio.to_thread(tracing.shutdown)
         log.info("stopped")
         return exit_code
 

@@ -14,7 +14,8 @@ record requests into one list, in arrival order) and audio requests from the ses
 voice fake. Its behaviour is scripted too: `down` refuses connections (as a closed port
 does: LiveKit sees a connection error), `delay_ms` holds each answer back (a slow
 provider: the member's own timeouts cut it), `fail_status` answers every chat request
-with that HTTP error (captured, like any request), `honour_cap: false` ignores reply caps.
+with that HTTP error (captured, like any request; its other requests, such as the
+plugin's warm-up `GET /models`, fail uncaptured), `honour_cap: false` ignores reply caps.
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ class SimEndpoints(httpx2.AsyncBaseTransport):
             await asyncio.sleep(delay_ms / 1000)
         await request.aread()
         if spec.fail_status is not None and "/audio/" not in path:
-            return self._chat(name).fail(request, spec.fail_status)
+            if route == "chat":
+                return self._chat(name).fail(request, spec.fail_status)
+            # anything else (the plugin's warm-up GET /models): failing too, but no chat request
+            return httpx2.Response(spec.fail_status, json={"error": {"message": f"scripted failure ({spec.fail_status})"}})
         if "/audio/" in path:
             if self._audio is None:
                 return httpx2.Response(404, json={"error": {"message": f"no audio endpoint for {path}"}})

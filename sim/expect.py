@@ -498,6 +498,8 @@ def check_record(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRe
             checks.check(want == got, (*loc, name), f"record {name} differs", expected=repr(want), actual=repr(got))
     if "degraded" in fields:
         _check_contains_or_null(checks, (*loc, "degraded"), "record degraded", spec.degraded, record.degraded)
+    if "error" in fields:
+        _check_contains_or_null(checks, (*loc, "error"), "record error", spec.error, record.error)
     if spec.collected is not None:
         if live:
             checks.check(sorted(record.collected) == sorted(spec.collected), (*loc, "collected"),

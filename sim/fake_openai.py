@@ -180,6 +180,12 @@ class CapturedRequest:
         return [_content_text(m.get("content")) or "" for m in self.messages if m.get("role") == "tool"]
 
 
+def script_asks(requests: list[CapturedRequest]) -> int:
+    """How many of `requests` took a reply from the script: those an endpoint's scripted
+    `fail_status` answered took none (an outage is scripted by the endpoint, not by replies)."""
+    return sum(not r.endpoint_failure for r in requests)
+
+
 def _content_text(content: Any) -> str | None:
     if content is None or isinstance(content, str):
         return content

@@ -61,7 +61,7 @@ from sim.expect import (
     describe_event,
     skip_activation,
 )
-from sim.fake_openai import CapturedRequest, FakeOpenAI, ScriptedError, ScriptedText, Usage
+from sim.fake_openai import CapturedRequest, FakeOpenAI, ScriptedError, ScriptedText, Usage, script_asks
 from sim.http_mocks import add_routes, check_calls
 from sim.llm import LiveConfig, LiveLLM, ScriptedLLM, SessionLLM
 from sim.outage import SwitchableStore
@@ -535,14 +535,14 @@ async def _step(
         result = await run()
     except Exception as e:  # the model or the session failed: report it as the step's outcome
         requests = llm.requests[first_request:]
-        under_scripted = not live and len(requests) > len(step.llm)
+        under_scripted = not live and script_asks(requests) > len(step.llm)
         if model_failed() and not under_scripted:  # a scripted failure: the session ends as
             # failed (checked by `closes` and `record`, as the worker records it)
             outcome.steps.append(StepOutcome(label, user, (time.perf_counter() - t0) * 1000, list(requests), []))
             return True
         hint = ""
         if under_scripted:
-            hint = f" (the model was asked {len(requests)} time(s) but only {len(step.llm)} repl(ies) were scripted)"
+            hint = f" (the model was asked {script_asks(requests)} time(s) but only {len(step.llm)} repl(ies) were scripted)"
         checks.fail(loc, f"{label} raised {type(e).__name__}{hint}", expected="the step to complete",
                     actual=str(e)[:500], context="".join(traceback.format_exception_only(e)).strip())
         outcome.steps.append(StepOutcome(label, user, (time.perf_counter() - t0) * 1000, list(requests), []))
@@ -550,9 +550,9 @@ async def _step(
     elapsed_ms = (time.perf_counter() - t0) * 1000
     requests = llm.requests[first_request:]
     events = [describe_event(ev) for ev in result.events] if result is not None else []
-    if model_failed() and not live and len(requests) > len(step.llm):
+    if model_failed() and not live and script_asks(requests) > len(step.llm):
         # the scripted endpoint answers an unscripted request with a 400, which fails the model
-        checks.fail(loc, f"{label}: the model was asked {len(requests)} time(s) but only {len(step.llm)} "
+        checks.fail(loc, f"{label}: the model was asked {script_asks(requests)} time(s) but only {len(step.llm)} "
                     "repl(ies) were scripted; the unanswered request failed the model, which ends the session",
                     context="\n".join(f"  {e}" for e in events))
         outcome.steps.append(StepOutcome(label, user, elapsed_ms, list(requests), events, result))

@@ -102,7 +102,8 @@ def sites(doc: dict[str, Any]) -> Iterator[Site]:
         for name, change in (
             ("status", lambda v: "failed" if v != "failed" else "completed"), ("end_reason", _text),
             ("agent_id", _mark), ("config_version", _bump), ("route_reason", _mark), ("user_id", _mark),
-            ("degraded", lambda v: MARK if v is None else None), ("turn_count", _bump),
+            ("degraded", lambda v: MARK if v is None else None), ("error", lambda v: MARK if v is None else None),
+            ("turn_count", _bump),
             ("collected", lambda v: {**v, MARK: 1}), ("collected_include", lambda v: {**v, MARK: 1}),
             ("collected_keys", _add), ("handoffs", lambda v: [*v, {"from": MARK, "to": MARK}]),
         ):

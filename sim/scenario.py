@@ -543,6 +543,9 @@ class RecordExpect(_M):
     user_id: str | None = None
     degraded: str | None = None
     """null: must be None; a string: must be contained."""
+    error: str | None = None
+    """The stored failure description (`SessionRecord.error`). null: must be None; a
+    string: must be contained."""
     collected: dict[str, Any] | None = None
     """Exact equality (live mode: the same keys)."""
     collected_include: dict[str, Any] | None = None

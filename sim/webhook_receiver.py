@@ -169,3 +169,27 @@ class WebhookReceiver:
         finally:
             self._conns.discard(writer)
             writer.close()
+
+
+async def _serve_forever(ports: list[int]) -> None:
+    """`python -m sim.webhook_receiver PORT...`: receivers answering 200 in a process of
+    their own (benchmarks: their work must not run on the measured process); on SIGTERM
+    prints how many requests arrived."""
+    import signal
+
+    receivers = [WebhookReceiver(port=p) for p in ports]
+    for rx in receivers:
+        await rx.start()
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    for rx in receivers:
+        await rx.stop()
+    print(sum(len(rx.received) for rx in receivers), flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    asyncio.run(_serve_forever([int(p) for p in sys.argv[1:]]))

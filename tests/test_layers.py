@@ -82,6 +82,9 @@ def within(module: str, *prefixes: str) -> bool:
 
 
 FORBIDDEN: dict[str, tuple[str, ...]] = {
+    # below every layer: anything may record a metric
+    "observability": ("livekit", "app.domain", "app.store", "app.agents", "app.api", "app.worker",
+                      "app.adapters", "app.supervisor", "app.chat", "app.seed", "app.console", "app.settings"),
     # importer layer: what it must not import
     "domain": ("livekit", "app.store", "app.agents", "app.api", "app.worker", "app.adapters",
                "app.supervisor", "app.chat", "app.seed", "app.console", "app.webhooks"),

@@ -38,6 +38,13 @@ def test_the_two_setup_commands() -> None:
     assert "uv run pytest" in README
 
 
+def test_every_event_type_is_documented() -> None:
+    from app.domain.events import EVENT_TYPES
+
+    missing = sorted(name for name in EVENT_TYPES if f"`{name}`" not in README)
+    assert not missing, f"README lacks the event type(s): {', '.join(missing)}"
+
+
 # ------------------------------------------------------------- the API block, run as written
 
 API_SECTION = "## The API at a glance"
@@ -232,8 +239,3 @@ def test_the_api_block_runs_top_to_bottom_as_written(
         if "422" in cmd.comment and '"key"' in cmd.comment:
             key_said = re.search(r'"key": "([^"]+)"', cmd.comment)
             assert key_said and [e.get("key") for e in json.loads(output)["extra"]] == [key_said.group(1)]
-def test_every_event_type_is_documented() -> None:
-    from app.domain.events import EVENT_TYPES
-
-    missing = sorted(name for name in EVENT_TYPES if f"`{name}`" not in README)
-    assert not missing, f"README lacks the event type(s): {', '.join(missing)}"

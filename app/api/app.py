@@ -24,6 +24,7 @@ from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components
+from litestar.plugins import PluginProtocol
 from litestar.types import ControllerRouterHandler
 
 from app.api.agents import AgentConfigController
@@ -34,6 +35,8 @@ from app.api.deps import dependencies
 from app.api.docs import SelfHostedSwaggerPlugin, schema_router
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
+from app.api.latency import LatencyController
+from app.api.metrics import metrics_router
 from app.api.openapi import AccurateJsonRenderPlugin, fix_allow_header
 from app.api.resolve import ResolveController
 from app.api.routes import RouteController
@@ -42,6 +45,7 @@ from app.api.status import RuntimeStatus
 from app.api.usage import UsageController
 from app.api.webhooks import WebhookController
 from app.assets.browser import BrowserAssets
+from app.observability import tracing
 from app.settings import Settings
 from app.store.base import ConfigStore
 from app.store.cache import ConfigCache
@@ -80,17 +84,36 @@ def create_app(
     configs = configs if configs is not None else config_source(settings, store, cache=cache)
     admin = Router(
         path=API_PREFIX,
-        route_handlers=[AgentConfigController, RouteController, SessionController, UsageController, ResolveController,
-                        AuditController, WebhookController],
+        route_handlers=[
+            AgentConfigController, LatencyController, RouteController, SessionController, UsageController,
+            ResolveController, AuditController, WebhookController,
+        ],
         guards=[bearer_guard(settings.admin_api_key, ADMIN_ACTOR)],
         dependencies=CHANGE_DEPENDENCY,
         security=[{SECURITY_SCHEME_NAME: []}],
     )
+    open_metrics = settings.metrics_access == "open"
+    plugins: list[PluginProtocol] = []
+    tracer_provider = tracing.provider()
+    if tracer_provider is not None:  # tracing on (OTEL_*): a span per admin request
+        from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+
+        plugins.append(OpenTelemetryPlugin(OpenTelemetryConfig(
+            tracer_provider=tracer_provider,
+            # probes and scrapes every few seconds would drown the admin requests
+            exclude=["^/healthz$", "^/readyz$", "^/metrics$"],
+            exclude_spans=["receive", "send"],  # one span per request, not three
+        )))
     app = Litestar(
-        route_handlers=[HealthController, admin, *extra_route_handlers],
+        route_handlers=[
+            HealthController,
+            metrics_router(None if open_metrics else bearer_guard(settings.admin_api_key, ADMIN_ACTOR)),
+            admin, *extra_route_handlers,
+        ],
         dependencies=dependencies(store, cache, status, configs, UrlPolicy.from_settings(settings)),
         state=State({"settings": settings, "store": store, "status": status, "cache": cache, "configs": configs}),
         exception_handlers=EXCEPTION_HANDLERS,
+        plugins=plugins,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Voice platform admin API",

@@ -5,13 +5,14 @@ from the npm registry by the lockfile's URL and integrity hash when Node is not 
 and the API reference need and where each is served from.
 """
 
-from app.assets.browser import LIVEKIT_CLIENT, PACKAGES, SWAGGER_UI, AssetState, AssetStatus, BrowserAssets
+from app.assets.browser import LIVEKIT_CLIENT, PACKAGES, SWAGGER_UI, UPLOT, AssetState, AssetStatus, BrowserAssets
 from app.assets.npm import LockedPackage, NpmFetchError, fetch_package, locked_package
 
 __all__ = [
     "LIVEKIT_CLIENT",
     "PACKAGES",
     "SWAGGER_UI",
+    "UPLOT",
     "AssetState",
     "AssetStatus",
     "BrowserAssets",

@@ -1,8 +1,8 @@
 """The browser packages the process serves and where each one comes from.
 
-Two npm packages, pinned in `app/console/package-lock.json`: `livekit-client` (the
-console's Talk page) and `swagger-ui-dist` (the API reference at `/schema`). Each is
-served from the first of:
+Three npm packages, pinned in `app/console/package-lock.json`: `livekit-client` (the
+console's Talk page), `swagger-ui-dist` (the API reference at `/schema`) and `uplot` (the
+console's latency charts). Each is served from the first of:
 
 1. `app/console/node_modules/<pkg>` when it holds the locked version (`npm ci` ran: the
    Docker image does this at build time, its code directory is read-only);
@@ -50,7 +50,8 @@ class BrowserPackage:
 
 LIVEKIT_CLIENT = BrowserPackage("livekit-client", "dist", "livekit-client.esm.mjs", "the console's Talk page")
 SWAGGER_UI = BrowserPackage("swagger-ui-dist", "", "swagger-ui-bundle.js", "the API reference at /schema")
-PACKAGES = (LIVEKIT_CLIENT, SWAGGER_UI)
+UPLOT = BrowserPackage("uplot", "dist", "uPlot.esm.js", "the console's latency charts")
+PACKAGES = (LIVEKIT_CLIENT, SWAGGER_UI, UPLOT)
 
 
 class AssetState(str, Enum):

@@ -26,7 +26,7 @@ from litestar.response import Redirect
 from litestar.types import ControllerRouterHandler
 
 from app.api.static_files import safe_static_files_router
-from app.assets.browser import LIVEKIT_CLIENT, NODE_MODULES, BrowserAssets
+from app.assets.browser import LIVEKIT_CLIENT, NODE_MODULES, UPLOT, BrowserAssets
 from app.settings import Settings
 
 CONSOLE_DIR = Path(__file__).resolve().parent
@@ -39,6 +39,7 @@ PathId = Annotated[str, PathParameter(max_length=200)]
 
 STATIC_PATH = "/console/static"
 VENDOR_PATH = "/console/vendor/livekit-client"
+UPLOT_PATH = "/console/vendor/uplot"
 
 # Browsers refuse ES modules served with a non-JavaScript type; don't depend on the
 # host's /etc/mime.types knowing `.mjs`.
@@ -191,5 +192,8 @@ def console_handlers(settings: Settings, assets: BrowserAssets | None = None) ->
         safe_static_files_router(
             VENDOR_PATH, [assets.serve_dir(LIVEKIT_CLIENT)], name="console:livekit", cache_control=revalidate
         )
+    )
+    handlers.append(
+        safe_static_files_router(UPLOT_PATH, [assets.serve_dir(UPLOT)], name="console:uplot", cache_control=revalidate)
     )
     return handlers

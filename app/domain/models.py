@@ -29,13 +29,14 @@ from app.domain.analysis import AnalysisConfig, SessionAnalysis
 from app.domain.field_errors import field_error, raise_field_errors
 from app.domain.schema_admission import SchemaRefused, check_schema
 from app.domain.usage import SessionUsage
-from app.domain.values import (
+from app.domain.values import (  # re-exported: `from app.domain.models import utcnow` keeps working
     INT as _INT,
     NUMBER as _NUMBER,
-    JsonBool,
-    JsonNumber,
-    UtcDatetime,
-    utcnow,
+    JsonBool as JsonBool,
+    JsonInt as JsonInt,
+    JsonNumber as JsonNumber,
+    UtcDatetime as UtcDatetime,
+    utcnow as utcnow,
 )
 from app.settings import DEFAULT_REPLY_MAX_TOKENS  # the reply cap without llm.max_tokens
 

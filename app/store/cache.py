@@ -29,6 +29,7 @@ from typing import Any
 
 from app.domain import AgentConfig, NotFound, Route, StoreUnavailable
 from app.domain.routing import RoutingTable
+from app.observability import metrics
 from app.store.base import ConfigStore
 
 log = logging.getLogger(__name__)
@@ -175,12 +176,21 @@ class ConfigCache:
         try:
             epoch = await self._store.config_epoch()
             if self._covered != self._changes or epoch != self._snapshot.epoch:
-                await self._reload(epoch)
+                try:
+                    await self._reload(epoch)
+                except StoreUnavailable:
+                    metrics.CONFIG_RELOADS.labels("unavailable").inc()
+                    raise
+                except Exception:
+                    metrics.CONFIG_RELOADS.labels("error").inc()
+                    raise
+                metrics.CONFIG_RELOADS.labels("ok").inc()
         except StoreUnavailable:
             self.store_ok = False
             raise
         self._last_poll_ok = time.monotonic()
         self.store_ok = True
+        metrics.CONFIG_CONFIRMED_AT.set_to_current_time()
 
     async def _poll_loop(self) -> None:
         while True:

@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 import time
 from collections import OrderedDict
 
@@ -36,7 +37,7 @@ from app.store.base import ConfigStore
 from app.webhooks.fanout import fan_out
 from app.webhooks.retry import next_attempt
 from app.webhooks.safety import UrlPolicy
-from app.webhooks.sender import Outcome, attempt, new_client
+from app.webhooks.sender import Outcome, attempt, new_client, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Dispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inflight: dict[str, set[asyncio.Task[None]]] = {}
         self._clients: dict[str, httpx.AsyncClient] = {}
+        self._tls: ssl.SSLContext | None = None
         self._events: OrderedDict[str, Event] = OrderedDict()
         self._next_sweep = 0.0
         self._failing = False
@@ -91,13 +93,15 @@ class Dispatcher:
         if running is loop:
             ev.set()
         else:
-            loop.call_soon_threadsafe(ev.set)
+            with contextlib.suppress(RuntimeError):  # that loop closed meanwhile: nothing to wake
+                loop.call_soon_threadsafe(ev.set)
 
     async def aclose(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await asyncio.wait({self._task}, timeout=STOP_GRACE)
+            if not self._task.done():
+                log.error("webhooks: the dispatch loop did not stop when cancelled")
             self._task = None
         running = [t for tasks in self._inflight.values() for t in tasks]
         if running:
@@ -146,8 +150,11 @@ class Dispatcher:
                     self._failing = True
             except Exception:
                 log.exception("webhooks: dispatch round failed")
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that
+            # arrives as the wake-up does, and `aclose` would wait for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.webhook_poll_interval)
+                async with asyncio.timeout(self.settings.webhook_poll_interval):
+                    await self._wake.wait()
 
     async def round(self) -> None:
         """One round of relay, fan-out and claims (public for tests and benchmarks)."""
@@ -192,11 +199,15 @@ class Dispatcher:
                 self._events.popitem(last=False)
         return ev
 
-    def _client(self, hook: StoredWebhook) -> httpx.AsyncClient:
+    async def _client(self, hook: StoredWebhook) -> httpx.AsyncClient:
         client = self._clients.get(hook.id)
         if client is None:
-            s = self.settings
-            client = self._clients[hook.id] = new_client(s.webhook_connect_timeout, s.webhook_timeout)
+            if self._tls is None:
+                self._tls = await tls_context()
+            client = self._clients.get(hook.id)  # another attempt may have made it meanwhile
+            if client is None:
+                s = self.settings
+                client = self._clients[hook.id] = new_client(s.webhook_connect_timeout, s.webhook_timeout, self._tls)
         return client
 
     async def _deliver(self, hook: StoredWebhook, delivery: Delivery) -> None:
@@ -208,7 +219,7 @@ class Dispatcher:
             else:
                 self.attempts += 1
                 outcome = await attempt(
-                    self._client(hook), hook, event, self.policy, total_timeout=s.webhook_timeout,
+                    await self._client(hook), hook, event, self.policy, total_timeout=s.webhook_timeout,
                     connect_timeout=s.webhook_connect_timeout, max_response_bytes=s.webhook_max_response_bytes,
                     secrets=hook.signing_secrets(utcnow()),
                 )

@@ -9,12 +9,14 @@ from livekit.agents import AgentSession, CloseEvent, JobContext, JobProcess
 
 from app.agents.providers import session_connect_options
 from app.domain.routing import MetadataSource
+from app.settings import Settings
 from app.worker.budget import attach_budget_guard
 from app.worker.drain import active_sessions
 from app.worker.model_unavailable import ModelUnavailable
 from app.worker.services import WorkerServices, ensure_services, installed_services
 from app.worker.session_start import PreparedSession, prepare_session
 from app.worker.silence import attach_silence_reprompt
+from app.worker.tracing import start_tracing
 
 if TYPE_CHECKING:
     from livekit import rtc
@@ -27,6 +29,7 @@ def prewarm(proc: JobProcess) -> None:
     the VAD and store for the whole process; in PROCESS mode the job process opens its
     own on first use (`ensure_services`)."""
     services = installed_services()
+    start_tracing(services.settings if services is not None else Settings())
     if services is not None:
         proc.userdata["vad"] = services.load_vad()
     else:

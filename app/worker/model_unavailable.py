@@ -110,11 +110,12 @@ def describe_error(error: BaseException | str, secrets: Iterable[str] = ()) -> s
 
 def missing_llm_endpoint(settings: Settings, config: AgentConfig | None = None) -> str | None:
     """Why the agent's model cannot be asked at all, or None: without OPENAI_API_KEY and
-    without a base URL (OPENAI_BASE_URL, or the agent's own `llm.base_url`) requests
-    would go to OpenAI with no key."""
+    without a base URL (OPENAI_BASE_URL, or a base URL of the agent's own: `llm.base_url`
+    or any `llm.fallbacks[].base_url`, which the chain reaches when OpenAI refuses the
+    keyless request) requests would go to OpenAI with no key."""
     if settings.openai_api_key is not None or settings.openai_base_url:
         return None
-    if config is not None and config.llm.base_url:
+    if config is not None and (config.llm.base_url or any(f.base_url for f in config.llm.fallbacks)):
         return None
     whose = f"agent {config.agent_id!r} has no llm.base_url and " if config is not None else ""
     return (

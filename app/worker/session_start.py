@@ -15,12 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from opentelemetry import trace
+
 from app.agents.analysis import analysis_request
 from app.agents.base import BaseAgent
 from app.agents.context import SessionContext
 from app.agents.factory import AgentFactory, MissingVariables
 from app.domain import AgentConfig, SessionRecord
 from app.domain.routing import MetadataSource, RouteDecision
+from app.observability import tracing
 from app.store.resolver import resolve_current
 from app.worker.services import WorkerServices
 from app.worker.sessions import SessionManager
@@ -41,6 +44,7 @@ class PreparedSession:
     manager: SessionManager
     factory: AgentFactory
     context: SessionContext
+    span: trace.Span | None = None
 
     @property
     def record(self) -> SessionRecord:
@@ -56,6 +60,8 @@ class PreparedSession:
         finally:
             await self.context.aclose()
             await aclose_default_http_client()
+            if self.span is not None:
+                self.span.end()
 
 
 async def prepare_session(
@@ -112,7 +118,11 @@ async def prepare_session(
         manager.set_agent(config.agent_id, config.version)
         manager.analysis = analysis_request(services.settings, config)
         agent = factory.create_agent(config, ctx)
+    # The call's span, current from here on: the session writer started next, the
+    # AgentSession's spans and every task of the call belong to it.
+    span = tracing.call_started(session_id, config.agent_id, config.version)
+    span.set_attributes({"route_reason": record.route_reason or "", "degraded": bool(record.degraded)})
     await manager.start()
     return PreparedSession(
-        decision=decision, config=config, agent=agent, manager=manager, factory=factory, context=ctx
+        decision=decision, config=config, agent=agent, manager=manager, factory=factory, context=ctx, span=span
     )

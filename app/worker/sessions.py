@@ -59,6 +59,7 @@ from app.domain.analysis import AnalysisRequest, AnalysisStatus, SessionAnalysis
 from app.domain.models import MAX_SESSION_EVENTS, SessionEventKind, deep_merge
 from app.domain.pricing import PriceTable
 from app.domain.values import utcnow
+from app.observability import metrics, tracing
 from app.store.base import (
     AppendTurn,
     ConfigStore,
@@ -72,7 +73,7 @@ from app.store.base import (
 )
 
 if TYPE_CHECKING:  # the supervisor imports this module before the LiveKit stack is loaded
-    from livekit.agents import AgentSession, CloseEvent, ConversationItemAddedEvent
+    from livekit.agents import AgentSession, CloseEvent, ConversationItemAddedEvent, FunctionToolsExecutedEvent
     from livekit.agents.llm import ChatMessage
     from livekit.agents.metrics import AgentSessionUsage
     from livekit.agents.voice.events import SessionUsageUpdatedEvent
@@ -206,6 +207,9 @@ class SessionManager:
         self._seq = len(record.turns)
         self._collected: dict[str, Any] = dict(record.collected)
         self._agent_id = record.agent_id
+        self._version = record.config_version or 0
+        self._started_as: str | None = None
+        """The agent the session started with once `start` ran: its metrics' label."""
         self._finish: tuple[SessionStatus, str, str | None] | None = None
         self._user_metrics: tuple[int, dict[str, Any]] | None = None
         """The last user turn's seq and LiveKit metrics, until an assistant turn answers it."""
@@ -228,6 +232,8 @@ class SessionManager:
         if self.record.owner is None:  # this container runs it and heartbeats for it
             self.record.owner = instance_id()
             self.record.heartbeat_at = utcnow()
+        self._started_as = self.record.agent_id
+        metrics.session_started(self._started_as)
         # A copy: later turns/handoffs mutate self.record and have their own writes.
         self._enqueue(StartSession(self.record.model_copy(deep=True)))
         self._writer = asyncio.create_task(self._write_loop(), name=f"session-writer-{self.record.session_id}")
@@ -238,6 +244,7 @@ class SessionManager:
         session.on("conversation_item_added", self._on_item)
         session.on("session_usage_updated", self._on_usage)
         session.on("close", self._on_close)
+        session.on("function_tools_executed", functools.partial(self._on_tools, session))
 
     async def aclose(self, status: SessionStatus | None = None, reason: str | None = None) -> None:
         """Finish the record (unless already finished) and flush what is queued."""
@@ -259,6 +266,8 @@ class SessionManager:
             self._enqueue(UpdateSession(last))
         self._enqueue(FinishSession(status_, reason_, error))
         self._closed = True
+        if self._started_as is not None:
+            metrics.session_ended(self._started_as, status_.value)
         try:
             await self._close_writes(sid)
         finally:
@@ -281,6 +290,7 @@ class SessionManager:
             left.append(self._queue.get_nowait())
         if not left:
             return
+        metrics.STORE_WRITES_BUFFERED.dec(len(left))  # handed on or lost, below
         names = [op.name for op in left]
         if self._spill is not None and self._store is not None:
             self._spill(sid, left, self._store)
@@ -326,6 +336,7 @@ class SessionManager:
 
     def set_agent(self, agent_id: str, version: int) -> None:
         self._agent_id = agent_id
+        self._version = version
 
     def finish(self, status: SessionStatus, reason: str, error: str | None = None) -> None:
         """The first call decides how the record ends (written at `aclose`)."""
@@ -428,8 +439,16 @@ class SessionManager:
         self._user_metrics = None
         entry = turn_metrics_entry(turn, dict(m), um, user_seq=user_seq, interrupted=item.interrupted)
         self.record.metrics.append(entry)
+        metrics.turn_observed(turn.agent_id or self._agent_id, self._version, entry)
         # Entries are never changed once appended: a shallow copy is a stable snapshot.
         self._enqueue(UpdateSession({"metrics": list(self.record.metrics)}))
+
+    def _on_tools(self, session: AgentSession[Any], ev: FunctionToolsExecutedEvent) -> None:
+        from livekit.agents.llm.tool_context import get_fnc_tool_names  # loaded with the session
+
+        known = frozenset(get_fnc_tool_names(session.current_agent.tools))
+        calls = [(call.name, out.is_error) for call, out in ev.zipped()]
+        metrics.tool_calls(self._agent_id, calls, known)
 
     def _on_close(self, ev: CloseEvent) -> None:
         error = ev.error
@@ -455,6 +474,7 @@ class SessionManager:
             return
         try:
             self._queue.put_nowait(op)
+            metrics.STORE_WRITES_BUFFERED.inc()
         except asyncio.QueueFull:
             # Bounded memory beats an unbounded backlog; say exactly what was lost.
             self.dropped.append(op.name)
@@ -486,15 +506,22 @@ class SessionManager:
                 raise asyncio.CancelledError
             attempt += 1
             before = len(self._inflight)
+            started = time.perf_counter()
             try:
-                await write_in_order(self._call, self._store, sid, self._inflight, self._failed, retried=attempt > 1)
+                with tracing.tracer.start_as_current_span(
+                    "store.session_write", attributes={"ops": before, "attempt": attempt}
+                ):
+                    await write_in_order(self._call, self._store, sid, self._inflight, self._failed, retried=attempt > 1)
+                metrics.STORE_WRITE_SECONDS.labels("ok").observe(time.perf_counter() - started)
                 continue
             except StoreUnavailable as e:
+                metrics.STORE_WRITE_SECONDS.labels("unavailable").observe(time.perf_counter() - started)
                 self.failed_writes += 1
                 if attempt == 1 or attempt % 20 == 0:
                     names = ", ".join(dict.fromkeys(op.name for op in self._inflight))
                     log.warning("session %s: writing %s failed (%s); retrying", sid, names, e.message)
             finally:
+                metrics.STORE_WRITES_BUFFERED.dec(before - len(self._inflight))
                 for _ in range(before - len(self._inflight)):
                     self._queue.task_done()
             await asyncio.sleep(delay)
@@ -600,6 +627,7 @@ class PendingWrites:
             if keep:
                 self._batches.append((session_id, store, deque(keep)))
                 self._count += len(keep)
+                metrics.STORE_WRITES_BUFFERED.inc(len(keep))
         if overflow:
             self.lost += len(overflow)
             log_lost(session_id, overflow, f"process write buffer full ({self._max})")
@@ -625,6 +653,7 @@ class PendingWrites:
             await asyncio.wait({self._task}, timeout=WRITER_STOP_TIMEOUT)
             self._task = None
         with self._lock:
+            metrics.STORE_WRITES_BUFFERED.dec(self._count)
             batches, self._batches, self._count = list(self._batches), deque(), 0
         for sid, _store, items in batches:
             self.lost += len(items)
@@ -660,6 +689,7 @@ class PendingWrites:
                 self.written += done - (self.lost - lost_before)
                 with self._lock:
                     self._count -= done
+                    metrics.STORE_WRITES_BUFFERED.dec(done)
                     if not items and self._batches and self._batches[0][2] is items:
                         self._batches.popleft()
                         log.info("session %s: buffered record writes stored", sid)

@@ -28,6 +28,9 @@ import asyncio
 import time
 from typing import Any
 
+from app.observability import tracing
+from app.settings import Settings
+from app.worker.tracing import start_tracing
 from sim.bench.stats import emit
 from sim.harness import SimEnvironment, run_session
 from sim.report import Checks
@@ -116,8 +119,11 @@ def _cli() -> None:
     parser.add_argument("--turns", type=int, default=400, help="turns per measurement")
     parser.add_argument("--per-session", type=int, default=25, help="turns per session")
     args = parser.parse_args()
+    traced = start_tracing(Settings(_env_file=None)) is not None  # type: ignore[call-arg]
+    print(f"tracing: {'on (OTEL_EXPORTER_OTLP_*)' if traced else 'off'}")
     print(f"throughput through the full harness ({args.turns} turns per figure, {args.per_session} per session)")
-    emit(asyncio.run(main(args.turns, args.per_session)))
+    emit(asyncio.run(main(args.turns, args.per_session)) | {"tracing": traced})
+    tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -67,12 +67,14 @@ from typing import Any
 import psutil
 
 from app.domain.routing import MetadataSource
+from app.observability import tracing
 from app.seed import seed
 from app.settings import Settings
 from app.store import open_store
 from app.worker.services import WorkerServices
 from app.worker.session_start import prepare_session
 from app.worker.silence import attach_silence_reprompt
+from app.worker.tracing import start_tracing
 from sim.bench.stats import emit, percentile
 from sim.fake_openai import FakeOpenAI, ScriptedText
 from sim.voice.audio import FIXTURES, INPUT_RATE, load_fixture, resample
@@ -503,8 +505,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.sizes, args.seconds = "1,10", 12.0
+    traced = start_tracing(Settings(_env_file=None)) is not None  # type: ignore[call-arg]
+    print(f"tracing: {'on (OTEL_EXPORTER_OTLP_*)' if traced else 'off'}", flush=True)
     figures = asyncio.run(main_async(args))
-    emit(figures)
+    tracing.shutdown()
+    emit(figures | {"tracing": traced})
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from app.worker.budget import attach_budget_guard
 from app.worker.model_unavailable import ModelUnavailable
 from app.worker.silence import attach_silence_reprompt
 from sim.expect import check_closes, check_events, check_llm_received, describe_event, skip_activation
-from sim.fake_openai import FakeOpenAI
+from sim.fake_openai import FakeOpenAI, script_asks
 from sim.report import Checks, Loc
 from sim.scenario import SessionSpec, StartSpec, Step, TurnSpec
 from sim.voice.audio import fixture_path, load_fixture
@@ -420,8 +420,8 @@ class VoiceDriver:
         st.window.close(self, llm)
         self._settle_llm(checks, st, llm)
         requests = st.window.requests(llm)
-        if self._model_failed() and not live and len(requests) > len(st.step.llm):
-            checks.fail(st.loc, f"{st.label}: the model was asked {len(requests)} time(s) but only "
+        if self._model_failed() and not live and script_asks(requests) > len(st.step.llm):
+            checks.fail(st.loc, f"{st.label}: the model was asked {script_asks(requests)} time(s) but only "
                         f"{len(st.step.llm)} repl(ies) were scripted (the unanswered request failed, "
                         "which ends the session)", context=self.timeline(st))
         result = st.result

@@ -16,7 +16,7 @@ from livekit.agents.testing import fake_job_context
 from pydantic import SecretStr
 
 from app.api import create_app
-from app.domain import AgentConfigInput, SessionStatus
+from app.domain import AgentConfigInput, LLMFallback, SessionStatus
 from app.seed import seed
 from app.settings import Settings
 from app.store.sql import SQLStore
@@ -107,5 +107,8 @@ def test_a_model_endpoint_is_a_key_or_a_base_url_global_or_per_agent() -> None:
     problem = missing_llm_endpoint(bare, agent)  # type: ignore[arg-type]
     assert problem is not None and "'a-1'" in problem and "OPENAI_API_KEY" in problem
     assert missing_llm_endpoint(bare, own) is None  # type: ignore[arg-type]
+    chained = agent.model_copy(update={"llm": agent.llm.model_copy(update={"fallbacks": [
+        LLMFallback.model_validate({"base_url": "http://127.0.0.1:8080/v1"})]})})
+    assert missing_llm_endpoint(bare, chained) is None  # type: ignore[arg-type]  # the chain reaches it
     assert missing_llm_endpoint(bare.model_copy(update={"openai_api_key": SecretStr("sk-x")}), agent) is None  # type: ignore[arg-type]
     assert missing_llm_endpoint(bare.model_copy(update={"openai_base_url": "http://h/v1"}), agent) is None  # type: ignore[arg-type]

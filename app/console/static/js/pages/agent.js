@@ -3,6 +3,7 @@
 // loaded, so a concurrent change is refused (412) instead of overwritten.
 import { api, ApiError, getAll } from '../api.js';
 import { clearFieldErrors, showFieldErrors } from '../forms.js';
+import { renderAgentLatency } from '../latency.js';
 import { insertAtCaret, placeholders } from '../template-vars.js';
 import {
   $, $$, badge, clearNotices, fill, confirmDialog, flash, h, notice, setBusy, setTitle, showConflict, showError, timeAgo, toast,
@@ -656,6 +657,8 @@ export async function init(data) {
     $('#save-button').textContent = 'Save changes';
     $('#cancel-link').href = '/agents';
     fillForm(state.loaded);
+    $('#latency-section').hidden = false;
+    renderAgentLatency($('#agent-latency'), state.agentId);
   } else {
     $('#save-button').textContent = 'Create agent';
     renderHeader();

@@ -1,6 +1,7 @@
 // One session: transcript (with handoffs in place), details, and the collected data
 // checked against the schema of the agent version that ran it.
 import { api, get } from '../api.js';
+import { renderTurnTimeline } from '../latency.js';
 import { compareCollected } from '../schema-check.js';
 import { $, badge, duration, fill, fmtDate, fmtTime, h, notice, setTitle, showError, usd } from '../ui.js';
 
@@ -235,5 +236,5 @@ export async function init(data) {
   renderAnalysis(s);
   renderUsage(s);
   renderEvents(s);
-  await renderCollected(s);
+  await Promise.all([renderCollected(s), renderTurnTimeline($('#turn-latency'), s.metrics)]);
 }

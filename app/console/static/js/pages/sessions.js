@@ -1,5 +1,6 @@
 // Sessions: filterable list (agent, status, date range), newest first, paged.
 import { get, getAll } from '../api.js';
+import { worstTurn } from '../latency.js';
 import { $, badge, duration, fmtDate, h, placeholderRow, showError } from '../ui.js';
 
 const PAGE = 50;
@@ -12,7 +13,10 @@ function dayStart(value, plusDays = 0) {
 }
 
 function filters() {
-  return { agent_id: $('#s-agent').value, status: $('#s-status').value, from: $('#s-from').value, to: $('#s-to').value };
+  return {
+    agent_id: $('#s-agent').value, status: $('#s-status').value, from: $('#s-from').value, to: $('#s-to').value,
+    sort: $('#s-sort').value,
+  };
 }
 
 function syncUrl() {
@@ -33,6 +37,7 @@ function row(s) {
       h('div', { class: 'cell-sub mono-id' }, s.agent_id, s.config_version ? ` · v${s.config_version}` : '')),
     h('td', {}, badge(s.status), s.degraded ? [' ', badge('degraded', 'warn', { title: s.degraded })] : null),
     h('td', { class: 'nowrap' }, s.status === 'active' ? h('span', { class: 'muted' }, 'ongoing') : duration(s.started_at, s.ended_at)),
+    h('td', { class: 'nowrap num worst-turn' }, worstTurn(s) === null ? h('span', { class: 'muted' }, '—') : `${Math.round(worstTurn(s))} ms`),
     h('td', {}, s.end_reason || h('span', { class: 'muted' }, '—')),
   );
 }
@@ -40,7 +45,7 @@ function row(s) {
 async function load() {
   const f = filters();
   const tbody = $('#sessions-table tbody');
-  placeholderRow(tbody, 6, 'Loading sessions…');
+  placeholderRow(tbody, 7, 'Loading sessions…');
   syncUrl();
   let page;
   try {
@@ -52,17 +57,20 @@ async function load() {
       },
     });
   } catch (err) {
-    placeholderRow(tbody, 6, 'Could not load the sessions.', 'error');
+    placeholderRow(tbody, 7, 'Could not load the sessions.', 'error');
     showError(err, 'Could not load the sessions');
     return;
   }
   state.total = page.total;
-  const filtered = Object.values(f).some(Boolean);
+  const filtered = [f.agent_id, f.status, f.from, f.to].some(Boolean);
   $('#sessions-count').textContent = page.total;
   if (!page.items.length) {
-    placeholderRow(tbody, 6, filtered ? 'No session matches these filters.' : 'No sessions yet. Start one from the Talk page.');
+    placeholderRow(tbody, 7, filtered ? 'No session matches these filters.' : 'No sessions yet. Start one from the Talk page.');
   } else {
-    tbody.replaceChildren(...page.items.map(row));
+    const items = f.sort === 'worst'
+      ? [...page.items].sort((a, b) => (worstTurn(b) ?? -1) - (worstTurn(a) ?? -1))
+      : page.items;
+    tbody.replaceChildren(...items.map(row));
   }
   const first = page.items.length ? state.offset + 1 : 0;
   $('#pager-info').textContent = `${first}–${state.offset + page.items.length} of ${page.total}`;
@@ -86,6 +94,7 @@ export async function init() {
   $('#s-status').value = params.get('status') || '';
   $('#s-from').value = params.get('from') || '';
   $('#s-to').value = params.get('to') || '';
+  $('#s-sort').value = params.get('sort') === 'worst' ? 'worst' : '';
   state.offset = Number(params.get('offset')) || 0;
 
   const form = $('#session-filters');

@@ -1,0 +1,36 @@
+"""`GET /metrics`: the service's Prometheus metrics, LiveKit's worker metrics included.
+
+Served from the default `prometheus_client` registry (app/observability/metrics.py says
+why). Behind the admin key unless `METRICS_ACCESS=open` (a scraper on a private network
+that cannot send a bearer key); the text is rendered in a thread, since a registry with
+many agents and versions takes a while to format and this loop carries live calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from litestar import Response, Router, get
+from litestar.types import Guard
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from app.api.auth import SECURITY_SCHEME_NAME
+
+
+@get(
+    "/metrics",
+    name="metrics",
+    summary="Prometheus metrics (text exposition format)",
+    tags=["health"],
+    media_type=CONTENT_TYPE_LATEST,
+)
+async def metrics() -> Response[bytes]:
+    body = await asyncio.to_thread(generate_latest, REGISTRY)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def metrics_router(guard: Guard | None) -> Router:
+    """The `/metrics` route, with `guard` (the admin bearer guard) or open."""
+    if guard is None:
+        return Router(path="/", route_handlers=[metrics])
+    return Router(path="/", route_handlers=[metrics], guards=[guard], security=[{SECURITY_SCHEME_NAME: []}])

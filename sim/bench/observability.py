@@ -1,0 +1,78 @@
+"""What tracing costs: `sim.bench.throughput` and `sim.bench.voice_density` run back to
+back with tracing off and on (OTLP/HTTP to a receiver in a process of its own on
+loopback), alternating off/on `--rounds` times so a drifting neighbour load hits both.
+
+Run: `uv run python -m sim.bench.observability [--rounds 2] [--turns 400] [--density-args "--quick"]`
+
+Prometheus metrics are recorded in every run (they cannot be turned off; a scrape is a
+request like any other): their cost is in both columns. Figures: text turns per CPU-second
+at concurrency 16 (throughput) and CPU seconds per session-minute (voice density), the
+medians over rounds, and the overhead of "on" in percent of "off". Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+from typing import Any
+
+from sim.bench.stats import emit
+
+
+def _run(module: str, args: list[str], endpoint: str | None) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    if endpoint is not None:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    assert figures["tracing"] is (endpoint is not None)
+    return figures
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--turns", type=int, default=400, help="throughput: turns per figure")
+    ap.add_argument("--density-args", default="--quick", help="arguments for sim.bench.voice_density")
+    args = ap.parse_args()
+    rx = subprocess.Popen([sys.executable, "-m", "sim.otlp_receiver"], stdout=subprocess.PIPE, text=True)
+    assert rx.stdout is not None
+    endpoint = rx.stdout.readline().strip()
+    rows: dict[str, dict[str, list[float]]] = {"throughput": {"off": [], "on": []}, "density": {"off": [], "on": []}}
+    try:
+        for r in range(args.rounds):
+            for mode in ("off", "on"):
+                ep = endpoint if mode == "on" else None
+                tp = _run("sim.bench.throughput", ["--turns", str(args.turns)], ep)
+                rows["throughput"][mode].append(tp["turns_per_cpu_s_c16"])
+                vd = _run("sim.bench.voice_density", shlex.split(args.density_args), ep)
+                rows["density"][mode].append(vd["cpu_s_per_session_min"])
+                print(f"round {r + 1} tracing {mode:>3}: text c16 {tp['turns_per_cpu_s_c16']:7.1f} turns/CPU-s, "
+                      f"voice {vd['cpu_s_per_session_min']:.3f} CPU-s per session-minute", flush=True)
+    finally:
+        rx.send_signal(signal.SIGTERM)
+        spans = int(rx.communicate(timeout=30)[0].strip().splitlines()[-1])
+    tp_off, tp_on = (statistics.median(rows["throughput"][m]) for m in ("off", "on"))
+    vd_off, vd_on = (statistics.median(rows["density"][m]) for m in ("off", "on"))
+    figures = {
+        "turns_per_cpu_s_c16_off": tp_off, "turns_per_cpu_s_c16_on": tp_on,
+        "throughput_cpu_overhead_pct": (tp_off / tp_on - 1) * 100,  # CPU per turn, on vs off
+        "cpu_s_per_session_min_off": vd_off, "cpu_s_per_session_min_on": vd_on,
+        "voice_cpu_overhead_pct": (vd_on / vd_off - 1) * 100,
+        "spans_received": spans, "rounds": args.rounds, "load": os.getloadavg()[0],
+    }
+    print(f"CPU overhead of tracing: text turns {figures['throughput_cpu_overhead_pct']:+.1f} %, "
+          f"voice sessions {figures['voice_cpu_overhead_pct']:+.1f} % ({spans} spans exported)")
+    emit(figures)
+
+
+if __name__ == "__main__":
+    main()
