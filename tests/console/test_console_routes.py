@@ -83,6 +83,6 @@ async def test_static_assets_and_livekit_client(store: SQLStore) -> None:
 async def test_console_stays_out_of_openapi_and_api_still_guarded(store: SQLStore) -> None:
     async with AsyncTestClient(build(make_settings(), store)) as c:
         paths = (await c.get("/schema/openapi.json")).json()["paths"]
-        assert not [p for p in paths if not p.startswith(("/api/v1", "/healthz", "/readyz"))]
+        assert not [p for p in paths if not p.startswith(("/api/v1", "/healthz", "/readyz", "/metrics"))]
         assert (await c.get("/api/v1/agents/config")).status_code == 401
         assert (await c.get("/healthz")).status_code == 200
