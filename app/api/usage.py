@@ -59,10 +59,10 @@ class UsageController(Controller):
         since: Annotated[str | None, QueryParameter(description="started at or after", schema_extra=TIME_DOC)] = None,
         until: Annotated[str | None, QueryParameter(description="started before", schema_extra=TIME_DOC)] = None,
     ) -> UsageReport:
+        # An `until` at or before `since` is an empty window (as on /sessions), not an error:
+        # every such request is well-formed.
         groups = _groups(group_by)
         start, end = query_time(since, "since", _ROUTE), query_time(until, "until", _ROUTE)
-        if start is not None and end is not None and start >= end:
-            raise query_error(_ROUTE, "until", "must be later than since")
         return await store.usage_report(group_by=groups, agent_id=agent_id, since=start, until=end)
 
     @get(
