@@ -21,7 +21,9 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from app.domain import SessionStatus, StoreUnavailable
+from app.domain.analysis import AnalysisStatus, SessionAnalysis
 from app.domain.routing import MetadataSource
+from app.domain.usage import SessionUsage
 from app.logging_setup import secret_values
 from app.observability import tracing
 from app.settings import Settings
@@ -143,6 +145,14 @@ async def run_chat(
             return EXIT_MODEL_UNAVAILABLE
         print(f"[session {rec.session_id} stored; collected: {json.dumps(prepared.manager.collected)}]",
               file=sys.stderr, flush=True)
+        if rec.usage.models:
+            print(f"[{_usage_line(rec.usage)}]", file=sys.stderr, flush=True)
+        if rec.analysis is not None and services.analysis is not None:
+            timeout = rec.analysis.request.settings.timeout_s * rec.analysis.request.settings.max_attempts + 10
+            print("[analysing the call...]", file=sys.stderr, flush=True)
+            result = await services.analysis.wait_for(rec.session_id, timeout)
+            for line in _analysis_lines(result):
+                print(f"[{line}]", file=sys.stderr, flush=True)
         await _flush_webhooks(store, dispatcher)
         return 0
     finally:
@@ -150,6 +160,29 @@ async def run_chat(
         await services.aclose()
         await store.aclose()
         await asyncio.to_thread(tracing.shutdown)
+
+
+def _usage_line(usage: SessionUsage) -> str:
+    text = (f"usage: {usage.llm_input_tokens} input tokens ({usage.llm_cached_tokens} cached), "
+            f"{usage.llm_output_tokens} output tokens; cost ${usage.cost_usd:.6f}")
+    if usage.unpriced_models:
+        text += f" (no price for {', '.join(usage.unpriced_models)})"
+    return text
+
+
+def _analysis_lines(analysis: SessionAnalysis | None) -> list[str]:
+    if analysis is None:
+        return ["analysis: not finished yet; it is stored on the session when it is"]
+    if analysis.status != AnalysisStatus.done:
+        return [f"analysis failed: {analysis.error}"]
+    lines = []
+    if analysis.summary is not None:
+        lines.append(f"summary: {analysis.summary}")
+    if analysis.success is not None:
+        lines.append(f"success: {'passed' if analysis.success.passed else 'failed'} — {analysis.success.reason}")
+    if analysis.extracted is not None:
+        lines.append(f"extracted: {json.dumps(analysis.extracted, ensure_ascii=False)}")
+    return lines
 
 
 async def _flush_webhooks(store: ConfigStore, dispatcher: Dispatcher) -> None:

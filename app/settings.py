@@ -7,11 +7,12 @@ reads `os.environ`, so tests can build the whole app from a literal `Settings(..
 from __future__ import annotations
 
 import os
+from datetime import date
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/app.db"
@@ -39,6 +40,25 @@ class AgentMode(str, Enum):
 class ExecutorType(str, Enum):
     thread = "thread"
     process = "process"
+
+
+class ModelPrice(BaseModel):
+    """What one model costs, in US dollars; a unit left out costs nothing. The built-in
+    table is `app.domain.pricing.DEFAULT_PRICES`; `PRICE_TABLE` adds or replaces models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_mtok: float = Field(0.0, ge=0, description="Per million input (prompt) tokens.")
+    cached_input_per_mtok: float | None = Field(
+        None, ge=0, description="Per million cached input tokens; unset: the input price."
+    )
+    output_per_mtok: float = Field(0.0, ge=0, description="Per million output (completion) tokens.")
+    audio_per_minute: float = Field(0.0, ge=0, description="Per minute of audio transcribed (STT) or spoken (TTS).")
+    per_mchars: float = Field(0.0, ge=0, description="Per million characters synthesised (TTS).")
+    as_of: date | None = Field(None, description="When these prices were taken from the provider's price list.")
+
+
+PriceTable = dict[Annotated[str, StringConstraints(min_length=1, max_length=200)], ModelPrice]
 
 
 class Settings(BaseSettings):
@@ -132,6 +152,23 @@ class Settings(BaseSettings):
         "(the lockfile's integrity hashes still apply).",
     )
 
+    analysis_model: str | None = Field(
+        None, max_length=200,
+        description="Model for post-call analysis when an agent's analysis settings name none "
+        "(default: the agent's own model).",
+    )
+    analysis_concurrency: int = Field(2, ge=1, le=64, description="Analyses one process runs at once.")
+    analysis_poll_interval: float = Field(
+        5.0, gt=0, le=300,
+        description="Seconds between looks for pending analyses left by other processes or a restart "
+        "(this process's own sessions are analysed as soon as they end).",
+    )
+    price_table: PriceTable = Field(
+        default_factory=dict,
+        description='JSON: model name -> prices (USD), added to or replacing the built-in table, e.g. '
+        '{"gpt-4.1-mini": {"input_per_mtok": 0.4, "cached_input_per_mtok": 0.1, "output_per_mtok": 1.6, '
+        '"as_of": "2025-08-01"}}.',
+    )
     webhook_url_policy: Literal["auto", "public", "any"] = Field(
         "auto",
         description="Where webhook URLs may point. public: https only, and never to loopback, private, "
@@ -163,7 +200,7 @@ class Settings(BaseSettings):
     def _upper(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) else v
 
-    @field_validator("admin_api_key", "token_api_key", "openai_api_key", "npm_registry", mode="before")
+    @field_validator("admin_api_key", "token_api_key", "openai_api_key", "npm_registry", "analysis_model", mode="before")
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v

@@ -28,7 +28,7 @@ import uvicorn
 from app.api.app import create_app
 from app.api.status import RuntimeStatus
 from app.domain import StoreUnavailable
-from app.domain.models import utcnow
+from app.domain.values import utcnow
 from app.observability import tracing
 from app.settings import ExecutorType, Settings
 from app.store import ConfigStore, open_store

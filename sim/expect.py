@@ -34,9 +34,11 @@ from livekit.agents.voice.run_result import (
 )
 
 from app.domain import SessionRecord
+from app.domain.analysis import SessionAnalysis
 from sim.fake_openai import CapturedRequest, _content_text
 from sim.report import Checks, Loc
 from sim.scenario import (
+    AnalysisExpect,
     ExpectEvent,
     FunctionOutputExpect,
     LLMReceived,
@@ -574,11 +576,78 @@ def _check_served_by(checks: Checks, loc: Loc, spec: RecordExpect, record: Sessi
 def _check_usage(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRecord) -> None:
     assert spec.usage is not None
     u = record.usage
-    got = {"llm_tokens": u.llm_tokens, "llm_input_tokens": u.llm_input_tokens,
-           "llm_output_tokens": u.llm_output_tokens, "tts_characters": u.tts_characters}
+    got: dict[str, Any] = {"llm_tokens": u.llm_tokens, **u.model_dump(exclude={"models", "served_by"})}
     for name in spec.usage.model_fields_set:
         want = getattr(spec.usage, name)
-        checks.check(got[name] == want, (*loc, name), f"usage {name} differs", expected=want, actual=got[name])
+        same = abs(got[name] - want) < 1e-8 if name == "cost_usd" else got[name] == want
+        checks.check(same, (*loc, name), f"usage {name} differs", expected=want, actual=got[name],
+                     context=_usage_lines(u) if name in ("cost_usd", "unpriced_models") else None)
+
+
+def _usage_lines(u: Any) -> str:
+    return "usage by model:\n" + "\n".join(
+        f"  {m.kind} {m.provider} {m.model}: in {m.input_tokens} (cached {m.cached_tokens}) out {m.output_tokens}"
+        f" audio {m.audio_s}s chars {m.characters} cost {m.cost_usd}" for m in u.models)
+
+
+# -------------------------------------------------------------------------- analysis
+
+
+def check_analysis(
+    checks: Checks, loc: Loc, spec: AnalysisExpect, analysis: SessionAnalysis | None, *, live: bool
+) -> None:
+    """The stored post-call analysis against `spec` (None: it did not finish in time)."""
+    if analysis is None:
+        checks.fail(loc, "no finished analysis was stored", expected="done or failed", actual="none or pending")
+        return
+    a = analysis
+    fields = spec.model_fields_set
+    if spec.status is not None:
+        checks.check(a.status.value == spec.status, (*loc, "status"), "analysis status differs",
+                     expected=spec.status, actual=a.status.value, context=f"error: {a.error}" if a.error else None)
+    if spec.attempts is not None:
+        checks.check(a.attempts == spec.attempts, (*loc, "attempts"), "analysis attempts differ",
+                     expected=spec.attempts, actual=a.attempts, context=f"error: {a.error}" if a.error else None)
+    if live:
+        for name, value in (("summary", a.summary), ("success", a.success), ("extracted", a.extracted)):
+            if name in fields:
+                checks.check(value is not None, (*loc, name), f"analysis has no {name}", expected="a value",
+                             actual="None")
+        return
+    for name, match, got in (("summary", spec.summary, a.summary), ("error", spec.error, a.error)):
+        if match is not None:
+            problem = "is missing" if got is None else text_problem(
+                got, match.text, match.contains_list(), match.regex)
+            checks.check(problem is None, (*loc, name), f"analysis {name} {problem}", expected=_describe_match(match),
+                         actual=short(got))
+    if spec.success is not None:
+        if a.success is None:
+            checks.fail((*loc, "success"), "analysis has no success verdict", expected="a verdict", actual="None")
+        else:
+            if spec.success.passed is not None:
+                checks.check(a.success.passed == spec.success.passed, (*loc, "success", "passed"),
+                             "success verdict differs", expected=spec.success.passed, actual=a.success.passed,
+                             context=f"reason: {a.success.reason}")
+            if (m := spec.success.reason) is not None:
+                problem = text_problem(a.success.reason, m.text, m.contains_list(), m.regex)
+                checks.check(problem is None, (*loc, "success", "reason"), f"success reason {problem}",
+                             expected=_describe_match(m), actual=short(a.success.reason))
+    if spec.extracted is not None:
+        checks.check(a.extracted == spec.extracted, (*loc, "extracted"), "extracted fields differ",
+                     expected=short(spec.extracted), actual=short(a.extracted))
+    if spec.extracted_include is not None:
+        problem = subset_problem(spec.extracted_include, a.extracted)
+        checks.check(problem is None, (*loc, "extracted_include"), f"extracted fields: {problem}",
+                     expected=short(spec.extracted_include), actual=short(a.extracted))
+    simple = {"model": a.request.model, "input_tokens": a.input_tokens, "output_tokens": a.output_tokens}
+    for name, got in simple.items():
+        if name in fields:
+            want = getattr(spec, name)
+            checks.check(got == want, (*loc, name), f"analysis {name} differs", expected=want, actual=got)
+    if "cost_usd" in fields:
+        want, cost = spec.cost_usd, a.cost_usd
+        same = cost is None if want is None else cost is not None and abs(cost - want) < 1e-8
+        checks.check(same, (*loc, "cost_usd"), "analysis cost differs", expected=want, actual=cost)
 
 
 def _check_turns(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRecord) -> None:

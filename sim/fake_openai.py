@@ -25,7 +25,9 @@ a token is a whitespace-separated word) with `finish_reason: "length"`, unless t
 was made with `honour_cap=False` (a server that ignores the parameter). Usage is
 reported as a server would: prompt tokens about one per four characters of the
 request's messages and tools, completion tokens one per word (or per four characters of
-tool arguments); a scripted reply may fix both (`usage=(prompt, completion)`).
+tool arguments), in the stream's last chunk as OpenAI sends it; a scripted reply may fix
+both (`usage=(prompt, completion)`), and cached prompt tokens too
+(`usage=Usage(120, 8, cached_tokens=64)`, reported as `prompt_tokens_details.cached_tokens`).
 
 Audio (the voice sim): `POST …/audio/transcriptions` answers the next queued transcript
 (`fake.transcript("...")`; an empty queue transcribes as "", as a real model does with
@@ -64,6 +66,7 @@ __all__ = [
     "ScriptedText",
     "ScriptedToolCalls",
     "ToolCall",
+    "Usage",
 ]
 
 
@@ -76,10 +79,24 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """The token counts a reply reports (OpenAI's `usage`, in the stream's last chunk)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+ScriptedUsage = Usage | tuple[int, int] | None
+"""What a scripted reply reports: `Usage`, `(prompt_tokens, completion_tokens)`, or None
+(counted from the request and the reply, as a server would)."""
+
+
+@dataclass(frozen=True)
 class ScriptedText:
     text: str
-    usage: tuple[int, int] | None = None
-    """(prompt_tokens, completion_tokens) to report; None: counted from the request."""
+    usage: ScriptedUsage = None
+    """What to report (`ScriptedUsage`); None: counted from the request."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +104,7 @@ class ScriptedToolCalls:
     calls: tuple[ToolCall, ...]
     text: str = ""
     """Optional assistant text streamed before the tool calls."""
-    usage: tuple[int, int] | None = None
+    usage: ScriptedUsage = None
 
 
 @dataclass(frozen=True)
@@ -213,9 +230,9 @@ class FakeOpenAI:
 
     # ------------------------------------------------------------------ scripting
 
-    def text(self, text: str) -> FakeOpenAI:
+    def text(self, text: str, *, usage: ScriptedUsage = None) -> FakeOpenAI:
         """Queue a plain assistant text reply."""
-        return self.add(ScriptedText(text))
+        return self.add(ScriptedText(text, usage))
 
     def tool_call(
         self, name: str, arguments: Mapping[str, Any] | str | None = None, *, call_id: str | None = None
@@ -456,8 +473,11 @@ def _args_json(call: ToolCall) -> str:
     return call.arguments if isinstance(call.arguments, str) else json.dumps(dict(call.arguments))
 
 
-def _usage(req: CapturedRequest, reply: ScriptedText | ScriptedToolCalls, *, cut: int | None) -> dict[str, int]:
-    if reply.usage is not None:
+def _usage(req: CapturedRequest, reply: ScriptedText | ScriptedToolCalls, *, cut: int | None) -> dict[str, Any]:
+    cached = 0
+    if isinstance(reply.usage, Usage):
+        prompt, completion, cached = reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.cached_tokens
+    elif reply.usage is not None:
         prompt, completion = reply.usage
     else:
         prompt = max(1, len(json.dumps([req.messages, req.body.get("tools") or []])) // 4)
@@ -468,10 +488,13 @@ def _usage(req: CapturedRequest, reply: ScriptedText | ScriptedToolCalls, *, cut
         completion = max(1, completion)
     if cut is not None:
         completion = cut
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    doc: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if cached:
+        doc["prompt_tokens_details"] = {"cached_tokens": cached}
+    return doc
 
 
-def _sse(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str, usage: dict[str, int], finish: str | None) -> bytes:
+def _sse(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str, usage: dict[str, Any], finish: str | None) -> bytes:
     chunks: list[dict[str, Any]] = []
     if isinstance(reply, ScriptedText):
         chunks.append(_chunk(seq, model, {"role": "assistant", "content": ""}))
@@ -493,7 +516,7 @@ def _sse(reply: ScriptedText | ScriptedToolCalls, seq: int, model: str, usage: d
 
 
 def _completion(
-    reply: ScriptedText | ScriptedToolCalls, seq: int, model: str, usage: dict[str, int], cut: str | None
+    reply: ScriptedText | ScriptedToolCalls, seq: int, model: str, usage: dict[str, Any], cut: str | None
 ) -> bytes:
     if isinstance(reply, ScriptedText):
         message: dict[str, Any] = {"role": "assistant", "content": reply.text}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import json
 import shutil
 import tempfile
 import time
@@ -39,6 +40,7 @@ from livekit.agents.voice.run_result import RunResult
 
 from app.agents.providers import session_connect_options
 from app.domain import NotFound, SessionRecord, StoreUnavailable
+from app.domain.analysis import SessionAnalysis
 from app.seed import seed
 from app.settings import Settings
 from app.store import open_store
@@ -50,6 +52,7 @@ from app.worker.session_start import PreparedSession
 from sim.config_ops import ConfigApplier
 from sim.endpoints import SimEndpoints
 from sim.expect import (
+    check_analysis,
     check_closes,
     check_events,
     check_llm_received,
@@ -58,12 +61,14 @@ from sim.expect import (
     describe_event,
     skip_activation,
 )
-from sim.fake_openai import CapturedRequest, script_asks
+from sim.fake_openai import CapturedRequest, FakeOpenAI, ScriptedError, ScriptedText, Usage, script_asks
 from sim.http_mocks import add_routes, check_calls
 from sim.llm import LiveConfig, LiveLLM, ScriptedLLM, SessionLLM
 from sim.outage import SwitchableStore
 from sim.report import Checks, Failure, Loc
 from sim.scenario import (
+    AnalysisExpect,
+    AnalysisReply,
     LoadedScenario,
     Scenario,
     SessionSpec,
@@ -118,6 +123,8 @@ class SessionOutcome:
     """`io: voice`: the session's `sim.voice.runner.VoiceDriver` (audio recorded, timeline)."""
     endpoints: SimEndpoints | None = None
     """Offline: the scripted servers the session's models reached (`sim.endpoints`)."""
+    analysis: SessionAnalysis | None = None
+    """The finished post-call analysis, when the session's spec awaits it."""
 
     @property
     def turns(self) -> int:
@@ -216,6 +223,9 @@ class SimEnvironment:
         self.router: respx.MockRouter | None = None
         self._api: Any = None
         self.judge_llm: Any = None
+        self.analysis_llm: FakeOpenAI | None = None
+        """Offline: the scripted post-call analysis model (a session's `analysis.replies`)."""
+        self._analysis_client: Any = None
 
     async def __aenter__(self) -> SimEnvironment:
         sc = self.scenario
@@ -244,7 +254,12 @@ class SimEnvironment:
         self.settings = Settings(_env_file=None, **opts)  # type: ignore[call-arg]
         # the process's silero VAD, loaded once (as a worker's prewarm loads it) and before
         # any session is prepared, so voice agents get it from the factory as in production
-        self.services = WorkerServices(self.settings, self.store, vad=process_vad())  # type: ignore[arg-type]
+        if self.live is None:
+            self.analysis_llm = FakeOpenAI(name="analysis")
+            self._analysis_client = self.analysis_llm.client()
+        self.services = WorkerServices(  # type: ignore[arg-type]
+            self.settings, self.store, vad=process_vad(), analysis_llm_client=self._analysis_client
+        )
         await self.services.start()
         self.applier = ConfigApplier(self.store, api=self.api, default_via=sc.config_via, cache=self.services.cache)
         if self.live is not None:
@@ -283,6 +298,8 @@ class SimEnvironment:
             if self.judge_llm is not None:
                 await self.judge_llm.aclose()
             await self.services.aclose()
+            if self._analysis_client is not None:
+                await self._analysis_client.close()
         finally:
             await self.raw_store.aclose()
             if self.tmp is not None and self._tmp_given is None:
@@ -331,6 +348,10 @@ async def run_session(
     live = env.live is not None
     outcome = SessionOutcome(name=spec.name or f"{loc}")
     await env.applier.apply_all(checks, (*loc, "config"), spec.config)
+    if spec.analysis is not None and env.analysis_llm is not None:
+        env.analysis_llm.clear()
+        for reply in spec.analysis.replies:
+            env.analysis_llm.add(_analysis_reply(reply))
     llm = env.new_llm()
     voice = None
     if env.scenario.io == "voice":  # speech audio through VAD/STT/TTS: sim/voice/runner.py
@@ -382,7 +403,44 @@ async def run_session(
         check_record(checks, (*loc, "record"), spec.record, outcome.record, live=live)
     if voice is not None:
         voice.check_session(checks, loc, outcome.record, live=live)
+    if spec.analysis is not None:
+        await _check_analysis(env, spec.analysis, outcome, checks, (*loc, "analysis"), live)
+    elif outcome.record is not None and outcome.record.analysis is not None and env.services.analysis is not None:
+        # not checked, but let it finish: a later session's scripted analysis replies are its own
+        settings = outcome.record.analysis.request.settings
+        await env.services.analysis.wait_for(outcome.record.session_id, settings.max_attempts * (settings.timeout_s + 2))
     return outcome
+
+
+def _analysis_reply(reply: AnalysisReply) -> ScriptedText | ScriptedError:
+    if reply.error is not None:
+        return ScriptedError(reply.error, "scripted analysis error")
+    u = reply.usage
+    usage = Usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens) if u is not None else None
+    text = json.dumps(reply.json_) if reply.json_ is not None else reply.text or ""
+    return ScriptedText(text, usage=usage)
+
+
+async def _check_analysis(
+    env: SimEnvironment, spec: AnalysisExpect, outcome: SessionOutcome, checks: Checks, loc: Loc, live: bool
+) -> None:
+    """Wait for the session's analysis (run by the environment's runner, as the worker's
+    runs it after the call) and check it; then every scripted reply must have been asked."""
+    record, runner = outcome.record, env.services.analysis
+    if record is None or runner is None:
+        return
+    if record.analysis is None:
+        checks.fail(loc, "the session has no analysis: the agent that ran it has no `analysis` settings",
+                    expected="a pending analysis on the record", actual="None")
+        return
+    request = record.analysis.request.settings
+    timeout = request.max_attempts * (request.timeout_s + 2) + 5
+    outcome.analysis = await runner.wait_for(record.session_id, timeout)
+    check_analysis(checks, loc, spec, outcome.analysis, live=live)
+    fake = env.analysis_llm
+    if fake is not None and fake.pending:
+        checks.fail((*loc, "replies"), f"{fake.pending} scripted analysis repl(ies) were never requested",
+                    expected="every reply used", actual=f"{len(spec.replies) - fake.pending} used")
 
 
 def _model_kwargs(

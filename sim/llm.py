@@ -35,6 +35,7 @@ from sim.fake_openai import (
     ScriptedText,
     ScriptedToolCalls,
     ToolCall,
+    Usage,
 )
 from sim.scenario import DEFAULT_ENDPOINT, LLMReply
 
@@ -97,7 +98,9 @@ class SessionLLM(Protocol):
 
 
 def to_reply(r: LLMReply) -> ScriptedText | ScriptedToolCalls | ScriptedError:
-    usage = (r.usage.prompt_tokens, r.usage.completion_tokens) if r.usage is not None else None
+    usage = (
+        Usage(r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.cached_tokens) if r.usage is not None else None
+    )
     if r.error is not None:
         return ScriptedError(r.error, "scripted error")
     if r.tool is not None:

@@ -109,11 +109,33 @@ def sites(doc: dict[str, Any]) -> Iterator[Site]:
         ):
             if name in record:
                 yield Site(f"record.{name}", (*rl, name), (*rl, name), change)
+        usage = record.get("usage") or {}
+        for name, value in usage.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                yield Site(f"record.usage.{name}", (*rl, "usage", name), (*rl, "usage", name),
+                           lambda v: v + 1 if isinstance(v, int) else v * 2 + 1e-6)
+        yield from _analysis_sites(session.get("analysis") or {}, (*sl, "analysis"))
         for i, turn in enumerate(record.get("turns") or []):
             key = "text" if "text" in turn else "contains" if "contains" in turn else None
             if key:
                 yield Site("record.turns", (*rl, "turns", i, key), (*rl, "turns"), _text if key == "text" else _add)
             break
+
+
+def _analysis_sites(spec: dict[str, Any], al: Loc) -> Iterator[Site]:
+    for name, change in (
+        ("status", lambda v: "failed" if v == "done" else "done"), ("attempts", _bump), ("model", _mark),
+        ("input_tokens", _bump), ("output_tokens", _bump), ("extracted", lambda v: {**v, MARK: 1}),
+        ("extracted_include", lambda v: {**v, MARK: 1}),
+    ):
+        if name in spec:
+            yield Site(f"analysis.{name}", (*al, name), (*al, name), change)
+    for name in ("summary", "error"):
+        if isinstance(spec.get(name), dict):
+            yield Site(f"analysis.{name}", (*al, name, "contains"), (*al, name), _add)
+    success = spec.get("success") or {}
+    if "passed" in success:
+        yield Site("analysis.success.passed", (*al, "success", "passed"), (*al, "success"), lambda v: not v)
 
 
 def _config_sites(op: dict[str, Any], loc: Loc) -> Iterator[Site]:

@@ -71,9 +71,12 @@ class Checks:
             )
         )
 
-    def check(self, ok: bool, loc: Loc, message: str, *, expected: object = None, actual: object = None) -> bool:
+    def check(
+        self, ok: bool, loc: Loc, message: str, *, expected: object = None, actual: object = None,
+        context: str | None = None,
+    ) -> bool:
         if not ok:
-            self.fail(loc, message, expected=expected, actual=actual)
+            self.fail(loc, message, expected=expected, actual=actual, context=context)
         return ok
 
     @property

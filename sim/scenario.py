@@ -247,6 +247,14 @@ class EndpointSpec(_M):
 class ReplyUsage(_M):
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
+    cached_tokens: int = Field(0, ge=0)
+    """Of the prompt tokens, served from the cache (`prompt_tokens_details.cached_tokens`)."""
+
+    @model_validator(mode="after")
+    def _cached_within_prompt(self) -> ReplyUsage:
+        if self.cached_tokens > self.prompt_tokens:
+            raise ValueError("cached_tokens cannot exceed prompt_tokens")
+        return self
 
 
 class ToolCallSpec(_M):
@@ -471,12 +479,64 @@ class ServedByExpect(_M):
 
 
 class UsageExpect(_M):
-    """Exact totals (offline only: a real model's token counts vary)."""
+    """Exact totals (offline only: a real model's token counts vary); `cost_usd` to within
+    a millionth of a cent."""
 
     llm_tokens: int | None = None
     llm_input_tokens: int | None = None
+    llm_cached_tokens: int | None = None
     llm_output_tokens: int | None = None
+    stt_audio_s: float | None = None
     tts_characters: int | None = None
+    tts_audio_s: float | None = None
+    cost_usd: float | None = Field(None, ge=0)
+    unpriced_models: list[str] | None = None
+    """Exactly these models had usage but no price (sorted)."""
+
+
+class AnalysisReply(_M):
+    """One scripted answer of the post-call analysis model: `json` (the answer as a mapping,
+    sent as JSON text), `text` (raw text, e.g. garbage), or `error` (an HTTP status)."""
+
+    json_: dict[str, Any] | None = Field(None, alias="json")
+    text: str | None = None
+    error: int | None = Field(None, ge=400, le=599)
+    usage: ReplyUsage | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> AnalysisReply:
+        if sum(x is not None for x in (self.json_, self.text, self.error)) != 1:
+            raise ValueError("an analysis reply is one of: json, text, error")
+        return self
+
+
+class SuccessExpect(_M):
+    passed: bool | None = None
+    reason: TextMatch | None = None
+
+
+class AnalysisExpect(_M):
+    """The post-call analysis (`SessionRecord.analysis`), awaited after the session ends.
+    `replies`: what the analysis model answers, in order (offline; every one must be
+    requested). The rest are checks on the stored result; in live mode only `status`,
+    `attempts` and the presence of what was asked are checked."""
+
+    replies: list[AnalysisReply] = Field(default_factory=list)
+    status: Literal["done", "failed"] | None = None
+    summary: TextMatch | None = None
+    success: SuccessExpect | None = None
+    extracted: dict[str, Any] | None = None
+    """Exact equality."""
+    extracted_include: dict[str, Any] | None = None
+    error: TextMatch | None = None
+    """The failure reason (status failed)."""
+    attempts: int | None = Field(None, ge=0)
+    model: str | None = None
+    """The model that was asked (`analysis.request.model`)."""
+    input_tokens: int | None = Field(None, ge=0)
+    output_tokens: int | None = Field(None, ge=0)
+    cost_usd: float | None = Field(None, ge=0)
+    """`null`: the model has no price."""
 
 
 class RecordExpect(_M):
@@ -545,6 +605,8 @@ class SessionSpec(_M):
     record: RecordExpect | None = None
     voice: VoiceSessionExpect | None = None
     """`io: voice` only: the latency metrics stored on the record (`sim.voice.spec`)."""
+    analysis: AnalysisExpect | None = None
+    """The post-call analysis of this session (the agent needs `analysis` settings)."""
 
 
 class LatencyBudget(_M):

@@ -5,16 +5,18 @@ uvicorn — the same path as Ollama or vLLM), with no LiveKit server at all."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import sys
 from pathlib import Path
 
+import pytest
 import uvicorn
 
 from app.domain import SessionRecord, SessionStatus
 from app.store.sql import SQLStore
-from sim.fake_openai import FakeOpenAI
+from sim.fake_openai import FakeOpenAI, Usage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -185,3 +187,48 @@ async def test_chat_talks_to_the_routed_agent_and_stores_the_session(tmp_path: P
     assert rec.collected == {"caller_name": "Ada Lovelace"}
     assert [t.role for t in rec.turns if t.role == "user"] == ["user"]
     assert rec.status.value == "completed"
+
+
+async def test_chat_prints_and_stores_usage_with_its_cost_and_the_post_call_analysis(tmp_path: Path) -> None:
+    """The Done-when path of issue 14 §2/§3 through `python -m app chat`: LiveKit's usage
+    (cached tokens included) priced on the record, then the analysis asked of the same
+    endpoint with structured output, after one invalid answer, stored as done."""
+    answer = {"summary": "Ada asked where order AB1234567 is.", "success": {"passed": True, "reason": "Order noted."}}
+    fake = (
+        FakeOpenAI()
+        .text("Thanks Ada. What is your order number?", usage=Usage(1000, 20, cached_tokens=512))
+        .text("not json")  # the analysis model's first answer: retried
+        .text(json.dumps(answer), usage=Usage(300, 30))
+    )
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(fake.asgi_app(), host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    env = chat_env(tmp_path, OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1", OPENAI_API_KEY="sk-local-test")
+    try:
+        code, out, err = await run_cli(tmp_path, env, "seed")
+        assert code == 0, out + err
+        store = SQLStore(env["DATABASE_URL"])
+        await store.start()
+        try:
+            await store.update_agent_config("support-agent-v1", {"analysis": {
+                "summary_prompt": "One sentence.", "success_criteria": "An order number was asked for."}})
+        finally:
+            await store.aclose()
+        code, out, err = await run_cli(tmp_path, env, "chat", "--purpose", "support", stdin=b"Hi, this is Ada\n\n")
+    finally:
+        server.should_exit = True
+        await task
+    assert code == 0, err
+    assert "usage: 1000 input tokens (512 cached), 20 output tokens" in err, err
+    assert "summary: Ada asked where order AB1234567 is." in err
+    assert "success: passed — Order noted." in err
+    rec = await only_session(tmp_path)
+    assert (rec.usage.llm_input_tokens, rec.usage.llm_cached_tokens, rec.usage.llm_output_tokens) == (1000, 512, 20)
+    assert rec.usage.cost_usd == pytest.approx((488 * 0.40 + 512 * 0.10 + 20 * 1.60) / 1e6)
+    assert rec.analysis is not None and rec.analysis.status.value == "done" and rec.analysis.attempts == 2
+    assert rec.analysis.request.config_version == 2
+    analysis_req = fake.requests[-1]
+    assert analysis_req.body["response_format"]["type"] == "json_schema"
+    assert "Caller: Hi, this is Ada" in json.dumps(analysis_req.messages)

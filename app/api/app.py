@@ -42,6 +42,7 @@ from app.api.resolve import ResolveController
 from app.api.routes import RouteController
 from app.api.sessions import SessionController
 from app.api.status import RuntimeStatus
+from app.api.usage import UsageController
 from app.api.webhooks import WebhookController
 from app.assets.browser import BrowserAssets
 from app.observability import tracing
@@ -84,8 +85,8 @@ def create_app(
     admin = Router(
         path=API_PREFIX,
         route_handlers=[
-            AgentConfigController, LatencyController, RouteController, SessionController, ResolveController,
-            AuditController, WebhookController,
+            AgentConfigController, LatencyController, RouteController, SessionController, UsageController,
+            ResolveController, AuditController, WebhookController,
         ],
         guards=[bearer_guard(settings.admin_api_key, ADMIN_ACTOR)],
         dependencies=CHANGE_DEPENDENCY,

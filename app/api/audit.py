@@ -12,7 +12,7 @@ from litestar.params import QueryParameter
 
 from app.api.deps import Limit, Offset, Store
 from app.api.errors import error_responses
-from app.api.sessions import TIME_DOC, query_time
+from app.api.query_times import TIME_DOC, query_time
 from app.domain.events import Event, change_types
 
 _WHERE = "GET /api/v1/audit"

@@ -72,6 +72,7 @@ NAV = (
     ("agents", "/agents", "Agents"),
     ("routes", "/routes", "Routes"),
     ("sessions", "/sessions", "Sessions"),
+    ("usage", "/usage", "Usage"),
     ("webhooks", "/webhooks", "Webhooks"),
     ("talk", "/talk", "Talk"),
 )
@@ -163,6 +164,9 @@ def console_handlers(settings: Settings, assets: BrowserAssets | None = None) ->
     def session_detail(session_id: PathId) -> Response[str]:
         return render_page(facts, "session", session_id, "sessions", session_id=session_id)
 
+    @get("/usage", name="console:usage", include_in_schema=False, sync_to_thread=False)
+    def usage() -> Response[str]:
+        return render_page(facts, "usage", "Usage", "usage")
     @get("/webhooks", name="console:webhooks", include_in_schema=False, sync_to_thread=False)
     def webhooks() -> Response[str]:
         return render_page(facts, "webhooks", "Webhooks", "webhooks")
@@ -179,7 +183,7 @@ def console_handlers(settings: Settings, assets: BrowserAssets | None = None) ->
     # relative URLs, so a version query string could not bust their cache anyway.
     revalidate = CacheControlHeader(no_cache=True)
     handlers: list[ControllerRouterHandler] = [
-        home, agents, agent_new, agent_edit, agent_history, routes, sessions, session_detail, webhooks, talk,
+        home, agents, agent_new, agent_edit, agent_history, routes, sessions, session_detail, usage, webhooks, talk,
         safe_static_files_router(STATIC_PATH, [STATIC_DIR], name="console:static", cache_control=revalidate),
     ]
     # Served from where the client is or will be: a fetch after start-up fills the

@@ -25,12 +25,10 @@ from app.domain.models import (
     PromptConfig,
     Route,
     RouteInput,
-    ServedBy,
     SessionBudget,
     SessionEvent,
     SessionRecord,
     SessionStatus,
-    SessionUsage,
     STTConfig,
     STTFallback,
     TTSConfig,
@@ -42,6 +40,7 @@ from app.domain.models import (
     patched_input,
     template_fields,
 )
+from app.domain.usage import ServedBy, SessionUsage
 
 __all__ = [
     "AgentConfig",

@@ -26,7 +26,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.domain.models import UtcDatetime, utcnow
+from app.domain.analysis import SuccessVerdict
+from app.domain.usage import SessionUsage
+from app.domain.values import UtcDatetime, utcnow
 
 EVENT_ID_PREFIX = "evt_"
 MAX_NOTE_CHARS = 500
@@ -200,6 +202,29 @@ class SessionEndedData(BaseModel):
     collected_validation: CollectedValidation | None = None
     handoffs: list[SessionHandoffData] = Field(default_factory=list)
     metrics: list[dict[str, Any]] = Field(default_factory=list, description="Per-turn latency figures (voice)")
+    usage: SessionUsage | None = Field(
+        None, description="What the call used (tokens, audio, characters; per model) and its cost, with the "
+        "providers that served it")
+    analysis_requested: bool = Field(
+        False, description="The agent has post-call analysis settings: a session.analyzed event follows "
+        "when the analysis is stored (done or failed)")
+
+
+class SessionAnalyzedData(BaseModel):
+    """The post-call analysis as stored on the session record, sent when it is finished."""
+
+    session_id: str
+    agent_id: str
+    config_version: int | None = None
+    status: Literal["done", "failed"]
+    summary: str | None = None
+    success: SuccessVerdict | None = Field(None, description="The verdict on the success criteria, with its reason")
+    extracted: dict[str, Any] | None = Field(None, description="The fields the extraction schema asked for")
+    error: str | None = Field(None, description="Why the analysis failed (status failed)")
+    model: str = Field(description="The model that was asked")
+    attempts: int
+    finished_at: UtcDatetime | None = None
+    cost_usd: float | None = Field(None, description="Of the analysis calls; null: the model has no price")
 
 
 class WebhookChangedData(BaseModel):
@@ -260,6 +285,11 @@ SESSION_ENDED = register_event_type(
     "A conversation ended (completed, failed, or abandoned by the stale-session sweep or a shutdown), with its "
     "transcript, collected data and validation state, handoffs and per-turn metrics.",
     SessionEndedData)
+SESSION_ANALYZED = register_event_type(
+    "session.analyzed", EventKind.session,
+    "A conversation's post-call analysis was stored: done (summary, success verdict, extracted fields) or "
+    "failed (with the reason). Sent after session.ended, for agents with analysis settings.",
+    SessionAnalyzedData)
 
 
 WEBHOOK_CREATED = register_event_type(

@@ -11,14 +11,12 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from enum import Enum
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     HttpUrl,
@@ -27,8 +25,19 @@ from pydantic import (
     model_validator,
 )
 
+from app.domain.analysis import AnalysisConfig, SessionAnalysis
 from app.domain.field_errors import field_error, raise_field_errors
 from app.domain.schema_admission import SchemaRefused, check_schema
+from app.domain.usage import SessionUsage
+from app.domain.values import (  # re-exported: `from app.domain.models import utcnow` keeps working
+    INT as _INT,
+    NUMBER as _NUMBER,
+    JsonBool as JsonBool,
+    JsonInt as JsonInt,
+    JsonNumber as JsonNumber,
+    UtcDatetime as UtcDatetime,
+    utcnow as utcnow,
+)
 from app.settings import DEFAULT_REPLY_MAX_TOKENS  # the reply cap without llm.max_tokens
 
 SLUG_RE = r"^[a-z0-9][a-z0-9-]{1,62}$"
@@ -49,51 +58,6 @@ BuiltinToolName = Literal["end_session", "transfer", "record_score"]
 """Built-in tools a config may name; each is implemented in the agents layer's tool
 registry (`app.agents.tool_registry`). `record_score`: the PTE examiner's scoring."""
 BUILTIN_TOOL_NAMES: tuple[str, ...] = get_args(BuiltinToolName)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _to_utc(value: datetime) -> datetime:
-    """Every stored time is UTC, whatever offset a client or driver used."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _not_a_number(value: Any) -> Any:
-    """A time is an RFC 3339 string (or a datetime from a driver), never a bare number:
-    lax parsing would read `0` or `true` as a Unix timestamp."""
-    if isinstance(value, int | float):
-        raise ValueError("expected an RFC 3339 date-time string")
-    return value
-
-
-UtcDatetime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_to_utc)]
-
-
-# Exact JSON types for client-written scalars: `"true"`, `0` or `"5"` are not a bool or a
-# number. pydantic's lax mode coerces them, and Litestar validates bodies with
-# `strict=False` (overriding any model or field `strict`), so the check is a validator.
-# Found by fuzzing: bodies the OpenAPI document calls invalid were accepted.
-def _exact(*types: type, name: str) -> Any:
-    def check(value: Any) -> Any:
-        if value is None:  # left to the field's own None handling
-            return value
-        if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
-            raise ValueError(f"Input should be a JSON {name}")
-        return value
-
-    return BeforeValidator(check)
-
-
-_BOOL = _exact(bool, name="boolean")
-_INT = _exact(int, name="integer")
-_NUMBER = _exact(int, float, name="number")
-JsonBool = Annotated[bool, _BOOL]
-JsonInt = Annotated[int, _INT]
-JsonNumber = Annotated[float, _NUMBER]
-"""For a constrained optional, put the bounds first: `Annotated[float, Field(ge=0), _NUMBER]`
-(after the validator pydantic still enforces them but documents `ge`, not `minimum`)."""
 
 
 MAX_URL_CHARS = 2083
@@ -440,6 +404,9 @@ class AgentConfigInput(_Model):
     budget: SessionBudget = Field(default_factory=SessionBudget)
     tools: list[ToolSpec] = Field(default_factory=list, max_length=MAX_TOOLS)
     handoffs: list[AgentId] = Field(default_factory=list, max_length=MAX_TOOLS)
+    analysis: AnalysisConfig | None = Field(
+        None, description="Post-call analysis (summary, success criteria, extracted fields); none when unset."
+    )
 
     @model_validator(mode="after")
     def _check_tools(self) -> AgentConfigInput:
@@ -572,30 +539,6 @@ class SessionEvent(BaseModel):
     detail: str = Field("", max_length=500)
 
 
-class ServedBy(BaseModel):
-    """How many agent turns (LLM, TTS) or user turns (STT) one provider's model served."""
-
-    kind: Literal["llm", "stt", "tts"]
-    provider: str
-    model: str
-    turns: int = Field(0, ge=0)
-
-
-class SessionUsage(BaseModel):
-    """What a session consumed, as LiveKit counts it (`AgentSession.usage`), and which
-    providers served its turns. Budgets (`SessionBudget`) are checked against it."""
-
-    llm_input_tokens: int = Field(0, ge=0)
-    llm_output_tokens: int = Field(0, ge=0)
-    tts_characters: int = Field(0, ge=0)
-    stt_audio_s: float = Field(0.0, ge=0)
-    served_by: list[ServedBy] = Field(default_factory=list)
-
-    @property
-    def llm_tokens(self) -> int:
-        return self.llm_input_tokens + self.llm_output_tokens
-
-
 class SessionRecord(BaseModel):
     session_id: str
     room: str
@@ -615,7 +558,10 @@ class SessionRecord(BaseModel):
     handoffs: list[Handoff] = Field(default_factory=list)
     error: str | None = None
     metrics: list[dict[str, Any]] = Field(default_factory=list)
-    usage: SessionUsage = Field(default_factory=SessionUsage)
+    usage: SessionUsage = Field(
+        default_factory=SessionUsage, description="Tokens, audio and characters the call used, the providers "
+        "that served it, and the cost; kept current as the call goes. Read-only.",
+    )
     events: list[SessionEvent] = Field(default_factory=list)
     owner: str | None = Field(
         None, description="The process instance (host, pid, random) running the session; read-only."
@@ -623,4 +569,8 @@ class SessionRecord(BaseModel):
     heartbeat_at: UtcDatetime | None = Field(
         None, description="When the owner last proved alive; an active session whose owner stops "
         "heartbeating is marked abandoned. Read-only.",
+    )
+    analysis: SessionAnalysis | None = Field(
+        None, description="The post-call analysis, when the agent has analysis settings: pending until it has "
+        "run, then done or failed (with the reason). Read-only.",
     )

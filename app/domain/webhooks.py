@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
 
 from app.domain.events import EVENT_TYPES
-from app.domain.models import AgentId, JsonBool, UtcDatetime, _Model
+from app.domain.models import AgentId, _Model
+from app.domain.values import JsonBool, UtcDatetime
 
 WEBHOOK_ID_PREFIX = "wh_"
 DELIVERY_ID_PREFIX = "dlv_"

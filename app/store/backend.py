@@ -17,13 +17,14 @@ failed write leaves no event; a committed write always yields its events.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 from app.domain import AgentConfig, Route, SessionRecord, SessionStatus
 from app.domain.events import Event
+from app.domain.usage import UsageGroup, UsageRow
 from app.domain.webhooks import Delivery, DeliveryStatus, StoredWebhook
 from app.store.session_rules import Run
 
@@ -271,6 +272,36 @@ class DeliveriesBackend(Protocol):
         """Newest first (declared last: the name shadows `list`)."""
 
 
+class AnalysisQueueBackend(Protocol):
+    """The claimable state of post-call analyses (`session_rules.QUEUE_FIELDS`). Every
+    change is one conditional write, so of several processes exactly one holds a lease."""
+
+    async def claim(self, token: str, now: datetime, lease_until: datetime, limit: int) -> list[tuple[str, int]]:
+        """Take up to `limit` pending analyses whose lease is free (none, or ended before
+        `now`), oldest session first: lease them to `token` until `lease_until` and count
+        the claim. Returns (session_id, claims so far) of each taken."""
+
+    async def renew(self, session_id: str, token: str, lease_until: datetime) -> bool:
+        """Extend the lease, only while `token` holds it."""
+
+    async def finish(self, session_id: str, token: str, analysis: dict[str, Any], events: list[Event]) -> bool:
+        """Store the finished `analysis` (its JSON form) and clear the lease, only while
+        `token` holds it (else nothing is written: another process took over); `events`
+        (`session.analyzed`) commit with it."""
+
+    async def release(self, session_id: str, token: str) -> bool:
+        """Give the lease up unfinished (shutdown), only while `token` holds it."""
+
+
+class UsageBackend(Protocol):
+    async def totals(
+        self, group_by: Sequence[UsageGroup], agent_id: str | None, since: datetime | None, until: datetime | None
+    ) -> list[UsageRow]:
+        """Sums over the sessions started in [since, until) (of `agent_id`), one row per
+        distinct value of the `group_by` keys (the day is the UTC day the session started),
+        ordered by those keys; one row when `group_by` is empty (none if no session)."""
+
+
 class Backend(Lifecycle, Protocol):
     """One database: its lifecycle plus one repository per concern."""
 
@@ -285,6 +316,12 @@ class Backend(Lifecycle, Protocol):
 
     @property
     def liveness(self) -> LivenessBackend: ...
+
+    @property
+    def analysis(self) -> AnalysisQueueBackend: ...
+
+    @property
+    def usage(self) -> UsageBackend: ...
 
     @property
     def journal(self) -> JournalBackend: ...

@@ -36,7 +36,9 @@ from app.domain import (
     SessionStatus,
     Turn,
 )
+from app.domain.analysis import SessionAnalysis
 from app.domain.events import SYSTEM, ChangeContext, Event
+from app.domain.usage import UsageGroup, UsageReport
 
 if TYPE_CHECKING:
     from app.domain.webhooks import (
@@ -151,6 +153,19 @@ def ops_applied_before(exc: BaseException) -> int:
     """How many leading ops of a failed `apply_session_writes` batch were applied (0 on SQL)."""
     n = getattr(exc, OPS_APPLIED_ATTR, 0)
     return n if isinstance(n, int) and n > 0 else 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedAnalysis:
+    """A pending analysis this process now holds (`ConfigStore.claim_analyses`)."""
+
+    record: SessionRecord
+    """With its turns; `record.analysis` is the pending request."""
+    token: str
+    """Proves the lease: renew, finish and release only work with it."""
+    claims: int
+    """How many times it was claimed, this time included (a process that died holding it
+    claimed it too)."""
 
 
 @runtime_checkable
@@ -280,6 +295,33 @@ class ConfigStore(Protocol):
         """Start-up recovery when one process owns the database (SQLite): mark every
         session left `active` (by a dead predecessor) as abandoned."""
 
+    # post-call analysis -------------------------------------------------------
+    async def claim_analyses(self, owner: str, *, lease_s: float, limit: int) -> list[ClaimedAnalysis]:
+        """Lease up to `limit` pending analyses to this process for `lease_s` seconds,
+        oldest session first. One whose lease ran out (its process died, or stopped
+        renewing) can be claimed again; one held by a live lease never is."""
+
+    async def renew_analysis(self, claim: ClaimedAnalysis, lease_s: float) -> bool:
+        """Extend the lease by `lease_s` from now; False if it was lost."""
+
+    async def finish_analysis(self, claim: ClaimedAnalysis, analysis: SessionAnalysis) -> bool:
+        """Store the finished (done or failed) analysis and end the lease; False, writing
+        nothing, if the lease was lost (another process holds it now)."""
+
+    async def release_analysis(self, claim: ClaimedAnalysis) -> None:
+        """Give up the lease unfinished (shutdown): it can be claimed again at once."""
+
+    # usage --------------------------------------------------------------------
+    async def usage_report(
+        self,
+        *,
+        group_by: list[UsageGroup],
+        agent_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> UsageReport:
+        """Usage and cost summed over the sessions started in [since, until), grouped by
+        agent, version and/or UTC day, with the total."""
     # journal -----------------------------------------------------------------
     async def list_events(
         self,

@@ -12,11 +12,13 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from app.domain import AgentConfig, Route, SessionRecord
+from app.domain.analysis import AnalysisStatus, SessionAnalysis
 from app.domain.events import (
     AGENT_CREATED,
     AGENT_DELETED,
     AGENT_VERSION_CREATED,
     ROUTES_CHANGED,
+    SESSION_ANALYZED,
     SESSION_ENDED,
     SESSION_HANDOFF,
     SESSION_STARTED,
@@ -28,6 +30,7 @@ from app.domain.events import (
     Event,
     RouteData,
     RoutesChangedData,
+    SessionAnalyzedData,
     SessionHandoffData,
     SessionStartedData,
     make_event,
@@ -90,6 +93,17 @@ def session_ended(
     stub = {"session_id": session_id, "agent_id": agent_id, "status": status, "end_reason": reason,
             "error": error, "ended_at": ended_at.isoformat() if ended_at else None}
     return make_event(SESSION_ENDED, stub, at=now, agent_id=agent_id)
+
+
+def session_analyzed(record: SessionRecord, analysis: SessionAnalysis, now: datetime) -> Event:
+    """Committed with the finished analysis (`ConfigStore.finish_analysis`), in full."""
+    data = SessionAnalyzedData(
+        session_id=record.session_id, agent_id=record.agent_id, config_version=record.config_version,
+        status="done" if analysis.status == AnalysisStatus.done else "failed", summary=analysis.summary, success=analysis.success,
+        extracted=analysis.extracted, error=analysis.error, model=analysis.request.model,
+        attempts=analysis.attempts, finished_at=analysis.finished_at, cost_usd=analysis.cost_usd,
+    )
+    return make_event(SESSION_ANALYZED, data, at=now, agent_id=record.agent_id)
 
 
 def session_run_events(session_id: str, runs: list[Run], now: datetime) -> None:

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from app.domain import (
@@ -46,8 +47,10 @@ from app.domain import (
     VersionConflict,
     patched_input,
 )
+from app.domain.analysis import AnalysisStatus, SessionAnalysis
 from app.domain.errors import InvalidInput
 from app.domain.events import SYSTEM, ChangeContext, ChangeKind, Event
+from app.domain.usage import UsageGroup, UsageReport, UsageTotals
 from app.store import event_rules
 from app.store.backend import (
     Applied,
@@ -66,6 +69,7 @@ from app.store.base import (
     OPS_APPLIED_ATTR,
     AppendTurn,
     ChangeListener,
+    ClaimedAnalysis,
     FinishSession,
     RecordData,
     RecordHandoff,
@@ -479,3 +483,60 @@ class StoreService(WebhookStore):
     async def relay_events(self, grace_s: float = 30.0) -> int:
         """Finish moving committed events into the journal after a crash (MongoDB)."""
         return await self.backend.journal.relay(grace_s)
+
+    # ---------------------------------------------------------- post-call analysis
+
+    async def claim_analyses(self, owner: str, *, lease_s: float, limit: int) -> list[ClaimedAnalysis]:
+        must_be_str(owner, "owner")
+        if limit <= 0:
+            return []
+        token = f"{owner}/{secrets.token_hex(6)}"
+        now = self.backend.now()
+        taken = await self.backend.analysis.claim(token, now, now + timedelta(seconds=lease_s), limit)
+        claimed = []
+        for session_id, claims in taken:
+            record = await self.backend.sessions.get(session_id)
+            if record is None or record.analysis is None:  # not possible short of a hand edit
+                log.warning("session %s: claimed an analysis that is not there; skipped", session_id)
+                continue
+            claimed.append(ClaimedAnalysis(record=record, token=token, claims=claims))
+        return claimed
+
+    async def renew_analysis(self, claim: ClaimedAnalysis, lease_s: float) -> bool:
+        until = self.backend.now() + timedelta(seconds=lease_s)
+        return await self.backend.analysis.renew(claim.record.session_id, claim.token, until)
+
+    async def finish_analysis(self, claim: ClaimedAnalysis, analysis: SessionAnalysis) -> bool:
+        if analysis.status == AnalysisStatus.pending:
+            raise InvalidInput("a finished analysis is done or failed, not pending")
+        doc = session_fields({"analysis": analysis})["analysis"]
+        events = [event_rules.session_analyzed(claim.record, analysis, self.backend.now())]
+        stored = await self.backend.analysis.finish(claim.record.session_id, claim.token, doc, events)
+        if stored:
+            self._journaled()
+        return stored
+
+    async def release_analysis(self, claim: ClaimedAnalysis) -> None:
+        await self.backend.analysis.release(claim.record.session_id, claim.token)
+
+    # ----------------------------------------------------------------------- usage
+
+    async def usage_report(
+        self,
+        *,
+        group_by: list[UsageGroup],
+        agent_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> UsageReport:
+        if agent_id is not None:
+            must_be_str(agent_id, "agent_id")
+        groups = [UsageGroup(g) for g in dict.fromkeys(group_by)]
+        rows = await self.backend.usage.totals(groups, agent_id, since, until)
+        total = UsageTotals()
+        for row in rows:
+            total = total.add(UsageTotals.model_validate(row.model_dump(include=set(UsageTotals.model_fields))))
+        return UsageReport(
+            group_by=groups, agent_id=agent_id, since=since, until=until,
+            rows=[r.rounded() for r in rows], total=total.rounded(),
+        )

@@ -33,8 +33,14 @@ from app.store.base import (
 
 UPDATABLE_FIELDS = (
     "agent_id", "config_version", "user_id", "degraded", "route_reason", "metrics", "usage", "events", "error", "room",
+    "analysis",
 )
 """Session fields `update_session` may set (the rest belong to start/finish)."""
+
+QUEUE_FIELDS = ("analysis_status", "analysis_owner", "analysis_lease_until", "analysis_claims")
+"""Stored beside a session's `analysis`, not part of the record: the claimable state of
+its post-call analysis (`ConfigStore.claim_analyses`). Every write of `analysis` resets
+them (`queue_fields`), so a newly requested analysis is free to claim."""
 
 _FIELD_TYPES: dict[str, TypeAdapter[Any]] = {
     name: TypeAdapter(SessionRecord.model_fields[name].annotation)  # type: ignore[arg-type]  # declared fields
@@ -53,9 +59,28 @@ def session_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
             checked = _FIELD_TYPES[name].validate_python(value)
         except ValueError as e:
             raise InvalidInput(f"bad value for session field {name}: {e}") from None
-        # stored as JSON by every backend (events carry times, usage is a model)
+        # stored as JSON by every backend (events carry times, usage and analysis are models)
         values[name] = _FIELD_TYPES[name].dump_python(checked, mode="json")
     return values
+
+
+def queue_fields(analysis: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The `QUEUE_FIELDS` for a newly written `analysis` (its JSON form): its status, no lease."""
+    status = analysis.get("status") if analysis is not None else None
+    return {"analysis_status": status, "analysis_owner": None, "analysis_lease_until": None, "analysis_claims": 0}
+
+
+def with_queue_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` (validated) plus the queue fields when they set `analysis`."""
+    if "analysis" not in fields:
+        return fields
+    return {**fields, **queue_fields(fields["analysis"])}
+
+
+def stored_json(record: SessionRecord) -> dict[str, Any]:
+    """The record's JSON-document fields as stored (`usage`, `analysis`), and their queue fields."""
+    analysis = record.analysis.model_dump(mode="json") if record.analysis is not None else None
+    return {"usage": record.usage.model_dump(mode="json"), "analysis": analysis, **queue_fields(analysis)}
 
 
 def must_be_str(value: Any, what: str) -> str:
@@ -119,7 +144,7 @@ def fold(ops: list[SessionWrite], now: datetime) -> list[Run]:
         elif isinstance(op, RecordHandoff):
             last.handoffs.append(op.handoff)
         elif isinstance(op, UpdateSession):
-            last.fields.update(session_fields(op.fields))
+            last.fields.update(with_queue_fields(session_fields(op.fields)))
         elif isinstance(op, FinishSession):
             last.fields.update(
                 status=SessionStatus(op.status).value, end_reason=op.reason, error=op.error,

@@ -31,7 +31,7 @@ from opentelemetry.trace import StatusCode
 
 from app.domain import StoreUnavailable
 from app.domain.events import Event
-from app.domain.models import utcnow
+from app.domain.values import utcnow
 from app.domain.webhooks import Delivery, DeliveryStatus, StoredWebhook
 from app.observability import metrics, tracing
 from app.settings import Settings

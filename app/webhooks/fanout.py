@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from app.domain.models import utcnow
+from app.domain.values import utcnow
 from app.domain.webhooks import Delivery, StoredWebhook, new_delivery_id
 from app.store.base import ConfigStore
 from app.store.event_rules import RENDERED_LATER

@@ -47,7 +47,9 @@ async def session_ended_data(store: ConfigStore, record: SessionRecord) -> Sessi
     duration = (record.ended_at - record.started_at).total_seconds() if record.ended_at else None
     return SessionEndedData.model_validate({
         **record.model_dump(include={"session_id", "room", "agent_id", "config_version", "user_id", "end_reason",
-                                     "error", "started_at", "ended_at", "degraded", "collected", "metrics"}),
+                                     "error", "started_at", "ended_at", "degraded", "collected", "metrics",
+                                     "usage"}),
+        "analysis_requested": record.analysis is not None,
         "status": record.status.value,
         "duration_s": round(duration, 3) if duration is not None else None,
         "transcript": [t.model_dump() for t in record.turns],

@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from app.domain import SessionBudget, SessionStatus
+from app.worker.usage import usage_totals
 
 if TYPE_CHECKING:
     from livekit.agents import AgentSession
@@ -80,15 +81,11 @@ class BudgetGuard:
         return getattr(config, "budget", None)
 
     def used(self) -> dict[str, float]:
-        from livekit.agents.metrics import LLMModelUsage, TTSModelUsage
-
-        tokens = chars = 0
-        for u in self._session.usage.model_usage:
-            if isinstance(u, LLMModelUsage):
-                tokens += u.input_tokens + u.output_tokens
-            elif isinstance(u, TTSModelUsage):
-                chars += u.characters_count
-        return {"llm_tokens": tokens, "tts_characters": chars, "duration_s": time.monotonic() - self._started}
+        totals = usage_totals(self._session.usage)  # read as the session record reads it
+        return {
+            "llm_tokens": totals.llm_tokens, "tts_characters": totals.tts_characters,
+            "duration_s": time.monotonic() - self._started,
+        }
 
     def check(self) -> None:
         """Warn or end the session if the running agent's budget says so."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 # LiveKit plugins must register on the main thread, and THREAD-executor jobs run on
 # other threads: import them here, at start-up, never first inside a job.
@@ -23,12 +23,17 @@ from livekit.plugins import (
 )
 
 from app.adapters import install_adapters
-from app.domain import AgentConfig, StoreUnavailable
+from app.domain import AgentConfig, SessionRecord, StoreUnavailable
+from app.domain.pricing import PriceTable
 from app.settings import Settings
 from app.store.base import ConfigStore
 from app.store.cache import ConfigCache, ConfigSnapshot
 from app.store.sources import SnapshotSource, config_source
-from app.worker.sessions import PendingWrites
+from app.worker.analysis import AnalysisRunner
+from app.worker.sessions import PendingWrites, instance_id
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +55,14 @@ class WorkerServices:
         cache: ConfigCache | None = None,
         configs: SnapshotSource | None = None,
         vad: lk_vad.VAD | None = None,
+        run_analyses: bool = True,
+        analysis_llm_client: openai.AsyncClient | None = None,
     ) -> None:
         """`cache`: the process's store cache (made here when not given and there is a
         store). `configs`: where sessions get their configs (`config_source` picks it
-        from the settings when not given)."""
+        from the settings when not given). `run_analyses`: run post-call analyses in this
+        process (not in PROCESS-executor job processes: the supervisor's runner does);
+        `analysis_llm_client`: the OpenAI client analyses use (tests, the sim)."""
         self.settings = settings
         self.store = store
         self.cache = cache or (
@@ -64,6 +73,12 @@ class WorkerServices:
         self.loop: asyncio.AbstractEventLoop | None = None
         # Session writes that outlive their session in a store outage (see sessions.py).
         self.pending = PendingWrites()
+        self.prices = PriceTable.from_settings(settings)
+        self.analysis: AnalysisRunner | None = None
+        if store is not None and run_analyses:
+            self.analysis = AnalysisRunner(
+                settings, store, owner=instance_id(), prices=self.prices, llm_client=analysis_llm_client
+            )
 
     async def start(self) -> None:
         """Install the library adapters (once per process) and start the config source
@@ -71,18 +86,28 @@ class WorkerServices:
         install_adapters()
         self.loop = asyncio.get_running_loop()
         self.pending.start()
+        if self.analysis is not None:
+            self.analysis.start()
         if self.cache is not None:
             await self.cache.start()
         if self.configs is not self.cache:
             await self.configs.start()
 
     async def aclose(self) -> None:
+        if self.analysis is not None:  # running analyses give their leases back
+            await self.analysis.aclose()
         # Buffered session writes get a last chance, then are logged with their payloads.
         await self.pending.aclose(timeout=PENDING_FLUSH_TIMEOUT)
         if self.configs is not self.cache:
             await self.configs.aclose()
         if self.cache is not None:
             await self.cache.aclose()
+
+    def session_closed(self, record: SessionRecord) -> None:
+        """A session's last writes are stored (or handed on): analyse it now if asked.
+        Called from the session's own loop (THREAD executor: another thread)."""
+        if self.analysis is not None and record.analysis is not None:
+            self.analysis.nudge(record)
 
     def load_vad(self) -> lk_vad.VAD:
         """Silero VAD, loaded once per process and shared by every session."""
@@ -159,7 +184,8 @@ async def ensure_services(settings_factory: Callable[[], Settings] | None = None
 
     settings = settings_factory() if settings_factory else Settings()
     store = open_store(settings.database_url)
-    services = WorkerServices(settings, store)
+    # Analyses are the supervisor's runner's: a job process ends with its job.
+    services = WorkerServices(settings, store, run_analyses=False)
     try:
         await store.start()
     except StoreUnavailable:

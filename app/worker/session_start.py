@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
+from app.agents.analysis import analysis_request
 from app.agents.base import BaseAgent
 from app.agents.context import SessionContext
 from app.agents.factory import AgentFactory, MissingVariables
@@ -89,7 +90,11 @@ async def prepare_session(
         session_id=session_id, room=room, agent_id=config.agent_id, config_version=config.version,
         user_id=decision.user_id or user_id, route_reason=decision.reason, degraded=resolution.degraded,
     )
-    manager = SessionManager(services.store, record, call=services.call, spill=services.pending.adopt)
+    manager = SessionManager(
+        services.store, record, call=services.call, spill=services.pending.adopt,
+        analysis=analysis_request(services.settings, config), prices=services.prices,
+        on_closed=services.session_closed,
+    )
     factory = AgentFactory(
         services.settings, configs,
         vad=services.vad if audio else None, llm_client=llm_client, http_client=http_client,
@@ -111,6 +116,7 @@ async def prepare_session(
         record.agent_id, record.config_version = config.agent_id, config.version
         record.route_reason = f"{decision.reason}:missing_variables"
         manager.set_agent(config.agent_id, config.version)
+        manager.analysis = analysis_request(services.settings, config)
         agent = factory.create_agent(config, ctx)
     # The call's span, current from here on: the session writer started next, the
     # AgentSession's spans and every task of the call belong to it.

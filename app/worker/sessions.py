@@ -19,10 +19,15 @@ Each session row names its `owner` (`instance_id()`, one per container) and carr
 `heartbeat_at` that the supervisor refreshes, so another process can tell a crashed
 owner's sessions from live ones (`ConfigStore.abandon_stale_sessions`).
 
-Beyond turns and collected data the record keeps `usage` (LiveKit's own count of LLM
-tokens, TTS characters and STT audio, and which provider served each turn, from each
-message's `metrics`) and `events` (fail-overs, cut replies, budget warnings), each stored
-as a snapshot like `metrics`.
+Beyond turns and collected data the record keeps `usage` and `events` (fail-overs, cut
+replies, budget warnings), each stored as a snapshot like `metrics`. `usage` is the one
+place a session's consumption is collected: LiveKit's own count (`session_usage_updated`,
+`AgentSession.usage`: LLM input/cached/output tokens, STT audio seconds, TTS characters
+and audio seconds, per provider and model), priced with the price table, plus which
+provider served each turn (from each message's `metrics`). It is written when it changes
+and once more, final, with the end. When the agent has analysis settings, the pending
+analysis is written in that same last batch, so the end of a call and its analysis
+request are stored together; `on_closed` then tells the analysis runner.
 """
 
 from __future__ import annotations
@@ -50,7 +55,10 @@ from app.domain import (
     StoreUnavailable,
     Turn,
 )
-from app.domain.models import MAX_SESSION_EVENTS, SessionEventKind, deep_merge, utcnow
+from app.domain.analysis import AnalysisRequest, AnalysisStatus, SessionAnalysis
+from app.domain.models import MAX_SESSION_EVENTS, SessionEventKind, deep_merge
+from app.domain.pricing import PriceTable
+from app.domain.values import utcnow
 from app.observability import metrics, tracing
 from app.store.base import (
     AppendTurn,
@@ -67,6 +75,7 @@ from app.store.base import (
 if TYPE_CHECKING:  # the supervisor imports this module before the LiveKit stack is loaded
     from livekit.agents import AgentSession, CloseEvent, ConversationItemAddedEvent, FunctionToolsExecutedEvent
     from livekit.agents.llm import ChatMessage
+    from livekit.agents.metrics import AgentSessionUsage
     from livekit.agents.voice.events import SessionUsageUpdatedEvent
 
 log = logging.getLogger(__name__)
@@ -177,7 +186,13 @@ class SessionManager:
         retry_max_delay: float = 2.0,
         flush_timeout: float = 10.0,
         spill: Spill | None = None,
+        analysis: AnalysisRequest | None = None,
+        prices: PriceTable | None = None,
+        on_closed: Callable[[SessionRecord], None] | None = None,
     ) -> None:
+        """`analysis`: what to ask after the call (None: the agent has no analysis).
+        `prices`: to price the usage (None: the built-in price table). `on_closed`:
+        called once the last writes are flushed (or handed on)."""
         self._store = store
         self.record = record
         self._call = call
@@ -202,6 +217,10 @@ class SessionManager:
         self._stopping = False
         """Set by `aclose` with the writer's cancel: a driver that swallows the
         cancellation (seen with pymongo mid-operation) must not keep it retrying."""
+        self.analysis = analysis
+        self._prices = prices or PriceTable.defaults()
+        self._on_closed = on_closed
+        self._session: AgentSession[Any] | None = None
         self.failed_writes = 0
         self.dropped: list[str] = []
         self.spilled = 0
@@ -221,6 +240,7 @@ class SessionManager:
 
     def attach(self, session: AgentSession[Any]) -> None:
         """Subscribe to a LiveKit `AgentSession`'s events."""
+        self._session = session
         session.on("conversation_item_added", self._on_item)
         session.on("session_usage_updated", self._on_usage)
         session.on("close", self._on_close)
@@ -234,10 +254,30 @@ class SessionManager:
             self._finish = (status, reason or status.value, None)
         status_, reason_, error = self._finish or (SessionStatus.completed, "closed", None)
         sid = self.record.session_id
+        last: dict[str, Any] = {}
+        if self._session is not None and self._update_usage(self._session.usage):
+            last["usage"] = self.record.usage  # the final figures (readable after LiveKit closed it)
+        if self.analysis is not None:
+            self.record.analysis = SessionAnalysis(
+                status=AnalysisStatus.pending, request=self.analysis, requested_at=utcnow()
+            )
+            last["analysis"] = self.record.analysis
+        if last:
+            self._enqueue(UpdateSession(last))
         self._enqueue(FinishSession(status_, reason_, error))
         self._closed = True
         if self._started_as is not None:
             metrics.session_ended(self._started_as, status_.value)
+        try:
+            await self._close_writes(sid)
+        finally:
+            if self._on_closed is not None:
+                try:
+                    self._on_closed(self.record)
+                except Exception:
+                    log.exception("session %s: on_closed callback failed", sid)
+
+    async def _close_writes(self, sid: str) -> None:
         await self.flush(self._flush_timeout)
         if self._writer is not None:
             self._stopping = True
@@ -360,24 +400,18 @@ class SessionManager:
 
     def _on_usage(self, ev: SessionUsageUpdatedEvent) -> None:
         """LiveKit's running totals for the session (`AgentSession.usage`)."""
-        from livekit.agents.metrics import LLMModelUsage, STTModelUsage, TTSModelUsage
+        if self._update_usage(ev.usage):
+            self._store_usage()
 
-        llm_in = llm_out = tts_chars = 0
-        stt_s = 0.0
-        for u in ev.usage.model_usage:
-            if isinstance(u, LLMModelUsage):
-                llm_in += u.input_tokens
-                llm_out += u.output_tokens
-            elif isinstance(u, TTSModelUsage):
-                tts_chars += u.characters_count
-            elif isinstance(u, STTModelUsage):
-                stt_s += u.audio_duration
-        usage = self.record.usage
-        new = (llm_in, llm_out, tts_chars, round(stt_s, 3))
-        if new == (usage.llm_input_tokens, usage.llm_output_tokens, usage.tts_characters, usage.stt_audio_s):
-            return
-        usage.llm_input_tokens, usage.llm_output_tokens, usage.tts_characters, usage.stt_audio_s = new
-        self._store_usage()
+    def _update_usage(self, usage: AgentSessionUsage) -> bool:
+        """`record.usage` from LiveKit's totals, priced; False when nothing changed."""
+        from app.worker.usage import model_lines
+
+        updated = self._prices.priced(self.record.usage, model_lines(usage))
+        if updated == self.record.usage:
+            return False
+        self.record.usage = updated
+        return True
 
     def _store_usage(self) -> None:
         self._enqueue(UpdateSession({"usage": self.record.usage.model_dump(mode="json")}))

@@ -103,3 +103,31 @@ async def test_the_readme_example_is_valid_and_passes(tmp_path: Path) -> None:
     path = write(tmp_path, readme_example())
     result = await run_scenario(load_scenario(path))
     assert result.passed, result.report()
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ("name: x\nsessions:\n  - analysis:\n      replies: [{json: {}, text: a}]\n", 4,
+         "sessions[0].analysis.replies[0]: an analysis reply is one of: json, text, error"),
+        ("name: x\nsessions:\n  - analysis:\n      replies:\n        - {error: 200}\n", 5,
+         "sessions[0].analysis.replies[0].error"),
+        ("name: x\nsessions:\n  - analysis:\n      status: pending\n", 4, "sessions[0].analysis.status"),
+        ("name: x\nsessions:\n  - analysis:\n      success: {passed: yes, reson: x}\n", 4,
+         "sessions[0].analysis.success.reson: Extra inputs"),
+        ("name: x\nsessions:\n  - analysis:\n      summary: {contians: x}\n", 4, "sessions[0].analysis.summary.contians"),
+        ("name: x\nsessions:\n  - turns:\n      - user: hi\n        llm:\n          - text: a\n"
+         "            usage: {prompt_tokens: 1, completion_tokens: 1, cached_tokens: 2}\n", 7,
+         "usage: cached_tokens cannot exceed prompt_tokens"),
+        ("name: x\nsessions:\n  - record:\n      usage: {cost: 1}\n", 4, "sessions[0].record.usage.cost: Extra inputs"),
+        ("name: x\nsessions:\n  - record:\n      usage: {cost_usd: -1}\n", 4, "sessions[0].record.usage.cost_usd"),
+    ],
+)
+def test_invalid_analysis_and_usage_expectations_name_the_line(
+    tmp_path: Path, text: str, line: int, fragment: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(path)
+    message = str(err.value)
+    assert f"{path}:{line}:" in message and fragment in message, message

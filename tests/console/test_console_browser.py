@@ -18,6 +18,9 @@ import pytest
 from playwright.sync_api import expect
 
 from app.domain import Handoff, ServedBy, SessionEvent, SessionRecord, SessionStatus, SessionUsage, Turn
+from app.domain.analysis import AnalysisConfig, AnalysisRequest, AnalysisStatus, SessionAnalysis, SuccessVerdict
+from app.domain.pricing import PriceTable
+from app.domain.usage import ModelUsage
 
 from .conftest import ADMIN_KEY, KEY_STORAGE, ConsoleServer, screenshot
 
@@ -490,6 +493,14 @@ def _store_sessions(server: ConsoleServer) -> None:
             "sess-interview-1", SessionStatus.completed, reason="candidate hung up",
             ended_at=t0 + timedelta(minutes=3, seconds=5),
         )
+        request = AnalysisRequest(agent_id="interview-agent-v1", config_version=1, model="gpt-4.1-mini",
+                                  settings=AnalysisConfig(summary_prompt="Short.", success_criteria="Name taken."))
+        await store.update_session("sess-interview-1", analysis=SessionAnalysis(
+            status=AnalysisStatus.done, request=request, requested_at=t0, finished_at=t0, attempts=2,
+            summary="Jane Doe has about six and a half years of experience.",
+            success=SuccessVerdict(passed=True, reason="The candidate's name was recorded."),
+            extracted={"years": 6.5}, input_tokens=900, output_tokens=60, cost_usd=0.000456,
+        ))
         await store.start_session(SessionRecord(
             session_id="sess-support-1", room="support-agent-v1-c3d4", agent_id="support-agent-v1",
             config_version=1, started_at=t0 + timedelta(minutes=10),
@@ -498,10 +509,15 @@ def _store_sessions(server: ConsoleServer) -> None:
             from_agent="support-agent-v1", to_agent="sales-agent-v1", reason="wants to upgrade",
             at=t0 + timedelta(minutes=11),
         ))
-        await store.update_session("sess-support-1", usage=SessionUsage(
-            llm_input_tokens=1200, llm_output_tokens=85, tts_characters=412,
+        usage = PriceTable.defaults().priced(SessionUsage(
             served_by=[ServedBy(kind="llm", provider="backup.example:8080", model="llama", turns=2)],
-        ).model_dump(mode="json"), events=[SessionEvent(
+        ), [
+            ModelUsage(kind="llm", provider="api.openai.com", model="gpt-4.1-mini", input_tokens=1000,
+                       cached_tokens=400, output_tokens=60),
+            ModelUsage(kind="llm", provider="backup.example:8080", model="llama", input_tokens=200, output_tokens=25),
+            ModelUsage(kind="tts", provider="api.openai.com", model="tts-1", characters=412, audio_s=21.5),
+        ])
+        await store.update_session("sess-support-1", usage=usage.model_dump(mode="json"), events=[SessionEvent(
             kind="provider_unavailable", agent_id="support-agent-v1", detail="llm api.openai.com/gpt-4.1-mini",
             at=t0 + timedelta(minutes=10, seconds=5)).model_dump(mode="json")])
         await store.finish_session(  # as app/worker/model_unavailable.py records it
@@ -564,6 +580,14 @@ def test_sessions_list_filters_and_transcript(server: ConsoleServer, page: Any) 
     expect(collected.get_by_role("row").filter(has_text="notice_period")).to_contain_text("shorter than 2 characters")
     expect(page.get_by_text("3 of 6 required")).to_be_visible()
     expect(page.locator("#handoff-list")).to_contain_text("No handoffs")
+    analysis = page.locator("#analysis")
+    expect(page.locator("#analysis-status")).to_have_text("done")
+    expect(analysis).to_contain_text("Jane Doe has about six and a half years of experience.")
+    expect(analysis).to_contain_text("passed")
+    expect(analysis).to_contain_text("The candidate's name was recorded.")
+    expect(page.get_by_role("table", name="Extracted fields")).to_contain_text("6.5")
+    expect(analysis).to_contain_text("gpt-4.1-mini · 2 attempt(s)")
+    expect(analysis).to_contain_text("$0.000456")
     screenshot(page, "10-session-detail", full_page=True)
 
     page.goto("/sessions/sess-support-1")
@@ -574,11 +598,69 @@ def test_sessions_list_filters_and_transcript(server: ConsoleServer, page: Any) 
     facts = page.locator("#facts")
     expect(facts).to_contain_text("llm_unavailable")
     expect(facts).to_contain_text("APIStatusError: Error code: 401")
-    expect(page.locator("#usage")).to_contain_text("1,285 (1,200 in, 85 out)")
+    expect(page.locator("#usage")).to_contain_text("1,285 (1,200 in, of which 400 cached; 85 out)")
+    # gpt-4.1-mini: 600 × 0.40 + 400 × 0.10 + 60 × 1.60 per million; tts-1: 412 × 15 per million
+    expect(page.locator("#usage-cost")).to_have_text("$0.006556")
+    expect(page.locator("#usage")).to_contain_text("No price for llama: not included")
+    by_model = page.get_by_role("table", name="Usage by model")
+    expect(by_model.get_by_role("row").filter(has_text="llama")).to_contain_text("no price")
+    expect(by_model.get_by_role("row").filter(has_text="tts-1")).to_contain_text("412 chars, 21.5 s")
+    expect(page.locator("#analysis")).to_contain_text("No analysis")
     served = page.get_by_role("table", name="Served by")
     expect(served.get_by_role("row").filter(has_text="backup.example:8080")).to_contain_text("llama")
     expect(page.get_by_role("list", name="Events")).to_contain_text("Provider unavailable")
     expect(page.get_by_role("list", name="Events")).to_contain_text("llm api.openai.com/gpt-4.1-mini")
+
+
+def test_usage_page_sums_per_agent_and_day_and_lists_prices(server: ConsoleServer, page: Any) -> None:
+    _store_sessions(server)
+    page.goto("/usage")
+    table = page.get_by_role("table", name=re.compile("^Usage"))
+    expect(table.get_by_role("row")).to_have_count(4)  # header + three agents
+    support = table.get_by_role("row").filter(has_text="support-agent-v1")
+    expect(support).to_contain_text("1,200 / 400 / 85")
+    expect(support).to_contain_text("$0.006556")
+    expect(support).to_contain_text("1 with an unpriced model")
+    expect(table.get_by_role("row").filter(has_text="interview-agent-v1")).to_contain_text("$0.000456")
+    expect(page.locator("#usage-total")).to_contain_text("Sessions3")
+    screenshot(page, "11-usage", full_page=True)
+
+    page.get_by_role("checkbox", name="Day").check()
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    expect(table.get_by_role("row").filter(has_text="support-agent-v1")).to_contain_text(today)
+    expect(page).to_have_url(re.compile(r"group_by=agent%2Cday"))
+    page.get_by_role("checkbox", name="Agent").uncheck()
+    page.get_by_role("checkbox", name="Day").uncheck()
+    expect(table.get_by_role("row")).to_have_count(2)
+    expect(table).to_contain_text("All sessions")
+    page.get_by_label("From day (UTC)").fill((datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%d"))
+    page.get_by_role("button", name="Apply").click()
+    expect(table).to_contain_text("No sessions in this range.")
+
+    prices = page.get_by_role("table", name="Price table")
+    expect(prices.get_by_role("row").filter(has_text="gpt-4.1-mini")).to_contain_text("$0.4")
+    expect(prices.get_by_role("row").filter(has_text="gpt-4.1-mini")).to_contain_text("2025-08-01")
+
+
+def test_analysis_settings_are_edited_with_errors_in_place(server: ConsoleServer, page: Any) -> None:
+    page.goto("/agents/support-agent-v1")
+    expect(page.get_by_label("Name", exact=True)).to_have_value("Customer Support")
+    page.get_by_label("Summary instructions").fill("One sentence: why they called.")
+    page.get_by_label("Fields to extract").fill('{"type": "array", "items": {}}')
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator('[data-field="analysis.extraction_schema"] .server-error')).to_contain_text('"type": "object"')
+    page.get_by_label("Fields to extract").fill('{"type": "object", "properties": {"refund": {"type": "boolean"}}}')
+    page.get_by_label("Attempts").fill("2")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_text("Saved as version 2.")).to_be_visible()
+    expect(page.locator(".server-error")).to_have_count(0)
+
+    analysis = server.run(server.store.get_agent_config("support-agent-v1")).analysis
+    assert analysis is not None and analysis.summary_prompt == "One sentence: why they called."
+    assert analysis.extraction_schema == {"type": "object", "properties": {"refund": {"type": "boolean"}}}
+    assert analysis.max_attempts == 2 and analysis.success_criteria is None
+    page.reload()
+    expect(page.get_by_label("Attempts")).to_have_value("2")
 
 
 # ------------------------------------------------------------------ talk
@@ -707,6 +789,7 @@ PAGES = [
     ("/routes", "Routes"),
     ("/sessions", "Sessions"),
     ("/sessions/sess-interview-1", "Session sess-interview-1"),
+    ("/usage", "Usage"),
     ("/webhooks", "Webhooks"),
     ("/talk", "Talk"),
 ]
@@ -724,7 +807,7 @@ def test_every_page_renders_with_labelled_controls(server: ConsoleServer, page: 
         page.goto(path)
         expect(heading(page)).to_contain_text(title)
         expect(page.get_by_role("navigation", name="Main").get_by_role(
-            "link", name=re.compile(r"^(Agents|Routes|Sessions|Webhooks|Talk)$"))).to_have_count(5)
+            "link", name=re.compile(r"^(Agents|Routes|Sessions|Usage|Webhooks|Talk)$"))).to_have_count(6)
         expect(page.locator("body[data-ready=true]")).to_be_attached()
         assert page.evaluate(UNLABELLED_CONTROLS) == [], path
         assert page.locator("text=undefined").count() == 0, path

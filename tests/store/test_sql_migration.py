@@ -1,8 +1,9 @@
-"""Schema versions 2 (`sessions.owner`, `sessions.heartbeat_at`) and 3 (the `events`
-journal) on a database an older build created: `SQLStore.start` adds the columns and
-the table (idempotently, also with several processes starting at once), records the
-version, and keeps the old rows readable; a database newer than this build is reported,
-not touched."""
+"""Schema versions 2 (`sessions.owner`, `sessions.heartbeat_at`), 3 (`sessions.usage`,
+`sessions.events`), 4 (the `events` journal table, webhooks and deliveries) and 5
+(`sessions.analysis` and the analysis queue columns with their index) on a database an
+older build created: `SQLStore.start` adds the columns, tables and index (idempotently,
+also with several processes starting at once), records the version, and keeps the old
+rows readable; a database newer than this build is reported, not touched."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.domain import SessionRecord, SessionStatus
+from app.domain.analysis import AnalysisConfig, AnalysisRequest, AnalysisStatus, SessionAnalysis
+from app.domain.usage import SessionUsage, UsageGroup
+from app.domain.values import utcnow
 from app.store.sql import SQLStore
-from app.store.sql.tables import SCHEMA_VERSION, meta_t
+from app.store.sql.tables import ADDED_COLUMNS, SCHEMA_VERSION, meta_t
 from tests.store.conftest import BACKENDS, StoreTarget
 
 
@@ -54,18 +58,45 @@ async def _make_version_1(url: str) -> None:
         await store.aclose()
     await _exec(
         url,
-        "ALTER TABLE sessions DROP COLUMN owner",
-        "ALTER TABLE sessions DROP COLUMN heartbeat_at",
-        "ALTER TABLE sessions DROP COLUMN usage",
-        "ALTER TABLE sessions DROP COLUMN events",
+        "DROP INDEX ix_sessions_analysis_status",
+        *(f"ALTER TABLE sessions DROP COLUMN {col}" for col in ADDED_COLUMNS["sessions"]),
         "DROP TABLE events",
         meta_t.update().where(meta_t.c.key == "schema_version").values(value=1),
     )
 
 
-async def test_start_adds_the_owner_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
-    assert SCHEMA_VERSION == 4
+async def _make_version_3(url: str) -> None:
+    """A database as the version-3 build (usage and events, no analysis) left it, with a
+    session that used something."""
+    store = SQLStore(url)
+    await store.start()
+    try:
+        await store.start_session(SessionRecord(session_id="s-3", room="r", agent_id="agent-a"))
+        await store.update_session("s-3", usage={"llm_input_tokens": 40, "llm_output_tokens": 4})
+    finally:
+        await store.aclose()
+    await _exec(
+        url,
+        "DROP INDEX ix_sessions_analysis_status",
+        *(f"ALTER TABLE sessions DROP COLUMN {col}" for col in ADDED_COLUMNS["sessions"] if col.startswith("analysis")),
+        "DROP TABLE events",  # version 4's journal (its webhook tables are left: create_all skips them)
+        meta_t.update().where(meta_t.c.key == "schema_version").values(value=3),
+    )
+
+
+async def _indexes(url: str) -> set[str]:
+    eng = create_async_engine(url)
+    try:
+        async with eng.connect() as conn:
+            return await conn.run_sync(lambda c: {i["name"] for i in sa.inspect(c).get_indexes("sessions")})
+    finally:
+        await eng.dispose()
+
+
+async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
+    assert SCHEMA_VERSION == 5
     await _make_version_1(sql_target.url)
+    assert "ix_sessions_analysis_status" not in await _indexes(sql_target.url)
     stores = [SQLStore(sql_target.url) for _ in range(3)]
     try:
         # several processes upgrading at once: exactly one adds each column
@@ -73,23 +104,50 @@ async def test_start_adds_the_owner_columns_to_a_version_1_database(sql_target: 
         store = stores[0]
         old = await store.get_session("s-old")
         assert old.owner is None and old.heartbeat_at is None and old.status == SessionStatus.active
-        assert old.usage.llm_tokens == 0 and old.events == []  # version 3's columns, empty
+        assert old.usage.llm_tokens == 0 and old.events == [] and old.analysis is None  # new columns, empty
         await store.update_session("s-old", usage={"llm_input_tokens": 5}, events=[{"kind": "budget_warning"}])
         old = await store.get_session("s-old")
         assert old.usage.llm_input_tokens == 5 and [e.kind for e in old.events] == ["budget_warning"]
         await store.start_session(SessionRecord(session_id="s-new", room="r", agent_id="a", owner="me"))
         assert await store.heartbeat("me") == 1
         assert (await store.get_session("s-new")).owner == "me"
+        # version 5: usage and a pending analysis are stored, claimed and summed
+        pending = SessionAnalysis(
+            status=AnalysisStatus.pending, requested_at=utcnow(),
+            request=AnalysisRequest(agent_id="a", settings=AnalysisConfig(summary_prompt="Sum up"), model="m"),
+        )
+        await store.update_session("s-old", usage=SessionUsage(llm_input_tokens=7, cost_usd=0.5), analysis=pending)
+        [claim] = await store.claim_analyses("me", lease_s=30, limit=5)
+        assert claim.record.session_id == "s-old" and claim.claims == 1
+        report = await store.usage_report(group_by=[UsageGroup.agent])
+        assert [(r.agent_id, r.sessions, r.llm_input_tokens) for r in report.rows] == [("a", 1, 0), ("agent-a", 1, 7)]
         events, total = await store.list_events(types=["session.started"])
         assert total == 1 and events[0].data["session_id"] == "s-new"  # the journal table is there
     finally:
         for s in stores:
             await s.aclose()
     assert await _schema_version(sql_target.url) == SCHEMA_VERSION
+    assert "ix_sessions_analysis_status" in await _indexes(sql_target.url)
     again = SQLStore(sql_target.url)  # idempotent: nothing left to add
     await again.start()
     await again.aclose()
     assert await _schema_version(sql_target.url) == SCHEMA_VERSION
+
+
+async def test_a_version_3_database_gains_the_analysis_columns_and_keeps_its_usage(sql_target: StoreTarget) -> None:
+    await _make_version_3(sql_target.url)
+    store = SQLStore(sql_target.url)
+    await store.start()
+    try:
+        old = await store.get_session("s-3")
+        assert (old.usage.llm_input_tokens, old.usage.llm_output_tokens) == (40, 4) and old.analysis is None
+        assert await store.claim_analyses("me", lease_s=30, limit=5) == []  # nothing pending
+        report = await store.usage_report(group_by=[])
+        assert (report.total.sessions, report.total.llm_input_tokens) == (1, 40)
+    finally:
+        await store.aclose()
+    assert await _schema_version(sql_target.url) == SCHEMA_VERSION
+    assert "ix_sessions_analysis_status" in await _indexes(sql_target.url)
 
 
 async def test_a_newer_database_is_reported_and_left_alone(sql_target: StoreTarget, caplog) -> None:

@@ -96,3 +96,31 @@ async def test_a_voice_turns_metrics_name_the_models_that_served(store: SQLStore
     await m.aclose()
     entry = (await store.get_session("s")).metrics[0]
     assert (entry["llm"], entry["tts"]) == ("backup.example/b-1", "api.openai.com/tts-1")
+
+
+async def test_usage_keeps_livekits_lines_with_cached_tokens_audio_and_their_cost(store: SQLStore) -> None:
+    """One usage model: the totals budgets read, the per-model lines, the price table's cost
+    (at the list price of each model), and the providers that served, all on one record."""
+    m = SessionManager(store, SessionRecord(session_id="s", room="r", agent_id="a"))
+    await m.start()
+    m._on_item(message("assistant", "hello", llm_metadata=meta("api.openai.com", "gpt-4.1-mini")))
+    m._on_usage(SessionUsageUpdatedEvent(usage=AgentSessionUsage(model_usage=[
+        LLMModelUsage(provider="api.openai.com", model="gpt-4.1-mini", input_tokens=1000, input_cached_tokens=400,
+                      output_tokens=100),
+        STTModelUsage(provider="api.openai.com", model="gpt-4o-mini-transcribe", audio_duration=30.0),
+        TTSModelUsage(provider="api.openai.com", model="tts-1", characters_count=200, audio_duration=12.0),
+        TTSModelUsage(provider="local", model="piper", characters_count=50, audio_duration=3.0),
+    ])))
+    await m.aclose()
+    u = (await store.get_session("s")).usage
+    assert (u.llm_input_tokens, u.llm_cached_tokens, u.llm_output_tokens) == (1000, 400, 100)
+    assert (u.stt_audio_s, u.tts_characters, u.tts_audio_s) == (30.0, 250, 15.0)
+    llm = (600 * 0.40 + 400 * 0.10 + 100 * 1.60) / 1e6
+    stt = 0.5 * 0.003
+    tts = 200 * 15.00 / 1e6
+    assert u.cost_usd == pytest.approx(llm + stt + tts)
+    assert u.unpriced_models == ["piper"]
+    assert {(x.kind, x.model): x.cost_usd is not None for x in u.models} == {
+        ("llm", "gpt-4.1-mini"): True, ("stt", "gpt-4o-mini-transcribe"): True, ("tts", "tts-1"): True,
+        ("tts", "piper"): False}
+    assert [(s.kind, s.model, s.turns) for s in u.served_by] == [("llm", "gpt-4.1-mini", 1)]

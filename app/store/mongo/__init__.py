@@ -113,11 +113,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.store.mongo.analysis import MongoAnalysisQueue
 from app.store.mongo.client import MongoDatabase, escape_keys, unescape_keys
 from app.store.mongo.configs import MongoConfigs
 from app.store.mongo.journal import MongoJournal
 from app.store.mongo.routes import MongoRoutes
 from app.store.mongo.sessions import MongoLiveness, MongoSessions
+from app.store.mongo.usage import MongoUsage
 from app.store.mongo.webhooks import MongoDeliveries, MongoWebhooks
 from app.store.service import StoreService
 
@@ -131,6 +133,8 @@ class MongoBackend(MongoDatabase):
         self.routes = MongoRoutes(self)
         self.sessions = MongoSessions(self)
         self.liveness = MongoLiveness(self)
+        self.analysis = MongoAnalysisQueue(self)
+        self.usage = MongoUsage(self)
         self.webhooks = MongoWebhooks(self)
         self.deliveries = MongoDeliveries(self)
         self.journal = MongoJournal(self, self.configs, self.webhooks)

@@ -23,7 +23,7 @@ from pymongo.errors import (
 from pymongo.uri_parser import parse_uri
 
 from app.domain import InvalidInput, StoreUnavailable
-from app.domain.models import utcnow
+from app.domain.values import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,9 @@ class MongoDatabase:
             )
             await db.sessions.create_index(
                 [("status", ASCENDING), ("started_at", DESCENDING)], name="status_started"
+            )
+            await db.sessions.create_index(
+                [("analysis_status", ASCENDING), ("started_at", ASCENDING)], name="analysis_queue"
             )
             from app.store.mongo import journal, webhooks  # they import this module
 

@@ -16,7 +16,7 @@ from app.store.base import OPS_APPLIED_ATTR
 from app.store.mongo.client import Db, MongoDatabase, escape_keys, mapped, ms, unescape_keys
 from app.store.mongo.journal import PENDING, embedded, push_pending, relay_now
 from app.store.retry import MAX_ATTEMPTS, backoff
-from app.store.session_rules import Run
+from app.store.session_rules import QUEUE_FIELDS, Run, stored_json
 
 
 def _handoff_doc(h: Handoff) -> dict[str, Any]:
@@ -28,8 +28,12 @@ def _turn_doc(session_id: str, turn: Turn) -> dict[str, Any]:
             "at": ms(turn.at), "agent_id": turn.agent_id}
 
 
+_DOCUMENTS = ("metrics", "usage", "analysis")
+"""Fields holding JSON documents whose keys come from outside (escaped, see the package)."""
+
+
 def _fields_doc(fields: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: escape_keys(v) if k == "metrics" else ms(v) if isinstance(v, datetime) else v
+    return {k: escape_keys(v) if k in _DOCUMENTS else ms(v) if isinstance(v, datetime) else v
             for k, v in fields.items()}
 
 
@@ -45,12 +49,12 @@ def _as_stored(record: SessionRecord) -> SessionRecord:
 
 
 def _session_doc(record: SessionRecord, events: list[Any]) -> dict[str, Any]:
-    doc = _as_stored(record).model_dump(mode="python", exclude={"turns", "session_id"})
+    doc = _as_stored(record).model_dump(mode="python", exclude={"turns", "session_id", "usage", "analysis"})
+    doc.update(_fields_doc(stored_json(record)))
     doc["_id"] = record.session_id
     doc["status"] = SessionStatus(record.status).value
     doc["collected"] = escape_keys(record.collected)
     doc["metrics"] = escape_keys(record.metrics)
-    doc["usage"] = record.usage.model_dump(mode="json")
     doc["events"] = [e.model_dump(mode="json") for e in record.events]
     doc["crev"] = 0
     if events:
@@ -59,15 +63,16 @@ def _session_doc(record: SessionRecord, events: list[Any]) -> dict[str, Any]:
 
 
 def _record(doc: Mapping[str, Any], turns: list[Turn] | None = None) -> SessionRecord:
-    d = dict(doc)
+    d = {k: v for k, v in doc.items() if k not in QUEUE_FIELDS}
     d["session_id"] = d.pop("_id")
     d.pop("crev", None)
     d.pop(PENDING, None)
     d["turns"] = turns or []
     d["collected"] = unescape_keys(d.get("collected") or {})
     d["metrics"] = unescape_keys(d.get("metrics") or [])
+    d["usage"] = unescape_keys(d.get("usage") or {})
+    d["analysis"] = unescape_keys(d.get("analysis"))
     d["handoffs"] = d.get("handoffs") or []
-    d["usage"] = d.get("usage") or {}
     d["events"] = d.get("events") or []
     return SessionRecord.model_validate(d)
 

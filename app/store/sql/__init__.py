@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from app.domain.models import utcnow
+from app.domain.values import utcnow
 from app.store.service import StoreService
+from app.store.sql.analysis import SQLAnalysisQueue
 from app.store.sql.configs import SQLConfigs
 from app.store.sql.database import SQLDatabase
 from app.store.sql.journal import SQLJournal
 from app.store.sql.routes import SQLRoutes
 from app.store.sql.sessions import SQLLiveness, SQLSessions
+from app.store.sql.usage import SQLUsage
 from app.store.sql.webhooks import SQLDeliveries, SQLWebhooks
 
 
@@ -24,6 +26,8 @@ class SQLBackend(SQLDatabase):
         self.routes = SQLRoutes(self)
         self.sessions = SQLSessions(self)
         self.liveness = SQLLiveness(self)
+        self.analysis = SQLAnalysisQueue(self)
+        self.usage = SQLUsage(self)
         self.journal = SQLJournal(self)
         self.webhooks = SQLWebhooks(self)
         self.deliveries = SQLDeliveries(self)

@@ -309,6 +309,12 @@ def _add_missing_columns(conn: Connection) -> None:
         for col in cols:
             if col in have:
                 continue
-            ddl_type = metadata.tables[table].c[col].type.compile(dialect=conn.dialect)
-            conn.execute(sa.text(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(col)} {ddl_type}"))
+            column = metadata.tables[table].c[col]
+            ddl_type = column.type.compile(dialect=conn.dialect)
+            default = column.server_default
+            extra = f" DEFAULT {default.arg}" if isinstance(default, sa.DefaultClause) else ""
+            conn.execute(sa.text(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(col)} {ddl_type}{extra}"))
             log.info("database migrated: added column %s.%s", table, col)
+        for index in metadata.tables[table].indexes:
+            if any(c.name in cols for c in index.columns):
+                index.create(conn, checkfirst=True)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.domain import SessionRecord, SessionStatus, Turn
 from app.store.backend import Applied, Ended, NoSession, SessionExists
-from app.store.session_rules import Run, merge_runs
+from app.store.session_rules import QUEUE_FIELDS, Run, merge_runs, stored_json
 from app.store.sql.database import SQLDatabase
 from app.store.sql.journal import insert_events
 from app.store.sql.tables import sessions_t, turns_t
@@ -34,7 +34,7 @@ def _turn_values(session_id: str, turn: Turn) -> dict[str, Any]:
 
 
 def _record(row: Any, turns: list[Turn] | None = None) -> SessionRecord:
-    doc = dict(row._mapping)
+    doc = {k: v for k, v in row._mapping.items() if k not in QUEUE_FIELDS}
     doc["turns"] = turns or []
     doc["collected"] = doc.get("collected") or {}
     doc["handoffs"] = doc.get("handoffs") or []
@@ -62,11 +62,11 @@ class SQLSessions:
     def _apply_run(self, c: Connection, session_id: str, run: Run, applied: Applied) -> Applied:
         if run.start is not None:
             record = run.start
-            doc = record.model_dump(mode="python", exclude={"turns"})
+            doc = record.model_dump(mode="python", exclude={"turns", "usage", "analysis"})
+            doc.update(stored_json(record))
             doc["status"] = record.status.value
             doc["handoffs"] = [x.model_dump(mode="json") for x in [*record.handoffs, *run.handoffs]]
             doc["collected"] = run.merged_collected(doc.get("collected") or {})
-            doc["usage"] = record.usage.model_dump(mode="json")
             doc["events"] = [e.model_dump(mode="json") for e in record.events]
             doc.update(run.fields)
             c.execute(s.insert().values(**doc))

@@ -13,12 +13,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """1: initial tables. 2: `sessions.owner` and `sessions.heartbeat_at` (crash recovery with
 several processes on one database). 3: `sessions.usage` and `sessions.events` (what a call
-consumed, which providers served it, fail-overs, cut replies, budget warnings). 4: the event
-journal (`events`), webhook endpoints and deliveries (new tables: `create_all` adds them).
-`SQLDatabase.start` adds what an older database lacks."""
+consumed, which providers served it, fail-overs, cut replies, budget warnings). 4: the
+event journal (the `events` table), webhook endpoints and deliveries (new tables:
+`create_all` adds them). 5: `sessions.analysis` and the analysis queue columns
+(post-call analysis). `SQLDatabase.start` adds what an older database lacks (tables,
+columns and indexes only if missing, so every step is idempotent)."""
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -108,6 +110,12 @@ class SessionRow(SQLModel, table=True):
     error: str | None = None
     owner: str | None = Field(default=None, max_length=256)
     heartbeat_at: datetime | None = _ts(default=None, nullable=True)
+    analysis: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON(none_as_null=True), nullable=True)
+    # the analysis queue (`session_rules.QUEUE_FIELDS`)
+    analysis_status: str | None = Field(default=None, max_length=16, index=True)
+    analysis_owner: str | None = Field(default=None, max_length=300)
+    analysis_lease_until: datetime | None = _ts(default=None, nullable=True)
+    analysis_claims: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class TurnRow(SQLModel, table=True):
@@ -192,6 +200,13 @@ events_t: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
 webhooks_t: sa.Table = WebhookRow.__table__  # type: ignore[attr-defined]
 deliveries_t: sa.Table = DeliveryRow.__table__  # type: ignore[attr-defined]
 
-ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"sessions": ("owner", "heartbeat_at", "usage", "events")}
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "sessions": (
+        "owner", "heartbeat_at",  # 2
+        "usage", "events",  # 3
+        "analysis", "analysis_status", "analysis_owner", "analysis_lease_until", "analysis_claims",  # 5
+    ),
+}
 """Columns added after version 1, by table: `create_all` does not alter an existing table,
-so `SQLDatabase.start` adds whichever of these are missing (ALTER TABLE ... ADD COLUMN)."""
+so `SQLDatabase.start` adds whichever of these are missing (ALTER TABLE ... ADD COLUMN),
+and then the indexes declared on them."""

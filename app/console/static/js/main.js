@@ -10,6 +10,7 @@ const PAGES = {
   routes: './pages/routes.js',
   sessions: './pages/sessions.js',
   session: './pages/session.js',
+  usage: './pages/usage.js',
   webhooks: './pages/webhooks.js',
   talk: './pages/talk.js',
 };

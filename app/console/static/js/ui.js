@@ -64,6 +64,13 @@ export function ago(iso) {
 /** <time> showing "3 minutes ago" with the full date as its tooltip. */
 export const timeAgo = (iso) => h('time', { datetime: iso || '', title: fmtDate(iso) }, ago(iso));
 
+// US dollars: cents for sums, six decimals for the fractions of a cent one call costs.
+export function usd(x) {
+  if (x === null || x === undefined) return '—';
+  const v = Number(x);
+  return v !== 0 && Math.abs(v) < 0.01 ? `$${v.toFixed(6)}` : `$${v.toFixed(2)}`;
+}
+
 export function duration(startIso, endIso) {
   if (!startIso || !endIso) return '—';
   let s = Math.max(0, Math.round((new Date(endIso) - new Date(startIso)) / 1000));

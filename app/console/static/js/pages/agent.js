@@ -380,6 +380,13 @@ function fillForm(cfg) {
   setInput('#f-budget-chars', budget.tts_characters);
   setInput('#f-budget-duration', budget.duration_s);
   setInput('#f-budget-wrap', budget.wrap_up_at);
+  const analysis = cfg.analysis || {};
+  setInput('#f-analysis-summary', analysis.summary_prompt);
+  setInput('#f-analysis-success', analysis.success_criteria);
+  $('#f-analysis-schema').value = analysis.extraction_schema ? JSON.stringify(analysis.extraction_schema, null, 2) : '';
+  setInput('#f-analysis-model', analysis.model);
+  setInput('#f-analysis-timeout', analysis.timeout_s);
+  setInput('#f-analysis-attempts', analysis.max_attempts);
   const vad = cfg.vad || {};
   setInput('#f-vad-min-speech', vad.min_speech_duration);
   setInput('#f-vad-min-silence', vad.min_silence_duration);
@@ -391,6 +398,26 @@ function fillForm(cfg) {
   renderHandoffs(cfg.handoffs || []);
   refreshHints();
   refreshSchema();
+}
+
+/** The analysis settings, or null when none of its three tasks is filled in. */
+function readAnalysis(errors) {
+  const schemaText = $('#f-analysis-schema').value.trim();
+  let schema = null;
+  if (schemaText) {
+    try { schema = JSON.parse(schemaText); } catch (e) {
+      errors.push({ key: 'analysis.extraction_schema', message: `Not valid JSON: ${e.message}` });
+    }
+  }
+  const summary = orNull($('#f-analysis-summary').value.trim());
+  const success = orNull($('#f-analysis-success').value.trim());
+  if (summary === null && success === null && !schemaText) return null;
+  const out = { summary_prompt: summary, success_criteria: success, extraction_schema: schema, model: orNull(val('#f-analysis-model')) };
+  const timeout = num('#f-analysis-timeout');
+  const attempts = num('#f-analysis-attempts');
+  if (timeout !== null) out.timeout_s = timeout;
+  if (attempts !== null) out.max_attempts = attempts;
+  return out;
 }
 
 /** {body, errors}: the AgentConfigInput to send, or client-side errors to show. */
@@ -439,6 +466,7 @@ function readForm() {
       llm_tokens: num('#f-budget-tokens'), tts_characters: num('#f-budget-chars'), duration_s: num('#f-budget-duration'),
     },
     vad: { ...(base.vad || {}), provider: 'silero' },
+    analysis: readAnalysis(errors),
     tools: readTools(errors),
     handoffs: readHandoffs(),
   };

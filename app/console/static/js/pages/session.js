@@ -3,7 +3,7 @@
 import { api, get } from '../api.js';
 import { renderTurnTimeline } from '../latency.js';
 import { compareCollected } from '../schema-check.js';
-import { $, badge, duration, fill, fmtDate, fmtTime, h, notice, setTitle, showError } from '../ui.js';
+import { $, badge, duration, fill, fmtDate, fmtTime, h, notice, setTitle, showError, usd } from '../ui.js';
 
 const ROLE_LABEL = { user: 'Caller', assistant: 'Agent', system: 'System', tool: 'Tool' };
 
@@ -133,11 +133,27 @@ const EVENT_LABEL = {
 function renderUsage(s) {
   const u = s.usage || {};
   const n = (x) => Number(x || 0).toLocaleString();
+  const unpriced = u.unpriced_models || [];
+  $('#usage-cost').replaceChildren(badge(usd(u.cost_usd), unpriced.length ? 'warn' : 'neutral', {
+    title: unpriced.length ? `Leaves out ${unpriced.join(', ')}: no price` : 'At the price table\'s rates when the call ran',
+  }));
   $('#usage').replaceChildren(...[
-    ['LLM tokens', `${n((u.llm_input_tokens || 0) + (u.llm_output_tokens || 0))} (${n(u.llm_input_tokens)} in, ${n(u.llm_output_tokens)} out)`],
-    ['TTS characters', n(u.tts_characters)],
+    ['LLM tokens', `${n((u.llm_input_tokens || 0) + (u.llm_output_tokens || 0))} (${n(u.llm_input_tokens)} in, of which ${n(u.llm_cached_tokens)} cached; ${n(u.llm_output_tokens)} out)`],
     ['STT audio', `${Number(u.stt_audio_s || 0).toFixed(1)} s`],
+    ['TTS', `${n(u.tts_characters)} characters, ${Number(u.tts_audio_s || 0).toFixed(1)} s`],
+    ['Cost', [usd(u.cost_usd), unpriced.length ? h('div', { class: 'hint hint-warn' }, `No price for ${unpriced.join(', ')}: not included`) : null]],
   ].flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+  const models = u.models || [];
+  $('#usage-models').replaceChildren(models.length
+    ? h('div', { class: 'table-wrap' }, h('table', { class: 'table table-compact', 'aria-label': 'Usage by model' },
+      h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Model'), h('th', { scope: 'col' }, 'Used'), h('th', { scope: 'col' }, 'Cost'))),
+      h('tbody', {}, models.map((m) => h('tr', {},
+        h('td', {}, KIND_LABEL[m.kind] || m.kind, h('div', { class: 'cell-sub' }, `${m.model} · ${m.provider}`)),
+        h('td', {}, m.kind === 'llm' ? `${n(m.input_tokens)} in (${n(m.cached_tokens)} cached), ${n(m.output_tokens)} out`
+          : m.kind === 'stt' ? `${Number(m.audio_s).toFixed(1)} s` : `${n(m.characters)} chars, ${Number(m.audio_s).toFixed(1)} s`),
+        h('td', {}, m.cost_usd === null ? badge('no price', 'warn') : usd(m.cost_usd),
+          m.price_as_of ? h('div', { class: 'cell-sub' }, `prices of ${m.price_as_of}`) : null))))))
+    : h('p', { class: 'empty' }, 'No model usage was recorded.'));
   const served = u.served_by || [];
   $('#served-by').replaceChildren(served.length
     ? h('div', { class: 'table-wrap' }, h('table', { class: 'table table-compact', 'aria-label': 'Served by' },
@@ -147,6 +163,43 @@ function renderUsage(s) {
         h('td', {}, h('code', { class: 'mono-id' }, x.provider)),
         h('td', {}, String(x.turns)))))))
     : h('p', { class: 'empty' }, 'No turn was served by a model.'));
+}
+
+const ANALYSIS_TONE = { pending: 'neutral', done: 'success', failed: 'danger' };
+
+function renderAnalysis(s) {
+  const a = s.analysis;
+  const box = $('#analysis');
+  if (!a) {
+    $('#analysis-status').replaceChildren();
+    box.replaceChildren(h('p', { class: 'empty' }, 'No analysis: the agent version that ran this call has no analysis settings.'));
+    return;
+  }
+  $('#analysis-status').replaceChildren(badge(a.status, ANALYSIS_TONE[a.status] || 'neutral'));
+  const meta = h('p', { class: 'cell-sub' },
+    `${a.request.model} · ${a.attempts} attempt(s)`,
+    a.finished_at ? ` · ${fmtDate(a.finished_at)}` : ` · requested ${fmtDate(a.requested_at)}`,
+    a.cost_usd !== null && a.cost_usd !== undefined ? ` · ${usd(a.cost_usd)}` : '');
+  if (a.status === 'pending') {
+    fill(box, h('p', { class: 'hint' }, 'Waiting to run: the analysis runs after the call, off the call\'s path. Reload to see it.'), meta);
+    return;
+  }
+  if (a.status === 'failed') {
+    fill(box, h('p', { class: 'text-danger', id: 'analysis-error' }, a.error || 'failed'), meta);
+    return;
+  }
+  const facts = [];
+  if (a.summary !== null && a.summary !== undefined) facts.push(['Summary', h('span', { id: 'analysis-summary' }, a.summary)]);
+  if (a.success) {
+    facts.push(['Success', [badge(a.success.passed ? 'passed' : 'failed', a.success.passed ? 'success' : 'danger'),
+      h('div', { class: 'cell-sub', id: 'analysis-reason' }, a.success.reason)]]);
+  }
+  if (a.extracted) {
+    facts.push(['Extracted', h('div', { class: 'table-wrap' }, h('table', { class: 'table table-compact', 'aria-label': 'Extracted fields' },
+      h('tbody', {}, Object.entries(a.extracted).map(([k, v]) => h('tr', {},
+        h('td', {}, h('code', { class: 'mono-id' }, k)), h('td', {}, valueCell(v)))))))]);
+  }
+  fill(box, h('dl', { class: 'facts' }, facts.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])), meta);
 }
 
 function renderEvents(s) {
@@ -180,6 +233,7 @@ export async function init(data) {
   renderFacts(s);
   renderTranscript(s);
   renderHandoffs(s);
+  renderAnalysis(s);
   renderUsage(s);
   renderEvents(s);
   await Promise.all([renderCollected(s), renderTurnTimeline($('#turn-latency'), s.metrics)]);
