@@ -452,7 +452,8 @@ def _model_kwargs(
     if isinstance(llm, ScriptedLLM):
         specs = {**env.scenario.endpoints, **spec.endpoints}
         outcome.endpoints = SimEndpoints(llm.endpoint, audio=voice.audio if voice else None, specs=specs)
-        return {"transport": outcome.endpoints, "audio": voice is not None}
+        # `stt: local` / `tts: local`: those models talk to the real local model server
+        return {"transport": outcome.endpoints, "audio": voice is not None, **(voice.local_kwargs() if voice else {})}
     return {"llm_client": llm.client(), **(voice.prepare_kwargs() if voice else {"audio": False})}
 
 

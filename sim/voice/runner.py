@@ -184,6 +184,14 @@ class VoiceDriver:
         return {"audio": True, "stt_client": local if self.opts.stt == "local" else c,
                 "tts_client": local if self.opts.tts == "local" else c}
 
+    def local_kwargs(self) -> dict[str, Any]:
+        """The clients of the models a scenario sends to the real local model server."""
+        if self.local is None:
+            return {}
+        local = self.local.client()
+        return {**({"stt_client": local} if self.opts.stt == "local" else {}),
+                **({"tts_client": local} if self.opts.tts == "local" else {})}
+
     @property
     def speech_requests(self) -> list[dict[str, Any]]:
         """What the TTS was asked to say (scripted or local, recorded alike)."""
