@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from app.domain import AgentConfigInput, SessionRecord, SessionStatus, Turn
-from app.domain.webhooks import WebhookInput
+from app.domain.webhooks import DeliveryStatus, WebhookInput
 from app.settings import Settings
 from app.store import ConfigStore, open_store
 from app.webhooks.process import DispatcherProcess
@@ -58,6 +58,11 @@ async def end_session(store: ConfigStore, sid: str) -> float:
     await store.record_data(sid, {"order_id": "A-17"})
     await store.finish_session(sid, SessionStatus.completed, "done")
     return time.monotonic()
+
+
+SESSIONS_PER_WORKER = 15
+"""Per worker (4 at once) in the turn-latency runs, 10 turns each: long enough to sit
+inside the delivery flood for several seconds."""
 
 
 def bench_settings(database_url: str) -> Settings:
@@ -146,12 +151,19 @@ async def turn_latency(with_flood: bool, tmp: Path, rate: float) -> tuple[float,
                 await asyncio.sleep(1 / rate)
 
         other = asyncio.create_task(pump())
+        if with_flood:  # measure once deliveries flow (the dispatcher's process takes seconds to start)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                _, done = await store.list_deliveries(status=DeliveryStatus.succeeded, limit=1)
+                if done >= 10:
+                    break
+                await asyncio.sleep(0.2)
         checks = Checks()
         await run_session(env, session_spec(0, 5, False), checks=checks)  # warm-up
         durations: list[float] = []
 
         async def worker(k: int) -> None:
-            for j in range(6):
+            for j in range(SESSIONS_PER_WORKER):
                 out = await run_session(env, session_spec(k * 100 + j, 10, False), checks=checks)
                 durations.extend(s.duration_ms for s in out.steps if s.user is not None)
 
