@@ -74,11 +74,16 @@ def configure(environ: Mapping[str, str] | None = None) -> TracerProvider | None
     if _provider is not None or not enabled_by(environ):
         return _provider
     # OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES win over our default name.
+    try:
+        exporter = _exporter(environ)
+    except ValueError as e:  # a typo in the environment must not stop the service
+        log.error("tracing off: %s", e)
+        return None
     named = environ.get("OTEL_SERVICE_NAME") or "service.name=" in environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
     resource = Resource.create({} if named else {SERVICE_NAME: DEFAULT_SERVICE_NAME})
     provider = TracerProvider(resource=resource)  # the sampler: OTEL_TRACES_SAMPLER(_ARG)
     provider.add_span_processor(CallAttributes())
-    provider.add_span_processor(BatchSpanProcessor(_exporter(environ)))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _provider = provider
     log.info("tracing on: spans go to the OTLP endpoint of OTEL_EXPORTER_OTLP_*")

@@ -89,3 +89,10 @@ def test_tracing_is_off_without_an_endpoint() -> None:
     assert not enabled_by({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_SDK_DISABLED": "true"})
     assert not enabled_by({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_TRACES_EXPORTER": "none"})
     assert configure({}) is None
+
+
+def test_an_unsupported_protocol_leaves_tracing_off_with_one_error(caplog) -> None:  # type: ignore[no-untyped-def]
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
+    assert configure(env) is None
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "app.observability.tracing"]
+    assert line.startswith("tracing off:") and "http/json" in line and "http/protobuf or grpc" in line
