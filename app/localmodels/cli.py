@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
+import importlib.util
 import logging
+import os
 import signal
 import socket
 import sys
+import tempfile
+from pathlib import Path
 
 import uvicorn
 
@@ -53,6 +58,39 @@ def bind_loopback(port: int) -> socket.socket:
     return sock
 
 
+_REEXEC = "_APP_OPENMP_REEXEC"
+
+
+def ensure_openmp() -> None:
+    """llama.cpp's wheel links the system's OpenMP runtime (`libgomp.so.1`), which a
+    minimal OS image (a machine with only Python and uv) lacks; ctranslate2's wheel, in
+    the same extra, carries a copy. Without a system one, run this command again with
+    that copy on the library path (read by the loader only at process start), so the
+    model server needs nothing from the OS package manager."""
+    if os.environ.get(_REEXEC):
+        return
+    try:
+        ctypes.CDLL("libgomp.so.1")
+        return
+    except OSError:
+        pass
+    spec = importlib.util.find_spec("ctranslate2")
+    roots = [Path(p).parent / "ctranslate2.libs" for p in (spec.submodule_search_locations or [])] if spec else []
+    copies = sorted(c for root in roots if root.is_dir() for c in root.glob("libgomp-*.so*"))
+    if not copies:
+        return  # llama.cpp then names the missing library itself
+    libdir = Path(tempfile.gettempdir()) / f"voice-platform-openmp-{os.getuid()}"
+    libdir.mkdir(mode=0o700, exist_ok=True)
+    link = libdir / "libgomp.so.1"
+    if not link.exists():
+        tmp = libdir / f".libgomp.{os.getpid()}"
+        tmp.symlink_to(copies[0])
+        os.replace(tmp, link)  # atomic: several servers may start at once
+    paths = [str(libdir), *filter(None, os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep))]
+    env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(paths), _REEXEC: "1"}
+    os.execve(sys.executable, sys.orig_argv, env)
+
+
 def serve(settings: LocalModelSettings, *, demo: bool) -> int:
     backend: ModelBackend
     if demo:
@@ -67,6 +105,7 @@ def serve(settings: LocalModelSettings, *, demo: bool) -> int:
         missing = missing_packages()
         if missing:
             return _fail(f"the local model server needs {', '.join(missing)}: {INSTALL_HINT}")
+        ensure_openmp()
         backend = LocalBackend(files, settings)
     try:
         sock = bind_loopback(settings.models_port)

@@ -208,7 +208,10 @@ def new_context(browser: Any, page_errors: PageErrors) -> Iterator[Callable[...,
     contexts: list[Any] = []
 
     def make(server: ConsoleServer, *, signed_in: bool = True) -> Any:
-        ctx = browser.new_context(base_url=server.url, viewport={"width": 1440, "height": 900})
+        # An explicit locale: Chromium takes it from the environment otherwise, and a
+        # container's POSIX locale ("en-US@posix") is a tag Intl refuses (uPlot builds an
+        # Intl.DateTimeFormat from it when its module loads).
+        ctx = browser.new_context(base_url=server.url, viewport={"width": 1440, "height": 900}, locale="en-US")
         ctx.set_default_timeout(10_000)
         if signed_in:
             # Runs in every document, about:blank included (no storage there).

@@ -155,9 +155,12 @@ def demo_dev(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess.P
 
 
 def _model_server_pid(parent: int) -> int:
-    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(parent)], capture_output=True, text=True).stdout
-    pids = [int(line.split()[0]) for line in out.splitlines() if "models serve" in line]
-    assert len(pids) == 1, out
+    """psutil (a dependency), not `ps`: a machine with only Python and uv has no procps."""
+    import psutil
+
+    children = [(c.pid, " ".join(c.cmdline())) for c in psutil.Process(parent).children()]
+    pids = [pid for pid, cmd in children if "models serve" in cmd]
+    assert len(pids) == 1, children
     return pids[0]
 
 

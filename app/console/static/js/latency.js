@@ -15,13 +15,17 @@ export const STAGES = [
 ];
 
 let uplot = null;
-/** uPlot, loaded once; null when the package is not served (the tables still show). */
+let uplotError = 'the uplot package is not served';
+/** uPlot, loaded once; undefined when it cannot load (the tables still show, with why). */
 async function loadUPlot() {
   if (uplot === null) {
     uplot = import(`${VENDOR}/uPlot.esm.js`).then((m) => {
       document.head.append(h('link', { rel: 'stylesheet', href: `${VENDOR}/uPlot.min.css` }));
       return m.default;
-    }).catch(() => undefined);
+    }).catch((err) => {
+      if (err instanceof Error && !(err instanceof TypeError)) uplotError = `${err.name}: ${err.message}`;
+      return undefined;
+    });
   }
   return uplot;
 }
@@ -31,7 +35,7 @@ const ms = (v) => (v === null || v === undefined ? '—' : `${Math.round(v)} ms`
 async function chart(container, { title, x, series, xLabel, time = false }) {
   const UPlot = await loadUPlot();
   if (!UPlot) {
-    container.append(h('p', { class: 'muted' }, 'Charts are unavailable (the uplot package is not served); the table below has the figures.'));
+    container.append(h('p', { class: 'muted' }, `Charts are unavailable (${uplotError}); the table below has the figures.`));
     return null;
   }
   const box = h('figure', { class: 'latency-chart', 'data-series': series.length, 'data-points': x.length, 'aria-label': title });
