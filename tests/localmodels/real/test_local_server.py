@@ -8,7 +8,6 @@ import io
 import json
 import os
 import signal
-import subprocess
 import time
 import wave
 
@@ -126,8 +125,10 @@ async def test_uploads_that_are_not_audio_or_too_big_are_refused(root: str) -> N
 
 
 def _children(pid: int) -> list[tuple[int, str]]:
-    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [(int(line.split()[0]), line) for line in out.splitlines() if line.strip()]
+    """psutil (a dependency), not `ps`: a machine with only Python and uv has no procps."""
+    import psutil
+
+    return [(c.pid, " ".join(c.cmdline())) for c in psutil.Process(pid).children()]
 
 
 async def test_a_crashed_speech_process_fails_one_request_and_is_replaced(root: str) -> None:
