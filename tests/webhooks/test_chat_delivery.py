@@ -7,17 +7,14 @@ dispatcher delivers before it exits."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
-
-import uvicorn
 
 from app.domain.webhooks import WebhookInput
 from app.store import open_store
 from sim.fake_openai import FakeOpenAI
 from sim.webhook_receiver import WebhookReceiver
-from tests.webhooks.conftest import verify
+from tests.webhooks.conftest import seed_database, serve_scripted, verify
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,21 +23,10 @@ async def test_a_chat_session_is_delivered_as_a_signed_session_ended(tmp_path: P
     fake = (FakeOpenAI().tool_call("record_caller_name", {"value": "Ada Lovelace"})
             .text("Thanks Ada. What is your order number?"))
     db_url = f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LIVEKIT_", "DATABASE_", "WEBHOOK_"))}
-    server = uvicorn.Server(uvicorn.Config(fake.asgi_app(), host="127.0.0.1", port=0, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    env.update(PYTHONPATH=str(REPO), DATABASE_URL=db_url, OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1",
-               OPENAI_API_KEY="sk-local-test")
+    server, task, env = await serve_scripted(fake, db_url)
     async with WebhookReceiver() as rx:
         try:
-            seed = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", "seed", cwd=tmp_path, env=env,
-                                                        stdout=asyncio.subprocess.PIPE,
-                                                        stderr=asyncio.subprocess.STDOUT)
-            out, _ = await seed.communicate()
-            assert seed.returncode == 0, out.decode()
+            await seed_database(tmp_path, env)
             store = open_store(db_url)
             await store.start()
             try:
