@@ -237,6 +237,12 @@ class WebhookChangedData(BaseModel):
     disabled_reason: str | None = None
 
 
+class AgentTestChangedData(BaseModel):
+    agent_id: str
+    name: str
+    change: Literal["created", "updated", "deleted"]
+
+
 # ------------------------------------------------------------------------- registry
 
 
@@ -303,6 +309,10 @@ WEBHOOK_DELETED = register_event_type(
 WEBHOOK_SECRET_ROTATED = register_event_type(
     "webhook.secret_rotated", EventKind.change, "A webhook endpoint's signing secret was rotated.",
     WebhookChangedData)
+
+AGENT_TEST_CHANGED = register_event_type(
+    "agent.test_changed", EventKind.change, "A test stored with an agent was created, replaced or deleted.",
+    AgentTestChangedData)
 
 
 def change_types() -> list[str]:

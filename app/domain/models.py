@@ -407,6 +407,11 @@ class AgentConfigInput(_Model):
     analysis: AnalysisConfig | None = Field(
         None, description="Post-call analysis (summary, success criteria, extracted fields); none when unset."
     )
+    require_passing_tests: JsonBool = Field(
+        False,
+        description="Publishing this version needs a passing run of the agent's current stored tests "
+        "(`/agents/config/{id}/tests`); an agent without tests may always publish.",
+    )
 
     @model_validator(mode="after")
     def _check_tools(self) -> AgentConfigInput:

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 from app.domain import AgentConfig, Route, SessionRecord, SessionStatus
+from app.domain.agent_tests import AgentTest, TestRun
 from app.domain.events import Event
 from app.domain.usage import UsageGroup, UsageRow
 from app.domain.webhooks import Delivery, DeliveryStatus, StoredWebhook
@@ -302,6 +303,41 @@ class UsageBackend(Protocol):
         ordered by those keys; one row when `group_by` is empty (none if no session)."""
 
 
+class AgentTestsBackend(Protocol):
+    """Test documents, one per `(agent_id, name)`; each write commits its events with it."""
+
+    async def create(self, test: AgentTest, events: list[Event]) -> bool:
+        """False if the name is taken (the unique key decides between racing creators)."""
+
+    async def replace(self, test: AgentTest, events: list[Event]) -> bool:
+        """False if there is no such test."""
+
+    async def delete(self, agent_id: str, name: str, events: list[Event]) -> bool: ...
+
+    async def get(self, agent_id: str, name: str) -> AgentTest | None: ...
+
+    async def list(self, agent_id: str) -> list[AgentTest]:
+        """Every test of the agent, by name."""
+
+
+class TestRunsBackend(Protocol):
+    """Test runs, one document each, replaced whole as the run progresses."""
+
+    async def add(self, run: TestRun) -> None: ...
+
+    async def save(self, run: TestRun) -> bool:
+        """Replace the stored run of that id unless it is already finished (a run marked
+        abandoned stays so); False when nothing was replaced."""
+
+    async def get(self, run_id: str) -> TestRun | None: ...
+
+    async def list(self, agent_id: str, version: int | None, limit: int) -> list[TestRun]:
+        """Newest first."""
+
+    async def abandon_unfinished(self, now: datetime, reason: str) -> int:
+        """Mark every queued or running run `abandoned` (finished now, with `reason`)."""
+
+
 class Backend(Lifecycle, Protocol):
     """One database: its lifecycle plus one repository per concern."""
 
@@ -331,3 +367,9 @@ class Backend(Lifecycle, Protocol):
 
     @property
     def deliveries(self) -> DeliveriesBackend: ...
+
+    @property
+    def agent_tests(self) -> AgentTestsBackend: ...
+
+    @property
+    def test_runs(self) -> TestRunsBackend: ...

@@ -52,6 +52,7 @@ from app.domain.errors import InvalidInput
 from app.domain.events import SYSTEM, ChangeContext, ChangeKind, Event
 from app.domain.usage import UsageGroup, UsageReport, UsageTotals
 from app.store import event_rules
+from app.store.agent_test_service import AgentTestStore
 from app.store.backend import (
     Applied,
     Backend,
@@ -97,8 +98,9 @@ def _agent_not_found(agent_id: Any, version: int | None = None) -> NotFound:
     return NotFound(f"{what} not found", agent_id=agent_id) if isinstance(agent_id, str) else NotFound(f"{what} not found")
 
 
-class StoreService(WebhookStore):
-    """`app.store.base.ConfigStore` over one `Backend` (webhook rules: `WebhookStore`)."""
+class StoreService(WebhookStore, AgentTestStore):
+    """`app.store.base.ConfigStore` over one `Backend` (webhook rules: `WebhookStore`;
+    stored tests and their runs: `AgentTestStore`)."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend

@@ -20,6 +20,7 @@ Collections
 - `sessions` (`_id = session_id`) and `session_turns` (unique `(session_id, seq)`).
 - `events`: the journal (`_id` = event id), filled by the relay described below.
 - `webhooks`, `webhook_deliveries`: endpoints and deliveries (`app.store.mongo.webhooks`).
+- `agent_tests`, `test_runs`: tests stored with an agent and their runs (`app.store.mongo.agent_tests`).
 - `meta`: `config_epoch` and `schema_version` counters.
 
 Atomicity without multi-document transactions
@@ -113,6 +114,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.store.mongo.agent_tests import MongoAgentTests, MongoTestRuns
 from app.store.mongo.analysis import MongoAnalysisQueue
 from app.store.mongo.client import MongoDatabase, escape_keys, unescape_keys
 from app.store.mongo.configs import MongoConfigs
@@ -137,6 +139,8 @@ class MongoBackend(MongoDatabase):
         self.usage = MongoUsage(self)
         self.webhooks = MongoWebhooks(self)
         self.deliveries = MongoDeliveries(self)
+        self.agent_tests = MongoAgentTests(self)
+        self.test_runs = MongoTestRuns(self)
         self.journal = MongoJournal(self, self.configs, self.webhooks)
 
 

@@ -1,0 +1,263 @@
+"""Tests stored with an agent, their runs, and the rule a publish gate applies.
+
+A test is a conversation scenario in the sim's own format (`app.domain.scenario`),
+stored under a name per agent and run by the server against one version of the agent
+(`app.agents.test_runner`). The stored format is the scenario format minus what only
+the offline harness can do (store outages, config changes mid-test, HTTP mocks, voice,
+routing): those fields are refused at their line, so a stored test never means
+something the server silently ignores. A run records, per test and per step, what was
+expected and what happened, and the hash of the test set it ran, so "a passing run of
+the *current* tests" is a comparison of two hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from app.domain.errors import DomainError, InvalidInput
+from app.domain.scenario.format import (
+    LoadedScenario,
+    Scenario,
+    ScenarioError,
+    ScenarioProblem,
+    loads_scenario,
+)
+from app.domain.values import UtcDatetime
+
+TEST_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+MAX_TESTS_PER_AGENT = 50
+MAX_TEST_CHARS = 64_000
+"""A test document's size limit: a long conversation is a few KiB of YAML."""
+
+
+# ------------------------------------------------------------------- the format
+
+_Problem = tuple[tuple[int | str, ...], str]
+_SESSION_ONLY_SIM = ("config", "endpoints", "http", "room_metadata", "participant", "route", "voice", "analysis")
+_STEP_ONLY_SIM = ("llm_received", "within_ms", "voice")
+_RECORD_SUPPORTED = {"collected", "collected_include", "collected_keys", "handoffs"}
+
+
+def _not_here(what: str) -> str:
+    return f"{what} is a sim-only feature; a stored test runs one agent version in the server"
+
+
+class StoredTestScenario(Scenario):
+    """The scenario format as stored with an agent. `model`: `scripted` (default) runs
+    against the scenario's scripted replies (`llm:` of each step); `live` runs against
+    the agent's own configured model, where only events marked `live: true` and the
+    record's collected keys are checked (a real model's words vary)."""
+
+    model: Literal["scripted", "live"] = "scripted"
+
+    def problems(self) -> list[_Problem]:
+        found = super().problems()
+        for name in ("config", "endpoints", "latency_budget", "voice", "offline_only"):
+            if name in self.model_fields_set and getattr(self, name):
+                found.append(((name,), _not_here(f"`{name}`")))
+        if self.mode != "dynamic":
+            found.append((("mode",), "a stored test runs its own agent: `mode: pte` is not available"))
+        if self.io != "text":
+            found.append((("io",), "stored tests are text conversations (`io: text`)"))
+        if "store" in self.model_fields_set:
+            found.append((("store",), _not_here("`store`")))
+        if "config_via" in self.model_fields_set:
+            found.append((("config_via",), _not_here("`config_via`")))
+        for i, s in enumerate(self.sessions):
+            for name in _SESSION_ONLY_SIM:
+                if name in s.model_fields_set and getattr(s, name):
+                    found.append((("sessions", i, name), _not_here(f"`{name}`")))
+            if s.job_metadata is not None and not isinstance(s.job_metadata, dict):
+                found.append((("sessions", i, "job_metadata"), "a mapping (e.g. `variables:`) in a stored test"))
+            if s.record is not None:
+                for name in sorted(s.record.model_fields_set - _RECORD_SUPPORTED):
+                    found.append((("sessions", i, "record", name),
+                                  f"`{name}` is not checked in a stored test (supported: "
+                                  f"{', '.join(sorted(_RECORD_SUPPORTED))})"))
+            steps: list[tuple[tuple[int | str, ...], Any]] = [(("start",), s.start)]
+            steps += [(("turns", j), t) for j, t in enumerate(s.turns)]
+            for where, step in steps:
+                if step is None:
+                    continue
+                for name in (*_STEP_ONLY_SIM, "config", "tool_choice"):
+                    if name in step.model_fields_set and getattr(step, name, None):
+                        found.append((("sessions", i, *where, name), _not_here(f"`{name}`")))
+                for k, reply in enumerate(step.llm):
+                    if reply.endpoint is not None:
+                        found.append((("sessions", i, *where, "llm", k, "endpoint"), _not_here("`endpoint`")))
+        return found
+
+
+class InvalidTestDocument(InvalidInput):
+    """A test document that is not a valid stored scenario (API: 422, each problem with
+    its line and field)."""
+
+    def __init__(self, name: str, problems: Sequence[ScenarioProblem]) -> None:
+        first = problems[0] if problems else None
+        where = f" (line {first.line}: {first.field or 'document'}: {first.message})" if first else ""
+        super().__init__(f"test {name!r} is not a valid scenario{where}")
+        self.problems = list(problems)
+
+
+def parse_test_document(name: str, content: str) -> LoadedScenario:
+    """Validate a test document; raises `InvalidTestDocument` naming line and field."""
+    if len(content) > MAX_TEST_CHARS:
+        raise InvalidTestDocument(name, [ScenarioProblem(line=None, field="", message=f"at most {MAX_TEST_CHARS} characters")])
+    try:
+        return loads_scenario(content, f"<test {name}>", StoredTestScenario)
+    except ScenarioError as e:
+        raise InvalidTestDocument(name, e.problems or [ScenarioProblem(line=None, field="", message=str(e))]) from None
+
+
+# ------------------------------------------------------------------- documents
+
+
+class AgentTestInput(BaseModel):
+    """What a client writes: the scenario's YAML text (kept verbatim: comments and
+    order are the author's)."""
+
+    content: str = Field(min_length=1, max_length=MAX_TEST_CHARS, description="The scenario, as YAML text")
+
+
+class AgentTestCreate(AgentTestInput):
+    name: str = Field(description="`^[a-z0-9][a-z0-9_-]{0,62}$`; unique per agent")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not TEST_NAME_RE.match(v):
+            raise ValueError("a test name is lowercase letters, digits, '-' and '_' (1-63, starting with a letter or digit)")
+        return v
+
+
+class AgentTest(BaseModel):
+    agent_id: str
+    name: str
+    content: str
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+
+def suite_hash(tests: Iterable[AgentTest]) -> str:
+    """The identity of a test set: sha256 over (name, content) in name order. Two runs
+    with the same hash ran exactly the same tests."""
+    doc = sorted((t.name, t.content) for t in tests)
+    return hashlib.sha256(json.dumps(doc, ensure_ascii=False).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------- runs
+
+
+class TestRunStatus(str, Enum):
+    __test__ = False  # not a pytest class
+
+    queued = "queued"
+    running = "running"
+    passed = "passed"
+    failed = "failed"
+    abandoned = "abandoned"
+    """The process running it stopped before it finished (marked at the next start)."""
+
+    @property
+    def finished(self) -> bool:
+        return self not in (TestRunStatus.queued, TestRunStatus.running)
+
+
+class StepCheck(BaseModel):
+    """One failed expectation of a step: where the test said it, what it expected, what happened."""
+
+    line: int | None = None
+    field: str = ""
+    message: str
+    expected: str | None = None
+    actual: str | None = None
+
+
+class StepResult(BaseModel):
+    session: int
+    step: str = Field(description="`start`, `turn N`, or `session` (checks after the conversation)")
+    user: str | None = None
+    passed: bool
+    events: list[str] = Field(default_factory=list, description="What the agent did in this step")
+    failures: list[StepCheck] = Field(default_factory=list)
+
+
+class TestResult(BaseModel):
+    __test__ = False
+
+    name: str
+    model: Literal["scripted", "live"] = "scripted"
+    passed: bool
+    steps: list[StepResult] = Field(default_factory=list)
+    error: str | None = Field(None, description="Why the test could not run to the end, if it could not")
+    duration_ms: float = 0.0
+
+
+class TestRun(BaseModel):
+    __test__ = False
+
+    id: str
+    agent_id: str
+    version: int
+    status: TestRunStatus
+    tests_hash: str
+    tests: list[str] = Field(description="The names of the tests this run runs")
+    results: list[TestResult] = Field(default_factory=list)
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None = None
+    finished_at: UtcDatetime | None = None
+    actor: str | None = Field(None, description="Who asked for the run (the API key's name)")
+    error: str | None = None
+
+    @property
+    def failing(self) -> list[str]:
+        return [r.name for r in self.results if not r.passed]
+
+
+def new_run_id() -> str:
+    import secrets
+
+    return "run_" + secrets.token_hex(10)
+
+
+# --------------------------------------------------------------------- the gate
+
+
+class TestsNotPassing(DomainError):
+    """Publishing needs a passing run of the current tests (API: 409 naming them)."""
+
+    __test__ = False
+
+    def __init__(self, agent_id: str, version: int, names: list[str]) -> None:
+        super().__init__(
+            f"version {version} of {agent_id!r} has no passing run of its current tests; not passing: "
+            f"{', '.join(names)}",
+            agent_id=agent_id, version=version, failing_tests=names,
+        )
+        self.names = names
+
+
+def failing_names(tests: Sequence[AgentTest], runs: Sequence[TestRun]) -> list[str]:
+    """The gate's rule: the names of the current tests that have not passed for this
+    version. Empty (may publish) when there are no tests, or when the newest finished
+    run of exactly the current test set passed; otherwise that run's failing tests, or
+    every current test when no finished run covers the current set (never run, or
+    tests changed since)."""
+    if not tests:
+        return []
+    current = suite_hash(tests)
+    names = sorted(t.name for t in tests)
+    done = [r for r in runs if r.tests_hash == current and r.status in (TestRunStatus.passed, TestRunStatus.failed)]
+    if not done:
+        return names
+    newest = max(done, key=lambda r: (r.finished_at or r.created_at, r.created_at))
+    if newest.status is TestRunStatus.passed:
+        return []
+    return sorted(newest.failing) or names
