@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from app.agents.test_pool import TestRunPool, abandon_leftover_runs
 from app.api.app import create_app
 from app.api.status import RuntimeStatus
 from app.domain import StoreUnavailable
@@ -99,6 +100,7 @@ class Supervisor:
         self._uvicorn: _Server | None = None
         self._store_down = False
         self._store_setup_pending = False
+        self.test_runs: TestRunPool | None = None
         self.owner = instance_id(fresh=True)
         """Written on every session this container runs; heartbeated by `_session_liveness`."""
         self._store_ok_since: float | None = None
@@ -148,9 +150,11 @@ class Supervisor:
         # (app/webhooks/process.py says why); any number may run on one store (leases).
         self.dispatcher = DispatcherProcess(self.settings, wake_from=self.store)
         self.dispatcher.start()
+        # Stored tests run here, in the background, a few at a time (app/agents/test_pool.py).
+        self.test_runs = TestRunPool(self.settings, self.store)
         app = create_app(
             self.settings, self.store, status=self.status, cache=self.cache, configs=self.configs,
-            assets=assets,
+            assets=assets, test_runs=self.test_runs,
             extra_route_handlers=[*console_handlers(self.settings, assets), token_controller(self.settings)],
         )
         self._uvicorn = _Server(
@@ -180,6 +184,7 @@ class Supervisor:
             self._stop.set()
 
         await self._shutdown_worker(worker_task)
+        await self.test_runs.aclose()  # its runs still going are recorded abandoned
         await self.dispatcher.aclose()  # after the drain: the sessions' ends are committed
         if self.model_server is not None:  # after the drain: the last sessions still talk to it
             await self.model_server.aclose()
@@ -275,6 +280,9 @@ class Supervisor:
             # Shared database: other containers' live sessions are active too; only those
             # whose owner stopped heartbeating belong to a dead process.
             await self._abandon_stale()
+        # test runs a stopped process left unfinished (on any backend: see test_pool)
+        if self.test_runs is None or not self.test_runs.busy:  # never this process's own runs
+            await abandon_leftover_runs(self.settings, self.store)
         if self.dev:
             await self._seed_if_empty()
         self._store_setup_pending = False

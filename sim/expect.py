@@ -22,6 +22,7 @@ from typing import Any
 from app.agents.scenario_checks import (
     MAX_SHOWN,
     _describe_match,
+    check_collected,
     check_events as check_events,
     describe_event as describe_event,
     describe_expected as describe_expected,
@@ -187,25 +188,8 @@ def check_record(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRe
         _check_contains_or_null(checks, (*loc, "degraded"), "record degraded", spec.degraded, record.degraded)
     if "error" in fields:
         _check_contains_or_null(checks, (*loc, "error"), "record error", spec.error, record.error)
-    if spec.collected is not None:
-        if live:
-            checks.check(sorted(record.collected) == sorted(spec.collected), (*loc, "collected"),
-                         "collected fields differ (live: keys only)", expected=sorted(spec.collected), actual=sorted(record.collected))
-        else:
-            checks.check(record.collected == spec.collected, (*loc, "collected"), "collected data differs",
-                         expected=short(spec.collected, 400), actual=short(record.collected, 400))
-    if spec.collected_include is not None:
-        if live:
-            missing = sorted(set(spec.collected_include) - set(record.collected))
-            checks.check(not missing, (*loc, "collected_include"), "collected lacks fields (live: keys only)",
-                         expected=sorted(spec.collected_include), actual=sorted(record.collected))
-        else:
-            problem = subset_problem(spec.collected_include, record.collected)
-            checks.check(problem is None, (*loc, "collected_include"), f"collected data differs: {problem}",
-                         expected=short(spec.collected_include, 400), actual=short(record.collected, 400))
-    if spec.collected_keys is not None:
-        checks.check(sorted(record.collected) == sorted(spec.collected_keys), (*loc, "collected_keys"),
-                     "collected fields differ", expected=sorted(spec.collected_keys), actual=sorted(record.collected))
+    check_collected(checks, loc, spec, record.collected,
+                    [(h.from_agent, h.to_agent, h.reason) for h in record.handoffs], live=live)
     if spec.turn_count is not None and not live:
         checks.check(len(record.turns) == spec.turn_count, (*loc, "turn_count"), "number of stored turns differs",
                      expected=spec.turn_count, actual=len(record.turns))
@@ -217,14 +201,7 @@ def check_record(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRe
         _check_served_by(checks, (*loc, "served_by"), spec, record)
     if spec.usage is not None and not live:
         _check_usage(checks, (*loc, "usage"), spec, record)
-    if spec.handoffs is not None:
-        got = [(h.from_agent, h.to_agent) for h in record.handoffs]
-        want = [(h.from_, h.to) for h in spec.handoffs]
-        if checks.check(got == want, (*loc, "handoffs"), "stored handoffs differ", expected=want, actual=got) and not live:
-            for i, (h, r) in enumerate(zip(spec.handoffs, record.handoffs, strict=True)):
-                if "reason" in h.model_fields_set:
-                    checks.check(h.reason == r.reason, (*loc, "handoffs", i, "reason"), "handoff reason differs",
-                                 expected=repr(h.reason), actual=repr(r.reason))
+
 
 
 def _check_events_stored(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRecord) -> None:

@@ -27,7 +27,7 @@ from livekit.agents.voice.run_result import (
     RunResult,
 )
 
-from app.domain.scenario.format import ExpectEvent, FunctionOutputExpect, Step, TextMatch
+from app.domain.scenario.format import ExpectEvent, FunctionOutputExpect, RecordExpect, Step, TextMatch
 from app.domain.scenario.report import Checks, Loc
 
 MAX_SHOWN = 160
@@ -335,3 +335,37 @@ def _last_index(events: Sequence[RunEvent], pred: Any) -> int | None:
         if pred(events[i]):
             return i
     return None
+
+
+def check_collected(
+    checks: Checks, loc: Loc, spec: RecordExpect, collected: dict[str, Any],
+    handoffs: Sequence[tuple[str, str, str | None]], *, live: bool,
+) -> None:
+    """A session's collected data and handoffs (`record:`); live: keys and agents only."""
+    if spec.collected is not None:
+        if live:
+            checks.check(sorted(collected) == sorted(spec.collected), (*loc, "collected"),
+                         "collected fields differ (live: keys only)", expected=sorted(spec.collected), actual=sorted(collected))
+        else:
+            checks.check(collected == spec.collected, (*loc, "collected"), "collected data differs",
+                         expected=short(spec.collected, 400), actual=short(collected, 400))
+    if spec.collected_include is not None:
+        if live:
+            missing = sorted(set(spec.collected_include) - set(collected))
+            checks.check(not missing, (*loc, "collected_include"), "collected lacks fields (live: keys only)",
+                         expected=sorted(spec.collected_include), actual=sorted(collected))
+        else:
+            problem = subset_problem(spec.collected_include, collected)
+            checks.check(problem is None, (*loc, "collected_include"), f"collected data differs: {problem}",
+                         expected=short(spec.collected_include, 400), actual=short(collected, 400))
+    if spec.collected_keys is not None:
+        checks.check(sorted(collected) == sorted(spec.collected_keys), (*loc, "collected_keys"),
+                     "collected fields differ", expected=sorted(spec.collected_keys), actual=sorted(collected))
+    if spec.handoffs is not None:
+        got = [(h[0], h[1]) for h in handoffs]
+        want = [(h.from_, h.to) for h in spec.handoffs]
+        if checks.check(got == want, (*loc, "handoffs"), "stored handoffs differ", expected=want, actual=got) and not live:
+            for i, (h, r) in enumerate(zip(spec.handoffs, handoffs, strict=True)):
+                if "reason" in h.model_fields_set:
+                    checks.check(h.reason == r[2], (*loc, "handoffs", i, "reason"), "handoff reason differs",
+                                 expected=repr(h.reason), actual=repr(r[2]))

@@ -27,6 +27,7 @@ from litestar.openapi.spec import Components
 from litestar.plugins import PluginProtocol
 from litestar.types import ControllerRouterHandler
 
+from app.api.agent_tests import AgentTestController
 from app.api.agents import AgentConfigController
 from app.api.audit import AuditController
 from app.api.auth import SECURITY_SCHEME, SECURITY_SCHEME_NAME, bearer_guard
@@ -45,6 +46,7 @@ from app.api.status import RuntimeStatus
 from app.api.usage import UsageController
 from app.api.webhooks import WebhookController
 from app.assets.browser import BrowserAssets
+from app.domain.agent_tests import TestRunQueue
 from app.observability import tracing
 from app.settings import Settings
 from app.store.base import ConfigStore
@@ -65,6 +67,7 @@ def create_app(
     configs: SnapshotSource | None = None,
     extra_route_handlers: Sequence[ControllerRouterHandler] = (),
     assets: BrowserAssets | None = None,
+    test_runs: TestRunQueue | None = None,
 ) -> Litestar:
     """Build the admin API around an already started `store`.
 
@@ -78,6 +81,9 @@ def create_app(
     `configs`: the process's config source (what `/resolve` and `/token` resolve
     against, as session starts do); by default the one `config_source` picks for the
     settings, over `cache` when given.
+
+    `test_runs`: where `POST …/test-runs` hands a queued run (the process's
+    `app.agents.test_pool.TestRunPool`); without one that endpoint answers 503.
     """
     status = status if status is not None else RuntimeStatus()
     assets = assets if assets is not None else BrowserAssets.from_settings(settings)
@@ -86,7 +92,7 @@ def create_app(
         path=API_PREFIX,
         route_handlers=[
             AgentConfigController, LatencyController, RouteController, SessionController, UsageController,
-            ResolveController, AuditController, WebhookController,
+            ResolveController, AuditController, WebhookController, AgentTestController,
         ],
         guards=[bearer_guard(settings.admin_api_key, ADMIN_ACTOR)],
         dependencies=CHANGE_DEPENDENCY,
@@ -111,7 +117,8 @@ def create_app(
             admin, *extra_route_handlers,
         ],
         dependencies=dependencies(store, cache, status, configs, UrlPolicy.from_settings(settings)),
-        state=State({"settings": settings, "store": store, "status": status, "cache": cache, "configs": configs}),
+        state=State({"settings": settings, "store": store, "status": status, "cache": cache, "configs": configs,
+                     "test_runs": test_runs}),
         exception_handlers=EXCEPTION_HANDLERS,
         plugins=plugins,
         request_max_body_size=settings.max_body_bytes,

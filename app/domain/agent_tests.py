@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -225,6 +225,16 @@ def new_run_id() -> str:
     import secrets
 
     return "run_" + secrets.token_hex(10)
+
+
+class TestRunQueue(Protocol):
+    """Where the API hands a queued run to be executed (`app.agents.test_pool`)."""
+
+    def check_room(self) -> None:
+        """Raise `InProgress` when no more runs may be queued now."""
+
+    def submit(self, run: TestRun, tests: list[AgentTest]) -> None:
+        """Start executing `run` (stored as queued) over `tests` in the background."""
 
 
 # --------------------------------------------------------------------- the gate

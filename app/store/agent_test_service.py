@@ -7,6 +7,8 @@ exactly those tests; runs a stopped process left unfinished are marked abandoned
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from app.domain import AgentConfig, AlreadyExists, InvalidInput, NotFound
 from app.domain.agent_tests import (
     MAX_TESTS_PER_AGENT,
@@ -117,6 +119,7 @@ class AgentTestStore:
         """Newest first."""
         return await self.backend.test_runs.list(agent_id, version, max(1, min(limit, MAX_RUNS_LISTED)))
 
-    async def abandon_unfinished_test_runs(self, reason: str) -> int:
-        """At start: runs a stopped process left queued or running can never finish."""
-        return await self.backend.test_runs.abandon_unfinished(self.backend.now(), reason)
+    async def abandon_unfinished_test_runs(self, reason: str, *, created_before: datetime | None = None) -> int:
+        """At start: runs a stopped process left queued or running can never finish
+        (`created_before`: only those queued before then; see `app.agents.test_pool`)."""
+        return await self.backend.test_runs.abandon_unfinished(self.backend.now(), reason, created_before)

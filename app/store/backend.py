@@ -334,8 +334,9 @@ class TestRunsBackend(Protocol):
     async def list(self, agent_id: str, version: int | None, limit: int) -> list[TestRun]:
         """Newest first."""
 
-    async def abandon_unfinished(self, now: datetime, reason: str) -> int:
-        """Mark every queued or running run `abandoned` (finished now, with `reason`)."""
+    async def abandon_unfinished(self, now: datetime, reason: str, created_before: datetime | None) -> int:
+        """Mark queued or running runs (created before `created_before`, if given)
+        `abandoned`, finished now with `reason`."""
 
 
 class Backend(Lifecycle, Protocol):

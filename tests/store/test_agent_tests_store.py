@@ -120,6 +120,7 @@ async def test_runs_snapshot_the_test_set_and_stay_abandoned(store, open_another
     assert await store.save_test_run(running)
     # a restart: the run's process is gone; another instance marks it abandoned at start
     other = await open_another()
+    assert await other.abandon_unfinished_test_runs("restarted", created_before=running.created_at) == 0  # too new
     assert await other.abandon_unfinished_test_runs("the server restarted") == 1
     late = running.model_copy(update={"status": TestRunStatus.passed, "finished_at": now_ms()})
     assert not await store.save_test_run(late)  # the dead run's result cannot land after that

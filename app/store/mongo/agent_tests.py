@@ -146,10 +146,13 @@ class MongoTestRuns:
         return [TestRun.model_validate(doc["data"]) for doc in docs]
 
     @mapped
-    async def abandon_unfinished(self, now: datetime, reason: str) -> int:
+    async def abandon_unfinished(self, now: datetime, reason: str, created_before: datetime | None) -> int:
         db = await self.mdb.ready()
+        q: dict[str, Any] = {"status": _UNFINISHED}
+        if created_before is not None:
+            q["created_at"] = {"$lt": ms(created_before)}
         n = 0
-        async for doc in db.test_runs.find({"status": _UNFINISHED}):
+        async for doc in db.test_runs.find(q):
             done = TestRun.model_validate(doc["data"]).model_copy(
                 update={"status": TestRunStatus.abandoned, "finished_at": now, "error": reason})
             res = await db.test_runs.update_one(

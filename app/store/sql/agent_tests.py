@@ -104,9 +104,13 @@ class SQLTestRuns:
         rows = await self._db.read(lambda c: c.execute(q).all())
         return [TestRun.model_validate(row.data) for row in rows]
 
-    async def abandon_unfinished(self, now: datetime, reason: str) -> int:
+    async def abandon_unfinished(self, now: datetime, reason: str, created_before: datetime | None) -> int:
+        q = sa.select(r.c.id, r.c.data).where(r.c.status.in_(_UNFINISHED))
+        if created_before is not None:
+            q = q.where(r.c.created_at < created_before)
+
         def run(c: Connection) -> int:
-            rows = c.execute(sa.select(r.c.id, r.c.data).where(r.c.status.in_(_UNFINISHED))).all()
+            rows = c.execute(q).all()
             for row in rows:
                 done = TestRun.model_validate(row.data).model_copy(
                     update={"status": TestRunStatus.abandoned, "finished_at": now, "error": reason})
