@@ -151,7 +151,7 @@ class Supervisor:
         self.dispatcher = DispatcherProcess(self.settings, wake_from=self.store)
         self.dispatcher.start()
         # Stored tests run here, in the background, a few at a time (app/agents/test_pool.py).
-        self.test_runs = TestRunPool(self.settings, self.store)
+        self.test_runs = TestRunPool(self.settings, self.store, stack_loaded=False)
         app = create_app(
             self.settings, self.store, status=self.status, cache=self.cache, configs=self.configs,
             assets=assets, test_runs=self.test_runs,
@@ -170,6 +170,7 @@ class Supervisor:
         api_task = asyncio.create_task(self._uvicorn.serve(), name="admin-api")
         # The API answers probes while the worker stack (seconds of imports) loads.
         self.services = await self._start_services()
+        self.test_runs.worker_stack_loaded()
         worker_task = asyncio.create_task(self._run_worker(), name="livekit-worker")
         store_task = asyncio.create_task(self._watch_store(), name="store-watch")
         liveness_task = asyncio.create_task(self._session_liveness(), name="session-liveness")

@@ -66,7 +66,10 @@ class TestRunPool:
     __test__ = False
 
     def __init__(self, settings: Settings, store: ConfigStore, *, concurrency: int = 1, max_queued: int = 20,
-                 configs: ConfigSource | None = None) -> None:
+                 configs: ConfigSource | None = None, stack_loaded: bool = True) -> None:
+        """`stack_loaded=False`: runs wait for `worker_stack_loaded()` before they import
+        LiveKit (the supervisor imports it in a thread at start; importing it here at the
+        same time would deadlock on the import locks)."""
         self._settings = settings
         self._store = store
         self._configs = configs or StoreConfigs(store)
@@ -74,6 +77,12 @@ class TestRunPool:
         self._max_queued = max_queued
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._runs: dict[str, TestRun] = {}
+        self._stack = asyncio.Event()
+        if stack_loaded:
+            self._stack.set()
+
+    def worker_stack_loaded(self) -> None:
+        self._stack.set()
 
     @property
     def busy(self) -> bool:
@@ -128,6 +137,7 @@ class TestRunPool:
                 "status": TestRunStatus.failed, "finished_at": utcnow(), "error": f"{type(e).__name__}: {e}"[:500]}))
 
     async def _run(self, run: TestRun, tests: list[AgentTest]) -> None:
+        await self._stack.wait()
         from app.agents.test_runner import run_test  # LiveKit: loaded with the worker stack
 
         run = run.model_copy(update={"status": TestRunStatus.running, "started_at": utcnow()})

@@ -197,3 +197,22 @@ async def test_queue_is_bounded_and_an_app_without_runner_says_so(store, setting
                                  base_url="http://admin", headers=AUTH) as c:
         r = await c.post(f"{AGENTS}/support-agent/versions/1/test-runs")
         assert r.status_code == 503 and "not available" in r.json()["detail"], r.text
+
+
+async def test_the_readme_example_passes_against_the_seeded_support_agent(served, store):
+    from pathlib import Path
+
+    from app.seed import seed
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Tests stored with the agent"):]
+    start = section.index("```yaml\n") + len("```yaml\n")
+    example = section[start:section.index("```", start)]
+    c, pool = served
+    await seed(store)
+    r = await c.post(f"{AGENTS}/support-agent-v1/tests", json={"name": "records-order", "content": example})
+    assert r.status_code == 201, r.text
+    r = await c.post(f"{AGENTS}/support-agent-v1/versions/1/test-runs")
+    await asyncio.wait_for(pool.wait(r.json()["id"]), 60)
+    run = (await c.get(f"{AGENTS}/support-agent-v1/versions/1/test-runs/{r.json()['id']}")).json()
+    assert run["status"] == "passed", run["results"]
