@@ -1,7 +1,7 @@
 """Schema versions 2 (`sessions.owner`, `sessions.heartbeat_at`), 3 (`sessions.usage`,
 `sessions.events`), 4 (the `events` journal table, webhooks and deliveries) and 5
-(`sessions.analysis` and the analysis queue columns with their index) on a database an
-older build created: `SQLStore.start` adds the columns, tables and index (idempotently,
+(`sessions.analysis` and the analysis queue columns with their index), 6 (`agent_tests`
+and `test_runs`) on a database an older build created: `SQLStore.start` adds the columns, tables and index (idempotently,
 also with several processes starting at once), records the version, and keeps the old
 rows readable; a database newer than this build is reported, not touched."""
 
@@ -15,13 +15,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.domain import SessionRecord, SessionStatus
+from app.domain import AgentConfigInput, SessionRecord, SessionStatus
+from app.domain.agent_tests import AgentTestCreate
 from app.domain.analysis import AnalysisConfig, AnalysisRequest, AnalysisStatus, SessionAnalysis
 from app.domain.usage import SessionUsage, UsageGroup
 from app.domain.values import utcnow
 from app.store.sql import SQLStore
 from app.store.sql.tables import ADDED_COLUMNS, SCHEMA_VERSION, meta_t
-from tests.store.conftest import BACKENDS, StoreTarget
+from tests.store.conftest import BACKENDS, StoreTarget, agent_document
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -61,6 +62,8 @@ async def _make_version_1(url: str) -> None:
         "DROP INDEX ix_sessions_analysis_status",
         *(f"ALTER TABLE sessions DROP COLUMN {col}" for col in ADDED_COLUMNS["sessions"]),
         "DROP TABLE events",
+        "DROP TABLE agent_tests",
+        "DROP TABLE test_runs",
         meta_t.update().where(meta_t.c.key == "schema_version").values(value=1),
     )
 
@@ -94,7 +97,7 @@ async def _indexes(url: str) -> set[str]:
 
 
 async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
-    assert SCHEMA_VERSION == 5
+    assert SCHEMA_VERSION == 6
     await _make_version_1(sql_target.url)
     assert "ix_sessions_analysis_status" not in await _indexes(sql_target.url)
     stores = [SQLStore(sql_target.url) for _ in range(3)]
@@ -123,6 +126,11 @@ async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: St
         assert [(r.agent_id, r.sessions, r.llm_input_tokens) for r in report.rows] == [("a", 1, 0), ("agent-a", 1, 7)]
         events, total = await store.list_events(types=["session.started"])
         assert total == 1 and events[0].data["session_id"] == "s-new"  # the journal table is there
+        # version 6: tests stored with an agent, and their runs
+        await store.create_agent_config(AgentConfigInput.model_validate(agent_document("agent-a")))
+        await store.create_agent_test("agent-a", AgentTestCreate(name="t", content="name: t\nsessions: [{}]\n"))
+        run, _ = await store.create_test_run("agent-a", 1)
+        assert [r.id for r in await store.list_test_runs("agent-a")] == [run.id]
     finally:
         for s in stores:
             await s.aclose()
