@@ -216,3 +216,64 @@ async def test_the_readme_example_passes_against_the_seeded_support_agent(served
     await asyncio.wait_for(pool.wait(r.json()["id"]), 60)
     run = (await c.get(f"{AGENTS}/support-agent-v1/versions/1/test-runs/{r.json()['id']}")).json()
     assert run["status"] == "passed", run["results"]
+
+
+LIVE = """\
+name: records the email with the real model
+model: live
+sessions:
+  - turns:
+      - user: "It's ada@example.com"
+        llm:                       # ignored: the agent's own model answers
+          - text: "never used"
+        expect:
+          - function_call: {name: record_email}
+            live: true
+          - message: {text: "this exact text is not checked live"}
+    record:
+      collected_keys: [email]
+"""
+
+
+async def test_a_live_test_talks_to_the_agents_configured_model(served):
+    """`model: live`: the run goes to the model the agent's config names (here an
+    OpenAI-compatible server on loopback, standing in for a paid one), and only
+    `live: true` events and the collected keys are checked."""
+    import contextlib
+
+    import uvicorn
+
+    from sim.db_servers import free_port
+    from sim.fake_openai import FakeOpenAI
+
+    c, pool = served
+    model = FakeOpenAI()
+    for _ in range(2):  # one answer per test, in name order
+        model.tool_call("record_email", {"value": "ada@example.com"}).text("Got it, thanks!")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(model.asgi_app(), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off", timeout_graceful_shutdown=0.2))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        await _agent(c, llm={"provider": "openai", "model": "gpt-test", "base_url": f"http://127.0.0.1:{port}/v1"})
+        r = await c.post(f"{AGENTS}/support-agent/tests", json={"name": "live", "content": LIVE})
+        assert r.status_code == 201, r.text
+        wrong = LIVE.replace("{name: record_email}", "{name: end_session}")
+        r = await c.post(f"{AGENTS}/support-agent/tests", json={"name": "live-wrong", "content": wrong})
+        assert r.status_code == 201, r.text
+        run = await _run(c, pool, 1)
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await task
+    assert run["status"] == "failed"
+    result = {r["name"]: r for r in run["results"]}
+    assert result["live"]["passed"] and result["live"]["model"] == "live", result
+    (turn,) = [st for st in result["live-wrong"]["steps"] if st["step"] == "turn 0"]
+    (failure,) = turn["failures"]
+    assert failure["message"] == "the turn contains no such event (live: order not enforced)"
+    assert failure["field"] == "sessions[0].turns[0].expect[0]"
+    assert len(model.requests) == 4 and model.requests[0].body["model"] == "gpt-test"
+    assert "record_email" in model.requests[0].tool_names
