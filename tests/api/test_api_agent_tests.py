@@ -149,6 +149,8 @@ async def test_runs_report_each_step_and_feed_the_gate(served, store):
     assert len((await c.get(f"{AGENTS}/support-agent/test-runs")).json()) == 2
     assert (await c.get(f"{AGENTS}/support-agent/versions/1/test-runs/{run['id']}")).status_code == 404
     assert (await c.post(f"{AGENTS}/support-agent/versions/9/test-runs")).status_code == 404
+    sessions = (await c.get("/api/v1/sessions")).json()
+    assert sessions["total"] == 0  # test conversations are not calls: no session records
 
 
 async def test_an_under_scripted_test_fails_with_the_reason(served):

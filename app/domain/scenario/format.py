@@ -168,7 +168,28 @@ class DeleteRouteOp(_M):
     purpose: str
 
 
-CONFIG_OPS = ("create", "patch", "replace", "rollback", "delete", "put_route", "delete_route", "replace_routes", "store")
+class PutTestOp(_M):
+    """Store a test with an agent (create, or replace one of that name)."""
+
+    agent_id: str
+    name: str
+    content: str
+    """The test document: a scenario in this format, as YAML text."""
+
+
+class RunTestsOp(_M):
+    """Run the agent's stored tests against a version and wait for the verdict."""
+
+    agent_id: str
+    version: int = Field(ge=1)
+    expect: Literal["passed", "failed"] | None = None
+    """The run's verdict."""
+    failing: list[str] | None = None
+    """Exactly these tests failed (name order)."""
+
+
+CONFIG_OPS = ("create", "patch", "replace", "rollback", "delete", "put_route", "delete_route", "replace_routes",
+              "put_test", "run_tests", "store")
 
 
 class ConfigOp(_M):
@@ -184,6 +205,8 @@ class ConfigOp(_M):
     put_route: RouteOp | None = None
     delete_route: DeleteRouteOp | None = None
     replace_routes: list[RouteOp] | None = None
+    put_test: PutTestOp | None = None
+    run_tests: RunTestsOp | None = None
     store: Literal["down", "up"] | None = None
     """`down`: every store call raises `StoreUnavailable` until `up` (see sim/README.md)."""
     expect_version: int | None = None
