@@ -234,7 +234,7 @@ class TestRunQueue(Protocol):
         """Raise `InProgress` when no more runs may be queued now."""
 
     def submit(self, run: TestRun, tests: list[AgentTest]) -> None:
-        """Start executing `run` (stored as queued) over `tests` in the background."""
+        """Start executing `run` (stored as queued) over `tests` in the background; never raises."""
 
 
 # --------------------------------------------------------------------- the gate

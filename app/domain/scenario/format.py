@@ -3,11 +3,12 @@
 Why pydantic with `extra="forbid"` everywhere: a scenario is a test, and a typo in a
 test (`contians:`) that is silently ignored makes the test pass for the wrong reason.
 Every unknown key, wrong type or missing field is reported with the file and line it
-is on (see `sim.yamlsrc`). Expectations only check the fields a scenario actually
+is on (see `app.domain.scenario.yamlsrc`). Expectations only check the fields a scenario actually
 wrote (`model_fields_set`), so `degraded: null` ("must be None") and an absent
 `degraded` ("not checked") mean different things.
 
-The format is documented, with a complete example, in `sim/README.md`.
+The format is documented, with a complete example, in `sim/README.md`; the server
+validates an agent's stored tests with it too (`app.domain.agent_tests`, stricter).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The voice parts of the scenario format (`io: voice`), validated like the rest.
 
-Kept apart from `sim.scenario` (which imports these) so the text format stays readable:
+Kept apart from `app.domain.scenario.format` (which imports these) so the text format stays readable:
 `Scenario.voice` (options), `StartSpec.voice` / `TurnSpec.voice` (what the user's audio
 is and what the voice path must show), `SessionSpec.voice` (the stored latency metrics).
 Overview: `sim/voice/__init__.py`; the README's "Voice simulation" section.
