@@ -16,6 +16,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from enum import Enum
 from typing import Any, Literal, Protocol
 
@@ -254,17 +255,20 @@ class TestsNotPassing(DomainError):
         self.names = names
 
 
-def failing_names(tests: Sequence[AgentTest], runs: Sequence[TestRun]) -> list[str]:
+def failing_names(tests: Sequence[AgentTest], runs: Sequence[TestRun], version_created_at: datetime) -> list[str]:
     """The gate's rule: the names of the current tests that have not passed for this
     version. Empty (may publish) when there are no tests, or when the newest finished
     run of exactly the current test set passed; otherwise that run's failing tests, or
     every current test when no finished run covers the current set (never run, or
-    tests changed since)."""
+    tests changed since). Only runs queued after the version was written count: an
+    agent deleted and created again under the same id starts from version 1 again, and
+    an old run of "version 1" says nothing about the new one."""
     if not tests:
         return []
     current = suite_hash(tests)
     names = sorted(t.name for t in tests)
-    done = [r for r in runs if r.tests_hash == current and r.status in (TestRunStatus.passed, TestRunStatus.failed)]
+    done = [r for r in runs if r.tests_hash == current and r.created_at >= version_created_at
+            and r.status in (TestRunStatus.passed, TestRunStatus.failed)]
     if not done:
         return names
     newest = max(done, key=lambda r: (r.finished_at or r.created_at, r.created_at))

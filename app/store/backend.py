@@ -319,6 +319,9 @@ class AgentTestsBackend(Protocol):
     async def list(self, agent_id: str) -> list[AgentTest]:
         """Every test of the agent, by name."""
 
+    async def forget_agent(self, agent_id: str) -> None:
+        """Remove the agent's tests and runs (after the agent itself was deleted)."""
+
 
 class TestRunsBackend(Protocol):
     """Test runs, one document each, replaced whole as the run progresses."""

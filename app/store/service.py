@@ -292,6 +292,11 @@ class StoreService(WebhookStore, AgentTestStore):
         if not found:
             raise _agent_not_found(agent_id)
         self._notify()
+        try:  # its stored tests and runs go with it (the gate also ignores runs older than a version)
+            await self.backend.agent_tests.forget_agent(agent_id)
+        except StoreUnavailable:
+            log.warning("agent %r deleted, but not its stored tests (store unavailable): an agent created "
+                        "again under that id finds them; the gate ignores their old runs", agent_id)
 
     async def rollback(
         self, agent_id: str, version: int, expected_version: int | None = None, *, ctx: ChangeContext = SYSTEM

@@ -23,7 +23,7 @@ async def failing_tests(store: ConfigStore, agent_id: str, version: int) -> list
         return []
     tests = await store.list_agent_tests(agent_id)
     runs = await store.list_test_runs(agent_id, version, limit=MAX_RUNS_LISTED)
-    return failing_names(tests, runs)
+    return failing_names(tests, runs, config.created_at)
 
 
 async def require_passing_tests(store: ConfigStore, agent_id: str, version: int) -> None:

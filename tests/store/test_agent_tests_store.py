@@ -162,3 +162,33 @@ async def test_the_gate_needs_a_passing_run_of_the_current_tests(store):
     assert await failing_tests(store, "support-agent", 2) == []
     with pytest.raises(NotFound):
         await failing_tests(store, "support-agent", 9)
+
+
+async def test_deleting_the_agent_takes_its_tests_and_runs(store):
+    await _agent(store, require_passing_tests=True)
+    await store.create_agent_test("support-agent", AgentTestCreate(name="greets", content=GREETING))
+    run, _ = await store.create_test_run("support-agent", 1)
+    assert await store.save_test_run(run.model_copy(update={
+        "status": TestRunStatus.passed, "results": [TestResult(name="greets", passed=True)], "finished_at": now_ms()}))
+    assert await failing_tests(store, "support-agent", 1) == []
+    await store.delete_agent_config("support-agent")
+    await _agent(store, require_passing_tests=True)  # a new agent under the same id
+    assert await store.list_agent_tests("support-agent") == []
+    assert await store.list_test_runs("support-agent") == []
+    with pytest.raises(NotFound):
+        await store.get_test_run("support-agent", run.id)
+
+
+def test_the_gate_ignores_runs_from_before_the_version():
+    """Leftovers of a deleted agent of the same id (if their removal failed): a run of
+    "version 1" queued before this version 1 was written is not a run of it."""
+    from datetime import timedelta
+
+    from app.domain.agent_tests import AgentTest, TestRun, failing_names
+
+    t0 = now_ms()
+    tests = [AgentTest(agent_id="a", name="greets", content=GREETING, created_at=t0, updated_at=t0)]
+    old = TestRun(id="run_old", agent_id="a", version=1, status=TestRunStatus.passed, tests_hash=suite_hash(tests),
+                  tests=["greets"], results=[TestResult(name="greets", passed=True)], created_at=t0, finished_at=t0)
+    assert failing_names(tests, [old], version_created_at=t0) == []
+    assert failing_names(tests, [old], version_created_at=t0 + timedelta(seconds=1)) == ["greets"]

@@ -113,6 +113,13 @@ class MongoAgentTests:
         return [_test(doc) for doc in docs]
 
 
+    @mapped
+    async def forget_agent(self, agent_id: str) -> None:
+        db = await self.mdb.ready()
+        await db.agent_tests.delete_many({"agent_id": agent_id})
+        await db.test_runs.delete_many({"agent_id": agent_id})
+
+
 class MongoTestRuns:
     def __init__(self, mdb: MongoDatabase) -> None:
         self.mdb = mdb

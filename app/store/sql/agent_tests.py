@@ -79,6 +79,14 @@ class SQLAgentTests:
         return [_test(row) for row in rows]
 
 
+    async def forget_agent(self, agent_id: str) -> None:
+        def run(c: Connection) -> None:
+            c.execute(t.delete().where(t.c.agent_id == agent_id))
+            c.execute(r.delete().where(r.c.agent_id == agent_id))
+
+        await self._db.write(run)
+
+
 class SQLTestRuns:
     def __init__(self, db: SQLDatabase) -> None:
         self._db = db
