@@ -120,6 +120,7 @@ async def _run_session(
                                 expected=f"user turn {turn.user!r}", actual="session closed")
                     return
                 user = turn.user
+                assert user is not None  # the stored format has text turns only
                 if not await step(tloc, turn, f"turn {j}", user,
                                   lambda user=user: session.run(user_input=user)):  # type: ignore[misc]
                     return

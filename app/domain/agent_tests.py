@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import Enum
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -28,6 +28,7 @@ from app.domain.scenario.format import (
     Scenario,
     ScenarioError,
     ScenarioProblem,
+    Step,
     loads_scenario,
 )
 from app.domain.values import UtcDatetime
@@ -41,13 +42,21 @@ MAX_TEST_CHARS = 64_000
 # ------------------------------------------------------------------- the format
 
 _Problem = tuple[tuple[int | str, ...], str]
-_SESSION_ONLY_SIM = ("config", "endpoints", "http", "room_metadata", "participant", "route", "voice", "analysis")
-_STEP_ONLY_SIM = ("llm_received", "within_ms", "voice")
-_RECORD_SUPPORTED = {"collected", "collected_include", "collected_keys", "handoffs"}
+# What the server's runner does with a test: everything else the scenario format has (and
+# whatever it gains later) is refused at its line until the runner learns it.
+_SCENARIO_FIELDS = {"name", "description", "sessions", "model"}
+_SESSION_FIELDS = {"name", "job_metadata", "start", "turns", "closes", "record"}
+_STEP_FIELDS = {"llm", "expect", "no_more_events", "user"}
+_REPLY_FIELDS = {"text", "tool", "args", "tools", "error", "usage"}
+_RECORD_FIELDS = {"collected", "collected_include", "collected_keys", "handoffs"}
 
 
 def _not_here(what: str) -> str:
-    return f"{what} is a sim-only feature; a stored test runs one agent version in the server"
+    return f"`{what}` is a sim-only feature; a stored test runs one agent version in the server"
+
+
+def _extra(model: BaseModel, allowed: set[str], loc: tuple[int | str, ...]) -> list[_Problem]:
+    return [((*loc, name), _not_here(name)) for name in sorted(model.model_fields_set - allowed)]
 
 
 class StoredTestScenario(Scenario):
@@ -60,39 +69,24 @@ class StoredTestScenario(Scenario):
 
     def problems(self) -> list[_Problem]:
         found = super().problems()
-        for name in ("config", "endpoints", "latency_budget", "voice", "offline_only"):
-            if name in self.model_fields_set and getattr(self, name):
-                found.append(((name,), _not_here(f"`{name}`")))
-        if self.mode != "dynamic":
-            found.append((("mode",), "a stored test runs its own agent: `mode: pte` is not available"))
-        if self.io != "text":
-            found.append((("io",), "stored tests are text conversations (`io: text`)"))
-        if "store" in self.model_fields_set:
-            found.append((("store",), _not_here("`store`")))
-        if "config_via" in self.model_fields_set:
-            found.append((("config_via",), _not_here("`config_via`")))
+        found += _extra(self, _SCENARIO_FIELDS, ())
         for i, s in enumerate(self.sessions):
-            for name in _SESSION_ONLY_SIM:
-                if name in s.model_fields_set and getattr(s, name):
-                    found.append((("sessions", i, name), _not_here(f"`{name}`")))
+            sl: tuple[int | str, ...] = ("sessions", i)
+            found += _extra(s, _SESSION_FIELDS, sl)
             if s.job_metadata is not None and not isinstance(s.job_metadata, dict):
-                found.append((("sessions", i, "job_metadata"), "a mapping (e.g. `variables:`) in a stored test"))
+                found.append(((*sl, "job_metadata"), "a mapping (e.g. `variables:`) in a stored test"))
             if s.record is not None:
-                for name in sorted(s.record.model_fields_set - _RECORD_SUPPORTED):
-                    found.append((("sessions", i, "record", name),
-                                  f"`{name}` is not checked in a stored test (supported: "
-                                  f"{', '.join(sorted(_RECORD_SUPPORTED))})"))
-            steps: list[tuple[tuple[int | str, ...], Any]] = [(("start",), s.start)]
-            steps += [(("turns", j), t) for j, t in enumerate(s.turns)]
+                found += [((*sl, "record", name), f"`{name}` is not checked in a stored test (supported: "
+                           f"{', '.join(sorted(_RECORD_FIELDS))})")
+                          for name in sorted(s.record.model_fields_set - _RECORD_FIELDS)]
+            steps: list[tuple[tuple[int | str, ...], Step | None]] = [((*sl, "start"), s.start)]
+            steps += [((*sl, "turns", j), t) for j, t in enumerate(s.turns)]
             for where, step in steps:
                 if step is None:
                     continue
-                for name in (*_STEP_ONLY_SIM, "config", "tool_choice"):
-                    if name in step.model_fields_set and getattr(step, name, None):
-                        found.append((("sessions", i, *where, name), _not_here(f"`{name}`")))
+                found += _extra(step, _STEP_FIELDS, where)
                 for k, reply in enumerate(step.llm):
-                    if reply.endpoint is not None:
-                        found.append((("sessions", i, *where, "llm", k, "endpoint"), _not_here("`endpoint`")))
+                    found += _extra(reply, _REPLY_FIELDS, (*where, "llm", k))
         return found
 
 

@@ -192,3 +192,35 @@ def test_the_gate_ignores_runs_from_before_the_version():
                   tests=["greets"], results=[TestResult(name="greets", passed=True)], created_at=t0, finished_at=t0)
     assert failing_names(tests, [old], version_created_at=t0) == []
     assert failing_names(tests, [old], version_created_at=t0 + timedelta(seconds=1)) == ["greets"]
+
+
+def test_what_only_the_sim_can_do_is_refused_at_its_line():
+    from app.domain.agent_tests import parse_test_document
+
+    doc = """\
+name: uses sim-only features
+config_via: api
+sessions:
+  - room_metadata: {purpose: support}
+    turns:
+      - user: hi
+        tool_choice: required
+        within_ms: 50
+        llm:
+          - text: hello
+            endpoint: backup.sim
+    record:
+      status: completed
+      collected_keys: [email]
+"""
+    with pytest.raises(InvalidTestDocument) as err:
+        parse_test_document("t", doc)
+    got = {(p.line, p.field) for p in err.value.problems}
+    assert got == {(2, "config_via"), (4, "sessions[0].room_metadata"), (7, "sessions[0].turns[0].tool_choice"),
+                   (8, "sessions[0].turns[0].within_ms"), (11, "sessions[0].turns[0].llm[0].endpoint"),
+                   (13, "sessions[0].record.status")}, err.value.problems
+    ok = doc.replace("config_via: api\n", "").replace("  - room_metadata: {purpose: support}\n    turns:",
+                                                       "  - turns:")
+    ok = "\n".join(line for line in ok.splitlines()
+                   if not line.strip().startswith(("tool_choice", "within_ms", "endpoint", "status"))) + "\n"
+    assert parse_test_document("t", ok).scenario.sessions[0].turns[0].user == "hi"
