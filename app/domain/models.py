@@ -505,6 +505,14 @@ class SessionStatus(str, Enum):
     abandoned = "abandoned"
 
 
+class SessionOrder(str, Enum):
+    """How session lists are ordered: newest first, or slowest worst turn first (sessions
+    without a spoken turn last, then newest first)."""
+
+    newest = "newest"
+    worst_turn = "worst_turn"
+
+
 class Turn(BaseModel):
     seq: int = Field(ge=0)
     role: Literal["user", "assistant", "system", "tool"]
@@ -570,7 +578,18 @@ class SessionRecord(BaseModel):
         None, description="When the owner last proved alive; an active session whose owner stops "
         "heartbeating is marked abandoned. Read-only.",
     )
+    worst_turn_ms: float | None = Field(
+        None, description="The slowest spoken turn's end-to-end latency in ms (the largest `total_ms` in "
+        "`metrics`), kept by the store so sessions can be listed slowest first. Read-only.",
+    )
     analysis: SessionAnalysis | None = Field(
         None, description="The post-call analysis, when the agent has analysis settings: pending until it has "
         "run, then done or failed (with the reason). Read-only.",
     )
+
+
+def worst_turn_ms(metrics: list[dict[str, Any]]) -> float | None:
+    """The largest end-to-end figure among per-turn metrics entries (None: no spoken turn)."""
+    figures = [m["total_ms"] for m in metrics if isinstance(m.get("total_ms"), (int, float))
+               and not isinstance(m.get("total_ms"), bool)]
+    return float(max(figures)) if figures else None

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
-from app.domain import AgentConfig, Route, SessionRecord, SessionStatus
+from app.domain import AgentConfig, Route, SessionOrder, SessionRecord, SessionStatus
 from app.domain.events import Event
 from app.domain.usage import UsageGroup, UsageRow
 from app.domain.webhooks import Delivery, DeliveryStatus, StoredWebhook
@@ -165,7 +165,7 @@ class SessionsBackend(Protocol):
 
     async def list(
         self, agent_id: str | None, status: SessionStatus | None, since: datetime | None,
-        until: datetime | None, offset: int, limit: int,
+        until: datetime | None, order: SessionOrder, offset: int, limit: int,
     ) -> tuple[list[SessionRecord], int]: ...
 
 

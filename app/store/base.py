@@ -32,6 +32,7 @@ from app.domain import (
     AgentConfigInput,
     Handoff,
     Route,
+    SessionOrder,
     SessionRecord,
     SessionStatus,
     Turn,
@@ -263,10 +264,11 @@ class ConfigStore(Protocol):
         status: SessionStatus | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        order: SessionOrder = SessionOrder.newest,
         offset: int = 0,
         limit: int = 50,
     ) -> tuple[list[SessionRecord], int]:
-        """Newest first, without turns (use `get_session` for a transcript)."""
+        """In `order` (newest first by default), without turns (use `get_session` for a transcript)."""
 
     async def get_session(self, session_id: str) -> SessionRecord: ...
 

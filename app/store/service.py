@@ -40,6 +40,7 @@ from app.domain import (
     InvalidReference,
     NotFound,
     Route,
+    SessionOrder,
     SessionRecord,
     SessionStatus,
     StoreUnavailable,
@@ -403,13 +404,14 @@ class StoreService(WebhookStore):
         status: SessionStatus | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        order: SessionOrder = SessionOrder.newest,
         offset: int = 0,
         limit: int = 50,
     ) -> tuple[list[SessionRecord], int]:
         if agent_id is not None:
             must_be_str(agent_id, "agent_id")
         status = SessionStatus(status) if status is not None else None
-        return await self.backend.sessions.list(agent_id, status, since, until, offset, limit)
+        return await self.backend.sessions.list(agent_id, status, since, until, SessionOrder(order), offset, limit)
 
     async def get_session(self, session_id: str) -> SessionRecord:
         record = await self.backend.sessions.get(must_be_str(session_id, "session_id"))

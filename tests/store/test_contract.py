@@ -48,6 +48,7 @@ from app.domain import (
     Route,
     ServedBy,
     SessionEvent,
+    SessionOrder,
     SessionRecord,
     SessionStatus,
     SessionUsage,
@@ -1002,6 +1003,33 @@ async def test_list_sessions_newest_first_filters_and_total(store):
 
     items, total = await store.list_sessions(agent_id="nobody")
     assert (items, total) == ([], 0)
+
+
+async def test_list_sessions_slowest_worst_turn_first(store):
+    base = datetime(2031, 6, 1, 12, 0, 0, tzinfo=UTC)
+    totals = {  # session: its turns' end-to-end figures (None: a turn LiveKit measured nothing for)
+        "quick": [300.0, 420.5], "slow": [250.0, 2100.0, 900.0], "silent": [],
+        "middle": [None, 1200.0], "newer-silent": [],
+    }
+    for i, (sid, figures) in enumerate(totals.items()):
+        await store.start_session(session(sid, "agent-a", started_at=base + timedelta(minutes=i)))
+        if figures:
+            await store.update_session(sid, metrics=[{"turn": n, "total_ms": ms} for n, ms in enumerate(figures)])
+    await store.update_session("quick", metrics=[{"turn": 0, "total_ms": 300.0}, {"turn": 1, "total_ms": 420.5}])
+
+    items, total = await store.list_sessions(order=SessionOrder.worst_turn)
+    assert total == 5
+    # slowest first; sessions without a spoken turn last, newest first among them
+    assert [s.session_id for s in items] == ["slow", "middle", "quick", "newer-silent", "silent"]
+    assert [s.worst_turn_ms for s in items] == [2100.0, 1200.0, 420.5, None, None]
+    items, _ = await store.list_sessions(order=SessionOrder.worst_turn, offset=1, limit=2)
+    assert [s.session_id for s in items] == ["middle", "quick"]
+    # a later snapshot replaces the figure (the worst of what is stored now, not of all time)
+    await store.update_session("slow", metrics=[{"turn": 0, "total_ms": 250.0}])
+    items, _ = await store.list_sessions(order=SessionOrder.worst_turn, limit=2)
+    assert [(s.session_id, s.worst_turn_ms) for s in items] == [("middle", 1200.0), ("quick", 420.5)]
+    items, _ = await store.list_sessions()
+    assert items[0].session_id == "newer-silent"  # the default order is unchanged
 
 
 async def test_abandon_active_sessions(store):

@@ -1,7 +1,8 @@
 """Schema versions 2 (`sessions.owner`, `sessions.heartbeat_at`), 3 (`sessions.usage`,
 `sessions.events`), 4 (the `events` journal table, webhooks and deliveries) and 5
-(`sessions.analysis` and the analysis queue columns with their index) on a database an
-older build created: `SQLStore.start` adds the columns, tables and index (idempotently,
+(`sessions.analysis` and the analysis queue columns with their index) and 6
+(`sessions.worst_turn_ms`, filled in from the stored metrics) on a database an older
+build created: `SQLStore.start` adds the columns, tables and index (idempotently,
 also with several processes starting at once), records the version, and keeps the old
 rows readable; a database newer than this build is reported, not touched."""
 
@@ -15,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.domain import SessionRecord, SessionStatus
+from app.domain import SessionOrder, SessionRecord, SessionStatus
 from app.domain.analysis import AnalysisConfig, AnalysisRequest, AnalysisStatus, SessionAnalysis
 from app.domain.usage import SessionUsage, UsageGroup
 from app.domain.values import utcnow
@@ -59,6 +60,7 @@ async def _make_version_1(url: str) -> None:
     await _exec(
         url,
         "DROP INDEX ix_sessions_analysis_status",
+        "DROP INDEX ix_sessions_worst_turn_ms",
         *(f"ALTER TABLE sessions DROP COLUMN {col}" for col in ADDED_COLUMNS["sessions"]),
         "DROP TABLE events",
         meta_t.update().where(meta_t.c.key == "schema_version").values(value=1),
@@ -94,7 +96,7 @@ async def _indexes(url: str) -> set[str]:
 
 
 async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
-    assert SCHEMA_VERSION == 5
+    assert SCHEMA_VERSION == 6
     await _make_version_1(sql_target.url)
     assert "ix_sessions_analysis_status" not in await _indexes(sql_target.url)
     stores = [SQLStore(sql_target.url) for _ in range(3)]
@@ -148,6 +150,35 @@ async def test_a_version_3_database_gains_the_analysis_columns_and_keeps_its_usa
         await store.aclose()
     assert await _schema_version(sql_target.url) == SCHEMA_VERSION
     assert "ix_sessions_analysis_status" in await _indexes(sql_target.url)
+
+
+async def test_a_version_5_database_gains_the_worst_turn_of_its_sessions(sql_target: StoreTarget) -> None:
+    store = SQLStore(sql_target.url)
+    await store.start()
+    try:
+        for sid, figures in {"s-slow": [400.0, 1800.0], "s-quick": [350.0], "s-none": []}.items():
+            await store.start_session(SessionRecord(session_id=sid, room="r", agent_id="agent-a"))
+            if figures:
+                await store.update_session(sid, metrics=[{"turn": i, "total_ms": v} for i, v in enumerate(figures)])
+    finally:
+        await store.aclose()
+    await _exec(
+        sql_target.url,
+        "DROP INDEX ix_sessions_worst_turn_ms",
+        "ALTER TABLE sessions DROP COLUMN worst_turn_ms",
+        meta_t.update().where(meta_t.c.key == "schema_version").values(value=5),
+    )
+    store = SQLStore(sql_target.url)
+    await store.start()
+    try:
+        items, _ = await store.list_sessions(order=SessionOrder.worst_turn)
+        assert [(s.session_id, s.worst_turn_ms) for s in items] == [
+            ("s-slow", 1800.0), ("s-quick", 350.0), ("s-none", None)
+        ]
+    finally:
+        await store.aclose()
+    assert await _schema_version(sql_target.url) == SCHEMA_VERSION
+    assert "ix_sessions_worst_turn_ms" in await _indexes(sql_target.url)
 
 
 async def test_a_newer_database_is_reported_and_left_alone(sql_target: StoreTarget, caplog) -> None:

@@ -13,13 +13,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """1: initial tables. 2: `sessions.owner` and `sessions.heartbeat_at` (crash recovery with
 several processes on one database). 3: `sessions.usage` and `sessions.events` (what a call
 consumed, which providers served it, fail-overs, cut replies, budget warnings). 4: the
 event journal (the `events` table), webhook endpoints and deliveries (new tables:
 `create_all` adds them). 5: `sessions.analysis` and the analysis queue columns
-(post-call analysis). `SQLDatabase.start` adds what an older database lacks (tables,
+(post-call analysis). 6: `sessions.worst_turn_ms` (sessions listed slowest first; filled in
+for older rows from their stored metrics). `SQLDatabase.start` adds what an older database lacks (tables,
 columns and indexes only if missing, so every step is idempotent)."""
 
 
@@ -116,6 +117,7 @@ class SessionRow(SQLModel, table=True):
     analysis_owner: str | None = Field(default=None, max_length=300)
     analysis_lease_until: datetime | None = _ts(default=None, nullable=True)
     analysis_claims: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    worst_turn_ms: float | None = Field(default=None, index=True)  # from `metrics` (session_rules)
 
 
 class TurnRow(SQLModel, table=True):
@@ -205,6 +207,7 @@ ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
         "owner", "heartbeat_at",  # 2
         "usage", "events",  # 3
         "analysis", "analysis_status", "analysis_owner", "analysis_lease_until", "analysis_claims",  # 5
+        "worst_turn_ms",  # 6
     ),
 }
 """Columns added after version 1, by table: `create_all` does not alter an existing table,
