@@ -9,6 +9,7 @@ from app.domain.errors import (
     InvalidInput,
     InvalidReference,
     NotFound,
+    NumberTaken,
     StoreUnavailable,
     VersionConflict,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "LLMFallback",
     "LLMTimeouts",
     "NotFound",
+    "NumberTaken",
     "PromptConfig",
     "Route",
     "RouteInput",

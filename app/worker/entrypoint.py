@@ -16,6 +16,7 @@ from app.worker.model_unavailable import ModelUnavailable
 from app.worker.services import WorkerServices, ensure_services, installed_services
 from app.worker.session_start import PreparedSession, prepare_session
 from app.worker.silence import attach_silence_reprompt
+from app.worker.sip import sip_call
 from app.worker.tracing import start_tracing
 
 if TYPE_CHECKING:
@@ -53,11 +54,12 @@ def job_sources(ctx: JobContext, participant: rtc.RemoteParticipant | None = Non
 async def prepare_job(
     ctx: JobContext, services: WorkerServices, participant: rtc.RemoteParticipant | None = None, **kw: Any
 ) -> PreparedSession:
-    """`prepare_session` for a LiveKit job context (real, or `fake_job_context` in tests)."""
+    """`prepare_session` for a LiveKit job context (real, or `fake_job_context` in tests).
+    A SIP participant's attributes route by the dialled number and fill `caller_number`."""
     return await prepare_session(
         services, job_sources(ctx, participant),
         room=ctx.job.room.name or ctx.room.name or "room",
-        user_id=participant.identity if participant is not None else None, **kw,
+        user_id=participant.identity if participant is not None else None, sip=sip_call(participant), **kw,
     )
 
 

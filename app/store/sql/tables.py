@@ -13,13 +13,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """1: initial tables. 2: `sessions.owner` and `sessions.heartbeat_at` (crash recovery with
 several processes on one database). 3: `sessions.usage` and `sessions.events` (what a call
 consumed, which providers served it, fail-overs, cut replies, budget warnings). 4: the
 event journal (the `events` table), webhook endpoints and deliveries (new tables:
 `create_all` adds them). 5: `sessions.analysis` and the analysis queue columns
-(post-call analysis). `SQLDatabase.start` adds what an older database lacks (tables,
+(post-call analysis). 6: `routes.phone_numbers` (inbound calls routed by the dialled
+number) and `sessions.call` (a phone session's numbers, call id and voicemail outcome). `SQLDatabase.start` adds what an older database lacks (tables,
 columns and indexes only if missing, so every step is idempotent)."""
 
 
@@ -87,6 +88,7 @@ class RouteRow(SQLModel, table=True):
     agent_id: str = Field(index=True, max_length=64)
     is_default: bool = False
     updated_at: datetime = _ts()
+    phone_numbers: list[str] = _json(default_factory=list)
 
 
 class SessionRow(SQLModel, table=True):
@@ -116,6 +118,7 @@ class SessionRow(SQLModel, table=True):
     analysis_owner: str | None = Field(default=None, max_length=300)
     analysis_lease_until: datetime | None = _ts(default=None, nullable=True)
     analysis_claims: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    call: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON(none_as_null=True), nullable=True)
 
 
 class TurnRow(SQLModel, table=True):
@@ -205,7 +208,9 @@ ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
         "owner", "heartbeat_at",  # 2
         "usage", "events",  # 3
         "analysis", "analysis_status", "analysis_owner", "analysis_lease_until", "analysis_claims",  # 5
+        "call",  # 6
     ),
+    "routes": ("phone_numbers",),  # 6
 }
 """Columns added after version 1, by table: `create_all` does not alter an existing table,
 so `SQLDatabase.start` adds whichever of these are missing (ALTER TABLE ... ADD COLUMN),
