@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -12,12 +13,14 @@ from app.domain.routing import MetadataSource
 from app.settings import Settings
 from app.worker.budget import attach_budget_guard
 from app.worker.drain import active_sessions
+from app.worker.dtmf import DtmfInput
 from app.worker.model_unavailable import ModelUnavailable
 from app.worker.services import WorkerServices, ensure_services, installed_services
 from app.worker.session_start import PreparedSession, prepare_session
 from app.worker.silence import attach_silence_reprompt
-from app.worker.sip import sip_call
+from app.worker.sip import attach_keypad, is_sip, sip_call
 from app.worker.tracing import start_tracing
+from app.worker.voicemail import start_voicemail_detection
 
 if TYPE_CHECKING:
     from livekit import rtc
@@ -93,3 +96,13 @@ async def entrypoint(ctx: JobContext) -> None:
 
     session.on("close", on_close)
     await session.start(agent=prepared.agent, room=ctx.room)
+    if is_sip(participant):
+        keypad = attach_keypad(ctx.room, session, prepared.context, pause_s=services.settings.dtmf_pause_s)
+        detection = start_voicemail_detection(session, prepared, participant)
+        ctx.add_shutdown_callback(lambda: _detached(keypad, detection))
+
+
+async def _detached(keypad: DtmfInput, detection: asyncio.Task[Any] | None) -> None:
+    keypad.detach()
+    if detection is not None and not detection.done():
+        detection.cancel()
