@@ -89,9 +89,9 @@ def sites(doc: dict[str, Any]) -> Iterator[Site]:
                 yield from _config_sites(op, (*sl, "turns", t, "config", i))
         participant = session.get("participant") or {}
         attrs = participant.get("attributes") or {}
-        if participant.get("kind") == "sip" and "sip.trunkPhoneNumber" in attrs and "reason" in route:
-            # an input mutant: the call arrives on a number no route answers, so routing by
-            # number (or a scenario that does not really depend on it) shows at `route`
+        if participant.get("kind") == "sip" and "sip.trunkPhoneNumber" in attrs and route.get("reason") == "called_number":
+            # an input mutant: the call routed by its number arrives on one no route
+            # answers; routing by number that ignored the number would survive it
             yield Site("sip.called_number", (*sl, "participant", "attributes", "sip.trunkPhoneNumber"),
                        (*sl, "route"), lambda v: "+19999999999")
         if "dtmf_sent" in session:

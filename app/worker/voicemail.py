@@ -31,6 +31,7 @@ from app.domain.phone import AnsweredBy, VoicemailConfig, VoicemailOutcome
 if TYPE_CHECKING:
     from livekit import rtc
     from livekit.agents import AgentSession
+    from livekit.agents.voice.amd.detector import DetectionOptions
 
     from app.worker.session_start import PreparedSession
 
@@ -77,14 +78,26 @@ async def apply_verdict(session: AgentSession[Any], prepared: PreparedSession, c
     return outcome
 
 
-async def detect(session: AgentSession[Any], prepared: PreparedSession, identity: str) -> VoicemailOutcome | None:
-    """Run LiveKit's AMD on the callee's audio and act on its verdict."""
-    from livekit.agents import AMD
+async def detect(
+    session: AgentSession[Any], prepared: PreparedSession, identity: str, *,
+    options: DetectionOptions | None = None,
+) -> VoicemailOutcome | None:
+    """Run LiveKit's AMD on the callee's audio and act on its verdict. `options`: AMD's
+    thresholds (LiveKit's defaults when None)."""
+    from livekit.agents import AMD, NOT_GIVEN
+    from livekit.agents.llm import LLM
 
+    agent_llm = prepared.agent.llm
     try:
-        # llm=None / stt=None: the session's own models (the agent's configured ones),
-        # not LiveKit Cloud's inference gateway, which self-hosted deployments lack.
-        async with AMD(session, llm=None, stt=None, participant_identity=identity, ivr_detection=False) as amd:
+        # The agent's own LLM (its configured model and fallbacks) and the session's STT
+        # transcripts, not LiveKit Cloud's inference gateway, which self-hosted
+        # deployments lack. (The LLM is the agent's, not the session's: our sessions
+        # carry none of their own.)
+        async with AMD(
+            session, llm=agent_llm if isinstance(agent_llm, LLM) else None, stt=None,
+            participant_identity=identity, ivr_detection=False,
+            detection_options=options if options is not None else NOT_GIVEN,
+        ) as amd:
             verdict = await amd.execute()
     except Exception:
         log.exception("session %s: answering-machine detection failed; carrying on", prepared.record.session_id)
