@@ -9,7 +9,7 @@ from typing import Any
 from livekit import rtc
 from livekit.agents import AgentSession
 
-from app.agents.context import SessionContext
+from app.agents.context import DtmfSender, SessionContext
 from app.domain.phone import SipCall
 from app.worker.dtmf import DtmfInput
 
@@ -25,7 +25,7 @@ def sip_call(participant: rtc.RemoteParticipant | None) -> SipCall | None:
     return SipCall.from_attributes(dict(participant.attributes))
 
 
-def dtmf_sender(room: rtc.Room) -> Any:
+def dtmf_sender(room: rtc.Room) -> DtmfSender:
     """The session's `dtmf_sender`: one key through the room's local participant."""
 
     async def send(code: int, digit: str) -> None:
