@@ -500,6 +500,15 @@ def check_record(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRe
         _check_contains_or_null(checks, (*loc, "degraded"), "record degraded", spec.degraded, record.degraded)
     if "error" in fields:
         _check_contains_or_null(checks, (*loc, "error"), "record error", spec.error, record.error)
+    if "call" in fields:
+        got_call = record.call.model_dump(mode="json") if record.call is not None else None
+        if spec.call is None or got_call is None:
+            checks.check(spec.call == got_call, (*loc, "call"), "record call differs",
+                         expected=short(spec.call, 400), actual=short(got_call, 400))
+        else:
+            problem = subset_problem(spec.call, got_call)
+            checks.check(problem is None, (*loc, "call"), f"record call differs: {problem}",
+                         expected=short(spec.call, 400), actual=short(got_call, 400))
     if spec.collected is not None:
         if live:
             checks.check(sorted(record.collected) == sorted(spec.collected), (*loc, "collected"),

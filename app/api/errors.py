@@ -51,6 +51,7 @@ from app.domain import (
     InvalidInput,
     InvalidReference,
     NotFound,
+    NumberTaken,
     StoreUnavailable,
     VersionConflict,
 )
@@ -261,6 +262,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     NotFound: _not_found,
     AlreadyExists: _conflict,
     InUse: _conflict,
+    NumberTaken: _conflict,
     InProgress: _conflict,
     VersionConflict: _version_conflict,
     InvalidInput: _invalid_input,

@@ -9,6 +9,7 @@ from app.domain.errors import (
     InvalidInput,
     InvalidReference,
     NotFound,
+    NumberTaken,
     StoreUnavailable,
     VersionConflict,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "LLMFallback",
     "LLMTimeouts",
     "NotFound",
+    "NumberTaken",
     "PromptConfig",
     "Route",
     "RouteInput",

@@ -137,6 +137,7 @@ class RouteData(BaseModel):
     purpose: str
     agent_id: str
     is_default: bool
+    phone_numbers: list[str] = Field(default_factory=list, description="Dialled numbers the route answers")
 
 
 class RoutesChangedData(BaseModel):

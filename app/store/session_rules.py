@@ -33,7 +33,7 @@ from app.store.base import (
 
 UPDATABLE_FIELDS = (
     "agent_id", "config_version", "user_id", "degraded", "route_reason", "metrics", "usage", "events", "error", "room",
-    "analysis",
+    "analysis", "call",
 )
 """Session fields `update_session` may set (the rest belong to start/finish)."""
 

@@ -45,6 +45,7 @@ from app.domain import (
     InvalidInput,
     InvalidReference,
     NotFound,
+    NumberTaken,
     Route,
     ServedBy,
     SessionEvent,
@@ -55,6 +56,7 @@ from app.domain import (
     Turn,
     VersionConflict,
 )
+from app.domain.phone import CallInfo, VoicemailOutcome
 from app.store import ConfigStore
 from app.store.base import (
     AppendTurn,
@@ -702,6 +704,32 @@ async def test_route_put_get_list_delete(store, make_agent):
     assert routes_key(await store.list_routes()) == [("sales", "agent-b", True)]
 
 
+async def test_route_phone_numbers_round_trip_and_belong_to_one_route(store, make_agent):
+    await store.create_agent_config(make_agent("agent-a"))
+    await store.create_agent_config(make_agent("agent-b"))
+    await store.put_route(Route(purpose="support", agent_id="agent-a", phone_numbers=["+15550001111", "+442071234567"]))
+    await store.put_route(Route(purpose="sales", agent_id="agent-b"))
+    assert (await store.get_route("support")).phone_numbers == ["+15550001111", "+442071234567"]
+    assert (await store.get_route("sales")).phone_numbers == []
+
+    # another route taking a number already answered: refused, naming the number and its route
+    with pytest.raises(NumberTaken) as e:
+        await store.put_route(Route(purpose="sales", agent_id="agent-b", phone_numbers=["+442071234567"]))
+    assert e.value.extra == {"number": "+442071234567", "route": "support", "purpose": "sales"}
+    with pytest.raises(NumberTaken):
+        await store.replace_routes([
+            Route(purpose="support", agent_id="agent-a", phone_numbers=["+15550001111"]),
+            Route(purpose="sales", agent_id="agent-b", phone_numbers=["+15550001111"]),
+        ])
+    assert (await store.get_route("sales")).phone_numbers == []  # nothing written
+
+    # the holder itself may rewrite its numbers; a freed number can move
+    await store.put_route(Route(purpose="support", agent_id="agent-a", phone_numbers=["+15550001111"]))
+    await store.put_route(Route(purpose="sales", agent_id="agent-b", phone_numbers=["+442071234567"]))
+    by_purpose = {r.purpose: r.phone_numbers for r in await store.list_routes()}
+    assert by_purpose == {"sales": ["+442071234567"], "support": ["+15550001111"]}
+
+
 async def test_get_unknown_route_raises_not_found(store):
     with pytest.raises(NotFound):
         await store.get_route("nothing")
@@ -899,6 +927,20 @@ async def test_usage_and_events_round_trip(store):
     assert got.events == events
     with pytest.raises(InvalidInput):
         await store.update_session("s-1", events=[{"kind": "not-a-kind"}])
+
+
+async def test_session_call_info_round_trips(store):
+    call = CallInfo(direction="inbound", called_number="+15550001111", caller_number="+15557654321", call_id="SCL_1")
+    await store.start_session(session("s-1", "agent-a").model_copy(update={"call": call}))
+    assert (await store.get_session("s-1")).call == call
+    await store.start_session(session("s-2", "agent-a"))
+    assert (await store.get_session("s-2")).call is None
+    outbound = CallInfo(direction="outbound", called_number="+15557654321", voicemail=VoicemailOutcome(
+        answered_by="machine", category="machine-vm", action="leave_message", message="Call us back"))
+    await store.update_session("s-2", call=outbound.model_dump(mode="json"))
+    assert (await store.get_session("s-2")).call == outbound
+    with pytest.raises(InvalidInput):
+        await store.update_session("s-2", call={"direction": "sideways"})
 
 
 async def test_finish_session(store):

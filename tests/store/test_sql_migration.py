@@ -1,8 +1,9 @@
 """Schema versions 2 (`sessions.owner`, `sessions.heartbeat_at`), 3 (`sessions.usage`,
-`sessions.events`), 4 (the `events` journal table, webhooks and deliveries) and 5
-(`sessions.analysis` and the analysis queue columns with their index) and 6
-(`sessions.worst_turn_ms`, filled in from the stored metrics) on a database an older
-build created: `SQLStore.start` adds the columns, tables and index (idempotently,
+`sessions.events`), 4 (the `events` journal table, webhooks and deliveries), 5
+(`sessions.analysis` and the analysis queue columns with their index), 6
+(`sessions.worst_turn_ms`, filled in from the stored metrics) and 7
+(`routes.phone_numbers`, `sessions.call`) on a database an older build created:
+`SQLStore.start` adds the columns, tables and index (idempotently,
 also with several processes starting at once), records the version, and keeps the old
 rows readable; a database newer than this build is reported, not touched."""
 
@@ -16,8 +17,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.domain import SessionOrder, SessionRecord, SessionStatus
+from app.domain import AgentConfigInput, PromptConfig, Route, SessionOrder, SessionRecord, SessionStatus
 from app.domain.analysis import AnalysisConfig, AnalysisRequest, AnalysisStatus, SessionAnalysis
+from app.domain.phone import CallInfo
 from app.domain.usage import SessionUsage, UsageGroup
 from app.domain.values import utcnow
 from app.store.sql import SQLStore
@@ -50,11 +52,14 @@ async def _schema_version(url: str) -> int:
 
 
 async def _make_version_1(url: str) -> None:
-    """A database as the version-1 build left it: one session, no owner columns."""
+    """A database as the version-1 build left it: one session and one route, no owner columns."""
     store = SQLStore(url)
     await store.start()
     try:
         await store.start_session(SessionRecord(session_id="s-old", room="r", agent_id="agent-a"))
+        await store.create_agent_config(AgentConfigInput(
+            agent_id="agent-a", name="A", prompt_config=PromptConfig(instructions="Hi")))
+        await store.put_route(Route(purpose="support", agent_id="agent-a"))
     finally:
         await store.aclose()
     await _exec(
@@ -62,6 +67,7 @@ async def _make_version_1(url: str) -> None:
         "DROP INDEX ix_sessions_analysis_status",
         "DROP INDEX ix_sessions_worst_turn_ms",
         *(f"ALTER TABLE sessions DROP COLUMN {col}" for col in ADDED_COLUMNS["sessions"]),
+        *(f"ALTER TABLE routes DROP COLUMN {col}" for col in ADDED_COLUMNS["routes"]),
         "DROP TABLE events",
         meta_t.update().where(meta_t.c.key == "schema_version").values(value=1),
     )
@@ -96,7 +102,7 @@ async def _indexes(url: str) -> set[str]:
 
 
 async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
-    assert SCHEMA_VERSION == 6
+    assert SCHEMA_VERSION == 7
     await _make_version_1(sql_target.url)
     assert "ix_sessions_analysis_status" not in await _indexes(sql_target.url)
     stores = [SQLStore(sql_target.url) for _ in range(3)]
@@ -125,6 +131,13 @@ async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: St
         assert [(r.agent_id, r.sessions, r.llm_input_tokens) for r in report.rows] == [("a", 1, 0), ("agent-a", 1, 7)]
         events, total = await store.list_events(types=["session.started"])
         assert total == 1 and events[0].data["session_id"] == "s-new"  # the journal table is there
+        # version 7: the old route reads with no numbers, numbers and a call are stored
+        assert (await store.get_route("support")).phone_numbers == []
+        await store.put_route(Route(purpose="support", agent_id="agent-a", phone_numbers=["+15550001111"]))
+        assert (await store.get_route("support")).phone_numbers == ["+15550001111"]
+        assert old.call is None
+        await store.update_session("s-old", call={"direction": "inbound", "caller_number": "+15557654321"})
+        assert (await store.get_session("s-old")).call == CallInfo(direction="inbound", caller_number="+15557654321")
     finally:
         for s in stores:
             await s.aclose()

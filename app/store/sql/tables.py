@@ -13,14 +13,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """1: initial tables. 2: `sessions.owner` and `sessions.heartbeat_at` (crash recovery with
 several processes on one database). 3: `sessions.usage` and `sessions.events` (what a call
 consumed, which providers served it, fail-overs, cut replies, budget warnings). 4: the
 event journal (the `events` table), webhook endpoints and deliveries (new tables:
 `create_all` adds them). 5: `sessions.analysis` and the analysis queue columns
 (post-call analysis). 6: `sessions.worst_turn_ms` (sessions listed slowest first; filled in
-for older rows from their stored metrics). `SQLDatabase.start` adds what an older database lacks (tables,
+for older rows from their stored metrics). 7: `routes.phone_numbers` (inbound calls routed
+by the dialled number) and `sessions.call` (a phone session's numbers, call id and
+voicemail outcome). `SQLDatabase.start` adds what an older database lacks (tables,
 columns and indexes only if missing, so every step is idempotent)."""
 
 
@@ -88,6 +90,7 @@ class RouteRow(SQLModel, table=True):
     agent_id: str = Field(index=True, max_length=64)
     is_default: bool = False
     updated_at: datetime = _ts()
+    phone_numbers: list[str] = _json(default_factory=list)
 
 
 class SessionRow(SQLModel, table=True):
@@ -118,6 +121,7 @@ class SessionRow(SQLModel, table=True):
     analysis_lease_until: datetime | None = _ts(default=None, nullable=True)
     analysis_claims: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     worst_turn_ms: float | None = Field(default=None, index=True)  # from `metrics` (session_rules)
+    call: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON(none_as_null=True), nullable=True)
 
 
 class TurnRow(SQLModel, table=True):
@@ -208,7 +212,9 @@ ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
         "usage", "events",  # 3
         "analysis", "analysis_status", "analysis_owner", "analysis_lease_until", "analysis_claims",  # 5
         "worst_turn_ms",  # 6
+        "call",  # 7
     ),
+    "routes": ("phone_numbers",),  # 7
 }
 """Columns added after version 1, by table: `create_all` does not alter an existing table,
 so `SQLDatabase.start` adds whichever of these are missing (ALTER TABLE ... ADD COLUMN),
