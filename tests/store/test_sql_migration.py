@@ -1,6 +1,7 @@
 """Schema versions 2 (`sessions.owner`, `sessions.heartbeat_at`), 3 (`sessions.usage`,
 `sessions.events`), 4 (the `events` journal table, webhooks and deliveries) and 5
-(`sessions.analysis` and the analysis queue columns with their index) on a database an
+(`sessions.analysis` and the analysis queue columns with their index) and 6 (the
+`api_keys` table) on a database an
 older build created: `SQLStore.start` adds the columns, tables and index (idempotently,
 also with several processes starting at once), records the version, and keeps the old
 rows readable; a database newer than this build is reported, not touched."""
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.domain import SessionRecord, SessionStatus
 from app.domain.analysis import AnalysisConfig, AnalysisRequest, AnalysisStatus, SessionAnalysis
+from app.domain.keys import ApiKeyInput, Role, hash_key
 from app.domain.usage import SessionUsage, UsageGroup
 from app.domain.values import utcnow
 from app.store.sql import SQLStore
@@ -94,7 +96,7 @@ async def _indexes(url: str) -> set[str]:
 
 
 async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
-    assert SCHEMA_VERSION == 5
+    assert SCHEMA_VERSION == 6
     await _make_version_1(sql_target.url)
     assert "ix_sessions_analysis_status" not in await _indexes(sql_target.url)
     stores = [SQLStore(sql_target.url) for _ in range(3)]
@@ -123,6 +125,9 @@ async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: St
         assert [(r.agent_id, r.sessions, r.llm_input_tokens) for r in report.rows] == [("a", 1, 0), ("agent-a", 1, 7)]
         events, total = await store.list_events(types=["session.started"])
         assert total == 1 and events[0].data["session_id"] == "s-new"  # the journal table is there
+        # version 6: named API keys
+        created = await store.create_api_key(ApiKeyInput(name="ci", role=Role.edit))
+        assert [k.key_hash for k in await stores[1].api_key_table()] == [hash_key(created.secret)]
     finally:
         for s in stores:
             await s.aclose()
