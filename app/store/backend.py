@@ -24,8 +24,8 @@ from typing import Any, NamedTuple, Protocol
 
 from app.domain import AgentConfig, Route, SessionRecord, SessionStatus
 from app.domain.events import Event
-from app.domain.usage import UsageGroup, UsageRow
 from app.domain.keys import StoredApiKey
+from app.domain.usage import UsageGroup, UsageRow
 from app.domain.webhooks import Delivery, DeliveryStatus, StoredWebhook
 from app.store.session_rules import Run
 

@@ -18,8 +18,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from app.api import create_app
-from app.api import auth as auth_module
+from app.api import auth as auth_module, create_app
 from app.api.auth import KEY_TABLE_TTL_S, KeyRing
 from app.domain.keys import ApiKeyInput, Role
 from app.settings import Settings
