@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, delete, get, post
+from litestar.datastructures import CacheControlHeader
 from litestar.params import JSONBody, PathParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
@@ -25,7 +26,7 @@ class KeyController(Controller):
     tags = ["keys"]
     opt = {"role": "admin"}
 
-    @post("/", name="keys:create", status_code=HTTP_201_CREATED,
+    @post("/", name="keys:create", status_code=HTTP_201_CREATED, cache_control=CacheControlHeader(no_store=True),
           summary="Create a named key; its secret is in this response only",
           description="`role`: read (GETs) < edit (agents, drafts, tests) < publish (publish, canary, rollback, "
           "routes) < admin (keys, webhooks). The name is what the audit trail records for every change made "

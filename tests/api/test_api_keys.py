@@ -48,6 +48,7 @@ async def test_create_shows_the_secret_once_list_never_does(client: Client) -> N
     r = await client.post(KEYS, json={"name": "ci-deploy", "role": "publish"},
                           headers={"X-Change-Note": "for the deploy pipeline"})
     assert r.status_code == 201
+    assert r.headers["cache-control"] == "no-store"  # a secret: no proxy or browser cache keeps it
     created = r.json()
     secret = created["secret"]
     assert re.fullmatch(r"vp_[A-Za-z0-9_-]{43}", secret)
