@@ -118,13 +118,15 @@ async def test_a_role_too_low_is_a_403_naming_the_role_never_the_key(client: Cli
 
 # ---------------------------------------------------------------- the role matrix
 
-PUBLISH_ACTIONS = re.compile(r"/(publish|canary|promote|abort|rollback)(/|$)")
+PUBLISH_ACTIONS = re.compile(r"/(publish|canary|promote|abort|rollback)(/|$)|/versions/[^/]+/token$")
+"""Writes that change what callers get: publishing, canaries, rollbacks, and minting a
+call against a pinned version (a draft, which routing would not hand out)."""
 
 
 def expected_role(method: str, path: str) -> Role:
     """What each operation must need, written down independently of the handlers' `opt`
-    (issue 15 §4): keys and webhooks are admin; publishing, canaries, rollbacks and
-    route changes are publish; other writes edit; reads read."""
+    (issue 15 §4): keys and webhooks are admin; publishing, canaries, rollbacks, calls
+    with a pinned version and route changes are publish; other writes edit; reads read."""
     if path.startswith(("/api/v1/keys", "/api/v1/webhooks")):
         return Role.admin
     if method in ("GET", "HEAD"):
