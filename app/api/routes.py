@@ -56,6 +56,7 @@ class RouteController(Controller):
     @put(
         "/",
         name="routes:replace",
+        opt={"role": "publish"},
         summary="Replace the whole table atomically (at most one default, each phone number on one route)",
         responses=error_responses(400, 409, 413, 422),
     )
@@ -66,6 +67,7 @@ class RouteController(Controller):
     @delete(
         "/",
         name="routes:clear",
+        opt={"role": "publish"},
         summary="Remove every route",
         status_code=HTTP_204_NO_CONTENT,
         responses=error_responses(),
@@ -80,6 +82,7 @@ class RouteController(Controller):
     @put(
         "/{purpose:str}",
         name="routes:put",
+        opt={"role": "publish"},
         summary="Create or replace one route; is_default=true clears it elsewhere; 409 for a phone number "
         "another route answers",
         responses=error_responses(400, 409, 413, 422),
@@ -93,6 +96,7 @@ class RouteController(Controller):
     @delete(
         "/{purpose:str}",
         name="routes:delete",
+        opt={"role": "publish"},
         status_code=HTTP_204_NO_CONTENT,
         responses=error_responses(404, 422),
     )

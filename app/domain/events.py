@@ -238,6 +238,12 @@ class WebhookChangedData(BaseModel):
     disabled_reason: str | None = None
 
 
+class KeyChangedData(BaseModel):
+    name: str = Field(description="The key's name (never its secret or hash)")
+    role: str
+    change: Literal["created", "revoked"]
+
+
 # ------------------------------------------------------------------------- registry
 
 
@@ -304,6 +310,13 @@ WEBHOOK_DELETED = register_event_type(
 WEBHOOK_SECRET_ROTATED = register_event_type(
     "webhook.secret_rotated", EventKind.change, "A webhook endpoint's signing secret was rotated.",
     WebhookChangedData)
+
+
+KEY_CREATED = register_event_type(
+    "key.created", EventKind.change, "A named API key was created (never with its secret).", KeyChangedData)
+KEY_REVOKED = register_event_type(
+    "key.revoked", EventKind.change, "A named API key was revoked: it authenticates no further request.",
+    KeyChangedData)
 
 
 def change_types() -> list[str]:

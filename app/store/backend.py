@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, Protocol
 
 from app.domain import AgentConfig, Route, SessionOrder, SessionRecord, SessionStatus
 from app.domain.events import Event
+from app.domain.keys import StoredApiKey
 from app.domain.usage import UsageGroup, UsageRow
 from app.domain.webhooks import Delivery, DeliveryStatus, StoredWebhook
 from app.store.session_rules import Run
@@ -237,6 +238,22 @@ class WebhooksBackend(Protocol):
         """Every endpoint, oldest first (fan-out and listing: a handful per deployment)."""
 
 
+class KeysBackend(Protocol):
+    """Named API keys: a record each, keyed by name, the secret's hash unique."""
+
+    async def create(self, key: StoredApiKey, events: list[Event]) -> bool:
+        """Insert; False (nothing written) if a key of that name exists."""
+
+    async def delete(self, name: str, events: list[Event]) -> StoredApiKey | None:
+        """Remove the key; what was removed, or None if there was none."""
+
+    async def touch(self, name: str, at: datetime) -> None:
+        """Set `last_used_at` (no event: using a key is not a change)."""
+
+    async def all(self) -> list[StoredApiKey]:
+        """Every key, by name (the guard's table: at most `MAX_KEYS`)."""
+
+
 class DeliveryInFlight(Exception):
     """`resend`: an attempt of this delivery is running now."""
 
@@ -331,3 +348,6 @@ class Backend(Lifecycle, Protocol):
 
     @property
     def deliveries(self) -> DeliveriesBackend: ...
+
+    @property
+    def keys(self) -> KeysBackend: ...

@@ -42,6 +42,7 @@ from app.domain.events import SYSTEM, ChangeContext, Event
 from app.domain.usage import UsageGroup, UsageReport
 
 if TYPE_CHECKING:
+    from app.domain.keys import ApiKey, ApiKeyCreated, ApiKeyInput, StoredApiKey
     from app.domain.webhooks import (
         Delivery,
         DeliveryStatus,
@@ -397,3 +398,19 @@ class ConfigStore(Protocol):
     async def resend_delivery(self, delivery_id: str, window_s: float) -> Delivery: ...
 
     async def count_due_deliveries(self) -> int: ...
+
+    # named API keys (`app.store.key_service`) -----------------------------------
+    async def create_api_key(self, data: ApiKeyInput, *, ctx: ChangeContext = SYSTEM) -> ApiKeyCreated:
+        """A new key; `AlreadyExists` for a name in use. Its secret is returned only here."""
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        """Every key by name, never a secret or hash."""
+
+    async def api_key_table(self) -> list[StoredApiKey]:
+        """Every key with the hash of its secret: for the API guard only."""
+
+    async def revoke_api_key(self, name: str, *, ctx: ChangeContext = SYSTEM) -> ApiKey:
+        """Delete the key (`NotFound` if there is none); returns what it was."""
+
+    async def touch_api_key(self, name: str, at: datetime) -> None:
+        """Record that the key authenticated a request at `at`."""

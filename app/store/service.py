@@ -78,6 +78,7 @@ from app.store.base import (
     StartSession,
     UpdateSession,
 )
+from app.store.key_service import KeyStore
 from app.store.parsed import ParsedVersions
 from app.store.retry import MAX_ATTEMPTS, backoff
 from app.store.route_rules import (
@@ -98,8 +99,9 @@ def _agent_not_found(agent_id: Any, version: int | None = None) -> NotFound:
     return NotFound(f"{what} not found", agent_id=agent_id) if isinstance(agent_id, str) else NotFound(f"{what} not found")
 
 
-class StoreService(WebhookStore):
-    """`app.store.base.ConfigStore` over one `Backend` (webhook rules: `WebhookStore`)."""
+class StoreService(WebhookStore, KeyStore):
+    """`app.store.base.ConfigStore` over one `Backend` (webhook rules: `WebhookStore`;
+    API keys: `KeyStore`)."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend

@@ -1,8 +1,8 @@
 """Schema versions 2 (`sessions.owner`, `sessions.heartbeat_at`), 3 (`sessions.usage`,
 `sessions.events`), 4 (the `events` journal table, webhooks and deliveries), 5
 (`sessions.analysis` and the analysis queue columns with their index), 6
-(`sessions.worst_turn_ms`, filled in from the stored metrics) and 7
-(`routes.phone_numbers`, `sessions.call`) on a database an older build created:
+(`sessions.worst_turn_ms`, filled in from the stored metrics), 7
+(`routes.phone_numbers`, `sessions.call`) and 8 (the `api_keys` table) on a database an older build created:
 `SQLStore.start` adds the columns, tables and index (idempotently,
 also with several processes starting at once), records the version, and keeps the old
 rows readable; a database newer than this build is reported, not touched."""
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.domain import AgentConfigInput, PromptConfig, Route, SessionOrder, SessionRecord, SessionStatus
 from app.domain.analysis import AnalysisConfig, AnalysisRequest, AnalysisStatus, SessionAnalysis
+from app.domain.keys import ApiKeyInput, Role, hash_key
 from app.domain.phone import CallInfo
 from app.domain.usage import SessionUsage, UsageGroup
 from app.domain.values import utcnow
@@ -102,7 +103,7 @@ async def _indexes(url: str) -> set[str]:
 
 
 async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
-    assert SCHEMA_VERSION == 7
+    assert SCHEMA_VERSION == 8
     await _make_version_1(sql_target.url)
     assert "ix_sessions_analysis_status" not in await _indexes(sql_target.url)
     stores = [SQLStore(sql_target.url) for _ in range(3)]
@@ -138,6 +139,9 @@ async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: St
         assert old.call is None
         await store.update_session("s-old", call={"direction": "inbound", "caller_number": "+15557654321"})
         assert (await store.get_session("s-old")).call == CallInfo(direction="inbound", caller_number="+15557654321")
+        # version 6: named API keys
+        created = await store.create_api_key(ApiKeyInput(name="ci", role=Role.edit))
+        assert [k.key_hash for k in await stores[1].api_key_table()] == [hash_key(created.secret)]
     finally:
         for s in stores:
             await s.aclose()

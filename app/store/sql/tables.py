@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 """1: initial tables. 2: `sessions.owner` and `sessions.heartbeat_at` (crash recovery with
 several processes on one database). 3: `sessions.usage` and `sessions.events` (what a call
 consumed, which providers served it, fail-overs, cut replies, budget warnings). 4: the
@@ -22,7 +22,8 @@ event journal (the `events` table), webhook endpoints and deliveries (new tables
 (post-call analysis). 6: `sessions.worst_turn_ms` (sessions listed slowest first; filled in
 for older rows from their stored metrics). 7: `routes.phone_numbers` (inbound calls routed
 by the dialled number) and `sessions.call` (a phone session's numbers, call id and
-voicemail outcome). `SQLDatabase.start` adds what an older database lacks (tables,
+voicemail outcome). 8: named API keys (the `api_keys` table, new: `create_all` adds it).
+`SQLDatabase.start` adds what an older database lacks (tables,
 columns and indexes only if missing, so every step is idempotent)."""
 
 
@@ -195,6 +196,17 @@ class DeliveryRow(SQLModel, table=True):
     lease_until: datetime | None = _ts(default=None, nullable=True)
 
 
+class ApiKeyRow(SQLModel, table=True):
+    """A named API key: only the SHA-256 of its secret (`app.domain.keys`)."""
+
+    __tablename__ = "api_keys"
+    name: str = Field(primary_key=True, max_length=64)
+    role: str = Field(max_length=16)
+    key_hash: str = Field(unique=True, max_length=64)
+    created_at: datetime = _ts()
+    last_used_at: datetime | None = _ts(default=None, nullable=True)
+
+
 metadata = SQLModel.metadata
 meta_t: sa.Table = MetaRow.__table__  # type: ignore[attr-defined]
 heads_t: sa.Table = AgentHeadRow.__table__  # type: ignore[attr-defined]
@@ -205,6 +217,7 @@ turns_t: sa.Table = TurnRow.__table__  # type: ignore[attr-defined]
 events_t: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
 webhooks_t: sa.Table = WebhookRow.__table__  # type: ignore[attr-defined]
 deliveries_t: sa.Table = DeliveryRow.__table__  # type: ignore[attr-defined]
+api_keys_t: sa.Table = ApiKeyRow.__table__  # type: ignore[attr-defined]
 
 ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
     "sessions": (
