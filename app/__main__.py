@@ -40,6 +40,16 @@ def _model_server(kind: str | None, *, json_logs: bool, log_level: str | None = 
 
 
 def _cmd_serve(dev: bool, models: str | None = None) -> int:
+    from app.observability import processes
+
+    processes.share_across_processes()  # before anything imports prometheus_client
+    try:
+        return _serve(dev, models)
+    finally:
+        processes.close()
+
+
+def _serve(dev: bool, models: str | None) -> int:
     from app.logging_setup import configure_logging
     from app.supervisor import Supervisor, prepare_settings
 

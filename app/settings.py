@@ -100,6 +100,11 @@ class Settings(BaseSettings):
         description="Put conversation content (messages, tool arguments and results) on trace "
         "spans; off by default, since it may be personal data.",
     )
+    dtmf_pause_s: float = Field(
+        2.0, gt=0, le=30,
+        description="Phone calls: keys the caller presses become one input at '#' or after this "
+        "many seconds without another key.",
+    )
     metrics_access: Literal["key", "open"] = Field(
         "key",
         description="GET /metrics: behind the admin key (key) or open to any caller (open: a "

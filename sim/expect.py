@@ -188,6 +188,15 @@ def check_record(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRe
         _check_contains_or_null(checks, (*loc, "degraded"), "record degraded", spec.degraded, record.degraded)
     if "error" in fields:
         _check_contains_or_null(checks, (*loc, "error"), "record error", spec.error, record.error)
+    if "call" in fields:
+        got_call = record.call.model_dump(mode="json") if record.call is not None else None
+        if spec.call is None or got_call is None:
+            checks.check(spec.call == got_call, (*loc, "call"), "record call differs",
+                         expected=short(spec.call, 400), actual=short(got_call, 400))
+        else:
+            problem = subset_problem(spec.call, got_call)
+            checks.check(problem is None, (*loc, "call"), f"record call differs: {problem}",
+                         expected=short(spec.call, 400), actual=short(got_call, 400))
     check_collected(checks, loc, spec, record.collected,
                     [(h.from_agent, h.to_agent, h.reason) for h in record.handoffs], live=live)
     if spec.turn_count is not None and not live:

@@ -34,7 +34,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import respx
+from livekit import rtc
 from livekit.agents import AgentSession
+from livekit.agents.beta.workflows.utils import DtmfEvent, dtmf_event_to_code
 from livekit.agents.testing import fake_job_context
 from livekit.agents.voice.run_result import RunResult
 
@@ -46,10 +48,12 @@ from app.seed import seed
 from app.settings import Settings
 from app.store import open_store
 from app.worker.budget import attach_budget_guard
+from app.worker.dtmf import DtmfInput, keypad_text
 from app.worker.entrypoint import prepare_job
 from app.worker.model_unavailable import ModelUnavailable
 from app.worker.services import WorkerServices
 from app.worker.session_start import PreparedSession
+from app.worker.voicemail import apply_verdict
 from sim.config_ops import ConfigApplier
 from sim.endpoints import SimEndpoints
 from sim.expect import (
@@ -126,6 +130,11 @@ class SessionOutcome:
     """Offline: the scripted servers the session's models reached (`sim.endpoints`)."""
     analysis: SessionAnalysis | None = None
     """The finished post-call analysis, when the session's spec awaits it."""
+    keys_sent: list[str] = field(default_factory=list)
+    """Keys the agent pressed (`send_dtmf`) on a phone session, in order."""
+
+    async def press_key(self, code: int, digit: str) -> None:
+        self.keys_sent.append(digit)
 
     @property
     def turns(self) -> int:
@@ -369,8 +378,11 @@ async def run_session(
     routes = add_routes(env.router, spec.http) if spec.http and env.router is not None else []
     participant = None
     if spec.participant is not None:
+        kind = (rtc.ParticipantKind.PARTICIPANT_KIND_SIP if spec.participant.kind == "sip"
+                else rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD)
         participant = SimpleNamespace(
-            identity=spec.participant.identity, metadata=render_metadata(spec.participant.metadata)
+            identity=spec.participant.identity, metadata=render_metadata(spec.participant.metadata),
+            kind=kind, attributes=dict(spec.participant.attributes),
         )
     try:
         with fake_job_context(job_metadata=render_metadata(spec.job_metadata)) as ctx:
@@ -378,6 +390,8 @@ async def run_session(
                 ctx.job.room.metadata = render_metadata(spec.room_metadata)
             prepared = await prepare_job(ctx, env.services, participant, **_model_kwargs(env, spec, llm, voice, outcome))
             record = prepared.record
+            if participant is not None and participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_SIP:
+                prepared.context.dtmf_sender = outcome.press_key  # as the worker's room would publish them
             outcome.session_id = record.session_id
             outcome.agent_id, outcome.config_version = record.agent_id, record.config_version
             outcome.route_reason = record.route_reason
@@ -409,6 +423,10 @@ async def run_session(
         outcome.record = None
     if spec.record is not None:
         check_record(checks, (*loc, "record"), spec.record, outcome.record, live=live)
+    if spec.dtmf_sent is not None:
+        sent = "".join(outcome.keys_sent)
+        checks.check(sent == spec.dtmf_sent, (*loc, "dtmf_sent"), "the keys the agent pressed differ",
+                     expected=repr(spec.dtmf_sent), actual=repr(sent))
     if voice is not None:
         voice.check_session(checks, loc, outcome.record, live=live)
     if spec.analysis is not None:
@@ -501,6 +519,9 @@ async def _converse(
             await guard.wait()  # the session is closed now: any turn left is reported below
         if hooks.after_start is not None:
             await hooks.after_start(handle)
+        if spec.amd is not None:  # as the worker's AMD task acts on LiveKit's verdict
+            await apply_verdict(session, prepared, spec.amd)
+        keypad = DtmfInput(lambda text: session.run(user_input=text), pause_s=SIM_DTMF_PAUSE_S)
         for j, turn in enumerate(spec.turns):
             tloc = (*loc, "turns", j)
             await env.applier.apply_all(checks, (*tloc, "config"), turn.config)
@@ -508,13 +529,19 @@ async def _converse(
                 checks.fail(tloc, "the session was already closed before this turn (end_session or an error)",
                             expected=f"user turn {turn.user!r}", actual="session closed")
                 return
-            user = turn.user
             llm.force_tool_choice(turn.tool_choice)
-            ok = await _step(
-                checks, tloc, turn, llm, outcome, f"turn {j}", user, live, env,
-                lambda user=user: session.run(user_input=user),  # type: ignore[misc]
-                model_failed,
-            )
+            if turn.dtmf is not None:
+                ok = await _step(
+                    checks, tloc, turn, llm, outcome, f"turn {j}", keypad_text(turn.dtmf.rstrip("#")), live, env,
+                    lambda keys=turn.dtmf: press_keys(keypad, keys), model_failed,  # type: ignore[misc]
+                )
+            else:
+                user = turn.user
+                ok = await _step(
+                    checks, tloc, turn, llm, outcome, f"turn {j}", user, live, env,
+                    lambda user=user: session.run(user_input=user),  # type: ignore[misc]
+                    model_failed,
+                )
             if not ok:
                 return
             if model_failed():
@@ -524,6 +551,20 @@ async def _converse(
         outcome.closed_by_agent = await check_closes(checks, spec.closes, closed, loc)
         if hooks.before_close is not None:
             await hooks.before_close(handle)
+
+
+SIM_DTMF_PAUSE_S = 0.3
+"""The keypad buffer's pause in the sim (the worker's: the `dtmf_pause_s` setting): keys without a
+closing `#` are submitted after it."""
+
+
+async def press_keys(keypad: DtmfInput, keys: str) -> RunResult[Any]:
+    """Each key as LiveKit's SIP service reports it, then the turn the buffer submitted."""
+    for key in keys:
+        keypad.on_dtmf(rtc.SipDTMF(code=dtmf_event_to_code(DtmfEvent(key)), digit=key))
+    task = await asyncio.wait_for(keypad.submitted.get(), timeout=keypad.pause_s + 5)
+    result: RunResult[Any] = await task
+    return result
 
 
 async def _step(

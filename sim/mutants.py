@@ -87,6 +87,15 @@ def sites(doc: dict[str, Any]) -> Iterator[Site]:
             yield from _step_sites(turn, (*sl, "turns", t))
             for i, op in enumerate(turn.get("config") or []):
                 yield from _config_sites(op, (*sl, "turns", t, "config", i))
+        participant = session.get("participant") or {}
+        attrs = participant.get("attributes") or {}
+        if participant.get("kind") == "sip" and "sip.trunkPhoneNumber" in attrs and route.get("reason") == "called_number":
+            # an input mutant: the call routed by its number arrives on one no route
+            # answers; routing by number that ignored the number would survive it
+            yield Site("sip.called_number", (*sl, "participant", "attributes", "sip.trunkPhoneNumber"),
+                       (*sl, "route"), lambda v: "+19999999999")
+        if "dtmf_sent" in session:
+            yield Site("dtmf_sent", (*sl, "dtmf_sent"), (*sl, "dtmf_sent"), _text)
         if session.get("closes") is True:
             yield Site("closes", (*sl, "closes"), (*sl, "closes"), lambda v: False)
         for h, mock in enumerate(session.get("http") or []):
@@ -109,6 +118,17 @@ def sites(doc: dict[str, Any]) -> Iterator[Site]:
         ):
             if name in record:
                 yield Site(f"record.{name}", (*rl, name), (*rl, name), change)
+        if "call" in record:
+            call = record["call"]
+            if not isinstance(call, dict):
+                yield Site("record.call", (*rl, "call"), (*rl, "call"), lambda v: {"direction": "inbound"})
+            for name, value in (call or {}).items():
+                if isinstance(value, dict):
+                    for sub in value:
+                        yield Site(f"record.call.{name}.{sub}", (*rl, "call", name, sub), (*rl, "call"), _mark)
+                else:
+                    yield Site(f"record.call.{name}", (*rl, "call", name), (*rl, "call"),
+                               lambda v: {"x": MARK} if v is None else _mark(v))
         usage = record.get("usage") or {}
         for name, value in usage.items():
             if isinstance(value, int | float) and not isinstance(value, bool):

@@ -19,6 +19,9 @@ from app.domain.models import SessionEventKind
 log = logging.getLogger(__name__)
 
 
+DtmfSender = Callable[[int, str], Awaitable[None]]
+
+
 class SessionRecorder(Protocol):
     @property
     def collected(self) -> dict[str, Any]:
@@ -86,6 +89,9 @@ class SessionContext:
     variables: dict[str, str] = field(default_factory=dict)
     audio: bool = True
     """False in text mode (chat, sim): STT/TTS are not built."""
+    dtmf_sender: DtmfSender | None = None
+    """Phone calls: sends one key (code, digit) to the far end; set once the room is
+    joined (the worker: the local participant's `publish_dtmf`). None: not a phone call."""
     _closers: list[Callable[[], Awaitable[object]]] = field(
         default_factory=list, init=False, repr=False, compare=False
     )

@@ -18,6 +18,7 @@ import httpx
 from livekit.agents.llm import RawFunctionTool
 
 from app.agents.context import ConfigSource, SessionContext
+from app.agents.dtmf_tool import build_send_dtmf_tool
 from app.agents.pte import record_score_tool
 from app.agents.tools import (
     BuildAgent,
@@ -62,6 +63,7 @@ register_builtin(
     "transfer", lambda t: build_transfer_tool(t.config, t.session.recorder, t.configs, t.build_agent)
 )
 register_builtin("record_score", lambda t: record_score_tool(t.session.recorder))
+register_builtin("send_dtmf", lambda t: build_send_dtmf_tool(t.session))
 
 
 def build_tools(

@@ -200,6 +200,7 @@ class AgentConfigController(Controller):
     @post(
         "/{agent_id:str}/rollback/{version:int}",
         name="agents:rollback",
+        opt={"role": "publish"},
         response_headers=[ETAG_HEADER],
         summary="Write the content of an old version as a new current version",
         responses=error_responses(400, 404, 409, 412, 422),

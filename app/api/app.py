@@ -8,7 +8,8 @@ that is not a handler (the supervisor, middleware, the token endpoint).
 
 Layout:
 - `/healthz`, `/readyz`: open (probes carry no credentials);
-- `/api/v1/...`: the admin controllers behind the bearer guard;
+- `/api/v1/...`: the admin controllers behind the role guard (`app.api.auth`: the
+  bootstrap `ADMIN_API_KEY` or a named key whose role covers the handler);
 - `extra_route_handlers`: mounted at the app root as given, *outside* the admin guard,
   so an endpoint with its own auth (`POST /api/v1/token`, its own key) is added by
   passing a handler with the full path and its own guard.
@@ -30,12 +31,13 @@ from litestar.types import ControllerRouterHandler
 from app.api.agent_tests import AgentTestController
 from app.api.agents import AgentConfigController
 from app.api.audit import AuditController
-from app.api.auth import SECURITY_SCHEME, SECURITY_SCHEME_NAME, bearer_guard
+from app.api.auth import SECURITY_SCHEME, SECURITY_SCHEME_NAME, KeyRing, check_declared_roles, role_guard
 from app.api.changes import ADMIN_ACTOR, CHANGE_DEPENDENCY
-from app.api.deps import dependencies
+from app.api.deps import constant, dependencies
 from app.api.docs import SelfHostedSwaggerPlugin, schema_router
 from app.api.errors import EXCEPTION_HANDLERS
 from app.api.health import HealthController
+from app.api.keys import KeyController
 from app.api.latency import LatencyController
 from app.api.metrics import metrics_router
 from app.api.openapi import AccurateJsonRenderPlugin, fix_allow_header
@@ -88,14 +90,16 @@ def create_app(
     status = status if status is not None else RuntimeStatus()
     assets = assets if assets is not None else BrowserAssets.from_settings(settings)
     configs = configs if configs is not None else config_source(settings, store, cache=cache)
+    keyring = KeyRing(store)
+    guard = role_guard(settings.admin_api_key, keyring, ADMIN_ACTOR)
     admin = Router(
         path=API_PREFIX,
         route_handlers=[
             AgentConfigController, LatencyController, RouteController, SessionController, UsageController,
-            ResolveController, AuditController, WebhookController, AgentTestController,
+            ResolveController, AuditController, WebhookController, KeyController, AgentTestController,
         ],
-        guards=[bearer_guard(settings.admin_api_key, ADMIN_ACTOR)],
-        dependencies=CHANGE_DEPENDENCY,
+        guards=[guard],
+        dependencies={**CHANGE_DEPENDENCY, "keyring": constant(keyring)},
         security=[{SECURITY_SCHEME_NAME: []}],
     )
     open_metrics = settings.metrics_access == "open"
@@ -113,12 +117,12 @@ def create_app(
     app = Litestar(
         route_handlers=[
             HealthController,
-            metrics_router(None if open_metrics else bearer_guard(settings.admin_api_key, ADMIN_ACTOR)),
+            metrics_router(None if open_metrics else guard),
             admin, *extra_route_handlers,
         ],
         dependencies=dependencies(store, cache, status, configs, UrlPolicy.from_settings(settings)),
         state=State({"settings": settings, "store": store, "status": status, "cache": cache, "configs": configs,
-                     "test_runs": test_runs}),
+                     "keyring": keyring, "test_runs": test_runs}),
         exception_handlers=EXCEPTION_HANDLERS,
         plugins=plugins,
         request_max_body_size=settings.max_body_bytes,
@@ -135,4 +139,5 @@ def create_app(
         debug=False,
     )
     fix_allow_header(app)
+    check_declared_roles(app)
     return app

@@ -1,8 +1,8 @@
 """Who made a change and why: the `ChangeContext` every admin write hands to the store,
 which stores it on the journal events the change commits (the audit trail).
 
-The guard that let the request in names the caller (`connection.state.actor`): today
-the one admin key, `admin`; named keys will name themselves the same way. The optional
+The guard that let the request in names the caller (`connection.state.actor`,
+`app.api.auth`): `admin` for `ADMIN_API_KEY`, a named key's own name otherwise. The optional
 `X-Change-Note` header is the why; it is stored capped (`app.domain.events.cap_note`).
 """
 

@@ -51,6 +51,7 @@ from app.domain import (
     InvalidInput,
     InvalidReference,
     NotFound,
+    NumberTaken,
     StoreUnavailable,
     VersionConflict,
 )
@@ -269,6 +270,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     NotFound: _not_found,
     AlreadyExists: _conflict,
     InUse: _conflict,
+    NumberTaken: _conflict,
     InProgress: _conflict,
     VersionConflict: _version_conflict,
     InvalidInput: _invalid_input,
@@ -291,6 +293,7 @@ rendering, which already has the shared shape."""
 _DESCRIPTIONS: dict[int, str] = {
     400: "Malformed request (bad JSON, bad If-Match header)",
     401: "Missing or invalid bearer token",
+    403: "The key's role does not allow this operation; `detail` names the role needed",
     404: "Not found",
     409: "Conflict (already exists, in use, or a concurrent write)",
     412: "If-Match does not name the current version; `extra.current_version` does",
@@ -302,8 +305,8 @@ _DESCRIPTIONS: dict[int, str] = {
 }
 
 
-ADMIN_ERRORS = (401, 503)
-"""Every admin handler can answer these: no/wrong key, store outage."""
+ADMIN_ERRORS = (401, 403, 503)
+"""Every admin handler can answer these: no/wrong key, a role too low, store outage."""
 
 
 def error_responses(*codes: int) -> dict[int, ResponseSpec]:

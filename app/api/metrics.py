@@ -1,7 +1,6 @@
-"""`GET /metrics`: the service's Prometheus metrics, LiveKit's worker metrics included.
-
-Served from the default `prometheus_client` registry (app/observability/metrics.py says
-why). Behind the admin key unless `METRICS_ACCESS=open` (a scraper on a private network
+"""`GET /metrics`: the service's Prometheus metrics, LiveKit's worker metrics included,
+from every process of the service (app/observability/metrics.py: `render`). Behind the
+admin key unless `METRICS_ACCESS=open` (a scraper on a private network
 that cannot send a bearer key); the text is rendered in a thread, since a registry with
 many agents and versions takes a while to format and this loop carries live calls.
 """
@@ -12,10 +11,11 @@ import asyncio
 
 from litestar import Response, Router, get
 from litestar.types import Guard
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.auth import SECURITY_SCHEME_NAME
 from app.api.errors import error_responses
+from app.observability import metrics as service_metrics
 
 
 @get(
@@ -27,7 +27,7 @@ from app.api.errors import error_responses
     responses=error_responses(401),  # with METRICS_ACCESS=key, the default
 )
 async def metrics() -> Response[bytes]:
-    body = await asyncio.to_thread(generate_latest, REGISTRY)
+    body = await asyncio.to_thread(service_metrics.render)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from app.api.deps import Configs
 from app.api.errors import error_responses
 from app.api.openapi import register_models
+from app.domain.phone import E164_RE
 from app.domain.routing import MetadataSource
 from app.store.resolver import resolve_current
 
@@ -49,13 +50,23 @@ class ResolveController(Controller):
         configs: Configs,
         purpose: Annotated[str | None, Parameter(max_length=64)] = None,
         agent_id: Annotated[str | None, Parameter(max_length=64)] = None,
+        called_number: Annotated[
+            str | None,
+            Parameter(
+                max_length=16, pattern=E164_RE,
+                description="The dialled number of an inbound phone call (E.164, e.g. +15551234567): "
+                "routes by the routes' phone_numbers when neither agent_id nor purpose is given.",
+            ),
+        ] = None,
     ) -> Resolution:
         meta: dict[str, str] = {}
         if agent_id:
             meta["agent_id"] = agent_id
         if purpose:
             meta["purpose"] = purpose
-        res = await resolve_current(configs, [MetadataSource("job", json.dumps(meta))], room="resolve")
+        res = await resolve_current(
+            configs, [MetadataSource("job", json.dumps(meta))], room="resolve", called_number=called_number
+        )
         return Resolution(
             agent_id=res.config.agent_id, config_version=res.config.version, reason=res.decision.reason,
             source=res.decision.source, config_epoch=res.epoch, stale=res.stale,

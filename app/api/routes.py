@@ -1,4 +1,5 @@
-"""`/api/v1/routes`: the routing table (purpose -> agent id, one default).
+"""`/api/v1/routes`: the routing table (purpose -> agent id, one default, and the phone
+numbers each route answers on inbound calls).
 
 The store enforces referential rules (a route to an unknown agent is
 `InvalidReference`, mapped to 422); the shape rules a client can get wrong in one
@@ -55,8 +56,9 @@ class RouteController(Controller):
     @put(
         "/",
         name="routes:replace",
-        summary="Replace the whole table atomically (at most one default)",
-        responses=error_responses(400, 413, 422),
+        opt={"role": "publish"},
+        summary="Replace the whole table atomically (at most one default, each phone number on one route)",
+        responses=error_responses(400, 409, 413, 422),
     )
     async def replace_routes(self, store: Store, change: Change, data: JSONBody[list[Route]]) -> list[Route]:
         _check_table(data)
@@ -65,6 +67,7 @@ class RouteController(Controller):
     @delete(
         "/",
         name="routes:clear",
+        opt={"role": "publish"},
         summary="Remove every route",
         status_code=HTTP_204_NO_CONTENT,
         responses=error_responses(),
@@ -79,8 +82,10 @@ class RouteController(Controller):
     @put(
         "/{purpose:str}",
         name="routes:put",
-        summary="Create or replace one route; is_default=true clears it elsewhere",
-        responses=error_responses(400, 413, 422),
+        opt={"role": "publish"},
+        summary="Create or replace one route; is_default=true clears it elsewhere; 409 for a phone number "
+        "another route answers",
+        responses=error_responses(400, 409, 413, 422),
     )
     async def put_route(
         self, store: Store, change: Change, purpose: PurposePath, data: JSONBody[RouteInput]
@@ -91,6 +96,7 @@ class RouteController(Controller):
     @delete(
         "/{purpose:str}",
         name="routes:delete",
+        opt={"role": "publish"},
         status_code=HTTP_204_NO_CONTENT,
         responses=error_responses(404, 422),
     )

@@ -12,7 +12,7 @@ from litestar.params import FromQuery, PathParameter, QueryParameter
 from app.api.deps import Limit, Offset, Store
 from app.api.errors import error_responses
 from app.api.query_times import TIME_DOC, query_time
-from app.domain import SessionRecord, SessionStatus
+from app.domain import SessionOrder, SessionRecord, SessionStatus
 
 _ROUTE = "GET /api/v1/sessions"
 
@@ -28,7 +28,7 @@ class SessionController(Controller):
     @get(
         "/",
         name="sessions:list",
-        summary="Session records, newest first, without turns",
+        summary="Session records, newest (or slowest) first, without turns",
         responses=error_responses(422),
     )
     async def list_sessions(
@@ -38,12 +38,15 @@ class SessionController(Controller):
         status: FromQuery[SessionStatus | None] = None,
         since: Annotated[str | None, QueryParameter(description="started at or after", schema_extra=TIME_DOC)] = None,
         until: Annotated[str | None, QueryParameter(description="started before", schema_extra=TIME_DOC)] = None,
+        order: Annotated[SessionOrder, QueryParameter(
+            description="`newest` first (default) or `worst_turn`: the slowest end-to-end turn first "
+            "(sessions without a spoken turn last)")] = SessionOrder.newest,
         offset: Offset = 0,
         limit: Limit = 50,
     ) -> OffsetPagination[SessionRecord]:
         items, total = await store.list_sessions(
             agent_id=agent_id, status=status, since=_time(since, "since"), until=_time(until, "until"),
-            offset=offset, limit=limit,
+            order=order, offset=offset, limit=limit,
         )
         return OffsetPagination(items=items, total=total, offset=offset, limit=limit)
 

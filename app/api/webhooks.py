@@ -53,8 +53,12 @@ async def _check_url(url: object, policy: UrlPolicy) -> None:
 
 
 class WebhookController(Controller):
+    """Webhook management is an admin's (every handler, reads included: endpoint URLs and
+    delivery errors describe the receivers)."""
+
     path = "/webhooks"
     tags = ["webhooks"]
+    opt = {"role": "admin"}
 
     @post("/", name="webhooks:create", summary="Create an endpoint; its secret is in this response only",
           responses=error_responses(400, 413, 422), status_code=HTTP_201_CREATED)

@@ -38,6 +38,16 @@ class InUse(DomainError):
     """A delete would leave a dangling reference (e.g. a route pointing at the agent)."""
 
 
+class NumberTaken(DomainError):
+    """A phone number is already answered by another route (API: 409 naming both)."""
+
+    def __init__(self, number: str, held_by: str, wanted_by: str) -> None:
+        super().__init__(
+            f"phone number {number} is already answered by route {held_by!r}",
+            number=number, route=held_by, purpose=wanted_by,
+        )
+
+
 class InvalidInput(DomainError):
     """A write that is well-formed but breaks a rule spanning several records (API: 422)."""
 

@@ -137,6 +137,7 @@ class RouteData(BaseModel):
     purpose: str
     agent_id: str
     is_default: bool
+    phone_numbers: list[str] = Field(default_factory=list, description="Dialled numbers the route answers")
 
 
 class RoutesChangedData(BaseModel):
@@ -237,6 +238,12 @@ class WebhookChangedData(BaseModel):
     disabled_reason: str | None = None
 
 
+class KeyChangedData(BaseModel):
+    name: str = Field(description="The key's name (never its secret or hash)")
+    role: str
+    change: Literal["created", "revoked"]
+
+
 class AgentTestChangedData(BaseModel):
     agent_id: str
     name: str
@@ -313,6 +320,13 @@ WEBHOOK_SECRET_ROTATED = register_event_type(
 AGENT_TEST_CHANGED = register_event_type(
     "agent.test_changed", EventKind.change, "A test stored with an agent was created, replaced or deleted.",
     AgentTestChangedData)
+
+
+KEY_CREATED = register_event_type(
+    "key.created", EventKind.change, "A named API key was created (never with its secret).", KeyChangedData)
+KEY_REVOKED = register_event_type(
+    "key.revoked", EventKind.change, "A named API key was revoked: it authenticates no further request.",
+    KeyChangedData)
 
 
 def change_types() -> list[str]:

@@ -27,6 +27,7 @@ from pydantic import (
 
 from app.domain.analysis import AnalysisConfig, SessionAnalysis
 from app.domain.field_errors import field_error, raise_field_errors
+from app.domain.phone import E164, MAX_ROUTE_NUMBERS, CallInfo, VoicemailConfig
 from app.domain.schema_admission import SchemaRefused, check_schema
 from app.domain.usage import SessionUsage
 from app.domain.values import (  # re-exported: `from app.domain.models import utcnow` keeps working
@@ -54,9 +55,10 @@ AgentId = Annotated[str, StringConstraints(pattern=SLUG_RE)]
 Purpose = Annotated[str, StringConstraints(pattern=PURPOSE_RE)]
 ToolName = Annotated[str, StringConstraints(pattern=TOOL_NAME_RE)]
 
-BuiltinToolName = Literal["end_session", "transfer", "record_score"]
+BuiltinToolName = Literal["end_session", "transfer", "record_score", "send_dtmf"]
 """Built-in tools a config may name; each is implemented in the agents layer's tool
-registry (`app.agents.tool_registry`). `record_score`: the PTE examiner's scoring."""
+registry (`app.agents.tool_registry`). `record_score`: the PTE examiner's scoring;
+`send_dtmf`: key presses to an IVR on a phone call."""
 BUILTIN_TOOL_NAMES: tuple[str, ...] = get_args(BuiltinToolName)
 
 
@@ -407,6 +409,10 @@ class AgentConfigInput(_Model):
     analysis: AnalysisConfig | None = Field(
         None, description="Post-call analysis (summary, success criteria, extracted fields); none when unset."
     )
+    voicemail: VoicemailConfig | None = Field(
+        None, description="Outbound phone calls: detect an answering machine (LiveKit AMD) and leave a "
+        "message or hang up; none: no detection.",
+    )
     require_passing_tests: JsonBool = Field(
         False,
         description="Publishing this version needs a passing run of the agent's current stored tests "
@@ -433,8 +439,27 @@ class AgentConfigInput(_Model):
             problems.append(field_error("handoffs", "handoffs lists an agent twice"))
         if "transfer" in names and not self.handoffs:
             problems.append(field_error("handoffs", "the transfer tool needs at least one agent id in handoffs"))
+        problems.extend(self._voicemail_problems())
         raise_field_errors(type(self).__name__, problems)
         return self
+
+
+    def _voicemail_problems(self) -> list[Any]:
+        vm = self.voicemail
+        if vm is None:
+            return []
+        if vm.action == "leave_message" and vm.message is None:
+            return [field_error("voicemail.message", "leave_message needs a message")]
+        if vm.message is None:
+            return []
+        try:
+            names = template_fields(vm.message)
+        except ValueError as e:
+            return [field_error("voicemail.message", str(e))]
+        unknown = sorted(names - set(self.prompt_config.variables))
+        if unknown:
+            return [field_error("voicemail.message", f"undeclared variable(s): {', '.join(unknown)}")]
+        return []
 
 
 def _is_builtin(cfg: AgentConfigInput, name: str) -> bool:
@@ -490,9 +515,21 @@ def patched_input(current: AgentConfig, patch: dict[str, Any]) -> AgentConfigInp
 # ---------------------------------------------------------------------------- routes
 
 
+def _distinct_numbers(numbers: list[str]) -> list[str]:
+    dupes = sorted({n for n in numbers if numbers.count(n) > 1})
+    if dupes:
+        raise ValueError(f"number(s) listed twice: {', '.join(dupes)}")
+    return numbers
+
+
 class RouteInput(_Model):
     agent_id: AgentId
     is_default: JsonBool = False
+    phone_numbers: Annotated[list[E164], AfterValidator(_distinct_numbers)] = Field(
+        default_factory=list, max_length=MAX_ROUTE_NUMBERS,
+        description="Dialled numbers (E.164) this route answers on inbound phone calls; each number "
+        "belongs to at most one route.",
+    )
 
 
 class Route(RouteInput):
@@ -508,6 +545,14 @@ class SessionStatus(str, Enum):
     completed = "completed"
     failed = "failed"
     abandoned = "abandoned"
+
+
+class SessionOrder(str, Enum):
+    """How session lists are ordered: newest first, or slowest worst turn first (sessions
+    without a spoken turn last, then newest first)."""
+
+    newest = "newest"
+    worst_turn = "worst_turn"
 
 
 class Turn(BaseModel):
@@ -575,7 +620,22 @@ class SessionRecord(BaseModel):
         None, description="When the owner last proved alive; an active session whose owner stops "
         "heartbeating is marked abandoned. Read-only.",
     )
+    worst_turn_ms: float | None = Field(
+        None, description="The slowest spoken turn's end-to-end latency in ms (the largest `total_ms` in "
+        "`metrics`), kept by the store so sessions can be listed slowest first. Read-only.",
+    )
     analysis: SessionAnalysis | None = Field(
         None, description="The post-call analysis, when the agent has analysis settings: pending until it has "
         "run, then done or failed (with the reason). Read-only.",
     )
+    call: CallInfo | None = Field(
+        None, description="Phone sessions: direction, dialled and caller numbers, the SIP call id and the "
+        "voicemail outcome of an outbound call. None for web and app sessions.",
+    )
+
+
+def worst_turn_ms(metrics: list[dict[str, Any]]) -> float | None:
+    """The largest end-to-end figure among per-turn metrics entries (None: no spoken turn)."""
+    figures = [m["total_ms"] for m in metrics if isinstance(m.get("total_ms"), (int, float))
+               and not isinstance(m.get("total_ms"), bool)]
+    return float(max(figures)) if figures else None

@@ -9,7 +9,13 @@ dispatches made elsewhere.
 Rules, in order, on the winning object — the first *present* key decides:
 1. `agent_id`: must be a slug, exist and be enabled; otherwise → default.
 2. `purpose`: must be a known route whose agent is enabled; otherwise → default.
-3. neither present → default route.
+3. neither present, and the session is a phone call with a dialled number (LiveKit's
+   `sip.trunkPhoneNumber`, passed as `called_number`): the route listing that number in
+   its `phone_numbers`, if its agent is enabled; otherwise → default.
+4. otherwise → default route.
+
+Rule 3 also applies when no source parsed at all: an inbound call from a LiveKit dispatch
+rule usually carries no metadata, only the SIP participant's attributes.
 
 An explicit but bad `agent_id` goes to the default rather than on to `purpose`: the
 caller asked for one agent, and guessing another one from a second key would hide
@@ -72,6 +78,8 @@ class RoutingTable:
     """
 
     routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    numbers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """E.164 number → the purpose of the route answering it."""
     default_agent_id: str | None = None
     enabled: frozenset[str] = frozenset()
     known: frozenset[str] = frozenset()
@@ -94,18 +102,22 @@ class RoutingTable:
         if default is not None and default not in enabled:
             logger.warning("default route points at %r, which is not an enabled agent", default)
             default = None
+        numbers = {n: r.purpose for r in route_list for n in r.phone_numbers}
         return cls(
-            routes=MappingProxyType(table), default_agent_id=default, enabled=enabled, known=known
+            routes=MappingProxyType(table), numbers=MappingProxyType(numbers), default_agent_id=default,
+            enabled=enabled, known=known,
         )
 
 
 Reason = Literal[
     "agent_id",
     "purpose",
+    "called_number",
     "default",
     "default:unknown_agent_id",
     "default:disabled_agent",
     "default:unknown_purpose",
+    "default:unknown_called_number",
     "default:bad_metadata",
     "default:no_metadata",
 ]
@@ -124,6 +136,8 @@ class RouteDecision:
     user_id: str | None = None
     skipped: tuple[str, ...] = ()
     """`<source>:<why>` for each source that did not parse, for diagnostics."""
+    direction: Literal["inbound", "outbound"] | None = None
+    """`call.direction` of the metadata: the outbound call API sets `outbound`."""
 
     @property
     def is_fallback(self) -> bool:
@@ -187,6 +201,16 @@ def _variables(value: object) -> Mapping[str, str]:
     return MappingProxyType(out)
 
 
+def _direction(value: object) -> Literal["inbound", "outbound"] | None:
+    if isinstance(value, dict):
+        d = value.get("direction")
+        if d == "inbound":
+            return "inbound"
+        if d == "outbound":
+            return "outbound"
+    return None
+
+
 def _user_id(value: object) -> str | None:
     if isinstance(value, str) and 0 < len(value) <= MAX_USER_ID_CHARS:
         return value
@@ -211,10 +235,12 @@ def determine_agent_type(
     routes: RoutingTable,
     *,
     room: str = "",
+    called_number: str | None = None,
 ) -> RouteDecision:
-    """Pick the agent for a session. Never raises; falls back to the default route."""
+    """Pick the agent for a session. Never raises; falls back to the default route.
+    `called_number`: the normalised E.164 number a phone caller dialled, if any."""
     try:
-        return _determine(sources, routes, room)
+        return _determine(sources, routes, room, called_number)
     except Exception:  # belt and braces: a routing bug must not kill the entrypoint
         logger.exception("routing failed unexpectedly in room %r; using the default", room[:200])
         return RouteDecision(agent_id=routes.default_agent_id, reason="default:bad_metadata")
@@ -224,6 +250,7 @@ def _determine(
     sources: Sequence[MetadataSource | tuple[str, str | bytes | None]],
     table: RoutingTable,
     room: str,
+    called_number: str | None = None,
 ) -> RouteDecision:
     room = str(room)[:200]
     skipped: list[str] = []
@@ -239,6 +266,8 @@ def _determine(
             logger.debug("room %r: %s metadata skipped (%s): %s", room, name, parsed, _preview(raw))
 
     if winner is None:
+        if called_number:
+            return _by_number(table, called_number, room, {"skipped": tuple(skipped)})
         bad = any(not s.endswith(":empty") for s in skipped)
         reason: Reason = "default:bad_metadata" if bad else "default:no_metadata"
         return _fallback(table, reason, room, skipped=tuple(skipped), detail=", ".join(skipped))
@@ -252,6 +281,7 @@ def _determine(
         "variables": _variables(meta.get("variables")),
         "user_id": _user_id(meta.get("user_id")),
         "skipped": tuple(skipped),
+        "direction": _direction(meta.get("call")),
     }
 
     agent_id = meta.get("agent_id")
@@ -270,9 +300,24 @@ def _determine(
             return _fallback(table, "default:disabled_agent", room, raw=raw, detail=target, **common)
         return RouteDecision(agent_id=target, reason="purpose", **common)
 
+    if called_number:
+        return _by_number(table, called_number, room, common)
     if table.default_agent_id is None:
         logger.warning("room %r: no agent_id or purpose and no default route", room)
     return RouteDecision(agent_id=table.default_agent_id, reason="default", **common)
+
+
+def _by_number(table: RoutingTable, number: str, room: str, common: dict[str, Any]) -> RouteDecision:
+    """Rule 3. The number is not logged: on a shared platform a dialled number can name
+    a person's direct line; the reason and the room are enough to find the call."""
+    purpose = table.numbers.get(number)
+    target = table.routes.get(purpose) if purpose is not None else None
+    if purpose is None or target is None:
+        return _fallback(table, "default:unknown_called_number", room, **common)
+    common = {**common, "purpose": purpose}
+    if target not in table.enabled:
+        return _fallback(table, "default:disabled_agent", room, detail=target, **common)
+    return RouteDecision(agent_id=target, reason="called_number", **common)
 
 
 def _fallback(

@@ -5,6 +5,10 @@ The default registry on purpose: LiveKit Agents registers its own worker metrics
 and LiveKit's from one place. Labels stay bounded: agent id and config version, status,
 tool name, outcome; never a session, room or user id. Recording is a dictionary lookup
 and a lock, cheap enough for the audio path.
+
+Under `dev`/`start` every process of the service records into shared files
+(app/observability/processes.py) and `render` merges them; each gauge says how
+(`multiprocess_mode`: the sum over live processes, or the stalest, or the largest).
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from app.observability import processes
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 """Seconds: fine where voice turns live (a few hundred ms), coarse past the point where
@@ -30,7 +37,7 @@ TURN_STAGES: Mapping[str, str] = {
 
 SESSIONS_ACTIVE = Gauge(
     "voice_sessions_active", "Sessions running in this process, by the agent they started with.",
-    ["agent_id"],
+    ["agent_id"], multiprocess_mode="livesum",
 )
 SESSIONS_STARTED = Counter(
     "voice_sessions_started", "Sessions started, by the agent they started with.", ["agent_id"],
@@ -59,12 +66,15 @@ STORE_WRITES_BUFFERED = Gauge(
     "store_session_writes_buffered",
     "Session-record writes queued in memory, not yet stored (sessions' queues and the "
     "process buffer for writes that outlived their session).",
+    multiprocess_mode="livesum",
 )
 CONFIG_CONFIRMED_AT = Gauge(
     "config_cache_confirmed_timestamp_seconds",
-    "When the worker's config snapshot was last confirmed current by the store (Unix time; "
-    "age = time() - this).",
+    "When the config snapshot was last confirmed current by the store (Unix time; age = "
+    "time() - this); with several processes, the stalest of them.",
+    ["cache"], multiprocess_mode="livemin",  # labelled: only processes with a cache report one
 )
+CONFIG_CACHE = "configs"
 CONFIG_RELOADS = Counter(
     "config_cache_reloads", "Config snapshot reloads by outcome (ok, unavailable, error).", ["outcome"],
 )
@@ -82,7 +92,8 @@ WEBHOOK_ATTEMPT_SECONDS = Histogram(
 WEBHOOK_DUE = Gauge(
     "webhook_deliveries_due",
     "Deliveries due now and not yet running, across the store (the queue the dispatchers work "
-    "through), as this process's dispatcher last counted it.",
+    "through), as the dispatcher last counted it.",
+    multiprocess_mode="livemax",
 )
 
 UNKNOWN_TOOL = "unknown"
@@ -112,3 +123,15 @@ def tool_calls(agent_id: str, calls: Iterable[tuple[str, bool]], known: frozense
     """`calls`: (tool name, failed) pairs; names outside `known` count as `unknown`."""
     for name, failed in calls:
         TOOL_CALLS.labels(agent_id, name if name in known else UNKNOWN_TOOL, "error" if failed else "ok").inc()
+
+
+def render() -> bytes:
+    """The text exposition of every process of this service (see the module docstring),
+    or of this process alone when it runs without shared metrics."""
+    path = processes.directory()
+    if path is None:
+        return generate_latest(REGISTRY)
+    processes.forget_dead_processes(path)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
-from app.domain import AgentConfig, Route, SessionRecord, SessionStatus
+from app.domain import AgentConfig, Route, SessionOrder, SessionRecord, SessionStatus
 from app.domain.agent_tests import AgentTest, TestRun
 from app.domain.events import Event
+from app.domain.keys import StoredApiKey
 from app.domain.usage import UsageGroup, UsageRow
 from app.domain.webhooks import Delivery, DeliveryStatus, StoredWebhook
 from app.store.session_rules import Run
@@ -166,7 +167,7 @@ class SessionsBackend(Protocol):
 
     async def list(
         self, agent_id: str | None, status: SessionStatus | None, since: datetime | None,
-        until: datetime | None, offset: int, limit: int,
+        until: datetime | None, order: SessionOrder, offset: int, limit: int,
     ) -> tuple[list[SessionRecord], int]: ...
 
 
@@ -236,6 +237,22 @@ class WebhooksBackend(Protocol):
 
     async def all(self) -> list[StoredWebhook]:
         """Every endpoint, oldest first (fan-out and listing: a handful per deployment)."""
+
+
+class KeysBackend(Protocol):
+    """Named API keys: a record each, keyed by name, the secret's hash unique."""
+
+    async def create(self, key: StoredApiKey, events: list[Event]) -> bool:
+        """Insert; False (nothing written) if a key of that name exists."""
+
+    async def delete(self, name: str, events: list[Event]) -> StoredApiKey | None:
+        """Remove the key; what was removed, or None if there was none."""
+
+    async def touch(self, name: str, at: datetime) -> None:
+        """Set `last_used_at` (no event: using a key is not a change)."""
+
+    async def all(self) -> list[StoredApiKey]:
+        """Every key, by name (the guard's table: at most `MAX_KEYS`)."""
 
 
 class DeliveryInFlight(Exception):
@@ -371,6 +388,9 @@ class Backend(Lifecycle, Protocol):
 
     @property
     def deliveries(self) -> DeliveriesBackend: ...
+
+    @property
+    def keys(self) -> KeysBackend: ...
 
     @property
     def agent_tests(self) -> AgentTestsBackend: ...

@@ -32,6 +32,7 @@ from app.domain import (
     AgentConfigInput,
     Handoff,
     Route,
+    SessionOrder,
     SessionRecord,
     SessionStatus,
     Turn,
@@ -42,6 +43,7 @@ from app.domain.usage import UsageGroup, UsageReport
 
 if TYPE_CHECKING:
     from app.domain.agent_tests import AgentTest, AgentTestCreate, AgentTestInput, TestRun
+    from app.domain.keys import ApiKey, ApiKeyCreated, ApiKeyInput, StoredApiKey
     from app.domain.webhooks import (
         Delivery,
         DeliveryStatus,
@@ -264,10 +266,11 @@ class ConfigStore(Protocol):
         status: SessionStatus | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        order: SessionOrder = SessionOrder.newest,
         offset: int = 0,
         limit: int = 50,
     ) -> tuple[list[SessionRecord], int]:
-        """Newest first, without turns (use `get_session` for a transcript)."""
+        """In `order` (newest first by default), without turns (use `get_session` for a transcript)."""
 
     async def get_session(self, session_id: str) -> SessionRecord: ...
 
@@ -396,6 +399,22 @@ class ConfigStore(Protocol):
     async def resend_delivery(self, delivery_id: str, window_s: float) -> Delivery: ...
 
     async def count_due_deliveries(self) -> int: ...
+
+    # named API keys (`app.store.key_service`) -----------------------------------
+    async def create_api_key(self, data: ApiKeyInput, *, ctx: ChangeContext = SYSTEM) -> ApiKeyCreated:
+        """A new key; `AlreadyExists` for a name in use. Its secret is returned only here."""
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        """Every key by name, never a secret or hash."""
+
+    async def api_key_table(self) -> list[StoredApiKey]:
+        """Every key with the hash of its secret: for the API guard only."""
+
+    async def revoke_api_key(self, name: str, *, ctx: ChangeContext = SYSTEM) -> ApiKey:
+        """Delete the key (`NotFound` if there is none); returns what it was."""
+
+    async def touch_api_key(self, name: str, at: datetime) -> None:
+        """Record that the key authenticated a request at `at`."""
 
     # tests stored with an agent (`app.store.agent_test_service`) ---------------
     async def create_agent_test(

@@ -190,7 +190,7 @@ class ConfigCache:
             raise
         self._last_poll_ok = time.monotonic()
         self.store_ok = True
-        metrics.CONFIG_CONFIRMED_AT.set_to_current_time()
+        metrics.CONFIG_CONFIRMED_AT.labels(metrics.CONFIG_CACHE).set_to_current_time()
 
     async def _poll_loop(self) -> None:
         while True:

@@ -65,7 +65,8 @@ def agent_deleted(agent_id: str, now: datetime, ctx: ChangeContext) -> list[Even
 def routes_changed(
     change: str, purpose: str | None, routes: Iterable[Route], now: datetime, ctx: ChangeContext
 ) -> list[Event]:
-    table = [RouteData(purpose=r.purpose, agent_id=r.agent_id, is_default=r.is_default) for r in routes]
+    table = [RouteData(purpose=r.purpose, agent_id=r.agent_id, is_default=r.is_default,
+                       phone_numbers=list(r.phone_numbers)) for r in routes]
     data = RoutesChangedData.model_validate({"change": change, "purpose": purpose, "routes": table})
     return [make_event(ROUTES_CHANGED, data, at=now, ctx=ctx)]
 

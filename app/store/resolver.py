@@ -66,18 +66,23 @@ class Resolution:
 
 
 def resolve(
-    snapshot: ConfigSnapshot | None, sources: Sources, *, room: str, degraded: str | None = None
+    snapshot: ConfigSnapshot | None, sources: Sources, *, room: str, degraded: str | None = None,
+    called_number: str | None = None,
 ) -> Resolution:
-    """The routing rules applied to `snapshot`; never raises."""
+    """The routing rules applied to `snapshot`; never raises. `called_number`: the E.164
+    number a phone caller dialled (routes by `phone_numbers` when the metadata names
+    neither agent nor purpose)."""
     table = snapshot.routing if snapshot is not None else _NO_ROUTES
-    decision = determine_agent_type(sources, table, room=room)
+    decision = determine_agent_type(sources, table, room=room, called_number=called_number)
     config = (snapshot.enabled(decision.agent_id) if snapshot and decision.agent_id else None) or FALLBACK_CONFIG
     if config is FALLBACK_CONFIG and degraded is None:
         log.warning("room %s: no routable agent (%s); using the fallback agent", room, decision.reason)
     return Resolution(decision=decision, config=config, snapshot=snapshot, degraded=degraded)
 
 
-async def resolve_current(configs: SnapshotSource, sources: Sources, *, room: str) -> Resolution:
+async def resolve_current(
+    configs: SnapshotSource, sources: Sources, *, room: str, called_number: str | None = None
+) -> Resolution:
     """`resolve` on the source's current snapshot: the last known-good one (degraded)
     while the store is down, none (fallback agent, degraded) when nothing was loaded."""
     snapshot: ConfigSnapshot | None = None
@@ -91,4 +96,4 @@ async def resolve_current(configs: SnapshotSource, sources: Sources, *, room: st
     except Exception:  # a bug or an unreadable stored config must not kill the call
         log.exception("room %s: loading configs failed; using the fallback agent", room)
         degraded = "config lookup failed: fallback agent"
-    return resolve(snapshot, sources, room=room, degraded=degraded)
+    return resolve(snapshot, sources, room=room, degraded=degraded, called_number=called_number)

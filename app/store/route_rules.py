@@ -1,5 +1,6 @@
 """Route-table rules, once for every backend: a purpose appears once, at most one route is
-the default, and what each route write does to the table. The backends only swap whole
+the default, a phone number is answered by at most one route, and what each route write
+does to the table. The backends only swap whole
 tables atomically (`RoutesBackend.swap`, which also refuses a route to a missing agent)."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from app.domain import InvalidInput, NotFound, Route
+from app.domain.errors import NumberTaken
 
 
 def by_purpose(routes: list[Route]) -> list[Route]:
@@ -19,6 +21,22 @@ def check_table(routes: list[Route]) -> None:
         raise InvalidInput("a purpose is listed twice")
     if sum(r.is_default for r in routes) > 1:
         raise InvalidInput("at most one route can be the default")
+    holders: dict[str, str] = {}
+    for r in routes:
+        for number in r.phone_numbers:
+            if number in holders:
+                raise NumberTaken(number, holders[number], r.purpose)
+            holders[number] = r.purpose
+
+
+def check_numbers_free(routes: list[Route], route: Route) -> None:
+    """`NumberTaken` if another route (not `route.purpose`) already answers one of its numbers."""
+    for other in routes:
+        if other.purpose == route.purpose:
+            continue
+        for number in route.phone_numbers:
+            if number in other.phone_numbers:
+                raise NumberTaken(number, other.purpose, route.purpose)
 
 
 def stamped(route: Route, now: datetime) -> Route:
@@ -27,6 +45,7 @@ def stamped(route: Route, now: datetime) -> Route:
 
 def with_route(routes: list[Route], route: Route) -> list[Route]:
     """Create or replace `route.purpose`; a new default clears the flag on every other route."""
+    check_numbers_free(routes, route)
     out = [r for r in routes if r.purpose != route.purpose]
     if route.is_default:
         out = [r.model_copy(update={"is_default": False}) if r.is_default else r for r in out]

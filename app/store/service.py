@@ -40,6 +40,7 @@ from app.domain import (
     InvalidReference,
     NotFound,
     Route,
+    SessionOrder,
     SessionRecord,
     SessionStatus,
     StoreUnavailable,
@@ -78,6 +79,7 @@ from app.store.base import (
     StartSession,
     UpdateSession,
 )
+from app.store.key_service import KeyStore
 from app.store.parsed import ParsedVersions
 from app.store.retry import MAX_ATTEMPTS, backoff
 from app.store.route_rules import (
@@ -98,9 +100,9 @@ def _agent_not_found(agent_id: Any, version: int | None = None) -> NotFound:
     return NotFound(f"{what} not found", agent_id=agent_id) if isinstance(agent_id, str) else NotFound(f"{what} not found")
 
 
-class StoreService(WebhookStore, AgentTestStore):
+class StoreService(WebhookStore, KeyStore, AgentTestStore):
     """`app.store.base.ConfigStore` over one `Backend` (webhook rules: `WebhookStore`;
-    stored tests and their runs: `AgentTestStore`)."""
+    API keys: `KeyStore`; stored tests and their runs: `AgentTestStore`)."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
@@ -410,13 +412,14 @@ class StoreService(WebhookStore, AgentTestStore):
         status: SessionStatus | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        order: SessionOrder = SessionOrder.newest,
         offset: int = 0,
         limit: int = 50,
     ) -> tuple[list[SessionRecord], int]:
         if agent_id is not None:
             must_be_str(agent_id, "agent_id")
         status = SessionStatus(status) if status is not None else None
-        return await self.backend.sessions.list(agent_id, status, since, until, offset, limit)
+        return await self.backend.sessions.list(agent_id, status, since, until, SessionOrder(order), offset, limit)
 
     async def get_session(self, session_id: str) -> SessionRecord:
         record = await self.backend.sessions.get(must_be_str(session_id, "session_id"))

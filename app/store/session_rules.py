@@ -20,7 +20,7 @@ from pydantic import TypeAdapter
 
 from app.domain import Handoff, InvalidInput, SessionRecord, SessionStatus, Turn
 from app.domain.events import Event
-from app.domain.models import deep_merge
+from app.domain.models import deep_merge, worst_turn_ms
 from app.store.base import (
     AppendTurn,
     FinishSession,
@@ -33,7 +33,7 @@ from app.store.base import (
 
 UPDATABLE_FIELDS = (
     "agent_id", "config_version", "user_id", "degraded", "route_reason", "metrics", "usage", "events", "error", "room",
-    "analysis",
+    "analysis", "call",
 )
 """Session fields `update_session` may set (the rest belong to start/finish)."""
 
@@ -70,11 +70,15 @@ def queue_fields(analysis: Mapping[str, Any] | None) -> dict[str, Any]:
     return {"analysis_status": status, "analysis_owner": None, "analysis_lease_until": None, "analysis_claims": 0}
 
 
-def with_queue_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """`fields` (validated) plus the queue fields when they set `analysis`."""
-    if "analysis" not in fields:
-        return fields
-    return {**fields, **queue_fields(fields["analysis"])}
+def with_derived_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` (validated) plus what is stored beside them: the queue fields when they set
+    `analysis`, the worst turn when they set `metrics`."""
+    out = fields
+    if "analysis" in fields:
+        out = {**out, **queue_fields(fields["analysis"])}
+    if "metrics" in fields:
+        out = {**out, "worst_turn_ms": worst_turn_ms(fields["metrics"])}
+    return out
 
 
 def stored_json(record: SessionRecord) -> dict[str, Any]:
@@ -117,11 +121,13 @@ class Run:
 
 
 def stamp_start(record: SessionRecord, now: datetime) -> SessionRecord:
-    """The insert is itself a sign of life: a start written late (after an outage) must not
-    look stale to `abandon_stale_sessions`."""
-    if record.owner is None:
-        return record
-    return record.model_copy(update={"heartbeat_at": max(record.heartbeat_at or now, now)})
+    """The record as inserted. The insert is itself a sign of life: a start written late
+    (after an outage) must not look stale to `abandon_stale_sessions`. The worst turn is
+    derived from the metrics it carries, never taken from the caller."""
+    update: dict[str, Any] = {"worst_turn_ms": worst_turn_ms(record.metrics)}
+    if record.owner is not None:
+        update["heartbeat_at"] = max(record.heartbeat_at or now, now)
+    return record.model_copy(update=update)
 
 
 def fold(ops: list[SessionWrite], now: datetime) -> list[Run]:
@@ -144,7 +150,7 @@ def fold(ops: list[SessionWrite], now: datetime) -> list[Run]:
         elif isinstance(op, RecordHandoff):
             last.handoffs.append(op.handoff)
         elif isinstance(op, UpdateSession):
-            last.fields.update(with_queue_fields(session_fields(op.fields)))
+            last.fields.update(with_derived_fields(session_fields(op.fields)))
         elif isinstance(op, FinishSession):
             last.fields.update(
                 status=SessionStatus(op.status).value, end_reason=op.reason, error=op.error,

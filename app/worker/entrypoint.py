@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -12,11 +13,14 @@ from app.domain.routing import MetadataSource
 from app.settings import Settings
 from app.worker.budget import attach_budget_guard
 from app.worker.drain import active_sessions
+from app.worker.dtmf import DtmfInput
 from app.worker.model_unavailable import ModelUnavailable
 from app.worker.services import WorkerServices, ensure_services, installed_services
 from app.worker.session_start import PreparedSession, prepare_session
 from app.worker.silence import attach_silence_reprompt
+from app.worker.sip import attach_keypad, is_sip, sip_call
 from app.worker.tracing import start_tracing
+from app.worker.voicemail import start_voicemail_detection
 
 if TYPE_CHECKING:
     from livekit import rtc
@@ -53,11 +57,12 @@ def job_sources(ctx: JobContext, participant: rtc.RemoteParticipant | None = Non
 async def prepare_job(
     ctx: JobContext, services: WorkerServices, participant: rtc.RemoteParticipant | None = None, **kw: Any
 ) -> PreparedSession:
-    """`prepare_session` for a LiveKit job context (real, or `fake_job_context` in tests)."""
+    """`prepare_session` for a LiveKit job context (real, or `fake_job_context` in tests).
+    A SIP participant's attributes route by the dialled number and fill `caller_number`."""
     return await prepare_session(
         services, job_sources(ctx, participant),
         room=ctx.job.room.name or ctx.room.name or "room",
-        user_id=participant.identity if participant is not None else None, **kw,
+        user_id=participant.identity if participant is not None else None, sip=sip_call(participant), **kw,
     )
 
 
@@ -91,3 +96,13 @@ async def entrypoint(ctx: JobContext) -> None:
 
     session.on("close", on_close)
     await session.start(agent=prepared.agent, room=ctx.room)
+    if is_sip(participant):
+        keypad = attach_keypad(ctx.room, session, prepared.context, pause_s=services.settings.dtmf_pause_s)
+        detection = start_voicemail_detection(session, prepared, participant)
+        ctx.add_shutdown_callback(lambda: _detached(keypad, detection))
+
+
+async def _detached(keypad: DtmfInput, detection: asyncio.Task[Any] | None) -> None:
+    keypad.detach()
+    if detection is not None and not detection.done():
+        detection.cancel()

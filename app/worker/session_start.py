@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ from app.agents.base import BaseAgent
 from app.agents.context import SessionContext
 from app.agents.factory import AgentFactory, MissingVariables
 from app.domain import AgentConfig, SessionRecord
+from app.domain.phone import CALLER_NUMBER, CallInfo, SipCall
 from app.domain.routing import MetadataSource, RouteDecision
 from app.observability import tracing
 from app.store.resolver import resolve_current
@@ -64,6 +65,29 @@ class PreparedSession:
                 self.span.end()
 
 
+def call_info(sip: SipCall | None, decision: RouteDecision) -> CallInfo | None:
+    """What the record keeps of a phone call. LiveKit's `sip.phoneNumber` is the far end:
+    the caller on an inbound call, the callee on an outbound one (whose metadata says
+    `call.direction: outbound`), and `sip.trunkPhoneNumber` is our number."""
+    if sip is None:
+        return None
+    if decision.direction == "outbound":
+        return CallInfo(direction="outbound", called_number=sip.caller_number,
+                        caller_number=sip.called_number, call_id=sip.call_id)
+    return CallInfo(direction="inbound", called_number=sip.called_number,
+                    caller_number=sip.caller_number, call_id=sip.call_id)
+
+
+def call_variables(variables: Mapping[str, str], call: CallInfo | None) -> dict[str, str]:
+    """The session's prompt variables, plus `caller_number` on an inbound call (used by an
+    agent that declares it). The SIP attribute wins over a metadata value of that name:
+    LiveKit's SIP service set it, while metadata is whatever the dispatcher wrote."""
+    out = dict(variables)
+    if call is not None and call.direction == "inbound" and call.caller_number:
+        out[CALLER_NUMBER] = call.caller_number
+    return out
+
+
 async def prepare_session(
     services: WorkerServices,
     sources: Sequence[MetadataSource],
@@ -77,18 +101,22 @@ async def prepare_session(
     stt_client: openai.AsyncClient | None = None,
     tts_client: openai.AsyncClient | None = None,
     transport: httpx2.AsyncBaseTransport | None = None,
+    sip: SipCall | None = None,
 ) -> PreparedSession:
     """`llm_client` / `stt_client` / `tts_client` / `transport`: see `AgentFactory`
-    (tests and the sim replace the model servers; production passes none)."""
+    (tests and the sim replace the model servers; production passes none). `sip`: the
+    call's facts when the participant is a phone caller (LiveKit SIP)."""
     session_id = session_id or uuid.uuid4().hex
     configs = services.config_source
-    resolution = await resolve_current(configs, sources, room=room)
+    called = sip.called_number if sip is not None else None
+    resolution = await resolve_current(configs, sources, room=room, called_number=called)
     decision, config = resolution.decision, resolution.config
     if resolution.degraded:
         log.warning("room %s: %s", room, resolution.degraded)
     record = SessionRecord(
         session_id=session_id, room=room, agent_id=config.agent_id, config_version=config.version,
         user_id=decision.user_id or user_id, route_reason=decision.reason, degraded=resolution.degraded,
+        call=call_info(sip, decision),
     )
     manager = SessionManager(
         services.store, record, call=services.call, spill=services.pending.adopt,
@@ -102,7 +130,7 @@ async def prepare_session(
     )
     ctx = SessionContext(
         session_id=session_id, room=room, recorder=manager, user_id=record.user_id,
-        variables=dict(decision.variables), audio=audio,
+        variables=call_variables(decision.variables, record.call), audio=audio,
     )
     try:
         agent = factory.create_agent(config, ctx)

@@ -57,6 +57,7 @@ from app.domain import (
 )
 from app.domain.analysis import AnalysisRequest, AnalysisStatus, SessionAnalysis
 from app.domain.models import MAX_SESSION_EVENTS, SessionEventKind, deep_merge
+from app.domain.phone import CallInfo
 from app.domain.pricing import PriceTable
 from app.domain.values import utcnow
 from app.observability import metrics, tracing
@@ -342,6 +343,11 @@ class SessionManager:
         """The first call decides how the record ends (written at `aclose`)."""
         if self._finish is None:
             self._finish = (status, reason, error)
+
+    def record_call(self, call: CallInfo) -> None:
+        """The phone side of the call changed (e.g. the voicemail verdict). Never blocks."""
+        self.record.call = call
+        self._enqueue(UpdateSession({"call": call.model_dump(mode="json")}))
 
     def record_event(self, kind: SessionEventKind, detail: str = "") -> None:
         events = self.record.events

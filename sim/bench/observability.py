@@ -1,8 +1,9 @@
-"""What tracing costs: `sim.bench.throughput` and `sim.bench.voice_density` run back to
-back with tracing off and on (OTLP/HTTP to a receiver in a process of its own on
-loopback), alternating off/on `--rounds` times so a drifting neighbour load hits both.
+"""What tracing costs: `sim.bench.throughput` and `sim.bench.voice_density` with tracing
+off and on (OTLP/HTTP to a receiver in a process of its own on loopback), `--rounds` times.
+Each round runs the off and the on process at the same time (`--paired`, the default), so
+a neighbour's load hits both alike; `--no-paired` runs them back to back instead.
 
-Run: `uv run python -m sim.bench.observability [--rounds 2] [--turns 400] [--density-args "--quick"]`
+Run: `uv run python -m sim.bench.observability [--rounds 3] [--turns 400] [--density-args "--sizes 10 --seconds 20"]`
 
 Prometheus metrics are recorded in every run (they cannot be turned off; a scrape is a
 request like any other): their cost is in both columns. Figures: text turns per CPU-second
@@ -25,23 +26,40 @@ from typing import Any
 from sim.bench.stats import emit
 
 
-def _run(module: str, args: list[str], endpoint: str | None) -> dict[str, Any]:
+def _start(module: str, args: list[str], endpoint: str | None) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     if endpoint is not None:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
-    out = subprocess.run(
-        [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, check=True,
-    ).stdout
+    return subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdout=subprocess.PIPE, text=True)
+
+
+def _figures(proc: subprocess.Popen[str], traced: bool) -> dict[str, Any]:
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"{proc.args!r} failed ({proc.returncode})")
     figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    assert figures["tracing"] is (endpoint is not None)
+    assert figures["tracing"] is traced
     return figures
+
+
+def _pair(module: str, args: list[str], endpoint: str, paired: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(off, on) figures of one round."""
+    off = _start(module, args, None)
+    if not paired:
+        off_figures = _figures(off, False)
+        return off_figures, _figures(_start(module, args, endpoint), True)
+    on = _start(module, args, endpoint)
+    return _figures(off, False), _figures(on, True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--turns", type=int, default=400, help="throughput: turns per figure")
-    ap.add_argument("--density-args", default="--quick", help="arguments for sim.bench.voice_density")
+    ap.add_argument("--density-args", default="--sizes 10 --seconds 20",
+                    help="arguments for sim.bench.voice_density")
+    ap.add_argument("--paired", action=argparse.BooleanOptionalAction, default=True,
+                    help="run the off and on process of a round at the same time")
     args = ap.parse_args()
     rx = subprocess.Popen([sys.executable, "-m", "sim.otlp_receiver"], stdout=subprocess.PIPE, text=True)
     assert rx.stdout is not None
@@ -49,14 +67,14 @@ def main() -> None:
     rows: dict[str, dict[str, list[float]]] = {"throughput": {"off": [], "on": []}, "density": {"off": [], "on": []}}
     try:
         for r in range(args.rounds):
-            for mode in ("off", "on"):
-                ep = endpoint if mode == "on" else None
-                tp = _run("sim.bench.throughput", ["--turns", str(args.turns)], ep)
+            tps = _pair("sim.bench.throughput", ["--turns", str(args.turns)], endpoint, args.paired)
+            vds = _pair("sim.bench.voice_density", shlex.split(args.density_args), endpoint, args.paired)
+            for mode, tp, vd in (("off", tps[0], vds[0]), ("on", tps[1], vds[1])):
                 rows["throughput"][mode].append(tp["turns_per_cpu_s_c16"])
-                vd = _run("sim.bench.voice_density", shlex.split(args.density_args), ep)
                 rows["density"][mode].append(vd["cpu_s_per_session_min"])
                 print(f"round {r + 1} tracing {mode:>3}: text c16 {tp['turns_per_cpu_s_c16']:7.1f} turns/CPU-s, "
-                      f"voice {vd['cpu_s_per_session_min']:.3f} CPU-s per session-minute", flush=True)
+                      f"voice {vd['cpu_s_per_session_min']:.3f} CPU-s per session-minute "
+                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
     finally:
         rx.send_signal(signal.SIGTERM)
         spans = int(rx.communicate(timeout=30)[0].strip().splitlines()[-1])
@@ -67,7 +85,7 @@ def main() -> None:
         "throughput_cpu_overhead_pct": (tp_off / tp_on - 1) * 100,  # CPU per turn, on vs off
         "cpu_s_per_session_min_off": vd_off, "cpu_s_per_session_min_on": vd_on,
         "voice_cpu_overhead_pct": (vd_on / vd_off - 1) * 100,
-        "spans_received": spans, "rounds": args.rounds, "load": os.getloadavg()[0],
+        "spans_received": spans, "rounds": args.rounds, "paired": args.paired, "load": os.getloadavg()[0],
     }
     print(f"CPU overhead of tracing: text turns {figures['throughput_cpu_overhead_pct']:+.1f} %, "
           f"voice sessions {figures['voice_cpu_overhead_pct']:+.1f} % ({spans} spans exported)")

@@ -308,3 +308,52 @@ def test_routing_never_raises_and_only_routes_to_enabled(sources: list[tuple[str
     assert len(d.variables) <= 32
     assert d.user_id is None or (isinstance(d.user_id, str) and len(d.user_id) <= 128)
     assert d.purpose is None or isinstance(d.purpose, str)
+
+
+# ------------------------------------------------------------- by the dialled number
+
+
+@pytest.fixture
+def phone_table() -> RoutingTable:
+    agents = [make_config("support"), make_config("sales"), make_config("legacy", enabled=False)]
+    routes = [
+        Route(purpose="help", agent_id="support", is_default=True),
+        Route(purpose="buy", agent_id="sales", phone_numbers=["+15550001111", "+15550002222"]),
+        Route(purpose="old", agent_id="legacy", phone_numbers=["+15550003333"]),
+    ]
+    return RoutingTable.build(routes, agents)
+
+
+@pytest.mark.parametrize(
+    ("sources", "number", "agent", "reason", "purpose"),
+    [
+        ([], "+15550002222", "sales", "called_number", "buy"),  # an inbound call: no metadata at all
+        (job({}), "+15550001111", "sales", "called_number", "buy"),
+        (job({"variables": {"x": "1"}}), "+15550001111", "sales", "called_number", "buy"),
+        (job("not json"), "+15550001111", "sales", "called_number", "buy"),
+        (job({"purpose": "help"}), "+15550001111", "support", "purpose", "help"),  # metadata names one: it wins
+        (job({"agent_id": "support"}), "+15550001111", "support", "agent_id", None),
+        (job({"purpose": "nope"}), "+15550001111", "support", "default:unknown_purpose", "nope"),
+        ([], "+15559999999", "support", "default:unknown_called_number", None),
+        ([], "+15550003333", "support", "default:disabled_agent", "old"),
+        ([], None, "support", "default:no_metadata", None),
+    ],
+)
+def test_called_number_routes_when_metadata_names_nothing(
+    phone_table: RoutingTable, sources: list[MetadataSource], number: str | None, agent: str, reason: str,
+    purpose: str | None,
+) -> None:
+    d = determine_agent_type(sources, phone_table, room="r", called_number=number)
+    assert (d.agent_id, d.reason, d.purpose) == (agent, reason, purpose)
+
+
+def test_number_routing_does_not_log_the_number(phone_table: RoutingTable, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    determine_agent_type([], phone_table, room="r", called_number="+15559999999")
+    assert "default:unknown_called_number" in caplog.text and "5559999999" not in caplog.text
+
+
+def test_call_direction_from_metadata(table: RoutingTable) -> None:
+    assert determine_agent_type(job({"call": {"direction": "outbound"}}), table).direction == "outbound"
+    assert determine_agent_type(job({"call": {"direction": "sideways"}}), table).direction is None
+    assert determine_agent_type(job({"call": "outbound"}), table).direction is None

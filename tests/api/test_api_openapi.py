@@ -85,11 +85,11 @@ async def test_error_responses_are_documented(spec: dict[str, Any]) -> None:
             assert _ref(schema) == "ErrorBody", (path, method, code)
 
 
-async def test_every_admin_operation_documents_401_and_503(spec: dict[str, Any]) -> None:
+async def test_every_admin_operation_documents_401_403_and_503(spec: dict[str, Any]) -> None:
     for path, item in spec["paths"].items():
         if path.startswith("/api/v1"):
             for method, op in item.items():
-                assert {"401", "503"} <= set(op["responses"]), (path, method)
+                assert {"401", "403", "503"} <= set(op["responses"]), (path, method)
 
 
 async def test_bearer_security_applies_to_admin_routes_only(spec: dict[str, Any]) -> None:
@@ -97,7 +97,8 @@ async def test_bearer_security_applies_to_admin_routes_only(spec: dict[str, Any]
     assert spec["components"]["securitySchemes"][name] == {
         "type": "http",
         "scheme": "bearer",
-        "description": "`Authorization: Bearer $ADMIN_API_KEY`",
+        "description": "`Authorization: Bearer <key>`: `ADMIN_API_KEY`, or a named key (`vp_…`) from "
+        "`/api/v1/keys` whose role allows the operation (read < edit < publish < admin)",
     }
     for path, item in spec["paths"].items():
         for method, op in item.items():

@@ -132,3 +132,59 @@ async def test_delete_whole_table(client: Client, two_agents: list[str]) -> None
     assert (await client.get(ROUTES)).json() == []
     # with no route pointing at them, the agents can be deleted
     assert (await client.delete(f"{AGENTS}/sales-agent")).status_code == 204
+
+
+async def test_routes_answer_phone_numbers_each_number_once(client: Client, two_agents: list[str]) -> None:
+    r = await client.put(f"{ROUTES}/support", json={"agent_id": "support-agent", "phone_numbers": ["+15550001111"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["phone_numbers"] == ["+15550001111"]
+    assert (await client.get(f"{ROUTES}/support")).json()["phone_numbers"] == ["+15550001111"]
+
+    # a number another route answers: 409 naming the number and the route holding it
+    r = await client.put(f"{ROUTES}/sales", json={"agent_id": "sales-agent", "phone_numbers": ["+15550001111"]})
+    assert r.status_code == 409, r.text
+    assert "+15550001111" in r.json()["detail"] and "'support'" in r.json()["detail"]
+    assert r.json()["extra"] == {"number": "+15550001111", "route": "support", "purpose": "sales"}
+    r = await client.put(ROUTES, json=[
+        {"purpose": "a", "agent_id": "sales-agent", "phone_numbers": ["+15550002222"]},
+        {"purpose": "b", "agent_id": "support-agent", "phone_numbers": ["+15550002222"]},
+    ])
+    assert r.status_code == 409 and r.json()["extra"]["route"] == "a"
+    assert [x["purpose"] for x in (await client.get(ROUTES)).json()] == ["support"]  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("numbers", "key"),
+    [
+        (["5550001111"], "phone_numbers.0"),  # no +
+        (["+1 555 000 1111"], "phone_numbers.0"),  # spaces
+        (["+15550001111", "+0123"], "phone_numbers.1"),  # country code 0
+        (["+1234567890123456"], "phone_numbers.0"),  # 16 digits
+        (["+15550001111", "+15550001111"], "phone_numbers"),  # twice in one route
+        ("+15550001111", "phone_numbers"),  # not a list
+        ([15550001111], "phone_numbers.0"),
+    ],
+)
+async def test_bad_phone_numbers_are_422_naming_the_field(
+    client: Client, two_agents: list[str], numbers: Any, key: str
+) -> None:
+    r = await client.put(f"{ROUTES}/support", json={"agent_id": "support-agent", "phone_numbers": numbers})
+    assert r.status_code == 422, r.text
+    assert r.json()["extra"][0]["key"] == key
+    assert (await client.get(ROUTES)).json() == []
+
+
+async def test_resolve_by_called_number(client: Client, two_agents: list[str]) -> None:
+    await client.put(f"{ROUTES}/support", json={"agent_id": "support-agent", "is_default": True})
+    await client.put(f"{ROUTES}/sales", json={"agent_id": "sales-agent", "phone_numbers": ["+15550003333"]})
+
+    r = await client.get("/api/v1/resolve", params={"called_number": "+15550003333"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["agent_id"], r.json()["reason"]) == ("sales-agent", "called_number")
+    # an unknown number falls back to the default; an explicit purpose wins over the number
+    r = await client.get("/api/v1/resolve", params={"called_number": "+15550009999"})
+    assert (r.json()["agent_id"], r.json()["reason"]) == ("support-agent", "default:unknown_called_number")
+    r = await client.get("/api/v1/resolve", params={"called_number": "+15550003333", "purpose": "support"})
+    assert (r.json()["agent_id"], r.json()["reason"]) == ("support-agent", "purpose")
+    r = await client.get("/api/v1/resolve", params={"called_number": "555-0003"})
+    assert r.status_code == 422 and r.json()["extra"][0]["key"] == "called_number"

@@ -72,11 +72,23 @@ async def test_filters(client: Client, sessions: list[str]) -> None:
     assert _ids(r) == ["s4"]
 
 
+async def test_slowest_turn_first(client: Client, store: Any, sessions: list[str]) -> None:
+    await store.update_session("s1", metrics=[{"turn": 0, "total_ms": 900.0}, {"turn": 1, "total_ms": 1500.0}])
+    await store.update_session("s3", metrics=[{"turn": 0, "total_ms": 700.0}])
+    r = await client.get(SESSIONS, params={"order": "worst_turn"})
+    assert r.status_code == 200
+    assert _ids(r) == ["s1", "s3", "s4", "s2", "s0"]  # then the ones without a spoken turn, newest first
+    assert [s["worst_turn_ms"] for s in r.json()["items"][:3]] == [1500.0, 700.0, None]
+    r = await client.get(SESSIONS, params={"order": "worst_turn", "agent_id": "sales-agent", "limit": 1, "offset": 1})
+    assert _ids(r) == ["s3"] and r.json()["total"] == 2
+
+
 async def test_bad_filters_are_422(client: Client, sessions: list[str]) -> None:
     for params, key in (
         ({"status": "exploded"}, "status"),
         ({"since": "yesterday"}, "since"),
         ({"limit": 1000}, "limit"),
+        ({"order": "slowest"}, "order"),
     ):
         r = await client.get(SESSIONS, params=params)
         assert r.status_code == 422, params

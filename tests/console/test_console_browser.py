@@ -381,6 +381,38 @@ def test_routes_add_change_delete(server: ConsoleServer, page: Any) -> None:
     assert not any(r.is_default for r in routes)
 
 
+def test_routes_phone_numbers(server: ConsoleServer, page: Any) -> None:
+    page.goto("/routes")
+    table = page.get_by_role("table", name=re.compile("Routing table"))
+    sales = table.get_by_role("row").filter(has=page.locator("code", has_text=re.compile(r"^sales$")))
+    sales.get_by_role("button", name="Edit route sales").click()
+    page.get_by_label("Phone numbers").fill("+15550100200, 442071230000")  # the second is not E.164
+    page.get_by_role("button", name="Save route").click()
+    expect(page.locator('[data-field="phone_numbers"] .server-error')).to_be_visible()
+    page.get_by_label("Phone numbers").fill("+15550100200, +442071230000")
+    page.get_by_role("button", name="Save route").click()
+    expect(sales).to_contain_text("+15550100200")
+    expect(sales).to_contain_text("+442071230000")
+    assert server.run(server.store.get_route("sales")).phone_numbers == ["+15550100200", "+442071230000"]
+
+    # another route taking one of them: the 409 names the route that holds it, on the field
+    support = table.get_by_role("row").filter(has=page.locator("code", has_text=re.compile(r"^support$")))
+    support.get_by_role("button", name="Edit route support").click()
+    page.get_by_label("Phone numbers").fill("+442071230000")
+    page.get_by_role("button", name="Save route").click()
+    expect(page.locator('[data-field="phone_numbers"] .server-error')).to_contain_text("'sales'")
+    assert server.run(server.store.get_route("support")).phone_numbers == []
+
+    # editing keeps the numbers (a save that did not send them would drop them)
+    page.get_by_role("button", name="Cancel").click()
+    sales.get_by_role("button", name="Edit route sales").click()
+    expect(page.get_by_label("Phone numbers")).to_have_value("+15550100200, +442071230000")
+    page.get_by_label("Default route").check()
+    page.get_by_role("button", name="Save route").click()
+    expect(sales).to_contain_text("Default")
+    assert server.run(server.store.get_route("sales")).phone_numbers == ["+15550100200", "+442071230000"]
+
+
 # ------------------------------------------------------------------ webhooks
 
 

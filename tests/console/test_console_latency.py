@@ -12,6 +12,7 @@ import asyncio
 import math
 import re
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,9 @@ def voice_record() -> SessionRecord:
     return record
 
 
-def seed(server: ConsoleServer, record: SessionRecord) -> tuple[str, str]:
-    """The call as recorded, and a copy whose turns were all twice as slow."""
+def seed(server: ConsoleServer, record: SessionRecord, newer_silent: int = 0) -> tuple[str, str]:
+    """The call as recorded, a copy whose turns were all twice as slow, and `newer_silent`
+    later sessions without a spoken turn."""
     slow = record.model_copy(deep=True, update={"session_id": "voice-slow"})
     slow.metrics = [{k: (v * 2 if k in STAGE_FIELDS and isinstance(v, float) else v) for k, v in m.items()}
                     for m in slow.metrics]
@@ -62,6 +64,11 @@ def seed(server: ConsoleServer, record: SessionRecord) -> tuple[str, str]:
         assert server.store is not None
         for r in (fast, slow):
             await server.store.start_session(r)
+        for i in range(newer_silent):
+            await server.store.start_session(SessionRecord(
+                session_id=f"silent-{i:03d}", room="r", agent_id=record.agent_id,
+                started_at=record.started_at + timedelta(minutes=1 + i),
+            ))
 
     server.run(store())
     return fast.session_id, slow.session_id
@@ -118,12 +125,17 @@ def test_agent_page_charts_percentiles_per_version_and_day(
 
 
 def test_sessions_list_orders_by_slowest_turn(server: ConsoleServer, page: Any, voice_record: SessionRecord) -> None:
-    fast, slow = seed(server, voice_record)
+    # 60 newer sessions push both calls past the first page (50) of the newest-first list:
+    # the slowest-first order is the server's, over every session, not a re-sort of a page.
+    fast, slow = seed(server, voice_record, newer_silent=60)
     worst = max(m["total_ms"] for m in voice_record.metrics if isinstance(m.get("total_ms"), float))
     page.goto("/sessions")
     table = page.locator("#sessions-table")
-    expect(table.locator("tbody tr").filter(has_text=fast)).to_contain_text(f"{js_round(worst)} ms")
+    expect(table.locator("tbody tr").first).to_contain_text("silent-059")
+    expect(table.locator("tbody tr").filter(has_text=slow)).to_have_count(0)  # on a later page
     page.get_by_label("Order").select_option("worst")
     expect(table.locator("tbody tr").first).to_contain_text(slow)
     expect(table.locator("tbody tr").first).to_contain_text(f"{js_round(worst * 2)} ms")
+    expect(table.locator("tbody tr").nth(1)).to_contain_text(fast)
+    expect(table.locator("tbody tr").nth(1)).to_contain_text(f"{js_round(worst)} ms")
     expect(page).to_have_url(re.compile(r"sort=worst"))

@@ -102,4 +102,4 @@ async def test_a_spoken_session_shows_in_the_metrics() -> None:
     # the session's writes went through the store and left nothing queued
     assert delta("store_session_write_seconds_count", outcome="ok") >= 1
     assert value(after, "store_session_writes_buffered") == value(before, "store_session_writes_buffered")
-    assert value(after, "config_cache_confirmed_timestamp_seconds") > 0
+    assert value(after, "config_cache_confirmed_timestamp_seconds", cache="configs") > 0

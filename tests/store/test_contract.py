@@ -45,15 +45,18 @@ from app.domain import (
     InvalidInput,
     InvalidReference,
     NotFound,
+    NumberTaken,
     Route,
     ServedBy,
     SessionEvent,
+    SessionOrder,
     SessionRecord,
     SessionStatus,
     SessionUsage,
     Turn,
     VersionConflict,
 )
+from app.domain.phone import CallInfo, VoicemailOutcome
 from app.store import ConfigStore
 from app.store.base import (
     AppendTurn,
@@ -701,6 +704,32 @@ async def test_route_put_get_list_delete(store, make_agent):
     assert routes_key(await store.list_routes()) == [("sales", "agent-b", True)]
 
 
+async def test_route_phone_numbers_round_trip_and_belong_to_one_route(store, make_agent):
+    await store.create_agent_config(make_agent("agent-a"))
+    await store.create_agent_config(make_agent("agent-b"))
+    await store.put_route(Route(purpose="support", agent_id="agent-a", phone_numbers=["+15550001111", "+442071234567"]))
+    await store.put_route(Route(purpose="sales", agent_id="agent-b"))
+    assert (await store.get_route("support")).phone_numbers == ["+15550001111", "+442071234567"]
+    assert (await store.get_route("sales")).phone_numbers == []
+
+    # another route taking a number already answered: refused, naming the number and its route
+    with pytest.raises(NumberTaken) as e:
+        await store.put_route(Route(purpose="sales", agent_id="agent-b", phone_numbers=["+442071234567"]))
+    assert e.value.extra == {"number": "+442071234567", "route": "support", "purpose": "sales"}
+    with pytest.raises(NumberTaken):
+        await store.replace_routes([
+            Route(purpose="support", agent_id="agent-a", phone_numbers=["+15550001111"]),
+            Route(purpose="sales", agent_id="agent-b", phone_numbers=["+15550001111"]),
+        ])
+    assert (await store.get_route("sales")).phone_numbers == []  # nothing written
+
+    # the holder itself may rewrite its numbers; a freed number can move
+    await store.put_route(Route(purpose="support", agent_id="agent-a", phone_numbers=["+15550001111"]))
+    await store.put_route(Route(purpose="sales", agent_id="agent-b", phone_numbers=["+442071234567"]))
+    by_purpose = {r.purpose: r.phone_numbers for r in await store.list_routes()}
+    assert by_purpose == {"sales": ["+442071234567"], "support": ["+15550001111"]}
+
+
 async def test_get_unknown_route_raises_not_found(store):
     with pytest.raises(NotFound):
         await store.get_route("nothing")
@@ -900,6 +929,20 @@ async def test_usage_and_events_round_trip(store):
         await store.update_session("s-1", events=[{"kind": "not-a-kind"}])
 
 
+async def test_session_call_info_round_trips(store):
+    call = CallInfo(direction="inbound", called_number="+15550001111", caller_number="+15557654321", call_id="SCL_1")
+    await store.start_session(session("s-1", "agent-a").model_copy(update={"call": call}))
+    assert (await store.get_session("s-1")).call == call
+    await store.start_session(session("s-2", "agent-a"))
+    assert (await store.get_session("s-2")).call is None
+    outbound = CallInfo(direction="outbound", called_number="+15557654321", voicemail=VoicemailOutcome(
+        answered_by="machine", category="machine-vm", action="leave_message", message="Call us back"))
+    await store.update_session("s-2", call=outbound.model_dump(mode="json"))
+    assert (await store.get_session("s-2")).call == outbound
+    with pytest.raises(InvalidInput):
+        await store.update_session("s-2", call={"direction": "sideways"})
+
+
 async def test_finish_session(store):
     await store.start_session(session("s-1"))
     await store.start_session(session("s-2"))
@@ -1002,6 +1045,33 @@ async def test_list_sessions_newest_first_filters_and_total(store):
 
     items, total = await store.list_sessions(agent_id="nobody")
     assert (items, total) == ([], 0)
+
+
+async def test_list_sessions_slowest_worst_turn_first(store):
+    base = datetime(2031, 6, 1, 12, 0, 0, tzinfo=UTC)
+    totals = {  # session: its turns' end-to-end figures (None: a turn LiveKit measured nothing for)
+        "quick": [300.0, 420.5], "slow": [250.0, 2100.0, 900.0], "silent": [],
+        "middle": [None, 1200.0], "newer-silent": [],
+    }
+    for i, (sid, figures) in enumerate(totals.items()):
+        await store.start_session(session(sid, "agent-a", started_at=base + timedelta(minutes=i)))
+        if figures:
+            await store.update_session(sid, metrics=[{"turn": n, "total_ms": ms} for n, ms in enumerate(figures)])
+    await store.update_session("quick", metrics=[{"turn": 0, "total_ms": 300.0}, {"turn": 1, "total_ms": 420.5}])
+
+    items, total = await store.list_sessions(order=SessionOrder.worst_turn)
+    assert total == 5
+    # slowest first; sessions without a spoken turn last, newest first among them
+    assert [s.session_id for s in items] == ["slow", "middle", "quick", "newer-silent", "silent"]
+    assert [s.worst_turn_ms for s in items] == [2100.0, 1200.0, 420.5, None, None]
+    items, _ = await store.list_sessions(order=SessionOrder.worst_turn, offset=1, limit=2)
+    assert [s.session_id for s in items] == ["middle", "quick"]
+    # a later snapshot replaces the figure (the worst of what is stored now, not of all time)
+    await store.update_session("slow", metrics=[{"turn": 0, "total_ms": 250.0}])
+    items, _ = await store.list_sessions(order=SessionOrder.worst_turn, limit=2)
+    assert [(s.session_id, s.worst_turn_ms) for s in items] == [("middle", 1200.0), ("quick", 420.5)]
+    items, _ = await store.list_sessions()
+    assert items[0].session_id == "newer-silent"  # the default order is unchanged
 
 
 async def test_abandon_active_sessions(store):

@@ -86,19 +86,23 @@ async def test_route_changes_commit_the_new_table(store, make_agent):
     await store.create_agent_config(make_agent("agent-a"))
     await store.create_agent_config(make_agent("agent-b"))
     await store.put_route(Route(purpose="support", agent_id="agent-a", is_default=True), ctx=ADMIN)
-    await store.replace_routes([Route(purpose="sales", agent_id="agent-b"),
+    await store.replace_routes([Route(purpose="sales", agent_id="agent-b", phone_numbers=["+15550001111"]),
                                 Route(purpose="support", agent_id="agent-a")], ctx=ADMIN)
     await store.delete_route("sales", ctx=ChangeContext(actor="carol"))
 
     got = await events_of(store, types=["routes.changed"])
     assert got == [
         ("routes.changed", {"change": "put", "purpose": "support",
-                            "routes": [{"purpose": "support", "agent_id": "agent-a", "is_default": True}]}),
+                            "routes": [{"purpose": "support", "agent_id": "agent-a", "is_default": True,
+                                        "phone_numbers": []}]}),
         ("routes.changed", {"change": "replace", "purpose": None,
-                            "routes": [{"purpose": "sales", "agent_id": "agent-b", "is_default": False},
-                                       {"purpose": "support", "agent_id": "agent-a", "is_default": False}]}),
+                            "routes": [{"purpose": "sales", "agent_id": "agent-b", "is_default": False,
+                                        "phone_numbers": ["+15550001111"]},
+                                       {"purpose": "support", "agent_id": "agent-a", "is_default": False,
+                                        "phone_numbers": []}]}),
         ("routes.changed", {"change": "delete", "purpose": "sales",
-                            "routes": [{"purpose": "support", "agent_id": "agent-a", "is_default": False}]}),
+                            "routes": [{"purpose": "support", "agent_id": "agent-a", "is_default": False,
+                                        "phone_numbers": []}]}),
     ]
     events, _ = await store.list_events(types=["routes.changed"], actor="carol")
     assert [e.data["change"] for e in events] == ["delete"]

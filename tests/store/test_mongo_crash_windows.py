@@ -440,3 +440,34 @@ async def test_webhook_delete_that_died_after_its_commit_is_finished_by_the_swee
     assert await mstore.relay_events(grace_s=60) == 1
     assert (await mstore.list_events(types=["webhook.deleted"]))[1] == 1
     assert raw.webhooks.count_documents({}) == 0 and raw.webhook_deliveries.count_documents({}) == 0
+
+
+async def test_key_revoke_that_died_after_its_commit_is_finished_by_the_sweep(mstore, raw, monkeypatch):
+    from app.domain.keys import ApiKeyInput, Role
+
+    await mstore.create_api_key(ApiKeyInput(name="jane", role=Role.edit))
+    monkeypatch.setattr("app.store.mongo.keys.relay_now", _die)
+    with pytest.raises(ProcessDied):
+        await mstore.revoke_api_key("jane")
+    monkeypatch.undo()
+    # committed: no reader (the API guard included) sees the key any more
+    assert await mstore.api_key_table() == [] and await mstore.list_api_keys() == []
+    assert (await mstore.list_events(types=["key.revoked"]))[1] == 0
+    assert await mstore.relay_events(grace_s=60) == 1
+    assert (await mstore.list_events(types=["key.revoked"]))[1] == 1
+    assert raw.api_keys.count_documents({}) == 0
+
+
+async def test_key_create_after_a_crashed_revoke_relays_it_first(mstore, raw, monkeypatch):
+    from app.domain.keys import ApiKeyInput, Role
+
+    await mstore.create_api_key(ApiKeyInput(name="jane", role=Role.edit))
+    monkeypatch.setattr("app.store.mongo.keys.relay_now", _die)
+    with pytest.raises(ProcessDied):
+        await mstore.revoke_api_key("jane")
+    monkeypatch.undo()
+    again = await mstore.create_api_key(ApiKeyInput(name="jane", role=Role.read))  # the name is free
+    assert [(k.name, k.role) for k in await mstore.list_api_keys()] == [("jane", Role.read)]
+    assert again.secret.startswith("vp_")
+    events, _ = await mstore.list_events(types=["key.created", "key.revoked"])
+    assert [e.type for e in reversed(events)] == ["key.created", "key.revoked", "key.created"]

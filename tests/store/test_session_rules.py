@@ -35,9 +35,23 @@ def test_fold_keeps_order_and_splits_at_starts_and_kind_changes() -> None:
     assert [r.ops for r in runs] == [1, 2, 3, 1, 1]
     assert runs[0].start is not None and runs[0].start.heartbeat_at == NOW  # an owned start is a sign of life
     assert [t.seq for t in runs[1].turns] == [0, 1]
-    assert runs[2].fields == {"metrics": [{"n": 2}]}  # a later snapshot overrides an earlier one
+    # a later snapshot overrides an earlier one; the worst turn is stored beside it (none here)
+    assert runs[2].fields == {"metrics": [{"n": 2}], "worst_turn_ms": None}
     assert runs[2].merged_collected({"a": {"y": 2}}) == {"a": {"x": 1, "y": 2}}
     assert runs[4].fields == {"status": "completed", "end_reason": "done", "error": None, "ended_at": NOW}
+
+
+def test_the_worst_turn_is_derived_never_taken_from_the_caller() -> None:
+    rec = SessionRecord(session_id="s", room="r", agent_id="a", worst_turn_ms=1.0,
+                        metrics=[{"total_ms": 850.0}, {"total_ms": None}, {"total_ms": 1200}])
+    runs = fold([
+        StartSession(rec),
+        UpdateSession({"metrics": [{"total_ms": 400.0}, {"eou_delay_ms": 9000.0}, {"total_ms": True}]}),
+    ], NOW)
+    assert runs[0].start is not None and runs[0].start.worst_turn_ms == 1200.0
+    assert runs[1].fields["worst_turn_ms"] == 400.0  # only end-to-end figures; a bool is no figure
+    with pytest.raises(InvalidInput):
+        fold([UpdateSession({"worst_turn_ms": 5.0})], NOW)  # not a field a writer may set
 
 
 def test_merge_runs_folds_everything_after_a_start_into_it() -> None:

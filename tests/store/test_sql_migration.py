@@ -1,7 +1,9 @@
 """Schema versions 2 (`sessions.owner`, `sessions.heartbeat_at`), 3 (`sessions.usage`,
-`sessions.events`), 4 (the `events` journal table, webhooks and deliveries) and 5
-(`sessions.analysis` and the analysis queue columns with their index), 6 (`agent_tests`
-and `test_runs`) on a database an older build created: `SQLStore.start` adds the columns, tables and index (idempotently,
+`sessions.events`), 4 (the `events` journal table, webhooks and deliveries), 5
+(`sessions.analysis` and the analysis queue columns with their index), 6
+(`sessions.worst_turn_ms`, filled in from the stored metrics), 7
+(`routes.phone_numbers`, `sessions.call`) 8 (the `api_keys` table) and 9 (`agent_tests`, `test_runs`) on a database an older build created:
+`SQLStore.start` adds the columns, tables and index (idempotently,
 also with several processes starting at once), records the version, and keeps the old
 rows readable; a database newer than this build is reported, not touched."""
 
@@ -15,9 +17,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.domain import AgentConfigInput, SessionRecord, SessionStatus
+from app.domain import AgentConfigInput, PromptConfig, Route, SessionOrder, SessionRecord, SessionStatus
 from app.domain.agent_tests import AgentTestCreate
 from app.domain.analysis import AnalysisConfig, AnalysisRequest, AnalysisStatus, SessionAnalysis
+from app.domain.keys import ApiKeyInput, Role, hash_key
+from app.domain.phone import CallInfo
 from app.domain.usage import SessionUsage, UsageGroup
 from app.domain.values import utcnow
 from app.store.sql import SQLStore
@@ -50,17 +54,22 @@ async def _schema_version(url: str) -> int:
 
 
 async def _make_version_1(url: str) -> None:
-    """A database as the version-1 build left it: one session, no owner columns."""
+    """A database as the version-1 build left it: one session and one route, no owner columns."""
     store = SQLStore(url)
     await store.start()
     try:
         await store.start_session(SessionRecord(session_id="s-old", room="r", agent_id="agent-a"))
+        await store.create_agent_config(AgentConfigInput(
+            agent_id="agent-a", name="A", prompt_config=PromptConfig(instructions="Hi")))
+        await store.put_route(Route(purpose="support", agent_id="agent-a"))
     finally:
         await store.aclose()
     await _exec(
         url,
         "DROP INDEX ix_sessions_analysis_status",
+        "DROP INDEX ix_sessions_worst_turn_ms",
         *(f"ALTER TABLE sessions DROP COLUMN {col}" for col in ADDED_COLUMNS["sessions"]),
+        *(f"ALTER TABLE routes DROP COLUMN {col}" for col in ADDED_COLUMNS["routes"]),
         "DROP TABLE events",
         "DROP TABLE agent_tests",
         "DROP TABLE test_runs",
@@ -97,7 +106,7 @@ async def _indexes(url: str) -> set[str]:
 
 
 async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
-    assert SCHEMA_VERSION == 6
+    assert SCHEMA_VERSION == 9
     await _make_version_1(sql_target.url)
     assert "ix_sessions_analysis_status" not in await _indexes(sql_target.url)
     stores = [SQLStore(sql_target.url) for _ in range(3)]
@@ -126,11 +135,21 @@ async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: St
         assert [(r.agent_id, r.sessions, r.llm_input_tokens) for r in report.rows] == [("a", 1, 0), ("agent-a", 1, 7)]
         events, total = await store.list_events(types=["session.started"])
         assert total == 1 and events[0].data["session_id"] == "s-new"  # the journal table is there
-        # version 6: tests stored with an agent, and their runs
-        await store.create_agent_config(AgentConfigInput.model_validate(agent_document("agent-a")))
-        await store.create_agent_test("agent-a", AgentTestCreate(name="t", content="name: t\nsessions: [{}]\n"))
-        run, _ = await store.create_test_run("agent-a", 1)
-        assert [r.id for r in await store.list_test_runs("agent-a")] == [run.id]
+        # version 7: the old route reads with no numbers, numbers and a call are stored
+        assert (await store.get_route("support")).phone_numbers == []
+        await store.put_route(Route(purpose="support", agent_id="agent-a", phone_numbers=["+15550001111"]))
+        assert (await store.get_route("support")).phone_numbers == ["+15550001111"]
+        assert old.call is None
+        await store.update_session("s-old", call={"direction": "inbound", "caller_number": "+15557654321"})
+        assert (await store.get_session("s-old")).call == CallInfo(direction="inbound", caller_number="+15557654321")
+        # version 6: named API keys
+        created = await store.create_api_key(ApiKeyInput(name="ci", role=Role.edit))
+        assert [k.key_hash for k in await stores[1].api_key_table()] == [hash_key(created.secret)]
+        # version 9: tests stored with an agent, and their runs
+        await store.create_agent_config(AgentConfigInput.model_validate(agent_document("agent-t")))
+        await store.create_agent_test("agent-t", AgentTestCreate(name="t", content="name: t\nsessions: [{}]\n"))
+        run, _ = await store.create_test_run("agent-t", 1)
+        assert [r.id for r in await store.list_test_runs("agent-t")] == [run.id]
     finally:
         for s in stores:
             await s.aclose()
@@ -156,6 +175,35 @@ async def test_a_version_3_database_gains_the_analysis_columns_and_keeps_its_usa
         await store.aclose()
     assert await _schema_version(sql_target.url) == SCHEMA_VERSION
     assert "ix_sessions_analysis_status" in await _indexes(sql_target.url)
+
+
+async def test_a_version_5_database_gains_the_worst_turn_of_its_sessions(sql_target: StoreTarget) -> None:
+    store = SQLStore(sql_target.url)
+    await store.start()
+    try:
+        for sid, figures in {"s-slow": [400.0, 1800.0], "s-quick": [350.0], "s-none": []}.items():
+            await store.start_session(SessionRecord(session_id=sid, room="r", agent_id="agent-a"))
+            if figures:
+                await store.update_session(sid, metrics=[{"turn": i, "total_ms": v} for i, v in enumerate(figures)])
+    finally:
+        await store.aclose()
+    await _exec(
+        sql_target.url,
+        "DROP INDEX ix_sessions_worst_turn_ms",
+        "ALTER TABLE sessions DROP COLUMN worst_turn_ms",
+        meta_t.update().where(meta_t.c.key == "schema_version").values(value=5),
+    )
+    store = SQLStore(sql_target.url)
+    await store.start()
+    try:
+        items, _ = await store.list_sessions(order=SessionOrder.worst_turn)
+        assert [(s.session_id, s.worst_turn_ms) for s in items] == [
+            ("s-slow", 1800.0), ("s-quick", 350.0), ("s-none", None)
+        ]
+    finally:
+        await store.aclose()
+    assert await _schema_version(sql_target.url) == SCHEMA_VERSION
+    assert "ix_sessions_worst_turn_ms" in await _indexes(sql_target.url)
 
 
 async def test_a_newer_database_is_reported_and_left_alone(sql_target: StoreTarget, caplog) -> None:

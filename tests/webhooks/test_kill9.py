@@ -12,73 +12,17 @@ expire (2 x WEBHOOK_TIMEOUT + 5 s).
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import IO
 
 import httpx
 
-from sim.db_servers import free_port
 from sim.webhook_receiver import Behaviour, Received, WebhookReceiver
+from tests.dev_process import AUTH, DevProcess
 from tests.webhooks.conftest import verify
 
-REPO = Path(__file__).resolve().parents[2]
-KEY = "kill9-admin-key-0123456789"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 EVENTS = 30
-
-
-class DevProcess:
-    def __init__(self, tmp_path: Path, name: str, db_url: str) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("LIVEKIT_", "ADMIN_", "OPENAI_", "DATABASE_", "AGENT_", "WEBHOOK_"))}
-        env.update(DATABASE_URL=db_url, HOST="127.0.0.1", PORT=str(self.port), ADMIN_API_KEY=KEY,
-                   PYTHONPATH=str(REPO), DRAIN_TIMEOUT="2", WEBHOOK_TIMEOUT="2", WEBHOOK_CONNECT_TIMEOUT="1",
-                   WEBHOOK_RETRY_BASE_DELAY="0.2", WEBHOOK_RETRY_MAX_DELAY="1", WEBHOOK_POLL_INTERVAL="0.1")
-        self.log_path = tmp_path / f"{name}.log"
-        self._log: IO[bytes] = open(self.log_path, "wb")
-        (tmp_path / name).mkdir()
-        self.proc = subprocess.Popen([sys.executable, "-m", "app", "dev"], cwd=tmp_path / name, env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    async def ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient() as c:
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, self.output()
-                try:
-                    if (await c.get(f"{self.base}/readyz", timeout=2)).status_code in (200, 503):
-                        r = await c.get(f"{self.base}/api/v1/agents/config", headers=AUTH, timeout=5)
-                        if r.status_code == 200 and r.json()["total"] > 0:  # seeded
-                            return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.2)
-        raise AssertionError(f"not ready:\n{self.output()}")
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self._log.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self._log.close()
 
 
 async def test_kill_minus_9_mid_delivery_loses_nothing(tmp_path: Path) -> None:

@@ -132,6 +132,11 @@ def render_metadata(value: MetadataValue | None) -> str:
 class Participant(_M):
     identity: str = "sim-user"
     metadata: MetadataValue | None = None
+    kind: Literal["standard", "sip"] = "standard"
+    """`sip`: a phone caller as LiveKit's SIP service joins one (participant kind SIP)."""
+    attributes: dict[str, str] = Field(default_factory=dict)
+    """The participant's attributes, e.g. `sip.trunkPhoneNumber` (the dialled number) and
+    `sip.phoneNumber` (the caller's) of a SIP participant."""
 
 
 # ----------------------------------------------------------------------- config ops
@@ -163,6 +168,7 @@ class RouteOp(_M):
     purpose: str
     agent_id: str
     is_default: bool = False
+    phone_numbers: list[str] = Field(default_factory=list)
 
 
 class DeleteRouteOp(_M):
@@ -453,11 +459,21 @@ class StartSpec(Step):
 
 
 class TurnSpec(Step):
-    user: str = Field(min_length=1)
+    user: str | None = Field(None, min_length=1)
+    """What the user says (exactly one of `user` and `dtmf`)."""
+    dtmf: str | None = Field(None, pattern=r"^[0-9*A-D]{1,32}#?$")
+    """Keys a phone caller presses, one `sip_dtmf_received` event each, through the
+    worker's keypad buffer (`app.worker.dtmf`): `#` submits, and without it the input is
+    submitted after the buffer's pause. Text scenarios with a `sip` participant only."""
     config: list[ConfigOp] = Field(default_factory=list)
     """Applied after the previous turn, before the user speaks (mid-session changes)."""
     voice: VoiceTurn | None = None
     """`io: voice` only: the user's audio and the turn's voice checks (`sim.voice.spec`)."""
+    @model_validator(mode="after")
+    def _user_or_keys(self) -> TurnSpec:
+        _exactly_one(self, ("user", "dtmf"), "a turn")
+        return self
+
     tool_choice: str | None = Field(None, pattern=r"^(auto|required|none|[A-Za-z0-9_-]{1,64})$")
     """The first model request of the turn carries this `tool_choice` (a tool's name,
     `required`, `none` or `auto`), as `session.generate_reply(tool_choice=...)` sends it:
@@ -576,6 +592,9 @@ class RecordExpect(_M):
     user_id: str | None = None
     degraded: str | None = None
     """null: must be None; a string: must be contained."""
+    call: dict[str, Any] | None = None
+    """The stored `call` (a phone session): the keys given must match (`voicemail` as a
+    mapping of its own keys); null: must be None."""
     error: str | None = None
     """The stored failure description (`SessionRecord.error`). null: must be None; a
     string: must be contained."""
@@ -633,6 +652,21 @@ class SessionSpec(_M):
     """`io: voice` only: the latency metrics stored on the record (`sim.voice.spec`)."""
     analysis: AnalysisExpect | None = None
     """The post-call analysis of this session (the agent needs `analysis` settings)."""
+    amd: Literal["human", "machine-vm", "machine-unavailable", "machine-ivr", "uncertain"] | None = None
+    """An outbound call's answering-machine verdict, as LiveKit's AMD would give it, applied
+    after the start (the worker's `app.worker.voicemail.apply_verdict`): the sim has no
+    callee audio for AMD itself to classify."""
+    dtmf_sent: str | None = None
+    """The keys the agent pressed (`send_dtmf`) in this session, in order ("" for none)."""
+
+    @model_validator(mode="after")
+    def _phone_blocks(self) -> SessionSpec:
+        sip = self.participant is not None and self.participant.kind == "sip"
+        if not sip and any(t.dtmf is not None for t in self.turns):
+            raise ValueError("`dtmf` turns need a participant of kind sip")
+        if not sip and self.amd is not None:
+            raise ValueError("`amd` needs a participant of kind sip")
+        return self
 
 
 class LatencyBudget(_M):
@@ -709,6 +743,12 @@ class Scenario(_M):
             steps = [s.start, *s.turns]
             if s.voice is not None or any(st is not None and st.voice is not None for st in steps):
                 raise ValueError(f"sessions[{i}] has `voice:` blocks, which need `io: voice`")
+        return self
+
+    @model_validator(mode="after")
+    def _keys_are_text_only(self) -> Scenario:
+        if self.io == "voice" and any(t.dtmf is not None for s in self.sessions for t in s.turns):
+            raise ValueError("`dtmf` turns are supported in text scenarios only")
         return self
 
 

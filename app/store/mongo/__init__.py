@@ -20,6 +20,7 @@ Collections
 - `sessions` (`_id = session_id`) and `session_turns` (unique `(session_id, seq)`).
 - `events`: the journal (`_id` = event id), filled by the relay described below.
 - `webhooks`, `webhook_deliveries`: endpoints and deliveries (`app.store.mongo.webhooks`).
+- `api_keys`: named API keys, only the hash of each secret (`app.store.mongo.keys`).
 - `agent_tests`, `test_runs`: tests stored with an agent and their runs (`app.store.mongo.agent_tests`).
 - `meta`: `config_epoch` and `schema_version` counters.
 
@@ -119,6 +120,7 @@ from app.store.mongo.analysis import MongoAnalysisQueue
 from app.store.mongo.client import MongoDatabase, escape_keys, unescape_keys
 from app.store.mongo.configs import MongoConfigs
 from app.store.mongo.journal import MongoJournal
+from app.store.mongo.keys import MongoKeys
 from app.store.mongo.routes import MongoRoutes
 from app.store.mongo.sessions import MongoLiveness, MongoSessions
 from app.store.mongo.usage import MongoUsage
@@ -139,9 +141,10 @@ class MongoBackend(MongoDatabase):
         self.usage = MongoUsage(self)
         self.webhooks = MongoWebhooks(self)
         self.deliveries = MongoDeliveries(self)
+        self.keys = MongoKeys(self)
         self.agent_tests = MongoAgentTests(self)
         self.test_runs = MongoTestRuns(self)
-        self.journal = MongoJournal(self, self.configs, self.webhooks)
+        self.journal = MongoJournal(self, self.configs, self.webhooks, self.keys)
 
 
 class MongoStore(StoreService):

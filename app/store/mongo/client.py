@@ -23,11 +23,13 @@ from pymongo.errors import (
 from pymongo.uri_parser import parse_uri
 
 from app.domain import InvalidInput, StoreUnavailable
+from app.domain.models import worst_turn_ms
 from app.domain.values import utcnow
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: initial. 2: `sessions.worst_turn_ms` (filled in for older sessions at start)."""
 DEFAULT_DATABASE = "voice"
 EPOCH = "config_epoch"
 _SCHEMA = "schema_version"
@@ -80,6 +82,20 @@ def unescape_keys(value: Any) -> Any:
 
 # --------------------------------------------------------------- outage mapping
 
+
+
+async def _fill_worst_turn(db: Db) -> None:
+    """Schema 2: `worst_turn_ms` of the sessions written before it existed, from their metrics
+    (idempotent: a second process doing it at the same time writes the same values)."""
+    filled = 0
+    async for doc in db.sessions.find({"worst_turn_ms": {"$exists": False}, "metrics.0": {"$exists": True}},
+                                      {"metrics": 1}):
+        worst = worst_turn_ms(doc.get("metrics") or [])
+        if worst is not None:
+            await db.sessions.update_one({"_id": doc["_id"]}, {"$set": {"worst_turn_ms": worst}})
+            filled += 1
+    if filled:
+        log.info("filled in the worst turn of %d earlier session(s)", filled)
 
 class _HasDatabase(Protocol):
     @property
@@ -186,10 +202,13 @@ class MongoDatabase:
             await db.sessions.create_index(
                 [("analysis_status", ASCENDING), ("started_at", ASCENDING)], name="analysis_queue"
             )
-            from app.store.mongo import agent_tests, journal, webhooks  # they import this module
+            await db.sessions.create_index([("worst_turn_ms", DESCENDING), ("started_at", DESCENDING)],
+                                           name="worst_turn")
+            from app.store.mongo import agent_tests, journal, keys, webhooks  # they import this module
 
             await journal.ensure_indexes(db)
             await webhooks.ensure_indexes(db)
+            await keys.ensure_indexes(db)
             await agent_tests.ensure_indexes(db)
             for coll, _id, init in (
                 ("meta", EPOCH, {"value": 0}),
@@ -201,6 +220,9 @@ class MongoDatabase:
                 except DuplicateKeyError:  # another process created it first
                     pass
             schema = await db.meta.find_one({"_id": _SCHEMA})
+            if schema and int(schema.get("value", 0)) < 2:
+                await _fill_worst_turn(db)
+                await db.meta.update_one({"_id": _SCHEMA}, {"$max": {"value": SCHEMA_VERSION}})
             if schema and int(schema.get("value", 0)) > SCHEMA_VERSION:
                 log.warning(
                     "database schema version %s is newer than this build's %s", schema["value"], SCHEMA_VERSION

@@ -105,8 +105,9 @@ async def ensure_indexes(db: Db) -> None:
 
 
 class MongoJournal:
-    def __init__(self, mdb: MongoDatabase, configs: Any, webhooks: Any) -> None:
+    def __init__(self, mdb: MongoDatabase, configs: Any, webhooks: Any, keys: Any = None) -> None:
         self.mdb = mdb
+        self._keys = keys  # MongoKeys: finishes revokes once their event is relayed
         self._configs = configs  # MongoConfigs: relaying version documents needs its repairs
         self._webhooks = webhooks  # MongoWebhooks: finishes deletes once their event is relayed
 
@@ -147,10 +148,12 @@ class MongoJournal:
         documents are checked against their head (`MongoConfigs.relay_versions`)."""
         db = await self.mdb.ready()
         n = 0
-        for coll in ("sessions", "routes", "agent_heads", "webhooks", "agent_tests"):
+        for coll in ("sessions", "routes", "agent_heads", "webhooks", "api_keys", "agent_tests"):
             n += await relay_found(db, coll, {})
         n += int(await self._configs.relay_versions(db, grace_s))
         await self._webhooks.finish_deletes(db)
+        if self._keys is not None:
+            await self._keys.finish_revokes(db)
         if n:
             log.warning("journal: relayed %d event(s) a stopped process had committed but not relayed", n)
         return n

@@ -35,7 +35,8 @@ class MongoRoutes:
     async def table(self) -> RouteTable:
         doc = await routes_doc(await self.mdb.ready())
         routes = [Route(purpose=r["purpose"], agent_id=r["agent_id"], is_default=r["is_default"],
-                        updated_at=r.get("updated_at")) for r in doc["routes"]]
+                        updated_at=r.get("updated_at"), phone_numbers=r.get("phone_numbers") or [])
+                  for r in doc["routes"]]
         return RouteTable(int(doc["rev"]), routes)
 
     async def _check_agents(self, db: Db, agent_ids: set[str]) -> None:
@@ -68,7 +69,7 @@ class MongoRoutes:
         if agent_ids:
             await self._check_agents(db, agent_ids)
         docs = [{"purpose": r.purpose, "agent_id": r.agent_id, "is_default": r.is_default,
-                 "updated_at": r.updated_at} for r in routes]
+                 "updated_at": r.updated_at, "phone_numbers": list(r.phone_numbers)} for r in routes]
         await self.mdb.bump_epoch(db)
         res = await db.routes.update_one(
             {"_id": TABLE, "rev": rev},

@@ -10,7 +10,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from app.domain import Handoff, SessionRecord, SessionStatus, StoreUnavailable, Turn
+from app.domain import Handoff, SessionOrder, SessionRecord, SessionStatus, StoreUnavailable, Turn
 from app.store.backend import Applied, Ended, NoSession, SessionExists
 from app.store.base import OPS_APPLIED_ATTR
 from app.store.mongo.client import Db, MongoDatabase, escape_keys, mapped, ms, unescape_keys
@@ -182,7 +182,7 @@ class MongoSessions:
     @mapped
     async def list(
         self, agent_id: str | None, status: SessionStatus | None, since: datetime | None,
-        until: datetime | None, offset: int, limit: int,
+        until: datetime | None, order: SessionOrder, offset: int, limit: int,
     ) -> tuple[list[SessionRecord], int]:
         db = await self.mdb.ready()
         flt: dict[str, Any] = {}
@@ -200,7 +200,10 @@ class MongoSessions:
         total = await db.sessions.count_documents(flt)
         if limit <= 0 or offset >= total:
             return [], total
-        docs = await db.sessions.find(flt).sort([("started_at", DESCENDING), ("_id", ASCENDING)]).skip(
+        by = [("started_at", DESCENDING), ("_id", ASCENDING)]
+        if order is SessionOrder.worst_turn:  # null sorts lowest in MongoDB: last when descending
+            by.insert(0, ("worst_turn_ms", DESCENDING))
+        docs = await db.sessions.find(flt).sort(by).skip(
             max(offset, 0)
         ).limit(limit).to_list()
         return [_record(d) for d in docs], total

@@ -12,6 +12,7 @@ from app.store.sql.analysis import SQLAnalysisQueue
 from app.store.sql.configs import SQLConfigs
 from app.store.sql.database import SQLDatabase
 from app.store.sql.journal import SQLJournal
+from app.store.sql.keys import SQLKeys
 from app.store.sql.routes import SQLRoutes
 from app.store.sql.sessions import SQLLiveness, SQLSessions
 from app.store.sql.usage import SQLUsage
@@ -32,6 +33,7 @@ class SQLBackend(SQLDatabase):
         self.journal = SQLJournal(self)
         self.webhooks = SQLWebhooks(self)
         self.deliveries = SQLDeliveries(self)
+        self.keys = SQLKeys(self)
         self.agent_tests = SQLAgentTests(self)
         self.test_runs = SQLTestRuns(self)
 

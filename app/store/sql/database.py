@@ -33,6 +33,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.domain import StoreUnavailable
+from app.domain.models import worst_turn_ms
 from app.store.sql.tables import ADDED_COLUMNS, SCHEMA_VERSION, meta_t, metadata
 
 log = logging.getLogger(__name__)
@@ -293,10 +294,34 @@ def _create_schema(conn: Connection) -> None:
             except IntegrityError:  # another process created it first
                 pass
         elif key == _SCHEMA and int(exists) < SCHEMA_VERSION:
+            if int(exists) < 6:
+                _fill_worst_turn(conn)
             conn.execute(meta_t.update().where(meta_t.c.key == _SCHEMA).values(value=SCHEMA_VERSION))
             log.info("database schema upgraded from version %s to %s", exists, SCHEMA_VERSION)
         elif key == _SCHEMA and int(exists) > SCHEMA_VERSION:
             log.warning("database schema version %s is newer than this build's %s", exists, SCHEMA_VERSION)
+
+
+def _fill_worst_turn(conn: Connection) -> None:
+    """Schema 6: `worst_turn_ms` of the sessions written before it existed, from their metrics."""
+    sessions = metadata.tables["sessions"]
+    filled, after = 0, ""
+    while True:  # in pages: a session's metrics can be large
+        rows = conn.execute(
+            sa.select(sessions.c.session_id, sessions.c.metrics)
+            .where(sessions.c.worst_turn_ms.is_(None), sessions.c.session_id > after)
+            .order_by(sessions.c.session_id).limit(500)
+        ).all()
+        if not rows:
+            break
+        after = rows[-1][0]
+        for session_id, stored in rows:
+            worst = worst_turn_ms(stored or [])
+            if worst is not None:
+                conn.execute(sessions.update().where(sessions.c.session_id == session_id).values(worst_turn_ms=worst))
+                filled += 1
+    if filled:
+        log.info("filled in the worst turn of %d earlier session(s)", filled)
 
 
 def _add_missing_columns(conn: Connection) -> None:

@@ -30,7 +30,7 @@ class SQLRoutes:
             rev = read_epoch(c)  # first: a write landing between the two reads fails the swap
             rows = c.execute(sa.select(r).order_by(r.c.purpose)).all()
             routes = [Route(purpose=x.purpose, agent_id=x.agent_id, is_default=x.is_default,
-                            updated_at=x.updated_at) for x in rows]
+                            updated_at=x.updated_at, phone_numbers=x.phone_numbers or []) for x in rows]
             return RouteTable(rev, routes)
 
         return await self._db.read(run)
@@ -48,7 +48,8 @@ class SQLRoutes:
             c.execute(r.delete())
             if routes:
                 c.execute(r.insert(), [dict(purpose=x.purpose, agent_id=x.agent_id, is_default=x.is_default,
-                                            updated_at=x.updated_at) for x in routes])
+                                            updated_at=x.updated_at, phone_numbers=list(x.phone_numbers))
+                                       for x in routes])
             insert_events(c, events)
 
         try:

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from app.domain import SessionRecord, SessionStatus, Turn
+from app.domain import SessionOrder, SessionRecord, SessionStatus, Turn
 from app.store.backend import Applied, Ended, NoSession, SessionExists
 from app.store.session_rules import QUEUE_FIELDS, Run, merge_runs, stored_json
 from app.store.sql.database import SQLDatabase
@@ -134,7 +134,7 @@ class SQLSessions:
 
     async def list(
         self, agent_id: str | None, status: SessionStatus | None, since: datetime | None,
-        until: datetime | None, offset: int, limit: int,
+        until: datetime | None, order: SessionOrder, offset: int, limit: int,
     ) -> tuple[list[SessionRecord], int]:
         cond: list[Any] = []
         if agent_id is not None:
@@ -145,7 +145,9 @@ class SQLSessions:
             cond.append(s.c.started_at >= since)
         if until is not None:
             cond.append(s.c.started_at < until)
-        stmt = sa.select(s).where(*cond).order_by(s.c.started_at.desc(), s.c.session_id).offset(offset).limit(limit)
+        newest = (s.c.started_at.desc(), s.c.session_id)
+        by = (s.c.worst_turn_ms.desc().nulls_last(), *newest) if order is SessionOrder.worst_turn else newest
+        stmt = sa.select(s).where(*cond).order_by(*by).offset(offset).limit(limit)
         count = sa.select(sa.func.count()).select_from(s).where(*cond)
 
         def run(c: Connection) -> tuple[list[SessionRecord], int]:

@@ -13,14 +13,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 9
 """1: initial tables. 2: `sessions.owner` and `sessions.heartbeat_at` (crash recovery with
 several processes on one database). 3: `sessions.usage` and `sessions.events` (what a call
 consumed, which providers served it, fail-overs, cut replies, budget warnings). 4: the
 event journal (the `events` table), webhook endpoints and deliveries (new tables:
 `create_all` adds them). 5: `sessions.analysis` and the analysis queue columns
-(post-call analysis). 6: `agent_tests` and `test_runs` (tests stored with an agent and their
-runs; new tables). `SQLDatabase.start` adds what an older database lacks (tables,
+(post-call analysis). 6: `sessions.worst_turn_ms` (sessions listed slowest first; filled in
+for older rows from their stored metrics). 7: `routes.phone_numbers` (inbound calls routed
+by the dialled number) and `sessions.call` (a phone session's numbers, call id and
+voicemail outcome). 8: named API keys (the `api_keys` table, new: `create_all` adds it). 9: `agent_tests` and
+`test_runs` (tests stored with an agent and their runs; new tables).
+`SQLDatabase.start` adds what an older database lacks (tables,
 columns and indexes only if missing, so every step is idempotent)."""
 
 
@@ -88,6 +92,7 @@ class RouteRow(SQLModel, table=True):
     agent_id: str = Field(index=True, max_length=64)
     is_default: bool = False
     updated_at: datetime = _ts()
+    phone_numbers: list[str] = _json(default_factory=list)
 
 
 class SessionRow(SQLModel, table=True):
@@ -117,6 +122,8 @@ class SessionRow(SQLModel, table=True):
     analysis_owner: str | None = Field(default=None, max_length=300)
     analysis_lease_until: datetime | None = _ts(default=None, nullable=True)
     analysis_claims: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    worst_turn_ms: float | None = Field(default=None, index=True)  # from `metrics` (session_rules)
+    call: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON(none_as_null=True), nullable=True)
 
 
 class TurnRow(SQLModel, table=True):
@@ -190,6 +197,17 @@ class DeliveryRow(SQLModel, table=True):
     lease_until: datetime | None = _ts(default=None, nullable=True)
 
 
+class ApiKeyRow(SQLModel, table=True):
+    """A named API key: only the SHA-256 of its secret (`app.domain.keys`)."""
+
+    __tablename__ = "api_keys"
+    name: str = Field(primary_key=True, max_length=64)
+    role: str = Field(max_length=16)
+    key_hash: str = Field(unique=True, max_length=64)
+    created_at: datetime = _ts()
+    last_used_at: datetime | None = _ts(default=None, nullable=True)
+
+
 class AgentTestRow(SQLModel, table=True):
     """A test document stored with an agent (its YAML verbatim)."""
 
@@ -224,6 +242,7 @@ turns_t: sa.Table = TurnRow.__table__  # type: ignore[attr-defined]
 events_t: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
 webhooks_t: sa.Table = WebhookRow.__table__  # type: ignore[attr-defined]
 deliveries_t: sa.Table = DeliveryRow.__table__  # type: ignore[attr-defined]
+api_keys_t: sa.Table = ApiKeyRow.__table__  # type: ignore[attr-defined]
 agent_tests_t: sa.Table = AgentTestRow.__table__  # type: ignore[attr-defined]
 test_runs_t: sa.Table = TestRunRow.__table__  # type: ignore[attr-defined]
 
@@ -232,7 +251,10 @@ ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
         "owner", "heartbeat_at",  # 2
         "usage", "events",  # 3
         "analysis", "analysis_status", "analysis_owner", "analysis_lease_until", "analysis_claims",  # 5
+        "worst_turn_ms",  # 6
+        "call",  # 7
     ),
+    "routes": ("phone_numbers",),  # 7
 }
 """Columns added after version 1, by table: `create_all` does not alter an existing table,
 so `SQLDatabase.start` adds whichever of these are missing (ALTER TABLE ... ADD COLUMN),

@@ -116,9 +116,3 @@ export async function renderAgentLatency(container, agentId, days = 30) {
   });
   perDay.append(percentileTable(report.by_day, 'Day', (r) => r.day));
 }
-
-/** The slowest spoken turn of a session (end to end, ms), or null. */
-export function worstTurn(session) {
-  const figures = (session.metrics || []).map((m) => m.total_ms).filter((v) => typeof v === 'number');
-  return figures.length ? Math.max(...figures) : null;
-}

@@ -12,6 +12,7 @@ const PAGES = {
   session: './pages/session.js',
   usage: './pages/usage.js',
   webhooks: './pages/webhooks.js',
+  keys: './pages/keys.js',
   talk: './pages/talk.js',
 };
 

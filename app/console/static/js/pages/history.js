@@ -1,10 +1,12 @@
-// Version history of one agent: compare any two versions, roll back in one click.
-import { api, get } from '../api.js';
+// Version history of one agent: who saved each version and why (the audit trail), every
+// change to the agent as an activity list, compare any two versions, roll back in one click.
+import { api, get, getAll } from '../api.js';
 import { diffLines, renderDiff } from '../diff.js';
 import { $, badge, clearNotices, fmtDate, h, notice, placeholderRow, setTitle, showConflict, showError, timeAgo, toast } from '../ui.js';
 
 const META = new Set(['version', 'created_at', 'updated_at']);
-const state = { agentId: null, versions: [], from: null, to: null, runs: [], tests: [], shown: null, poll: null };
+const state = { agentId: null, versions: [], from: null, to: null, audit: [], byVersion: new Map(),
+  runs: [], tests: [], shown: null, poll: null };
 
 const content = (v) => Object.fromEntries(Object.entries(v).filter(([k]) => !META.has(k)));
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
@@ -62,6 +64,7 @@ function renderTable() {
     return h('tr', { class: isCurrent ? 'row-current' : '' },
       h('td', {}, h('strong', {}, `v${v.version}`), isCurrent ? [' ', badge('Current', 'accent')] : null),
       h('td', { class: 'nowrap' }, h('time', { datetime: v.updated_at, title: timeAgo(v.updated_at).textContent }, fmtDate(v.updated_at))),
+      h('td', { class: 'by-cell' }, who(state.byVersion.get(v.version))),
       h('td', {}, v.name),
       h('td', {}, v.enabled ? badge('Enabled', 'success') : badge('Disabled', 'neutral')),
       h('td', { class: 'chips-cell' }, changeSummary(v, idx)),
@@ -187,8 +190,61 @@ async function runTests(version, button) {
   }
 }
 
+/** Who made a change and their note, from an audit event (or a dash when none is known). */
+function who(event) {
+  if (!event) return h('span', { class: 'muted' }, '—');
+  return [
+    event.actor ? h('span', { class: 'actor' }, event.actor) : h('span', { class: 'muted' }, 'system'),
+    event.note ? h('div', { class: 'cell-sub change-note' }, event.note) : null,
+  ];
+}
+
+function describe(event) {
+  const d = event.data || {};
+  switch (event.type) {
+    case 'agent.created': return 'created the agent';
+    case 'agent.version_created':
+      return d.change === 'rollback' ? `v${d.version}: rolled back to v${d.rolled_back_to}` : `v${d.version}: ${d.change}`;
+    case 'agent.deleted': return 'deleted the agent';
+    case 'agent.test_changed': return `test ${d.name}: ${d.change}`;
+    case 'routes.changed': return d.purpose ? `route ${d.purpose}: ${d.change}` : `routes: ${d.change}`;
+    default: {
+      const bits = ['version', 'canary_percent', 'arm', 'reason'].filter((k) => d[k] != null).map((k) => `${k} ${d[k]}`);
+      return bits.join(', ');
+    }
+  }
+}
+
+function renderActivity() {
+  const tbody = $('#activity-table tbody');
+  $('#activity-count').textContent = state.audit.length;
+  if (!state.audit.length) return placeholderRow(tbody, 4, 'No recorded changes.');
+  tbody.replaceChildren(...state.audit.map((e) => h('tr', {},
+    h('td', { class: 'nowrap' }, h('time', { datetime: e.at, title: fmtDate(e.at) }, timeAgo(e.at).textContent)),
+    h('td', {}, e.actor ? h('span', { class: 'actor' }, e.actor) : h('span', { class: 'muted' }, 'system')),
+    h('td', {}, h('code', {}, e.type), h('div', { class: 'cell-sub' }, describe(e))),
+    h('td', {}, e.note || h('span', { class: 'muted' }, '—')),
+  )));
+}
+
+async function loadAudit() {
+  try {
+    state.audit = await getAll('/audit', { agent_id: state.agentId });
+  } catch (err) {
+    state.audit = [];
+    placeholderRow($('#activity-table tbody'), 4, 'Could not load the audit trail.', 'error');
+    return;
+  }
+  state.byVersion = new Map();
+  for (const e of state.audit) { // newest first: the newest record of a version number wins
+    if (e.type === 'agent.version_created' && !state.byVersion.has(e.data.version)) state.byVersion.set(e.data.version, e);
+  }
+  renderActivity();
+}
+
 async function load() {
   state.versions = await get(`/agents/config/${encodeURIComponent(state.agentId)}/versions`);
+  await loadAudit();
   const n = state.versions.length;
   state.to = state.versions[n - 1].version;
   state.from = state.versions[Math.max(0, n - 2)].version;
@@ -225,7 +281,7 @@ export async function init(data) {
   try {
     await load();
   } catch (err) {
-    placeholderRow($('#versions-table tbody'), 9, err.status === 404 ? 'This agent does not exist (any more).' : 'Could not load the history.', 'error');
+    placeholderRow($('#versions-table tbody'), 10, err.status === 404 ? 'This agent does not exist (any more).' : 'Could not load the history.', 'error');
     showError(err, 'Could not load the history');
   }
 }

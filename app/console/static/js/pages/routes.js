@@ -1,4 +1,4 @@
-// Routes: the purpose -> agent table, with one default.
+// Routes: the purpose -> agent table, with one default and the phone numbers each route answers.
 import { api, get, getAll } from '../api.js';
 import { clearFieldErrors, showFieldErrors } from '../forms.js';
 import { $, badge, clearNotices, confirmDialog, h, notice, placeholderRow, setBusy, showError, timeAgo, toast } from '../ui.js';
@@ -10,7 +10,7 @@ const agentName = (id) => state.agents.find((a) => a.agent_id === id);
 function renderTable() {
   const tbody = $('#routes-table tbody');
   $('#routes-count').textContent = state.routes.length;
-  if (!state.routes.length) return placeholderRow(tbody, 5, 'No routes yet: add one with the form.');
+  if (!state.routes.length) return placeholderRow(tbody, 6, 'No routes yet: add one with the form.');
   const sorted = [...state.routes].sort((a, b) => (b.is_default - a.is_default) || a.purpose.localeCompare(b.purpose));
   tbody.replaceChildren(...sorted.map((r) => {
     const agent = agentName(r.agent_id);
@@ -19,6 +19,9 @@ function renderTable() {
       h('td', {},
         h('a', { class: 'cell-title', href: `/agents/${encodeURIComponent(r.agent_id)}` }, agent ? agent.name : r.agent_id),
         h('div', { class: 'cell-sub mono-id' }, r.agent_id, agent && !agent.enabled ? [' ', badge('disabled', 'neutral')] : null)),
+      h('td', {}, (r.phone_numbers || []).length
+        ? (r.phone_numbers || []).map((n, i) => [i ? ' ' : null, h('code', { class: 'mono-id' }, n)])
+        : h('span', { class: 'muted' }, '—')),
       h('td', {}, r.is_default ? badge('Default', 'accent') : h('span', { class: 'muted' }, '—')),
       h('td', { class: 'nowrap' }, timeAgo(r.updated_at)),
       h('td', { class: 'right nowrap' },
@@ -59,6 +62,7 @@ function edit(route) {
   $('#r-purpose').readOnly = true;
   renderAgentOptions(route.agent_id);
   $('#r-default').checked = route.is_default;
+  $('#r-numbers').value = (route.phone_numbers || []).join(', ');
   $('#route-form-title').textContent = `Change route “${route.purpose}”`;
   $('#route-save').textContent = 'Save route';
   $('#route-cancel').hidden = false;
@@ -85,10 +89,15 @@ async function save(event) {
   const button = $('#route-save');
   setBusy(button, true, 'Saving…');
   try {
-    await api('PUT', `/routes/${encodeURIComponent(purpose)}`, { body: { agent_id: agentId, is_default: $('#r-default').checked } });
+    const numbers = $('#r-numbers').value.split(/[\s,;]+/).filter(Boolean);
+    await api('PUT', `/routes/${encodeURIComponent(purpose)}`, { body: { agent_id: agentId, is_default: $('#r-default').checked, phone_numbers: numbers } });
   } catch (err) {
     setBusy(button, false);
     if (err.status === 422 && err.fieldErrors.length) showFieldErrors(form, summary, err.fieldErrors, { title: 'The route was not saved:' });
+    else if (err.status === 409 && err.extra?.number) {
+      // a number another route answers: shown on the numbers field, naming that route
+      showFieldErrors(form, summary, [{ key: 'phone_numbers', message: err.detail }], { title: 'The route was not saved:' });
+    }
     else showError(err, 'The route was not saved');
     return;
   }
@@ -128,7 +137,7 @@ export async function init() {
   try {
     await reload();
   } catch (err) {
-    placeholderRow($('#routes-table tbody'), 5, 'Could not load the routes.', 'error');
+    placeholderRow($('#routes-table tbody'), 6, 'Could not load the routes.', 'error');
     showError(err, 'Could not load the routes');
     return;
   }

@@ -1,6 +1,5 @@
-// Sessions: filterable list (agent, status, date range), newest first, paged.
+// Sessions: filterable list (agent, status, date range), newest or slowest turn first, paged.
 import { get, getAll } from '../api.js';
-import { worstTurn } from '../latency.js';
 import { $, badge, duration, fmtDate, h, placeholderRow, showError } from '../ui.js';
 
 const PAGE = 50;
@@ -37,7 +36,7 @@ function row(s) {
       h('div', { class: 'cell-sub mono-id' }, s.agent_id, s.config_version ? ` · v${s.config_version}` : '')),
     h('td', {}, badge(s.status), s.degraded ? [' ', badge('degraded', 'warn', { title: s.degraded })] : null),
     h('td', { class: 'nowrap' }, s.status === 'active' ? h('span', { class: 'muted' }, 'ongoing') : duration(s.started_at, s.ended_at)),
-    h('td', { class: 'nowrap num worst-turn' }, worstTurn(s) === null ? h('span', { class: 'muted' }, '—') : `${Math.round(worstTurn(s))} ms`),
+    h('td', { class: 'nowrap num worst-turn' }, s.worst_turn_ms == null ? h('span', { class: 'muted' }, '—') : `${Math.round(s.worst_turn_ms)} ms`),
     h('td', {}, s.end_reason || h('span', { class: 'muted' }, '—')),
   );
 }
@@ -53,7 +52,7 @@ async function load() {
       query: {
         agent_id: f.agent_id, status: f.status,
         since: f.from ? dayStart(f.from) : '', until: f.to ? dayStart(f.to, 1) : '',
-        offset: state.offset, limit: PAGE,
+        order: f.sort === 'worst' ? 'worst_turn' : '', offset: state.offset, limit: PAGE,
       },
     });
   } catch (err) {
@@ -67,10 +66,7 @@ async function load() {
   if (!page.items.length) {
     placeholderRow(tbody, 7, filtered ? 'No session matches these filters.' : 'No sessions yet. Start one from the Talk page.');
   } else {
-    const items = f.sort === 'worst'
-      ? [...page.items].sort((a, b) => (worstTurn(b) ?? -1) - (worstTurn(a) ?? -1))
-      : page.items;
-    tbody.replaceChildren(...items.map(row));
+    tbody.replaceChildren(...page.items.map(row));
   }
   const first = page.items.length ? state.offset + 1 : 0;
   $('#pager-info').textContent = `${first}–${state.offset + page.items.length} of ${page.total}`;
