@@ -101,6 +101,8 @@ class Supervisor:
         self._store_down = False
         self._store_setup_pending = False
         self.test_runs: TestRunPool | None = None
+        self._stack_lock = asyncio.Lock()
+        self._stack_loaded = False
         self.owner = instance_id(fresh=True)
         """Written on every session this container runs; heartbeated by `_session_liveness`."""
         self._store_ok_since: float | None = None
@@ -151,7 +153,7 @@ class Supervisor:
         self.dispatcher = DispatcherProcess(self.settings, wake_from=self.store)
         self.dispatcher.start()
         # Stored tests run here, in the background, a few at a time (app/agents/test_pool.py).
-        self.test_runs = TestRunPool(self.settings, self.store, stack_loaded=False)
+        self.test_runs = TestRunPool(self.settings, self.store, load_stack=self._load_worker_stack)
         app = create_app(
             self.settings, self.store, status=self.status, cache=self.cache, configs=self.configs,
             assets=assets, test_runs=self.test_runs,
@@ -170,7 +172,6 @@ class Supervisor:
         api_task = asyncio.create_task(self._uvicorn.serve(), name="admin-api")
         # The API answers probes while the worker stack (seconds of imports) loads.
         self.services = await self._start_services()
-        self.test_runs.worker_stack_loaded()
         worker_task = asyncio.create_task(self._run_worker(), name="livekit-worker")
         store_task = asyncio.create_task(self._watch_store(), name="store-watch")
         liveness_task = asyncio.create_task(self._session_liveness(), name="session-liveness")
@@ -235,10 +236,18 @@ class Supervisor:
         self.model_server.watch()
         return None
 
+    async def _load_worker_stack(self) -> None:
+        """The worker stack's slow imports, once per process, whoever needs them first (the
+        services, a stored-test run): two importers at once deadlock on the import locks."""
+        async with self._stack_lock:
+            if not self._stack_loaded:
+                await asyncio.to_thread(_preimport_worker_stack)
+                self._stack_loaded = True
+
     async def _start_services(self) -> WorkerServices:
         # livekit.agents and openai take seconds to import: do that off the loop, then
         # import the plugins on the main thread (LiveKit requires it) now that it is quick.
-        await asyncio.to_thread(_preimport_worker_stack)
+        await self._load_worker_stack()
         from app.worker.services import WorkerServices, install_services
 
         services = WorkerServices(self.settings, self.store, cache=self.cache, configs=self.configs)

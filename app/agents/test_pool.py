@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from app.agents.context import ConfigSource
@@ -66,10 +67,12 @@ class TestRunPool:
     __test__ = False
 
     def __init__(self, settings: Settings, store: ConfigStore, *, concurrency: int = 1, max_queued: int = 20,
-                 configs: ConfigSource | None = None, stack_loaded: bool = True) -> None:
-        """`stack_loaded=False`: runs wait for `worker_stack_loaded()` before they import
-        LiveKit (the supervisor imports it in a thread at start; importing it here at the
-        same time would deadlock on the import locks)."""
+                 configs: ConfigSource | None = None,
+                 load_stack: Callable[[], Awaitable[None]] | None = None) -> None:
+        """`load_stack`: awaited before a run imports LiveKit, the process's one way of
+        loading the worker stack (the supervisor's: slow imports in a thread, once; a run
+        importing them on the loop's thread at the same time deadlocked on the import
+        locks). None: import directly (the stack is loaded already, or nothing else loads it)."""
         self._settings = settings
         self._store = store
         self._configs = configs or StoreConfigs(store)
@@ -77,12 +80,7 @@ class TestRunPool:
         self._max_queued = max_queued
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._runs: dict[str, TestRun] = {}
-        self._stack = asyncio.Event()
-        if stack_loaded:
-            self._stack.set()
-
-    def worker_stack_loaded(self) -> None:
-        self._stack.set()
+        self._load_stack = load_stack
 
     @property
     def busy(self) -> bool:
@@ -138,7 +136,8 @@ class TestRunPool:
                 "status": TestRunStatus.failed, "finished_at": utcnow(), "error": f"{type(e).__name__}: {e}"[:500]}))
 
     async def _run(self, run: TestRun, tests: list[AgentTest]) -> None:
-        await self._stack.wait()
+        if self._load_stack is not None:
+            await self._load_stack()
         from app.agents.test_runner import run_test  # LiveKit: loaded with the worker stack
 
         run = run.model_copy(update={"status": TestRunStatus.running, "started_at": utcnow()})
