@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STORE_RETRY_INTERVAL = 2.0
+API_START_WAIT = 30.0
+"""At most this long the worker processes wait for the API to listen before starting."""
 
 
 class _Server(uvicorn.Server):
@@ -149,7 +151,7 @@ class Supervisor:
         api_task = asyncio.create_task(self._uvicorn.serve(), name="admin-api")
         # The API answers probes while the worker processes (seconds of imports) start.
         if livekit_configured(self.settings):
-            self._start_workers()
+            await self._start_workers(api_task)
         else:
             # No worker processes: this process runs what they would otherwise (post-call
             # analyses of sessions stored earlier, buffered writes).
@@ -345,9 +347,15 @@ class Supervisor:
 
     # ----------------------------------------------------------------- worker
 
-    def _start_workers(self) -> None:
+    async def _start_workers(self, api_task: asyncio.Task[None]) -> None:
+        """Spawn the worker processes once the API listens: their imports take seconds of
+        CPU on every core, and probes must get answers meanwhile."""
         from app.logging_setup import json_logs_configured
 
+        assert self._uvicorn is not None
+        deadline = time.monotonic() + API_START_WAIT
+        while not self._uvicorn.started and not api_task.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         n = self.settings.worker_process_count
         self.pool = WorkerPool(
             self.settings, count=n, dev=self.dev, json_logs=json_logs_configured(), on_change=self._workers_changed,
@@ -409,7 +417,8 @@ class Supervisor:
 
 
 def _worker_status(w: WorkerInfo) -> WorkerProcessStatus:
-    state = w.state if w.state in ("connecting", "registered", "draining", "stopped", "restarting") else "connecting"
+    known = ("starting", "connecting", "registered", "draining", "stopped", "restarting")
+    state = w.state if w.state in known else "connecting"
     return WorkerProcessStatus(
         index=w.index, pid=w.pid, state=state,  # type: ignore[arg-type]
         detail=w.detail, sessions=w.sessions, load=w.load, restarts=w.restarts,

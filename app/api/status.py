@@ -37,7 +37,7 @@ class WorkerProcessStatus:
     index: int
     pid: int | None
     """null while it is being restarted."""
-    state: Literal["connecting", "registered", "draining", "stopped", "restarting"]
+    state: Literal["starting", "connecting", "registered", "draining", "stopped", "restarting"]
     detail: str | None
     sessions: int
     """Live calls in it."""

@@ -53,9 +53,10 @@ class WorkerInfo:
 
     index: int
     pid: int | None = None
-    state: str = "connecting"
-    """connecting, registered, draining, stopped, or restarting (dead, a new one is due)."""
-    detail: str | None = "worker starting"
+    state: str = "starting"
+    """starting (spawned, not reported yet), connecting, registered, draining, stopped, or
+    restarting (dead, a new one is due)."""
+    detail: str | None = None
     sessions: int = 0
     load: float = 0.0
     restarts: int = 0
@@ -111,7 +112,7 @@ class WorkerPool:
         child.close()
         w.proc, w.conn, w.started, w.restart_at = proc, parent, time.monotonic(), None
         w.info.pid, w.info.sessions, w.info.load = proc.pid, 0, 0.0
-        w.info.state, w.info.detail = "connecting", "worker starting"
+        w.info.state, w.info.detail = "starting", None
         asyncio.get_running_loop().add_reader(parent.fileno(), self._readable, w, parent)
         log.info("worker process %d started (pid %s)", w.info.index, proc.pid)
         self._changed()
