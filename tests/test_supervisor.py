@@ -303,7 +303,7 @@ def test_dev_runs_worker_processes_replaces_a_killed_one_and_stops_them_on_sigte
         t_term = time.monotonic()
         out, _ = proc.communicate(timeout=40)
         assert proc.returncode == 0, out
-        assert time.monotonic() - t_term < 15
+        assert time.monotonic() - t_term < 30  # idle: ~1 s; a shared CI machine is slower
     finally:
         if proc.poll() is None:
             proc.kill()
