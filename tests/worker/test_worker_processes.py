@@ -93,6 +93,7 @@ async def test_a_killed_worker_process_is_replaced_and_only_its_calls_are_abando
     settings = settings_for(tmp_path, drain_timeout=0.5)
     pool = WorkerPool(settings, count=2, target=sessions_main)
     pool.start()
+    monkeypatch.setenv("APP_INSTANCE_ID", "pool-test")  # the supervisor takes an owner id of its own
     sup = Supervisor(settings, dev=False)
     sup.store = store
     sweep = asyncio.create_task(sup._session_liveness())  # the real stale-session sweep
