@@ -359,6 +359,7 @@ class Supervisor:
         n = self.settings.worker_process_count
         self.pool = WorkerPool(
             self.settings, count=n, dev=self.dev, json_logs=json_logs_configured(), on_change=self._workers_changed,
+            on_journal=self.dispatcher.wake,
         )
         log.info("starting %d LiveKit worker process(es) (WORKER_PROCESSES)", n)
         self.pool.start()

@@ -76,14 +76,17 @@ class _Worker:
 class WorkerPool:
     def __init__(
         self, settings: Settings, *, count: int, dev: bool = False, json_logs: bool = False,
-        on_change: Callable[[], None] | None = None, target: Target = worker_process_main,
+        on_change: Callable[[], None] | None = None, on_journal: Callable[[], None] | None = None,
+        target: Target = worker_process_main,
     ) -> None:
-        """`target`: what each process runs (`worker_process_main`; tests give their own
-        job source, see tests/worker/pool_child.py)."""
+        """`on_change`: a worker reported or died; `on_journal`: a worker committed journal
+        events (wake the webhook dispatcher); `target`: what each process runs
+        (`worker_process_main`; tests give their own job source, tests/worker/pool_child.py)."""
         self.settings = settings
         self.dev = dev
         self.json_logs = json_logs
         self.on_change = on_change
+        self.on_journal = on_journal
         self.target = target
         self._workers = [_Worker(i) for i in range(count)]
         self._watch: asyncio.Task[None] | None = None
@@ -127,6 +130,10 @@ class WorkerPool:
         self._changed()
 
     def _apply(self, w: _Worker, msg: dict[str, Any]) -> None:
+        if msg.get("journal"):
+            if self.on_journal is not None:
+                self.on_journal()
+            return
         info = w.info
         if info.state != msg.get("state") and msg.get("state") == "registered":
             w.backoff = RESTART_MIN_S
@@ -176,6 +183,7 @@ class WorkerPool:
     def _close_conn(self, w: _Worker) -> None:
         conn, w.conn = w.conn, None
         if conn is not None:
+            self._readable(w, conn)  # its last reports (journal wake-ups) still in the pipe
             with contextlib.suppress(ValueError, OSError):
                 asyncio.get_running_loop().remove_reader(conn.fileno())
             conn.close()

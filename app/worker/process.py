@@ -31,6 +31,7 @@ import gc
 import logging
 import os
 import signal
+import threading
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +109,7 @@ class WorkerRuntime:
         self.load = 0.0
         self._stop = asyncio.Event()
         self._store_started = False
+        self._send_lock = threading.Lock()
 
     # ---------------------------------------------------------------- reporting
 
@@ -117,8 +119,16 @@ class WorkerRuntime:
             self.state, self.detail = state, detail
         msg = {"state": self.state, "detail": self.detail, "sessions": len(active_sessions),
                "load": round(self.load, 3), "pid": os.getpid(), "owner": self.owner}
-        with contextlib.suppress(OSError, ValueError):  # the supervisor is gone: the lifeline says so
+        self._send(msg)
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        with self._send_lock, contextlib.suppress(OSError, ValueError):  # the supervisor is gone: the lifeline says so
             self.conn.send(msg)
+
+    def _journal_committed(self) -> None:
+        """A session write here committed journal events: the supervisor wakes the webhook
+        dispatcher at once (it would otherwise see them at its next poll)."""
+        self._send({"journal": True})
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -134,6 +144,7 @@ class WorkerRuntime:
         self.report()
         await asyncio.to_thread(preimport_worker_stack)
         self.store = open_store(self.settings.database_url)
+        self.store.add_journal_listener(self._journal_committed)
         # One attempt before the config cache starts; a store that is down is retried
         # in the background (the cache and the session writers wait out outages).
         if not await self._try_store():

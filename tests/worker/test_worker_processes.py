@@ -149,7 +149,8 @@ async def test_sigterm_drains_every_worker_process_within_the_budget(
     monkeypatch.setenv("POOL_TEST_DIR", str(tmp_path))
     monkeypatch.setenv("POOL_TEST_SESSIONS", "2")
     settings = settings_for(tmp_path, drain_timeout=1.0)
-    pool = WorkerPool(settings, count=3, target=sessions_main)
+    wakes: list[float] = []  # the webhook dispatcher's wake-ups (session.started / .ended commits)
+    pool = WorkerPool(settings, count=3, target=sessions_main, on_journal=lambda: wakes.append(time.monotonic()))
     pool.start()
     drained = False
     try:
@@ -160,6 +161,8 @@ async def test_sigterm_drains_every_worker_process_within_the_budget(
             len(session_ids(tmp_path, i, pid)) == 2 for i, pid in enumerate(pids)), 10)
         ids = [sid for i, pid in enumerate(pids) for sid in session_ids(tmp_path, i, pid)]
         await wait_for_records(store, ids, "a user turn stored in every call", lambda r: user_turns(r) >= 1, 30)
+        assert len(wakes) >= len(ids)  # every session.started committed in a worker woke the dispatcher
+        started_wakes = len(wakes)
 
         t0 = time.monotonic()
         await pool.drain()
@@ -174,6 +177,7 @@ async def test_sigterm_drains_every_worker_process_within_the_budget(
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
         assert [w.state for w in pool.workers] == ["stopped"] * 3
+        assert len(wakes) > started_wakes  # and the session.ended of the drained calls
         for sid in ids:
             rec = await store.get_session(sid)
             assert rec.status == SessionStatus.abandoned and rec.end_reason == SHUTDOWN_REASON, sid
