@@ -367,10 +367,10 @@ async def main_processes(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for i in range(args.processes):
             parent, child = ctx.Pipe(duplex=True)
-            p = ctx.Process(target=bench_worker_main, args=(opts, i, child), name=f"bench-worker-{i}")
-            p.start()
+            spawned = ctx.Process(target=bench_worker_main, args=(opts, i, child), name=f"bench-worker-{i}")
+            spawned.start()
             child.close()
-            procs.append(Proc(i, p, parent))
+            procs.append(Proc(i, spawned, parent))
             loop.add_reader(parent.fileno(), procs[-1].read)
         for p in procs:
             ready = await p.expect("ready", 300)
