@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import shutil
 import sys
+import tempfile
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -39,11 +42,31 @@ def _model_server(kind: str | None, *, json_logs: bool, log_level: str | None = 
                         log_level=log_level)
 
 
+def _metrics_dir() -> str | None:
+    """Turn on prometheus_client's multiprocess mode for this run (before anything imports
+    it): the worker processes' and the webhook dispatcher's metrics reach `/metrics`. A
+    fresh directory, removed at exit; an operator's own PROMETHEUS_MULTIPROC_DIR is kept."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None
+    path = tempfile.mkdtemp(prefix="voice-platform-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
 def _cmd_serve(dev: bool, models: str | None = None) -> int:
+    settings = _load_settings()  # a bad setting stops here, before anything else
+    own_dir = _metrics_dir()
+    try:
+        return _serve(settings, dev, models)
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def _serve(settings: Settings, dev: bool, models: str | None) -> int:
     from app.logging_setup import configure_logging
     from app.supervisor import Supervisor, prepare_settings
 
-    settings = _load_settings()
     weak_secret = settings.weak_livekit_secret()
     if not dev:
         problems = [f"`start` needs {name} to be set" for name in settings.missing_for_production()]

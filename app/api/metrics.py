@@ -1,7 +1,7 @@
 """`GET /metrics`: the service's Prometheus metrics, LiveKit's worker metrics included.
 
-Served from the default `prometheus_client` registry (app/observability/metrics.py says
-why). Behind the admin key unless `METRICS_ACCESS=open` (a scraper on a private network
+Served from the default `prometheus_client` registry, or every process's values in
+multiprocess mode (app/observability/metrics.py says why). Behind the admin key unless `METRICS_ACCESS=open` (a scraper on a private network
 that cannot send a bearer key); the text is rendered in a thread, since a registry with
 many agents and versions takes a while to format and this loop carries live calls.
 """
@@ -12,10 +12,11 @@ import asyncio
 
 from litestar import Response, Router, get
 from litestar.types import Guard
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.auth import SECURITY_SCHEME_NAME
 from app.api.errors import error_responses
+from app.observability.metrics import exposition
 
 
 @get(
@@ -27,7 +28,7 @@ from app.api.errors import error_responses
     responses=error_responses(401),  # with METRICS_ACCESS=key, the default
 )
 async def metrics() -> Response[bytes]:
-    body = await asyncio.to_thread(generate_latest, REGISTRY)
+    body = await asyncio.to_thread(exposition)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

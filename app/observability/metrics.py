@@ -2,17 +2,22 @@
 
 The default registry on purpose: LiveKit Agents registers its own worker metrics there
 (`lk_agents_worker_load`, `lk_agents_active_job_count`), so `GET /metrics` serves ours
-and LiveKit's from one place. Labels stay bounded: agent id and config version, status,
+and LiveKit's from one place. `python -m app dev|start` runs calls in worker processes
+(and webhooks in another), so it turns on `prometheus_client`'s multiprocess mode
+(`PROMETHEUS_MULTIPROC_DIR`, which LiveKit supports too): every process writes its
+values to files there and `exposition()` adds them up; each gauge says how (`livesum`:
+the live processes' sum). Labels stay bounded: agent id and config version, status,
 tool name, outcome; never a session, room or user id. Recording is a dictionary lookup
 and a lock, cheap enough for the audio path.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 """Seconds: fine where voice turns live (a few hundred ms), coarse past the point where
@@ -29,8 +34,8 @@ TURN_STAGES: Mapping[str, str] = {
 }
 
 SESSIONS_ACTIVE = Gauge(
-    "voice_sessions_active", "Sessions running in this process, by the agent they started with.",
-    ["agent_id"],
+    "voice_sessions_active", "Sessions running now, by the agent they started with.",
+    ["agent_id"], multiprocess_mode="livesum",
 )
 SESSIONS_STARTED = Counter(
     "voice_sessions_started", "Sessions started, by the agent they started with.", ["agent_id"],
@@ -59,11 +64,13 @@ STORE_WRITES_BUFFERED = Gauge(
     "store_session_writes_buffered",
     "Session-record writes queued in memory, not yet stored (sessions' queues and the "
     "process buffer for writes that outlived their session).",
+    multiprocess_mode="livesum",
 )
 CONFIG_CONFIRMED_AT = Gauge(
     "config_cache_confirmed_timestamp_seconds",
     "When the worker's config snapshot was last confirmed current by the store (Unix time; "
-    "age = time() - this).",
+    "age = time() - this; with several processes, the stalest of them).",
+    multiprocess_mode="livemin",
 )
 CONFIG_RELOADS = Counter(
     "config_cache_reloads", "Config snapshot reloads by outcome (ok, unavailable, error).", ["outcome"],
@@ -83,6 +90,7 @@ WEBHOOK_DUE = Gauge(
     "webhook_deliveries_due",
     "Deliveries due now and not yet running, across the store (the queue the dispatchers work "
     "through), as this process's dispatcher last counted it.",
+    multiprocess_mode="livemax",
 )
 
 UNKNOWN_TOOL = "unknown"
@@ -112,3 +120,24 @@ def tool_calls(agent_id: str, calls: Iterable[tuple[str, bool]], known: frozense
     """`calls`: (tool name, failed) pairs; names outside `known` count as `unknown`."""
     for name, failed in calls:
         TOOL_CALLS.labels(agent_id, name if name in known else UNKNOWN_TOOL, "error" if failed else "ok").inc()
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client's own setting: where each process writes its values (multiprocess mode)."""
+
+
+def exposition() -> bytes:
+    """The text format of every metric: this process's registry, or, in multiprocess mode,
+    all processes' values added up (a fresh collector per scrape, as prometheus_client
+    prescribes)."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+def process_gone(pid: int) -> None:
+    """A process that wrote metrics exited: its `live*` gauges stop counting."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from app.observability import metrics
 from app.settings import Settings
 from app.worker.drain import ABANDON_BUDGET, STORE_CLOSE_TIMEOUT, WORKER_CLOSE_TIMEOUT
 from app.worker.process import worker_process_main
@@ -174,6 +175,8 @@ class WorkerPool:
         log.error("worker process %d (pid %s) %s with %d live session(s); restarting in %gs",
                   w.info.index, w.proc.pid, how, w.info.sessions, w.backoff)
         self._close_conn(w)
+        if w.proc.pid is not None:
+            metrics.process_gone(w.proc.pid)
         w.restart_at = now + w.backoff
         w.info.state, w.info.detail = "restarting", f"pid {w.proc.pid} {how}; restarting"
         w.info.pid, w.info.sessions, w.info.load = None, 0, 0.0
@@ -206,6 +209,8 @@ class WorkerPool:
         await asyncio.gather(*(self._wait_exit(w, budget) for w in live))
         for w in self._workers:
             self._close_conn(w)
+            if w.proc is not None and w.proc.pid is not None:
+                metrics.process_gone(w.proc.pid)
             w.info.state, w.info.detail, w.info.pid = "stopped", None, None
         self._changed()
 

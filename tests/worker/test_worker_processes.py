@@ -81,6 +81,20 @@ def session_ids(out: Path, index: int, pid: int | None) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+def scraped(name: str, **labels: str) -> float:
+    """The sum of `name`'s samples (matching `labels`) in what `GET /metrics` serves."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from app.observability.metrics import exposition
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(exposition().decode())
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
 def user_turns(rec: SessionRecord) -> int:
     return sum(1 for t in rec.turns if t.role == "user")
 
@@ -148,6 +162,8 @@ async def test_sigterm_drains_every_worker_process_within_the_budget(
 ) -> None:
     monkeypatch.setenv("POOL_TEST_DIR", str(tmp_path))
     monkeypatch.setenv("POOL_TEST_SESSIONS", "2")
+    (tmp_path / "metrics").mkdir()  # multiprocess metrics, as `python -m app dev|start` sets them up
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     settings = settings_for(tmp_path, drain_timeout=1.0)
     wakes: list[float] = []  # the webhook dispatcher's wake-ups (session.started / .ended commits)
     pool = WorkerPool(settings, count=3, target=sessions_main, on_journal=lambda: wakes.append(time.monotonic()))
@@ -163,6 +179,8 @@ async def test_sigterm_drains_every_worker_process_within_the_budget(
         await wait_for_records(store, ids, "a user turn stored in every call", lambda r: user_turns(r) >= 1, 30)
         assert len(wakes) >= len(ids)  # every session.started committed in a worker woke the dispatcher
         started_wakes = len(wakes)
+        # /metrics adds up every worker process's values
+        assert scraped("voice_sessions_active") == 6 and scraped("voice_sessions_started_total") == 6
 
         t0 = time.monotonic()
         await pool.drain()
@@ -178,6 +196,8 @@ async def test_sigterm_drains_every_worker_process_within_the_budget(
                 os.kill(pid, 0)
         assert [w.state for w in pool.workers] == ["stopped"] * 3
         assert len(wakes) > started_wakes  # and the session.ended of the drained calls
+        assert scraped("voice_sessions_active") == 0  # the exited processes' gauges no longer count
+        assert scraped("voice_sessions_ended_total", status="abandoned") == 6
         for sid in ids:
             rec = await store.get_session(sid)
             assert rec.status == SessionStatus.abandoned and rec.end_reason == SHUTDOWN_REASON, sid
