@@ -143,6 +143,10 @@ class WorkerRuntime:
         loop.add_reader(self.conn.fileno(), self._lifeline)
         self.report()
         await asyncio.to_thread(preimport_worker_stack)
+        if self._stop.is_set():  # stopped while starting: no call can have reached it yet
+            self.report("stopped", None)
+            log.info("worker process %d stopped before it started", self.index)
+            return 0
         self.store = open_store(self.settings.database_url)
         self.store.add_journal_listener(self._journal_committed)
         # One attempt before the config cache starts; a store that is down is retried
@@ -165,7 +169,8 @@ class WorkerRuntime:
             asyncio.create_task(self._report_periodically(), name="status-report"),
         ]
         await self._stop.wait()
-        await self.drain()
+        if self.agent_server is not None or len(active_sessions):
+            await self.drain()
         for t in tasks:
             t.cancel()
         for t in tasks:
