@@ -42,18 +42,18 @@ def _model_server(kind: str | None, *, json_logs: bool, log_level: str | None = 
 def _cmd_serve(dev: bool, models: str | None = None) -> int:
     from app.observability import processes
 
+    settings = _load_settings()  # a bad setting stops here, before anything else
     processes.share_across_processes()  # before anything imports prometheus_client
     try:
-        return _serve(dev, models)
+        return _serve(settings, dev, models)
     finally:
         processes.close()
 
 
-def _serve(dev: bool, models: str | None) -> int:
+def _serve(settings: Settings, dev: bool, models: str | None) -> int:
     from app.logging_setup import configure_logging
     from app.supervisor import Supervisor, prepare_settings
 
-    settings = _load_settings()
     weak_secret = settings.weak_livekit_secret()
     if not dev:
         problems = [f"`start` needs {name} to be set" for name in settings.missing_for_production()]

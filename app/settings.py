@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.cores import usable_cores
+
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/app.db"
 DEFAULT_REPLY_MAX_TOKENS = 250
 """The reply cap of agents that set no `llm.max_tokens` (`DEFAULT_LLM_MAX_TOKENS` changes
@@ -112,10 +114,17 @@ class Settings(BaseSettings):
     )
     log_format: Literal["auto", "text", "json"] = "auto"
     executor_type: ExecutorType = ExecutorType.thread
+    worker_processes: int | None = Field(
+        None,
+        description="LiveKit worker processes this machine runs, each an AgentServer serving calls as "
+        "threads (THREAD executor) under the same agent name; the admin API runs in the supervisor "
+        "process. Unset: one per usable core (the cgroup CPU quota and CPU affinity count, not just "
+        "the host's cores). At most 4 × the usable cores; 1 with EXECUTOR_TYPE=process.",
+    )
     drain_timeout: float = Field(
-        240.0, gt=0, le=249,
-        description="Seconds active sessions may run on after SIGTERM. At most 249: the goodbye "
-        "and shutdown steps after it need up to 51 s more, inside fly's 300 s kill_timeout.",
+        240.0, gt=0, le=244,
+        description="Seconds active sessions may run on after SIGTERM. At most 244: the goodbye "
+        "and shutdown steps after it need up to 56 s more, inside fly's 300 s kill_timeout.",
     )
     default_llm_model: str = "gpt-4.1-mini"
     default_llm_max_tokens: int = Field(
@@ -209,6 +218,37 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("worker_processes")
+    @classmethod
+    def _worker_processes_in_range(cls, v: int | None) -> int | None:
+        if v is None:
+            return v
+        cores = usable_cores()
+        if v < 1:
+            raise ValueError(f"must be at least 1 (unset: one per usable core, {cores} here)")
+        if v > 4 * cores:
+            raise ValueError(
+                f"{v} is more than 4 × the {cores} usable core(s) of this machine (at most {4 * cores}); "
+                "each process costs its own start-up memory"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _one_process_worker_with_process_executor(self) -> Settings:
+        if self.executor_type == ExecutorType.process and (self.worker_processes or 1) > 1:
+            raise ValueError(
+                "WORKER_PROCESSES must be 1 (or unset) with EXECUTOR_TYPE=process: that executor "
+                "already runs every call in a process of its own"
+            )
+        return self
+
+    @property
+    def worker_process_count(self) -> int:
+        """How many LiveKit worker processes the supervisor runs (`WORKER_PROCESSES`, resolved)."""
+        if self.worker_processes is not None:
+            return self.worker_processes
+        return 1 if self.executor_type == ExecutorType.process else usable_cores()
 
     @model_validator(mode="after")
     def _stale_outlasts_heartbeats(self) -> Settings:

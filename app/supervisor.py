@@ -1,19 +1,20 @@
-"""One process, two roles: the admin API (uvicorn) and the LiveKit worker, one loop.
+"""The service's root process: the admin API (uvicorn) and the LiveKit worker processes.
 
 Why a supervisor of our own: `AgentServer.run()` gives up after `max_retry` failed
 connections (and the legacy CLI then exits 0), and uvicorn installs its own signal
 handlers. Here the supervisor owns SIGTERM/SIGINT, keeps the API serving whatever
-LiveKit does, retries the worker with capped backoff, reports both states on
-`/readyz`, and on shutdown drains sessions before closing the store. It also
-heartbeats the sessions this container runs and marks those of crashed containers
-`abandoned` (`_session_liveness`), which works with many containers on one database.
+LiveKit does, runs `WORKER_PROCESSES` LiveKit worker processes (app/worker/pool.py: one
+per usable core by default, each retrying LiveKit with capped backoff and restarted if
+it dies), reports them all on `/readyz`, and on shutdown drains them before closing the
+store. It also marks the sessions of crashed processes and containers `abandoned`
+(`_session_liveness`: each worker process heartbeats its own), which works with many
+containers on one database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import secrets
 import signal
@@ -21,40 +22,35 @@ import sys
 import time
 from collections.abc import Generator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from app.agents.test_pool import TestRunPool, abandon_leftover_runs
 from app.api.app import create_app
-from app.api.status import RuntimeStatus
+from app.api.status import RuntimeStatus, WorkerProcessStatus
 from app.domain import StoreUnavailable
 from app.domain.values import utcnow
 from app.observability import tracing
-from app.settings import ExecutorType, Settings
+from app.settings import Settings
 from app.store import ConfigStore, open_store
 from app.store.cache import ConfigCache
 from app.store.sources import config_source
 from app.webhooks.process import DispatcherProcess
-from app.worker.drain import (
-    API_STOP_TIMEOUT,
-    STORE_CLOSE_TIMEOUT,
-    WORKER_CLOSE_TIMEOUT,
-    active_sessions,
-    drain_worker,
-)
+from app.worker.drain import API_STOP_TIMEOUT, STORE_CLOSE_TIMEOUT
+from app.worker.pool import WorkerInfo, WorkerPool
+from app.worker.process import freeze_startup_heap, preimport_worker_stack
 from app.worker.sessions import instance_id
 
 if TYPE_CHECKING:
-    from livekit.agents import AgentServer
-
     from app.localmodels.sidecar import ModelSidecar
     from app.worker.services import WorkerServices
 
 log = logging.getLogger(__name__)
 
-WORKER_BACKOFF_MAX = 30.0
 STORE_RETRY_INTERVAL = 2.0
+API_START_WAIT = 30.0
+"""At most this long the worker processes wait for the API to listen before starting."""
 
 
 class _Server(uvicorn.Server):
@@ -67,18 +63,6 @@ class _Server(uvicorn.Server):
 
 def livekit_configured(settings: Settings) -> bool:
     return not settings.missing_livekit()
-
-
-def freeze_startup_heap(settings: Settings) -> bool:
-    """THREAD executor: move the start-up heap (imports, the VAD model, the API) out of
-    the cyclic GC. Every session runs in this process, and a full collection scanning
-    that heap stalls all of them at once (100-250 ms measured, enough to make every
-    call's audio late); LiveKit does the same before forking PROCESS-executor jobs."""
-    if settings.executor_type != ExecutorType.thread:
-        return False
-    gc.collect()
-    gc.freeze()
-    return True
 
 
 class Supervisor:
@@ -96,7 +80,7 @@ class Supervisor:
         self.store: ConfigStore | None = None
         self.services: WorkerServices | None = None
         self._stop = asyncio.Event()
-        self._agent_server: AgentServer | None = None
+        self.pool: WorkerPool | None = None
         self._uvicorn: _Server | None = None
         self._store_down = False
         self._store_setup_pending = False
@@ -104,7 +88,8 @@ class Supervisor:
         self._stack_lock = asyncio.Lock()
         self._stack_loaded = False
         self.owner = instance_id(fresh=True)
-        """Written on every session this container runs; heartbeated by `_session_liveness`."""
+        """This process's own owner id; each worker process heartbeats its sessions under
+        one of its own (app/worker/process.py), this one only proves the store answers."""
         self._store_ok_since: float | None = None
         """When heartbeats last started succeeding (None while they fail)."""
 
@@ -170,8 +155,13 @@ class Supervisor:
             )
         )
         api_task = asyncio.create_task(self._uvicorn.serve(), name="admin-api")
-        # The API answers probes while the worker stack (seconds of imports) loads.
-        self.services = await self._start_services()
+        # The API answers probes while the worker processes (seconds of imports) start.
+        if livekit_configured(self.settings):
+            await self._start_workers(api_task)
+        else:
+            # No worker processes: this process runs what they would otherwise (post-call
+            # analyses of sessions stored earlier, buffered writes).
+            self.services = await self._start_services()
         worker_task = asyncio.create_task(self._run_worker(), name="livekit-worker")
         store_task = asyncio.create_task(self._watch_store(), name="store-watch")
         liveness_task = asyncio.create_task(self._session_liveness(), name="session-liveness")
@@ -241,7 +231,7 @@ class Supervisor:
         services, a stored-test run): two importers at once deadlock on the import locks."""
         async with self._stack_lock:
             if not self._stack_loaded:
-                await asyncio.to_thread(_preimport_worker_stack)
+                await asyncio.to_thread(preimport_worker_stack)
                 self._stack_loaded = True
 
     async def _start_services(self) -> WorkerServices:
@@ -375,34 +365,41 @@ class Supervisor:
 
     # ----------------------------------------------------------------- worker
 
-    def _make_agent_server(self) -> AgentServer:
-        from livekit.agents import AgentServer, JobExecutorType
+    async def _start_workers(self, api_task: asyncio.Task[None]) -> None:
+        """Spawn the worker processes once the API listens: their imports take seconds of
+        CPU on every core, and probes must get answers meanwhile."""
+        from app.logging_setup import json_logs_configured
 
-        from app.worker.entrypoint import entrypoint, prewarm
-        from app.worker.load import ThreadWorkerLoad
-
-        s = self.settings
-        server = AgentServer(
-            job_executor_type=(
-                JobExecutorType.PROCESS if s.executor_type == ExecutorType.process else JobExecutorType.THREAD
-            ),
-            num_idle_processes=0 if s.executor_type == ExecutorType.thread else 1,
-            port=0,
-            ws_url=s.livekit_url,
-            api_key=s.livekit_api_key.get_secret_value() if s.livekit_api_key else None,
-            api_secret=s.livekit_api_secret.get_secret_value() if s.livekit_api_secret else None,
-            max_retry=3,
-            drain_timeout=int(s.drain_timeout),
-            setup_fnc=prewarm,
-            log_level=s.log_level,
-            # THREAD: report this process's CPU too (one GIL), see app/worker/load.py.
-            load_fnc=ThreadWorkerLoad() if s.executor_type == ExecutorType.thread else None,
-            # PROCESS: import the entrypoint's stack once in the forkserver, so job
-            # processes share it copy-on-write instead of each importing it.
-            preload_modules=["app.worker.entrypoint"],
+        assert self._uvicorn is not None
+        deadline = time.monotonic() + API_START_WAIT
+        while not self._uvicorn.started and not api_task.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        n = self.settings.worker_process_count
+        self.pool = WorkerPool(
+            self.settings, count=n, dev=self.dev, json_logs=json_logs_configured(), on_change=self._workers_changed,
+            on_journal=self.dispatcher.wake,
         )
-        server.rtc_session(entrypoint, agent_name=s.agent_name)
-        return server
+        log.info("starting %d LiveKit worker process(es) (WORKER_PROCESSES)", n)
+        self.pool.start()
+
+    def _workers_changed(self) -> None:
+        """A worker process reported or died: `/readyz` shows each, and the worker state
+        is `registered` only when all of them are."""
+        assert self.pool is not None
+        workers = self.pool.workers
+        self.status.set_workers([_worker_status(w) for w in workers])
+        if self._stop.is_set():
+            return
+        registered = sum(1 for w in workers if w.state == "registered")
+        if registered == len(workers):
+            self.status.set_worker("registered")
+            return
+        waiting = next(w for w in workers if w.state != "registered")
+        why = waiting.detail or waiting.state
+        self.status.set_worker(
+            "connecting", f"{registered} of {len(workers)} worker processes registered; "
+            f"worker {waiting.index}: {why}"[:300],
+        )
 
     async def _run_worker(self) -> None:
         from app.worker.model_unavailable import missing_llm_endpoint
@@ -420,74 +417,31 @@ class Supervisor:
                 "LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET are all set.",
                 ", ".join(self.settings.missing_livekit()),
             )
-            return
-        backoff = 1.0
-        while not self._stop.is_set():
-            server = self._make_agent_server()
-            self._agent_server = server
-
-            def registered(*_: Any) -> None:
-                nonlocal backoff
-                backoff = 1.0
-                self.status.set_worker("registered")
-                log.info("worker registered with LiveKit as %r", self.settings.agent_name)
-
-            server.on("worker_registered", registered)
-            self.status.set_worker("connecting", self.status.worker_detail)
-            try:
-                await server.run(devmode=self.dev)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                self.status.set_worker("connecting", f"cannot reach LiveKit: {str(e)[:160]}")
-                log.warning("LiveKit worker stopped (%s); retrying in %.0fs", e, backoff)
-            finally:
-                if not self._stop.is_set():
-                    with contextlib.suppress(Exception):
-                        await server.aclose()
-            if self._stop.is_set():
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), backoff)
-            backoff = min(backoff * 2, WORKER_BACKOFF_MAX)
 
     async def _shutdown_worker(self, worker_task: asyncio.Task[None]) -> None:
-        """Graceful drain (app/worker/drain.py): refuse new jobs, let live sessions end
-        for up to DRAIN_TIMEOUT, say goodbye to the rest and record them `abandoned`,
-        then close the LiveKit worker. The API keeps answering probes meanwhile."""
-        server = self._agent_server
-        if server is not None or len(active_sessions):
-            self.status.set_worker("draining", "shutting down: finishing active sessions")
-            try:
-                await drain_worker(server, active_sessions, timeout=self.settings.drain_timeout)
-            except Exception:
-                log.exception("drain failed")
-        if server is not None:
-            try:
-                await asyncio.wait_for(server.aclose(), WORKER_CLOSE_TIMEOUT)
-            except TimeoutError:
-                log.error("LiveKit worker did not close within %gs", WORKER_CLOSE_TIMEOUT)
-            except Exception:
-                log.exception("LiveKit worker close failed")
+        """Graceful drain of every worker process (app/worker/pool.py, app/worker/drain.py):
+        each refuses new jobs, lets live sessions end for up to DRAIN_TIMEOUT, says goodbye
+        to the rest and records them `abandoned`, then closes. The API keeps answering
+        probes meanwhile."""
         worker_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await worker_task
+        if self.pool is not None:
+            self.status.set_worker("draining", "shutting down: finishing active sessions")
+            try:
+                await self.pool.drain()
+            except Exception:
+                log.exception("drain failed")
+            self.status.set_workers([_worker_status(w) for w in self.pool.workers])
 
 
-def _preimport_worker_stack() -> None:
-    """Run in a thread while the API serves: the slow imports of the worker stack (the
-    OpenAI realtime/responses types are most of what importing the OpenAI plugin costs)
-    and the OpenAI SDK adapter's one-time type walk. The LiveKit plugins themselves are
-    imported afterwards on the main thread, where they must register."""
-    import livekit.agents  # noqa: F401
-    import openai
-    import openai.types.beta.realtime
-    import openai.types.realtime
-    import openai.types.responses  # noqa: F401
-
-    from app.adapters import openai_sdk
-
-    openai_sdk.install()
+def _worker_status(w: WorkerInfo) -> WorkerProcessStatus:
+    known = ("starting", "connecting", "registered", "draining", "stopped", "restarting")
+    state = w.state if w.state in known else "connecting"
+    return WorkerProcessStatus(
+        index=w.index, pid=w.pid, state=state,  # type: ignore[arg-type]
+        detail=w.detail, sessions=w.sessions, load=w.load, restarts=w.restarts,
+    )
 
 
 def prepare_settings(settings: Settings, *, dev: bool) -> tuple[Settings, str | None]:

@@ -162,7 +162,7 @@ def test_the_walk_sees_real_imports() -> None:
     lazy and TYPE_CHECKING imports this repository is known to have."""
     pairs = {(i.importer, i.target) for i in ALL_IMPORTS}
     assert ("app.worker.entrypoint", "livekit.agents") in pairs  # module level
-    assert ("app.supervisor", "app.worker.entrypoint") in pairs  # inside a function
+    assert ("app.worker.process", "app.worker.entrypoint") in pairs  # inside a function
     assert ("app.worker.sessions", "livekit.agents") in pairs  # under TYPE_CHECKING
     assert ("app.api.resolve", "app.store.resolver") in pairs
 

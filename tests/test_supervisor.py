@@ -63,7 +63,7 @@ def test_dev_serves_api_while_livekit_is_unreachable_and_stops_on_sigterm(tmp_pa
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        r = wait_http(f"http://127.0.0.1:{port}/healthz", t0 + 10)
+        r = wait_http(f"http://127.0.0.1:{port}/healthz", t0 + 30)  # start-up time is not what this test checks; a loaded machine takes long
         assert r.status_code == 200
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=3)
         assert ready.status_code == 503
@@ -251,3 +251,65 @@ def test_dev_with_a_short_livekit_secret_warns_once_and_logs_stay_json(tmp_path:
     assert len(weak) == 1 and weak[0]["level"] == "WARNING", weak
     assert not [r for r in records if "InsecureKeyLength" in r["msg"] or r["logger"] == "py.warnings"]
     assert secret not in out
+
+
+def test_dev_runs_worker_processes_replaces_a_killed_one_and_stops_them_on_sigterm(tmp_path: Path) -> None:
+    """WORKER_PROCESSES=2: two LiveKit worker processes beside the API, each on `/readyz`;
+    one killed with SIGKILL is replaced; SIGTERM stops them all and the service exits 0."""
+    import psutil
+
+    port = free_port()
+    env = app_env(
+        tmp_path, PORT=str(port), LIVEKIT_URL=f"ws://127.0.0.1:{free_port()}", LIVEKIT_API_KEY="APIdevkey",
+        LIVEKIT_API_SECRET="a-livekit-secret-that-must-not-leak-0123456789", WORKER_PROCESSES="2",
+        DRAIN_TIMEOUT="5",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "dev"], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+    def workers() -> list[dict]:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=3).json()["workers"]
+
+    def wait_workers(cond, what: str, timeout: float = 60) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        seen: list[dict] = []
+        while time.monotonic() < deadline:
+            seen = workers()
+            if cond(seen):
+                return seen
+            time.sleep(0.2)
+        raise AssertionError(f"{what}: {seen}")
+
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", time.monotonic() + 20)
+        first = wait_workers(lambda ws: len(ws) == 2 and all(w["pid"] and w["state"] != "starting" for w in ws),
+                             "two worker processes running")
+        children = {c.pid for c in psutil.Process(proc.pid).children()}
+        pids = [w["pid"] for w in first]
+        assert set(pids) <= children and len(set(pids)) == 2
+        assert all(w["state"] in ("connecting", "registered") and w["restarts"] == 0 for w in first)
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=3).json()
+        assert ready["worker"] == "connecting" and "of 2 worker processes registered" in ready["detail"]
+
+        os.kill(pids[0], signal.SIGKILL)
+        after = wait_workers(lambda ws: ws[0]["restarts"] == 1 and ws[0]["pid"] not in (None, pids[0])
+                             and ws[0]["state"] != "starting", "the killed worker process replaced and running")
+        assert after[1]["pid"] == pids[1] and after[1]["restarts"] == 0
+        assert psutil.pid_exists(after[0]["pid"])
+
+        proc.send_signal(signal.SIGTERM)
+        t_term = time.monotonic()
+        out, _ = proc.communicate(timeout=40)
+        assert proc.returncode == 0, out
+        assert time.monotonic() - t_term < 30  # idle: ~1 s; a shared CI machine is slower
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    for pid in (after[0]["pid"], pids[1]):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert f"worker process 0 (pid {pids[0]}) killed by signal 9" in out
+    assert out.count("worker process 0 stopped") == 1 and out.count("worker process 1 stopped") == 1
+    assert "must-not-leak" not in out

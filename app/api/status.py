@@ -31,6 +31,23 @@ STORE_PING_TIMEOUT_S = 2.0
 
 
 @dataclass(slots=True)
+class WorkerProcessStatus:
+    """One LiveKit worker process of this machine (`WORKER_PROCESSES`), as it last reported."""
+
+    index: int
+    pid: int | None
+    """null while it is being restarted."""
+    state: Literal["starting", "connecting", "registered", "draining", "stopped", "restarting"]
+    detail: str | None
+    sessions: int
+    """Live calls in it."""
+    load: float
+    """The load it reports to LiveKit (0-1; new calls go to the lowest)."""
+    restarts: int
+    """How often it died and was replaced since this process started."""
+
+
+@dataclass(slots=True)
 class Readiness:
     """The `/readyz` body; the same shape for 200 and 503 so probes can log it."""
 
@@ -40,6 +57,8 @@ class Readiness:
     detail: str | None = None
     models: ModelsState | None = None
     """null when the default providers are not a model server of this process's own."""
+    workers: list[WorkerProcessStatus] | None = None
+    """Each LiveKit worker process; null when the worker is disabled."""
 
 
 @dataclass(slots=True)
@@ -51,6 +70,11 @@ class RuntimeStatus:
     store_ping_timeout: float = STORE_PING_TIMEOUT_S
     models: ModelsState | None = None
     models_detail: str | None = None
+    workers: list[WorkerProcessStatus] | None = None
+
+    def set_workers(self, workers: list[WorkerProcessStatus]) -> None:
+        """The worker processes' last reports (`detail`s are shown to probes: no secrets)."""
+        self.workers = workers
 
     def set_worker(self, state: WorkerState, detail: str | None = None) -> None:
         """Record a worker transition; `detail` is shown to probes, so keep secrets out."""
@@ -88,4 +112,5 @@ class RuntimeStatus:
         ready = store_state == "ok" and self.worker in READY_WORKER_STATES and models_ok
         detail = store_detail or (None if models_ok else self.models_detail or f"model server is {self.models}") or (
             None if ready else self.worker_detail or f"worker is {self.worker}")
-        return Readiness(ready=ready, store=store_state, worker=self.worker, detail=detail, models=self.models)
+        return Readiness(ready=ready, store=store_state, worker=self.worker, detail=detail, models=self.models,
+                         workers=list(self.workers) if self.workers is not None else None)

@@ -2,7 +2,11 @@
 
 The default registry on purpose: LiveKit Agents registers its own worker metrics there
 (`lk_agents_worker_load`, `lk_agents_active_job_count`), so `GET /metrics` serves ours
-and LiveKit's from one place. Labels stay bounded: agent id and config version, status,
+and LiveKit's from one place. `python -m app dev|start` runs calls in worker processes
+(and webhooks in another), so it turns on `prometheus_client`'s multiprocess mode
+(`PROMETHEUS_MULTIPROC_DIR`, which LiveKit supports too): every process writes its
+values to files there and `exposition()` adds them up; each gauge says how (`livesum`:
+the live processes' sum). Labels stay bounded: agent id and config version, status,
 tool name, outcome; never a session, room or user id. Recording is a dictionary lookup
 and a lock, cheap enough for the audio path.
 
@@ -36,7 +40,7 @@ TURN_STAGES: Mapping[str, str] = {
 }
 
 SESSIONS_ACTIVE = Gauge(
-    "voice_sessions_active", "Sessions running in this process, by the agent they started with.",
+    "voice_sessions_active", "Sessions running now, by the agent they started with.",
     ["agent_id"], multiprocess_mode="livesum",
 )
 SESSIONS_STARTED = Counter(
@@ -135,3 +139,11 @@ def render() -> bytes:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
     return generate_latest(registry)
+
+
+def process_gone(pid: int) -> None:
+    """A process of the service exited: its present values stop counting now rather than at
+    the next scrape (its totals stay)."""
+    path = processes.directory()
+    if path is not None:
+        processes.forget_dead_processes(path)

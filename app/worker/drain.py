@@ -1,7 +1,7 @@
 """Graceful drain: the process's registry of live sessions and the shutdown sequence.
 
-On SIGTERM (what fly sends, `kill_signal` in fly.toml) the supervisor calls
-`drain_worker`:
+On SIGTERM (what fly sends, `kill_signal` in fly.toml) the supervisor sends SIGTERM to
+each worker process (app/worker/pool.py), and each calls `drain_worker`:
 
 1. LiveKit's `AgentServer.drain()`: the worker reports itself full, so LiveKit stops
    dispatching new jobs to this process; jobs already running carry on.
@@ -13,8 +13,8 @@ On SIGTERM (what fly sends, `kill_signal` in fly.toml) the supervisor calls
    store, then the `AgentSession` closed (which ends the LiveKit job, see `entrypoint`).
    All sessions are handled in parallel, each within `ABANDON_BUDGET` seconds.
 
-The supervisor then closes the `AgentServer`, stops the API and closes the store. The
-whole sequence is bounded by `shutdown_budget(drain_timeout)`, which fly's
+The worker process then closes its `AgentServer` and its store; once all have exited, the
+supervisor stops the API and closes its store. The whole sequence is bounded by `shutdown_budget(drain_timeout)`, which fly's
 `kill_timeout` must exceed (checked in tests/deploy).
 
 Why a registry of our own: with the THREAD executor (the default) each LiveKit job runs
@@ -68,8 +68,11 @@ STORE_CLOSE_TIMEOUT = 5.0  # cache, store engine/client
 
 
 def shutdown_budget(drain_timeout: float) -> float:
-    """Worst-case seconds from SIGTERM to exit: the platform's kill timeout must exceed it."""
-    return drain_timeout + ABANDON_BUDGET + WORKER_CLOSE_TIMEOUT + API_STOP_TIMEOUT + STORE_CLOSE_TIMEOUT
+    """Worst-case seconds from SIGTERM to exit: the platform's kill timeout must exceed it.
+    The worker processes drain in parallel, each closing its LiveKit worker and then its
+    store; the supervisor then stops the API and closes its own store."""
+    return (drain_timeout + ABANDON_BUDGET + WORKER_CLOSE_TIMEOUT + STORE_CLOSE_TIMEOUT
+            + API_STOP_TIMEOUT + STORE_CLOSE_TIMEOUT)
 
 
 @dataclass(eq=False)

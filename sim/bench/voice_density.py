@@ -1,6 +1,8 @@
 """Voice density: N concurrent real-time voice sessions in one process.
 
 Run: `uv run python -m sim.bench.voice_density [--sizes 1,10,25,50] [--seconds 25]`
+(`--processes N`: the sessions spread over N worker processes as `WORKER_PROCESSES`
+runs them, dispatched by reported load; see sim/bench/voice_processes.py)
 (`--quick`: sizes 1,10 and 12 s of audio per session; `--frame-ms 20 --input-rate 16000`:
 the shape this bench used before it matched LiveKit's RoomIO).
 
@@ -22,7 +24,7 @@ streamed. Sessions start spread over 2 s.
 
 `--gc-freeze` (default; `--no-gc-freeze` to turn off): `gc.freeze()` after the
 warm-up, as the supervisor does for a THREAD-executor worker
-(`app.supervisor.freeze_startup_heap`) and LiveKit's forkserver before forking
+(`app.worker.process.freeze_startup_heap`) and LiveKit's forkserver before forking
 PROCESS-executor jobs. Without it a full collection scans every imported object,
 100-250 ms during which no session runs, which breaks real time for every session at
 once now and then (the usual reason N=25 missed).
@@ -498,13 +500,24 @@ def main() -> None:
                     help="the caller's track sample rate (default: LiveKit RoomIO's 24 kHz)")
     ap.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=True,
                     help="gc.freeze() after the warm-up, as the supervisor does for THREAD-executor "
-                         "workers (app.supervisor.freeze_startup_heap); --no-gc-freeze to see without")
+                         "workers (app.worker.process.freeze_startup_heap); --no-gc-freeze to see without")
+    ap.add_argument("--processes", type=int, default=None, metavar="N",
+                    help="run the sessions in N worker processes, set up as WORKER_PROCESSES runs them, "
+                         "each new session going to the process reporting the lowest load "
+                         "(sim/bench/voice_processes.py); sizes are then sessions per machine")
     ap.add_argument("--stt-ms", type=int, default=150)
     ap.add_argument("--llm-ms", type=int, default=300)
     ap.add_argument("--tts-ms", type=int, default=100)
     args = ap.parse_args()
     if args.quick:
         args.sizes, args.seconds = "1,10", 12.0
+    if args.processes is not None:
+        if args.processes < 1:
+            ap.error("--processes must be at least 1")
+        from sim.bench.voice_processes import main_processes
+
+        emit(asyncio.run(main_processes(args)))
+        return
     traced = start_tracing(Settings(_env_file=None)) is not None  # type: ignore[call-arg]
     print(f"tracing: {'on (OTEL_EXPORTER_OTLP_*)' if traced else 'off'}", flush=True)
     figures = asyncio.run(main_async(args))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -25,10 +26,10 @@ from app.domain import SessionStatus
 from app.seed import seed
 from app.settings import Settings
 from app.store.sql import SQLStore
-from app.supervisor import Supervisor
 from app.worker import drain
 from app.worker.drain import GOODBYE, SHUTDOWN_REASON, SessionRegistry, drain_worker
 from app.worker.entrypoint import prepare_job
+from app.worker.process import WorkerRuntime
 from app.worker.services import WorkerServices, install_services
 from sim.fake_openai import FakeOpenAI
 
@@ -164,14 +165,15 @@ async def test_drain_with_nothing_running_returns_at_once() -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# The supervisor's shutdown path with a real AgentServer (THREAD executor): the job is
+# A worker process's shutdown path with a real AgentServer (THREAD executor): the job is
 # dispatched by LiveKit's own machinery (`simulate_job`), LiveKit's drain is called and
 # outlived, and the worker closes once the drain has ended the session.
 
 
-async def test_supervisor_shutdown_drains_a_livekit_job(services, monkeypatch) -> None:
+async def test_worker_process_shutdown_drains_a_livekit_job(services, monkeypatch) -> None:
     registry = SessionRegistry()
-    monkeypatch.setattr("app.supervisor.active_sessions", registry)
+    monkeypatch.setenv("APP_INSTANCE_ID", "drain-test")  # the runtime takes an owner id of its own
+    monkeypatch.setattr("app.worker.process.active_sessions", registry)
     fake = FakeOpenAI().text("Let me look that up.")
     started = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -208,16 +210,19 @@ async def test_supervisor_shutdown_drains_a_livekit_job(services, monkeypatch) -
         await asyncio.wait_for(started.wait(), 30)
         assert len(server.active_jobs) == 1 and len(registry) == 1
 
-        sup = Supervisor(Settings(drain_timeout=1.0), dev=True)
-        sup._agent_server = sup_server = server
+        # the worker process's drain (app/worker/process.py), as SIGTERM runs it there
+        parent, child = multiprocessing.Pipe()
+        runtime = WorkerRuntime(Settings(drain_timeout=1.0), 0, child)
+        runtime.agent_server = server
         t0 = time.monotonic()
-        await sup._shutdown_worker(worker_task)
+        await runtime.drain()
         elapsed = time.monotonic() - t0
-        print(f"\nsupervisor shutdown with 1 live session, DRAIN_TIMEOUT=1s: {elapsed:.2f}s")
+        print(f"\nworker process drain with 1 live session, DRAIN_TIMEOUT=1s: {elapsed:.2f}s")
 
-        assert sup_server.draining  # LiveKit was told to refuse new jobs
-        assert sup.status.worker == "draining"
-        assert worker_task.done()
+        assert server.draining  # LiveKit was told to refuse new jobs
+        assert parent.poll() and parent.recv()["state"] == "draining"  # the supervisor hears it
+        assert runtime.state == "draining"
+        await asyncio.wait_for(worker_task, 5)  # the closed AgentServer's run() returned
         assert 1.0 <= elapsed < 1.0 + drain.ABANDON_BUDGET + drain.WORKER_CLOSE_TIMEOUT
         assert len(registry) == 0
         rec = await services.store.get_session(ids[0])

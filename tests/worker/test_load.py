@@ -69,14 +69,26 @@ def test_real_counters_see_a_busy_thread() -> None:
 
 
 @pytest.mark.parametrize("executor", ["thread", "process"])
-def test_supervisor_gives_livekit_the_right_load_function(executor: str) -> None:
-    from app.settings import Settings
-    from app.supervisor import Supervisor
+def test_worker_process_gives_livekit_the_right_load_function(
+    executor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import multiprocessing
 
-    sup = Supervisor(Settings(_env_file=None, executor_type=executor), dev=True)  # type: ignore[call-arg]
-    server = sup._make_agent_server()
+    from app.settings import Settings
+    from app.worker.process import WorkerRuntime
+
+    monkeypatch.setenv("APP_INSTANCE_ID", "load-test")  # the runtime takes an owner id of its own
+    parent, child = multiprocessing.Pipe()
+    runtime = WorkerRuntime(Settings(_env_file=None, executor_type=executor), 0, child)  # type: ignore[call-arg]
+    server = runtime.make_agent_server()
     if executor == "thread":
-        assert isinstance(server.load_fnc, ThreadWorkerLoad)
+        # this process's CPU (ThreadWorkerLoad), kept for the supervisor's /readyz too
+        assert server.load_fnc is not None
+        spin_until = time.process_time() + 0.3
+        while time.process_time() < spin_until:
+            pass
+        value = server.load_fnc()  # type: ignore[call-arg]
+        assert 0.0 < value <= 1.0 and runtime.load == value
     else:
         assert server.load_fnc is None  # LiveKit's default: the machine's CPU
     assert "app.worker.entrypoint" in server._preload_modules
@@ -87,7 +99,7 @@ def test_startup_heap_frozen_only_for_thread_jobs(executor: str) -> None:
     import gc
 
     from app.settings import Settings
-    from app.supervisor import freeze_startup_heap
+    from app.worker.process import freeze_startup_heap
 
     before = gc.get_freeze_count()
     try:
