@@ -255,6 +255,11 @@ class DownStore(SQLStore):
             raise StoreUnavailable("simulated outage")
         return await super().list_agent_configs(**kw)
 
+    async def list_published(self, **kw: Any) -> Any:
+        if self.down:
+            raise StoreUnavailable("simulated outage")
+        return await super().list_published(**kw)
+
 
 async def test_token_during_an_outage_mints_from_last_known_good_or_answers_503(tmp_path) -> None:
     """As a session start would: the last known-good configs while the store is down;

@@ -48,7 +48,7 @@ class ConfigReader:
     async def get(self, agent_id: str, version: int | None = None) -> AgentConfig:
         cache = self.cache
         if version is None and cache is not None and cache.is_fresh():
-            cfg = cache.snapshot.configs.get(agent_id)
+            cfg = cache.snapshot.newest(agent_id)  # the published one, unless drafts follow it
             if cfg is not None:
                 return cfg
         return await self.store.get_agent_config(agent_id, version)

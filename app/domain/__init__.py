@@ -2,6 +2,7 @@
 
 from app.domain.errors import (
     AlreadyExists,
+    RolloutConflict,
     CorruptRecord,
     DomainError,
     InProgress,
@@ -9,6 +10,8 @@ from app.domain.errors import (
     InvalidInput,
     InvalidReference,
     NotFound,
+    PublishRefused,
+    ReleaseConflict,
     StoreUnavailable,
     VersionConflict,
 )
@@ -46,6 +49,7 @@ __all__ = [
     "AgentConfig",
     "AgentConfigInput",
     "AlreadyExists",
+    "RolloutConflict",
     "AudioTimeouts",
     "BuiltinTool",
     "CorruptRecord",
@@ -60,6 +64,8 @@ __all__ = [
     "LLMFallback",
     "LLMTimeouts",
     "NotFound",
+    "PublishRefused",
+    "ReleaseConflict",
     "PromptConfig",
     "Route",
     "RouteInput",

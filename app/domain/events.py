@@ -227,6 +227,27 @@ class SessionAnalyzedData(BaseModel):
     cost_usd: float | None = Field(None, description="Of the analysis calls; null: the model has no price")
 
 
+class AgentPublishedData(BaseModel):
+    agent_id: str
+    version: int = Field(description="The version routing hands out now")
+    previous_version: int | None = Field(None, description="What it handed out before")
+    change: Literal["publish", "auto", "rollback", "promote"] = Field(
+        description="publish: POST .../publish; auto: written with auto_publish; rollback; promote: a canary promoted"
+    )
+
+
+class RolloutData(BaseModel):
+    agent_id: str
+    rollout_id: str
+    version: int = Field(description="The canary version")
+    stable_version: int
+    percent: int
+    reason: str | None = Field(None, description="Why it was aborted")
+    automatic: bool = Field(False, description="Aborted by the rollout guard, not by a person")
+    figures: dict[str, Any] | None = Field(
+        None, description="The arms' figures and the guard's verdict when it was aborted automatically")
+
+
 class WebhookChangedData(BaseModel):
     webhook_id: str
     change: Literal["created", "updated", "deleted", "secret_rotated", "disabled"]
@@ -290,6 +311,22 @@ SESSION_ANALYZED = register_event_type(
     "A conversation's post-call analysis was stored: done (summary, success verdict, extracted fields) or "
     "failed (with the reason). Sent after session.ended, for agents with analysis settings.",
     SessionAnalyzedData)
+
+
+AGENT_PUBLISHED = register_event_type(
+    "agent.published", EventKind.change,
+    "Routing hands out another version of an agent: published, auto-published on write, rolled back, or a "
+    "canary promoted.", AgentPublishedData)
+ROLLOUT_STARTED = register_event_type(
+    "rollout.started", EventKind.change, "A canary started: a share of new sessions runs another version.",
+    RolloutData)
+ROLLOUT_PROMOTED = register_event_type(
+    "rollout.promoted", EventKind.change, "A canary was promoted: its version is published for everyone.",
+    RolloutData)
+ROLLOUT_ABORTED = register_event_type(
+    "rollout.aborted", EventKind.change,
+    "A canary was aborted, by a person or automatically by the rollout guard (worse than stable): every "
+    "caller is back on the stable version.", RolloutData)
 
 
 WEBHOOK_CREATED = register_event_type(

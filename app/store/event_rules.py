@@ -15,6 +15,10 @@ from app.domain import AgentConfig, Route, SessionRecord
 from app.domain.analysis import AnalysisStatus, SessionAnalysis
 from app.domain.events import (
     AGENT_CREATED,
+    AGENT_PUBLISHED,
+    ROLLOUT_ABORTED,
+    ROLLOUT_PROMOTED,
+    ROLLOUT_STARTED,
     AGENT_DELETED,
     AGENT_VERSION_CREATED,
     ROUTES_CHANGED,
@@ -24,11 +28,13 @@ from app.domain.events import (
     SESSION_STARTED,
     AgentCreatedData,
     AgentDeletedData,
+    AgentPublishedData,
     AgentVersionCreatedData,
     ChangeContext,
     ChangeKind,
     Event,
     RouteData,
+    RolloutData,
     RoutesChangedData,
     SessionAnalyzedData,
     SessionHandoffData,
@@ -36,6 +42,7 @@ from app.domain.events import (
     make_event,
 )
 from app.domain.models import Handoff
+from app.domain.rollout import GUARD_ACTOR, Rollout
 from app.store.session_rules import Run
 
 RENDERED_LATER = frozenset({SESSION_ENDED.name})
@@ -56,6 +63,31 @@ def version_created(
     data = AgentVersionCreatedData(agent_id=cfg.agent_id, version=cfg.version, change=change,
                                    rolled_back_to=rolled_back_to)
     return [make_event(AGENT_VERSION_CREATED, data, at=now, agent_id=cfg.agent_id, ctx=ctx)]
+
+
+def published(
+    agent_id: str, version: int, previous: int | None, change: str, now: datetime, ctx: ChangeContext
+) -> list[Event]:
+    data = AgentPublishedData.model_validate(
+        {"agent_id": agent_id, "version": version, "previous_version": previous, "change": change})
+    return [make_event(AGENT_PUBLISHED, data, at=now, agent_id=agent_id, ctx=ctx)]
+
+
+def rollout_changed(
+    agent_id: str, rollout: Rollout, now: datetime, ctx: ChangeContext, figures: dict[str, object] | None = None
+) -> list[Event]:
+    """`rollout.started`, `.promoted` or `.aborted`, by the rollout's status; a promote also
+    publishes (`agent.published`)."""
+    kind = {"running": ROLLOUT_STARTED, "promoted": ROLLOUT_PROMOTED, "aborted": ROLLOUT_ABORTED}[rollout.status]
+    data = RolloutData(
+        agent_id=agent_id, rollout_id=rollout.id, version=rollout.version, stable_version=rollout.stable_version,
+        percent=rollout.percent, reason=rollout.reason, automatic=rollout.ended_by == GUARD_ACTOR and
+        rollout.status == "aborted", figures=figures,
+    )
+    events = [make_event(kind, data, at=now, agent_id=agent_id, ctx=ctx)]
+    if rollout.status == "promoted":
+        events += published(agent_id, rollout.version, rollout.stable_version, "promote", now, ctx)
+    return events
 
 
 def agent_deleted(agent_id: str, now: datetime, ctx: ChangeContext) -> list[Event]:
