@@ -207,9 +207,10 @@ async def test_session_start_resolve_and_token_give_one_answer(store: SQLStore, 
     calls: list[str] = []
     real = resolver_module.resolve
 
-    def spy(snapshot: ConfigSnapshot | None, sources: Any, *, room: str, degraded: str | None = None) -> Any:
+    def spy(snapshot: ConfigSnapshot | None, sources: Any, *, room: str, degraded: str | None = None,
+            user_id: str | None = None) -> Any:
         calls.append(room)
-        return real(snapshot, sources, room=room, degraded=degraded)
+        return real(snapshot, sources, room=room, degraded=degraded, user_id=user_id)
 
     monkeypatch.setattr(resolver_module, "resolve", spy)
     settings = Settings(  # type: ignore[call-arg]

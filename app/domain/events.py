@@ -231,8 +231,9 @@ class AgentPublishedData(BaseModel):
     agent_id: str
     version: int = Field(description="The version routing hands out now")
     previous_version: int | None = Field(None, description="What it handed out before")
-    change: Literal["publish", "auto", "rollback", "promote"] = Field(
-        description="publish: POST .../publish; auto: written with auto_publish; rollback; promote: a canary promoted"
+    change: Literal["publish", "promote"] = Field(
+        description="publish: POST .../publish; promote: a canary promoted (a version written with auto_publish, "
+        "or a rollback, is announced by agent.version_created alone)"
     )
 
 
@@ -315,8 +316,8 @@ SESSION_ANALYZED = register_event_type(
 
 AGENT_PUBLISHED = register_event_type(
     "agent.published", EventKind.change,
-    "Routing hands out another version of an agent: published, auto-published on write, rolled back, or a "
-    "canary promoted.", AgentPublishedData)
+    "Routing hands out another version of an agent: published explicitly, or a canary promoted (versions "
+    "written with auto_publish, and rollbacks, go live with their agent.version_created).", AgentPublishedData)
 ROLLOUT_STARTED = register_event_type(
     "rollout.started", EventKind.change, "A canary started: a share of new sessions runs another version.",
     RolloutData)

@@ -292,9 +292,8 @@ class StoreService(WebhookStore):
             except PublishRefused as e:
                 log.info("agent %s version %s kept as a draft: %s", agent_id, new.version, e.message)
                 return None
-        kind = "rollback" if change == "rollback" else "auto"
-        return PublishStep(rel.rev, event_rules.published(
-            agent_id, new.version, rel.published_version, kind, new.updated_at, ctx))
+        # No `agent.published` here: `agent.version_created` announces these, as before drafts existed.
+        return PublishStep(rel.rev, [])
 
     def _next_version(
         self, agent_id: str, head: StoredVersion, patch: Mapping[str, Any] | AgentConfigInput

@@ -1,6 +1,7 @@
 """Schema versions 2 (`sessions.owner`, `sessions.heartbeat_at`), 3 (`sessions.usage`,
-`sessions.events`), 4 (the `events` journal table, webhooks and deliveries) and 5
-(`sessions.analysis` and the analysis queue columns with their index) on a database an
+`sessions.events`), 4 (the `events` journal table, webhooks and deliveries), 5
+(`sessions.analysis` and the analysis queue columns with their index) and 6 (the release
+columns of `agent_heads`, `sessions.arm`) on a database an
 older build created: `SQLStore.start` adds the columns, tables and index (idempotently,
 also with several processes starting at once), records the version, and keeps the old
 rows readable; a database newer than this build is reported, not touched."""
@@ -15,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.domain import SessionRecord, SessionStatus
+from app.domain import AgentConfigInput, PromptConfig, SessionRecord, SessionStatus
 from app.domain.analysis import AnalysisConfig, AnalysisRequest, AnalysisStatus, SessionAnalysis
 from app.domain.usage import SessionUsage, UsageGroup
 from app.domain.values import utcnow
@@ -49,17 +50,22 @@ async def _schema_version(url: str) -> int:
 
 
 async def _make_version_1(url: str) -> None:
-    """A database as the version-1 build left it: one session, no owner columns."""
+    """A database as the version-1 build left it: one session, an agent at version 2, no
+    owner or release columns."""
     store = SQLStore(url)
     await store.start()
     try:
         await store.start_session(SessionRecord(session_id="s-old", room="r", agent_id="agent-a"))
+        await store.create_agent_config(AgentConfigInput(agent_id="old-agent", name="Old",
+                                                         prompt_config=PromptConfig(instructions="hi")))
+        await store.update_agent_config("old-agent", {"description": "v2"})
     finally:
         await store.aclose()
     await _exec(
         url,
         "DROP INDEX ix_sessions_analysis_status",
         *(f"ALTER TABLE sessions DROP COLUMN {col}" for col in ADDED_COLUMNS["sessions"]),
+        *(f"ALTER TABLE agent_heads DROP COLUMN {col}" for col in ADDED_COLUMNS["agent_heads"]),
         "DROP TABLE events",
         meta_t.update().where(meta_t.c.key == "schema_version").values(value=1),
     )
@@ -94,7 +100,7 @@ async def _indexes(url: str) -> set[str]:
 
 
 async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
-    assert SCHEMA_VERSION == 5
+    assert SCHEMA_VERSION == 6
     await _make_version_1(sql_target.url)
     assert "ix_sessions_analysis_status" not in await _indexes(sql_target.url)
     stores = [SQLStore(sql_target.url) for _ in range(3)]
@@ -123,6 +129,13 @@ async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: St
         assert [(r.agent_id, r.sessions, r.llm_input_tokens) for r in report.rows] == [("a", 1, 0), ("agent-a", 1, 7)]
         events, total = await store.list_events(types=["session.started"])
         assert total == 1 and events[0].data["session_id"] == "s-new"  # the journal table is there
+        # version 6: what was current is published (every write was), and can be changed
+        release = await store.get_release("old-agent")
+        assert (release.published_version, release.current_version, release.rev, release.rollout) == (2, 2, 0, None)
+        assert (await store.publish("old-agent", 1)).published_version == 1
+        published, _ = await store.list_published()
+        assert [(p.config.agent_id, p.config.version) for p in published] == [("old-agent", 1)]
+        assert (await store.get_session("s-old")).arm is None
     finally:
         for s in stores:
             await s.aclose()
