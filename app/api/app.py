@@ -39,6 +39,7 @@ from app.api.latency import LatencyController
 from app.api.metrics import metrics_router
 from app.api.openapi import AccurateJsonRenderPlugin, fix_allow_header
 from app.api.resolve import ResolveController
+from app.api.rollout import RolloutController
 from app.api.routes import RouteController
 from app.api.sessions import SessionController
 from app.api.status import RuntimeStatus
@@ -49,6 +50,7 @@ from app.observability import tracing
 from app.settings import Settings
 from app.store.base import ConfigStore
 from app.store.cache import ConfigCache
+from app.store.rollout_guard import guard_policy
 from app.store.sources import SnapshotSource, config_source
 from app.webhooks.safety import UrlPolicy
 
@@ -86,7 +88,7 @@ def create_app(
         path=API_PREFIX,
         route_handlers=[
             AgentConfigController, LatencyController, RouteController, SessionController, UsageController,
-            ResolveController, AuditController, WebhookController,
+            ResolveController, AuditController, WebhookController, RolloutController,
         ],
         guards=[bearer_guard(settings.admin_api_key, ADMIN_ACTOR)],
         dependencies=CHANGE_DEPENDENCY,
@@ -110,7 +112,8 @@ def create_app(
             metrics_router(None if open_metrics else bearer_guard(settings.admin_api_key, ADMIN_ACTOR)),
             admin, *extra_route_handlers,
         ],
-        dependencies=dependencies(store, cache, status, configs, UrlPolicy.from_settings(settings)),
+        dependencies=dependencies(store, cache, status, configs, UrlPolicy.from_settings(settings),
+                                  guard_policy(settings)),
         state=State({"settings": settings, "store": store, "status": status, "cache": cache, "configs": configs}),
         exception_handlers=EXCEPTION_HANDLERS,
         plugins=plugins,

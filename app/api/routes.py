@@ -55,6 +55,7 @@ class RouteController(Controller):
     @put(
         "/",
         name="routes:replace",
+        opt={"role": "publish"},
         summary="Replace the whole table atomically (at most one default)",
         responses=error_responses(400, 413, 422),
     )
@@ -65,6 +66,7 @@ class RouteController(Controller):
     @delete(
         "/",
         name="routes:clear",
+        opt={"role": "publish"},
         summary="Remove every route",
         status_code=HTTP_204_NO_CONTENT,
         responses=error_responses(),
@@ -79,6 +81,7 @@ class RouteController(Controller):
     @put(
         "/{purpose:str}",
         name="routes:put",
+        opt={"role": "publish"},
         summary="Create or replace one route; is_default=true clears it elsewhere",
         responses=error_responses(400, 413, 422),
     )
@@ -91,6 +94,7 @@ class RouteController(Controller):
     @delete(
         "/{purpose:str}",
         name="routes:delete",
+        opt={"role": "publish"},
         status_code=HTTP_204_NO_CONTENT,
         responses=error_responses(404, 422),
     )

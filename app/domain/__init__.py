@@ -2,7 +2,6 @@
 
 from app.domain.errors import (
     AlreadyExists,
-    RolloutConflict,
     CorruptRecord,
     DomainError,
     InProgress,
@@ -12,6 +11,7 @@ from app.domain.errors import (
     NotFound,
     PublishRefused,
     ReleaseConflict,
+    RolloutConflict,
     StoreUnavailable,
     VersionConflict,
 )

@@ -24,9 +24,8 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
 from statistics import NormalDist
-
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 

@@ -48,7 +48,7 @@ from app.domain import (
     patched_input,
 )
 from app.domain.analysis import AnalysisStatus, SessionAnalysis
-from app.domain.errors import RolloutConflict, InvalidInput, PublishRefused, ReleaseConflict
+from app.domain.errors import InvalidInput, PublishRefused, ReleaseConflict, RolloutConflict
 from app.domain.events import SYSTEM, ChangeContext, ChangeKind, Event
 from app.domain.rollout import (
     GuardPolicy,

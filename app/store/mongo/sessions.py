@@ -11,12 +11,12 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from app.domain import Handoff, SessionRecord, SessionStatus, StoreUnavailable, Turn
+from app.domain.rollout import ArmSession
 from app.store.backend import Applied, Ended, NoSession, SessionExists
 from app.store.base import OPS_APPLIED_ATTR
 from app.store.mongo.client import Db, MongoDatabase, escape_keys, mapped, ms, unescape_keys
 from app.store.mongo.journal import PENDING, embedded, push_pending, relay_now
 from app.store.retry import MAX_ATTEMPTS, backoff
-from app.domain.rollout import ArmSession
 from app.store.session_rules import ARM_FIELDS, QUEUE_FIELDS, Run, project_arm_session, stored_json
 
 
@@ -185,7 +185,7 @@ class MongoSessions:
         db = await self.mdb.ready()
         flt = {"agent_id": agent_id, "started_at": {"$gte": since}, "arm": {"$in": ["stable", "canary"]}}
         total = await db.sessions.count_documents(flt)
-        docs = await db.sessions.find(flt, {f: 1 for f in ARM_FIELDS}).sort("started_at", DESCENDING).limit(
+        docs = await db.sessions.find(flt, dict.fromkeys(ARM_FIELDS, 1)).sort("started_at", DESCENDING).limit(
             max(limit, 0)).to_list()
         return [project_arm_session({**d, "collected": unescape_keys(d.get("collected") or {})}) for d in docs], total
 

@@ -19,8 +19,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from app.domain import SessionRecord, SessionStatus, Turn
-from app.store.backend import Applied, Ended, NoSession, SessionExists
 from app.domain.rollout import ArmSession
+from app.store.backend import Applied, Ended, NoSession, SessionExists
 from app.store.session_rules import ARM_FIELDS, QUEUE_FIELDS, Run, merge_runs, project_arm_session, stored_json
 from app.store.sql.database import SQLDatabase
 from app.store.sql.journal import insert_events
