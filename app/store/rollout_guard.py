@@ -90,7 +90,7 @@ class RolloutGuard:
         canary, verdict = report.release.canary, report.verdict
         if canary is None or canary.id != rollout_id or verdict is None or not verdict.worse:
             return False
-        figures = {
+        figures: dict[str, object] = {
             "stable": report.stable.model_dump(mode="json") if report.stable else None,
             "canary": report.canary.model_dump(mode="json") if report.canary else None,
             "verdict": verdict.model_dump(mode="json"),

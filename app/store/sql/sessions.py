@@ -140,7 +140,7 @@ class SQLSessions:
 
         def run(c: Connection) -> tuple[list[ArmSession], int]:
             rows = c.execute(stmt).all()
-            return [project_arm_session(r._mapping) for r in rows], int(c.scalar(count) or 0)
+            return [project_arm_session(dict(r._mapping)) for r in rows], int(c.scalar(count) or 0)
 
         return await self._db.read(run)
 
