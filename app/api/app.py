@@ -43,6 +43,7 @@ from app.api.rollout import RolloutController
 from app.api.routes import RouteController
 from app.api.sessions import SessionController
 from app.api.status import RuntimeStatus
+from app.api.tokens import VersionTokenController
 from app.api.usage import UsageController
 from app.api.webhooks import WebhookController
 from app.assets.browser import BrowserAssets
@@ -89,6 +90,7 @@ def create_app(
         route_handlers=[
             AgentConfigController, LatencyController, RouteController, SessionController, UsageController,
             ResolveController, AuditController, WebhookController, RolloutController,
+            VersionTokenController,
         ],
         guards=[bearer_guard(settings.admin_api_key, ADMIN_ACTOR)],
         dependencies=CHANGE_DEPENDENCY,
