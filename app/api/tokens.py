@@ -16,11 +16,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from litestar import Controller, Request, post
+from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.datastructures import State
 from litestar.params import JSONBody, PathParameter, SkipValidation
 from livekit import api
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
