@@ -154,6 +154,7 @@ class SessionStartedData(BaseModel):
     started_at: UtcDatetime
     route_reason: str | None = None
     degraded: str | None = None
+    arm: Literal["stable", "canary"] | None = Field(None, description="The canary arm, while a canary ran")
 
 
 class SessionHandoffData(BaseModel):
@@ -189,6 +190,7 @@ class SessionEndedData(BaseModel):
     room: str | None = None
     agent_id: str
     config_version: int | None = None
+    arm: Literal["stable", "canary"] | None = Field(None, description="The canary arm, while a canary ran")
     user_id: str | None = None
     status: str = Field(description="completed, failed or abandoned")
     end_reason: str | None = None

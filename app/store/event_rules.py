@@ -106,7 +106,7 @@ def session_started(record: SessionRecord, now: datetime) -> Event:
     data = SessionStartedData(
         session_id=record.session_id, room=record.room, agent_id=record.agent_id,
         config_version=record.config_version, user_id=record.user_id, started_at=record.started_at,
-        route_reason=record.route_reason, degraded=record.degraded,
+        route_reason=record.route_reason, degraded=record.degraded, arm=record.arm,
     )
     return make_event(SESSION_STARTED, data, at=now, agent_id=record.agent_id)
 

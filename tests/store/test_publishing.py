@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
+import pymongo
 import pytest
 
 from app.domain import (
@@ -35,7 +37,7 @@ from app.domain import (
 from app.domain.events import ChangeContext
 from app.domain.rollout import GuardPolicy
 from app.store import ConfigStore
-from tests.store.conftest import MakeAgent, OpenStore
+from tests.store.conftest import MakeAgent, OpenStore, StoreTarget
 
 ALICE = ChangeContext(actor="alice", note="ship it")
 
@@ -221,3 +223,41 @@ async def test_rollout_figures_per_arm(store: ConfigStore, make_agent: MakeAgent
     # too few sessions for the default policy: no verdict yet
     default = await store.rollout_report("agent-a")
     assert default.verdict is not None and not default.verdict.ready and not default.verdict.worse
+
+
+async def test_an_agent_from_before_publishing_is_published_at_its_current_version(
+    store: ConfigStore, store_target: StoreTarget, make_agent: MakeAgent
+) -> None:
+    """A head written by a build without publishing has no release fields (SQL: NULL and
+    the column default; Mongo: absent): its current version is what is published."""
+    await store.create_agent_config(make_agent("agent-a"))
+    await store.update_agent_config("agent-a", {"description": "v2"})
+    if store_target.backend == "mongo":
+        client: pymongo.AsyncMongoClient[dict[str, Any]] = pymongo.AsyncMongoClient(store_target.url)
+        try:
+            await client.get_default_database().agent_heads.update_one(
+                {"_id": "agent-a"}, {"$unset": {"published_version": "", "release_rev": "", "rollout": ""}})
+        finally:
+            await client.close()
+    else:
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        from app.store.sql.tables import heads_t
+
+        engine = create_async_engine(store_target.url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(heads_t.update().values(published_version=None, release_rev=0, rollout=None))
+        finally:
+            await engine.dispose()
+    fresh = store_target.new_store()  # another process: nothing memoised
+    await fresh.start()
+    try:
+        release = await fresh.get_release("agent-a")
+        assert (release.published_version, release.current_version, release.rev, release.rollout) == (2, 2, 0, None)
+        assert await _published(fresh) == {"agent-a": (2, None)}
+        await fresh.update_agent_config("agent-a", {"description": "v3"})  # auto-publish works on it
+        assert (await fresh.get_release("agent-a")).published_version == 3
+        assert (await fresh.publish("agent-a", 1, canary_percent=10)).canary is not None
+    finally:
+        await fresh.aclose()
