@@ -34,6 +34,7 @@ from app.observability import tracing
 from app.settings import Settings
 from app.store import ConfigStore, open_store
 from app.store.cache import ConfigCache
+from app.store.rollout_guard import RolloutGuard
 from app.store.sources import config_source
 from app.webhooks.process import DispatcherProcess
 from app.worker.drain import API_STOP_TIMEOUT, STORE_CLOSE_TIMEOUT
@@ -133,6 +134,9 @@ class Supervisor:
         # (app/webhooks/process.py says why); any number may run on one store (leases).
         self.dispatcher = DispatcherProcess(self.settings, wake_from=self.store)
         self.dispatcher.start()
+        # Aborts a canary that does worse than stable (app/store/rollout_guard.py).
+        self.rollout_guard = RolloutGuard.from_settings(self.settings, self.store)
+        self.rollout_guard.start()
         app = create_app(
             self.settings, self.store, status=self.status, cache=self.cache, configs=self.configs,
             assets=assets,
@@ -170,6 +174,7 @@ class Supervisor:
             self._stop.set()
 
         await self._shutdown_worker(worker_task)
+        await self.rollout_guard.aclose()
         await self.dispatcher.aclose()  # after the drain: the sessions' ends are committed
         if self.model_server is not None:  # after the drain: the last sessions still talk to it
             await self.model_server.aclose()
@@ -226,6 +231,7 @@ class Supervisor:
         from app.worker.services import WorkerServices, install_services
 
         services = WorkerServices(self.settings, self.store, cache=self.cache, configs=self.configs)
+        services.rollout_guard = self.rollout_guard
         await services.start()
         services.load_vad()  # ~40 ms, once per process
         install_services(services)
