@@ -154,7 +154,8 @@ async def prepare_session(
     # The call's span, current from here on: the session writer started next, the
     # AgentSession's spans and every task of the call belong to it.
     span = tracing.call_started(session_id, config.agent_id, config.version)
-    span.set_attributes({"route_reason": record.route_reason or "", "degraded": bool(record.degraded)})
+    span.set_attributes({"route_reason": record.route_reason or "", "degraded": bool(record.degraded),
+                         "arm": record.arm or "none"})
     await manager.start()
     return PreparedSession(
         decision=decision, config=config, agent=agent, manager=manager, factory=factory, context=ctx, span=span
