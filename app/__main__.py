@@ -134,6 +134,9 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             return 2
         k, v = item.split("=", 1)
         variables[k] = v
+    if args.version is not None and not args.agent_id:
+        print("error: --version needs --agent-id (a version belongs to one agent)", file=sys.stderr)
+        return 2
     model_server = _model_server(args.models, json_logs=False, log_level="WARNING")
 
     async def run() -> int:
@@ -149,7 +152,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             chat_settings = model_server.point(settings)
         try:
             return await run_chat(chat_settings, purpose=args.purpose, agent_id=args.agent_id,
-                                  variables=variables, user_id=args.user_id)
+                                  variables=variables, user_id=args.user_id, version=args.version)
         finally:
             if model_server is not None:
                 await model_server.aclose()
@@ -200,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     who = chat.add_mutually_exclusive_group()
     who.add_argument("--purpose", help="route by purpose, as a token's metadata would")
     who.add_argument("--agent-id", help="talk to this agent directly")
+    chat.add_argument("--version", type=int, metavar="N",
+                      help="talk to this version of --agent-id (a draft, say) instead of the published one")
     chat.add_argument("--var", action="append", metavar="KEY=VALUE", help="a prompt variable")
     chat.add_argument("--user-id", default="terminal", help="user id stored on the session")
     models_flag = chat.add_mutually_exclusive_group()

@@ -61,8 +61,10 @@ async def run_chat(
     variables: dict[str, str] | None = None,
     user_id: str = "terminal",
     lines: AsyncIterator[str] | None = None,
+    version: int | None = None,
 ) -> int:
-    """`lines`: an async iterator of user inputs (tests); stdin when None."""
+    """`lines`: an async iterator of user inputs (tests); stdin when None. `version`: that
+    version of `agent_id` (a draft) instead of the published one."""
     from livekit.agents import AgentSession
     from livekit.agents.llm import ChatMessage
 
@@ -83,6 +85,8 @@ async def run_chat(
     meta: dict[str, Any] = {"variables": variables or {}, "user_id": user_id}
     if agent_id:
         meta["agent_id"] = agent_id
+        if version is not None:
+            meta["version"] = version
     if purpose:
         meta["purpose"] = purpose
     try:

@@ -154,6 +154,22 @@ class Settings(BaseSettings):
         "abandoned (its process died); also how often that sweep runs. Keep it several "
         "heartbeat intervals long.",
     )
+    canary_min_sessions: int = Field(
+        30, ge=1, le=100_000,
+        description="Finished sessions each arm of a canary needs before the rollout guard judges it.",
+    )
+    canary_margin: float = Field(
+        0.05, ge=0, lt=1,
+        description="How much worse a canary's rate may be (absolute, 0.05 = 5 points) before it counts as worse.",
+    )
+    canary_confidence: float = Field(
+        0.95, gt=0.5, lt=1,
+        description="One-sided confidence that the canary is worse by more than the margin, for all rates together.",
+    )
+    canary_guard_interval: float = Field(
+        15.0, gt=0, le=3600,
+        description="Seconds between the rollout guard's checks of running canaries (also run as sessions end).",
+    )
     max_body_bytes: int = 1024 * 1024
     asset_cache_dir: Path = Field(
         default_factory=default_cache_dir,

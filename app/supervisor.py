@@ -35,6 +35,7 @@ from app.observability import tracing
 from app.settings import Settings
 from app.store import ConfigStore, open_store
 from app.store.cache import ConfigCache
+from app.store.rollout_guard import RolloutGuard
 from app.store.sources import config_source
 from app.webhooks.process import DispatcherProcess
 from app.worker.drain import API_STOP_TIMEOUT, STORE_CLOSE_TIMEOUT
@@ -139,6 +140,9 @@ class Supervisor:
         self.dispatcher.start()
         # Stored tests run here, in the background, a few at a time (app/agents/test_pool.py).
         self.test_runs = TestRunPool(self.settings, self.store, load_stack=self._load_worker_stack)
+        # Aborts a canary that does worse than stable (app/store/rollout_guard.py).
+        self.rollout_guard = RolloutGuard.from_settings(self.settings, self.store)
+        self.rollout_guard.start()
         app = create_app(
             self.settings, self.store, status=self.status, cache=self.cache, configs=self.configs,
             assets=assets, test_runs=self.test_runs,
@@ -177,6 +181,7 @@ class Supervisor:
 
         await self._shutdown_worker(worker_task)
         await self.test_runs.aclose()  # its runs still going are recorded abandoned
+        await self.rollout_guard.aclose()
         await self.dispatcher.aclose()  # after the drain: the sessions' ends are committed
         if self.model_server is not None:  # after the drain: the last sessions still talk to it
             await self.model_server.aclose()
@@ -241,6 +246,7 @@ class Supervisor:
         from app.worker.services import WorkerServices, install_services
 
         services = WorkerServices(self.settings, self.store, cache=self.cache, configs=self.configs)
+        services.rollout_guard = self.rollout_guard
         await services.start()
         services.load_vad()  # ~40 ms, once per process
         install_services(services)

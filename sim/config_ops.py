@@ -10,6 +10,7 @@ next session after a successful API write sees the new version.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,9 +20,13 @@ import httpx
 from app.agents.test_pool import TestRunPool
 from app.domain import AgentConfigInput, DomainError, NotFound, Route
 from app.domain.agent_tests import AgentTestCreate, AgentTestInput
+from app.domain.rollout import GuardPolicy
+from app.domain.routing import MetadataSource
+from app.store.resolver import resolve_current
+from app.store.rollout_guard import RolloutGuard
 from sim.outage import SwitchableStore
 from sim.report import Checks, Loc
-from sim.scenario import ConfigOp
+from sim.scenario import ConfigOp, GuardOp, ResolveOp
 
 AGENTS = "/api/v1/agents/config"
 ROUTES = "/api/v1/routes"
@@ -53,6 +58,12 @@ class ConfigApplier:
         if op.store is not None:
             await self._switch(op.store == "down")
             return
+        if op.guard is not None:
+            await self._guard(checks, (*loc, "guard"), op.guard)
+            return
+        if op.resolve is not None:
+            await self._resolve(checks, (*loc, "resolve"), op.resolve)
+            return
         via = op.via or self.default_via
         if op.run_tests is not None:
             await self._run_tests(checks, loc, op, via)
@@ -70,6 +81,33 @@ class ConfigApplier:
             deadline = time.monotonic() + 5
             while self.cache.is_fresh() and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
+
+    async def _guard(self, checks: Checks, loc: Loc, op: GuardOp) -> None:
+        """One round of the real rollout guard, with the scenario's thresholds."""
+        policy = GuardPolicy(min_sessions=op.min_sessions, margin=op.margin, confidence=op.confidence)
+        aborted = await RolloutGuard(self.store, policy).check_all()  # type: ignore[arg-type]  # a store, wrapped
+        checks.check(sorted(aborted) == sorted(op.expect_aborted), (*loc, "expect_aborted"),
+                     "the rollout guard aborted other canaries", expected=op.expect_aborted, actual=aborted)
+
+    async def _resolve(self, checks: Checks, loc: Loc, op: ResolveOp) -> None:
+        """Each caller through the worker's own resolver and config source (the cache)."""
+        if self.cache is None:
+            checks.fail(loc, "resolve needs the worker's config source")
+            return
+        for uid in op.user_ids:
+            meta: dict[str, Any] = {"user_id": uid}
+            if op.agent_id:
+                meta["agent_id"] = op.agent_id
+            if op.purpose:
+                meta["purpose"] = op.purpose
+            res = await resolve_current(self.cache, [MetadataSource("job", json.dumps(meta))], room=f"sim-{uid}")
+            if op.expect_arm is not None or "expect_arm" in op.model_fields_set:
+                checks.check(res.arm == op.expect_arm, (*loc, "expect_arm"), f"caller {uid} got another arm",
+                             expected=op.expect_arm, actual=res.arm)
+            if op.expect_version is not None:
+                checks.check(res.config.version == op.expect_version, (*loc, "expect_version"),
+                             f"caller {uid} got another version", expected=op.expect_version,
+                             actual=res.config.version)
 
     # ---------------------------------------------------------------- store
 
@@ -100,6 +138,13 @@ class ConfigApplier:
                     await s.replace_agent_test(t.agent_id, t.name, AgentTestInput(content=t.content))
                 except NotFound:
                     await s.create_agent_test(t.agent_id, AgentTestCreate(name=t.name, content=t.content))
+            elif op.publish is not None:
+                p = op.publish
+                result = await s.publish(p.agent_id, p.version, canary_percent=p.canary_percent, expected_rev=p.if_match)
+            elif op.promote is not None:
+                result = await s.promote_canary(op.promote.agent_id, expected_rev=op.promote.if_match)
+            elif op.abort is not None:
+                result = await s.abort_canary(op.abort.agent_id, reason=op.abort.reason, expected_rev=op.abort.if_match)
         except (DomainError, ValueError) as e:
             name = type(e).__name__
             if op.expect_error is None:
@@ -111,7 +156,7 @@ class ConfigApplier:
         if op.expect_error is not None:
             checks.fail((*loc, "expect_error"), f"config {op.kind} via store succeeded", expected=op.expect_error, actual="success")
         if op.expect_version is not None:
-            got = getattr(result, "version", None)
+            got = getattr(result, "version", getattr(result, "published_version", None))
             checks.check(got == op.expect_version, (*loc, "expect_version"), f"config {op.kind}: version differs",
                          expected=op.expect_version, actual=got)
 
@@ -151,6 +196,21 @@ class ConfigApplier:
             r = await c.put(f"{AGENTS}/{t.agent_id}/tests/{t.name}", json={"content": t.content})
             if r.status_code == 404:
                 r = await c.post(f"{AGENTS}/{t.agent_id}/tests", json={"name": t.name, "content": t.content})
+        elif op.publish is not None:
+            if op.publish.if_match is not None:
+                headers["If-Match"] = f'"{op.publish.if_match}"'
+            body: dict[str, Any] = {"version": op.publish.version}
+            if op.publish.canary_percent is not None:
+                body["canary_percent"] = op.publish.canary_percent
+            r = await c.post(f"{AGENTS}/{op.publish.agent_id}/publish", json=body, headers=headers)
+        elif op.promote is not None or op.abort is not None:
+            rop = op.promote or op.abort
+            assert rop is not None
+            if rop.if_match is not None:
+                headers["If-Match"] = f'"{rop.if_match}"'
+            action = "promote" if op.promote is not None else "abort"
+            payload = {"reason": rop.reason} if action == "abort" and rop.reason else None
+            r = await c.post(f"{AGENTS}/{rop.agent_id}/rollout/{action}", json=payload, headers=headers)
         else:
             assert op.replace_routes is not None
             r = await c.put(ROUTES, json=[x.model_dump() for x in op.replace_routes])
@@ -163,7 +223,8 @@ class ConfigApplier:
             )
             return
         if op.expect_version is not None:
-            got = r.json().get("version") if r.content else None
+            doc = r.json() if r.content else {}
+            got = doc.get("version", doc.get("published_version"))
             checks.check(got == op.expect_version, (*loc, "expect_version"), f"config {op.kind}: version differs",
                          expected=op.expect_version, actual=got)
 

@@ -54,8 +54,9 @@ def check_route(checks: Checks, loc: Loc, spec: RouteExpect, record: SessionReco
         "fallback": fallback,
         "source": source,
         "user_id": record.user_id,
+        "arm": record.arm,
     }
-    for name in ("agent_id", "version", "reason", "fallback", "source", "user_id"):
+    for name in ("agent_id", "version", "reason", "fallback", "source", "user_id", "arm"):
         if name in spec.model_fields_set:
             want = getattr(spec, name)
             checks.check(
@@ -179,6 +180,7 @@ def check_record(checks: Checks, loc: Loc, spec: RecordExpect, record: SessionRe
         "config_version": record.config_version,
         "route_reason": record.route_reason,
         "user_id": record.user_id,
+        "arm": record.arm,
     }
     for name, got in simple.items():
         if name in fields:

@@ -232,3 +232,8 @@ async def test_chat_prints_and_stores_usage_with_its_cost_and_the_post_call_anal
     analysis_req = fake.requests[-1]
     assert analysis_req.body["response_format"]["type"] == "json_schema"
     assert "Caller: Hi, this is Ada" in json.dumps(analysis_req.messages)
+
+
+async def test_chat_version_needs_an_agent_id(tmp_path: Path) -> None:
+    code, out, err = await run_cli(tmp_path, chat_env(tmp_path), "chat", "--purpose", "support", "--version", "2")
+    assert code == 2 and "--version needs --agent-id" in err

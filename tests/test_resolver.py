@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from app.api.app import create_app
 from app.api.tokens import token_controller
-from app.domain import AgentConfig, AgentConfigInput, Route, StoreUnavailable
+from app.domain import AgentConfig, AgentConfigInput, Route, SessionRecord, StoreUnavailable
 from app.domain.fallback import FALLBACK_CONFIG
 from app.domain.routing import MetadataSource, RoutingTable
 from app.settings import Settings
@@ -208,9 +208,9 @@ async def test_session_start_resolve_and_token_give_one_answer(store: SQLStore, 
     real = resolver_module.resolve
 
     def spy(snapshot: ConfigSnapshot | None, sources: Any, *, room: str, degraded: str | None = None,
-            called_number: str | None = None) -> Any:
+            called_number: str | None = None, user_id: str | None = None) -> Any:
         calls.append(room)
-        return real(snapshot, sources, room=room, degraded=degraded, called_number=called_number)
+        return real(snapshot, sources, room=room, degraded=degraded, called_number=called_number, user_id=user_id)
 
     monkeypatch.setattr(resolver_module, "resolve", spy)
     settings = Settings(  # type: ignore[call-arg]
@@ -256,6 +256,11 @@ class DownStore(SQLStore):
             raise StoreUnavailable("simulated outage")
         return await super().list_agent_configs(**kw)
 
+    async def list_published(self, **kw: Any) -> Any:
+        if self.down:
+            raise StoreUnavailable("simulated outage")
+        return await super().list_published(**kw)
+
 
 async def test_token_during_an_outage_mints_from_last_known_good_or_answers_503(tmp_path) -> None:
     """As a session start would: the last known-good configs while the store is down;
@@ -288,3 +293,38 @@ async def test_token_during_an_outage_mints_from_last_known_good_or_answers_503(
     finally:
         store.down = False
         await store.aclose()
+
+
+async def test_session_starts_carry_the_arm_and_a_pinned_version_runs_only_from_the_job(store: SQLStore) -> None:
+    """A canary splits session starts by caller, recorded on the session; a version named
+    in the job's dispatch metadata (a draft tried out) runs as asked, with no arm; the same
+    key in room or participant metadata (not signed by us) is ignored; an unknown version
+    runs the routed one and says so."""
+    from app.domain.rollout import arm_for
+
+    await store.update_agent_config("support-a", {"auto_publish": False, "description": "draft"})  # v2
+    await store.update_agent_config("support-a", {"description": "draft 2"})  # v3
+    await store.publish("support-a", 2, canary_percent=50)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    services = WorkerServices(settings, store)
+    await services.start()
+
+    async def start(sources: list[MetadataSource], room: str = "r") -> SessionRecord:
+        prepared = await prepare_session(services, sources, room=room, audio=False, llm_client=FakeOpenAI().client())
+        await prepared.aclose()
+        return await store.get_session(prepared.record.session_id)
+
+    try:
+        for uid in ("ada", "bob", "cy", "dee", "eve", "fay"):
+            rec = await start(job({"agent_id": "support-a", "user_id": uid}))
+            want = arm_for("support-a", uid, 50)
+            assert (rec.arm, rec.config_version) == (want, 2 if want == "canary" else 1), uid
+        pinned = await start(job({"agent_id": "support-a", "version": 3, "user_id": "ada"}))
+        assert (pinned.config_version, pinned.arm, pinned.route_reason) == (3, None, "agent_id:pinned_version")
+        unknown = await start(job({"agent_id": "support-a", "version": 9, "user_id": "ada"}))
+        assert unknown.config_version in (1, 2) and unknown.route_reason == "agent_id:unknown_version"
+        room = await start([MetadataSource("job", None),
+                            MetadataSource("room", json.dumps({"agent_id": "support-a", "version": 3}))])
+        assert room.config_version in (1, 2) and room.route_reason == "agent_id"
+    finally:
+        await services.aclose()

@@ -154,3 +154,31 @@ async def test_pte_mode_mints_for_the_pte_agent_without_routes(store) -> None:
         r = await c.post("/api/v1/token", json={"user_id": "candidate-1"})
     assert r.status_code == 201, r.text
     assert r.json()["agent_id"] == "pte-interview"
+
+
+async def test_a_version_token_pins_that_version_on_the_admin_api(store) -> None:
+    """A draft is tried with a token from the admin API (the publish role), whose dispatch
+    metadata names the version; the public endpoint cannot pin one."""
+    await store.update_agent_config("support-agent-v1", {"auto_publish": False, "description": "draft"})
+    settings = make_settings()
+    admin = {"Authorization": "Bearer admin-key-123456"}
+    url = "/api/v1/agents/config/support-agent-v1/versions/2/token"
+    async with client_for(settings, store) as c:
+        r = await c.post(url, json={"user_id": "tester", "variables": {"customer": "Ada"}}, headers=admin)
+        assert r.status_code == 201, r.text
+        claims = api.TokenVerifier(LK_KEY, LK_SECRET).verify(r.json()["participant_token"])
+        meta = json.loads(claims.room_config.agents[0].metadata)
+        assert meta == {"agent_id": "support-agent-v1", "version": 2, "variables": {"customer": "Ada"},
+                        "user_id": "tester"}
+        assert claims.identity == "tester"  # an admin key's caller is asserted, not "unverified:"
+        assert (await c.post(url, json={"variables": {"customer": "Ada"}})).status_code == 401
+        r = await c.post(url, json={"variables": {}}, headers=admin)
+        assert r.status_code == 422 and r.json()["extra"][0]["key"] == "variables.customer"
+        r = await c.post(url.replace("/2/", "/3/"), json={"variables": {"customer": "Ada"}}, headers=admin)
+        assert r.status_code == 404
+        r = await c.post("/api/v1/token", json={"agent_id": "support-agent-v1", "version": 2,
+                                                "variables": {"customer": "Ada"}})
+        assert r.status_code == 422 and r.json()["extra"][0]["key"] == "version"
+    handler = next(h for route in client_for(settings, store).app.routes if route.path.endswith("/token")
+                   and "versions" in route.path for h in route.route_handlers)  # type: ignore[attr-defined]
+    assert handler.opt["role"] == "publish"

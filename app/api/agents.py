@@ -202,7 +202,8 @@ class AgentConfigController(Controller):
         name="agents:rollback",
         opt={"role": "publish"},
         response_headers=[ETAG_HEADER],
-        summary="Write the content of an old version as a new current version",
+        summary="Write the content of an old version as a new version and publish it",
+        description="Always published, whatever `auto_publish` says; 409 while a canary runs.",
         responses=error_responses(400, 404, 409, 412, 422),
     )
     async def rollback(

@@ -42,9 +42,11 @@ from app.api.latency import LatencyController
 from app.api.metrics import metrics_router
 from app.api.openapi import AccurateJsonRenderPlugin, fix_allow_header
 from app.api.resolve import ResolveController
+from app.api.rollout import RolloutController
 from app.api.routes import RouteController
 from app.api.sessions import SessionController
 from app.api.status import RuntimeStatus
+from app.api.tokens import VersionTokenController
 from app.api.usage import UsageController
 from app.api.webhooks import WebhookController
 from app.assets.browser import BrowserAssets
@@ -53,6 +55,7 @@ from app.observability import tracing
 from app.settings import Settings
 from app.store.base import ConfigStore
 from app.store.cache import ConfigCache
+from app.store.rollout_guard import guard_policy
 from app.store.sources import SnapshotSource, config_source
 from app.webhooks.safety import UrlPolicy
 
@@ -96,7 +99,8 @@ def create_app(
         path=API_PREFIX,
         route_handlers=[
             AgentConfigController, LatencyController, RouteController, SessionController, UsageController,
-            ResolveController, AuditController, WebhookController, KeyController, AgentTestController,
+            ResolveController, AuditController, WebhookController, KeyController, RolloutController,
+            VersionTokenController, AgentTestController,
         ],
         guards=[guard],
         dependencies={**CHANGE_DEPENDENCY, "keyring": constant(keyring)},
@@ -120,7 +124,8 @@ def create_app(
             metrics_router(None if open_metrics else guard),
             admin, *extra_route_handlers,
         ],
-        dependencies=dependencies(store, cache, status, configs, UrlPolicy.from_settings(settings)),
+        dependencies=dependencies(store, cache, status, configs, UrlPolicy.from_settings(settings),
+                                  guard_policy(settings)),
         state=State({"settings": settings, "store": store, "status": status, "cache": cache, "configs": configs,
                      "keyring": keyring, "test_runs": test_runs}),
         exception_handlers=EXCEPTION_HANDLERS,

@@ -16,6 +16,7 @@ from litestar.params import QueryParameter, SkipValidation
 
 from app.api.status import RuntimeStatus
 from app.domain import AgentConfig
+from app.domain.rollout import GuardPolicy
 from app.store.base import ConfigStore
 from app.store.cache import ConfigCache
 from app.store.sources import SnapshotSource
@@ -48,7 +49,7 @@ class ConfigReader:
     async def get(self, agent_id: str, version: int | None = None) -> AgentConfig:
         cache = self.cache
         if version is None and cache is not None and cache.is_fresh():
-            cfg = cache.snapshot.configs.get(agent_id)
+            cfg = cache.snapshot.newest(agent_id)  # the published one, unless drafts follow it
             if cfg is not None:
                 return cfg
         return await self.store.get_agent_config(agent_id, version)
@@ -59,6 +60,8 @@ Reader = NamedDependency[SkipValidation[ConfigReader]]
 Status = NamedDependency[SkipValidation[RuntimeStatus]]
 UrlPolicyDep = NamedDependency[SkipValidation[UrlPolicy]]
 """Where webhook URLs may point (`url_policy`)."""
+Policy = NamedDependency[SkipValidation[GuardPolicy]]
+"""The rollout guard's thresholds (`policy`): the verdict `GET .../rollout` shows."""
 Configs = NamedDependency[SkipValidation[SnapshotSource]]
 """The process's config source: what sessions are resolved against (`app.store.sources`)."""
 
@@ -77,7 +80,7 @@ def constant(value: object) -> Provide:
 
 def dependencies(
     store: ConfigStore, cache: ConfigCache | None, status: RuntimeStatus, configs: SnapshotSource,
-    url_policy: UrlPolicy,
+    url_policy: UrlPolicy, policy: GuardPolicy | None = None,
 ) -> dict[str, Provide]:
     """The app-level DI map; names match the handler parameters typed above."""
     return {
@@ -86,4 +89,5 @@ def dependencies(
         "runtime_status": constant(status),
         "configs": constant(configs),
         "url_policy": constant(url_policy),
+        "policy": constant(policy if policy is not None else GuardPolicy()),
     }

@@ -52,6 +52,9 @@ from app.domain import (
     InvalidReference,
     NotFound,
     NumberTaken,
+    PublishRefused,
+    ReleaseConflict,
+    RolloutConflict,
     StoreUnavailable,
     VersionConflict,
 )
@@ -227,6 +230,13 @@ def _version_conflict(request: Request[Any, Any, Any], exc: VersionConflict) -> 
     return _json_error(status, exc.message, exc.extra, headers)
 
 
+def _release_conflict(request: Request[Any, Any, Any], exc: ReleaseConflict) -> Response[Any]:
+    # As for versions: 412 answers the client's own precondition, 409 a lost race.
+    status = HTTP_412_PRECONDITION_FAILED if "if-match" in request.headers else HTTP_409_CONFLICT
+    headers = {"ETag": etag(exc.actual)} if exc.actual is not None else None
+    return _json_error(status, exc.message, exc.extra, headers)
+
+
 def _invalid_input(request: Request[Any, Any, Any], exc: InvalidInput) -> Response[Any]:
     # A rule spanning records (e.g. a route naming an unknown agent). The store puts
     # the offending field in `extra` (`InvalidReference(..., agent_id=...)`): that
@@ -234,6 +244,8 @@ def _invalid_input(request: Request[Any, Any, Any], exc: InvalidInput) -> Respon
     entry: dict[str, Any] = {"message": exc.message}
     if isinstance(exc, InvalidReference) and exc.extra:
         entry["key"] = str(exc.extra.get("field") or next(iter(exc.extra)))
+    elif isinstance(exc.extra.get("field"), str):  # a rule about one body field (`field=`)
+        entry["key"] = str(exc.extra["field"])
     return _json_error(HTTP_422_UNPROCESSABLE_ENTITY, exc.message, [entry])
 
 
@@ -273,6 +285,9 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     NumberTaken: _conflict,
     InProgress: _conflict,
     VersionConflict: _version_conflict,
+    ReleaseConflict: _release_conflict,
+    RolloutConflict: _conflict,
+    PublishRefused: _conflict,
     InvalidInput: _invalid_input,
     InvalidTestDocument: _invalid_test,
     TestsNotPassing: _conflict,

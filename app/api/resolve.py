@@ -9,11 +9,11 @@ config source a session start uses (`app.store.resolver`, the `configs` dependen
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
 from litestar import Controller, get
 from litestar.params import Parameter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.api.deps import Configs
 from app.api.errors import error_responses
@@ -31,6 +31,13 @@ class Resolution(BaseModel):
     config_epoch: int | None = None
     stale: bool = False
     """True when the store was unreachable and the last known-good config was used."""
+    arm: Literal["stable", "canary"] | None = Field(
+        None, description="While the agent has a canary running: the arm this caller gets (sticky per user_id, "
+        "else per room); null otherwise"
+    )
+    published_version: int | None = Field(None, description="The agent's published (stable) version")
+    canary_version: int | None = Field(None, description="The running canary's version, if any")
+    canary_percent: int | None = None
 
 
 register_models(Resolution)
@@ -58,16 +65,28 @@ class ResolveController(Controller):
                 "routes by the routes' phone_numbers when neither agent_id nor purpose is given.",
             ),
         ] = None,
+        user_id: Annotated[str | None, Parameter(
+            max_length=128, description="The caller: decides the canary arm (as the session's user_id would)")] = None,
+        room: Annotated[str | None, Parameter(
+            max_length=200, description="The room, for a caller without user_id (the arm is then per room)")] = None,
     ) -> Resolution:
         meta: dict[str, str] = {}
         if agent_id:
             meta["agent_id"] = agent_id
         if purpose:
             meta["purpose"] = purpose
+        if user_id:
+            meta["user_id"] = user_id
         res = await resolve_current(
-            configs, [MetadataSource("job", json.dumps(meta))], room="resolve", called_number=called_number
+            configs, [MetadataSource("job", json.dumps(meta))], room=room or "resolve", called_number=called_number
         )
+        snap, aid = res.snapshot, res.config.agent_id
+        published = snap.configs.get(aid) if snap is not None else None
+        canary = snap.canaries.get(aid) if snap is not None else None
         return Resolution(
-            agent_id=res.config.agent_id, config_version=res.config.version, reason=res.decision.reason,
-            source=res.decision.source, config_epoch=res.epoch, stale=res.stale,
+            agent_id=aid, config_version=res.config.version, reason=res.decision.reason,
+            source=res.decision.source, config_epoch=res.epoch, stale=res.stale, arm=res.arm,
+            published_version=published.version if published is not None else None,
+            canary_version=canary.config.version if canary is not None else None,
+            canary_percent=canary.percent if canary is not None else None,
         )

@@ -16,16 +16,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from litestar import Controller, Request, post
+from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import JSONBody, SkipValidation
+from litestar.params import JSONBody, PathParameter, SkipValidation
 from livekit import api
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from app.api.auth import bearer_guard
-from app.api.deps import Configs
+from app.api.deps import MAX_INT, Configs, Store
 from app.api.errors import ErrorBody, error_responses
 from app.api.openapi import register_models
 from app.domain import AgentConfig, StoreUnavailable
@@ -152,6 +153,78 @@ def client_identifier(header: str | None) -> Any:
     return identify
 
 
+def mint(settings: Settings, agent_id: str, identity: str, meta: dict[str, Any]) -> TokenResponse:
+    """A LiveKit token for a new room whose dispatch carries `meta`; 503 without LiveKit."""
+    if not (settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret):
+        raise HTTPException(status_code=503, detail="LiveKit is not configured on this server")
+    room = f"{agent_id}-{secrets.token_hex(6)}"
+    ttl = timedelta(seconds=settings.token_ttl_s)
+    jwt = (
+        api.AccessToken(settings.livekit_api_key.get_secret_value(), settings.livekit_api_secret.get_secret_value())
+        .with_identity(identity)
+        .with_ttl(ttl)
+        .with_grants(api.VideoGrants(room_join=True, room=room, can_publish=True,
+                                     can_subscribe=True, can_publish_data=True))
+        .with_room_config(api.RoomConfiguration(agents=[
+            api.RoomAgentDispatch(agent_name=settings.agent_name, metadata=json.dumps(meta))
+        ]))
+        .to_jwt()
+    )
+    return TokenResponse(
+        server_url=settings.livekit_url, room_name=room, participant_token=jwt,
+        participant_identity=identity, agent_id=agent_id, expires_at=datetime.now(UTC) + ttl,
+    )
+
+
+class VersionTokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.@:-]+$")] | None = None
+    variables: dict[
+        Annotated[str, StringConstraints(max_length=64)],
+        Annotated[str, StringConstraints(max_length=MAX_VARIABLE_VALUE_CHARS)],
+    ] = Field(default_factory=dict, max_length=32)
+
+    @field_validator("variables")
+    @classmethod
+    def _variables_fit(cls, variables: dict[str, str]) -> dict[str, str]:
+        return TokenRequest._variables_fit(variables)
+
+
+register_models(VersionTokenRequest)
+
+
+class VersionTokenController(Controller):
+    """`POST /api/v1/agents/config/{agent_id}/versions/{version}/token`: a call with one
+    version of an agent, a draft say, whatever routing hands out. On the admin API (a key
+    with the publish role): the public token endpoint cannot pin a version."""
+
+    path = "/agents/config/{agent_id:str}/versions/{version:int}/token"
+    tags = ["tokens"]
+
+    @post(
+        "/",
+        name="agents:version-token",
+        opt={"role": "publish"},
+        status_code=201,
+        summary="Mint a LiveKit token for a call with this version (a draft, say)",
+        description="The session runs exactly this version (`route_reason` `agent_id:pinned_version`, no canary "
+        "arm). 404: no such agent or version; 422: a variable it does not declare, or a required one missing; "
+        "503: LiveKit is not configured.",
+        responses=error_responses(400, 404, 413, 422),
+    )
+    async def mint_version(
+        self, store: Store, state: State, agent_id: Annotated[str, PathParameter(max_length=200)],
+        version: Annotated[int, PathParameter(ge=1, le=MAX_INT)], data: JSONBody[VersionTokenRequest],
+    ) -> TokenResponse:
+        settings: Settings = state.settings
+        cfg = await store.get_agent_config(agent_id, version)
+        _check_variables(cfg, data.variables)
+        identity = participant_identity(data.user_id, asserted=True)  # an admin key's caller is trusted
+        meta = {"agent_id": agent_id, "version": version, "variables": data.variables, "user_id": identity}
+        return mint(settings, agent_id, identity, meta)
+
+
 def token_controller(settings: Settings) -> type[Controller]:
     """The token endpoint, outside the admin guard: it has its own optional key and a
     per-client rate limit (tokens start paid sessions)."""
@@ -189,30 +262,11 @@ def token_controller(settings: Settings) -> type[Controller]:
             cfg = await _resolve(data, configs)
             _check_variables(cfg, data.variables)
             identity = participant_identity(data.user_id, asserted=settings.token_api_key is not None)
-            if not (settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret):
-                raise HTTPException(status_code=503, detail="LiveKit is not configured on this server")
-            room = f"{cfg.agent_id}-{secrets.token_hex(6)}"
             meta: dict[str, Any] = {"variables": data.variables, "user_id": identity}
             if data.agent_id:
                 meta["agent_id"] = data.agent_id
             elif data.purpose:
                 meta["purpose"] = data.purpose
-            ttl = timedelta(seconds=settings.token_ttl_s)
-            jwt = (
-                api.AccessToken(settings.livekit_api_key.get_secret_value(), settings.livekit_api_secret.get_secret_value())
-                .with_identity(identity)
-                .with_ttl(ttl)
-                .with_grants(api.VideoGrants(room_join=True, room=room, can_publish=True,
-                                             can_subscribe=True, can_publish_data=True))
-                .with_room_config(api.RoomConfiguration(agents=[
-                    api.RoomAgentDispatch(agent_name=settings.agent_name, metadata=json.dumps(meta))
-                ]))
-                .to_jwt()
-            )
-            return TokenResponse(
-                server_url=settings.livekit_url, room_name=room, participant_token=jwt,
-                participant_identity=identity, agent_id=cfg.agent_id,
-                expires_at=datetime.now(UTC) + ttl,
-            )
+            return mint(settings, cfg.agent_id, identity, meta)
 
     return TokenController

@@ -69,3 +69,29 @@ class CorruptRecord(DomainError):
 
 class InProgress(DomainError):
     """The thing is busy right now (e.g. a webhook delivery attempt is running); retry later (API: 409)."""
+
+
+class RolloutConflict(DomainError):
+    """The rollout state does not allow this now: a publish, canary start or rollback
+    while a canary runs (promote or abort it first), or a promote/abort with none (API: 409)."""
+
+
+class ReleaseConflict(DomainError):
+    """`If-Match` named another release revision than the current one, or a concurrent
+    publisher changed it first (API: 412 with `If-Match`, else 409)."""
+
+    def __init__(self, agent_id: str, expected: int | None, actual: int | None) -> None:
+        super().__init__(
+            f"agent {agent_id!r} release is at revision {actual}, not {expected}",
+            agent_id=agent_id, expected_rev=expected, current_rev=actual,
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class PublishRefused(DomainError):
+    """A pre-publish check refused the version (API: 409 naming what failed in `extra.failing`)."""
+
+    def __init__(self, message: str, failing: list[str]) -> None:
+        super().__init__(message, failing=list(failing))
+        self.failing = list(failing)

@@ -155,6 +155,7 @@ class SessionStartedData(BaseModel):
     started_at: UtcDatetime
     route_reason: str | None = None
     degraded: str | None = None
+    arm: Literal["stable", "canary"] | None = Field(None, description="The canary arm, while a canary ran")
 
 
 class SessionHandoffData(BaseModel):
@@ -190,6 +191,7 @@ class SessionEndedData(BaseModel):
     room: str | None = None
     agent_id: str
     config_version: int | None = None
+    arm: Literal["stable", "canary"] | None = Field(None, description="The canary arm, while a canary ran")
     user_id: str | None = None
     status: str = Field(description="completed, failed or abandoned")
     end_reason: str | None = None
@@ -226,6 +228,28 @@ class SessionAnalyzedData(BaseModel):
     attempts: int
     finished_at: UtcDatetime | None = None
     cost_usd: float | None = Field(None, description="Of the analysis calls; null: the model has no price")
+
+
+class AgentPublishedData(BaseModel):
+    agent_id: str
+    version: int = Field(description="The version routing hands out now")
+    previous_version: int | None = Field(None, description="What it handed out before")
+    change: Literal["publish", "promote"] = Field(
+        description="publish: POST .../publish; promote: a canary promoted (a version written with auto_publish, "
+        "or a rollback, is announced by agent.version_created alone)"
+    )
+
+
+class RolloutData(BaseModel):
+    agent_id: str
+    rollout_id: str
+    version: int = Field(description="The canary version")
+    stable_version: int
+    percent: int
+    reason: str | None = Field(None, description="Why it was aborted")
+    automatic: bool = Field(False, description="Aborted by the rollout guard, not by a person")
+    figures: dict[str, Any] | None = Field(
+        None, description="The arms' figures and the guard's verdict when it was aborted automatically")
 
 
 class WebhookChangedData(BaseModel):
@@ -303,6 +327,22 @@ SESSION_ANALYZED = register_event_type(
     "A conversation's post-call analysis was stored: done (summary, success verdict, extracted fields) or "
     "failed (with the reason). Sent after session.ended, for agents with analysis settings.",
     SessionAnalyzedData)
+
+
+AGENT_PUBLISHED = register_event_type(
+    "agent.published", EventKind.change,
+    "Routing hands out another version of an agent: published explicitly, or a canary promoted (versions "
+    "written with auto_publish, and rollbacks, go live with their agent.version_created).", AgentPublishedData)
+ROLLOUT_STARTED = register_event_type(
+    "rollout.started", EventKind.change, "A canary started: a share of new sessions runs another version.",
+    RolloutData)
+ROLLOUT_PROMOTED = register_event_type(
+    "rollout.promoted", EventKind.change, "A canary was promoted: its version is published for everyone.",
+    RolloutData)
+ROLLOUT_ABORTED = register_event_type(
+    "rollout.aborted", EventKind.change,
+    "A canary was aborted, by a person or automatically by the rollout guard (worse than stable): every "
+    "caller is back on the stable version.", RolloutData)
 
 
 WEBHOOK_CREATED = register_event_type(

@@ -397,6 +397,10 @@ class AgentConfigInput(_Model):
     name: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=2000)
     enabled: JsonBool = True
+    auto_publish: JsonBool = Field(
+        True, description="Publish each new version as it is written (what routing hands out). False: "
+        "new versions are drafts until POST .../publish."
+    )
     prompt_config: PromptConfig
     schema_config: JsonSchemaObject = Field(default_factory=empty_schema)
     llm: LLMConfig = Field(default_factory=LLMConfig)
@@ -572,7 +576,7 @@ class Handoff(BaseModel):
 
 SessionEventKind = Literal[
     "provider_unavailable", "provider_recovered", "reply_capped", "repetition_stopped",
-    "budget_warning", "budget_exhausted",
+    "budget_warning", "budget_exhausted", "tool_error",
 ]
 
 MAX_SESSION_EVENTS = 200
@@ -595,6 +599,9 @@ class SessionRecord(BaseModel):
     agent_id: str
     config_version: int | None = None
     user_id: str | None = None
+    arm: Literal["stable", "canary"] | None = Field(
+        None, description="The rollout arm the session was routed to while a canary ran; null otherwise."
+    )
     status: SessionStatus = SessionStatus.active
     started_at: UtcDatetime = Field(default_factory=utcnow)
     ended_at: UtcDatetime | None = None

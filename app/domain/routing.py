@@ -134,6 +134,9 @@ class RouteDecision:
     """The requested purpose when it was a well-formed purpose string."""
     variables: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     user_id: str | None = None
+    version: int | None = None
+    """A pinned config version (a draft tried out): only from the job's dispatch metadata
+    (what our token endpoint signs) and only with an explicit `agent_id`."""
     skipped: tuple[str, ...] = ()
     """`<source>:<why>` for each source that did not parse, for diagnostics."""
     direction: Literal["inbound", "outbound"] | None = None
@@ -290,7 +293,9 @@ def _determine(
             return _fallback(table, "default:unknown_agent_id", room, raw=raw, **common)
         if agent_id not in table.enabled:
             return _fallback(table, "default:disabled_agent", room, raw=raw, detail=agent_id, **common)
-        return RouteDecision(agent_id=agent_id, reason="agent_id", **common)
+        version = meta.get("version")
+        pinned = version if source == "job" and type(version) is int and 1 <= version < 2**31 else None
+        return RouteDecision(agent_id=agent_id, reason="agent_id", version=pinned, **common)
 
     if purpose_raw is not None and purpose_raw != "":
         target = table.routes.get(purpose) if purpose is not None else None

@@ -26,6 +26,7 @@ from app.domain import AgentConfig, Route, SessionOrder, SessionRecord, SessionS
 from app.domain.agent_tests import AgentTest, TestRun
 from app.domain.events import Event
 from app.domain.keys import StoredApiKey
+from app.domain.rollout import ArmSession
 from app.domain.usage import UsageGroup, UsageRow
 from app.domain.webhooks import Delivery, DeliveryStatus, StoredWebhook
 from app.store.session_rules import Run
@@ -47,6 +48,38 @@ class StoredVersion:
     """The stored config JSON; None when the caller said it already has `key` parsed."""
     head_created_at: datetime | None = None
     """On `current()`: when the agent was created (repairs a version that no longer parses)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRelease:
+    """An agent's release state as stored on its head (`app.domain.rollout.Release`)."""
+
+    agent_id: str
+    current_version: int
+    published_version: int
+    """Databases from before publishing: the current version (every write was published)."""
+    rev: int
+    rollout: dict[str, Any] | None
+    """`Rollout` as JSON: the running canary, or the last one that ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublishStep:
+    """`append`'s instruction to also publish the new version, only if the release is
+    still at revision `rev` (else the version is stored as a draft and `events` dropped)."""
+
+    rev: int
+    events: list[Event]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedAgent:
+    """What routing hands out for one agent: the published version and a running canary."""
+
+    published: StoredVersion
+    canary: StoredVersion | None
+    rollout: dict[str, Any] | None
+    current_version: int
 
 
 class Known(Protocol):
@@ -137,10 +170,30 @@ class ConfigsBackend(Protocol):
     async def create(self, cfg: AgentConfig, events: list[Event]) -> VersionKey | None:
         """Store version 1 and its head atomically; None if the id is taken."""
 
-    async def append(self, head: VersionKey, cfg: AgentConfig, events: list[Event]) -> VersionKey:
+    async def append(
+        self, head: VersionKey, cfg: AgentConfig, events: list[Event], publish: PublishStep | None = None
+    ) -> VersionKey:
         """Store `cfg` (version head.version + 1) and move the head to it, only if the head
         is still `head`: else `HeadMoved` (with the version now current, when known; None
-        also when the agent is gone). A lost race never overwrites anything."""
+        also when the agent is gone). A lost race never overwrites anything. With
+        `publish`, the new version is also published (revision + 1, `publish.events`
+        committed with it) if the release is still at `publish.rev`; otherwise it stays a
+        draft (a canary started or someone published meanwhile)."""
+
+    async def release(self, agent_id: str) -> StoredRelease | None:
+        """The agent's release state; None if no agent."""
+
+    async def set_release(
+        self, agent_id: str, rev: int, published_version: int, canary_version: int | None,
+        rollout: dict[str, Any] | None, events: list[Event],
+    ) -> bool | None:
+        """Set the release state (revision `rev` + 1) only if it is still at `rev`
+        (False if not; None if there is no agent), `events` committed with it."""
+
+    async def list_published(
+        self, offset: int, limit: int, known: Known
+    ) -> tuple[list[PublishedAgent], int]:
+        """Published versions (and running canaries) ordered by agent id, and the agent count."""
 
     async def delete(self, agent_id: str, expected_version: int | None, events: list[Event]) -> bool:
         """Remove the agent and every version, only if no route points at it (`Routed`)
@@ -164,6 +217,10 @@ class SessionsBackend(Protocol):
 
     async def get(self, session_id: str) -> SessionRecord | None:
         """With its turns, in order."""
+
+    async def arm_sessions(self, agent_id: str, since: datetime, limit: int) -> tuple[list[ArmSession], int]:
+        """Sessions of `agent_id` started at or after `since` with an arm, newest first (at
+        most `limit`), projected to what the rollout figures need; and how many matched."""
 
     async def list(
         self, agent_id: str | None, status: SessionStatus | None, since: datetime | None,

@@ -22,7 +22,7 @@ backend (`app.store.sql`, `app.store.mongo`) that implements the narrow primitiv
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -39,6 +39,7 @@ from app.domain import (
 )
 from app.domain.analysis import SessionAnalysis
 from app.domain.events import SYSTEM, ChangeContext, Event
+from app.domain.rollout import GuardPolicy, PublishedConfig, Release, RolloutReport
 from app.domain.usage import UsageGroup, UsageReport
 
 if TYPE_CHECKING:
@@ -222,6 +223,32 @@ class ConfigStore(Protocol):
         self, agent_id: str, version: int, expected_version: int | None = None, *, ctx: ChangeContext = SYSTEM
     ) -> AgentConfig:
         """Write the content of `version` as a new current version."""
+
+    # publishing (`app.domain.rollout`) ----------------------------------------
+    def add_publish_check(self, check: Callable[[str, int], Awaitable[None]]) -> None:
+        """Run before every publish, canary start, promote and rollback; raises `PublishRefused` to refuse."""
+
+    async def get_release(self, agent_id: str) -> Release: ...
+
+    async def publish(
+        self, agent_id: str, version: int, *, canary_percent: int | None = None, expected_rev: int | None = None,
+        ctx: ChangeContext = SYSTEM,
+    ) -> Release:
+        """Publish `version`, or start a canary of it for `canary_percent` of new sessions."""
+
+    async def promote_canary(
+        self, agent_id: str, *, expected_rev: int | None = None, ctx: ChangeContext = SYSTEM
+    ) -> Release: ...
+
+    async def abort_canary(
+        self, agent_id: str, *, reason: str | None = None, expected_rev: int | None = None,
+        ctx: ChangeContext = SYSTEM, figures: dict[str, object] | None = None, rollout_id: str | None = None,
+    ) -> Release: ...
+
+    async def list_published(self, *, offset: int = 0, limit: int = 500) -> tuple[list[PublishedConfig], int]:
+        """What routing hands out, by agent id: published configs and running canaries."""
+
+    async def rollout_report(self, agent_id: str, policy: GuardPolicy | None = None) -> RolloutReport: ...
 
     # routes ------------------------------------------------------------------
     async def list_routes(self) -> list[Route]: ...

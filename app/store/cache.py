@@ -37,16 +37,34 @@ log = logging.getLogger(__name__)
 _PAGE = 500
 
 
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """A running canary as session starts need it: no store round trip to pick an arm."""
+
+    config: AgentConfig
+    percent: int
+    rollout_id: str
+
+
+_NO_CANARIES: Mapping[str, Canary] = MappingProxyType({})
+_NO_HEADS: Mapping[str, int] = MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class ConfigSnapshot:
     epoch: int
     configs: Mapping[str, AgentConfig]
+    """Each agent's published config: what routing hands out (the stable arm of a canary)."""
     routes: tuple[Route, ...]
     routing: RoutingTable
     """What sessions can be routed to, built from `routes` and `configs` (`build`)."""
     loaded_at: float = field(default_factory=time.monotonic)
     stale: bool = False
     """True when served from memory because the store could not be reached."""
+    canaries: Mapping[str, Canary] = field(default_factory=lambda: _NO_CANARIES)
+    """Running canaries by agent id."""
+    heads: Mapping[str, int] = field(default_factory=lambda: _NO_HEADS)
+    """Each agent's newest version (drafts included), where it differs from the published one."""
 
     @classmethod
     def build(
@@ -55,10 +73,20 @@ class ConfigSnapshot:
         """A snapshot with its routing table (the only way to make one)."""
         frozen = MappingProxyType(dict(configs))
         route_list = tuple(routes)
+        for name in ("canaries", "heads"):
+            if name in kw:
+                kw[name] = MappingProxyType(dict(kw[name]))
         return cls(
             epoch=epoch, configs=frozen, routes=route_list,
             routing=RoutingTable.build(route_list, frozen.values()), **kw,
         )
+
+    def newest(self, agent_id: str) -> AgentConfig | None:
+        """The agent's newest version if this snapshot holds it (it is the published one)."""
+        cfg = self.configs.get(agent_id)
+        if cfg is None or self.heads.get(agent_id, cfg.version) != cfg.version:
+            return None
+        return cfg
 
     @property
     def default_agent_id(self) -> str | None:
@@ -157,17 +185,25 @@ class ConfigCache:
         async with self._reload_lock:
             covers = self._changes
             configs: dict[str, AgentConfig] = {}
+            canaries: dict[str, Canary] = {}
+            heads: dict[str, int] = {}
             offset = 0
             while True:
-                page, total = await self._store.list_agent_configs(offset=offset, limit=_PAGE)
-                configs.update((c.agent_id, c) for c in page)
+                page, total = await self._store.list_published(offset=offset, limit=_PAGE)
+                for p in page:
+                    configs[p.config.agent_id] = p.config
+                    if p.canary is not None and p.rollout is not None:
+                        canaries[p.config.agent_id] = Canary(p.canary, p.rollout.percent, p.rollout.id)
+                    if p.current_version is not None and p.current_version != p.config.version:
+                        heads[p.config.agent_id] = p.current_version
                 offset += len(page)
                 if not page or offset >= total:
                     break
             routes = tuple(await self._store.list_routes())
             # `epoch` was read before listing: if another process wrote meanwhile,
             # the next check sees a newer epoch and reloads (never the reverse).
-            self._snapshot = ConfigSnapshot.build(epoch=epoch, configs=configs, routes=routes)
+            self._snapshot = ConfigSnapshot.build(
+                epoch=epoch, configs=configs, routes=routes, canaries=canaries, heads=heads)
             self._covered = covers
             log.debug("config snapshot reloaded: epoch %s, %d agents", epoch, len(configs))
 

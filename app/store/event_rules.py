@@ -16,7 +16,11 @@ from app.domain.analysis import AnalysisStatus, SessionAnalysis
 from app.domain.events import (
     AGENT_CREATED,
     AGENT_DELETED,
+    AGENT_PUBLISHED,
     AGENT_VERSION_CREATED,
+    ROLLOUT_ABORTED,
+    ROLLOUT_PROMOTED,
+    ROLLOUT_STARTED,
     ROUTES_CHANGED,
     SESSION_ANALYZED,
     SESSION_ENDED,
@@ -24,10 +28,12 @@ from app.domain.events import (
     SESSION_STARTED,
     AgentCreatedData,
     AgentDeletedData,
+    AgentPublishedData,
     AgentVersionCreatedData,
     ChangeContext,
     ChangeKind,
     Event,
+    RolloutData,
     RouteData,
     RoutesChangedData,
     SessionAnalyzedData,
@@ -36,6 +42,7 @@ from app.domain.events import (
     make_event,
 )
 from app.domain.models import Handoff
+from app.domain.rollout import GUARD_ACTOR, Rollout
 from app.store.session_rules import Run
 
 RENDERED_LATER = frozenset({SESSION_ENDED.name})
@@ -58,6 +65,31 @@ def version_created(
     return [make_event(AGENT_VERSION_CREATED, data, at=now, agent_id=cfg.agent_id, ctx=ctx)]
 
 
+def published(
+    agent_id: str, version: int, previous: int | None, change: str, now: datetime, ctx: ChangeContext
+) -> list[Event]:
+    data = AgentPublishedData.model_validate(
+        {"agent_id": agent_id, "version": version, "previous_version": previous, "change": change})
+    return [make_event(AGENT_PUBLISHED, data, at=now, agent_id=agent_id, ctx=ctx)]
+
+
+def rollout_changed(
+    agent_id: str, rollout: Rollout, now: datetime, ctx: ChangeContext, figures: dict[str, object] | None = None
+) -> list[Event]:
+    """`rollout.started`, `.promoted` or `.aborted`, by the rollout's status; a promote also
+    publishes (`agent.published`)."""
+    kind = {"running": ROLLOUT_STARTED, "promoted": ROLLOUT_PROMOTED, "aborted": ROLLOUT_ABORTED}[rollout.status]
+    data = RolloutData(
+        agent_id=agent_id, rollout_id=rollout.id, version=rollout.version, stable_version=rollout.stable_version,
+        percent=rollout.percent, reason=rollout.reason, automatic=rollout.ended_by == GUARD_ACTOR and
+        rollout.status == "aborted", figures=figures,
+    )
+    events = [make_event(kind, data, at=now, agent_id=agent_id, ctx=ctx)]
+    if rollout.status == "promoted":
+        events += published(agent_id, rollout.version, rollout.stable_version, "promote", now, ctx)
+    return events
+
+
 def agent_deleted(agent_id: str, now: datetime, ctx: ChangeContext) -> list[Event]:
     return [make_event(AGENT_DELETED, AgentDeletedData(agent_id=agent_id), at=now, agent_id=agent_id, ctx=ctx)]
 
@@ -75,7 +107,7 @@ def session_started(record: SessionRecord, now: datetime) -> Event:
     data = SessionStartedData(
         session_id=record.session_id, room=record.room, agent_id=record.agent_id,
         config_version=record.config_version, user_id=record.user_id, started_at=record.started_at,
-        route_reason=record.route_reason, degraded=record.degraded,
+        route_reason=record.route_reason, degraded=record.degraded, arm=record.arm,
     )
     return make_event(SESSION_STARTED, data, at=now, agent_id=record.agent_id)
 

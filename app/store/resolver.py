@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from app.domain import AgentConfig, StoreUnavailable
 from app.domain.fallback import FALLBACK_CONFIG
+from app.domain.rollout import Arm, arm_for
 from app.domain.routing import MetadataSource, RouteDecision, RoutingTable, determine_agent_type
 from app.store.cache import ConfigSnapshot
 from app.store.sources import SnapshotSource
@@ -36,6 +37,9 @@ class Resolution:
     """What was resolved against; None when no config could be loaded at all."""
     degraded: str | None = None
     """Why the answer is not from a fresh snapshot (for logs and the session record)."""
+    arm: Arm | None = None
+    """The rollout arm while the agent has a canary running (`config` is then the canary's
+    or the published one); None otherwise."""
 
     @property
     def stale(self) -> bool:
@@ -68,20 +72,30 @@ class Resolution:
 def resolve(
     snapshot: ConfigSnapshot | None, sources: Sources, *, room: str, degraded: str | None = None,
     called_number: str | None = None,
+    user_id: str | None = None,
 ) -> Resolution:
     """The routing rules applied to `snapshot`; never raises. `called_number`: the E.164
     number a phone caller dialled (routes by `phone_numbers` when the metadata names
-    neither agent nor purpose)."""
+    neither agent nor purpose). While the routed agent has a canary, the caller (the
+    metadata's `user_id`, else `user_id`, else the room) picks the arm
+    (`app.domain.rollout.arm_for`)."""
     table = snapshot.routing if snapshot is not None else _NO_ROUTES
     decision = determine_agent_type(sources, table, room=room, called_number=called_number)
     config = (snapshot.enabled(decision.agent_id) if snapshot and decision.agent_id else None) or FALLBACK_CONFIG
     if config is FALLBACK_CONFIG and degraded is None:
         log.warning("room %s: no routable agent (%s); using the fallback agent", room, decision.reason)
-    return Resolution(decision=decision, config=config, snapshot=snapshot, degraded=degraded)
+    arm: Arm | None = None
+    canary = snapshot.canaries.get(config.agent_id) if snapshot is not None and config is not FALLBACK_CONFIG else None
+    if canary is not None and canary.config.enabled:
+        arm = arm_for(config.agent_id, decision.user_id or user_id or room, canary.percent)
+        if arm == "canary":
+            config = canary.config
+    return Resolution(decision=decision, config=config, snapshot=snapshot, degraded=degraded, arm=arm)
 
 
 async def resolve_current(
-    configs: SnapshotSource, sources: Sources, *, room: str, called_number: str | None = None
+    configs: SnapshotSource, sources: Sources, *, room: str, called_number: str | None = None,
+    user_id: str | None = None,
 ) -> Resolution:
     """`resolve` on the source's current snapshot: the last known-good one (degraded)
     while the store is down, none (fallback agent, degraded) when nothing was loaded."""
@@ -96,4 +110,4 @@ async def resolve_current(
     except Exception:  # a bug or an unreadable stored config must not kill the call
         log.exception("room %s: loading configs failed; using the fallback agent", room)
         degraded = "config lookup failed: fallback agent"
-    return resolve(snapshot, sources, room=room, degraded=degraded, called_number=called_number)
+    return resolve(snapshot, sources, room=room, degraded=degraded, called_number=called_number, user_id=user_id)

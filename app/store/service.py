@@ -49,8 +49,17 @@ from app.domain import (
     patched_input,
 )
 from app.domain.analysis import AnalysisStatus, SessionAnalysis
-from app.domain.errors import InvalidInput
+from app.domain.errors import InvalidInput, PublishRefused, ReleaseConflict, RolloutConflict
 from app.domain.events import SYSTEM, ChangeContext, ChangeKind, Event
+from app.domain.rollout import (
+    GuardPolicy,
+    PublishedConfig,
+    Release,
+    Rollout,
+    RolloutReport,
+    arm_figures,
+    compare,
+)
 from app.domain.usage import UsageGroup, UsageReport, UsageTotals
 from app.store import event_rules
 from app.store.agent_test_service import AgentTestStore
@@ -63,8 +72,10 @@ from app.store.backend import (
     Known,
     MissingAgents,
     NoSession,
+    PublishStep,
     Routed,
     SessionExists,
+    StoredRelease,
     StoredVersion,
 )
 from app.store.base import (
@@ -95,6 +106,12 @@ from app.store.webhook_service import WebhookStore
 
 log = logging.getLogger(__name__)
 
+PublishCheck = Callable[[str, int], Awaitable[None]]
+"""A pre-publish check: `(agent_id, version)`; raises `PublishRefused` to refuse."""
+
+ROLLOUT_MAX_SESSIONS = 5000
+"""The rollout figures read at most this many of a canary's newest sessions."""
+
 def _agent_not_found(agent_id: Any, version: int | None = None) -> NotFound:
     what = f"agent {agent_id!r}" + (f" version {version}" if version is not None else "")
     return NotFound(f"{what} not found", agent_id=agent_id) if isinstance(agent_id, str) else NotFound(f"{what} not found")
@@ -110,6 +127,7 @@ class StoreService(WebhookStore, KeyStore, AgentTestStore):
         self._journal_listeners: list[ChangeListener] = []
         self._parsed = ParsedVersions()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._publish_checks: list[PublishCheck] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -241,8 +259,9 @@ class StoreService(WebhookStore, KeyStore, AgentTestStore):
                     raise VersionConflict(agent_id, expected_version, seen)
                 new = self._next_version(agent_id, head, patch)
                 events = event_rules.version_created(new, change, new.updated_at, ctx, rolled_back_to)
+                publish = await self._publish_step(agent_id, new, change, ctx)
                 try:
-                    key = await configs.append(head.key, new, events)
+                    key = await configs.append(head.key, new, events, publish)
                 except HeadMoved as e:
                     if expected_version is not None and e.actual is not None:
                         raise VersionConflict(agent_id, expected_version, e.actual) from None
@@ -252,6 +271,33 @@ class StoreService(WebhookStore, KeyStore, AgentTestStore):
                 self._notify()
                 return new
         raise VersionConflict(agent_id, expected_version, None)
+
+    async def _publish_step(
+        self, agent_id: str, new: AgentConfig, change: ChangeKind, ctx: ChangeContext
+    ) -> PublishStep | None:
+        """Whether a new version is published as it is written: a rollback always is (it
+        is a publish; refused while a canary runs), any other write when its config says
+        `auto_publish` and no canary runs (then it is a draft) and the pre-publish checks
+        pass (else it is a draft: the checks are asked, not overridden)."""
+        rel = await self.backend.configs.release(agent_id)
+        if rel is None:
+            return None  # deleted meanwhile: the append finds out
+        running = _running(rel)
+        if change == "rollback":
+            if running:
+                raise RolloutConflict(f"agent {agent_id!r} has a canary running: promote or abort it first",
+                                    agent_id=agent_id)
+            await self._run_publish_checks(agent_id, new.version)
+        elif not new.auto_publish or running:
+            return None
+        else:
+            try:
+                await self._run_publish_checks(agent_id, new.version)
+            except PublishRefused as e:
+                log.info("agent %s version %s kept as a draft: %s", agent_id, new.version, e.message)
+                return None
+        # No `agent.published` here: `agent.version_created` announces these, as before drafts existed.
+        return PublishStep(rel.rev, [])
 
     def _next_version(
         self, agent_id: str, head: StoredVersion, patch: Mapping[str, Any] | AgentConfigInput
@@ -306,6 +352,175 @@ class StoreService(WebhookStore, KeyStore, AgentTestStore):
         """Write the content of `version` as a new current version."""
         target = await self.get_agent_config(agent_id, version)
         return await self._write_version(agent_id, target.input(), expected_version, ctx, "rollback", version)
+
+    # ---------------------------------------------------------------- publishing
+
+    def add_publish_check(self, check: PublishCheck) -> None:
+        """Run `check(agent_id, version)` before every publish, canary start, promote and
+        rollback (and before an auto-publish, which leaves a refused version a draft). A
+        check refuses by raising `PublishRefused` (API: 409 naming `failing`)."""
+        self._publish_checks.append(check)
+
+    async def _run_publish_checks(self, agent_id: str, version: int) -> None:
+        for check in list(self._publish_checks):
+            await check(agent_id, version)
+
+    async def get_release(self, agent_id: str) -> Release:
+        if not isinstance(agent_id, str):
+            raise _agent_not_found(agent_id)
+        rel = await self.backend.configs.release(agent_id)
+        if rel is None:
+            raise _agent_not_found(agent_id)
+        return _release(rel)
+
+    async def publish(
+        self, agent_id: str, version: int, *, canary_percent: int | None = None, expected_rev: int | None = None,
+        ctx: ChangeContext = SYSTEM,
+    ) -> Release:
+        """Publish `version` (routing hands it out to every new session), or with
+        `canary_percent` start a canary of it beside the published version. `NotFound`
+        for an unknown agent or version, `RolloutConflict` while a canary runs,
+        `ReleaseConflict` when `expected_rev` is not the current revision (or another
+        publisher won the race), `PublishRefused` from a pre-publish check."""
+        if type(version) is not int or version < 1:
+            raise _agent_not_found(agent_id, version if isinstance(version, int) else None)
+        if canary_percent is not None and (type(canary_percent) is not int or not 1 <= canary_percent <= 99):
+            raise InvalidInput("canary_percent must be an integer from 1 to 99", field="canary_percent")
+
+        def change(rel: StoredRelease, now: datetime) -> tuple[int, int | None, Rollout | None, list[Event]] | None:
+            if _running(rel):
+                raise RolloutConflict(f"agent {agent_id!r} has a canary running (version "
+                                    f"{_rollout(rel).version}): promote or abort it first",  # type: ignore[union-attr]
+                                    agent_id=agent_id)
+            if canary_percent is None:
+                if version == rel.published_version:
+                    return None  # already what routing hands out
+                events = event_rules.published(agent_id, version, rel.published_version, "publish", now, ctx)
+                return version, None, _rollout(rel), events
+            if version == rel.published_version:
+                raise InvalidInput(f"version {version} is the published version; a canary needs another one",
+                                   field="version")
+            rollout = Rollout(id=f"ro_{secrets.token_hex(8)}", version=version, stable_version=rel.published_version,
+                              percent=canary_percent, status="running", started_at=now, started_by=ctx.actor)
+            return rel.published_version, version, rollout, event_rules.rollout_changed(agent_id, rollout, now, ctx)
+
+        return await self._change_release(agent_id, expected_rev, change, check_version=version)
+
+    async def promote_canary(
+        self, agent_id: str, *, expected_rev: int | None = None, ctx: ChangeContext = SYSTEM
+    ) -> Release:
+        """Publish the running canary's version for everyone (`InvalidInput` if none runs)."""
+
+        def change(rel: StoredRelease, now: datetime) -> tuple[int, int | None, Rollout | None, list[Event]]:
+            rollout = _running_or_refuse(agent_id, rel)
+            done = rollout.model_copy(update={"status": "promoted", "ended_at": now, "ended_by": ctx.actor})
+            return done.version, None, done, event_rules.rollout_changed(agent_id, done, now, ctx)
+
+        rel = await self.get_release(agent_id)
+        target = rel.canary.version if rel.canary is not None else None
+        return await self._change_release(agent_id, expected_rev, change, check_version=target)
+
+    async def abort_canary(
+        self, agent_id: str, *, reason: str | None = None, expected_rev: int | None = None,
+        ctx: ChangeContext = SYSTEM, figures: dict[str, object] | None = None, rollout_id: str | None = None,
+    ) -> Release:
+        """End the running canary: every new session gets the published version again.
+        `rollout_id`: only that rollout (the guard's verdict was about it); `InvalidInput`
+        if no canary (or another one) runs."""
+
+        def change(rel: StoredRelease, now: datetime) -> tuple[int, int | None, Rollout | None, list[Event]]:
+            rollout = _running_or_refuse(agent_id, rel)
+            if rollout_id is not None and rollout.id != rollout_id:
+                raise RolloutConflict(f"rollout {rollout_id} is not running", agent_id=agent_id)
+            done = rollout.model_copy(update={
+                "status": "aborted", "ended_at": now, "ended_by": ctx.actor, "reason": (reason or "aborted")[:500]})
+            return rel.published_version, None, done, event_rules.rollout_changed(agent_id, done, now, ctx, figures)
+
+        return await self._change_release(agent_id, expected_rev, change, check_version=None)
+
+    async def _change_release(
+        self, agent_id: str, expected_rev: int | None,
+        change: Callable[[StoredRelease, datetime], tuple[int, int | None, Rollout | None, list[Event]] | None],
+        *, check_version: int | None,
+    ) -> Release:
+        if not isinstance(agent_id, str):
+            raise _agent_not_found(agent_id)
+        configs = self.backend.configs
+        async with self._lock(agent_id):
+            for attempt in range(MAX_ATTEMPTS):
+                rel = await configs.release(agent_id)
+                if rel is None:
+                    raise _agent_not_found(agent_id)
+                if expected_rev is not None and expected_rev != rel.rev:
+                    raise ReleaseConflict(agent_id, expected_rev, rel.rev)
+                if check_version is not None and check_version > rel.current_version:
+                    raise _agent_not_found(agent_id, check_version)
+                decided = change(rel, self.backend.now())
+                if decided is None:
+                    return _release(rel)
+                published, canary, rollout, events = decided
+                if canary is not None and not (await self.get_agent_config(agent_id, canary)).enabled:
+                    raise InvalidInput(f"version {canary} is disabled; a canary of it would take no calls",
+                                       field="version")
+                if check_version is not None:
+                    await self._run_publish_checks(agent_id, check_version)
+                doc = rollout.model_dump(mode="json") if rollout is not None else None
+                ok = await configs.set_release(agent_id, rel.rev, published, canary, doc, events)
+                if ok is None:
+                    raise _agent_not_found(agent_id)
+                if ok:
+                    self._notify()
+                    return Release(agent_id=agent_id, current_version=rel.current_version,
+                                   published_version=published, rev=rel.rev + 1, rollout=rollout)
+                if expected_rev is not None:
+                    raise ReleaseConflict(agent_id, expected_rev, None)
+                await backoff(attempt)
+        raise ReleaseConflict(agent_id, expected_rev, None)
+
+    async def list_published(self, *, offset: int = 0, limit: int = 500) -> tuple[list[PublishedConfig], int]:
+        """What routing hands out, by agent id: each published config and its running canary."""
+        rows, total = await self.backend.configs.list_published(offset, limit, self._parsed)
+        if any((r.published.data is None and r.published.key not in self._parsed)
+               or (r.canary is not None and r.canary.data is None and r.canary.key not in self._parsed) for r in rows):
+            rows, total = await self.backend.configs.list_published(offset, limit, ())
+        out: list[PublishedConfig] = []
+        for row in rows:
+            try:
+                cfg = self._parsed.parse(row.published)
+            except CorruptRecord as e:
+                log.error("%s; not routable until it is replaced", e.message)
+                continue
+            canary = rollout = None
+            if row.canary is not None and row.rollout is not None:
+                try:
+                    canary = self._parsed.parse(row.canary)
+                    rollout = Rollout.model_validate(row.rollout)
+                except (CorruptRecord, ValueError):
+                    log.exception("agent %s: canary unreadable; every caller gets the published version",
+                                  cfg.agent_id)
+                    canary = rollout = None
+            out.append(PublishedConfig(cfg, canary, rollout, row.current_version))
+        return out, total
+
+    async def rollout_report(self, agent_id: str, policy: GuardPolicy | None = None) -> RolloutReport:
+        """The release state and, for the running (or last) canary, each arm's figures
+        since it started (its newest `ROLLOUT_MAX_SESSIONS` sessions) and the verdict."""
+        release = await self.get_release(agent_id)
+        rollout = release.rollout
+        if rollout is None:
+            return RolloutReport(release=release, drafts=release.drafts)
+        sessions, total = await self.backend.sessions.arm_sessions(agent_id, rollout.started_at, ROLLOUT_MAX_SESSIONS)
+        required: dict[int, list[str]] = {}
+        for v in {rollout.version, rollout.stable_version, *(s.config_version for s in sessions if s.config_version)}:
+            try:
+                required[v] = list((await self.get_agent_config(agent_id, v)).schema_config.get("required", []))
+            except NotFound:
+                required[v] = []
+        stable = arm_figures("stable", rollout.stable_version, sessions, required)
+        canary = arm_figures("canary", rollout.version, sessions, required)
+        verdict = compare(stable, canary, policy or GuardPolicy())
+        return RolloutReport(release=release, drafts=release.drafts, stable=stable, canary=canary, verdict=verdict,
+                             truncated=total > len(sessions))
 
     # -------------------------------------------------------------------- routes
 
@@ -550,3 +765,24 @@ class StoreService(WebhookStore, KeyStore, AgentTestStore):
             group_by=groups, agent_id=agent_id, since=since, until=until,
             rows=[r.rounded() for r in rows], total=total.rounded(),
         )
+
+
+def _rollout(rel: StoredRelease) -> Rollout | None:
+    return Rollout.model_validate(rel.rollout) if rel.rollout else None
+
+
+def _running(rel: StoredRelease) -> bool:
+    rollout = _rollout(rel)
+    return rollout is not None and rollout.running
+
+
+def _running_or_refuse(agent_id: str, rel: StoredRelease) -> Rollout:
+    rollout = _rollout(rel)
+    if rollout is None or not rollout.running:
+        raise RolloutConflict(f"agent {agent_id!r} has no canary running", agent_id=agent_id)
+    return rollout
+
+
+def _release(rel: StoredRelease) -> Release:
+    return Release(agent_id=rel.agent_id, current_version=rel.current_version,
+                   published_version=rel.published_version, rev=rel.rev, rollout=_rollout(rel))

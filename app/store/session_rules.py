@@ -21,6 +21,7 @@ from pydantic import TypeAdapter
 from app.domain import Handoff, InvalidInput, SessionRecord, SessionStatus, Turn
 from app.domain.events import Event
 from app.domain.models import deep_merge, worst_turn_ms
+from app.domain.rollout import ArmSession
 from app.store.base import (
     AppendTurn,
     FinishSession,
@@ -179,3 +180,25 @@ def merge_runs(runs: list[Run]) -> list[Run]:
         seg.fields.update(run.fields)
         seg.events += run.events
     return out
+
+
+ARM_FIELDS = ("arm", "config_version", "status", "end_reason", "collected", "handoffs", "events", "metrics")
+"""The stored session fields the rollout figures read (`project_arm_session`)."""
+
+
+def project_arm_session(doc: Mapping[str, Any]) -> ArmSession:
+    """A stored session's `ARM_FIELDS` as the rollout figures need them: counts and
+    latency figures instead of the whole event and metrics lists."""
+    events = doc.get("events") or []
+    metrics = doc.get("metrics") or []
+    turn_ms = [
+        float(m["total_ms"]) for m in metrics
+        if isinstance(m, Mapping) and isinstance(m.get("total_ms"), (int, float)) and not isinstance(m["total_ms"], bool)
+    ]
+    return ArmSession(
+        arm=str(doc.get("arm")), config_version=doc.get("config_version"), status=str(doc.get("status")),
+        end_reason=doc.get("end_reason"), collected=dict(doc.get("collected") or {}),
+        handoffs=len(doc.get("handoffs") or []),
+        tool_errors=sum(1 for e in events if isinstance(e, Mapping) and e.get("kind") == "tool_error"),
+        turn_ms=turn_ms,
+    )

@@ -46,7 +46,7 @@ async def session_ended_data(store: ConfigStore, record: SessionRecord) -> Sessi
     check = await asyncio.to_thread(validation_state, schema, record.collected)
     duration = (record.ended_at - record.started_at).total_seconds() if record.ended_at else None
     return SessionEndedData.model_validate({
-        **record.model_dump(include={"session_id", "room", "agent_id", "config_version", "user_id", "end_reason",
+        **record.model_dump(include={"session_id", "room", "agent_id", "config_version", "arm", "user_id", "end_reason",
                                      "error", "started_at", "ended_at", "degraded", "collected", "metrics",
                                      "usage"}),
         "analysis_requested": record.analysis is not None,

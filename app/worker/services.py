@@ -28,6 +28,7 @@ from app.domain.pricing import PriceTable
 from app.settings import Settings
 from app.store.base import ConfigStore
 from app.store.cache import ConfigCache, ConfigSnapshot
+from app.store.rollout_guard import RolloutGuard
 from app.store.sources import SnapshotSource, config_source
 from app.worker.analysis import AnalysisRunner
 from app.worker.sessions import PendingWrites, instance_id
@@ -75,6 +76,8 @@ class WorkerServices:
         self.pending = PendingWrites()
         self.prices = PriceTable.from_settings(settings)
         self.analysis: AnalysisRunner | None = None
+        self.rollout_guard: RolloutGuard | None = None
+        """Set by the supervisor: nudged when a canary session ends."""
         if store is not None and run_analyses:
             self.analysis = AnalysisRunner(
                 settings, store, owner=instance_id(), prices=self.prices, llm_client=analysis_llm_client
@@ -108,6 +111,8 @@ class WorkerServices:
         Called from the session's own loop (THREAD executor: another thread)."""
         if self.analysis is not None and record.analysis is not None:
             self.analysis.nudge(record)
+        if self.rollout_guard is not None and record.arm is not None:
+            self.rollout_guard.nudge()  # a canary's figures changed: judge it soon
 
     def load_vad(self) -> lk_vad.VAD:
         """Silero VAD, loaded once per process and shared by every session."""

@@ -21,7 +21,7 @@ from app.agents.analysis import analysis_request
 from app.agents.base import BaseAgent
 from app.agents.context import SessionContext
 from app.agents.factory import AgentFactory, MissingVariables
-from app.domain import AgentConfig, SessionRecord
+from app.domain import AgentConfig, NotFound, SessionRecord, StoreUnavailable
 from app.domain.phone import CALLER_NUMBER, CallInfo, SipCall
 from app.domain.routing import MetadataSource, RouteDecision
 from app.observability import tracing
@@ -109,13 +109,18 @@ async def prepare_session(
     session_id = session_id or uuid.uuid4().hex
     configs = services.config_source
     called = sip.called_number if sip is not None else None
-    resolution = await resolve_current(configs, sources, room=room, called_number=called)
-    decision, config = resolution.decision, resolution.config
+    resolution = await resolve_current(configs, sources, room=room, called_number=called, user_id=user_id)
+    decision, config, arm = resolution.decision, resolution.config, resolution.arm
     if resolution.degraded:
         log.warning("room %s: %s", room, resolution.degraded)
+    route_reason: str = decision.reason
+    if decision.version is not None and decision.agent_id == config.agent_id and decision.version != config.version:
+        pinned = await _pinned_version(services, config.agent_id, decision.version, room)
+        config, arm = (pinned, None) if pinned is not None else (config, arm)
+        route_reason += ":pinned_version" if pinned is not None else ":unknown_version"
     record = SessionRecord(
         session_id=session_id, room=room, agent_id=config.agent_id, config_version=config.version,
-        user_id=decision.user_id or user_id, route_reason=decision.reason, degraded=resolution.degraded,
+        user_id=decision.user_id or user_id, route_reason=route_reason, degraded=resolution.degraded, arm=arm,
         call=call_info(sip, decision),
     )
     manager = SessionManager(
@@ -141,7 +146,7 @@ async def prepare_session(
             room, config.agent_id, ", ".join(e.names), fallback.agent_id,
         )
         config = fallback
-        record.agent_id, record.config_version = config.agent_id, config.version
+        record.agent_id, record.config_version, record.arm = config.agent_id, config.version, None
         record.route_reason = f"{decision.reason}:missing_variables"
         manager.set_agent(config.agent_id, config.version)
         manager.analysis = analysis_request(services.settings, config)
@@ -149,8 +154,23 @@ async def prepare_session(
     # The call's span, current from here on: the session writer started next, the
     # AgentSession's spans and every task of the call belong to it.
     span = tracing.call_started(session_id, config.agent_id, config.version)
-    span.set_attributes({"route_reason": record.route_reason or "", "degraded": bool(record.degraded)})
+    span.set_attributes({"route_reason": record.route_reason or "", "degraded": bool(record.degraded),
+                         "arm": record.arm or "none"})
     await manager.start()
     return PreparedSession(
         decision=decision, config=config, agent=agent, manager=manager, factory=factory, context=ctx, span=span
     )
+
+
+async def _pinned_version(services: WorkerServices, agent_id: str, version: int, room: str) -> AgentConfig | None:
+    """A version asked for by name (a draft tried from the console or `chat --version`):
+    one store read, off the routing hot path; None (the routed version runs) if it is
+    not there or the store cannot say."""
+    if services.store is None:
+        return None
+    try:
+        return await services.call(services.store.get_agent_config(agent_id, version))
+    except (NotFound, StoreUnavailable) as e:
+        log.warning("room %s: %s version %s cannot be loaded (%s); running the routed version",
+                    room, agent_id, version, e.message)
+        return None

@@ -455,6 +455,9 @@ class SessionManager:
         known = frozenset(get_fnc_tool_names(session.current_agent.tools))
         calls = [(call.name, out.is_error) for call, out in ev.zipped()]
         metrics.tool_calls(self._agent_id, calls, known)
+        for name, failed in calls:
+            if failed:  # on the record: a canary's tool error rate is counted from it
+                self.record_event("tool_error", name if name in known else "unknown tool")
 
     def _on_close(self, ev: CloseEvent) -> None:
         error = ev.error

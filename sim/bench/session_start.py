@@ -19,6 +19,11 @@ What is timed, per session start, from untrusted metadata to a built agent:
   query and a config query, then the same `AgentFactory` build. Closing that store is
   not timed, and no session record is written, both in the baseline's favour.
 
+`--canary P`: every seeded agent gets a draft version run as a P % canary first, and each
+start a distinct `user_id`, so every start picks its arm (a hash of agent and caller, from
+the cached snapshot); the JSON adds `canary_percent` and `canary_starts` (how many got
+the canary).
+
 Both run in this process on the same store, alternating in blocks of 50 so drift hits
 both alike; between blocks (untimed) a gc.collect(), so neither side's garbage is
 collected during the other's block. Each side gets a warm-up first. The garbage a side makes itself is collected whenever Python decides,
@@ -59,15 +64,35 @@ METADATA = [
 BLOCK = 50
 
 
+CANARY_STARTS = [0]
+
+
+def _with_caller(meta: str, i: int) -> str:
+    doc = json.loads(meta)
+    doc["user_id"] = f"caller-{i}"
+    return json.dumps(doc)
+
+
+async def start_canaries(store: Any, percent: int) -> None:
+    """A draft of every seeded agent, run as a `percent` % canary."""
+    agents, _ = await store.list_agent_configs(limit=100)
+    for cfg in agents:
+        draft = await store.update_agent_config(cfg.agent_id, {"auto_publish": False, "description": "canary"})
+        await store.publish(cfg.agent_id, draft.version, canary_percent=percent)
+
+
 async def ours(
-    services: WorkerServices, meta: str, i: int, audio: bool, client: Any
+    services: WorkerServices, meta: str, i: int, audio: bool, client: Any, canary: bool = False
 ) -> tuple[float, float, bool]:
     """Wall time, this thread's CPU time, and whether the cache was fresh."""
     fresh = services.cache is not None and services.cache.is_fresh()
+    if canary:
+        meta = _with_caller(meta, i)  # outside the timing: the metadata arrives this way
     sources = [MetadataSource("job", meta), MetadataSource("room", "")]
     c0, t0 = time.thread_time(), time.perf_counter()
     prepared = await prepare_session(services, sources, room=f"bench-{i}", audio=audio, llm_client=client)
     elapsed, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    CANARY_STARTS[0] += prepared.record.arm == "canary"
     await prepared.aclose()
     return elapsed, cpu, fresh
 
@@ -88,11 +113,13 @@ async def baseline(url: str, factory: AgentFactory, meta: str, i: int, audio: bo
     return elapsed
 
 
-async def main(n: int, kind: str, audio: bool) -> dict[str, Any]:
+async def main(n: int, kind: str, audio: bool, canary: int | None = None) -> dict[str, Any]:
     async with database(kind) as url:
         store = open_store(url)
         await store.start()
         await seed(store)
+        if canary is not None:
+            await start_canaries(store, canary)
         settings = Settings(_env_file=None, database_url=url)  # type: ignore[call-arg]
         services = WorkerServices(settings, store)
         await services.start()
@@ -101,12 +128,13 @@ async def main(n: int, kind: str, audio: bool) -> dict[str, Any]:
         factory = AgentFactory(settings, services.config_source, vad=services.vad, llm_client=client)
         try:
             for i in range(20):  # warm-up: imports, first-use caches, connection pools
-                await ours(services, METADATA[i % 4], i, audio, client)
+                await ours(services, METADATA[i % 4], -1 - i, audio, client, canary is not None)
                 await baseline(url, factory, METADATA[i % 4], i, audio)
             ours_s: list[float] = []
             ours_cpu: list[float] = []
             base_s: list[float] = []
             fresh_hits = 0
+            CANARY_STARTS[0] = 0
             gc.collect()
             for start in range(0, n, BLOCK):
                 # Between blocks, outside the timing: collect the other side's garbage (a
@@ -115,7 +143,7 @@ async def main(n: int, kind: str, audio: bool) -> dict[str, Any]:
                 # first ~ms of work after even 50 ms of idling runs 10-100x slower.
                 gc.collect()
                 for i in range(start, min(n, start + BLOCK)):
-                    t, cpu, fresh = await ours(services, METADATA[i % 4], i, audio, client)
+                    t, cpu, fresh = await ours(services, METADATA[i % 4], i, audio, client, canary is not None)
                     ours_s.append(t)
                     ours_cpu.append(cpu)
                     fresh_hits += fresh
@@ -132,7 +160,8 @@ async def main(n: int, kind: str, audio: bool) -> dict[str, Any]:
     p50, p99 = percentile(ms, 50), percentile(ms, 99)
     c50, c99 = percentile(cpu_ms, 50), percentile(cpu_ms, 99)
     b50, b99 = percentile(base_ms, 50), percentile(base_ms, 99)
-    print(f"session start, {n} starts, store={kind}, {'voice (LLM+STT+TTS built)' if audio else 'text'} agents")
+    print(f"session start, {n} starts, store={kind}, {'voice (LLM+STT+TTS built)' if audio else 'text'} agents"
+          + (f", every agent with a {canary}% canary ({CANARY_STARTS[0]} starts on a canary)" if canary else ""))
     print(f"  ours     (cached config, prepare_session): p50 {p50:7.3f} ms   p99 {p99:7.3f} ms   max {max(ms):7.3f} ms")
     print(f"  ours, CPU time of this thread only:         p50 {c50:7.3f} ms   p99 {c99:7.3f} ms"
           f"   (wall minus waiting for a core: other processes on this machine)")
@@ -142,6 +171,7 @@ async def main(n: int, kind: str, audio: bool) -> dict[str, Any]:
         "p50_ms": p50, "p99_ms": p99, "baseline_p50_ms": b50, "baseline_p99_ms": b99,
         "ratio": b99 / p99, "p50_cpu_ms": c50, "p99_cpu_ms": c99,
         "n": n, "store": kind, "audio": audio, "fresh_hits": fresh_hits,
+        "canary_percent": canary, "canary_starts": CANARY_STARTS[0] if canary is not None else None,
     }
 
 
@@ -150,8 +180,10 @@ def _cli() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--store", choices=STORES, default="sqlite")
     parser.add_argument("--text", action="store_true", help="text agents (no STT/TTS objects)")
+    parser.add_argument("--canary", type=int, metavar="PERCENT", choices=range(1, 100),
+                        help="every agent runs a draft as a canary for this share of callers")
     args = parser.parse_args()
-    emit(asyncio.run(main(args.n, args.store, not args.text)))
+    emit(asyncio.run(main(args.n, args.store, not args.text, args.canary)))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ async def test_one_trace_per_call_with_our_spans_and_livekits() -> None:
     assert call.parent_id == ""  # the root: no job span in the sim
     assert call.attributes["agent_id"] == "support-agent-v1" and call.attributes["config_version"] == 1
     assert call.attributes["route_reason"] == "purpose"
+    assert call.attributes["arm"] == "none"  # no canary running
     trace = [s for s in spans if s.trace_id == call.trace_id]
     names = defaultdict(list)
     for s in trace:

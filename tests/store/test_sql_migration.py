@@ -2,7 +2,8 @@
 `sessions.events`), 4 (the `events` journal table, webhooks and deliveries), 5
 (`sessions.analysis` and the analysis queue columns with their index), 6
 (`sessions.worst_turn_ms`, filled in from the stored metrics), 7
-(`routes.phone_numbers`, `sessions.call`) 8 (the `api_keys` table) and 9 (`agent_tests`, `test_runs`) on a database an older build created:
+(`routes.phone_numbers`, `sessions.call`) 8 (the `api_keys` table) and 9 (the release
+columns of `agent_heads`, `sessions.arm`) and 10 (`agent_tests`, `test_runs`) on a database an older build created:
 `SQLStore.start` adds the columns, tables and index (idempotently,
 also with several processes starting at once), records the version, and keeps the old
 rows readable; a database newer than this build is reported, not touched."""
@@ -54,7 +55,8 @@ async def _schema_version(url: str) -> int:
 
 
 async def _make_version_1(url: str) -> None:
-    """A database as the version-1 build left it: one session and one route, no owner columns."""
+    """A database as the version-1 build left it: one session, one route, an agent at
+    version 2, no owner or release columns."""
     store = SQLStore(url)
     await store.start()
     try:
@@ -62,6 +64,9 @@ async def _make_version_1(url: str) -> None:
         await store.create_agent_config(AgentConfigInput(
             agent_id="agent-a", name="A", prompt_config=PromptConfig(instructions="Hi")))
         await store.put_route(Route(purpose="support", agent_id="agent-a"))
+        await store.create_agent_config(AgentConfigInput(agent_id="old-agent", name="Old",
+                                                         prompt_config=PromptConfig(instructions="hi")))
+        await store.update_agent_config("old-agent", {"description": "v2"})
     finally:
         await store.aclose()
     await _exec(
@@ -70,6 +75,7 @@ async def _make_version_1(url: str) -> None:
         "DROP INDEX ix_sessions_worst_turn_ms",
         *(f"ALTER TABLE sessions DROP COLUMN {col}" for col in ADDED_COLUMNS["sessions"]),
         *(f"ALTER TABLE routes DROP COLUMN {col}" for col in ADDED_COLUMNS["routes"]),
+        *(f"ALTER TABLE agent_heads DROP COLUMN {col}" for col in ADDED_COLUMNS["agent_heads"]),
         "DROP TABLE events",
         "DROP TABLE agent_tests",
         "DROP TABLE test_runs",
@@ -106,7 +112,7 @@ async def _indexes(url: str) -> set[str]:
 
 
 async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
-    assert SCHEMA_VERSION == 9
+    assert SCHEMA_VERSION == 10
     await _make_version_1(sql_target.url)
     assert "ix_sessions_analysis_status" not in await _indexes(sql_target.url)
     stores = [SQLStore(sql_target.url) for _ in range(3)]
@@ -142,10 +148,17 @@ async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: St
         assert old.call is None
         await store.update_session("s-old", call={"direction": "inbound", "caller_number": "+15557654321"})
         assert (await store.get_session("s-old")).call == CallInfo(direction="inbound", caller_number="+15557654321")
-        # version 6: named API keys
+        # version 8: named API keys
         created = await store.create_api_key(ApiKeyInput(name="ci", role=Role.edit))
         assert [k.key_hash for k in await stores[1].api_key_table()] == [hash_key(created.secret)]
-        # version 9: tests stored with an agent, and their runs
+        # version 9: what was current is published (every write was), and can be changed
+        release = await store.get_release("old-agent")
+        assert (release.published_version, release.current_version, release.rev, release.rollout) == (2, 2, 0, None)
+        assert (await store.publish("old-agent", 1)).published_version == 1
+        published, _ = await store.list_published()
+        assert [(p.config.agent_id, p.config.version) for p in published] == [("old-agent", 1)]
+        assert (await store.get_session("s-old")).arm is None
+        # version 10: tests stored with an agent, and their runs
         await store.create_agent_config(AgentConfigInput.model_validate(agent_document("agent-t")))
         await store.create_agent_test("agent-t", AgentTestCreate(name="t", content="name: t\nsessions: [{}]\n"))
         run, _ = await store.create_test_run("agent-t", 1)

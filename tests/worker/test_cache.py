@@ -36,6 +36,11 @@ class CountingStore(SQLStore):
             raise StoreUnavailable("simulated outage")
         return await super().list_agent_configs(**kw)
 
+    async def list_published(self, **kw):  # type: ignore[no-untyped-def]
+        if self.down:
+            raise StoreUnavailable("simulated outage")
+        return await super().list_published(**kw)
+
 
 @pytest.fixture
 async def store(tmp_path):

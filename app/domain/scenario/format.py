@@ -195,8 +195,44 @@ class RunTestsOp(_M):
     """Exactly these tests failed (name order)."""
 
 
+class PublishOp(_M):
+    agent_id: str
+    version: int
+    canary_percent: int | None = None
+    if_match: int | None = Field(None, description="The release revision (expected_rev / If-Match)")
+
+
+class RolloutOp(_M):
+    """promote / abort the running canary."""
+
+    agent_id: str
+    reason: str | None = None
+    if_match: int | None = None
+
+
+class GuardOp(_M):
+    """Run one round of the rollout guard (`app.store.rollout_guard`) with these thresholds."""
+
+    min_sessions: int = Field(30, ge=1)
+    margin: float = Field(0.05, ge=0, lt=1)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    expect_aborted: list[str] = Field(default_factory=list, description="Agent ids it must abort (exactly these)")
+
+
+class ResolveOp(_M):
+    """Resolve callers as a session start would now (the worker's config source) and check each."""
+
+    purpose: str | None = None
+    agent_id: str | None = None
+    user_ids: list[str] = Field(min_length=1)
+    expect_arm: Literal["stable", "canary"] | None = None
+    expect_version: int | None = None
+
+
 CONFIG_OPS = ("create", "patch", "replace", "rollback", "delete", "put_route", "delete_route", "replace_routes",
-              "put_test", "run_tests", "store")
+              "put_test", "run_tests", "store", "publish", "promote", "abort", "guard", "resolve")
+LOCAL_OPS = ("store", "guard", "resolve")
+"""Ops that are neither store writes nor API calls (no via/expect_status/expect_error)."""
 
 
 class ConfigOp(_M):
@@ -216,6 +252,11 @@ class ConfigOp(_M):
     run_tests: RunTestsOp | None = None
     store: Literal["down", "up"] | None = None
     """`down`: every store call raises `StoreUnavailable` until `up` (see sim/README.md)."""
+    publish: PublishOp | None = None
+    promote: RolloutOp | None = None
+    abort: RolloutOp | None = None
+    guard: GuardOp | None = None
+    resolve: ResolveOp | None = None
     expect_version: int | None = None
     expect_status: int | None = None
     """api: the HTTP status expected (default: any 2xx)."""
@@ -225,8 +266,8 @@ class ConfigOp(_M):
     @model_validator(mode="after")
     def _one(self) -> ConfigOp:
         _exactly_one(self, CONFIG_OPS, "a config op")
-        if self.store is not None and (self.via or self.expect_status or self.expect_error):
-            raise ValueError("store: down/up takes no via/expect_status/expect_error")
+        if self.kind in LOCAL_OPS and (self.via or self.expect_status or self.expect_error):
+            raise ValueError(f"{self.kind} takes no via/expect_status/expect_error")
         return self
 
     @property
@@ -493,6 +534,8 @@ class RouteExpect(_M):
     user_id: str | None = None
     degraded: str | None = None
     """null: the session started on a fresh config. A string: must be contained."""
+    arm: Literal["stable", "canary"] | None = None
+    """The rollout arm (null: no canary was running for the agent)."""
 
 
 class TurnExpect(TextMatch):
@@ -590,6 +633,7 @@ class RecordExpect(_M):
     config_version: int | None = None
     route_reason: str | None = None
     user_id: str | None = None
+    arm: Literal["stable", "canary"] | None = None
     degraded: str | None = None
     """null: must be None; a string: must be contained."""
     call: dict[str, Any] | None = None

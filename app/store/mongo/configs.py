@@ -14,7 +14,16 @@ from pymongo.errors import DuplicateKeyError
 
 from app.domain import AgentConfig, StoreUnavailable
 from app.domain.events import Event
-from app.store.backend import HeadMoved, Known, Routed, StoredVersion, VersionKey
+from app.store.backend import (
+    HeadMoved,
+    Known,
+    PublishedAgent,
+    PublishStep,
+    Routed,
+    StoredRelease,
+    StoredVersion,
+    VersionKey,
+)
 from app.store.mongo.client import TABLE, Db, MongoDatabase, escape_keys, mapped, unescape_keys
 from app.store.mongo.journal import HAS_PENDING, PENDING, embedded, push_pending, relay, relay_found, relay_now
 from app.store.mongo.routes import routes_doc
@@ -39,7 +48,17 @@ def version_doc(cfg: AgentConfig, gen: str, events: list[Event] | None = None) -
 
 def _head_doc(agent_id: str, gen: str, version: int, enabled: bool, created_at: Any, updated_at: Any) -> dict[str, Any]:
     return {"_id": agent_id, "gen": gen, "current_version": version, "enabled": enabled,
-            "created_at": created_at, "updated_at": updated_at}
+            "created_at": created_at, "updated_at": updated_at, "published_version": version, "release_rev": 0}
+
+
+def _rev(rev: int) -> dict[str, Any]:
+    """Filter: the release is still at revision `rev` (a head from before publishing has none: 0)."""
+    return {"release_rev": rev} if rev else {"$or": [{"release_rev": 0}, {"release_rev": {"$exists": False}}]}
+
+
+def _published(head: Mapping[str, Any]) -> int:
+    """A head from before publishing has no published version: its current one."""
+    return int(head.get("published_version") or head["current_version"])
 
 
 def _stored(doc: Mapping[str, Any], head_created_at: Any = None) -> StoredVersion:
@@ -247,7 +266,9 @@ class MongoConfigs:
         raise StoreUnavailable(f"agent {cfg.agent_id!r}: could not write its head, try again")
 
     @mapped
-    async def append(self, head: VersionKey, cfg: AgentConfig, events: list[Event]) -> VersionKey:
+    async def append(
+        self, head: VersionKey, cfg: AgentConfig, events: list[Event], publish: PublishStep | None = None
+    ) -> VersionKey:
         db = await self.mdb.ready()
         aid, gen, version = head.agent_id, str(head.token), cfg.version
         await self.mdb.bump_epoch(db)
@@ -267,8 +288,84 @@ class MongoConfigs:
                 raise HeadMoved(None)
             # else: a helper already advanced the head to (or past) our version.
         await relay_now(db, "agent_configs", res.inserted_id, events)
+        if publish is not None:
+            # A second single-document write: a crash before it leaves the version a draft.
+            published = await db.agent_heads.update_one(
+                {"_id": aid, "gen": gen, **_LIVE, **_rev(publish.rev), "current_version": {"$gte": version}},
+                {"$set": {"published_version": version}, "$inc": {"release_rev": 1},
+                 "$push": push_pending(publish.events)},
+            )
+            if published.matched_count:
+                await relay_now(db, "agent_heads", aid, publish.events)
         await self.mdb.bump_epoch(db)
         return VersionKey(aid, gen, version)
+
+    # --------------------------------------------------------------- releases
+
+    @mapped
+    async def release(self, agent_id: str) -> StoredRelease | None:
+        db = await self.mdb.ready()
+        head = await db.agent_heads.find_one({"_id": agent_id, **_LIVE})
+        if head is None:
+            return None
+        return StoredRelease(agent_id, head["current_version"], _published(head), int(head.get("release_rev") or 0),
+                             unescape_keys(head["rollout"]) if head.get("rollout") else None)
+
+    @mapped
+    async def set_release(
+        self, agent_id: str, rev: int, published_version: int, canary_version: int | None,
+        rollout: dict[str, Any] | None, events: list[Event],
+    ) -> bool | None:
+        db = await self.mdb.ready()
+        await self.mdb.bump_epoch(db)
+        res = await db.agent_heads.update_one(
+            {"_id": agent_id, **_LIVE, **_rev(rev)},
+            {"$set": {"published_version": published_version, "canary_version": canary_version,
+                      "rollout": escape_keys(rollout) if rollout is not None else None, "release_rev": rev + 1},
+             "$push": push_pending(events)},
+        )
+        if not res.matched_count:
+            return None if await db.agent_heads.find_one({"_id": agent_id, **_LIVE}, {"_id": 1}) is None else False
+        await relay_now(db, "agent_heads", agent_id, events)
+        await self.mdb.bump_epoch(db)
+        return True
+
+    @mapped
+    async def list_published(
+        self, offset: int, limit: int, known: Known
+    ) -> tuple[list[PublishedAgent], int]:
+        db = await self.mdb.ready()
+        total = await db.agent_heads.count_documents(dict(_LIVE))
+        if limit <= 0 or offset >= total:
+            return [], total
+        heads = await db.agent_heads.find(
+            dict(_LIVE), {"gen": 1, "current_version": 1, "published_version": 1, "canary_version": 1, "rollout": 1}
+        ).sort("_id", ASCENDING).skip(max(offset, 0)).limit(limit).to_list()
+        wanted: list[VersionKey] = []
+        for h in heads:
+            wanted.append(VersionKey(h["_id"], h["gen"], _published(h)))
+            if h.get("canary_version"):
+                wanted.append(VersionKey(h["_id"], h["gen"], int(h["canary_version"])))
+        missing = [k for k in wanted if k not in known]
+        found: dict[VersionKey, StoredVersion] = {}
+        if missing:
+            docs = await db.agent_configs.find(
+                {"$or": [{"agent_id": a, "gen": g, "version": v} for a, g, v in missing]}
+            ).to_list()
+            found = {x.key: x for x in map(_stored, docs)}
+
+        def stored(k: VersionKey) -> StoredVersion | None:
+            return found.get(k) or (StoredVersion(k, None) if k not in missing else None)
+
+        out = []
+        for h in heads:
+            pub = stored(VersionKey(h["_id"], h["gen"], _published(h)))
+            if pub is None:
+                continue  # deleted between the two reads
+            canary = stored(VersionKey(h["_id"], h["gen"], int(h["canary_version"]))) if h.get("canary_version") else None
+            rollout = unescape_keys(h["rollout"]) if canary is not None and h.get("rollout") else None
+            out.append(PublishedAgent(pub, canary, rollout, int(h["current_version"])))
+        return out, total
 
     @mapped
     async def delete(self, agent_id: str, expected_version: int | None, events: list[Event]) -> bool:

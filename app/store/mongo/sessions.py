@@ -11,12 +11,13 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from app.domain import Handoff, SessionOrder, SessionRecord, SessionStatus, StoreUnavailable, Turn
+from app.domain.rollout import ArmSession
 from app.store.backend import Applied, Ended, NoSession, SessionExists
 from app.store.base import OPS_APPLIED_ATTR
 from app.store.mongo.client import Db, MongoDatabase, escape_keys, mapped, ms, unescape_keys
 from app.store.mongo.journal import PENDING, embedded, push_pending, relay_now
 from app.store.retry import MAX_ATTEMPTS, backoff
-from app.store.session_rules import QUEUE_FIELDS, Run, stored_json
+from app.store.session_rules import ARM_FIELDS, QUEUE_FIELDS, Run, project_arm_session, stored_json
 
 
 def _handoff_doc(h: Handoff) -> dict[str, Any]:
@@ -178,6 +179,15 @@ class MongoSessions:
         turns = await db.session_turns.find({"session_id": session_id}).sort("seq", ASCENDING).to_list()
         return _record(doc, [Turn(seq=t["seq"], role=t["role"], text=t["text"], at=t["at"],
                                   agent_id=t.get("agent_id")) for t in turns])
+
+    @mapped
+    async def arm_sessions(self, agent_id: str, since: datetime, limit: int) -> tuple[list[ArmSession], int]:
+        db = await self.mdb.ready()
+        flt = {"agent_id": agent_id, "started_at": {"$gte": since}, "arm": {"$in": ["stable", "canary"]}}
+        total = await db.sessions.count_documents(flt)
+        docs = await db.sessions.find(flt, dict.fromkeys(ARM_FIELDS, 1)).sort("started_at", DESCENDING).limit(
+            max(limit, 0)).to_list()
+        return [project_arm_session({**d, "collected": unescape_keys(d.get("collected") or {})}) for d in docs], total
 
     @mapped
     async def list(

@@ -13,12 +13,23 @@ from sqlalchemy.exc import IntegrityError
 
 from app.domain import AgentConfig
 from app.domain.events import Event
-from app.store.backend import HeadMoved, Known, Routed, StoredVersion, VersionKey
+from app.store.backend import (
+    HeadMoved,
+    Known,
+    PublishedAgent,
+    PublishStep,
+    Routed,
+    StoredRelease,
+    StoredVersion,
+    VersionKey,
+)
 from app.store.sql.database import SQLDatabase
 from app.store.sql.journal import insert_events
 from app.store.sql.tables import heads_t, routes_t, versions_t
 
 v, h = versions_t, heads_t
+_PUBLISHED = sa.func.coalesce(h.c.published_version, h.c.current_version)
+"""A head written before publishing existed has no published version: its current one."""
 # The JSON as text: decoded only when the caller has not parsed that version already.
 _COLS = (v.c.id, v.c.agent_id, v.c.version, sa.cast(v.c.data, sa.Text).label("data"))
 
@@ -84,7 +95,8 @@ class SQLConfigs:
     async def create(self, cfg: AgentConfig, events: list[Event]) -> VersionKey | None:
         def run(c: Connection) -> int:
             c.execute(h.insert().values(agent_id=cfg.agent_id, current_version=1, enabled=cfg.enabled,
-                                        created_at=cfg.created_at, updated_at=cfg.updated_at))
+                                        created_at=cfg.created_at, updated_at=cfg.updated_at,
+                                        published_version=1, release_rev=0))
             row_id = _insert_version(c, cfg)
             insert_events(c, events)
             return row_id
@@ -95,7 +107,9 @@ class SQLConfigs:
             return None
         return VersionKey(cfg.agent_id, row_id, 1)
 
-    async def append(self, head: VersionKey, cfg: AgentConfig, events: list[Event]) -> VersionKey:
+    async def append(
+        self, head: VersionKey, cfg: AgentConfig, events: list[Event], publish: PublishStep | None = None
+    ) -> VersionKey:
         def run(c: Connection) -> int:
             res = c.execute(
                 h.update().where(h.c.agent_id == head.agent_id, h.c.current_version == head.version)
@@ -105,6 +119,11 @@ class SQLConfigs:
                 raise HeadMoved(c.scalar(sa.select(h.c.current_version).where(h.c.agent_id == head.agent_id)))
             row_id = _insert_version(c, cfg)
             insert_events(c, events)
+            if publish is not None and c.execute(
+                h.update().where(h.c.agent_id == head.agent_id, h.c.release_rev == publish.rev)
+                .values(published_version=cfg.version, release_rev=publish.rev + 1)
+            ).rowcount == 1:
+                insert_events(c, publish.events)
             return row_id
 
         try:
@@ -134,3 +153,60 @@ class SQLConfigs:
         except _Absent:
             return False
         return True
+
+    # --------------------------------------------------------------- releases
+
+    async def release(self, agent_id: str) -> StoredRelease | None:
+        stmt = sa.select(h.c.current_version, _PUBLISHED.label("published"), h.c.release_rev, h.c.rollout).where(
+            h.c.agent_id == agent_id)
+        row = await self._db.read(lambda c: c.execute(stmt).first())
+        if row is None:
+            return None
+        return StoredRelease(agent_id, row.current_version, row.published, row.release_rev or 0, row.rollout)
+
+    async def set_release(
+        self, agent_id: str, rev: int, published_version: int, canary_version: int | None,
+        rollout: dict[str, Any] | None, events: list[Event],
+    ) -> bool | None:
+        def run(c: Connection) -> bool | None:
+            res = c.execute(
+                h.update().where(h.c.agent_id == agent_id, h.c.release_rev == rev)
+                .values(published_version=published_version, canary_version=canary_version, rollout=rollout,
+                        release_rev=rev + 1)
+            )
+            if res.rowcount != 1:
+                exists = c.scalar(sa.select(h.c.agent_id).where(h.c.agent_id == agent_id))
+                return None if exists is None else False
+            insert_events(c, events)
+            return True
+
+        return await self._db.write(run, config_change=True)
+
+    async def list_published(
+        self, offset: int, limit: int, known: Known
+    ) -> tuple[list[PublishedAgent], int]:
+        page = sa.select(h.c.agent_id).order_by(h.c.agent_id).offset(offset).limit(limit).subquery()
+        published = (
+            sa.select(*_COLS, h.c.rollout, h.c.current_version.label("current"))
+            .join(h, sa.and_(h.c.agent_id == v.c.agent_id, _PUBLISHED == v.c.version))
+            .join(page, page.c.agent_id == h.c.agent_id)
+            .order_by(h.c.agent_id)
+        )
+        canaries = (
+            sa.select(*_COLS)
+            .join(h, sa.and_(h.c.agent_id == v.c.agent_id, h.c.canary_version == v.c.version))
+            .join(page, page.c.agent_id == h.c.agent_id)
+        )
+        count = sa.select(sa.func.count()).select_from(h)
+
+        def run(c: Connection) -> tuple[list[Any], list[Any], int]:
+            return list(c.execute(published).all()), list(c.execute(canaries).all()), int(c.scalar(count) or 0)
+
+        rows, canary_rows, total = await self._db.read(run)
+        by_agent = {r.agent_id: _stored(r, known) for r in canary_rows}
+        out = [
+            PublishedAgent(_stored(r, known), by_agent.get(r.agent_id),
+                           r.rollout if by_agent.get(r.agent_id) else None, r.current)
+            for r in rows
+        ]
+        return out, total

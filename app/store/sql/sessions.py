@@ -19,8 +19,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from app.domain import SessionOrder, SessionRecord, SessionStatus, Turn
+from app.domain.rollout import ArmSession
 from app.store.backend import Applied, Ended, NoSession, SessionExists
-from app.store.session_rules import QUEUE_FIELDS, Run, merge_runs, stored_json
+from app.store.session_rules import ARM_FIELDS, QUEUE_FIELDS, Run, merge_runs, project_arm_session, stored_json
 from app.store.sql.database import SQLDatabase
 from app.store.sql.journal import insert_events
 from app.store.sql.tables import sessions_t, turns_t
@@ -129,6 +130,17 @@ class SQLSessions:
                 return None
             rows = c.execute(sa.select(t).where(t.c.session_id == session_id).order_by(t.c.seq)).all()
             return _record(row, [Turn(seq=x.seq, role=x.role, text=x.text, at=x.at, agent_id=x.agent_id) for x in rows])
+
+        return await self._db.read(run)
+
+    async def arm_sessions(self, agent_id: str, since: datetime, limit: int) -> tuple[list[ArmSession], int]:
+        cond = [s.c.agent_id == agent_id, s.c.started_at >= since, s.c.arm.is_not(None)]
+        stmt = sa.select(*(s.c[f] for f in ARM_FIELDS)).where(*cond).order_by(s.c.started_at.desc()).limit(limit)
+        count = sa.select(sa.func.count()).select_from(s).where(*cond)
+
+        def run(c: Connection) -> tuple[list[ArmSession], int]:
+            rows = c.execute(stmt).all()
+            return [project_arm_session(dict(r._mapping)) for r in rows], int(c.scalar(count) or 0)
 
         return await self._db.read(run)
 

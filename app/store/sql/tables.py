@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 """1: initial tables. 2: `sessions.owner` and `sessions.heartbeat_at` (crash recovery with
 several processes on one database). 3: `sessions.usage` and `sessions.events` (what a call
 consumed, which providers served it, fail-overs, cut replies, budget warnings). 4: the
@@ -22,9 +22,11 @@ event journal (the `events` table), webhook endpoints and deliveries (new tables
 (post-call analysis). 6: `sessions.worst_turn_ms` (sessions listed slowest first; filled in
 for older rows from their stored metrics). 7: `routes.phone_numbers` (inbound calls routed
 by the dialled number) and `sessions.call` (a phone session's numbers, call id and
-voicemail outcome). 8: named API keys (the `api_keys` table, new: `create_all` adds it). 9: `agent_tests` and
-`test_runs` (tests stored with an agent and their runs; new tables).
-`SQLDatabase.start` adds what an older database lacks (tables,
+voicemail outcome). 8: named API keys (the `api_keys` table, new: `create_all` adds it).
+9: publishing and canaries: `agent_heads.published_version` (NULL on rows from
+before: the current version, as every write was published), `canary_version`,
+`release_rev` and `rollout`, and `sessions.arm`. 10: `agent_tests` and `test_runs` (tests stored
+with an agent and their runs; new tables). `SQLDatabase.start` adds what an older database lacks (tables,
 columns and indexes only if missing, so every step is idempotent)."""
 
 
@@ -69,6 +71,11 @@ class AgentHeadRow(SQLModel, table=True):
     enabled: bool = Field(index=True)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
+    # the release (`app.domain.rollout.Release`); `release_rev` is its compare-and-swap token
+    published_version: int | None = None
+    canary_version: int | None = None
+    release_rev: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    rollout: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON(none_as_null=True), nullable=True)
 
 
 class AgentVersionRow(SQLModel, table=True):
@@ -102,6 +109,7 @@ class SessionRow(SQLModel, table=True):
     agent_id: str = Field(index=True, max_length=64)
     config_version: int | None = None
     user_id: str | None = Field(default=None, max_length=256)
+    arm: str | None = Field(default=None, max_length=8)
     status: str = Field(index=True, max_length=16)
     started_at: datetime = _ts(index=True)
     ended_at: datetime | None = _ts(default=None, nullable=True)
@@ -253,8 +261,10 @@ ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
         "analysis", "analysis_status", "analysis_owner", "analysis_lease_until", "analysis_claims",  # 5
         "worst_turn_ms",  # 6
         "call",  # 7
+        "arm",  # 9
     ),
     "routes": ("phone_numbers",),  # 7
+    "agent_heads": ("published_version", "canary_version", "release_rev", "rollout"),  # 9
 }
 """Columns added after version 1, by table: `create_all` does not alter an existing table,
 so `SQLDatabase.start` adds whichever of these are missing (ALTER TABLE ... ADD COLUMN),

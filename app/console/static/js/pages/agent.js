@@ -4,6 +4,7 @@
 import { api, ApiError, getAll } from '../api.js';
 import { clearFieldErrors, showFieldErrors } from '../forms.js';
 import { renderAgentLatency } from '../latency.js';
+import { renderRelease } from '../release.js';
 import { insertAtCaret, placeholders } from '../template-vars.js';
 import {
   $, $$, badge, clearNotices, fill, confirmDialog, flash, h, notice, setBusy, setTitle, showConflict, showError, timeAgo, toast,
@@ -338,6 +339,7 @@ function fillForm(cfg) {
   setInput('#f-name', cfg.name);
   setInput('#f-description', cfg.description);
   $('#f-enabled').checked = cfg.enabled !== false;
+  $('#f-auto-publish').checked = cfg.auto_publish !== false;
   const p = cfg.prompt_config || {};
   setInput('#f-instructions', p.instructions);
   setInput('#f-greeting', p.greeting);
@@ -435,6 +437,7 @@ function readForm() {
     name: val('#f-name'),
     description: $('#f-description').value.trim(),
     enabled: state.mode === 'edit' ? state.loaded.enabled : $('#f-enabled').checked,
+    auto_publish: $('#f-auto-publish').checked,
     prompt_config: {
       instructions: $('#f-instructions').value,
       greeting: orNull($('#f-greeting').value.trim()),
@@ -532,6 +535,8 @@ function applySaved(result) {
   state.loaded = result.data;
   state.version = result.version ?? result.data.version;
   renderHeader();
+  // a saved version may be a draft (or published): the Publishing card says which
+  if (state.mode === 'edit' && !$('#release-section').hidden) renderRelease($('#agent-release'), state.agentId);
 }
 
 // ------------------------------------------------------------------ actions
@@ -675,6 +680,8 @@ export async function init(data) {
     fillForm(state.loaded);
     $('#latency-section').hidden = false;
     renderAgentLatency($('#agent-latency'), state.agentId);
+    $('#release-section').hidden = false;
+    renderRelease($('#agent-release'), state.agentId);
   } else {
     $('#save-button').textContent = 'Create agent';
     renderHeader();

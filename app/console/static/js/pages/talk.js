@@ -11,6 +11,7 @@ const AGENT_JOIN_TIMEOUT_MS = 20000;
 const CONNECT_TIMEOUT_MS = 15000;
 
 const state = {
+  versions: [], release: null,
   routes: [], agents: [], config: null, room: null, lk: null, segments: new Map(), agentTimer: null, data: {},
 };
 
@@ -75,25 +76,33 @@ function target() {
 
 let variablesRequest = 0;
 
-async function renderVariables() {
-  const t = target();
+// The version picker: empty = what routing hands out (the published version, or a canary
+// arm); a number = exactly that version (a draft, say), minted by the admin API's
+// version token endpoint (POST /agents/config/{id}/versions/{v}/token).
+function fillVersions() {
+  const select = $('#t-version');
+  const rel = state.release;
+  const canary = rel?.rollout?.status === 'running' ? rel.rollout : null;
+  const label = (c) => {
+    const tags = [];
+    if (c.version === rel?.published_version) tags.push('published');
+    if (canary && c.version === canary.version) tags.push(`canary ${canary.percent}%`);
+    if (rel && c.version > rel.published_version && !(canary && c.version === canary.version)) tags.push('draft');
+    return `v${c.version}${tags.length ? ` · ${tags.join(', ')}` : ''}`;
+  };
+  select.replaceChildren(
+    h('option', { value: '' }, `As routed (v${rel?.published_version ?? '?'}${canary ? `, or v${canary.version} for ${canary.percent}% of callers` : ''})`),
+    ...[...state.versions].reverse().map((c) => h('option', { value: String(c.version) }, label(c))));
+  $('#t-version-field').hidden = false;
+}
+
+function selectedVersion() {
+  const v = $('#t-version').value;
+  return v ? Number(v) : null;
+}
+
+function showVariablesFor(config) {
   const body = $('#t-variables-body');
-  const request = ++variablesRequest; // a slower answer for an earlier choice must not win
-  state.config = null;
-  if (!t) {
-    body.replaceChildren(h('p', { class: 'hint' }, 'No agent to talk to yet: create an agent and a route first.'));
-    return;
-  }
-  $('#t-target-hint').textContent = t.kind === 'purpose' ? `Routed to ${t.agentId}; the token asks for purpose “${t.name}”.` : 'Skips the routing table.';
-  let config;
-  try {
-    config = await get(`/agents/config/${encodeURIComponent(t.agentId)}`);
-  } catch (err) {
-    if (request !== variablesRequest) return;
-    body.replaceChildren(h('p', { class: 'hint hint-warn' }, `Could not load ${t.agentId}: ${err.detail}`));
-    return;
-  }
-  if (request !== variablesRequest) return;
   state.config = config;
   const vars = Object.entries(config.prompt_config.variables || {});
   if (!vars.length) {
@@ -108,6 +117,43 @@ async function renderVariables() {
       h('input', { id, name, class: 'talk-var', autocomplete: 'off', required, placeholder: spec.default ?? '', dataset: { name } }),
       spec.description ? h('p', { class: 'hint' }, spec.description, spec.default != null ? ` Default: “${spec.default}”.` : '') : null);
   }));
+}
+
+function versionChanged() {
+  const v = selectedVersion() ?? state.release?.published_version;
+  const config = state.versions.find((c) => c.version === v) || state.versions.at(-1);
+  if (config) showVariablesFor(config);
+  $('#t-version-hint').textContent = selectedVersion() == null
+    ? 'The version a caller gets now.'
+    : 'Exactly this version, whatever is published: the token comes from the admin API (a key with the publish role).';
+}
+
+async function renderVariables() {
+  const t = target();
+  const body = $('#t-variables-body');
+  const request = ++variablesRequest; // a slower answer for an earlier choice must not win
+  state.config = null;
+  if (!t) {
+    body.replaceChildren(h('p', { class: 'hint' }, 'No agent to talk to yet: create an agent and a route first.'));
+    $('#t-version-field').hidden = true;
+    return;
+  }
+  $('#t-target-hint').textContent = t.kind === 'purpose' ? `Routed to ${t.agentId}; the token asks for purpose “${t.name}”.` : 'Skips the routing table.';
+  const id = encodeURIComponent(t.agentId);
+  let versions;
+  let report;
+  try {
+    [versions, report] = await Promise.all([get(`/agents/config/${id}/versions`), get(`/agents/config/${id}/rollout`)]);
+  } catch (err) {
+    if (request !== variablesRequest) return;
+    body.replaceChildren(h('p', { class: 'hint hint-warn' }, `Could not load ${t.agentId}: ${err.detail}`));
+    return;
+  }
+  if (request !== variablesRequest) return;
+  state.versions = versions;
+  state.release = report.release;
+  fillVersions();
+  versionChanged();
 }
 
 // ------------------------------------------------------------------ transcript
@@ -230,8 +276,15 @@ async function start(event) {
   let token;
   const tokenKey = $('#t-token-key').value.trim();
   if (tokenKey) sessionStorage.setItem(TOKEN_KEY_STORAGE, tokenKey);
+  const version = selectedVersion();
   try {
-    token = (await api('POST', '/token', { body, auth: state.data.tokenKey === 'required' ? tokenKey || 'admin' : 'admin' })).data;
+    if (version != null) {  // a pinned version: the admin API's version token (publish role)
+      const { variables: vars, user_id: uid } = body;
+      const path = `/agents/config/${encodeURIComponent(t.agentId)}/versions/${version}/token`;
+      token = (await api('POST', path, { body: { variables: vars, ...(uid ? { user_id: uid } : {}) } })).data;
+    } else {
+      token = (await api('POST', '/token', { body, auth: state.data.tokenKey === 'required' ? tokenKey || 'admin' : 'admin' })).data;
+    }
   } catch (err) {
     setRunning(false);
     if (err.status === 503) return cannotReachLiveKit(`${err.detail}. Set LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET on the server, then restart it.`);
@@ -339,6 +392,7 @@ export async function init(data) {
   $('#talk-form').addEventListener('submit', start);
   $('#t-stop').addEventListener('click', () => endCall('You left the call.'));
   $('#t-target').addEventListener('change', renderVariables);
+  $('#t-version').addEventListener('change', versionChanged);
   window.addEventListener('pagehide', () => state.room?.disconnect());
   showWorkerState();
   try {
