@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from app.agents.test_pool import TestRunPool, abandon_leftover_runs
 from app.api.app import create_app
 from app.api.status import RuntimeStatus, WorkerProcessStatus
 from app.domain import StoreUnavailable
@@ -84,6 +85,9 @@ class Supervisor:
         self._uvicorn: _Server | None = None
         self._store_down = False
         self._store_setup_pending = False
+        self.test_runs: TestRunPool | None = None
+        self._stack_lock = asyncio.Lock()
+        self._stack_loaded = False
         self.owner = instance_id(fresh=True)
         """This process's own owner id; each worker process heartbeats its sessions under
         one of its own (app/worker/process.py), this one only proves the store answers."""
@@ -134,12 +138,14 @@ class Supervisor:
         # (app/webhooks/process.py says why); any number may run on one store (leases).
         self.dispatcher = DispatcherProcess(self.settings, wake_from=self.store)
         self.dispatcher.start()
+        # Stored tests run here, in the background, a few at a time (app/agents/test_pool.py).
+        self.test_runs = TestRunPool(self.settings, self.store, load_stack=self._load_worker_stack)
         # Aborts a canary that does worse than stable (app/store/rollout_guard.py).
         self.rollout_guard = RolloutGuard.from_settings(self.settings, self.store)
         self.rollout_guard.start()
         app = create_app(
             self.settings, self.store, status=self.status, cache=self.cache, configs=self.configs,
-            assets=assets,
+            assets=assets, test_runs=self.test_runs,
             extra_route_handlers=[*console_handlers(self.settings, assets), token_controller(self.settings)],
         )
         self._uvicorn = _Server(
@@ -174,6 +180,7 @@ class Supervisor:
             self._stop.set()
 
         await self._shutdown_worker(worker_task)
+        await self.test_runs.aclose()  # its runs still going are recorded abandoned
         await self.rollout_guard.aclose()
         await self.dispatcher.aclose()  # after the drain: the sessions' ends are committed
         if self.model_server is not None:  # after the drain: the last sessions still talk to it
@@ -224,10 +231,18 @@ class Supervisor:
         self.model_server.watch()
         return None
 
+    async def _load_worker_stack(self) -> None:
+        """The worker stack's slow imports, once per process, whoever needs them first (the
+        services, a stored-test run): two importers at once deadlock on the import locks."""
+        async with self._stack_lock:
+            if not self._stack_loaded:
+                await asyncio.to_thread(preimport_worker_stack)
+                self._stack_loaded = True
+
     async def _start_services(self) -> WorkerServices:
         # livekit.agents and openai take seconds to import: do that off the loop, then
         # import the plugins on the main thread (LiveKit requires it) now that it is quick.
-        await asyncio.to_thread(preimport_worker_stack)
+        await self._load_worker_stack()
         from app.worker.services import WorkerServices, install_services
 
         services = WorkerServices(self.settings, self.store, cache=self.cache, configs=self.configs)
@@ -271,6 +286,9 @@ class Supervisor:
             # Shared database: other containers' live sessions are active too; only those
             # whose owner stopped heartbeating belong to a dead process.
             await self._abandon_stale()
+        # test runs a stopped process left unfinished (on any backend: see test_pool)
+        if self.test_runs is None or not self.test_runs.busy:  # never this process's own runs
+            await abandon_leftover_runs(self.settings, self.store)
         if self.dev:
             await self._seed_if_empty()
         self._store_setup_pending = False

@@ -17,7 +17,9 @@ from typing import Any
 
 import httpx
 
-from app.domain import AgentConfigInput, DomainError, Route
+from app.agents.test_pool import TestRunPool
+from app.domain import AgentConfigInput, DomainError, NotFound, Route
+from app.domain.agent_tests import AgentTestCreate, AgentTestInput
 from app.domain.rollout import GuardPolicy
 from app.domain.routing import MetadataSource
 from app.store.resolver import resolve_current
@@ -38,12 +40,15 @@ class ConfigApplier:
         api: Callable[[], Awaitable[httpx.AsyncClient]] | None,
         default_via: str,
         cache: Any = None,
+        test_runs: TestRunPool | None = None,
     ) -> None:
         self.store = store
         self.api = api
         """Returns the admin API client, built on first use."""
         self.default_via = default_via
         self.cache = cache
+        self.test_runs = test_runs
+        """The environment's pool: `run_tests` waits for the run it queued."""
 
     async def apply_all(self, checks: Checks, loc: Loc, ops: list[ConfigOp]) -> None:
         for i, op in enumerate(ops):
@@ -60,6 +65,9 @@ class ConfigApplier:
             await self._resolve(checks, (*loc, "resolve"), op.resolve)
             return
         via = op.via or self.default_via
+        if op.run_tests is not None:
+            await self._run_tests(checks, loc, op, via)
+            return
         if via == "api":
             await self._via_api(checks, loc, op)
         else:
@@ -124,6 +132,12 @@ class ConfigApplier:
                 await s.delete_route(op.delete_route.purpose)
             elif op.replace_routes is not None:
                 await s.replace_routes([Route(**r.model_dump()) for r in op.replace_routes])
+            elif op.put_test is not None:
+                t = op.put_test
+                try:
+                    await s.replace_agent_test(t.agent_id, t.name, AgentTestInput(content=t.content))
+                except NotFound:
+                    await s.create_agent_test(t.agent_id, AgentTestCreate(name=t.name, content=t.content))
             elif op.publish is not None:
                 p = op.publish
                 result = await s.publish(p.agent_id, p.version, canary_percent=p.canary_percent, expected_rev=p.if_match)
@@ -177,6 +191,11 @@ class ConfigApplier:
             r = await c.put(f"{ROUTES}/{op.put_route.purpose}", json=body)
         elif op.delete_route is not None:
             r = await c.delete(f"{ROUTES}/{op.delete_route.purpose}")
+        elif op.put_test is not None:
+            t = op.put_test
+            r = await c.put(f"{AGENTS}/{t.agent_id}/tests/{t.name}", json={"content": t.content})
+            if r.status_code == 404:
+                r = await c.post(f"{AGENTS}/{t.agent_id}/tests", json={"name": t.name, "content": t.content})
         elif op.publish is not None:
             if op.publish.if_match is not None:
                 headers["If-Match"] = f'"{op.publish.if_match}"'
@@ -208,3 +227,42 @@ class ConfigApplier:
             got = doc.get("version", doc.get("published_version"))
             checks.check(got == op.expect_version, (*loc, "expect_version"), f"config {op.kind}: version differs",
                          expected=op.expect_version, actual=got)
+
+    # ------------------------------------------------------------ test runs
+
+    async def _run_tests(self, checks: Checks, loc: Loc, op: ConfigOp, via: str) -> None:
+        """Queue a run (through the API's endpoint, or the store), wait for the pool to
+        finish it, and check its verdict."""
+        spec = op.run_tests
+        assert spec is not None
+        if self.test_runs is None:
+            checks.fail(loc, "run_tests: this environment has no test run pool")
+            return
+        if via == "api":
+            if self.api is None:
+                checks.fail(loc, "via: api but the admin API is not running")
+                return
+            c = await self.api()
+            r = await c.post(f"{AGENTS}/{spec.agent_id}/versions/{spec.version}/test-runs")
+            want = op.expect_status or 202
+            if r.status_code != want:
+                checks.fail((*loc, "expect_status") if op.expect_status else loc, "run_tests via api: unexpected status",
+                            expected=want, actual=f"{r.status_code} {r.text[:300]}")
+                return
+            if want != 202:
+                return
+            run_id = r.json()["id"]
+        else:
+            queued, tests = await self.store.create_test_run(spec.agent_id, spec.version)
+            self.test_runs.submit(queued, tests)
+            run_id = queued.id
+        await asyncio.wait_for(self.test_runs.wait(run_id), 120)
+        run = await self.store.get_test_run(spec.agent_id, run_id)
+        detail = "; ".join(f"{f.field} (line {f.line}): {f.message}" for r in run.results for s in r.steps
+                           for f in s.failures)[:600]
+        if spec.expect is not None:
+            checks.check(run.status.value == spec.expect, (*loc, "run_tests", "expect"), "the test run's verdict differs",
+                         expected=spec.expect, actual=f"{run.status.value} {run.error or ''} {detail}".strip())
+        if spec.failing is not None:
+            checks.check(run.failing == spec.failing, (*loc, "run_tests", "failing"), "other tests failed",
+                         expected=spec.failing, actual=f"{run.failing} {detail}".strip())

@@ -41,6 +41,7 @@ from livekit.agents.testing import fake_job_context
 from livekit.agents.voice.run_result import RunResult
 
 from app.agents.providers import session_connect_options
+from app.agents.test_pool import TestRunPool
 from app.domain import NotFound, SessionRecord, StoreUnavailable
 from app.domain.analysis import SessionAnalysis
 from app.seed import seed
@@ -235,6 +236,7 @@ class SimEnvironment:
         self.analysis_llm: FakeOpenAI | None = None
         """Offline: the scripted post-call analysis model (a session's `analysis.replies`)."""
         self._analysis_client: Any = None
+        self.test_runs: TestRunPool | None = None
 
     async def __aenter__(self) -> SimEnvironment:
         sc = self.scenario
@@ -270,7 +272,10 @@ class SimEnvironment:
             self.settings, self.store, vad=process_vad(), analysis_llm_client=self._analysis_client
         )
         await self.services.start()
-        self.applier = ConfigApplier(self.store, api=self.api, default_via=sc.config_via, cache=self.services.cache)
+        # stored tests (`put_test` / `run_tests` ops) run in the background, as in the server
+        self.test_runs = TestRunPool(self.settings, self.store)  # type: ignore[arg-type]
+        self.applier = ConfigApplier(self.store, api=self.api, default_via=sc.config_via, cache=self.services.cache,
+                                     test_runs=self.test_runs)
         if self.live is not None:
             self.judge_llm = self.live.judge_llm()
         return self
@@ -289,7 +294,8 @@ class SimEnvironment:
 
             from app.api.app import create_app
 
-            app = create_app(self.settings, self.store, cache=self.services.cache)  # type: ignore[arg-type]
+            app = create_app(self.settings, self.store, cache=self.services.cache,  # type: ignore[arg-type]
+                             test_runs=self.test_runs)
             self._api = httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app),
                 base_url="http://sim-admin",
@@ -302,6 +308,8 @@ class SimEnvironment:
 
     async def __aexit__(self, *exc: object) -> None:
         try:
+            if self.test_runs is not None:
+                await self.test_runs.aclose()
             if self._api is not None:
                 await self._api.aclose()
             if self.judge_llm is not None:

@@ -163,6 +163,13 @@ def _config_sites(op: dict[str, Any], loc: Loc) -> Iterator[Site]:
         yield Site("config.expect_version", (*loc, "expect_version"), loc, _bump)
     if "expect_status" in op:
         yield Site("config.expect_status", (*loc, "expect_status"), loc, lambda v: 299 if v != 299 else 298)
+    run = op.get("run_tests") or {}
+    rl: Loc = (*loc, "run_tests")
+    if "expect" in run:
+        yield Site("config.run_tests.expect", (*rl, "expect"), (*rl, "expect"),
+                   lambda v: "failed" if v == "passed" else "passed")
+    if "failing" in run:
+        yield Site("config.run_tests.failing", (*rl, "failing"), (*rl, "failing"), lambda v: [*v, MARK])
 
 
 def _step_sites(step: dict[str, Any], loc: Loc) -> Iterator[Site]:

@@ -28,6 +28,7 @@ from litestar.openapi.spec import Components
 from litestar.plugins import PluginProtocol
 from litestar.types import ControllerRouterHandler
 
+from app.api.agent_tests import AgentTestController
 from app.api.agents import AgentConfigController
 from app.api.audit import AuditController
 from app.api.auth import SECURITY_SCHEME, SECURITY_SCHEME_NAME, KeyRing, check_declared_roles, role_guard
@@ -49,6 +50,7 @@ from app.api.tokens import VersionTokenController
 from app.api.usage import UsageController
 from app.api.webhooks import WebhookController
 from app.assets.browser import BrowserAssets
+from app.domain.agent_tests import TestRunQueue
 from app.observability import tracing
 from app.settings import Settings
 from app.store.base import ConfigStore
@@ -70,6 +72,7 @@ def create_app(
     configs: SnapshotSource | None = None,
     extra_route_handlers: Sequence[ControllerRouterHandler] = (),
     assets: BrowserAssets | None = None,
+    test_runs: TestRunQueue | None = None,
 ) -> Litestar:
     """Build the admin API around an already started `store`.
 
@@ -83,6 +86,9 @@ def create_app(
     `configs`: the process's config source (what `/resolve` and `/token` resolve
     against, as session starts do); by default the one `config_source` picks for the
     settings, over `cache` when given.
+
+    `test_runs`: where `POST …/test-runs` hands a queued run (the process's
+    `app.agents.test_pool.TestRunPool`); without one that endpoint answers 503.
     """
     status = status if status is not None else RuntimeStatus()
     assets = assets if assets is not None else BrowserAssets.from_settings(settings)
@@ -94,7 +100,7 @@ def create_app(
         route_handlers=[
             AgentConfigController, LatencyController, RouteController, SessionController, UsageController,
             ResolveController, AuditController, WebhookController, KeyController, RolloutController,
-            VersionTokenController,
+            VersionTokenController, AgentTestController,
         ],
         guards=[guard],
         dependencies={**CHANGE_DEPENDENCY, "keyring": constant(keyring)},
@@ -121,7 +127,7 @@ def create_app(
         dependencies=dependencies(store, cache, status, configs, UrlPolicy.from_settings(settings),
                                   guard_policy(settings)),
         state=State({"settings": settings, "store": store, "status": status, "cache": cache, "configs": configs,
-                     "keyring": keyring}),
+                     "keyring": keyring, "test_runs": test_runs}),
         exception_handlers=EXCEPTION_HANDLERS,
         plugins=plugins,
         request_max_body_size=settings.max_body_bytes,

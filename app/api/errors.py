@@ -58,6 +58,7 @@ from app.domain import (
     StoreUnavailable,
     VersionConflict,
 )
+from app.domain.agent_tests import InvalidTestDocument, TestsNotPassing
 from app.domain.field_errors import field_errors
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,13 @@ def _invalid_input(request: Request[Any, Any, Any], exc: InvalidInput) -> Respon
     return _json_error(HTTP_422_UNPROCESSABLE_ENTITY, exc.message, [entry])
 
 
+def _invalid_test(request: Request[Any, Any, Any], exc: InvalidTestDocument) -> Response[Any]:
+    # Each problem of the scenario at its line, keyed by its path inside `content`.
+    entries = [{"key": "content" + (f".{p.field}" if p.field and not p.field.startswith("[") else p.field),
+                "message": p.message, "line": p.line} for p in exc.problems]
+    return _json_error(HTTP_422_UNPROCESSABLE_ENTITY, exc.message, entries)
+
+
 def _store_unavailable(request: Request[Any, Any, Any], exc: StoreUnavailable) -> Response[Any]:
     return _json_error(
         HTTP_503_SERVICE_UNAVAILABLE, "store unavailable, retry shortly", None, {"Retry-After": "1"}
@@ -281,6 +289,8 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     RolloutConflict: _conflict,
     PublishRefused: _conflict,
     InvalidInput: _invalid_input,
+    InvalidTestDocument: _invalid_test,
+    TestsNotPassing: _conflict,
     StoreUnavailable: _store_unavailable,
     CorruptRecord: _corrupt_record,
     RecursionError: _undecodable_body,

@@ -268,6 +268,12 @@ class KeyChangedData(BaseModel):
     change: Literal["created", "revoked"]
 
 
+class AgentTestChangedData(BaseModel):
+    agent_id: str
+    name: str
+    change: Literal["created", "updated", "deleted"]
+
+
 # ------------------------------------------------------------------------- registry
 
 
@@ -350,6 +356,10 @@ WEBHOOK_DELETED = register_event_type(
 WEBHOOK_SECRET_ROTATED = register_event_type(
     "webhook.secret_rotated", EventKind.change, "A webhook endpoint's signing secret was rotated.",
     WebhookChangedData)
+
+AGENT_TEST_CHANGED = register_event_type(
+    "agent.test_changed", EventKind.change, "A test stored with an agent was created, replaced or deleted.",
+    AgentTestChangedData)
 
 
 KEY_CREATED = register_event_type(

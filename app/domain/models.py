@@ -417,6 +417,11 @@ class AgentConfigInput(_Model):
         None, description="Outbound phone calls: detect an answering machine (LiveKit AMD) and leave a "
         "message or hang up; none: no detection.",
     )
+    require_passing_tests: JsonBool = Field(
+        False,
+        description="Publishing this version needs a passing run of the agent's current stored tests "
+        "(`/agents/config/{id}/tests`); an agent without tests may always publish.",
+    )
 
     @model_validator(mode="after")
     def _check_tools(self) -> AgentConfigInput:

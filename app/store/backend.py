@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 from app.domain import AgentConfig, Route, SessionOrder, SessionRecord, SessionStatus
+from app.domain.agent_tests import AgentTest, TestRun
 from app.domain.events import Event
 from app.domain.keys import StoredApiKey
 from app.domain.rollout import ArmSession
@@ -376,6 +377,45 @@ class UsageBackend(Protocol):
         ordered by those keys; one row when `group_by` is empty (none if no session)."""
 
 
+class AgentTestsBackend(Protocol):
+    """Test documents, one per `(agent_id, name)`; each write commits its events with it."""
+
+    async def create(self, test: AgentTest, events: list[Event]) -> bool:
+        """False if the name is taken (the unique key decides between racing creators)."""
+
+    async def replace(self, test: AgentTest, events: list[Event]) -> bool:
+        """False if there is no such test."""
+
+    async def delete(self, agent_id: str, name: str, events: list[Event]) -> bool: ...
+
+    async def get(self, agent_id: str, name: str) -> AgentTest | None: ...
+
+    async def list(self, agent_id: str) -> list[AgentTest]:
+        """Every test of the agent, by name."""
+
+    async def forget_agent(self, agent_id: str) -> None:
+        """Remove the agent's tests and runs (after the agent itself was deleted)."""
+
+
+class TestRunsBackend(Protocol):
+    """Test runs, one document each, replaced whole as the run progresses."""
+
+    async def add(self, run: TestRun) -> None: ...
+
+    async def save(self, run: TestRun) -> bool:
+        """Replace the stored run of that id unless it is already finished (a run marked
+        abandoned stays so); False when nothing was replaced."""
+
+    async def get(self, run_id: str) -> TestRun | None: ...
+
+    async def list(self, agent_id: str, version: int | None, limit: int) -> list[TestRun]:
+        """Newest first."""
+
+    async def abandon_unfinished(self, now: datetime, reason: str, created_before: datetime | None) -> int:
+        """Mark queued or running runs (created before `created_before`, if given)
+        `abandoned`, finished now with `reason`."""
+
+
 class Backend(Lifecycle, Protocol):
     """One database: its lifecycle plus one repository per concern."""
 
@@ -408,3 +448,9 @@ class Backend(Lifecycle, Protocol):
 
     @property
     def keys(self) -> KeysBackend: ...
+
+    @property
+    def agent_tests(self) -> AgentTestsBackend: ...
+
+    @property
+    def test_runs(self) -> TestRunsBackend: ...

@@ -43,6 +43,7 @@ from app.domain.rollout import GuardPolicy, PublishedConfig, Release, RolloutRep
 from app.domain.usage import UsageGroup, UsageReport
 
 if TYPE_CHECKING:
+    from app.domain.agent_tests import AgentTest, AgentTestCreate, AgentTestInput, TestRun
     from app.domain.keys import ApiKey, ApiKeyCreated, ApiKeyInput, StoredApiKey
     from app.domain.webhooks import (
         Delivery,
@@ -441,3 +442,30 @@ class ConfigStore(Protocol):
 
     async def touch_api_key(self, name: str, at: datetime) -> None:
         """Record that the key authenticated a request at `at`."""
+
+    # tests stored with an agent (`app.store.agent_test_service`) ---------------
+    async def create_agent_test(
+        self, agent_id: str, data: AgentTestCreate, *, ctx: ChangeContext = SYSTEM
+    ) -> AgentTest: ...
+
+    async def replace_agent_test(
+        self, agent_id: str, name: str, data: AgentTestInput, *, ctx: ChangeContext = SYSTEM
+    ) -> AgentTest: ...
+
+    async def delete_agent_test(self, agent_id: str, name: str, *, ctx: ChangeContext = SYSTEM) -> None: ...
+
+    async def get_agent_test(self, agent_id: str, name: str) -> AgentTest: ...
+
+    async def list_agent_tests(self, agent_id: str) -> list[AgentTest]: ...
+
+    async def create_test_run(
+        self, agent_id: str, version: int, *, ctx: ChangeContext = SYSTEM
+    ) -> tuple[TestRun, list[AgentTest]]: ...
+
+    async def save_test_run(self, run: TestRun) -> bool: ...
+
+    async def get_test_run(self, agent_id: str, run_id: str) -> TestRun: ...
+
+    async def list_test_runs(self, agent_id: str, version: int | None = None, limit: int = 20) -> list[TestRun]: ...
+
+    async def abandon_unfinished_test_runs(self, reason: str, *, created_before: datetime | None = None) -> int: ...

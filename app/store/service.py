@@ -62,6 +62,7 @@ from app.domain.rollout import (
 )
 from app.domain.usage import UsageGroup, UsageReport, UsageTotals
 from app.store import event_rules
+from app.store.agent_test_service import AgentTestStore
 from app.store.backend import (
     Applied,
     Backend,
@@ -116,9 +117,9 @@ def _agent_not_found(agent_id: Any, version: int | None = None) -> NotFound:
     return NotFound(f"{what} not found", agent_id=agent_id) if isinstance(agent_id, str) else NotFound(f"{what} not found")
 
 
-class StoreService(WebhookStore, KeyStore):
+class StoreService(WebhookStore, KeyStore, AgentTestStore):
     """`app.store.base.ConfigStore` over one `Backend` (webhook rules: `WebhookStore`;
-    API keys: `KeyStore`)."""
+    API keys: `KeyStore`; stored tests and their runs: `AgentTestStore`)."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
@@ -339,6 +340,11 @@ class StoreService(WebhookStore, KeyStore):
         if not found:
             raise _agent_not_found(agent_id)
         self._notify()
+        try:  # its stored tests and runs go with it (the gate also ignores runs older than a version)
+            await self.backend.agent_tests.forget_agent(agent_id)
+        except StoreUnavailable:
+            log.warning("agent %r deleted, but not its stored tests (store unavailable): an agent created "
+                        "again under that id finds them; the gate ignores their old runs", agent_id)
 
     async def rollback(
         self, agent_id: str, version: int, expected_version: int | None = None, *, ctx: ChangeContext = SYSTEM

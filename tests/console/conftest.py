@@ -26,6 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # the project is not installed (tool.uv package = false)
     sys.path.insert(0, str(REPO_ROOT))
 
+import app.agents.test_runner  # noqa: E402,F401  (LiveKit's plugins register on the main thread only)
+from app.agents.test_pool import TestRunPool  # noqa: E402
 from app.api.app import create_app  # noqa: E402
 from app.api.tokens import token_controller  # noqa: E402
 from app.assets import PACKAGES, BrowserAssets  # noqa: E402
@@ -77,6 +79,7 @@ class ConsoleServer:
         self.db_url = f"sqlite+aiosqlite:///{db_path}"
         self.loop = asyncio.new_event_loop()
         self.store: SQLStore | None = None
+        self.test_runs: TestRunPool | None = None
         self._server: uvicorn.Server | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -108,9 +111,11 @@ class ConsoleServer:
         await self.store.start()
         try:
             await seed(self.store)
+            self.test_runs = TestRunPool(self.settings, self.store)
             app = create_app(
                 self.settings,
                 self.store,
+                test_runs=self.test_runs,
                 extra_route_handlers=[*console_handlers(self.settings), token_controller(self.settings)],
             )
             config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
@@ -121,6 +126,8 @@ class ConsoleServer:
             self._ready.set()
             await task
         finally:
+            if self.test_runs is not None:
+                await self.test_runs.aclose()
             await self.store.aclose()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:

@@ -3,7 +3,7 @@
 (`sessions.analysis` and the analysis queue columns with their index), 6
 (`sessions.worst_turn_ms`, filled in from the stored metrics), 7
 (`routes.phone_numbers`, `sessions.call`) 8 (the `api_keys` table) and 9 (the release
-columns of `agent_heads`, `sessions.arm`) on a database an older build created:
+columns of `agent_heads`, `sessions.arm`) and 10 (`agent_tests`, `test_runs`) on a database an older build created:
 `SQLStore.start` adds the columns, tables and index (idempotently,
 also with several processes starting at once), records the version, and keeps the old
 rows readable; a database newer than this build is reported, not touched."""
@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.domain import AgentConfigInput, PromptConfig, Route, SessionOrder, SessionRecord, SessionStatus
+from app.domain.agent_tests import AgentTestCreate
 from app.domain.analysis import AnalysisConfig, AnalysisRequest, AnalysisStatus, SessionAnalysis
 from app.domain.keys import ApiKeyInput, Role, hash_key
 from app.domain.phone import CallInfo
@@ -26,7 +27,7 @@ from app.domain.usage import SessionUsage, UsageGroup
 from app.domain.values import utcnow
 from app.store.sql import SQLStore
 from app.store.sql.tables import ADDED_COLUMNS, SCHEMA_VERSION, meta_t
-from tests.store.conftest import BACKENDS, StoreTarget
+from tests.store.conftest import BACKENDS, StoreTarget, agent_document
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -76,6 +77,8 @@ async def _make_version_1(url: str) -> None:
         *(f"ALTER TABLE routes DROP COLUMN {col}" for col in ADDED_COLUMNS["routes"]),
         *(f"ALTER TABLE agent_heads DROP COLUMN {col}" for col in ADDED_COLUMNS["agent_heads"]),
         "DROP TABLE events",
+        "DROP TABLE agent_tests",
+        "DROP TABLE test_runs",
         meta_t.update().where(meta_t.c.key == "schema_version").values(value=1),
     )
 
@@ -109,7 +112,7 @@ async def _indexes(url: str) -> set[str]:
 
 
 async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
-    assert SCHEMA_VERSION == 9
+    assert SCHEMA_VERSION == 10
     await _make_version_1(sql_target.url)
     assert "ix_sessions_analysis_status" not in await _indexes(sql_target.url)
     stores = [SQLStore(sql_target.url) for _ in range(3)]
@@ -155,6 +158,11 @@ async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: St
         published, _ = await store.list_published()
         assert [(p.config.agent_id, p.config.version) for p in published] == [("old-agent", 1)]
         assert (await store.get_session("s-old")).arm is None
+        # version 10: tests stored with an agent, and their runs
+        await store.create_agent_config(AgentConfigInput.model_validate(agent_document("agent-t")))
+        await store.create_agent_test("agent-t", AgentTestCreate(name="t", content="name: t\nsessions: [{}]\n"))
+        run, _ = await store.create_test_run("agent-t", 1)
+        assert [r.id for r in await store.list_test_runs("agent-t")] == [run.id]
     finally:
         for s in stores:
             await s.aclose()

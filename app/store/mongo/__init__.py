@@ -21,6 +21,7 @@ Collections
 - `events`: the journal (`_id` = event id), filled by the relay described below.
 - `webhooks`, `webhook_deliveries`: endpoints and deliveries (`app.store.mongo.webhooks`).
 - `api_keys`: named API keys, only the hash of each secret (`app.store.mongo.keys`).
+- `agent_tests`, `test_runs`: tests stored with an agent and their runs (`app.store.mongo.agent_tests`).
 - `meta`: `config_epoch` and `schema_version` counters.
 
 Atomicity without multi-document transactions
@@ -114,6 +115,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.store.mongo.agent_tests import MongoAgentTests, MongoTestRuns
 from app.store.mongo.analysis import MongoAnalysisQueue
 from app.store.mongo.client import MongoDatabase, escape_keys, unescape_keys
 from app.store.mongo.configs import MongoConfigs
@@ -140,6 +142,8 @@ class MongoBackend(MongoDatabase):
         self.webhooks = MongoWebhooks(self)
         self.deliveries = MongoDeliveries(self)
         self.keys = MongoKeys(self)
+        self.agent_tests = MongoAgentTests(self)
+        self.test_runs = MongoTestRuns(self)
         self.journal = MongoJournal(self, self.configs, self.webhooks, self.keys)
 
 

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from app.domain.values import utcnow
 from app.store.service import StoreService
+from app.store.sql.agent_tests import SQLAgentTests, SQLTestRuns
 from app.store.sql.analysis import SQLAnalysisQueue
 from app.store.sql.configs import SQLConfigs
 from app.store.sql.database import SQLDatabase
@@ -33,6 +34,8 @@ class SQLBackend(SQLDatabase):
         self.webhooks = SQLWebhooks(self)
         self.deliveries = SQLDeliveries(self)
         self.keys = SQLKeys(self)
+        self.agent_tests = SQLAgentTests(self)
+        self.test_runs = SQLTestRuns(self)
 
     def now(self) -> datetime:
         return utcnow()

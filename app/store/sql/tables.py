@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 """1: initial tables. 2: `sessions.owner` and `sessions.heartbeat_at` (crash recovery with
 several processes on one database). 3: `sessions.usage` and `sessions.events` (what a call
 consumed, which providers served it, fail-overs, cut replies, budget warnings). 4: the
@@ -25,7 +25,8 @@ by the dialled number) and `sessions.call` (a phone session's numbers, call id a
 voicemail outcome). 8: named API keys (the `api_keys` table, new: `create_all` adds it).
 9: publishing and canaries: `agent_heads.published_version` (NULL on rows from
 before: the current version, as every write was published), `canary_version`,
-`release_rev` and `rollout`, and `sessions.arm`. `SQLDatabase.start` adds what an older database lacks (tables,
+`release_rev` and `rollout`, and `sessions.arm`. 10: `agent_tests` and `test_runs` (tests stored
+with an agent and their runs; new tables). `SQLDatabase.start` adds what an older database lacks (tables,
 columns and indexes only if missing, so every step is idempotent)."""
 
 
@@ -215,6 +216,30 @@ class ApiKeyRow(SQLModel, table=True):
     last_used_at: datetime | None = _ts(default=None, nullable=True)
 
 
+class AgentTestRow(SQLModel, table=True):
+    """A test document stored with an agent (its YAML verbatim)."""
+
+    __tablename__ = "agent_tests"
+    agent_id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(primary_key=True, max_length=64)
+    content: str = Field(sa_type=sa.Text)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class TestRunRow(SQLModel, table=True):
+    """One run of an agent's tests against a version; `data` is the whole `TestRun`."""
+
+    __tablename__ = "test_runs"
+    __table_args__ = (sa.Index("ix_test_runs_agent_version", "agent_id", "version", "created_at"),)
+    id: str = Field(primary_key=True, max_length=40)
+    agent_id: str = Field(max_length=64)
+    version: int
+    status: str = Field(index=True, max_length=16)
+    created_at: datetime = _ts()
+    data: dict[str, Any] = _json()
+
+
 metadata = SQLModel.metadata
 meta_t: sa.Table = MetaRow.__table__  # type: ignore[attr-defined]
 heads_t: sa.Table = AgentHeadRow.__table__  # type: ignore[attr-defined]
@@ -226,6 +251,8 @@ events_t: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
 webhooks_t: sa.Table = WebhookRow.__table__  # type: ignore[attr-defined]
 deliveries_t: sa.Table = DeliveryRow.__table__  # type: ignore[attr-defined]
 api_keys_t: sa.Table = ApiKeyRow.__table__  # type: ignore[attr-defined]
+agent_tests_t: sa.Table = AgentTestRow.__table__  # type: ignore[attr-defined]
+test_runs_t: sa.Table = TestRunRow.__table__  # type: ignore[attr-defined]
 
 ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
     "sessions": (

@@ -31,6 +31,7 @@ export const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
 const TONES = {
   enabled: 'success', completed: 'success', active: 'info', disabled: 'neutral',
   failed: 'danger', abandoned: 'warn', default: 'accent', current: 'accent',
+  passed: 'success', running: 'info', queued: 'neutral',
 };
 
 export function badge(text, tone = TONES[String(text).toLowerCase()] || 'neutral', attrs = {}) {

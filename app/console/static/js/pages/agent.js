@@ -509,10 +509,26 @@ function renderHeader() {
   const id = encodeURIComponent(a.agent_id);
   $('#agent-actions').replaceChildren(
     h('a', { class: 'btn', href: `/agents/${id}/history` }, 'History'),
+    h('button', { type: 'button', class: 'btn', id: 'run-tests', onclick: runTests }, 'Run tests'),
     h('a', { class: 'btn', href: `/talk?agent=${id}` }, 'Talk'),
     h('button', { type: 'button', class: 'btn', id: 'toggle-enabled', onclick: toggleEnabled }, a.enabled ? 'Disable' : 'Enable'),
     h('button', { type: 'button', class: 'btn btn-ghost-danger', id: 'delete-agent', onclick: deleteAgent }, 'Delete'),
   );
+}
+
+/** Run the agent's stored tests against this version; the results show on the history page. */
+async function runTests(e) {
+  const button = e.currentTarget;
+  button.disabled = true;
+  clearNotices();
+  const id = encodeURIComponent(state.loaded.agent_id);
+  try {
+    await api('POST', `/agents/config/${id}/versions/${state.version}/test-runs`);
+    location.href = `/agents/${id}/history#tests`;
+  } catch (err) {
+    button.disabled = false;
+    showError(err, 'Could not run the tests');
+  }
 }
 
 function applySaved(result) {

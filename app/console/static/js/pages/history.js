@@ -5,7 +5,8 @@ import { diffLines, renderDiff } from '../diff.js';
 import { $, badge, clearNotices, fmtDate, h, notice, placeholderRow, setTitle, showConflict, showError, timeAgo, toast } from '../ui.js';
 
 const META = new Set(['version', 'created_at', 'updated_at']);
-const state = { agentId: null, versions: [], from: null, to: null, audit: [], byVersion: new Map() };
+const state = { agentId: null, versions: [], from: null, to: null, audit: [], byVersion: new Map(),
+  runs: [], tests: [], shown: null, poll: null };
 
 const content = (v) => Object.fromEntries(Object.entries(v).filter(([k]) => !META.has(k)));
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
@@ -67,6 +68,7 @@ function renderTable() {
       h('td', {}, v.name),
       h('td', {}, v.enabled ? badge('Enabled', 'success') : badge('Disabled', 'neutral')),
       h('td', { class: 'chips-cell' }, changeSummary(v, idx)),
+      h('td', { class: 'nowrap' }, testCell(v.version)),
       h('td', { class: 'center' }, h('input', {
         type: 'radio', name: 'from', value: v.version, checked: v.version === state.from,
         'aria-label': `Compare from version ${v.version}`, onchange: () => { state.from = v.version; renderDiffPanel(); },
@@ -102,6 +104,92 @@ function renderDiffPanel() {
   box.replaceChildren(renderDiff(lines, { label: `Changes from version ${from.version} to version ${to.version}` }));
 }
 
+// ------------------------------------------------------------------ test runs
+
+const agentPath = () => `/agents/config/${encodeURIComponent(state.agentId)}`;
+const unfinished = (run) => run.status === 'queued' || run.status === 'running';
+
+function testCell(version) {
+  const last = state.runs.find((r) => r.version === version);
+  return [
+    last ? h('button', { type: 'button', class: 'link-button', 'aria-label': `Show test run of version ${version}`,
+      onclick: () => { state.shown = last.id; renderRuns(); } }, badge(last.status)) : h('span', { class: 'muted' }, 'not run'),
+    ' ',
+    h('button', { type: 'button', class: 'btn btn-small', 'aria-label': `Run tests against version ${version}`,
+      disabled: !state.tests.length, title: state.tests.length ? '' : 'This agent has no stored tests',
+      onclick: (e) => runTests(version, e.currentTarget) }, 'Run tests'),
+  ];
+}
+
+function renderRuns() {
+  $('#tests-count').textContent = state.tests.length;
+  $('#tests-sub').textContent = state.tests.length
+    ? `Stored tests: ${state.tests.map((t) => t.name).join(', ')}.`
+    : 'This agent has no stored tests yet: add them with POST /api/v1/agents/config/{id}/tests.';
+  const tbody = $('#runs-table tbody');
+  if (!state.runs.length) {
+    placeholderRow(tbody, 6, 'No test runs yet.');
+  } else {
+    tbody.replaceChildren(...state.runs.map((run) => h('tr', { class: run.id === state.shown ? 'row-current' : '' },
+      h('td', {}, h('button', { type: 'button', class: 'link-button mono', onclick: () => { state.shown = run.id; renderRuns(); } }, run.id)),
+      h('td', {}, `v${run.version}`),
+      h('td', {}, badge(run.status)),
+      h('td', {}, run.results.length ? `${run.results.filter((r) => r.passed).length}/${run.tests.length} passed` : `${run.tests.length} test(s)`),
+      h('td', {}, run.actor || '—'),
+      h('td', { class: 'nowrap' }, fmtDate(run.created_at)),
+    )));
+  }
+  renderRunDetail();
+  renderTable();
+}
+
+function renderRunDetail() {
+  const box = $('#run-detail');
+  const run = state.runs.find((r) => r.id === state.shown) || state.runs[0];
+  if (!run) { box.replaceChildren(); return; }
+  const head = h('h3', { class: 'card-title' }, `Run ${run.id} · version ${run.version} `, badge(run.status));
+  const parts = [head];
+  if (run.error) parts.push(h('p', { class: 'muted' }, run.error));
+  if (unfinished(run)) parts.push(h('p', { class: 'muted' }, 'Running… results appear here as the tests finish.'));
+  for (const result of run.results) {
+    const failing = result.steps.filter((s) => !s.passed);
+    parts.push(h('article', { class: 'test-result', 'aria-label': `Test ${result.name}` },
+      h('h4', {}, result.name, ' ', badge(result.passed ? 'passed' : 'failed'),
+        result.model === 'live' ? [' ', h('span', { class: 'chip chip-soft' }, 'live model')] : null),
+      result.error ? h('p', { class: 'muted' }, result.error) : null,
+      failing.length ? h('ul', { class: 'step-failures' }, ...failing.flatMap((step) => step.failures.map((f) => h('li', {},
+        h('strong', {}, `${step.step}`), ' · ', h('code', {}, `line ${f.line ?? '?'} · ${f.field}`), ' — ', f.message,
+        f.expected != null ? h('div', { class: 'expected' }, h('span', { class: 'muted' }, 'expected: '), h('code', {}, f.expected)) : null,
+        f.actual != null ? h('div', { class: 'actual' }, h('span', { class: 'muted' }, 'actual: '), h('code', {}, f.actual)) : null,
+      )))) : h('p', { class: 'muted' }, `${result.steps.length} step(s) passed.`),
+    ));
+  }
+  box.replaceChildren(...parts);
+}
+
+async function loadRuns() {
+  const [tests, runs] = await Promise.all([get(`${agentPath()}/tests`), get(`${agentPath()}/test-runs`)]);
+  state.tests = tests;
+  state.runs = runs;
+  renderRuns();
+  clearTimeout(state.poll);
+  if (runs.some(unfinished)) state.poll = setTimeout(() => loadRuns().catch((err) => showError(err, 'Could not load the test runs')), 1000);
+}
+
+async function runTests(version, button) {
+  button.disabled = true;
+  clearNotices();
+  try {
+    const res = await api('POST', `${agentPath()}/versions/${version}/test-runs`);
+    state.shown = res.data.id;
+    toast(`Running ${res.data.tests.length} test(s) against version ${version}.`);
+    await loadRuns();
+  } catch (err) {
+    button.disabled = false;
+    showError(err, 'Could not run the tests');
+  }
+}
+
 /** Who made a change and their note, from an audit event (or a dash when none is known). */
 function who(event) {
   if (!event) return h('span', { class: 'muted' }, '—');
@@ -118,6 +206,7 @@ function describe(event) {
     case 'agent.version_created':
       return d.change === 'rollback' ? `v${d.version}: rolled back to v${d.rolled_back_to}` : `v${d.version}: ${d.change}`;
     case 'agent.deleted': return 'deleted the agent';
+    case 'agent.test_changed': return `test ${d.name}: ${d.change}`;
     case 'routes.changed': return d.purpose ? `route ${d.purpose}: ${d.change}` : `routes: ${d.change}`;
     default: {
       const bits = ['version', 'canary_percent', 'arm', 'reason'].filter((k) => d[k] != null).map((k) => `${k} ${d[k]}`);
@@ -165,6 +254,7 @@ async function load() {
   setTitle(`${current.name} history`);
   renderTable();
   renderDiffPanel();
+  await loadRuns();
 }
 
 async function rollback(version, button) {
@@ -191,7 +281,7 @@ export async function init(data) {
   try {
     await load();
   } catch (err) {
-    placeholderRow($('#versions-table tbody'), 9, err.status === 404 ? 'This agent does not exist (any more).' : 'Could not load the history.', 'error');
+    placeholderRow($('#versions-table tbody'), 10, err.status === 404 ? 'This agent does not exist (any more).' : 'Could not load the history.', 'error');
     showError(err, 'Could not load the history');
   }
 }
