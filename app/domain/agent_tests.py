@@ -22,7 +22,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field, field_validator
 
-from app.domain.errors import DomainError, InvalidInput
+from app.domain.errors import DomainError, InvalidInput, PublishRefused
 from app.domain.scenario.format import (
     LoadedScenario,
     Scenario,
@@ -235,17 +235,20 @@ class TestRunQueue(Protocol):
 # --------------------------------------------------------------------- the gate
 
 
-class TestsNotPassing(DomainError):
-    """Publishing needs a passing run of the current tests (API: 409 naming them)."""
+class TestsNotPassing(PublishRefused):
+    """Publishing needs a passing run of the current tests (API: 409 naming them in
+    `failing`, as every refused publish does)."""
 
     __test__ = False
 
     def __init__(self, agent_id: str, version: int, names: list[str]) -> None:
-        super().__init__(
+        DomainError.__init__(
+            self,
             f"version {version} of {agent_id!r} has no passing run of its current tests; not passing: "
             f"{', '.join(names)}",
-            agent_id=agent_id, version=version, failing_tests=names,
+            agent_id=agent_id, version=version, failing=list(names),
         )
+        self.failing = list(names)
         self.names = names
 
 

@@ -102,6 +102,7 @@ from app.store.route_rules import (
     without_route,
 )
 from app.store.session_rules import fold, must_be_str, session_fields
+from app.store.test_gate import require_passing_tests
 from app.store.webhook_service import WebhookStore
 
 log = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ class StoreService(WebhookStore, KeyStore, AgentTestStore):
                     raise VersionConflict(agent_id, expected_version, seen)
                 new = self._next_version(agent_id, head, patch)
                 events = event_rules.version_created(new, change, new.updated_at, ctx, rolled_back_to)
-                publish = await self._publish_step(agent_id, new, change, ctx)
+                publish = await self._publish_step(agent_id, new, change, rolled_back_to)
                 try:
                     key = await configs.append(head.key, new, events, publish)
                 except HeadMoved as e:
@@ -273,7 +274,7 @@ class StoreService(WebhookStore, KeyStore, AgentTestStore):
         raise VersionConflict(agent_id, expected_version, None)
 
     async def _publish_step(
-        self, agent_id: str, new: AgentConfig, change: ChangeKind, ctx: ChangeContext
+        self, agent_id: str, new: AgentConfig, change: ChangeKind, rolled_back_to: int | None
     ) -> PublishStep | None:
         """Whether a new version is published as it is written: a rollback always is (it
         is a publish; refused while a canary runs), any other write when its config says
@@ -287,12 +288,12 @@ class StoreService(WebhookStore, KeyStore, AgentTestStore):
             if running:
                 raise RolloutConflict(f"agent {agent_id!r} has a canary running: promote or abort it first",
                                     agent_id=agent_id)
-            await self._run_publish_checks(agent_id, new.version)
+            await self._run_publish_checks(agent_id, new.version, writing=new, tests_of=rolled_back_to)
         elif not new.auto_publish or running:
             return None
         else:
             try:
-                await self._run_publish_checks(agent_id, new.version)
+                await self._run_publish_checks(agent_id, new.version, writing=new)
             except PublishRefused as e:
                 log.info("agent %s version %s kept as a draft: %s", agent_id, new.version, e.message)
                 return None
@@ -361,7 +362,17 @@ class StoreService(WebhookStore, KeyStore, AgentTestStore):
         check refuses by raising `PublishRefused` (API: 409 naming `failing`)."""
         self._publish_checks.append(check)
 
-    async def _run_publish_checks(self, agent_id: str, version: int) -> None:
+    async def _run_publish_checks(
+        self, agent_id: str, version: int, *, writing: AgentConfig | None = None, tests_of: int | None = None
+    ) -> None:
+        """The stored tests' gate (for versions that `require_passing_tests`), then the
+        registered checks. `writing`: the version being written (no run can cover it yet).
+        `tests_of`: a rollback's target, whose runs stand for the copy being written (the
+        same content; an emergency must not wait for a test run)."""
+        if tests_of is not None:
+            await require_passing_tests(self, agent_id, tests_of)
+        else:
+            await require_passing_tests(self, agent_id, version, writing)
         for check in list(self._publish_checks):
             await check(agent_id, version)
 

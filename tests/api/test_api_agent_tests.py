@@ -143,12 +143,27 @@ async def test_runs_report_each_step_and_feed_the_gate(served, store):
     assert await failing_tests(store, "support-agent", 2) == ["greets"]
     gate = (await c.get(f"{AGENTS}/support-agent/versions/2/test-gate")).json()
     assert gate == {"require_passing_tests": True, "failing_tests": ["greets"], "may_publish": False}
+    # the gate guards publishing: v2 stayed a draft when written, and publishing it is refused
+    report = (await c.get(f"{AGENTS}/support-agent/rollout")).json()
+    assert report["release"]["published_version"] == 1 and report["drafts"] == [2], report
+    r = await c.post(f"{AGENTS}/support-agent/publish", json={"version": 2})
+    assert r.status_code == 409 and r.json()["extra"]["failing"] == ["greets"], r.text
+    r = await c.post(f"{AGENTS}/support-agent/publish", json={"version": 2, "canary_percent": 10})
+    assert r.status_code == 409 and r.json()["extra"]["failing"] == ["greets"], r.text
+    assert (await c.post(f"{AGENTS}/support-agent/publish", json={"version": 1})).status_code == 200
     assert await failing_tests(store, "support-agent", 1) == []  # v1's own run still stands
     listed = (await c.get(f"{AGENTS}/support-agent/versions/2/test-runs")).json()
     assert [x["id"] for x in listed] == [run["id"]]
     assert len((await c.get(f"{AGENTS}/support-agent/test-runs")).json()) == 2
     assert (await c.get(f"{AGENTS}/support-agent/versions/1/test-runs/{run['id']}")).status_code == 404
     assert (await c.post(f"{AGENTS}/support-agent/versions/9/test-runs")).status_code == 404
+    # a rollback copies a version: that version's runs count for the copy; v2 had none passing
+    r = await c.post(f"{AGENTS}/support-agent/rollback/2")
+    assert r.status_code == 409 and r.json()["extra"]["failing"] == ["greets"], r.text
+    r = await c.post(f"{AGENTS}/support-agent/rollback/1")
+    assert r.status_code == 201 and r.json()["version"] == 3, r.text
+    report = (await c.get(f"{AGENTS}/support-agent/rollout")).json()
+    assert report["release"]["published_version"] == 3
     sessions = (await c.get("/api/v1/sessions")).json()
     assert sessions["total"] == 0  # test conversations are not calls: no session records
 
