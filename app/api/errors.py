@@ -53,6 +53,7 @@ from app.domain import (
     NotFound,
     StoreUnavailable,
     VersionConflict,
+    WrongState,
 )
 from app.domain.field_errors import field_errors
 
@@ -262,6 +263,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     AlreadyExists: _conflict,
     InUse: _conflict,
     InProgress: _conflict,
+    WrongState: _conflict,
     VersionConflict: _version_conflict,
     InvalidInput: _invalid_input,
     StoreUnavailable: _store_unavailable,

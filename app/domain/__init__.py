@@ -11,6 +11,7 @@ from app.domain.errors import (
     NotFound,
     StoreUnavailable,
     VersionConflict,
+    WrongState,
 )
 from app.domain.models import (
     AgentConfig,
@@ -78,6 +79,7 @@ __all__ = [
     "VADConfig",
     "VariableSpec",
     "VersionConflict",
+    "WrongState",
     "apply_merge_patch",
     "patched_input",
     "template_fields",

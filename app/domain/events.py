@@ -237,6 +237,35 @@ class WebhookChangedData(BaseModel):
     disabled_reason: str | None = None
 
 
+class CallPlacedData(BaseModel):
+    call_id: str
+    to: str = Field(description="The dialled number, E.164")
+    agent_id: str | None = None
+    purpose: str | None = None
+    version: int | None = None
+    room: str
+    campaign_id: str | None = None
+
+
+class CallDialedData(BaseModel):
+    call_id: str
+    to: str
+    status: Literal["answered", "busy", "no_answer", "failed"]
+    sip_status_code: int | None = Field(None, description="LiveKit's SIP status of a failed dial")
+    sip_status: str | None = None
+    error: str | None = None
+    room: str
+    campaign_id: str | None = None
+
+
+class CampaignChangedData(BaseModel):
+    campaign_id: str
+    change: Literal["created", "paused", "resumed", "cancelled", "completed"]
+    name: str
+    status: str
+    total: int = Field(description="Contacts in the campaign")
+
+
 # ------------------------------------------------------------------------- registry
 
 
@@ -303,6 +332,20 @@ WEBHOOK_DELETED = register_event_type(
 WEBHOOK_SECRET_ROTATED = register_event_type(
     "webhook.secret_rotated", EventKind.change, "A webhook endpoint's signing secret was rotated.",
     WebhookChangedData)
+
+
+CALL_PLACED = register_event_type(
+    "call.placed", EventKind.change, "An outbound call was placed (POST /calls, or a campaign's runner).",
+    CallPlacedData)
+CALL_DIALED = register_event_type(
+    "call.dialed", EventKind.session,
+    "An outbound call's dial finished: answered (the agent is on the call), busy, no answer or failed, with "
+    "LiveKit's SIP status.", CallDialedData)
+CAMPAIGN_CREATED = register_event_type(
+    "campaign.created", EventKind.change, "A calling campaign was created.", CampaignChangedData)
+CAMPAIGN_UPDATED = register_event_type(
+    "campaign.updated", EventKind.change, "A campaign was paused, resumed, cancelled, or completed (its last "
+    "contact has an outcome).", CampaignChangedData)
 
 
 def change_types() -> list[str]:

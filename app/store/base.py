@@ -50,7 +50,9 @@ if TYPE_CHECKING:
         WebhookCreated,
         WebhookInput,
     )
+    from app.domain.calls import CallOutcome, CallRecord, Campaign, CampaignInput, CampaignView, Contact, ContactStatus
     from app.store.backend import JournalEntry
+    from app.store.call_service import ClaimedContact
 
 ChangeListener = Callable[[], None]
 
@@ -395,3 +397,40 @@ class ConfigStore(Protocol):
     async def resend_delivery(self, delivery_id: str, window_s: float) -> Delivery: ...
 
     async def count_due_deliveries(self) -> int: ...
+
+    # ------------------------------------------------------ calls and campaigns
+
+    async def create_call(self, call: CallRecord, *, ctx: ChangeContext = SYSTEM) -> CallRecord:
+        """Store a call being dialled (status `dialing`) with its `call.placed` event."""
+
+    async def finish_call(self, call_id: str, outcome: CallOutcome, **fields: Any) -> CallRecord:
+        """Its outcome, once (`WrongState` when it is no longer dialing)."""
+
+    async def get_call(self, call_id: str) -> CallRecord: ...
+
+    async def list_calls(
+        self, *, campaign_id: str | None = None, offset: int = 0, limit: int = 50
+    ) -> tuple[list[CallRecord], int]: ...
+
+    async def create_campaign(self, data: CampaignInput, *, ctx: ChangeContext = SYSTEM) -> CampaignView:
+        """The campaign and every contact, atomically, `running`."""
+
+    async def get_campaign(self, campaign_id: str) -> CampaignView: ...
+
+    async def list_campaigns(self, *, offset: int = 0, limit: int = 50) -> tuple[list[CampaignView], int]: ...
+
+    async def running_campaigns(self) -> list[Campaign]: ...
+
+    async def change_campaign(self, campaign_id: str, change: str, *, ctx: ChangeContext = SYSTEM) -> CampaignView:
+        """`paused` / `resumed` / `cancelled` / `completed`; `WrongState` if it does not apply."""
+
+    async def campaign_contacts(
+        self, campaign_id: str, *, status: ContactStatus | None = None, offset: int = 0, limit: int = 50
+    ) -> tuple[list[Contact], int]: ...
+
+    async def claim_contacts(
+        self, campaign: Campaign, owner: str, *, lease_s: float, limit: int
+    ) -> list[ClaimedContact]:
+        """Lease due contacts (never one another runner holds)."""
+
+    async def release_contact(self, claim: ClaimedContact, **values: Any) -> bool: ...

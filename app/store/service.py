@@ -88,6 +88,7 @@ from app.store.route_rules import (
     without_route,
 )
 from app.store.session_rules import fold, must_be_str, session_fields
+from app.store.call_service import CallStore
 from app.store.webhook_service import WebhookStore
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,9 @@ def _agent_not_found(agent_id: Any, version: int | None = None) -> NotFound:
     return NotFound(f"{what} not found", agent_id=agent_id) if isinstance(agent_id, str) else NotFound(f"{what} not found")
 
 
-class StoreService(WebhookStore):
-    """`app.store.base.ConfigStore` over one `Backend` (webhook rules: `WebhookStore`)."""
+class StoreService(WebhookStore, CallStore):
+    """`app.store.base.ConfigStore` over one `Backend` (webhook rules: `WebhookStore`; calls and
+    campaigns: `CallStore`)."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend

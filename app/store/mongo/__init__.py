@@ -20,6 +20,7 @@ Collections
 - `sessions` (`_id = session_id`) and `session_turns` (unique `(session_id, seq)`).
 - `events`: the journal (`_id` = event id), filled by the relay described below.
 - `webhooks`, `webhook_deliveries`: endpoints and deliveries (`app.store.mongo.webhooks`).
+- `calls`, `campaigns`, `campaign_contacts`: outbound calls and campaigns (`app.store.mongo.calls`).
 - `meta`: `config_epoch` and `schema_version` counters.
 
 Atomicity without multi-document transactions
@@ -114,6 +115,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.store.mongo.analysis import MongoAnalysisQueue
+from app.store.mongo.calls import MongoCalls, MongoCampaigns
 from app.store.mongo.client import MongoDatabase, escape_keys, unescape_keys
 from app.store.mongo.configs import MongoConfigs
 from app.store.mongo.journal import MongoJournal
@@ -137,6 +139,8 @@ class MongoBackend(MongoDatabase):
         self.usage = MongoUsage(self)
         self.webhooks = MongoWebhooks(self)
         self.deliveries = MongoDeliveries(self)
+        self.calls = MongoCalls(self)
+        self.campaigns = MongoCampaigns(self)
         self.journal = MongoJournal(self, self.configs, self.webhooks)
 
 

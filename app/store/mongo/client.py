@@ -186,10 +186,11 @@ class MongoDatabase:
             await db.sessions.create_index(
                 [("analysis_status", ASCENDING), ("started_at", ASCENDING)], name="analysis_queue"
             )
-            from app.store.mongo import journal, webhooks  # they import this module
+            from app.store.mongo import calls, journal, webhooks  # they import this module
 
             await journal.ensure_indexes(db)
             await webhooks.ensure_indexes(db)
+            await calls.ensure_indexes(db)
             for coll, _id, init in (
                 ("meta", EPOCH, {"value": 0}),
                 ("meta", _SCHEMA, {"value": SCHEMA_VERSION}),

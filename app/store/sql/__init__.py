@@ -8,6 +8,7 @@ from datetime import datetime
 from app.domain.values import utcnow
 from app.store.service import StoreService
 from app.store.sql.analysis import SQLAnalysisQueue
+from app.store.sql.calls import SQLCalls, SQLCampaigns
 from app.store.sql.configs import SQLConfigs
 from app.store.sql.database import SQLDatabase
 from app.store.sql.journal import SQLJournal
@@ -31,6 +32,8 @@ class SQLBackend(SQLDatabase):
         self.journal = SQLJournal(self)
         self.webhooks = SQLWebhooks(self)
         self.deliveries = SQLDeliveries(self)
+        self.calls = SQLCalls(self)
+        self.campaigns = SQLCampaigns(self)
 
     def now(self) -> datetime:
         return utcnow()
