@@ -25,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,6 +187,32 @@ class LoopbackLiveKit:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    @contextlib.contextmanager
+    def threaded(self) -> Iterator[LoopbackLiveKit]:
+        """Serve from a thread with its own event loop: for callers whose client blocks
+        the test's loop (Litestar's test client runs the app in a portal thread)."""
+        ready = threading.Event()
+        stop: list[asyncio.AbstractEventLoop | asyncio.Event] = []
+
+        async def serve() -> None:
+            async with self:
+                halt = asyncio.Event()
+                stop.extend([asyncio.get_running_loop(), halt])
+                ready.set()
+                await halt.wait()
+
+        thread = threading.Thread(target=asyncio.run, args=(serve(),), name="loopback-livekit", daemon=True)
+        thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("the loopback LiveKit server did not start")
+        try:
+            yield self
+        finally:
+            loop, halt = stop
+            assert isinstance(loop, asyncio.AbstractEventLoop) and isinstance(halt, asyncio.Event)
+            loop.call_soon_threadsafe(halt.set)
+            thread.join(10)
 
     # --------------------------------------------------------------- inspecting
 

@@ -29,6 +29,7 @@ from litestar.types import ControllerRouterHandler
 
 from app.api.agents import AgentConfigController
 from app.api.audit import AuditController
+from app.api.calls import CampaignController, calls_controller
 from app.api.auth import SECURITY_SCHEME, SECURITY_SCHEME_NAME, bearer_guard
 from app.api.changes import ADMIN_ACTOR, CHANGE_DEPENDENCY
 from app.api.deps import dependencies
@@ -86,7 +87,7 @@ def create_app(
         path=API_PREFIX,
         route_handlers=[
             AgentConfigController, LatencyController, RouteController, SessionController, UsageController,
-            ResolveController, AuditController, WebhookController,
+            ResolveController, AuditController, WebhookController, calls_controller(settings), CampaignController,
         ],
         guards=[bearer_guard(settings.admin_api_key, ADMIN_ACTOR)],
         dependencies=CHANGE_DEPENDENCY,

@@ -283,6 +283,7 @@ rendering, which already has the shared shape."""
 _DESCRIPTIONS: dict[int, str] = {
     400: "Malformed request (bad JSON, bad If-Match header)",
     401: "Missing or invalid bearer token",
+    403: "The API key's role does not allow this request",
     404: "Not found",
     409: "Conflict (already exists, in use, or a concurrent write)",
     412: "If-Match does not name the current version; `extra.current_version` does",
