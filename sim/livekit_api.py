@@ -152,8 +152,8 @@ class LoopbackLiveKit:
     key: str = KEY
     secret: str = SECRET
     trunks: set[str] = field(default_factory=lambda: {"ST_outbound"})
-    numbers: dict[str, Dial] = field(default_factory=dict)
-    """Per dialled number; a number not listed answers at once."""
+    numbers: dict[str, Dial | list[Dial]] = field(default_factory=dict)
+    """Per dialled number (a list: one per attempt, the last repeating); not listed: answers at once."""
     transfers: dict[str, Dial] = field(default_factory=dict)
     """Per transfer target (`tel:+1…` or `sip:…`); not listed: the transfer succeeds."""
     fail_next: dict[str, TwirpError] = field(default_factory=dict)
@@ -168,6 +168,9 @@ class LoopbackLiveKit:
     in_flight: int = 0
     max_in_flight: int = 0
     """Most dials ringing at once (concurrency caps are checked with it)."""
+    double_dials: list[str] = field(default_factory=list)
+    """Numbers dialled while a dial to them was still ringing (must stay empty)."""
+    _ringing: set[str] = field(default_factory=set)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _runner: web.AppRunner | None = None
     url: str = ""
@@ -313,14 +316,21 @@ class LoopbackLiveKit:
             # LiveKit would create it; the platform always creates it first, so a dial
             # into a room nobody created is a bug worth failing loudly here
             raise TwirpError("failed_precondition", f"room {msg.room_name!r} was not created first")
-        plan = self.numbers.get(msg.sip_call_to, Dial.answer())
+        scripted = self.numbers.get(msg.sip_call_to, Dial.answer())
+        if isinstance(scripted, list):  # one per attempt; the last one repeats
+            plan = scripted.pop(0) if len(scripted) > 1 else scripted[0]
+        else:
+            plan = scripted
+        if msg.sip_call_to in self._ringing:
+            self.double_dials.append(msg.sip_call_to)
+        self._ringing.add(msg.sip_call_to)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            if plan.delay:
-                await asyncio.sleep(plan.delay)
+            await asyncio.sleep(plan.delay)
         finally:
             self.in_flight -= 1
+            self._ringing.discard(msg.sip_call_to)
         if plan.sip_status_code is not None:
             raise TwirpError(plan.code, f"sip call failed: {plan.sip_status_code} {plan.sip_status}", {
                 "sip_status_code": str(plan.sip_status_code), "sip_status": plan.sip_status})

@@ -133,7 +133,7 @@ class CallRecord(BaseModel):
 
 class CallingHours(_Input):
     """When contacts may be called, in each contact's own time zone: from `start` to `end`
-    (end excluded) on `days` (0 = Monday)."""
+    (end excluded; 00:00 is midnight, the end of the day) on `days` (0 = Monday)."""
 
     start: time = time(9, 0)
     end: time = time(20, 0)
@@ -144,15 +144,17 @@ class CallingHours(_Input):
     def _order(self) -> CallingHours:
         if self.start.tzinfo is not None or self.end.tzinfo is not None:
             raise ValueError("start and end are local times without an offset")
-        if self.end <= self.start:
-            raise ValueError("end must be after start (windows across midnight are not supported)")
+        if self.end <= self.start and self.end != time(0):
+            raise ValueError("end must be after start (00:00 means midnight; windows across midnight are not "
+                             "supported)")
         return self
 
     def next_open(self, now: datetime, zone: str) -> datetime | None:
         """None when `now` is inside the window in `zone`; else the UTC instant it opens next."""
         tz = ZoneInfo(zone)
         local = now.astimezone(tz)
-        if local.weekday() in self.days and self.start <= local.time().replace(tzinfo=None) < self.end:
+        clock = local.time().replace(tzinfo=None)
+        if local.weekday() in self.days and self.start <= clock and (self.end == time(0) or clock < self.end):
             return None
         for ahead in range(8):
             day = (local + timedelta(days=ahead)).date()
