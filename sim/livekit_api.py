@@ -34,8 +34,7 @@ from aiohttp import web
 from google.protobuf.message import DecodeError, Message
 from livekit import api
 from livekit.api.access_token import Claims
-from livekit.protocol import agent_dispatch as ad
-from livekit.protocol import models, room, sip
+from livekit.protocol import agent_dispatch as ad, models, room, sip
 
 KEY = "loopback-key"
 SECRET = "loopback-secret-loopback-secret-0123456789"

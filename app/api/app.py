@@ -29,8 +29,8 @@ from litestar.types import ControllerRouterHandler
 
 from app.api.agents import AgentConfigController
 from app.api.audit import AuditController
-from app.api.calls import CampaignController, calls_controller
 from app.api.auth import SECURITY_SCHEME, SECURITY_SCHEME_NAME, bearer_guard
+from app.api.calls import CampaignController, calls_controller
 from app.api.changes import ADMIN_ACTOR, CHANGE_DEPENDENCY
 from app.api.deps import dependencies
 from app.api.docs import SelfHostedSwaggerPlugin, schema_router

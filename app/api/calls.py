@@ -175,9 +175,9 @@ async def _campaign_input(request: Request[Any, Any, Any], data: CampaignRequest
         try:
             contacts = parse_contacts(data.contacts_csv)
         except BadCsv as e:
-            errors = [{"key": f"contacts_csv.line {p.line}", "message": p.message} for p in e.problems]
+            rows = [{"key": f"contacts_csv.line {p.line}", "message": p.message} for p in e.problems]
             raise ValidationException(detail=f"{e.total_bad} bad row(s) in contacts_csv; nothing was created",
-                                      extra=errors) from None
+                                      extra=rows) from None
         where = "contacts_csv.line {}"
         index = [i + 2 for i in range(len(contacts))]  # line numbers: the header is line 1
     else:
@@ -199,8 +199,8 @@ async def _campaign_input(request: Request[Any, Any, Any], data: CampaignRequest
         seen.setdefault(contact.phone, i)
         try:
             check_variables(cfg, contact.variables)
-        except ValidationException as e:
-            for entry in e.extra if isinstance(e.extra, list) else []:
+        except ValidationException as bad:
+            for entry in bad.extra if isinstance(bad.extra, list) else []:
                 errors.append({"key": f"{key}.{entry['key']}", "message": entry["message"]})
         if len(errors) >= 50:
             break

@@ -41,6 +41,7 @@ from app.domain.events import SYSTEM, ChangeContext, Event
 from app.domain.usage import UsageGroup, UsageReport
 
 if TYPE_CHECKING:
+    from app.domain.calls import CallOutcome, CallRecord, Campaign, CampaignInput, CampaignView, Contact, ContactStatus
     from app.domain.webhooks import (
         Delivery,
         DeliveryStatus,
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
         WebhookCreated,
         WebhookInput,
     )
-    from app.domain.calls import CallOutcome, CallRecord, Campaign, CampaignInput, CampaignView, Contact, ContactStatus
     from app.store.backend import JournalEntry
     from app.store.call_service import ClaimedContact
 

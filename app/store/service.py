@@ -77,6 +77,7 @@ from app.store.base import (
     StartSession,
     UpdateSession,
 )
+from app.store.call_service import CallStore
 from app.store.parsed import ParsedVersions
 from app.store.retry import MAX_ATTEMPTS, backoff
 from app.store.route_rules import (
@@ -88,7 +89,6 @@ from app.store.route_rules import (
     without_route,
 )
 from app.store.session_rules import fold, must_be_str, session_fields
-from app.store.call_service import CallStore
 from app.store.webhook_service import WebhookStore
 
 log = logging.getLogger(__name__)

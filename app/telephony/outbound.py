@@ -11,15 +11,12 @@ the outcome and LiveKit's SIP status, so a crash mid-dial still leaves a trace.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-from google.protobuf.duration_pb2 import Duration
 from livekit import api
 
 from app.domain.calls import CallOutcome, CallRecord, new_call_id, outcome_of_sip
@@ -32,8 +29,6 @@ log = logging.getLogger(__name__)
 
 ROOM_EMPTY_TIMEOUT_S = 120
 """A room nobody joins (the dial failed and its clean-up too) closes itself after this."""
-API_TIMEOUT_S = 10.0
-"""Each request except the dial, which waits for the ring timeout."""
 
 
 class LiveKitUnavailable(Exception):
@@ -83,6 +78,12 @@ def livekit_missing(settings: Settings) -> str | None:
     return None
 
 
+def _transport_error(e: BaseException) -> bool:
+    """A connection-level failure of livekit-api's HTTP client (aiohttp's errors, which
+    this package does not import: livekit-api owns that dependency)."""
+    return isinstance(e, OSError) or type(e).__module__.split(".")[0] == "aiohttp"
+
+
 def _describe(err: api.ServerError) -> str:
     return f"{err.message or err.code} ({err.code})"
 
@@ -97,8 +98,7 @@ class Dialer:
         s = self.settings
         assert s.livekit_url and s.livekit_api_key and s.livekit_api_secret
         return api.LiveKitAPI(s.livekit_url, s.livekit_api_key.get_secret_value(),
-                              s.livekit_api_secret.get_secret_value(),
-                              timeout=aiohttp.ClientTimeout(total=API_TIMEOUT_S))
+                              s.livekit_api_secret.get_secret_value())
 
     async def place(self, store: ConfigStore, plan: CallPlan, *, ctx: ChangeContext = SYSTEM) -> CallRecord:
         """Store the call, dial it, store the outcome. `LiveKitUnavailable` when LiveKit
@@ -134,7 +134,7 @@ class Dialer:
                     sip_trunk_id=call.trunk, sip_call_to=call.to, room_name=call.room,
                     participant_identity=call.participant_identity or f"sip-{call.id}",
                     participant_name=call.to, participant_attributes={"call_id": call.id},
-                    wait_until_answered=True, ringing_timeout=Duration(seconds=int(ring)),
+                    wait_until_answered=True, ringing_timeout={"seconds": int(ring)},
                 ), timeout=ring + 5)
             except api.SipCallError as e:
                 await self._clean_up(lk, call.room, dispatch_id, created)
@@ -153,7 +153,9 @@ class Dialer:
                 await self._clean_up(lk, call.room, dispatch_id, created)
                 return {"outcome": CallOutcome.no_answer, "error": f"no answer within {ring:g} s",
                         "dispatch_id": dispatch_id}
-            except aiohttp.ClientError as e:
+            except Exception as e:
+                if not _transport_error(e):
+                    raise
                 await self._clean_up(lk, call.room, dispatch_id, created)
                 raise LiveKitUnavailable(f"LiveKit is unreachable ({type(e).__name__})", refused=False) from None
         return {"outcome": CallOutcome.answered, "dispatch_id": dispatch_id, "sip_call_id": info.sip_call_id,
@@ -167,6 +169,8 @@ class Dialer:
                 await lk.agent_dispatch.delete_dispatch(dispatch_id, room)
             if "room" in created:
                 await lk.room.delete_room(api.DeleteRoomRequest(room=room))
-        except (api.ServerError, aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except Exception as e:
+            if not isinstance(e, api.ServerError | TimeoutError) and not _transport_error(e):
+                raise
             log.warning("call room %s: clean-up after a failed dial failed (%s); its empty timeout will close it",
                         room, type(e).__name__)
