@@ -18,6 +18,7 @@ import httpx
 from livekit.agents.llm import RawFunctionTool
 
 from app.agents.context import ConfigSource, SessionContext
+from app.agents.phone_transfer import CallControl, build_transfer_call_tool
 from app.agents.pte import record_score_tool
 from app.agents.tools import (
     BuildAgent,
@@ -27,6 +28,7 @@ from app.agents.tools import (
     build_transfer_tool,
 )
 from app.domain import AgentConfig, HttpTool
+from app.domain.models import TransferCallTool
 from app.domain.models import BUILTIN_TOOL_NAMES
 
 
@@ -71,6 +73,7 @@ def build_tools(
     configs: ConfigSource,
     build_agent: BuildAgent,
     http_client: httpx.AsyncClient | None = None,
+    call_control: CallControl | None = None,
 ) -> list[RawFunctionTool[..., Any]]:
     """Schema tools, then the configured tools in config order."""
     tools = build_schema_tools(config.schema_config, ctx.recorder)
@@ -78,6 +81,8 @@ def build_tools(
     for spec in config.tools:
         if isinstance(spec, HttpTool):
             tools.append(build_http_tool(spec, http_client=http_client))
+        elif isinstance(spec, TransferCallTool):
+            tools.append(build_transfer_call_tool(spec, ctx.recorder, call_control))
         else:
             tools.append(_builtins[spec.name](deps))
     return tools

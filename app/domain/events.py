@@ -181,6 +181,17 @@ class CollectedValidation(BaseModel):
     problems: list[str] = Field(default_factory=list, description="Schema violations, at most 5")
 
 
+class CallTransferData(BaseModel):
+    """A phone caller handed to a person (`transfer_call` tool), or the attempt that failed."""
+
+    to: str = Field(description="The tel: or sip: URI transferred to")
+    reason: str | None = Field(None, description="Why, as the agent gave it")
+    status: Literal["completed", "failed"]
+    transfer_id: str | None = None
+    error: str | None = None
+    at: UtcDatetime | None = None
+
+
 class SessionEndedData(BaseModel):
     """Rendered once from the committed session record when the event is first fanned
     out (`app.webhooks.render`), then frozen: every retry sends this exact body."""
@@ -208,6 +219,9 @@ class SessionEndedData(BaseModel):
     analysis_requested: bool = Field(
         False, description="The agent has post-call analysis settings: a session.analyzed event follows "
         "when the analysis is stored (done or failed)")
+    transfer: CallTransferData | None = Field(
+        None, description="Phone calls handed to a person: the last transfer (or failed attempt), its reason; "
+        "the data collected up to then is in `collected`")
 
 
 class SessionAnalyzedData(BaseModel):
