@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from livekit import api, rtc
-from livekit.agents import get_job_context
-from livekit.agents import llm
+from livekit.agents import get_job_context, llm
 from livekit.agents.llm import RawFunctionTool, ToolError, function_tool
 from livekit.agents.voice import RunContext
 
@@ -95,8 +94,9 @@ def build_transfer_call_tool(
     control = control or JobCallControl()
     busy = False
 
-    async def transfer(context: RunContext[Any], reason: str | None = None) -> Any:
+    async def transfer(raw_arguments: dict[str, object], context: RunContext[Any]) -> Any:
         nonlocal busy
+        reason = raw_arguments.get("reason")
         if busy:
             return "A transfer is already under way; say nothing more."
         busy = True
@@ -120,5 +120,8 @@ def build_transfer_call_tool(
         context.speech_handle.add_done_callback(lambda _: session.shutdown())
         return llm.ToolResult(f"transferred to {spec.transfer_to()}", reply_required=False)  # the caller left
 
-    return function_tool(
-        transfer, name=spec.name, description=spec.description + " Give the reason in `reason`.")
+    return function_tool(transfer, raw_schema={
+        "name": spec.name, "description": spec.description,
+        "parameters": {"type": "object", "properties": {
+            "reason": {"type": "string", "description": "Why the caller is transferred, in a short sentence."}}},
+    })

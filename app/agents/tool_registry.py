@@ -28,8 +28,7 @@ from app.agents.tools import (
     build_transfer_tool,
 )
 from app.domain import AgentConfig, HttpTool
-from app.domain.models import TransferCallTool
-from app.domain.models import BUILTIN_TOOL_NAMES
+from app.domain.models import BUILTIN_TOOL_NAMES, TransferCallTool
 
 
 @dataclass(frozen=True)
