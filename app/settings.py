@@ -206,7 +206,7 @@ class Settings(BaseSettings):
     call_ring_timeout: float = Field(
         30.0, ge=5, le=120, description="Seconds an outbound call rings before it counts as no answer.")
     call_rate_per_minute: int = Field(
-        10, ge=1, le=10000, description="POST /calls per API key per minute (429 with Retry-After above).")
+        10, ge=1, le=1000000, description="POST /calls per API key per minute (429 with Retry-After above).")
     campaign_max_contacts: int = Field(
         10000, ge=1, le=1000000, description="Contacts one campaign may hold.")
     campaign_poll_interval: float = Field(
