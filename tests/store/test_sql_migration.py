@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.domain import SessionRecord, SessionStatus
 from app.domain.analysis import AnalysisConfig, AnalysisRequest, AnalysisStatus, SessionAnalysis
+from app.domain.calls import CallOutcome, CallRecord, CampaignInput
 from app.domain.usage import SessionUsage, UsageGroup
 from app.domain.values import utcnow
 from app.store.sql import SQLStore
@@ -61,6 +62,7 @@ async def _make_version_1(url: str) -> None:
         "DROP INDEX ix_sessions_analysis_status",
         *(f"ALTER TABLE sessions DROP COLUMN {col}" for col in ADDED_COLUMNS["sessions"]),
         "DROP TABLE events",
+        "DROP TABLE campaign_contacts", "DROP TABLE campaigns", "DROP TABLE calls",  # version 6's
         meta_t.update().where(meta_t.c.key == "schema_version").values(value=1),
     )
 
@@ -94,7 +96,7 @@ async def _indexes(url: str) -> set[str]:
 
 
 async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
-    assert SCHEMA_VERSION == 5
+    assert SCHEMA_VERSION == 6
     await _make_version_1(sql_target.url)
     assert "ix_sessions_analysis_status" not in await _indexes(sql_target.url)
     stores = [SQLStore(sql_target.url) for _ in range(3)]
@@ -123,6 +125,13 @@ async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: St
         assert [(r.agent_id, r.sessions, r.llm_input_tokens) for r in report.rows] == [("a", 1, 0), ("agent-a", 1, 7)]
         events, total = await store.list_events(types=["session.started"])
         assert total == 1 and events[0].data["session_id"] == "s-new"  # the journal table is there
+        # version 6: the call and campaign tables are there
+        await store.create_call(CallRecord(id="call_1", to="+15551230001", status=CallOutcome.dialing, trunk="ST_1",
+                                           room="r-1", created_at=utcnow()))
+        assert (await store.list_calls())[1] == 1
+        view = await store.create_campaign(CampaignInput.model_validate(
+            {"name": "c", "purpose": "p", "contacts": [{"phone": "+15551230001"}]}))
+        assert view.progress.by_status["pending"] == 1
     finally:
         for s in stores:
             await s.aclose()
