@@ -74,6 +74,7 @@ NAV = (
     ("sessions", "/sessions", "Sessions"),
     ("usage", "/usage", "Usage"),
     ("webhooks", "/webhooks", "Webhooks"),
+    ("campaigns", "/campaigns", "Campaigns"),
     ("talk", "/talk", "Talk"),
 )
 
@@ -171,6 +172,10 @@ def console_handlers(settings: Settings, assets: BrowserAssets | None = None) ->
     def webhooks() -> Response[str]:
         return render_page(facts, "webhooks", "Webhooks", "webhooks")
 
+    @get("/campaigns", name="console:campaigns", include_in_schema=False, sync_to_thread=False)
+    def campaigns() -> Response[str]:
+        return render_page(facts, "campaigns", "Campaigns", "campaigns")
+
     @get("/talk", name="console:talk", include_in_schema=False, sync_to_thread=False)
     def talk() -> Response[str]:
         assets.request_fetch(LIVEKIT_CLIENT)  # a failed start-up fetch is retried here
@@ -183,7 +188,7 @@ def console_handlers(settings: Settings, assets: BrowserAssets | None = None) ->
     # relative URLs, so a version query string could not bust their cache anyway.
     revalidate = CacheControlHeader(no_cache=True)
     handlers: list[ControllerRouterHandler] = [
-        home, agents, agent_new, agent_edit, agent_history, routes, sessions, session_detail, usage, webhooks, talk,
+        home, agents, agent_new, agent_edit, agent_history, routes, sessions, session_detail, usage, webhooks, campaigns, talk,
         safe_static_files_router(STATIC_PATH, [STATIC_DIR], name="console:static", cache_control=revalidate),
     ]
     # Served from where the client is or will be: a fetch after start-up fills the

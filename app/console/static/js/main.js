@@ -12,6 +12,7 @@ const PAGES = {
   session: './pages/session.js',
   usage: './pages/usage.js',
   webhooks: './pages/webhooks.js',
+  campaigns: './pages/campaigns.js',
   talk: './pages/talk.js',
 };
 
