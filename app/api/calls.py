@@ -84,9 +84,11 @@ def _invalid(errors: list[dict[str, str]]) -> ValidationException:
 
 
 def _require_role(request: Request[Any, Any, Any], needed: str, why: str) -> None:
-    """The role contract (`opt={"role": ...}` per handler): this one depends on the body.
-    A key without a role attribute is the single admin key."""
-    have = getattr(request.state, "role", None) or "admin"
+    """The role contract (`opt={"role": ...}` per handler) cannot say this one: it depends
+    on the body. The guard leaves who called on `state.caller` (its `role`, a str enum);
+    without one the caller is the single admin key."""
+    role = getattr(getattr(request.state, "caller", None), "role", None)
+    have = str(getattr(role, "value", role) or "admin")
     if have in ROLES and ROLES.index(have) < ROLES.index(needed):
         raise PermissionDeniedException(detail=f"{why} needs the {needed} role")
 

@@ -139,3 +139,29 @@ async def test_placing_calls_is_rate_limited_per_key(client_for: MakeClient, liv
         assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
         assert (await c.get(CALLS)).status_code == 200  # reading is not limited
     assert len(livekit.requests_for("CreateSIPParticipant")) == 2
+
+
+
+def test_a_specific_version_needs_the_publish_role() -> None:
+    """The guard leaves the caller on `state.caller` (its role a str enum); below publish
+    a version may not be pinned; without a caller it is the single admin key."""
+    from enum import Enum
+    from types import SimpleNamespace
+
+    import pytest
+    from litestar.exceptions import PermissionDeniedException
+
+    from app.api.calls import _require_role
+
+    class Role(str, Enum):
+        edit = "edit"
+        publish = "publish"
+
+    def request(role: Role | None) -> object:
+        caller = SimpleNamespace(role=role) if role is not None else None
+        return SimpleNamespace(state=SimpleNamespace(caller=caller))
+
+    with pytest.raises(PermissionDeniedException, match="publish role"):
+        _require_role(request(Role.edit), "publish", "calling a specific agent version")  # type: ignore[arg-type]
+    _require_role(request(Role.publish), "publish", "x")  # type: ignore[arg-type]
+    _require_role(request(None), "publish", "x")  # type: ignore[arg-type]
