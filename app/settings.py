@@ -7,13 +7,14 @@ reads `os.environ`, so tests can build the whole app from a literal `Settings(..
 from __future__ import annotations
 
 import os
+import re
 from datetime import date
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.cores import usable_cores
 
@@ -224,6 +225,36 @@ class Settings(BaseSettings):
     webhook_poll_interval: float = Field(
         0.5, gt=0, le=60, description="Seconds between a dispatcher's checks for due deliveries "
         "(this process's own events wake it at once).")
+
+    outbound_trunk_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="LiveKit SIP outbound trunk (ST_...) that outbound calls and campaigns dial through "
+        "unless a request names one.")
+    call_deny_list: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Numbers never dialled, comma-separated: E.164 numbers, or prefixes ending in * (+1900*).")
+    call_ring_timeout: float = Field(
+        30.0, ge=5, le=120, description="Seconds an outbound call rings before it counts as no answer.")
+    call_rate_per_minute: int = Field(
+        10, ge=1, le=1000000, description="POST /calls per API key per minute (429 with Retry-After above).")
+    campaign_max_contacts: int = Field(
+        10000, ge=1, le=1000000, description="Contacts one campaign may hold.")
+    campaign_poll_interval: float = Field(
+        2.0, gt=0, le=60, description="Seconds between a campaign runner's looks for due contacts.")
+
+    @field_validator("call_deny_list", mode="before")
+    @classmethod
+    def _deny_list(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        if isinstance(v, list):
+            for entry in v:
+                if not isinstance(entry, str) or not re.fullmatch(r"\+[0-9]{1,15}\*?", entry):
+                    raise ValueError(f"CALL_DENY_LIST entry {entry!r} is not an E.164 number or a +prefix*")
+        return v
+
+    def call_denied(self, number: str) -> bool:
+        return any(number.startswith(e[:-1]) if e.endswith("*") else number == e for e in self.call_deny_list)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -45,6 +45,7 @@ from app.worker.sessions import instance_id
 
 if TYPE_CHECKING:
     from app.localmodels.sidecar import ModelSidecar
+    from app.telephony.campaigns import CampaignRunner
     from app.worker.services import WorkerServices
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,8 @@ class Supervisor:
         worker_task = asyncio.create_task(self._run_worker(), name="livekit-worker")
         store_task = asyncio.create_task(self._watch_store(), name="store-watch")
         liveness_task = asyncio.create_task(self._session_liveness(), name="session-liveness")
+        # Campaigns: any number of processes may run them on one store (contact leases).
+        campaigns = self._start_campaigns()
         stop_task = asyncio.create_task(self._stop.wait())
 
         done, _ = await asyncio.wait({api_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -179,6 +182,8 @@ class Supervisor:
             exit_code = 1
             self._stop.set()
 
+        if campaigns is not None:  # stop claiming first; ringing dials get a few seconds
+            await campaigns.aclose()
         await self._shutdown_worker(worker_task)
         await self.test_runs.aclose()  # its runs still going are recorded abandoned
         await self.rollout_guard.aclose()
@@ -238,6 +243,17 @@ class Supervisor:
             if not self._stack_loaded:
                 await asyncio.to_thread(preimport_worker_stack)
                 self._stack_loaded = True
+
+    def _start_campaigns(self) -> CampaignRunner | None:
+        if not livekit_configured(self.settings):
+            return None  # campaigns cannot be created either (503); none can be due
+        from app.telephony.campaigns import CampaignRunner
+        from app.worker.sessions import instance_id
+
+        assert self.store is not None
+        runner = CampaignRunner(self.settings, self.store, owner=instance_id())
+        runner.start()
+        return runner
 
     async def _start_services(self) -> WorkerServices:
         # livekit.agents and openai take seconds to import: do that off the loop, then

@@ -98,6 +98,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "agents": ("app.api", "app.worker", "app.supervisor", "app.chat", "app.seed", "app.console"),
     "api": ("app.worker", "app.agents", "app.adapters", "app.supervisor", "app.chat", "app.console"),
     "worker": ("app.api", "app.supervisor", "app.chat", "app.console"),
+    # outbound calls and campaigns: on the store and livekit-api; used by the API and the supervisor
+    "telephony": ("app.agents", "app.api", "app.worker", "app.supervisor", "app.chat", "app.seed", "app.console"),
     # model servers are a separate process: they know the OpenAI wire format, not the platform
     "localmodels": ("livekit", "app.domain", "app.store", "app.agents", "app.api", "app.worker", "app.adapters",
                     "app.supervisor", "app.chat", "app.seed", "app.console"),

@@ -19,6 +19,7 @@ from livekit.agents.llm import RawFunctionTool
 
 from app.agents.context import ConfigSource, SessionContext
 from app.agents.dtmf_tool import build_send_dtmf_tool
+from app.agents.phone_transfer import CallControl, build_transfer_call_tool
 from app.agents.pte import record_score_tool
 from app.agents.tools import (
     BuildAgent,
@@ -28,7 +29,7 @@ from app.agents.tools import (
     build_transfer_tool,
 )
 from app.domain import AgentConfig, HttpTool
-from app.domain.models import BUILTIN_TOOL_NAMES
+from app.domain.models import BUILTIN_TOOL_NAMES, TransferCallTool
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ def build_tools(
     configs: ConfigSource,
     build_agent: BuildAgent,
     http_client: httpx.AsyncClient | None = None,
+    call_control: CallControl | None = None,
 ) -> list[RawFunctionTool[..., Any]]:
     """Schema tools, then the configured tools in config order."""
     tools = build_schema_tools(config.schema_config, ctx.recorder)
@@ -80,6 +82,8 @@ def build_tools(
     for spec in config.tools:
         if isinstance(spec, HttpTool):
             tools.append(build_http_tool(spec, http_client=http_client))
+        elif isinstance(spec, TransferCallTool):
+            tools.append(build_transfer_call_tool(spec, ctx.recorder, call_control))
         else:
             tools.append(_builtins[spec.name](deps))
     return tools

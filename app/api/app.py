@@ -32,6 +32,7 @@ from app.api.agent_tests import AgentTestController
 from app.api.agents import AgentConfigController
 from app.api.audit import AuditController
 from app.api.auth import SECURITY_SCHEME, SECURITY_SCHEME_NAME, KeyRing, check_declared_roles, role_guard
+from app.api.calls import CampaignController, calls_controller
 from app.api.changes import ADMIN_ACTOR, CHANGE_DEPENDENCY
 from app.api.deps import constant, dependencies
 from app.api.docs import SelfHostedSwaggerPlugin, schema_router
@@ -100,7 +101,7 @@ def create_app(
         route_handlers=[
             AgentConfigController, LatencyController, RouteController, SessionController, UsageController,
             ResolveController, AuditController, WebhookController, KeyController, RolloutController,
-            VersionTokenController, AgentTestController,
+            VersionTokenController, AgentTestController, calls_controller(settings), CampaignController,
         ],
         guards=[guard],
         dependencies={**CHANGE_DEPENDENCY, "keyring": constant(keyring)},

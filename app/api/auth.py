@@ -195,14 +195,26 @@ def role_guard(admin_key: SecretStr | None, keys: KeyRing | None, admin_actor: s
                 await keys.touch(key)
         if caller is None:
             raise _unauthorized()
-        needed = required_role(handler, str(connection.scope.get("method", "GET")))
-        if not caller.role.allows(needed):
-            raise PermissionDeniedException(
-                detail=f"this operation needs an API key with the {needed.value!r} role "
-                f"(or higher); this key's role is {caller.role.value!r}")
+        _allow(caller, required_role(handler, str(connection.scope.get("method", "GET"))), "this operation")
         connection.state.actor, connection.state.caller = caller.actor, caller
 
     return guard
+
+
+def _allow(caller: Caller, needed: Role, what: str) -> None:
+    if not caller.role.allows(needed):
+        raise PermissionDeniedException(
+            detail=f"{what} needs an API key with the {needed.value!r} role "
+            f"(or higher); this key's role is {caller.role.value!r}")
+
+
+def require_role(connection: ASGIConnection[Any, Any, Any, Any], needed: Role, what: str) -> None:
+    """For a need the handler's declared role cannot state (it depends on the body): the
+    guard left the caller on the connection; without a guard (no admin key configured)
+    the caller is the admin."""
+    caller = getattr(connection.state, "caller", None)
+    if isinstance(caller, Caller):
+        _allow(caller, needed, what)
 
 
 def bearer_guard(key: SecretStr | None, actor: str | None = None) -> Guard:

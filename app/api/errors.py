@@ -57,6 +57,7 @@ from app.domain import (
     RolloutConflict,
     StoreUnavailable,
     VersionConflict,
+    WrongState,
 )
 from app.domain.agent_tests import InvalidTestDocument, TestsNotPassing
 from app.domain.field_errors import field_errors
@@ -284,6 +285,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     InUse: _conflict,
     NumberTaken: _conflict,
     InProgress: _conflict,
+    WrongState: _conflict,
     VersionConflict: _version_conflict,
     ReleaseConflict: _release_conflict,
     RolloutConflict: _conflict,

@@ -80,27 +80,32 @@ register_models(TokenRequest, TokenResponse)
 
 
 def _invalid(field: str, message: str) -> ValidationException:
-    return ValidationException(detail="Validation failed for POST /api/v1/token", extra=[{"key": field, "message": message}])
+    return ValidationException(detail="Validation failed", extra=[{"key": field, "message": message}])
 
 
 async def _resolve(req: TokenRequest, configs: SnapshotSource) -> AgentConfig:
-    """The agent a session started with this request's metadata would run (the same
-    resolver the worker uses), refusing what would only reach it by falling back."""
-    meta = {"agent_id": req.agent_id} if req.agent_id else {"purpose": req.purpose} if req.purpose else {}
+    return await resolve_target(req.purpose, req.agent_id, configs)
+
+
+async def resolve_target(purpose: str | None, agent_id: str | None, configs: SnapshotSource) -> AgentConfig:
+    """The agent a session started with this metadata would run (the same resolver the
+    worker uses), refusing what would only reach it by falling back (422 naming the field).
+    Shared by `/token` and `/calls`."""
+    meta = {"agent_id": agent_id} if agent_id else {"purpose": purpose} if purpose else {}
     res = await resolve_current(configs, [MetadataSource("job", json.dumps(meta))], room="token")
     snap = res.snapshot
     if snap is None:
         raise StoreUnavailable(res.degraded or "no config loaded")
     reason = res.decision.reason
     if reason == "default:unknown_agent_id":
-        raise _invalid("agent_id", f"agent {req.agent_id!r} not found")
-    if reason == "default:disabled_agent" and req.agent_id:
-        raise _invalid("agent_id", f"agent {req.agent_id!r} is disabled")
-    if reason == "default:disabled_agent" and req.purpose:
-        target = snap.routing.routes.get(req.purpose)
+        raise _invalid("agent_id", f"agent {agent_id!r} not found")
+    if reason == "default:disabled_agent" and agent_id:
+        raise _invalid("agent_id", f"agent {agent_id!r} is disabled")
+    if reason == "default:disabled_agent" and purpose:
+        target = snap.routing.routes.get(purpose)
         raise _invalid("purpose", f"the agent for this purpose ({target}) is disabled")
     if reason == "default:unknown_purpose":
-        raise _invalid("purpose", f"no route for purpose {req.purpose!r}")
+        raise _invalid("purpose", f"no route for purpose {purpose!r}")
     if res.decision.agent_id is None:
         default = snap.default_agent_id
         if default is not None:
@@ -109,7 +114,8 @@ async def _resolve(req: TokenRequest, configs: SnapshotSource) -> AgentConfig:
     return res.config
 
 
-def _check_variables(cfg: AgentConfig, variables: dict[str, str]) -> None:
+def check_variables(cfg: AgentConfig, variables: dict[str, str]) -> None:
+    """Only declared variables, every required one present (422 naming the variable)."""
     declared = cfg.prompt_config.variables
     unknown = sorted(set(variables) - set(declared))
     if unknown:
@@ -219,7 +225,7 @@ class VersionTokenController(Controller):
     ) -> TokenResponse:
         settings: Settings = state.settings
         cfg = await store.get_agent_config(agent_id, version)
-        _check_variables(cfg, data.variables)
+        check_variables(cfg, data.variables)
         identity = participant_identity(data.user_id, asserted=True)  # an admin key's caller is trusted
         meta = {"agent_id": agent_id, "version": version, "variables": data.variables, "user_id": identity}
         return mint(settings, agent_id, identity, meta)
@@ -260,7 +266,7 @@ def token_controller(settings: Settings) -> type[Controller]:
             settings: NamedDependency[SkipValidation[Settings]],
         ) -> TokenResponse:
             cfg = await _resolve(data, configs)
-            _check_variables(cfg, data.variables)
+            check_variables(cfg, data.variables)
             identity = participant_identity(data.user_id, asserted=settings.token_api_key is not None)
             meta: dict[str, Any] = {"variables": data.variables, "user_id": identity}
             if data.agent_id:

@@ -75,6 +75,7 @@ NAV = (
     ("usage", "/usage", "Usage"),
     ("webhooks", "/webhooks", "Webhooks"),
     ("keys", "/keys", "Keys"),
+    ("campaigns", "/campaigns", "Campaigns"),
     ("talk", "/talk", "Talk"),
 )
 
@@ -176,6 +177,10 @@ def console_handlers(settings: Settings, assets: BrowserAssets | None = None) ->
     def keys() -> Response[str]:
         return render_page(facts, "keys", "API keys", "keys")
 
+    @get("/campaigns", name="console:campaigns", include_in_schema=False, sync_to_thread=False)
+    def campaigns() -> Response[str]:
+        return render_page(facts, "campaigns", "Campaigns", "campaigns")
+
     @get("/talk", name="console:talk", include_in_schema=False, sync_to_thread=False)
     def talk() -> Response[str]:
         assets.request_fetch(LIVEKIT_CLIENT)  # a failed start-up fetch is retried here
@@ -188,7 +193,8 @@ def console_handlers(settings: Settings, assets: BrowserAssets | None = None) ->
     # relative URLs, so a version query string could not bust their cache anyway.
     revalidate = CacheControlHeader(no_cache=True)
     handlers: list[ControllerRouterHandler] = [
-        home, agents, agent_new, agent_edit, agent_history, routes, sessions, session_detail, usage, webhooks, keys, talk,
+        home, agents, agent_new, agent_edit, agent_history, routes, sessions, session_detail, usage, webhooks, keys,
+        campaigns, talk,
         safe_static_files_router(STATIC_PATH, [STATIC_DIR], name="console:static", cache_control=revalidate),
     ]
     # Served from where the client is or will be: a fetch after start-up fills the

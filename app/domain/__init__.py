@@ -15,6 +15,7 @@ from app.domain.errors import (
     RolloutConflict,
     StoreUnavailable,
     VersionConflict,
+    WrongState,
 )
 from app.domain.models import (
     AgentConfig,
@@ -88,6 +89,7 @@ __all__ = [
     "VADConfig",
     "VariableSpec",
     "VersionConflict",
+    "WrongState",
     "apply_merge_patch",
     "patched_input",
     "template_fields",

@@ -67,6 +67,10 @@ class CorruptRecord(DomainError):
     that names it."""
 
 
+class WrongState(DomainError):
+    """The request does not apply in the thing's current state (e.g. resuming a campaign that is not paused; API: 409)."""
+
+
 class InProgress(DomainError):
     """The thing is busy right now (e.g. a webhook delivery attempt is running); retry later (API: 409)."""
 

@@ -183,6 +183,17 @@ class CollectedValidation(BaseModel):
     problems: list[str] = Field(default_factory=list, description="Schema violations, at most 5")
 
 
+class CallTransferData(BaseModel):
+    """A phone caller handed to a person (`transfer_call` tool), or the attempt that failed."""
+
+    to: str = Field(description="The tel: or sip: URI transferred to")
+    reason: str | None = Field(None, description="Why, as the agent gave it")
+    status: Literal["completed", "failed"]
+    transfer_id: str | None = None
+    error: str | None = None
+    at: UtcDatetime | None = None
+
+
 class SessionEndedData(BaseModel):
     """Rendered once from the committed session record when the event is first fanned
     out (`app.webhooks.render`), then frozen: every retry sends this exact body."""
@@ -211,6 +222,9 @@ class SessionEndedData(BaseModel):
     analysis_requested: bool = Field(
         False, description="The agent has post-call analysis settings: a session.analyzed event follows "
         "when the analysis is stored (done or failed)")
+    transfer: CallTransferData | None = Field(
+        None, description="Phone calls handed to a person: the last transfer (or failed attempt), its reason; "
+        "the data collected up to then is in `collected`")
 
 
 class SessionAnalyzedData(BaseModel):
@@ -272,6 +286,33 @@ class AgentTestChangedData(BaseModel):
     agent_id: str
     name: str
     change: Literal["created", "updated", "deleted"]
+class CallPlacedData(BaseModel):
+    call_id: str
+    to: str = Field(description="The dialled number, E.164")
+    agent_id: str | None = None
+    purpose: str | None = None
+    version: int | None = None
+    room: str
+    campaign_id: str | None = None
+
+
+class CallDialedData(BaseModel):
+    call_id: str
+    to: str
+    status: Literal["answered", "busy", "no_answer", "failed"]
+    sip_status_code: int | None = Field(None, description="LiveKit's SIP status of a failed dial")
+    sip_status: str | None = None
+    error: str | None = None
+    room: str
+    campaign_id: str | None = None
+
+
+class CampaignChangedData(BaseModel):
+    campaign_id: str
+    change: Literal["created", "paused", "resumed", "cancelled", "completed"]
+    name: str
+    status: str
+    total: int = Field(description="Contacts in the campaign")
 
 
 # ------------------------------------------------------------------------- registry
@@ -367,6 +408,20 @@ KEY_CREATED = register_event_type(
 KEY_REVOKED = register_event_type(
     "key.revoked", EventKind.change, "A named API key was revoked: it authenticates no further request.",
     KeyChangedData)
+
+
+CALL_PLACED = register_event_type(
+    "call.placed", EventKind.change, "An outbound call was placed (POST /calls, or a campaign's runner).",
+    CallPlacedData)
+CALL_DIALED = register_event_type(
+    "call.dialed", EventKind.session,
+    "An outbound call's dial finished: answered (the agent is on the call), busy, no answer or failed, with "
+    "LiveKit's SIP status.", CallDialedData)
+CAMPAIGN_CREATED = register_event_type(
+    "campaign.created", EventKind.change, "A calling campaign was created.", CampaignChangedData)
+CAMPAIGN_UPDATED = register_event_type(
+    "campaign.updated", EventKind.change, "A campaign was paused, resumed, cancelled, or completed (its last "
+    "contact has an outcome).", CampaignChangedData)
 
 
 def change_types() -> list[str]:

@@ -384,7 +384,31 @@ class BuiltinTool(_Model):
     name: BuiltinToolName
 
 
-ToolSpec = Annotated[HttpTool | BuiltinTool, Field(discriminator="type")]
+TRANSFER_TARGET_RE = r"^(\+[1-9][0-9]{6,14}|tel:\+[1-9][0-9]{6,14}|sips?:[^\s]{3,250})$"
+
+
+class TransferCallTool(_Model):
+    """Hand a phone caller to a person: LiveKit transfers the SIP participant (SIP REFER)
+    to `to`, after the optional spoken `handoff_message`. The reason the model gives and
+    the data collected so far are kept on the session record (and in session.ended)."""
+
+    type: Literal["transfer_call"] = "transfer_call"
+    name: ToolName = "transfer_call"
+    description: str = Field(
+        "Transfer the caller to a human colleague when they ask for a person or you cannot help further.",
+        min_length=1, max_length=2000)
+    to: Annotated[str, StringConstraints(pattern=TRANSFER_TARGET_RE)] = Field(
+        description="E.164 number (+15551234567), tel: URI or sip:/sips: URI to transfer to")
+    handoff_message: str | None = Field(
+        None, max_length=1000, description="Said to the caller before the transfer; none: transfer at once")
+    play_dialtone: JsonBool = False
+
+    def transfer_to(self) -> str:
+        """What LiveKit's TransferSIPParticipant takes: a tel: or sip: URI."""
+        return f"tel:{self.to}" if self.to.startswith("+") else self.to
+
+
+ToolSpec = Annotated[HttpTool | BuiltinTool | TransferCallTool, Field(discriminator="type")]
 
 
 # ---------------------------------------------------------------------- agent config
@@ -576,7 +600,7 @@ class Handoff(BaseModel):
 
 SessionEventKind = Literal[
     "provider_unavailable", "provider_recovered", "reply_capped", "repetition_stopped",
-    "budget_warning", "budget_exhausted", "tool_error",
+    "budget_warning", "budget_exhausted", "tool_error", "call_transferred", "transfer_failed",
 ]
 
 MAX_SESSION_EVENTS = 200

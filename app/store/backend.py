@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, Protocol
 
 from app.domain import AgentConfig, Route, SessionOrder, SessionRecord, SessionStatus
 from app.domain.agent_tests import AgentTest, TestRun
+from app.domain.calls import CallRecord, Campaign, Contact, ContactStatus
 from app.domain.events import Event
 from app.domain.keys import StoredApiKey
 from app.domain.rollout import ArmSession
@@ -416,6 +417,58 @@ class TestRunsBackend(Protocol):
         `abandoned`, finished now with `reason`."""
 
 
+class CallsBackend(Protocol):
+    """Dialled calls: inserted when dialling starts, finished once."""
+
+    async def insert(self, call: CallRecord, events: list[Event]) -> None: ...
+
+    async def finish(self, call_id: str, values: dict[str, Any], events: list[Event]) -> bool:
+        """Set the outcome fields, only while the call is still `dialing` (False if not)."""
+
+    async def get(self, call_id: str) -> CallRecord | None: ...
+
+    async def list(self, campaign_id: str | None, offset: int, limit: int) -> tuple[list[CallRecord], int]:
+        """Newest first (declared last: the name shadows `list`)."""
+
+
+class CampaignsBackend(Protocol):
+    """Campaigns and their contacts. A contact is dialled only under a lease taken by a
+    conditional write, so two runners never dial one contact at once."""
+
+    async def create(self, campaign: Campaign, contacts: list[Contact], events: list[Event]) -> None:
+        """The campaign and all its contacts, atomically: readers (and runners) see all or none."""
+
+    async def get(self, campaign_id: str) -> tuple[Campaign, int] | None:
+        """The campaign and its revision (the compare-and-swap token of `set_status`)."""
+
+    async def page(self, offset: int, limit: int) -> tuple[list[Campaign], int]:
+        """Newest first."""
+
+    async def running(self) -> list[Campaign]: ...
+
+    async def set_status(self, campaign: Campaign, rev: int, events: list[Event]) -> bool:
+        """Write the campaign's status and `updated_at` only if its revision is still `rev`."""
+
+    async def progress(self, campaign_id: str) -> tuple[dict[str, int], int]:
+        """Contacts per status, and the sum of their attempts."""
+
+    async def contacts(
+        self, campaign_id: str, status: ContactStatus | None, offset: int, limit: int
+    ) -> tuple[list[Contact], int]:
+        """In list order."""
+
+    async def claim(
+        self, campaign_id: str, token: str, now: datetime, lease_until: datetime, limit: int, cap: int
+    ) -> list[Contact]:
+        """Lease up to `limit` due contacts (pending with `next_attempt_at` <= now, or
+        dialing under a lease that ended before `now`), in list order, setting them
+        `dialing`, while fewer than `cap` hold a live lease. Each take is conditional:
+        of two claimers exactly one gets a contact."""
+
+    async def release(self, campaign_id: str, seq: int, token: str, values: dict[str, Any]) -> bool:
+        """Write the contact's new state and drop the lease, only while `token` holds it."""
+
+
 class Backend(Lifecycle, Protocol):
     """One database: its lifecycle plus one repository per concern."""
 
@@ -454,3 +507,9 @@ class Backend(Lifecycle, Protocol):
 
     @property
     def test_runs(self) -> TestRunsBackend: ...
+
+    @property
+    def calls(self) -> CallsBackend: ...
+
+    @property
+    def campaigns(self) -> CampaignsBackend: ...

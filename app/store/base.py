@@ -44,6 +44,7 @@ from app.domain.usage import UsageGroup, UsageReport
 
 if TYPE_CHECKING:
     from app.domain.agent_tests import AgentTest, AgentTestCreate, AgentTestInput, TestRun
+    from app.domain.calls import CallOutcome, CallRecord, Campaign, CampaignInput, CampaignView, Contact, ContactStatus
     from app.domain.keys import ApiKey, ApiKeyCreated, ApiKeyInput, StoredApiKey
     from app.domain.webhooks import (
         Delivery,
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
         WebhookInput,
     )
     from app.store.backend import JournalEntry
+    from app.store.call_service import ClaimedContact
 
 ChangeListener = Callable[[], None]
 
@@ -469,3 +471,39 @@ class ConfigStore(Protocol):
     async def list_test_runs(self, agent_id: str, version: int | None = None, limit: int = 20) -> list[TestRun]: ...
 
     async def abandon_unfinished_test_runs(self, reason: str, *, created_before: datetime | None = None) -> int: ...
+    # ------------------------------------------------------ calls and campaigns
+
+    async def create_call(self, call: CallRecord, *, ctx: ChangeContext = SYSTEM) -> CallRecord:
+        """Store a call being dialled (status `dialing`) with its `call.placed` event."""
+
+    async def finish_call(self, call_id: str, outcome: CallOutcome, **fields: Any) -> CallRecord:
+        """Its outcome, once (`WrongState` when it is no longer dialing)."""
+
+    async def get_call(self, call_id: str) -> CallRecord: ...
+
+    async def list_calls(
+        self, *, campaign_id: str | None = None, offset: int = 0, limit: int = 50
+    ) -> tuple[list[CallRecord], int]: ...
+
+    async def create_campaign(self, data: CampaignInput, *, ctx: ChangeContext = SYSTEM) -> CampaignView:
+        """The campaign and every contact, atomically, `running`."""
+
+    async def get_campaign(self, campaign_id: str) -> CampaignView: ...
+
+    async def list_campaigns(self, *, offset: int = 0, limit: int = 50) -> tuple[list[CampaignView], int]: ...
+
+    async def running_campaigns(self) -> list[Campaign]: ...
+
+    async def change_campaign(self, campaign_id: str, change: str, *, ctx: ChangeContext = SYSTEM) -> CampaignView:
+        """`paused` / `resumed` / `cancelled` / `completed`; `WrongState` if it does not apply."""
+
+    async def campaign_contacts(
+        self, campaign_id: str, *, status: ContactStatus | None = None, offset: int = 0, limit: int = 50
+    ) -> tuple[list[Contact], int]: ...
+
+    async def claim_contacts(
+        self, campaign: Campaign, owner: str, *, lease_s: float, limit: int
+    ) -> list[ClaimedContact]:
+        """Lease due contacts (never one another runner holds)."""
+
+    async def release_contact(self, claim: ClaimedContact, **values: Any) -> bool: ...

@@ -90,6 +90,7 @@ from app.store.base import (
     StartSession,
     UpdateSession,
 )
+from app.store.call_service import CallStore
 from app.store.key_service import KeyStore
 from app.store.parsed import ParsedVersions
 from app.store.retry import MAX_ATTEMPTS, backoff
@@ -118,9 +119,10 @@ def _agent_not_found(agent_id: Any, version: int | None = None) -> NotFound:
     return NotFound(f"{what} not found", agent_id=agent_id) if isinstance(agent_id, str) else NotFound(f"{what} not found")
 
 
-class StoreService(WebhookStore, KeyStore, AgentTestStore):
+class StoreService(WebhookStore, KeyStore, AgentTestStore, CallStore):
     """`app.store.base.ConfigStore` over one `Backend` (webhook rules: `WebhookStore`;
-    API keys: `KeyStore`; stored tests and their runs: `AgentTestStore`)."""
+    API keys: `KeyStore`; stored tests and their runs: `AgentTestStore`; calls and
+    campaigns: `CallStore`)."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend

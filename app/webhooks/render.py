@@ -11,11 +11,12 @@ attempt, resend and dispatcher process sends the same body.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
 from app.domain import NotFound, SessionRecord
-from app.domain.events import CollectedValidation, SessionEndedData
+from app.domain.events import CallTransferData, CollectedValidation, SessionEndedData
 from app.domain.jsonschema_safe import validator_for, value_problems
 from app.store.backend import JournalEntry
 from app.store.base import ConfigStore
@@ -55,7 +56,22 @@ async def session_ended_data(store: ConfigStore, record: SessionRecord) -> Sessi
         "transcript": [t.model_dump() for t in record.turns],
         "collected_validation": check,
         "handoffs": [{"session_id": record.session_id, **h.model_dump()} for h in record.handoffs],
+        "transfer": last_transfer(record),
     })
+
+
+def last_transfer(record: SessionRecord) -> CallTransferData | None:
+    """From the record's last transfer event (its detail is the tool's JSON, parsed
+    defensively: an older or hand-edited record must not break the webhook)."""
+    for ev in reversed(record.events):
+        if ev.kind not in ("call_transferred", "transfer_failed"):
+            continue
+        try:
+            doc = json.loads(ev.detail)
+            return CallTransferData.model_validate({**doc, "at": ev.at}) if isinstance(doc, dict) else None
+        except ValueError:
+            return None
+    return None
 
 
 async def render_session_ended(store: ConfigStore, entry: JournalEntry) -> JournalEntry:

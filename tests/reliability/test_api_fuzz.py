@@ -20,6 +20,9 @@ Where a check's default expectation is wrong for this API, the exception is narr
 and written out in `SCHEMATHESIS_TOML` with its reason:
 - `/readyz` answers 503 by design while the worker cannot reach LiveKit (here: always).
   Its body must still match the documented `Readiness` schema.
+- `POST /api/v1/calls` answers 503 by design when LiveKit cannot be reached (here: always;
+  a documented response, its body checked), and 422 for what JSON Schema cannot express (an
+  unknown purpose, undeclared variables, no trunk); `POST /api/v1/campaigns` 422 likewise.
 - `positive_data_acceptance` ("schema-valid request rejected") also accepts 422 on the
   write operations with rules JSON Schema cannot express (a template may only use
   declared variables, `schema_config` must itself be a valid JSON Schema, handoffs may
@@ -63,7 +66,18 @@ SEED = 8
 SCHEMATHESIS_TOML = """
 # Written by tests/reliability/test_api_fuzz.py; see its docstring for each exception.
 # Every check is on (the 4.x default; `--checks all` on the command line would
-# override the per-operation settings below).
+# override the per-operation settings below). An operation takes the first block any of
+# whose filters matches it (the agents/config block's method regex alone matches every
+# POST), so the blocks naming one path come first.
+
+[[operations]]
+include-path = "/api/v1/calls"
+checks.not_a_server_error.enabled = false
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "422", "503"]
+
+[[operations]]
+include-path = "/api/v1/campaigns"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "422"]
 
 [[operations]]
 include-path = "/readyz"
@@ -87,6 +101,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "404", "422"]
 [[operations]]
 include-path = "/api/v1/token"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "422"]
+
 """
 
 
@@ -141,7 +156,7 @@ async def _add_sessions(database_url: str) -> None:
 
 
 def test_fuzz_every_operation_with_and_without_the_admin_key(tmp_path: Path, live_app: type[LiveApp]) -> None:
-    app = live_app(tmp_path, "fuzz", extra_env={"TOKEN_RATE_PER_MINUTE": "1000000", "LOG_LEVEL": "INFO"})
+    app = live_app(tmp_path, "fuzz", extra_env={"TOKEN_RATE_PER_MINUTE": "1000000", "CALL_RATE_PER_MINUTE": "1000000", "LOG_LEVEL": "INFO"})
     app.wait_seeded()
     asyncio.run(_add_sessions(app.database_url))
     with_key, _ = run_schemathesis(app, tmp_path, "with-key", {"Authorization": f"Bearer {ADMIN_KEY}"})

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.domain import AgentConfigInput, PromptConfig, Route, SessionOrder, SessionRecord, SessionStatus
 from app.domain.agent_tests import AgentTestCreate
 from app.domain.analysis import AnalysisConfig, AnalysisRequest, AnalysisStatus, SessionAnalysis
+from app.domain.calls import CallOutcome, CallRecord, CampaignInput
 from app.domain.keys import ApiKeyInput, Role, hash_key
 from app.domain.phone import CallInfo
 from app.domain.usage import SessionUsage, UsageGroup
@@ -79,6 +80,7 @@ async def _make_version_1(url: str) -> None:
         "DROP TABLE events",
         "DROP TABLE agent_tests",
         "DROP TABLE test_runs",
+        "DROP TABLE campaign_contacts", "DROP TABLE campaigns", "DROP TABLE calls",  # version 11's
         meta_t.update().where(meta_t.c.key == "schema_version").values(value=1),
     )
 
@@ -112,7 +114,7 @@ async def _indexes(url: str) -> set[str]:
 
 
 async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: StoreTarget) -> None:
-    assert SCHEMA_VERSION == 10
+    assert SCHEMA_VERSION == 11
     await _make_version_1(sql_target.url)
     assert "ix_sessions_analysis_status" not in await _indexes(sql_target.url)
     stores = [SQLStore(sql_target.url) for _ in range(3)]
@@ -156,13 +158,20 @@ async def test_start_adds_the_new_columns_to_a_version_1_database(sql_target: St
         assert (release.published_version, release.current_version, release.rev, release.rollout) == (2, 2, 0, None)
         assert (await store.publish("old-agent", 1)).published_version == 1
         published, _ = await store.list_published()
-        assert [(p.config.agent_id, p.config.version) for p in published] == [("old-agent", 1)]
+        assert [(p.config.agent_id, p.config.version) for p in published] == [("agent-a", 1), ("old-agent", 1)]
         assert (await store.get_session("s-old")).arm is None
         # version 10: tests stored with an agent, and their runs
         await store.create_agent_config(AgentConfigInput.model_validate(agent_document("agent-t")))
         await store.create_agent_test("agent-t", AgentTestCreate(name="t", content="name: t\nsessions: [{}]\n"))
         run, _ = await store.create_test_run("agent-t", 1)
         assert [r.id for r in await store.list_test_runs("agent-t")] == [run.id]
+        # version 11: the call and campaign tables are there
+        await store.create_call(CallRecord(id="call_1", to="+15551230001", status=CallOutcome.dialing, trunk="ST_1",
+                                           room="r-1", created_at=utcnow()))
+        assert (await store.list_calls())[1] == 1
+        view = await store.create_campaign(CampaignInput.model_validate(
+            {"name": "c", "purpose": "p", "contacts": [{"phone": "+15551230001"}]}))
+        assert view.progress.by_status["pending"] == 1
     finally:
         for s in stores:
             await s.aclose()

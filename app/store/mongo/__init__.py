@@ -22,6 +22,7 @@ Collections
 - `webhooks`, `webhook_deliveries`: endpoints and deliveries (`app.store.mongo.webhooks`).
 - `api_keys`: named API keys, only the hash of each secret (`app.store.mongo.keys`).
 - `agent_tests`, `test_runs`: tests stored with an agent and their runs (`app.store.mongo.agent_tests`).
+- `calls`, `campaigns`, `campaign_contacts`: outbound calls and campaigns (`app.store.mongo.calls`).
 - `meta`: `config_epoch` and `schema_version` counters.
 
 Atomicity without multi-document transactions
@@ -117,6 +118,7 @@ from typing import Any
 
 from app.store.mongo.agent_tests import MongoAgentTests, MongoTestRuns
 from app.store.mongo.analysis import MongoAnalysisQueue
+from app.store.mongo.calls import MongoCalls, MongoCampaigns
 from app.store.mongo.client import MongoDatabase, escape_keys, unescape_keys
 from app.store.mongo.configs import MongoConfigs
 from app.store.mongo.journal import MongoJournal
@@ -144,6 +146,8 @@ class MongoBackend(MongoDatabase):
         self.keys = MongoKeys(self)
         self.agent_tests = MongoAgentTests(self)
         self.test_runs = MongoTestRuns(self)
+        self.calls = MongoCalls(self)
+        self.campaigns = MongoCampaigns(self)
         self.journal = MongoJournal(self, self.configs, self.webhooks, self.keys)
 
 

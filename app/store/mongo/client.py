@@ -204,12 +204,13 @@ class MongoDatabase:
             )
             await db.sessions.create_index([("worst_turn_ms", DESCENDING), ("started_at", DESCENDING)],
                                            name="worst_turn")
-            from app.store.mongo import agent_tests, journal, keys, webhooks  # they import this module
+            from app.store.mongo import agent_tests, calls, journal, keys, webhooks  # they import this module
 
             await journal.ensure_indexes(db)
             await webhooks.ensure_indexes(db)
             await keys.ensure_indexes(db)
             await agent_tests.ensure_indexes(db)
+            await calls.ensure_indexes(db)
             for coll, _id, init in (
                 ("meta", EPOCH, {"value": 0}),
                 ("meta", _SCHEMA, {"value": SCHEMA_VERSION}),

@@ -148,7 +148,7 @@ class MongoJournal:
         documents are checked against their head (`MongoConfigs.relay_versions`)."""
         db = await self.mdb.ready()
         n = 0
-        for coll in ("sessions", "routes", "agent_heads", "webhooks", "api_keys", "agent_tests"):
+        for coll in ("sessions", "routes", "agent_heads", "webhooks", "api_keys", "agent_tests", "calls", "campaigns"):
             n += await relay_found(db, coll, {})
         n += int(await self._configs.relay_versions(db, grace_s))
         await self._webhooks.finish_deletes(db)

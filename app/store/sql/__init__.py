@@ -9,6 +9,7 @@ from app.domain.values import utcnow
 from app.store.service import StoreService
 from app.store.sql.agent_tests import SQLAgentTests, SQLTestRuns
 from app.store.sql.analysis import SQLAnalysisQueue
+from app.store.sql.calls import SQLCalls, SQLCampaigns
 from app.store.sql.configs import SQLConfigs
 from app.store.sql.database import SQLDatabase
 from app.store.sql.journal import SQLJournal
@@ -36,6 +37,8 @@ class SQLBackend(SQLDatabase):
         self.keys = SQLKeys(self)
         self.agent_tests = SQLAgentTests(self)
         self.test_runs = SQLTestRuns(self)
+        self.calls = SQLCalls(self)
+        self.campaigns = SQLCampaigns(self)
 
     def now(self) -> datetime:
         return utcnow()

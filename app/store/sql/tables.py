@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 """1: initial tables. 2: `sessions.owner` and `sessions.heartbeat_at` (crash recovery with
 several processes on one database). 3: `sessions.usage` and `sessions.events` (what a call
 consumed, which providers served it, fail-overs, cut replies, budget warnings). 4: the
@@ -26,7 +26,8 @@ voicemail outcome). 8: named API keys (the `api_keys` table, new: `create_all` a
 9: publishing and canaries: `agent_heads.published_version` (NULL on rows from
 before: the current version, as every write was published), `canary_version`,
 `release_rev` and `rollout`, and `sessions.arm`. 10: `agent_tests` and `test_runs` (tests stored
-with an agent and their runs; new tables). `SQLDatabase.start` adds what an older database lacks (tables,
+with an agent and their runs; new tables). 11: outbound calls and campaigns (new tables
+`calls`, `campaigns`, `campaign_contacts`). `SQLDatabase.start` adds what an older database lacks (tables,
 columns and indexes only if missing, so every step is idempotent)."""
 
 
@@ -240,6 +241,69 @@ class TestRunRow(SQLModel, table=True):
     data: dict[str, Any] = _json()
 
 
+class CallRow(SQLModel, table=True):
+    """One dialled call (`app.domain.calls.CallRecord`); `status` moves from `dialing` once."""
+
+    __tablename__ = "calls"
+    __table_args__ = (sa.Index("ix_calls_campaign", "campaign_id", "created_at"),)
+    id: str = Field(primary_key=True, max_length=40)
+    to: str = Field(max_length=16)
+    status: str = Field(max_length=16)
+    agent_id: str | None = Field(default=None, max_length=64)
+    purpose: str | None = Field(default=None, max_length=64)
+    version: int | None = None
+    trunk: str = Field(max_length=64)
+    room: str = Field(max_length=256, index=True)
+    variables: dict[str, Any] = _json(default_factory=dict)
+    dispatch_id: str | None = Field(default=None, max_length=64)
+    participant_identity: str | None = Field(default=None, max_length=128)
+    sip_call_id: str | None = Field(default=None, max_length=128)
+    sip_status_code: int | None = None
+    sip_status: str | None = Field(default=None, max_length=200)
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    campaign_id: str | None = Field(default=None, max_length=40)
+    contact_seq: int | None = None
+    actor: str | None = Field(default=None, max_length=100)
+    created_at: datetime = _ts(index=True)
+    ended_at: datetime | None = _ts(default=None, nullable=True)
+
+
+class CampaignRow(SQLModel, table=True):
+    """A campaign's settings (`settings`: the `CampaignSettings` JSON) and status; `rev` is
+    the compare-and-swap token of status changes."""
+
+    __tablename__ = "campaigns"
+    id: str = Field(primary_key=True, max_length=40)
+    rev: int = 0
+    status: str = Field(index=True, max_length=16)
+    settings: dict[str, Any] = _json(default_factory=dict)
+    total: int = 0
+    actor: str | None = Field(default=None, max_length=100)
+    created_at: datetime = _ts(index=True)
+    updated_at: datetime = _ts()
+
+
+class ContactRow(SQLModel, table=True):
+    """One contact of a campaign. `lease_owner`/`lease_until`: the runner dialling it now."""
+
+    __tablename__ = "campaign_contacts"
+    __table_args__ = (sa.Index("ix_contacts_due", "campaign_id", "status", "next_attempt_at"),)
+    campaign_id: str = Field(primary_key=True, max_length=40)
+    seq: int = Field(primary_key=True)
+    phone: str = Field(max_length=16)
+    variables: dict[str, Any] = _json(default_factory=dict)
+    timezone: str = Field(max_length=64)
+    status: str = Field(max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime | None = _ts(default=None, nullable=True)
+    last_call_id: str | None = Field(default=None, max_length=40)
+    last_sip_status_code: int | None = None
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    updated_at: datetime | None = _ts(default=None, nullable=True)
+    lease_owner: str | None = Field(default=None, max_length=300)
+    lease_until: datetime | None = _ts(default=None, nullable=True)
+
+
 metadata = SQLModel.metadata
 meta_t: sa.Table = MetaRow.__table__  # type: ignore[attr-defined]
 heads_t: sa.Table = AgentHeadRow.__table__  # type: ignore[attr-defined]
@@ -253,6 +317,9 @@ deliveries_t: sa.Table = DeliveryRow.__table__  # type: ignore[attr-defined]
 api_keys_t: sa.Table = ApiKeyRow.__table__  # type: ignore[attr-defined]
 agent_tests_t: sa.Table = AgentTestRow.__table__  # type: ignore[attr-defined]
 test_runs_t: sa.Table = TestRunRow.__table__  # type: ignore[attr-defined]
+calls_t: sa.Table = CallRow.__table__  # type: ignore[attr-defined]
+campaigns_t: sa.Table = CampaignRow.__table__  # type: ignore[attr-defined]
+contacts_t: sa.Table = ContactRow.__table__  # type: ignore[attr-defined]
 
 ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
     "sessions": (

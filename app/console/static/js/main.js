@@ -13,6 +13,7 @@ const PAGES = {
   usage: './pages/usage.js',
   webhooks: './pages/webhooks.js',
   keys: './pages/keys.js',
+  campaigns: './pages/campaigns.js',
   talk: './pages/talk.js',
 };
 
