@@ -30,7 +30,8 @@ async def test_ready_when_store_ok_and_worker_registered_or_disabled(
     status.set_worker(worker)
     r = await anon.get("/readyz")
     assert r.status_code == 200
-    assert r.json() == {"ready": True, "store": "ok", "worker": worker, "detail": None, "models": None}
+    assert r.json() == {"ready": True, "store": "ok", "worker": worker, "detail": None, "models": None,
+                        "workers": None}  # no worker processes: the worker runs in this process
     assert r.headers["cache-control"] == "no-store"
 
 

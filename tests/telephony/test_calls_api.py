@@ -143,25 +143,24 @@ async def test_placing_calls_is_rate_limited_per_key(client_for: MakeClient, liv
 
 
 def test_a_specific_version_needs_the_publish_role() -> None:
-    """The guard leaves the caller on `state.caller` (its role a str enum); below publish
-    a version may not be pinned; without a caller it is the single admin key."""
-    from enum import Enum
+    """Whether a version is pinned depends on the body, so the handler asks the guard's
+    caller (`state.caller`) itself: below publish it may not; with no guard (no admin key
+    configured) the caller is the admin."""
     from types import SimpleNamespace
 
     import pytest
     from litestar.exceptions import PermissionDeniedException
 
-    from app.api.calls import _require_role
-
-    class Role(str, Enum):
-        edit = "edit"
-        publish = "publish"
+    from app.api.auth import Caller, require_role
+    from app.domain.keys import Role
 
     def request(role: Role | None) -> object:
-        caller = SimpleNamespace(role=role) if role is not None else None
+        caller = Caller("ci", role) if role is not None else None
         return SimpleNamespace(state=SimpleNamespace(caller=caller))
 
-    with pytest.raises(PermissionDeniedException, match="publish role"):
-        _require_role(request(Role.edit), "publish", "calling a specific agent version")  # type: ignore[arg-type]
-    _require_role(request(Role.publish), "publish", "x")  # type: ignore[arg-type]
-    _require_role(request(None), "publish", "x")  # type: ignore[arg-type]
+    for low in (Role.read, Role.edit):
+        with pytest.raises(PermissionDeniedException, match="'publish' role"):
+            require_role(request(low), Role.publish, "calling a specific agent version")  # type: ignore[arg-type]
+    require_role(request(Role.publish), Role.publish, "x")  # type: ignore[arg-type]
+    require_role(request(Role.admin), Role.publish, "x")  # type: ignore[arg-type]
+    require_role(request(None), Role.publish, "x")  # type: ignore[arg-type]
