@@ -103,6 +103,8 @@ def merge_patch_schema(schema: dict[str, Any], components: dict[str, Any], depth
             for name, sub in schema["properties"].items()
         }
         return out
+    if isinstance(schema.get("anyOf"), list) and depth < 8:  # an optional object: patch its object branch
+        return {**schema, "anyOf": [merge_patch_schema(s, components, depth + 1) for s in schema["anyOf"]]}
     if schema.get("type") == "object" and isinstance(schema.get("additionalProperties"), dict) and depth < 8:
         return {**schema, "additionalProperties": _nullable(
             merge_patch_schema(schema["additionalProperties"], components, depth + 1))}

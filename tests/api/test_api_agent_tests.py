@@ -83,6 +83,10 @@ async def test_crud_and_invalid_documents(served):
     assert r.json()["content"] == GREETS
     assert (await c.post(f"{AGENTS}/support-agent/tests", json={"name": "greets", "content": GREETS})).status_code == 409
     assert [t["name"] for t in (await c.get(f"{AGENTS}/support-agent/tests")).json()] == ["greets"]
+    # a character YAML refuses (found by the API fuzz test: it was a 500): 422 naming its line
+    r = await c.post(f"{AGENTS}/support-agent/tests", json={"name": "ctrl", "content": "name: x\nsessions: [\x8f]\n"})
+    assert r.status_code == 422 and r.json()["extra"][0]["line"] == 2, r.text
+    assert "#x008f" in r.json()["extra"][0]["message"]
     # a typo in an expectation: 422 naming the line and the field inside the document
     bad = GREETS.replace("message: {text:", "mesage: {text:")
     r = await c.put(f"{AGENTS}/support-agent/tests/greets", json={"content": bad})

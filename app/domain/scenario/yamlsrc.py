@@ -71,6 +71,9 @@ def loads_yaml(text: str, path: Path = Path("<string>")) -> tuple[Any, LineMap]:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         raise YamlSourceError(path, mark.line + 1 if mark else None, f"invalid YAML: {e.problem}") from None
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow (control characters)
+        line = text.count("\n", 0, max(e.position, 0)) + 1
+        raise YamlSourceError(path, line, f"invalid YAML: character #x{e.character:04x} is not allowed") from None
     lines: dict[Loc, int] = {}
     if node is None:
         return None, LineMap(path, lines)
