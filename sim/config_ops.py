@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,16 +21,22 @@ import httpx
 from app.agents.test_pool import TestRunPool
 from app.domain import AgentConfigInput, DomainError, NotFound, Route
 from app.domain.agent_tests import AgentTestCreate, AgentTestInput
+from app.domain.events import change_types
+from app.domain.keys import KEY_PREFIX, ApiKeyInput
 from app.domain.rollout import GuardPolicy
 from app.domain.routing import MetadataSource
 from app.store.resolver import resolve_current
 from app.store.rollout_guard import RolloutGuard
 from sim.outage import SwitchableStore
 from sim.report import Checks, Loc
-from sim.scenario import ConfigOp, GuardOp, ResolveOp
+from sim.scenario import AuditOp, ConfigOp, GuardOp, ResolveOp
 
 AGENTS = "/api/v1/agents/config"
 ROUTES = "/api/v1/routes"
+KEYS = "/api/v1/keys"
+AUDIT = "/api/v1/audit"
+PAGE = 200
+SECRET = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]+")
 
 
 class ConfigApplier:
@@ -49,6 +56,8 @@ class ConfigApplier:
         self.cache = cache
         self.test_runs = test_runs
         """The environment's pool: `run_tests` waits for the run it queued."""
+        self.keys: dict[str, str] = {}
+        """Secrets of the keys `create_key` made, by name (in memory only: `as: <name>`)."""
 
     async def apply_all(self, checks: Checks, loc: Loc, ops: list[ConfigOp]) -> None:
         for i, op in enumerate(ops):
@@ -65,6 +74,12 @@ class ConfigApplier:
             await self._resolve(checks, (*loc, "resolve"), op.resolve)
             return
         via = op.via or self.default_via
+        if via == "store" and (op.as_ is not None or op.expect_body_contains is not None):
+            checks.fail(loc, f"config {op.kind}: `as` and `expect_body_contains` need via: api")
+            return
+        if op.audit is not None:
+            await self._audit(checks, loc, op, via)
+            return
         if op.run_tests is not None:
             await self._run_tests(checks, loc, op, via)
             return
@@ -145,6 +160,9 @@ class ConfigApplier:
                 result = await s.promote_canary(op.promote.agent_id, expected_rev=op.promote.if_match)
             elif op.abort is not None:
                 result = await s.abort_canary(op.abort.agent_id, reason=op.abort.reason, expected_rev=op.abort.if_match)
+            elif op.create_key is not None:
+                created = await s.create_api_key(ApiKeyInput(name=op.create_key.name, role=op.create_key.role))
+                self.keys[created.name] = created.secret
         except (DomainError, ValueError) as e:
             name = type(e).__name__
             if op.expect_error is None:
@@ -167,9 +185,13 @@ class ConfigApplier:
             checks.fail(loc, "via: api but the admin API is not running")
             return
         c = await self.api()
-        headers: dict[str, str] = {}
+        headers = self._auth(checks, loc, op)
+        if headers is None:
+            return
         if op.create is not None:
-            r = await c.post(AGENTS, json=op.create)
+            r = await c.post(AGENTS, json=op.create, headers=headers)
+        elif op.create_key is not None:
+            r = await c.post(KEYS, json=op.create_key.model_dump(), headers=headers)
         elif op.patch is not None:
             headers["content-type"] = "application/merge-patch+json"
             if op.patch.if_match is not None:
@@ -185,17 +207,18 @@ class ConfigApplier:
                 headers["If-Match"] = f'"{op.rollback.if_match}"'
             r = await c.post(f"{AGENTS}/{op.rollback.agent_id}/rollback/{op.rollback.version}", headers=headers)
         elif op.delete is not None:
-            r = await c.delete(f"{AGENTS}/{op.delete.agent_id}")
+            r = await c.delete(f"{AGENTS}/{op.delete.agent_id}", headers=headers)
         elif op.put_route is not None:
             body = {"agent_id": op.put_route.agent_id, "is_default": op.put_route.is_default}
-            r = await c.put(f"{ROUTES}/{op.put_route.purpose}", json=body)
+            r = await c.put(f"{ROUTES}/{op.put_route.purpose}", json=body, headers=headers)
         elif op.delete_route is not None:
-            r = await c.delete(f"{ROUTES}/{op.delete_route.purpose}")
+            r = await c.delete(f"{ROUTES}/{op.delete_route.purpose}", headers=headers)
         elif op.put_test is not None:
             t = op.put_test
-            r = await c.put(f"{AGENTS}/{t.agent_id}/tests/{t.name}", json={"content": t.content})
+            r = await c.put(f"{AGENTS}/{t.agent_id}/tests/{t.name}", json={"content": t.content}, headers=headers)
             if r.status_code == 404:
-                r = await c.post(f"{AGENTS}/{t.agent_id}/tests", json={"name": t.name, "content": t.content})
+                r = await c.post(f"{AGENTS}/{t.agent_id}/tests", json={"name": t.name, "content": t.content},
+                                 headers=headers)
         elif op.publish is not None:
             if op.publish.if_match is not None:
                 headers["If-Match"] = f'"{op.publish.if_match}"'
@@ -213,20 +236,79 @@ class ConfigApplier:
             r = await c.post(f"{AGENTS}/{rop.agent_id}/rollout/{action}", json=payload, headers=headers)
         else:
             assert op.replace_routes is not None
-            r = await c.put(ROUTES, json=[x.model_dump() for x in op.replace_routes])
-        ok = r.status_code == op.expect_status if op.expect_status is not None else 200 <= r.status_code < 300
-        if not ok:
-            checks.fail(
-                (*loc, "expect_status") if op.expect_status is not None else loc,
-                f"config {op.kind} via api: unexpected status",
-                expected=op.expect_status or "2xx", actual=f"{r.status_code} {r.text[:300]}",
-            )
+            r = await c.put(ROUTES, json=[x.model_dump() for x in op.replace_routes], headers=headers)
+        if not self._answered(checks, loc, op, r):
             return
+        if op.create_key is not None and r.is_success:
+            self.keys[op.create_key.name] = r.json()["secret"]
         if op.expect_version is not None:
             doc = r.json() if r.content else {}
             got = doc.get("version", doc.get("published_version"))
             checks.check(got == op.expect_version, (*loc, "expect_version"), f"config {op.kind}: version differs",
                          expected=op.expect_version, actual=got)
+
+    def _auth(self, checks: Checks, loc: Loc, op: ConfigOp) -> dict[str, str] | None:
+        """Request headers: the named key's bearer token for `as: <name>` (None, with a
+        failure, for a name no `create_key` made); empty: the client's admin key."""
+        if op.as_ is None:
+            return {}
+        secret = self.keys.get(op.as_)
+        if secret is None:
+            checks.fail((*loc, "as"), f"no key named {op.as_!r}: make it with a create_key op first",
+                        expected=sorted(self.keys), actual=op.as_)
+            return None
+        return {"Authorization": f"Bearer {secret}"}
+
+    @staticmethod
+    def _answered(checks: Checks, loc: Loc, op: ConfigOp, r: httpx.Response) -> bool:
+        """The response has the expected status (default any 2xx) and body texts."""
+        ok = r.status_code == op.expect_status if op.expect_status is not None else 200 <= r.status_code < 300
+        if not ok:
+            checks.fail(
+                (*loc, "expect_status") if op.expect_status is not None else loc,
+                f"config {op.kind} via api: unexpected status",
+                expected=op.expect_status or "2xx", actual=f"{r.status_code} {_shown(r)}",
+            )
+            return False
+        _check_body(checks, loc, op, r)
+        return True
+
+    # ---------------------------------------------------------------- audit
+
+    async def _audit(self, checks: Checks, loc: Loc, op: ConfigOp, via: str) -> None:
+        """The audit trail oldest first (through `GET /api/v1/audit`, or the store's
+        journal), then `expect` as an ordered subsequence of its (type, actor) pairs."""
+        spec = op.audit
+        assert spec is not None
+        trail: list[tuple[str, str | None]] = []
+        if via == "api":
+            if self.api is None:
+                checks.fail(loc, "via: api but the admin API is not running")
+                return
+            c = await self.api()
+            headers = self._auth(checks, loc, op)
+            if headers is None:
+                return
+            params: dict[str, Any] = {"limit": PAGE}
+            if spec.agent_id is not None:
+                params["agent_id"] = spec.agent_id
+            while True:
+                r = await c.get(AUDIT, params={**params, "offset": len(trail)}, headers=headers)
+                if not self._answered(checks, loc, op, r) or not 200 <= r.status_code < 300:
+                    return  # failed, or an expected refusal: nothing to compare
+                page = r.json()
+                trail += [(e["type"], e.get("actor")) for e in page["items"]]
+                if not page["items"] or len(trail) >= page["total"]:
+                    break
+        else:
+            while True:
+                items, total = await self.store.list_events(types=change_types(), agent_id=spec.agent_id,
+                                                            offset=len(trail), limit=PAGE)
+                trail += [(e.type, e.actor) for e in items]
+                if not items or len(trail) >= total:
+                    break
+        trail.reverse()  # newest first → the story's order
+        _check_audit(checks, (*loc, "audit"), spec, trail)
 
     # ------------------------------------------------------------ test runs
 
@@ -243,12 +325,16 @@ class ConfigApplier:
                 checks.fail(loc, "via: api but the admin API is not running")
                 return
             c = await self.api()
-            r = await c.post(f"{AGENTS}/{spec.agent_id}/versions/{spec.version}/test-runs")
+            headers = self._auth(checks, loc, op)
+            if headers is None:
+                return
+            r = await c.post(f"{AGENTS}/{spec.agent_id}/versions/{spec.version}/test-runs", headers=headers)
             want = op.expect_status or 202
             if r.status_code != want:
                 checks.fail((*loc, "expect_status") if op.expect_status else loc, "run_tests via api: unexpected status",
-                            expected=want, actual=f"{r.status_code} {r.text[:300]}")
+                            expected=want, actual=f"{r.status_code} {_shown(r)}")
                 return
+            _check_body(checks, loc, op, r)
             if want != 202:
                 return
             run_id = r.json()["id"]
@@ -266,3 +352,31 @@ class ConfigApplier:
         if spec.failing is not None:
             checks.check(run.failing == spec.failing, (*loc, "run_tests", "failing"), "other tests failed",
                          expected=spec.failing, actual=f"{run.failing} {detail}".strip())
+
+
+def _check_body(checks: Checks, loc: Loc, op: ConfigOp, r: httpx.Response) -> None:
+    missing = [t for t in op.body_texts() if t not in r.text]
+    checks.check(not missing, (*loc, "expect_body_contains"), f"config {op.kind}: the response lacks {missing}",
+                 expected=op.body_texts(), actual=_shown(r))
+
+
+def _shown(r: httpx.Response) -> str:
+    """The start of a response body for a report, a named key's secret masked."""
+    return SECRET.sub(KEY_PREFIX + "…", r.text)[:300]
+
+
+def _check_audit(checks: Checks, loc: Loc, spec: AuditOp, trail: list[tuple[str, str | None]]) -> None:
+    """Each expected entry must match a change after the previous entry's match (greedy
+    matching finds a subsequence whenever one exists). The first entry not found fails,
+    with the whole trail as the actual value."""
+    shown = "audit trail, oldest first:\n" + ("\n".join(f"  [{i}] {t} by {a}" for i, (t, a) in enumerate(trail))
+                                               or "  (no changes)")
+    at = 0
+    for k, want in enumerate(spec.expect):
+        found = next((i for i in range(at, len(trail)) if trail[i] == (want.type, want.actor)), None)
+        if found is None:
+            after = f" after trail [{at - 1}] (the previous entry's match)" if at else ""
+            checks.fail((*loc, "expect", k), f"the audit trail lacks this change{after}",
+                        expected=f"{want.type} by {want.actor}", actual=f"{len(trail)} changes", context=shown)
+            return
+        at = found + 1

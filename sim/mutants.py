@@ -59,6 +59,10 @@ def _mark(_: Any) -> Any:
     return MARK
 
 
+def _other_arm(v: Any) -> Any:
+    return "stable" if v == "canary" else "canary"
+
+
 def _add(v: Any) -> Any:
     if isinstance(v, list):
         return [*v, MARK]
@@ -77,7 +81,7 @@ def sites(doc: dict[str, Any]) -> Iterator[Site]:
         for name, change in (
             ("agent_id", _mark), ("version", _bump), ("reason", _mark), ("user_id", _mark),
             ("fallback", lambda v: not v), ("source", lambda v: "room" if v == "job" else "job"),
-            ("degraded", lambda v: MARK if v is None else None),
+            ("degraded", lambda v: MARK if v is None else None), ("arm", _other_arm),
         ):
             if name in route:
                 yield Site(f"route.{name}", (*sl, "route", name), (*sl, "route", name), change)
@@ -112,7 +116,7 @@ def sites(doc: dict[str, Any]) -> Iterator[Site]:
             ("status", lambda v: "failed" if v != "failed" else "completed"), ("end_reason", _text),
             ("agent_id", _mark), ("config_version", _bump), ("route_reason", _mark), ("user_id", _mark),
             ("degraded", lambda v: MARK if v is None else None), ("error", lambda v: MARK if v is None else None),
-            ("turn_count", _bump),
+            ("turn_count", _bump), ("arm", _other_arm),
             ("collected", lambda v: {**v, MARK: 1}), ("collected_include", lambda v: {**v, MARK: 1}),
             ("collected_keys", _add), ("handoffs", lambda v: [*v, {"from": MARK, "to": MARK}]),
         ):
@@ -170,6 +174,32 @@ def _config_sites(op: dict[str, Any], loc: Loc) -> Iterator[Site]:
                    lambda v: "failed" if v == "passed" else "passed")
     if "failing" in run:
         yield Site("config.run_tests.failing", (*rl, "failing"), (*rl, "failing"), lambda v: [*v, MARK])
+    if "expect_body_contains" in op:
+        yield Site("config.expect_body_contains", (*loc, "expect_body_contains"), (*loc, "expect_body_contains"),
+                   _add)
+    if op.get("as") and op.get("expect_status") == 403:
+        # an input mutant: the same request with the admin key must not be refused, or
+        # the 403 was not about the named key's role
+        yield Site("config.as", (*loc, "as"), loc, lambda v: None)
+    guard = op.get("guard") or {}
+    if "expect_aborted" in guard:
+        yield Site("config.guard.expect_aborted", (*loc, "guard", "expect_aborted"), (*loc, "guard"),
+                   lambda v: [] if v else [MARK])
+    resolve = op.get("resolve") or {}
+    if "expect_version" in resolve:
+        yield Site("config.resolve.expect_version", (*loc, "resolve", "expect_version"), (*loc, "resolve"), _bump)
+    if "expect_arm" in resolve:
+        yield Site("config.resolve.expect_arm", (*loc, "resolve", "expect_arm"), (*loc, "resolve"),
+                   lambda v: "canary" if v != "canary" else "stable")
+    expected = (op.get("audit") or {}).get("expect") or []
+    al: Loc = (*loc, "audit")
+    for k in range(len(expected)):
+        yield Site("config.audit.actor", (*al, "expect", k, "actor"), al, _mark)
+    for k in range(len(expected) - 1):
+        if expected[k] != expected[k + 1]:
+            # order matters: the two changes the other way round must not be found
+            yield Site("config.audit.order", (*al, "expect"), al,
+                       lambda v, k=k: [*v[:k], v[k + 1], v[k], *v[k + 2:]])
 
 
 def _step_sites(step: dict[str, Any], loc: Loc) -> Iterator[Site]:

@@ -131,3 +131,69 @@ def test_invalid_analysis_and_usage_expectations_name_the_line(
         load_scenario(path)
     message = str(err.value)
     assert f"{path}:{line}:" in message and fragment in message, message
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ("name: x\nconfig:\n  - resolve: {user_ids: [a]}\n    as: alice\nsessions: [{}]\n", 3,
+         "resolve takes no via/as/expect_status"),
+        ("name: x\nconfig:\n  - publish: {agent_id: a, version: 2}\n    via: store\n    as: bob\nsessions: [{}]\n", 3,
+         "`as` and `expect_body_contains` are about an API request"),
+        ("name: x\nconfig:\n  - create_key: {name: alice, role: owner}\nsessions: [{}]\n", 3,
+         "config[0].create_key.role"),
+        ("name: x\nconfig:\n  - audit: {expect: []}\nsessions: [{}]\n", 3, "config[0].audit.expect"),
+        ("name: x\nconfig:\n  - audit:\n      expect:\n        - {type: agent.created}\nsessions: [{}]\n", 5,
+         "config[0].audit.expect[0].actor: Field required"),
+    ],
+)
+def test_invalid_key_and_audit_ops_name_the_line(tmp_path: Path, text: str, line: int, fragment: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(path)
+    message = str(err.value)
+    assert f"{path}:{line}:" in message and fragment in message, message
+
+
+async def test_named_keys_and_the_audit_order_are_checked(tmp_path: Path) -> None:
+    """`as` makes the request with that key (its name is the actor; an unknown name fails
+    the op), and `audit` wants its entries in the trail's order."""
+    path = write(tmp_path, """\
+name: keys and audit
+config_via: api
+config:
+  - create_key: {name: alice, role: edit}
+  - create_key: {name: bob, role: edit}
+  - patch: {agent_id: support-agent-v1, body: {description: one}}
+    as: alice
+  - patch: {agent_id: support-agent-v1, body: {description: two}}
+    as: bob
+  - patch: {agent_id: support-agent-v1, body: {description: three}}
+    as: ghost
+  - put_route: {purpose: support, agent_id: support-agent-v1}
+    as: alice
+    expect_status: 403
+    expect_body_contains: [publish, no-such-text]
+  - audit:
+      agent_id: support-agent-v1
+      expect:
+        - {type: agent.version_created, actor: alice}
+        - {type: agent.version_created, actor: bob}
+  - audit:
+      agent_id: support-agent-v1
+      expect:
+        - {type: agent.version_created, actor: bob}
+        - {type: agent.version_created, actor: alice}
+  - create_key: {name: carol, role: read}
+    expect_status: 409
+sessions: [{}]
+""")
+    result = await run_scenario(load_scenario(path))
+    failed = {f.loc: f for f in result.failures}
+    assert set(failed) == {("config", 4, "as"), ("config", 5, "expect_body_contains"),
+                           ("config", 7, "audit", "expect", 1), ("config", 8, "expect_status")}, result.report()
+    assert "no-such-text" in failed[("config", 5, "expect_body_contains")].message
+    trail = failed[("config", 7, "audit", "expect", 1)].context or ""
+    assert "agent.version_created by alice" in trail and "key.created" not in trail  # filtered by agent
+    assert "201" in (failed[("config", 8, "expect_status")].actual or "")
+    assert not re.search(r"vp_[A-Za-z0-9_-]{8}", result.report()), result.report()  # secrets masked

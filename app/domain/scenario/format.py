@@ -35,7 +35,10 @@ from app.domain.scenario.voice import VoiceExpect, VoiceOptions, VoiceSessionExp
 from app.domain.scenario.yamlsrc import LineMap, YamlSourceError, load_yaml, loads_yaml
 
 __all__ = [
+    "AuditEntry",
+    "AuditOp",
     "ConfigOp",
+    "CreateKeyOp",
     "ExpectEvent",
     "HttpMock",
     "LLMReceived",
@@ -229,8 +232,35 @@ class ResolveOp(_M):
     expect_version: int | None = None
 
 
+class CreateKeyOp(_M):
+    """Create a named API key (`POST /api/v1/keys`, as the admin key unless `as` says
+    otherwise). The harness keeps its secret in memory for later ops' `as: <name>`."""
+
+    name: str = Field(min_length=1, max_length=64)
+    role: Literal["read", "edit", "publish", "admin"]
+
+
+class AuditEntry(_M):
+    type: str = Field(min_length=1)
+    """The change event's type (`agent.version_created`, `rollout.aborted`, ...)."""
+    actor: str = Field(min_length=1)
+    """Who made it: a key's name, `admin` (ADMIN_API_KEY), `rollout-guard`, ..."""
+
+
+class AuditOp(_M):
+    """Read the audit trail (`GET /api/v1/audit`, or the store's journal) oldest first and
+    check that `expect` occurs in it in this order: a subsequence, so changes not listed
+    may come between and around the listed ones, but each listed one must come after the
+    one before it."""
+
+    agent_id: str | None = None
+    """Only changes to this agent (route and key changes name no agent: omit it to see them)."""
+    expect: list[AuditEntry] = Field(min_length=1)
+
+
 CONFIG_OPS = ("create", "patch", "replace", "rollback", "delete", "put_route", "delete_route", "replace_routes",
-              "put_test", "run_tests", "store", "publish", "promote", "abort", "guard", "resolve")
+              "put_test", "run_tests", "store", "publish", "promote", "abort", "guard", "resolve",
+              "create_key", "audit")
 LOCAL_OPS = ("store", "guard", "resolve")
 """Ops that are neither store writes nor API calls (no via/expect_status/expect_error)."""
 
@@ -257,18 +287,34 @@ class ConfigOp(_M):
     abort: RolloutOp | None = None
     guard: GuardOp | None = None
     resolve: ResolveOp | None = None
+    create_key: CreateKeyOp | None = None
+    audit: AuditOp | None = None
+    as_: str | None = Field(None, alias="as")
+    """api: make the request with this named key (made by an earlier `create_key`);
+    default: the admin key (ADMIN_API_KEY, actor `admin`)."""
     expect_version: int | None = None
     expect_status: int | None = None
     """api: the HTTP status expected (default: any 2xx)."""
+    expect_body_contains: str | list[str] | None = None
+    """api: texts the response body must contain (e.g. the failing test a 409 names)."""
     expect_error: str | None = None
     """store: the exception class name expected (e.g. VersionConflict, InUse)."""
 
     @model_validator(mode="after")
     def _one(self) -> ConfigOp:
         _exactly_one(self, CONFIG_OPS, "a config op")
-        if self.kind in LOCAL_OPS and (self.via or self.expect_status or self.expect_error):
-            raise ValueError(f"{self.kind} takes no via/expect_status/expect_error")
+        if self.kind in LOCAL_OPS and (self.via or self.expect_status or self.expect_error or self.as_
+                                       or self.expect_body_contains):
+            raise ValueError(f"{self.kind} takes no via/as/expect_status/expect_body_contains/expect_error")
+        if self.via == "store" and (self.as_ or self.expect_body_contains):
+            raise ValueError("`as` and `expect_body_contains` are about an API request: not with via: store")
         return self
+
+    def body_texts(self) -> list[str]:
+        if self.expect_body_contains is None:
+            return []
+        return [self.expect_body_contains] if isinstance(self.expect_body_contains, str) else list(
+            self.expect_body_contains)
 
     @property
     def kind(self) -> str:
@@ -876,6 +922,10 @@ def _invalid(found: list[tuple[tuple[int | str, ...], str]], lines: LineMap) -> 
     return ScenarioError("invalid scenario:\n  " + "\n  ".join(text), problems)
 
 
+_ALIASES = {"json_": "json", "from_": "from", "raise_": "raise", "as_": "as"}
+"""Field names that differ from the key a scenario writes (Python keywords and builtins)."""
+
+
 def _data_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     """Drop pydantic's union-branch labels (`GeneratedMetadata`, `str`, `dict[str,any]`)."""
     out: list[int | str] = []
@@ -884,5 +934,5 @@ def _data_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
             part[:1].isupper() or part[:1] == "<" or "[" in part or part in ("str", "int", "bool")
         ):
             continue
-        out.append("json" if part == "json_" else "from" if part == "from_" else "raise" if part == "raise_" else part)
+        out.append(_ALIASES.get(part, part) if isinstance(part, str) else part)
     return tuple(out)
