@@ -270,7 +270,8 @@ def test_dev_runs_worker_processes_replaces_a_killed_one_and_stops_them_on_sigte
     )
 
     def workers() -> list[dict]:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=3).json()["workers"]
+        # null until the supervisor has spawned them (it does so once the API listens)
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=3).json()["workers"] or []
 
     def wait_workers(cond, what: str, timeout: float = 60) -> list[dict]:
         deadline = time.monotonic() + timeout
