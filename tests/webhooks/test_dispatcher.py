@@ -63,7 +63,9 @@ async def test_session_ended_arrives_signed_with_transcript_and_validated_data(s
     assert (data["status"], data["end_reason"], data["config_version"]) == ("completed", "user said goodbye", 1)
     assert started.json["data"]["user_id"] == "u-1"
     assert ended.headers["content-type"] == "application/json"
-    (d_end,) = [d for d in await deliveries_of(store, hook.id) if d.event_type == "session.ended"]
+    # the receiver has the request before the dispatcher has read its answer and stored it
+    done = await wait_status(store, hook.id, DeliveryStatus.succeeded, 2)
+    (d_end,) = [d for d in done if d.event_type == "session.ended"]
     assert (d_end.status, d_end.attempts, d_end.last_status_code) == (DeliveryStatus.succeeded, 1, 200)
     # rendered once, frozen: the journal holds what was sent
     assert (await store.get_event(ended.webhook_id)).event.data == data
