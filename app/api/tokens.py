@@ -42,11 +42,11 @@ MAX_IDENTITY_CHARS = 128
 """The worker keeps a session's user id only up to this length (`agents.routing`)."""
 
 
-class TokenRequest(BaseModel):
+class _CallerFields(BaseModel):
+    """Who calls and the prompt variables: the same rules for every token request."""
+
     model_config = ConfigDict(extra="forbid")
 
-    purpose: Annotated[str, StringConstraints(pattern=PURPOSE_RE)] | None = None
-    agent_id: Annotated[str, StringConstraints(pattern=SLUG_RE)] | None = None
     user_id: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.@:-]+$")] | None = None
     variables: dict[
         Annotated[str, StringConstraints(max_length=64)],
@@ -59,6 +59,11 @@ class TokenRequest(BaseModel):
         if len(json.dumps(variables).encode()) > MAX_VARIABLES_BYTES:
             raise ValueError(f"exceed {MAX_VARIABLES_BYTES} bytes in all")
         return variables
+
+
+class TokenRequest(_CallerFields):
+    purpose: Annotated[str, StringConstraints(pattern=PURPOSE_RE)] | None = None
+    agent_id: Annotated[str, StringConstraints(pattern=SLUG_RE)] | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> TokenRequest:
@@ -182,19 +187,8 @@ def mint(settings: Settings, agent_id: str, identity: str, meta: dict[str, Any])
     )
 
 
-class VersionTokenRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    user_id: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.@:-]+$")] | None = None
-    variables: dict[
-        Annotated[str, StringConstraints(max_length=64)],
-        Annotated[str, StringConstraints(max_length=MAX_VARIABLE_VALUE_CHARS)],
-    ] = Field(default_factory=dict, max_length=32)
-
-    @field_validator("variables")
-    @classmethod
-    def _variables_fit(cls, variables: dict[str, str]) -> dict[str, str]:
-        return TokenRequest._variables_fit(variables)
+class VersionTokenRequest(_CallerFields):
+    """The caller of a call with one pinned version (the version is in the path)."""
 
 
 register_models(VersionTokenRequest)

@@ -18,10 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from app.domain.models import MAX_VARIABLE_VALUE_CHARS, PURPOSE_RE, SLUG_RE
+from app.domain.phone import E164_RE
 from app.domain.values import JsonInt, UtcDatetime
-
-E164_RE = r"^\+[1-9][0-9]{6,14}$"
-"""ITU-T E.164: a plus, a country code that does not start with 0, 7 to 15 digits in all."""
 
 PhoneNumber = Annotated[str, StringConstraints(pattern=E164_RE)]
 VariableName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$")]

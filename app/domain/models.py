@@ -27,7 +27,7 @@ from pydantic import (
 
 from app.domain.analysis import AnalysisConfig, SessionAnalysis
 from app.domain.field_errors import field_error, raise_field_errors
-from app.domain.phone import E164, MAX_ROUTE_NUMBERS, CallInfo, VoicemailConfig
+from app.domain.phone import E164, E164_DIGITS, MAX_ROUTE_NUMBERS, CallInfo, VoicemailConfig
 from app.domain.schema_admission import SchemaRefused, check_schema
 from app.domain.usage import SessionUsage
 from app.domain.values import (  # re-exported: `from app.domain.models import utcnow` keeps working
@@ -384,7 +384,7 @@ class BuiltinTool(_Model):
     name: BuiltinToolName
 
 
-TRANSFER_TARGET_RE = r"^(\+[1-9][0-9]{6,14}|tel:\+[1-9][0-9]{6,14}|sips?:[^\s]{3,250})$"
+TRANSFER_TARGET_RE = rf"^({E164_DIGITS}|tel:{E164_DIGITS}|sips?:[^\s]{{3,250}})$"
 
 
 class TransferCallTool(_Model):

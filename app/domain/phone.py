@@ -16,15 +16,17 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-E164_RE = r"^\+[1-9][0-9]{1,14}$"
-"""ITU-T E.164: a plus, a country code not starting with 0, at most 15 digits in all."""
+E164_DIGITS = r"\+[1-9][0-9]{6,14}"
+"""ITU-T E.164: a plus, a country code not starting with 0, 7 to 15 digits in all (shorter
+ones are service codes, not numbers a call reaches)."""
+E164_RE = rf"^{E164_DIGITS}$"
 _E164 = re.compile(E164_RE)
 
 
 
 def _e164(value: str) -> str:
     if not _E164.fullmatch(value):
-        raise ValueError("not an E.164 number: a + and up to 15 digits, no spaces (e.g. +15551234567)")
+        raise ValueError("not an E.164 number: a + and 7 to 15 digits, no spaces (e.g. +15551234567)")
     return value
 
 
@@ -132,6 +134,7 @@ __all__ = [
     "ATTR_CALL_ID",
     "CALLER_NUMBER",
     "E164",
+    "E164_DIGITS",
     "E164_RE",
     "MAX_ROUTE_NUMBERS",
     "CallDirection",
