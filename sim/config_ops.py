@@ -181,13 +181,10 @@ class ConfigApplier:
     # ------------------------------------------------------------------ api
 
     async def _via_api(self, checks: Checks, loc: Loc, op: ConfigOp) -> None:
-        if self.api is None:
-            checks.fail(loc, "via: api but the admin API is not running")
+        client = await self._client(checks, loc, op)
+        if client is None:
             return
-        c = await self.api()
-        headers = self._auth(checks, loc, op)
-        if headers is None:
-            return
+        c, headers = client
         if op.create is not None:
             r = await c.post(AGENTS, json=op.create, headers=headers)
         elif op.create_key is not None:
@@ -247,6 +244,18 @@ class ConfigApplier:
             checks.check(got == op.expect_version, (*loc, "expect_version"), f"config {op.kind}: version differs",
                          expected=op.expect_version, actual=got)
 
+    async def _client(
+        self, checks: Checks, loc: Loc, op: ConfigOp
+    ) -> tuple[httpx.AsyncClient, dict[str, str]] | None:
+        """The admin API client and the op's request headers; None (with a failure) when the
+        API is not running or `as:` names no key."""
+        if self.api is None:
+            checks.fail(loc, "via: api but the admin API is not running")
+            return None
+        c = await self.api()
+        headers = self._auth(checks, loc, op)
+        return None if headers is None else (c, headers)
+
     def _auth(self, checks: Checks, loc: Loc, op: ConfigOp) -> dict[str, str] | None:
         """Request headers: the named key's bearer token for `as: <name>` (None, with a
         failure, for a name no `create_key` made); empty: the client's admin key."""
@@ -282,13 +291,10 @@ class ConfigApplier:
         assert spec is not None
         trail: list[tuple[str, str | None]] = []
         if via == "api":
-            if self.api is None:
-                checks.fail(loc, "via: api but the admin API is not running")
+            client = await self._client(checks, loc, op)
+            if client is None:
                 return
-            c = await self.api()
-            headers = self._auth(checks, loc, op)
-            if headers is None:
-                return
+            c, headers = client
             params: dict[str, Any] = {"limit": PAGE}
             if spec.agent_id is not None:
                 params["agent_id"] = spec.agent_id
@@ -321,13 +327,10 @@ class ConfigApplier:
             checks.fail(loc, "run_tests: this environment has no test run pool")
             return
         if via == "api":
-            if self.api is None:
-                checks.fail(loc, "via: api but the admin API is not running")
+            client = await self._client(checks, loc, op)
+            if client is None:
                 return
-            c = await self.api()
-            headers = self._auth(checks, loc, op)
-            if headers is None:
-                return
+            c, headers = client
             r = await c.post(f"{AGENTS}/{spec.agent_id}/versions/{spec.version}/test-runs", headers=headers)
             want = op.expect_status or 202
             if r.status_code != want:
