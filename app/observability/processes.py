@@ -25,6 +25,8 @@ import shutil
 import sys
 import tempfile
 
+import psutil
+
 log = logging.getLogger(__name__)
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -75,23 +77,13 @@ def close() -> None:
     os.environ.pop(_PREPARED_BY, None)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def forget_dead_processes(path: str) -> list[int]:
     """Drop the gauge files of processes that no longer exist: a gauge is a present value,
     and a dead process has none. Counters and histograms stay (they are totals)."""
     dead: set[int] = set()
     for f in os.listdir(path):
         m = _PID.match(f)
-        if m is not None and not _alive(int(m.group(1))):
+        if m is not None and not psutil.pid_exists(int(m.group(1))):
             dead.add(int(m.group(1)))
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(path, f))

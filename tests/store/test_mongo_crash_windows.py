@@ -429,7 +429,7 @@ async def test_webhook_delete_that_died_after_its_commit_is_finished_by_the_swee
 
     hook = await mstore.create_webhook(WebhookInput(url="https://example.com/h", events=["session.ended"]))
     raw.webhook_deliveries.insert_one({"_id": "dlv_x", "webhook_id": hook.id, "event_id": "evt_x"})
-    monkeypatch.setattr("app.store.mongo.webhooks.relay_now", _die)
+    monkeypatch.setattr("app.store.mongo.journal.relay_now", _die)  # after mark_deleted's commit
     with pytest.raises(ProcessDied):
         await mstore.delete_webhook(hook.id)
     monkeypatch.undo()

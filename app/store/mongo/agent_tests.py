@@ -18,7 +18,7 @@ from pymongo.errors import DuplicateKeyError
 from app.domain.agent_tests import AgentTest, TestRun, TestRunStatus
 from app.domain.events import Event
 from app.store.mongo.client import Db, MongoDatabase, mapped, ms
-from app.store.mongo.journal import PENDING, embedded, push_pending, relay_found, relay_now
+from app.store.mongo.journal import PENDING, embedded, mark_deleted, push_pending, relay_found, relay_now
 
 _LIVE = {"deleted": {"$ne": True}}
 _UNFINISHED = {"$in": [TestRunStatus.queued.value, TestRunStatus.running.value]}
@@ -84,13 +84,8 @@ class MongoAgentTests:
     async def delete(self, agent_id: str, name: str, events: list[Event]) -> bool:
         db = await self.mdb.ready()
         key = _key(agent_id, name)
-        update: dict[str, Any] = {"$set": {"deleted": True}}
-        if events:
-            update["$push"] = push_pending(events)
-        res = await db.agent_tests.update_one({"_id": key, **_LIVE}, update)  # the commit point
-        if not res.matched_count:
+        if not await mark_deleted(db, "agent_tests", key, events):
             return False
-        await relay_now(db, "agent_tests", key, events)
         await self._remove(db, key)
         return True
 

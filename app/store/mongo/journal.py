@@ -80,6 +80,20 @@ async def relay_now(db: Db, collection: str, doc_id: Any, events: Sequence[Event
                     len(events), collection, doc_id, type(e).__name__)
 
 
+async def mark_deleted(db: Db, collection: str, doc_id: Any, events: Sequence[Event]) -> bool:
+    """The commit point of a delete: one write marks the live document deleted with its
+    events embedded, then they are relayed. False: no live document. The caller then
+    removes the document (a crash before that leaves the sweep to finish it)."""
+    update: dict[str, Any] = {"$set": {"deleted": True}}
+    if events:
+        update["$push"] = push_pending(events)
+    res = await db[collection].update_one({"_id": doc_id, "deleted": {"$ne": True}}, update)
+    if not res.matched_count:
+        return False
+    await relay_now(db, collection, doc_id, events)
+    return True
+
+
 async def relay_found(db: Db, collection: str, flt: Mapping[str, Any]) -> int:
     """Relay what documents matching `flt` (and holding pending events) carry."""
     n = 0

@@ -23,7 +23,7 @@ from app.domain.events import Event
 from app.domain.webhooks import Delivery, DeliveryStatus, StoredWebhook
 from app.store.backend import DeliveryInFlight
 from app.store.mongo.client import Db, MongoDatabase, mapped, ms
-from app.store.mongo.journal import PENDING, embedded, push_pending, relay_now
+from app.store.mongo.journal import PENDING, embedded, mark_deleted, push_pending, relay_now
 
 _LIVE = {"deleted": {"$ne": True}}
 _HOOK_TIMES = ("created_at", "updated_at", "previous_secret_expires_at")
@@ -105,13 +105,8 @@ class MongoWebhooks:
     @mapped
     async def delete(self, webhook_id: str, events: list[Event]) -> bool:
         db = await self.mdb.ready()
-        update: dict[str, Any] = {"$set": {"deleted": True}}
-        if events:
-            update["$push"] = push_pending(events)
-        res = await db.webhooks.update_one({"_id": webhook_id, **_LIVE}, update)  # the commit point
-        if not res.matched_count:
+        if not await mark_deleted(db, "webhooks", webhook_id, events):
             return False
-        await relay_now(db, "webhooks", webhook_id, events)
         await self._remove(db, webhook_id)
         return True
 
