@@ -17,6 +17,9 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Literal
+
+CpuPinning = Literal["auto", "on", "off"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
@@ -93,3 +96,50 @@ def _v1_limits(root: Path, controllers: str, path: str) -> list[float]:
             if quota > 0 and period > 0:
                 limits.append(quota / period)
     return limits
+
+
+def worker_cpus(
+    index: int, processes: int, pinning: CpuPinning, *, allowed: set[int] | None = None,
+    quota: float | None = None,
+) -> set[int] | None:
+    """The CPU worker process `index` of `processes` runs on, or None: not pinned.
+
+    Why pin: every call of a worker process runs under its one interpreter lock, so a
+    stop-the-world moment (a full garbage collection) stalls all of them at once. When
+    several such processes float over the same cores, the scheduler preempts one
+    process's lock holder to run another's threads, and a pause of tens of
+    milliseconds stretches past what a caller hears. One process per core keeps each
+    process's pauses its own. Processes past the core count share cores round-robin.
+
+    `auto` pins only when the cores are this machine's own: more than one process, and
+    no CPU quota below the cores in the affinity set (a quota-limited container on a
+    larger host would tie its processes to cores other tenants use too). `on` pins
+    whenever there is more than one process; `off` never.
+    """
+    if pinning == "off" or processes < 2:
+        return None
+    if allowed is None:
+        try:
+            allowed = set(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # not Linux: nothing to pin with
+            return None
+    if len(allowed) < 2:
+        return None
+    if pinning == "auto":
+        quota = quota_cores() if quota is None else quota
+        if quota is not None and quota < len(allowed) - 1e-9:
+            return None
+    cpus = sorted(allowed)
+    return {cpus[index % len(cpus)]}
+
+
+def pin_this_process(cpus: set[int] | None) -> set[int] | None:
+    """Restrict this process to `cpus` (call before it starts threads: they inherit the
+    mask); returns the CPUs it was pinned to, None if it was not."""
+    if cpus is None:
+        return None
+    try:
+        os.sched_setaffinity(0, cpus)
+    except (AttributeError, OSError):
+        return None
+    return cpus

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.cores import usable_cores
+from app.cores import CpuPinning, usable_cores
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/app.db"
 DEFAULT_REPLY_MAX_TOKENS = 250
@@ -121,6 +121,14 @@ class Settings(BaseSettings):
         "threads (THREAD executor) under the same agent name; the admin API runs in the supervisor "
         "process. Unset: one per usable core (the cgroup CPU quota and CPU affinity count, not just "
         "the host's cores). At most 4 × the usable cores; 1 with EXECUTOR_TYPE=process.",
+    )
+    worker_cpu_pinning: CpuPinning = Field(
+        "auto",
+        description="Pin each worker process to one core (round-robin past the core count), so one "
+        "process's stop-the-world pauses (a full garbage collection stalls every call of that "
+        "process) are not stretched by another process's threads on the same core. auto: when "
+        "there is more than one worker process and the cores are the machine's own (no cgroup CPU "
+        "quota below them); on: whenever there is more than one; off: never.",
     )
     drain_timeout: float = Field(
         240.0, gt=0, le=244,

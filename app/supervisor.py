@@ -462,7 +462,7 @@ def _worker_status(w: WorkerInfo) -> WorkerProcessStatus:
     state = w.state if w.state in known else "connecting"
     return WorkerProcessStatus(
         index=w.index, pid=w.pid, state=state,  # type: ignore[arg-type]
-        detail=w.detail, sessions=w.sessions, load=w.load, restarts=w.restarts,
+        detail=w.detail, sessions=w.sessions, load=w.load, restarts=w.restarts, cpus=w.cpus,
     )
 
 

@@ -125,3 +125,52 @@ def test_several_worker_processes_with_the_process_executor_is_refused(tmp_path:
         "error: settings: WORKER_PROCESSES must be 1 (or unset) with EXECUTOR_TYPE=process: that executor "
         "already runs every call in a process of its own"
     ]
+
+
+# ------------------------------------------------------------------ WORKER_CPU_PINNING
+
+
+def test_worker_processes_get_one_core_each_round_robin() -> None:
+    two = {0, 1}
+    assert [cores.worker_cpus(i, 2, "auto", allowed=two, quota=None) for i in range(2)] == [{0}, {1}]
+    # more processes than cores (WORKER_PROCESSES up to 4 x): they share cores in turn
+    assert [cores.worker_cpus(i, 4, "auto", allowed={2, 5}, quota=None) for i in range(4)] == [{2}, {5}, {2}, {5}]
+    # a quota equal to the cores is the machine's own cores
+    assert cores.worker_cpus(1, 2, "auto", allowed=two, quota=2.0) == {1}
+
+
+def test_no_pinning_for_one_process_one_core_or_off() -> None:
+    assert cores.worker_cpus(0, 1, "on", allowed={0, 1}, quota=None) is None  # one process uses every core
+    assert cores.worker_cpus(0, 2, "on", allowed={3}, quota=None) is None  # nothing to choose from
+    assert cores.worker_cpus(1, 2, "off", allowed={0, 1}, quota=None) is None
+
+
+def test_auto_leaves_a_quota_limited_container_unpinned_and_on_pins_it() -> None:
+    # 2 cores of quota on a 16-core host: the cores are shared with other tenants
+    host = set(range(16))
+    assert cores.worker_cpus(0, 2, "auto", allowed=host, quota=2.0) is None
+    assert cores.worker_cpus(1, 2, "on", allowed=host, quota=2.0) == {1}
+
+
+def test_pinning_restricts_the_process_and_its_threads() -> None:
+    """In a child process (the test's own affinity stays): the mask is set, and a thread
+    started afterwards inherits it."""
+    allowed = sorted(os.sched_getaffinity(0))
+    code = (
+        "import os, threading; from app.cores import pin_this_process; "
+        f"print(sorted(pin_this_process({{{allowed[-1]}}}))); seen = []; "
+        "t = threading.Thread(target=lambda: seen.append(sorted(os.sched_getaffinity(0)))); t.start(); t.join(); "
+        "print(sorted(os.sched_getaffinity(0)), seen[0])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
+    assert out == [f"[{allowed[-1]}]", f"[{allowed[-1]}] [{allowed[-1]}]"]
+    assert cores.pin_this_process(None) is None
+
+
+def test_bad_worker_cpu_pinning_is_refused() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="worker_cpu_pinning"):
+        Settings(_env_file=None, worker_cpu_pinning="sometimes")  # type: ignore[call-arg, arg-type]
+    assert Settings(_env_file=None).worker_cpu_pinning == "auto"  # type: ignore[call-arg]

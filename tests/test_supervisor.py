@@ -291,6 +291,14 @@ def test_dev_runs_worker_processes_replaces_a_killed_one_and_stops_them_on_sigte
         pids = [w["pid"] for w in first]
         assert set(pids) <= children and len(set(pids)) == 2
         assert all(w["state"] in ("connecting", "registered") and w["restarts"] == 0 for w in first)
+        # WORKER_CPU_PINNING=auto: one core each where this machine has them (CI may have one)
+        from app.cores import worker_cpus
+
+        for w in first:
+            expected = worker_cpus(w["index"], 2, "auto")
+            assert w["cpus"] == (sorted(expected) if expected is not None else None), first
+            if expected is not None:
+                assert set(psutil.Process(w["pid"]).cpu_affinity()) == expected
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=3).json()
         assert ready["worker"] == "connecting" and "of 2 worker processes registered" in ready["detail"]
 
@@ -298,6 +306,7 @@ def test_dev_runs_worker_processes_replaces_a_killed_one_and_stops_them_on_sigte
         after = wait_workers(lambda ws: ws[0]["restarts"] == 1 and ws[0]["pid"] not in (None, pids[0])
                              and ws[0]["state"] != "starting", "the killed worker process replaced and running")
         assert after[1]["pid"] == pids[1] and after[1]["restarts"] == 0
+        assert after[0]["cpus"] == first[0]["cpus"]  # the replacement takes the same core
         assert psutil.pid_exists(after[0]["pid"])
 
         proc.send_signal(signal.SIGTERM)

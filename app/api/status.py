@@ -45,6 +45,8 @@ class WorkerProcessStatus:
     """The load it reports to LiveKit (0-1; new calls go to the lowest)."""
     restarts: int
     """How often it died and was replaced since this process started."""
+    cpus: list[int] | None = None
+    """The cores it is pinned to (`WORKER_CPU_PINNING`); null: not pinned."""
 
 
 @dataclass(slots=True)

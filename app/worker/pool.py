@@ -62,6 +62,7 @@ class WorkerInfo:
     load: float = 0.0
     restarts: int = 0
     owner: str | None = None
+    cpus: list[int] | None = None
 
 
 class _Worker:
@@ -143,6 +144,7 @@ class WorkerPool:
         info.sessions = int(msg.get("sessions", 0))
         info.load = float(msg.get("load", 0.0))
         info.owner = msg.get("owner") or info.owner
+        info.cpus = msg.get("cpus")
 
     def _changed(self) -> None:
         if self.on_change is not None:

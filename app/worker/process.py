@@ -35,6 +35,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from app.cores import pin_this_process, worker_cpus
 from app.domain import StoreUnavailable
 from app.settings import ExecutorType, Settings
 from app.store import ConfigStore, open_store
@@ -86,16 +87,23 @@ def worker_process_main(settings: Settings, index: int, conn: Connection, json_l
     """The spawned process's entry point (`multiprocessing` spawn: a fresh interpreter)."""
     from app.logging_setup import configure_logging
 
+    # first: every thread started from here on inherits the mask
+    cpus = pin_this_process(worker_cpus(index, settings.worker_process_count, settings.worker_cpu_pinning))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings, json_logs=json_logs)
-    raise SystemExit(asyncio.run(WorkerRuntime(settings, index, conn, dev=dev).run()))
+    if cpus is not None:
+        log.info("worker process %d pinned to CPU %s", index, ",".join(map(str, sorted(cpus))))
+    raise SystemExit(asyncio.run(WorkerRuntime(settings, index, conn, dev=dev, cpus=cpus).run()))
 
 
 class WorkerRuntime:
     """What runs inside one worker process. `run_jobs` is where calls come from (LiveKit)."""
 
-    def __init__(self, settings: Settings, index: int, conn: Connection, *, dev: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, index: int, conn: Connection, *, dev: bool = False, cpus: set[int] | None = None,
+    ) -> None:
         self.settings = settings
+        self.cpus = sorted(cpus) if cpus is not None else None
         self.index = index
         self.conn = conn
         self.dev = dev
@@ -118,7 +126,7 @@ class WorkerRuntime:
         if state is not None:
             self.state, self.detail = state, detail
         msg = {"state": self.state, "detail": self.detail, "sessions": len(active_sessions),
-               "load": round(self.load, 3), "pid": os.getpid(), "owner": self.owner}
+               "load": round(self.load, 3), "pid": os.getpid(), "owner": self.owner, "cpus": self.cpus}
         self._send(msg)
 
     def _send(self, msg: dict[str, Any]) -> None:

@@ -505,6 +505,8 @@ def main() -> None:
                     help="run the sessions in N worker processes, set up as WORKER_PROCESSES runs them, "
                          "each new session going to the process reporting the lowest load "
                          "(sim/bench/voice_processes.py); sizes are then sessions per machine")
+    ap.add_argument("--pinning", choices=["auto", "on", "off"], default="auto",
+                    help="with --processes: pin each process to a core as WORKER_CPU_PINNING does")
     ap.add_argument("--stt-ms", type=int, default=150)
     ap.add_argument("--llm-ms", type=int, default=300)
     ap.add_argument("--tts-ms", type=int, default=100)

@@ -14,13 +14,19 @@ goes to the process reporting the lowest load (ties: the one given fewest sessio
 this round, as a burst arrives faster than loads are reported). Sessions start spread
 over 2 s, as in the single-process bench.
 
+Each process is pinned to a core as `WORKER_CPU_PINNING` pins a worker process
+(`--pinning`, default auto: one core each when there are several processes and no CPU
+quota below the cores).
+
 Per N (sessions on the whole machine): every process's figures (sessions, cores used,
 real-time sessions, late frames, RSS), and the machine's: real-time sessions, frame
 lateness (late frames, p99 bound, max), RSS per session (the RSS increase over each
 process's own start-up memory, summed, divided by N), session-write latency on the
 shared store (each `apply_session_writes` batch, lock waits included: p50/p99/max).
 Start-up memory per process (RSS after the warm-up, before any session of a round) is
-reported separately. `max_realtime_sessions_per_machine` is the largest N where every
+reported separately. Every garbage-collector pause is timed (a full collection stalls
+all of a process's sessions): full collections and the longest pause per N.
+`max_realtime_sessions_per_machine` is the largest N where every
 session was real-time.
 """
 
@@ -43,6 +49,7 @@ from typing import Any
 
 import psutil
 
+from app.cores import pin_this_process, worker_cpus
 from app.seed import seed
 from app.settings import Settings
 from app.store import open_store
@@ -80,7 +87,19 @@ class BenchWorker:
         self.delays = Delays(opts["stt_ms"] / 1000, opts["llm_ms"] / 1000, opts["tts_ms"] / 1000)
         self.load = ThreadWorkerLoad()
         self.write_latencies: list[float] = []
+        self.gc_pauses: list[tuple[int, float]] = []
         self._send_lock = threading.Lock()
+        self._gc_t0 = 0.0
+        self.fixed_rss = 0.0
+        gc.callbacks.append(self._gc_timer)
+
+    def _gc_timer(self, phase: str, info: dict[str, Any]) -> None:
+        """Every cyclic-GC pause: while it runs no session of this process runs."""
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+        else:
+            self.gc_pauses.append((info["generation"], time.perf_counter() - self._gc_t0))
+
 
     def send(self, msg: dict[str, Any]) -> None:
         with self._send_lock:
@@ -105,7 +124,7 @@ class BenchWorker:
             gc.collect()
             gc.freeze()
         self.fixed_rss = rss_mb()
-        self.send({"ready": True, "fixed_rss_mb": self.fixed_rss, "pid": os.getpid()})
+        self.send({"ready": True, "fixed_rss_mb": self.fixed_rss, "pid": os.getpid(), "cpus": o["cpus"]})
         reporter = asyncio.create_task(self._report_load())
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         loop.add_reader(self.conn.fileno(), lambda: self._read(inbox))
@@ -164,6 +183,7 @@ class BenchWorker:
         cpu0 = wall0 = None
         slow0 = SLOW_VAD.count
         writes0 = len(self.write_latencies)
+        gcs0 = len(self.gc_pauses)
 
         def opened(seconds_streamed: float) -> None:
             nonlocal opened_n, streamed
@@ -223,11 +243,15 @@ class BenchWorker:
             "latencies_s": [x for r in results for x in r.latencies_s],
             "write_latencies_s": self.write_latencies[writes0:],
             "vad_windows_over_200ms": SLOW_VAD.count - slow0,
+            "gc_pauses": self.gc_pauses[gcs0:],  # (generation, seconds)
             "errors": [r.error for r in results if r.error][:3],
         }})
 
 
 def bench_worker_main(opts: dict[str, Any], index: int, conn: Connection) -> None:
+    # as app.worker.process.worker_process_main does, before any thread starts
+    cpus = pin_this_process(worker_cpus(index, opts["processes"], opts["pinning"]))
+    opts["cpus"] = sorted(cpus) if cpus is not None else None
     asyncio.run(BenchWorker(opts, index, conn).run())
 
 
@@ -311,6 +335,8 @@ def summarize(n: int, per: list[dict[str, Any]], assigned: list[int]) -> dict[st
         "turns": sum(r["turns"] for r in active),
         "missed_turns": sum(r["missed_turns"] for r in active),
         "vad_windows_over_200ms": sum(r["vad_windows_over_200ms"] for r in active),
+        "gc_full_collections": sum(1 for r in active for g, _ in r["gc_pauses"] if g == 2),
+        "gc_max_pause_ms": max((d for r in active for _, d in r["gc_pauses"]), default=0.0) * 1000,
         "errors": [e for r in active for e in r["errors"]][:3],
         "loadavg_1m": os.getloadavg()[0],
         "per_process": [
@@ -339,7 +365,8 @@ def show(r: dict[str, Any]) -> None:
         f"{r['speaker_gaps_over_100ms']}), {r['cores_used']:.2f} cores, rss +{r['rss_mb_per_session']:.1f} MB/session, "
         f"latency p50/p99 {ms(r['latency_p50_ms'])}/{ms(r['latency_p99_ms'])} ms, session writes {r['session_writes']} "
         f"p50/p99/max {ms(r['session_write_p50_ms'])}/{ms(r['session_write_p99_ms'])}/{ms(r['session_write_max_ms'])} ms, "
-        f"turns {r['turns']} (missed {r['missed_turns']}), load {r['loadavg_1m']:.1f}"
+        f"turns {r['turns']} (missed {r['missed_turns']}), full GCs {r['gc_full_collections']} "
+        f"(longest GC pause {r['gc_max_pause_ms']:.0f} ms), load {r['loadavg_1m']:.1f}"
         + (f", errors: {r['errors']}" if r["errors"] else "")
         + f"\n         {procs}",
         flush=True,
@@ -354,7 +381,8 @@ async def main_processes(args: argparse.Namespace) -> dict[str, Any]:
     await store.start()
     await seed(store)
     await store.aclose()
-    opts = {"url": url, "seconds": args.seconds, "frame_ms": args.frame_ms, "input_rate": args.input_rate,
+    opts = {"url": url, "processes": args.processes, "pinning": args.pinning, "seconds": args.seconds,
+            "frame_ms": args.frame_ms, "input_rate": args.input_rate,
             "gc_freeze": args.gc_freeze, "stt_ms": args.stt_ms, "llm_ms": args.llm_ms, "tts_ms": args.tts_ms}
     print(f"voice density across {args.processes} worker process(es): sizes {sizes} sessions per machine, "
           f"{args.seconds:g} s of audio per session, {args.frame_ms} ms frames at {args.input_rate} Hz, scripted "
@@ -372,12 +400,15 @@ async def main_processes(args: argparse.Namespace) -> dict[str, Any]:
             child.close()
             procs.append(Proc(i, spawned, parent))
             loop.add_reader(parent.fileno(), procs[-1].read)
+        pinned: list[list[int] | None] = []
         for p in procs:
             ready = await p.expect("ready", 300)
             p.fixed_rss_mb = ready["fixed_rss_mb"]
+            pinned.append(ready["cpus"])
         fixed = [p.fixed_rss_mb for p in procs]
         print(f"  start-up memory per process (after the warm-up, before any session): "
-              f"{', '.join(f'{x:.0f}' for x in fixed)} MB", flush=True)
+              f"{', '.join(f'{x:.0f}' for x in fixed)} MB; pinned to CPUs: {pinned} "
+              f"(WORKER_CPU_PINNING={args.pinning})", flush=True)
         for n in sizes:
             r = await machine_round(procs, n, args.seconds)
             show(r)
@@ -411,6 +442,8 @@ async def main_processes(args: argparse.Namespace) -> dict[str, Any]:
         "vad_silence_ms": VAD_SILENCE_S * 1000,
         "seconds_per_session": args.seconds,
         "gc_freeze": args.gc_freeze,
+        "cpu_pinning": args.pinning,
+        "pinned_cpus": pinned,
         "loadavg_1m": os.getloadavg()[0],
     }
     for r in results:
@@ -418,6 +451,7 @@ async def main_processes(args: argparse.Namespace) -> dict[str, Any]:
         figures[f"n{r['n']}_assigned"] = "/".join(str(a) for a in r["assigned"])
         figures[f"n{r['n']}_cores_used"] = r["cores_used"]
         figures[f"n{r['n']}_late_frames"] = r["late_frames"]
+        figures[f"n{r['n']}_gc_max_pause_ms"] = r["gc_max_pause_ms"]
     return figures
 
 
