@@ -9,7 +9,7 @@ in place and logs one warning. Nothing is patched or enabled on import:
   the identity;
 - `silero`: silero's VAD stream run inline, one per session (`SessionVAD`);
 - `livekit_agents`: `stt.StreamAdapter` segmenting on that one VAD stream
-  (`SegmentingSTT`).
+  (`SegmentingSTT`); no chat-context JSON for a trace span whose PII filter would drop it.
 """
 
 from __future__ import annotations

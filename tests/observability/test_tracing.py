@@ -81,6 +81,9 @@ async def test_content_goes_on_spans_only_when_allowed() -> None:
         await receiver.stop()
     args = [s.attributes.get("gen_ai.tool.call.arguments") for s in spans if s.name == "function_tool"]
     assert any(a and "AB1234567" in a for a in args), args
+    # LiveKit's own record of the model's input is there too (built only when it may leave)
+    chats = [s.attributes.get("lk.pii.chat_ctx") for s in spans if s.name == "llm_node"]
+    assert any(c and "AB1234567" in c for c in chats), chats
     assert {s.resource.get("service.name") for s in spans} == {"voice-platform"}
 
 
