@@ -226,6 +226,8 @@ class SessionManager:
         self._on_closed = on_closed
         self._session: AgentSession[Any] | None = None
         self.failed_writes = 0
+        self._lost_ops = 0
+        """Ops that failed for good in the writer (`_failed`), for the write spans."""
         self.dropped: list[str] = []
         self.spilled = 0
         """Writes handed to the process buffer at close (the store was down)."""
@@ -518,18 +520,18 @@ class SessionManager:
                 raise asyncio.CancelledError
             attempt += 1
             before = len(self._inflight)
-            dropped = len(self.dropped)
+            lost_before = self._lost_ops
             started, started_ns = time.perf_counter(), time.time_ns()
             try:
                 await write_in_order(self._call, self._store, sid, self._inflight, self._failed, retried=attempt > 1)
                 seconds = time.perf_counter() - started
                 metrics.STORE_WRITE_SECONDS.labels("ok").observe(seconds)
-                self._trace_write(started_ns, seconds, before, attempt, lost=len(self.dropped) - dropped)
+                self._trace_write(started_ns, seconds, before, attempt, lost=self._lost_ops - lost_before)
                 continue
             except StoreUnavailable as e:
                 seconds = time.perf_counter() - started
                 metrics.STORE_WRITE_SECONDS.labels("unavailable").observe(seconds)
-                self._trace_write(started_ns, seconds, before, attempt, lost=len(self.dropped) - dropped, unavailable=True)
+                self._trace_write(started_ns, seconds, before, attempt, lost=self._lost_ops - lost_before, unavailable=True)
                 self.failed_writes += 1
                 if attempt == 1 or attempt % 20 == 0:
                     names = ", ".join(dict.fromkeys(op.name for op in self._inflight))
@@ -561,6 +563,7 @@ class SessionManager:
     def _failed(self, op: Item, e: BaseException) -> None:
         # Not an outage (a bug or a constraint): retrying would not help.
         self.failed_writes += 1
+        self._lost_ops += 1
         self.dropped.append(op.name)
         log.error("session %s: %s failed permanently", self.record.session_id, op.name, exc_info=e)
         log_lost(self.record.session_id, [op], f"{type(e).__name__}")
