@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         description="Put conversation content (messages, tool arguments and results) on trace "
         "spans; off by default, since it may be personal data.",
     )
+    trace_slow_store_write_ms: float = Field(
+        100.0, ge=0,
+        description="A session-record write batch gets a trace span (store.session_write) when it "
+        "takes at least this long, is retried or fails; 0 traces every batch. Every batch's time "
+        "is in the store_session_write_seconds histogram either way.",
+    )
     dtmf_pause_s: float = Field(
         2.0, gt=0, le=30,
         description="Phone calls: keys the caller presses become one input at '#' or after this "

@@ -14,7 +14,7 @@ import pytest
 from livekit.plugins import openai as lk_openai
 from openai.resources.chat.completions import completions as completions_module
 
-from app.adapters import install_adapters, livekit_agents, openai_sdk, pins, silero as silero_adapter
+from app.adapters import install_adapters, livekit_agents, openai_sdk, otlp_exporter, pins, silero as silero_adapter
 from app.adapters.livekit_agents import SegmentingSTT
 from app.agents.audio import session_audio_models
 
@@ -22,11 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_adapter_pins_the_installed_version() -> None:
-    for module in (openai_sdk, silero_adapter, livekit_agents):
+    for module in (openai_sdk, silero_adapter, livekit_agents, otlp_exporter):
         assert pins.installed_version(module.DISTRIBUTION) == module.WRITTEN_AGAINST, module.__name__
         assert f"{module.DISTRIBUTION} {module.WRITTEN_AGAINST}" in (module.__doc__ or "").replace("\n", " ")
     assert install_adapters() == {
         "app.adapters.openai_sdk": True, "app.adapters.silero": True, "app.adapters.livekit_agents": True,
+        "app.adapters.otlp_exporter": True,
     }
 
 
@@ -73,8 +74,13 @@ def test_nothing_is_installed_by_importing() -> None:
         import asyncio
         import app.agents.factory, app.worker.entrypoint, app.supervisor, app.chat
         from openai.resources.chat.completions import completions
-        from app.adapters import silero, livekit_agents
-        print(hasattr(completions.async_maybe_transform, "__wrapped__"), silero.active(), livekit_agents.active())
+        from app.adapters import silero, livekit_agents, otlp_exporter
+        from livekit.agents.telemetry import input_delta
+        from opentelemetry.exporter.otlp.proto.common import trace_encoder
+        def state():
+            print(hasattr(completions.async_maybe_transform, "__wrapped__"), silero.active(), livekit_agents.active(),
+                  hasattr(input_delta.compute, "__wrapped__"), hasattr(trace_encoder.encode_spans, "__wrapped__"))
+        state()
         from app.settings import Settings
         from app.worker.services import WorkerServices
 
@@ -83,8 +89,22 @@ def test_nothing_is_installed_by_importing() -> None:
             await services.start()
             await services.aclose()
         asyncio.run(main())
-        print(hasattr(completions.async_maybe_transform, "__wrapped__"), silero.active(), livekit_agents.active())
+        state()
     """)
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:2] == ["False False False", "True True True"], out.stdout
+    assert out.stdout.split("\n")[:2] == ["False False False False False", "True True True True True"], out.stdout
+
+
+def test_otlp_encoder_left_alone_on_another_version(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from opentelemetry.exporter.otlp.proto.common import trace_encoder
+    from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import encode_spans as library_encode
+
+    monkeypatch.setattr(otlp_exporter, "_installed", False)
+    monkeypatch.setattr(otlp_exporter, "_active", False)
+    monkeypatch.setattr(otlp_exporter, "WRITTEN_AGAINST", "0.0.1")
+    monkeypatch.setattr(trace_encoder, "encode_spans", library_encode)
+    with caplog.at_level(logging.WARNING, logger="app.adapters"):
+        assert otlp_exporter.install() is False
+    assert trace_encoder.encode_spans is library_encode and not otlp_exporter.active()
+    assert any("0.0.1" in r.getMessage() for r in caplog.records)

@@ -9,7 +9,9 @@ in place and logs one warning. Nothing is patched or enabled on import:
   the identity;
 - `silero`: silero's VAD stream run inline, one per session (`SessionVAD`);
 - `livekit_agents`: `stt.StreamAdapter` segmenting on that one VAD stream
-  (`SegmentingSTT`).
+  (`SegmentingSTT`); no chat-context JSON for a trace span whose PII filter would drop it.
+- `otlp_exporter`: the OTLP span encoder filling one request in place (same bytes, no
+  per-level copies).
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ def install_adapters() -> dict[str, bool]:
 
     Call it on the main thread: the silero adapter imports the silero plugin, and
     LiveKit plugins register themselves on the main thread only."""
-    from app.adapters import livekit_agents, openai_sdk, silero
+    from app.adapters import livekit_agents, openai_sdk, otlp_exporter, silero
 
     return {
         openai_sdk.__name__: openai_sdk.install(),
         silero.__name__: silero.install(),
         livekit_agents.__name__: livekit_agents.install(),
+        otlp_exporter.__name__: otlp_exporter.install(),
     }

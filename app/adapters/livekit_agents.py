@@ -1,10 +1,14 @@
-"""livekit-agents: `stt.StreamAdapter` that segments on the session's primary VAD stream.
+"""livekit-agents: `stt.StreamAdapter` that segments on the session's primary VAD stream,
+and no chat-context JSON for a trace span that would drop it.
 
 Written against livekit-agents 1.8.9: `_SegmentStream` subclasses the private
 `livekit.agents.stt.stream_adapter.StreamAdapterWrapper` and uses its `_input_ch`,
-`_event_ch`, `_FlushSentinel`, `_wrapped_stt` and `_wrapped_stt_conn_options`.
-`install()` checks the installed version; when it differs, `active()` is False and
-agents get LiveKit's own `StreamAdapter` (`app.agents.audio.session_audio_models`).
+`_event_ch`, `_FlushSentinel`, `_wrapped_stt` and `_wrapped_stt_conn_options`;
+`_skip_dropped_chat_context` wraps `livekit.agents.telemetry.input_delta.compute` and
+reads `telemetry.traces.tracer._tracer_provider`, `traces._cloud._trace_provider_attached`
+and `pii._PIIFilteringSpanProcessor._allow_pii`. `install()` checks the installed
+version; when it differs, `active()` is False, agents get LiveKit's own `StreamAdapter`
+(`app.agents.audio.session_audio_models`) and `input_delta.compute` is left alone.
 
 `SegmentingSTT` is `stt.StreamAdapter` for the agent's STT whose stream runs no VAD of
 its own: it cuts the utterance from the audio *it* was given (the STT pipeline's
@@ -16,6 +20,16 @@ uninterruptible speech), the segment is silence and is not transcribed, as
 `StreamAdapter`'s own VAD would have heard nothing. With no primary stream (a session
 without VAD turn detection), it falls back to its own stream, i.e. `StreamAdapter`'s
 behaviour.
+
+The chat context: while tracing, LiveKit serializes the whole chat context to JSON for
+every `llm_node` span (`lk.pii.chat_ctx`, in `voice.generation._llm_inference_task`),
+whether or not anything may receive it; with `TRACE_CONTENT` off the PII filter then
+removes it before every exporter. That serialization grows with the conversation and was
+the largest single CPU cost of tracing a text turn. Where the attribute is certain to be
+dropped (the provider's PII filter strips `lk.pii.*`, no LiveKit Cloud exporter is
+attached, which would get the unfiltered span, and no `input_delta` recording needs the
+node's record), the node gets an empty chat context to serialize instead; everything
+else the span records, and what the model receives, is unchanged.
 """
 
 from __future__ import annotations
@@ -28,9 +42,13 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 from livekit.agents import stt as lk_stt, utils, vad as lk_vad
+from livekit.agents.llm import ChatContext
 from livekit.agents.stt.stream_adapter import StreamAdapterWrapper
+from livekit.agents.telemetry import input_delta, pii, traces
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
 from livekit.agents.utils import aio
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from app.adapters.pins import matches
 from app.adapters.silero import Fifo, SessionVAD, SileroStream, frame_samples
@@ -54,10 +72,13 @@ _active: bool | None = None
 
 
 def install() -> bool:
-    """Check the installed livekit-agents once; True when `SegmentingSTT` may be used."""
+    """Check the installed livekit-agents once; True when `SegmentingSTT` may be used
+    and the chat-context skip is in place."""
     global _active
     if _active is None:
         _active = matches(DISTRIBUTION, WRITTEN_AGAINST, adapter=__name__)
+        if _active:
+            _skip_dropped_chat_context()
     return _active
 
 
@@ -301,3 +322,43 @@ class _SegmentStream(StreamAdapterWrapper):
             if self._fallback is not None:
                 await self._fallback.aclose()
                 self._fallback = None
+
+
+# ------------------------------------------------------------------ telemetry
+
+_pii_checked: tuple[object, object] | None = None
+"""(provider, its span processors) last looked at by `chat_context_dropped`."""
+_pii_strips = False
+
+
+def chat_context_dropped() -> bool:
+    """True when a span's `lk.pii.chat_ctx` cannot reach any exporter (module doc)."""
+    global _pii_checked, _pii_strips
+    if traces._cloud._trace_provider_attached is not None:
+        return False  # LiveKit Cloud gets the attributes the PII filter removed
+    provider = traces.tracer._tracer_provider
+    if not isinstance(provider, TracerProvider):
+        return False  # nothing records: nothing to save either
+    processors = provider._active_span_processor._span_processors
+    if _pii_checked is None or _pii_checked[0] is not provider or _pii_checked[1] is not processors:
+        # the filter runs first (LiveKit prepends it); keep the answer until the processors change
+        _pii_strips = any(isinstance(p, pii._PIIFilteringSpanProcessor) and not p._allow_pii for p in processors)
+        _pii_checked = (provider, processors)
+    return _pii_strips
+
+
+def _skip_dropped_chat_context() -> None:
+    original = input_delta.compute
+    if hasattr(original, "__wrapped__"):
+        return
+
+    def compute(site: input_delta.InputDeltaSite, chat_ctx: ChatContext, span: trace.Span) -> input_delta.InputDelta:
+        if site is input_delta.LLM_NODE and not input_delta.active() and chat_context_dropped():
+            full = input_delta.InputDelta.full(chat_ctx)
+            return input_delta.InputDelta(
+                chat_ctx=ChatContext.empty(), instructions=full.instructions, conversation=full.conversation
+            )
+        return original(site, chat_ctx, span)
+
+    compute.__wrapped__ = original  # type: ignore[attr-defined]
+    input_delta.compute = compute

@@ -23,6 +23,8 @@ from opentelemetry import context as otel_context, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +119,16 @@ def call_started(session_id: str, agent_id: str, config_version: int) -> trace.S
     span = tracer.start_span("call", context=parent, attributes=attributes)
     otel_context.attach(trace.set_span_in_context(span))
     return span
+
+
+def record_span(
+    name: str, start_ns: int, end_ns: int, attributes: Mapping[str, AttributeValue], *, error: str | None = None
+) -> None:
+    """Record a span for work that has already happened (its times given), under the
+    current span: for work traced only when it turned out worth a look (slow, retried,
+    failed), so the common fast case costs no span at all. `error`: a short, content-free
+    description that marks the span failed."""
+    span = tracer.start_span(name, start_time=start_ns, attributes=attributes)
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, error))
+    span.end(end_time=end_ns)

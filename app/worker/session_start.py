@@ -127,6 +127,7 @@ async def prepare_session(
         services.store, record, call=services.call, spill=services.pending.adopt,
         analysis=analysis_request(services.settings, config), prices=services.prices,
         on_closed=services.session_closed,
+        trace_slow_write=services.settings.trace_slow_store_write_ms / 1000,
     )
     factory = AgentFactory(
         services.settings, configs,

@@ -190,10 +190,12 @@ class SessionManager:
         analysis: AnalysisRequest | None = None,
         prices: PriceTable | None = None,
         on_closed: Callable[[SessionRecord], None] | None = None,
+        trace_slow_write: float = 0.1,
     ) -> None:
         """`analysis`: what to ask after the call (None: the agent has no analysis).
         `prices`: to price the usage (None: the built-in price table). `on_closed`:
-        called once the last writes are flushed (or handed on)."""
+        called once the last writes are flushed (or handed on). `trace_slow_write`:
+        seconds from which a write batch that went fine gets a trace span (`_trace_write`)."""
         self._store = store
         self.record = record
         self._call = call
@@ -201,6 +203,7 @@ class SessionManager:
         self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=max_queue)
         self._retry_max_delay = retry_max_delay
         self._flush_timeout = flush_timeout
+        self._trace_slow_write = trace_slow_write
         self._writer: asyncio.Task[None] | None = None
         self._inflight: deque[Item] = deque()
         """The batch being written, in order; what is left of it if we are cancelled
@@ -223,6 +226,8 @@ class SessionManager:
         self._on_closed = on_closed
         self._session: AgentSession[Any] | None = None
         self.failed_writes = 0
+        self._lost_ops = 0
+        """Ops that failed for good in the writer (`_failed`), for the write spans."""
         self.dropped: list[str] = []
         self.spilled = 0
         """Writes handed to the process buffer at close (the store was down)."""
@@ -515,16 +520,18 @@ class SessionManager:
                 raise asyncio.CancelledError
             attempt += 1
             before = len(self._inflight)
-            started = time.perf_counter()
+            lost_before = self._lost_ops
+            started, started_ns = time.perf_counter(), time.time_ns()
             try:
-                with tracing.tracer.start_as_current_span(
-                    "store.session_write", attributes={"ops": before, "attempt": attempt}
-                ):
-                    await write_in_order(self._call, self._store, sid, self._inflight, self._failed, retried=attempt > 1)
-                metrics.STORE_WRITE_SECONDS.labels("ok").observe(time.perf_counter() - started)
+                await write_in_order(self._call, self._store, sid, self._inflight, self._failed, retried=attempt > 1)
+                seconds = time.perf_counter() - started
+                metrics.STORE_WRITE_SECONDS.labels("ok").observe(seconds)
+                self._trace_write(started_ns, seconds, before, attempt, lost=self._lost_ops - lost_before)
                 continue
             except StoreUnavailable as e:
-                metrics.STORE_WRITE_SECONDS.labels("unavailable").observe(time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                metrics.STORE_WRITE_SECONDS.labels("unavailable").observe(seconds)
+                self._trace_write(started_ns, seconds, before, attempt, lost=self._lost_ops - lost_before, unavailable=True)
                 self.failed_writes += 1
                 if attempt == 1 or attempt % 20 == 0:
                     names = ", ".join(dict.fromkeys(op.name for op in self._inflight))
@@ -537,9 +544,26 @@ class SessionManager:
             delay = min(delay * 2, self._retry_max_delay)
             self._take_queued()
 
+    def _trace_write(
+        self, start_ns: int, seconds: float, ops: int, attempt: int, *, lost: int, unavailable: bool = False
+    ) -> None:
+        """A `store.session_write` span for a batch worth a look: slower than
+        `trace_slow_write`, a retry, failed (store unavailable) or with ops lost for good.
+        A fast first-time write gets none (the `store_session_write_seconds` histogram counts
+        every batch): a span costs more CPU than a fast SQLite write."""
+        if not (unavailable or lost or attempt > 1 or seconds >= self._trace_slow_write):
+            return
+        outcome = "unavailable" if unavailable else "ops_failed" if lost else "ok"
+        tracing.record_span(
+            "store.session_write", start_ns, start_ns + int(seconds * 1e9),
+            {"ops": ops, "attempt": attempt, "outcome": outcome, "ops_failed": lost},
+            error=None if outcome == "ok" else f"store write {outcome}",
+        )
+
     def _failed(self, op: Item, e: BaseException) -> None:
         # Not an outage (a bug or a constraint): retrying would not help.
         self.failed_writes += 1
+        self._lost_ops += 1
         self.dropped.append(op.name)
         log.error("session %s: %s failed permanently", self.record.session_id, op.name, exc_info=e)
         log_lost(self.record.session_id, [op], f"{type(e).__name__}")

@@ -8,7 +8,9 @@ Run: `uv run python -m sim.bench.observability [--rounds 3] [--turns 400] [--den
 Prometheus metrics are recorded in every run (they cannot be turned off; a scrape is a
 request like any other): their cost is in both columns. Figures: text turns per CPU-second
 at concurrency 16 (throughput) and CPU seconds per session-minute (voice density), the
-medians over rounds, and the overhead of "on" in percent of "off". Ends with one JSON line.
+medians over rounds, and the overhead of "on" in percent of "off" (of the two medians;
+and, as `..._paired`, the median of each round's own overhead, which a neighbour's burst
+in one round moves less). Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -80,15 +82,23 @@ def main() -> None:
         spans = int(rx.communicate(timeout=30)[0].strip().splitlines()[-1])
     tp_off, tp_on = (statistics.median(rows["throughput"][m]) for m in ("off", "on"))
     vd_off, vd_on = (statistics.median(rows["density"][m]) for m in ("off", "on"))
+    tp_rounds = [(off / on - 1) * 100 for off, on in zip(rows["throughput"]["off"], rows["throughput"]["on"], strict=True)]
+    vd_rounds = [(on / off - 1) * 100 for off, on in zip(rows["density"]["off"], rows["density"]["on"], strict=True)]
     figures = {
         "turns_per_cpu_s_c16_off": tp_off, "turns_per_cpu_s_c16_on": tp_on,
         "throughput_cpu_overhead_pct": (tp_off / tp_on - 1) * 100,  # CPU per turn, on vs off
         "cpu_s_per_session_min_off": vd_off, "cpu_s_per_session_min_on": vd_on,
         "voice_cpu_overhead_pct": (vd_on / vd_off - 1) * 100,
+        "throughput_cpu_overhead_pct_paired": statistics.median(tp_rounds),
+        "voice_cpu_overhead_pct_paired": statistics.median(vd_rounds),
         "spans_received": spans, "rounds": args.rounds, "paired": args.paired, "load": os.getloadavg()[0],
     }
+    print("per round, on vs off: text " + ", ".join(f"{x:+.1f} %" for x in tp_rounds)
+          + "; voice " + ", ".join(f"{x:+.1f} %" for x in vd_rounds))
     print(f"CPU overhead of tracing: text turns {figures['throughput_cpu_overhead_pct']:+.1f} %, "
-          f"voice sessions {figures['voice_cpu_overhead_pct']:+.1f} % ({spans} spans exported)")
+          f"voice sessions {figures['voice_cpu_overhead_pct']:+.1f} % ({spans} spans exported); "
+          f"median of the rounds' own: text {figures['throughput_cpu_overhead_pct_paired']:+.1f} %, "
+          f"voice {figures['voice_cpu_overhead_pct_paired']:+.1f} %")
     emit(figures)
 
 

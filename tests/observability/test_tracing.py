@@ -36,7 +36,8 @@ async def test_one_trace_per_call_with_our_spans_and_livekits() -> None:
     receiver = OtlpReceiver()
     await receiver.start()
     try:
-        session_id, spans = await run_traced_call(receiver, OTEL_SERVICE_NAME="voice-test")
+        # every store write traced (by default only slow, retried or failed ones are)
+        session_id, spans = await run_traced_call(receiver, OTEL_SERVICE_NAME="voice-test", TRACE_SLOW_STORE_WRITE_MS="0")
     finally:
         await receiver.stop()
     assert receiver.requests >= 1
@@ -54,6 +55,7 @@ async def test_one_trace_per_call_with_our_spans_and_livekits() -> None:
     # ours, and LiveKit's session, model, speech and tool spans, in the one trace
     for name in ("call", "store.session_write", "agent_session", "agent_turn", "llm_node", "tts_node", "function_tool"):
         assert names[name], f"no {name!r} span in the call's trace: {sorted(names)}"
+    assert all(w.attributes["outcome"] == "ok" and w.attributes["ops"] >= 1 for w in names["store.session_write"])
     for s in trace:  # every span of the call names it
         assert s.attributes.get("session_id") == session_id, s.name
         assert s.attributes.get("agent_id") == "support-agent-v1" and s.attributes.get("config_version") == 1, s.name
@@ -79,6 +81,9 @@ async def test_content_goes_on_spans_only_when_allowed() -> None:
         await receiver.stop()
     args = [s.attributes.get("gen_ai.tool.call.arguments") for s in spans if s.name == "function_tool"]
     assert any(a and "AB1234567" in a for a in args), args
+    # LiveKit's own record of the model's input is there too (built only when it may leave)
+    chats = [s.attributes.get("lk.pii.chat_ctx") for s in spans if s.name == "llm_node"]
+    assert any(c and "AB1234567" in c for c in chats), chats
     assert {s.resource.get("service.name") for s in spans} == {"voice-platform"}
 
 
