@@ -16,33 +16,17 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from app.domain import SessionRecord, StoreUnavailable
+from app.domain import SessionRecord
 from app.observability import tracing
-from app.store.base import SessionWrite, UpdateSession
-from app.store.sql import SQLStore
+from app.store.base import UpdateSession
 from app.worker.sessions import SessionManager
-
-
-class SlowOrDownStore(SQLStore):
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.delay = 0.0
-        self.fail: Callable[[list[SessionWrite]], bool] = lambda ops: False
-
-    async def apply_session_writes(self, session_id: str, ops: list[SessionWrite]) -> None:
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.fail(ops):
-            raise StoreUnavailable("simulated outage")
-        await super().apply_session_writes(session_id, ops)
+from tests.worker.recording_store import RecordingStore, recording_store
 
 
 @pytest.fixture
 async def store(tmp_path: Any) -> Any:
-    s = SlowOrDownStore(f"sqlite+aiosqlite:///{tmp_path}/s.db")
-    await s.start()
-    yield s
-    await s.aclose()
+    async with recording_store(tmp_path) as s:
+        yield s
 
 
 @pytest.fixture
@@ -60,7 +44,7 @@ def writes(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
     return [s for s in exporter.get_finished_spans() if s.name == "store.session_write"]
 
 
-async def run_call(store: SlowOrDownStore, body: Callable[[SessionManager], Any], **kwargs: Any) -> ReadableSpan:
+async def run_call(store: RecordingStore, body: Callable[[SessionManager], Any], **kwargs: Any) -> ReadableSpan:
     """A session under its `call` span, as `session_start` runs it; returns the call span."""
     call = tracing.call_started("sess-1", "support-agent-v1", 3)
     try:
@@ -77,7 +61,7 @@ async def run_call(store: SlowOrDownStore, body: Callable[[SessionManager], Any]
     return call  # type: ignore[return-value]
 
 
-async def test_fast_writes_make_no_span(store: SlowOrDownStore, exported: InMemorySpanExporter) -> None:
+async def test_fast_writes_make_no_span(store: RecordingStore, exported: InMemorySpanExporter) -> None:
     async def talk(m: SessionManager) -> None:
         for i in range(3):
             m.add_turn("user", f"t{i}")
@@ -90,7 +74,7 @@ async def test_fast_writes_make_no_span(store: SlowOrDownStore, exported: InMemo
     assert [s.name for s in exported.get_finished_spans()] == ["call"]
 
 
-async def test_a_slow_write_gets_a_span_under_the_call(store: SlowOrDownStore, exported: InMemorySpanExporter) -> None:
+async def test_a_slow_write_gets_a_span_under_the_call(store: RecordingStore, exported: InMemorySpanExporter) -> None:
     async def talk(m: SessionManager) -> None:
         await m.flush(5)  # the session row: fast, no span
         store.delay = 0.06
@@ -111,7 +95,7 @@ async def test_a_slow_write_gets_a_span_under_the_call(store: SlowOrDownStore, e
     assert slow.attributes["session_id"] == "sess-1" and slow.attributes["config_version"] == 3
 
 
-async def test_zero_threshold_traces_every_batch(store: SlowOrDownStore, exported: InMemorySpanExporter) -> None:
+async def test_zero_threshold_traces_every_batch(store: RecordingStore, exported: InMemorySpanExporter) -> None:
     async def talk(m: SessionManager) -> None:
         await m.flush(5)
         m.add_turn("user", "t0")
@@ -121,7 +105,7 @@ async def test_zero_threshold_traces_every_batch(store: SlowOrDownStore, exporte
 
 
 async def test_an_outage_traces_each_failed_attempt_and_the_retry(
-    store: SlowOrDownStore, exported: InMemorySpanExporter
+    store: RecordingStore, exported: InMemorySpanExporter
 ) -> None:
     async def talk(m: SessionManager) -> None:
         await m.flush(5)
@@ -143,7 +127,7 @@ async def test_an_outage_traces_each_failed_attempt_and_the_retry(
     assert [t.text for t in rec.turns] == ["during the outage"]
 
 
-async def test_a_lost_op_marks_its_batch_failed(store: SlowOrDownStore, exported: InMemorySpanExporter) -> None:
+async def test_a_lost_op_marks_its_batch_failed(store: RecordingStore, exported: InMemorySpanExporter) -> None:
     async def talk(m: SessionManager) -> None:
         await m.flush(5)
         m.add_turn("user", "before")

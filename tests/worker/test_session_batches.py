@@ -6,38 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from app.domain import SessionRecord, SessionStatus, StoreUnavailable, Turn
 from app.store.base import AppendTurn, SessionWrite, UpdateSession
-from app.store.sql import SQLStore
 from app.worker.sessions import PendingWrites, SessionManager, instance_id
-
-
-class RecordingStore(SQLStore):
-    """Counts batches; `fail` decides per batch whether the store is down."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.batches: list[list[str]] = []
-        self.fail: Callable[[list[SessionWrite]], bool] = lambda ops: False
-
-    async def apply_session_writes(self, session_id: str, ops: list[SessionWrite]) -> None:
-        self.batches.append([op.name for op in ops])
-        if self.fail(ops):
-            raise StoreUnavailable("simulated outage")
-        await super().apply_session_writes(session_id, ops)
+from tests.worker.recording_store import RecordingStore, recording_store
 
 
 @pytest.fixture
 async def store(tmp_path: Any) -> Any:
-    s = RecordingStore(f"sqlite+aiosqlite:///{tmp_path}/s.db")
-    await s.start()
-    yield s
-    await s.aclose()
+    async with recording_store(tmp_path) as s:
+        yield s
 
 
 def record(sid: str = "sess-1") -> SessionRecord:
