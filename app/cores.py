@@ -98,11 +98,23 @@ def _v1_limits(root: Path, controllers: str, path: str) -> list[float]:
     return limits
 
 
-def worker_cpus(
-    index: int, processes: int, pinning: CpuPinning, *, allowed: set[int] | None = None,
-    quota: float | None = None,
+def worker_cpus(index: int, processes: int, pinning: CpuPinning) -> set[int] | None:
+    """The CPU worker process `index` of `processes` runs on here (this process's affinity
+    and CPU quota), or None: not pinned. The rules: `choose_worker_cpu`."""
+    if pinning == "off" or processes < 2:
+        return None
+    try:
+        allowed = set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux: nothing to pin with
+        return None
+    return choose_worker_cpu(index, processes, pinning, allowed=allowed, quota=quota_cores())
+
+
+def choose_worker_cpu(
+    index: int, processes: int, pinning: CpuPinning, *, allowed: set[int], quota: float | None
 ) -> set[int] | None:
-    """The CPU worker process `index` of `processes` runs on, or None: not pinned.
+    """The CPU worker process `index` of `processes` is pinned to, given the CPUs it may
+    use and the CPU quota (None: none), or None: not pinned.
 
     Why pin: every call of a worker process runs under its one interpreter lock, so a
     stop-the-world moment (a full garbage collection) stalls all of them at once. When
@@ -116,30 +128,21 @@ def worker_cpus(
     larger host would tie its processes to cores other tenants use too). `on` pins
     whenever there is more than one process; `off` never.
     """
-    if pinning == "off" or processes < 2:
+    if pinning == "off" or processes < 2 or len(allowed) < 2:
         return None
-    if allowed is None:
-        try:
-            allowed = set(os.sched_getaffinity(0))
-        except (AttributeError, OSError):  # not Linux: nothing to pin with
-            return None
-    if len(allowed) < 2:
+    if pinning == "auto" and quota is not None and quota < len(allowed) - 1e-9:
         return None
-    if pinning == "auto":
-        quota = quota_cores() if quota is None else quota
-        if quota is not None and quota < len(allowed) - 1e-9:
-            return None
     cpus = sorted(allowed)
     return {cpus[index % len(cpus)]}
 
 
-def pin_this_process(cpus: set[int] | None) -> set[int] | None:
+def pin_this_process(cpus: set[int] | None) -> list[int] | None:
     """Restrict this process to `cpus` (call before it starts threads: they inherit the
-    mask); returns the CPUs it was pinned to, None if it was not."""
+    mask); returns the CPUs it was pinned to, sorted, None if it was not."""
     if cpus is None:
         return None
     try:
         os.sched_setaffinity(0, cpus)
     except (AttributeError, OSError):
         return None
-    return cpus
+    return sorted(cpus)

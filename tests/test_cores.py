@@ -132,24 +132,24 @@ def test_several_worker_processes_with_the_process_executor_is_refused(tmp_path:
 
 def test_worker_processes_get_one_core_each_round_robin() -> None:
     two = {0, 1}
-    assert [cores.worker_cpus(i, 2, "auto", allowed=two, quota=None) for i in range(2)] == [{0}, {1}]
+    assert [cores.choose_worker_cpu(i, 2, "auto", allowed=two, quota=None) for i in range(2)] == [{0}, {1}]
     # more processes than cores (WORKER_PROCESSES up to 4 x): they share cores in turn
-    assert [cores.worker_cpus(i, 4, "auto", allowed={2, 5}, quota=None) for i in range(4)] == [{2}, {5}, {2}, {5}]
+    assert [cores.choose_worker_cpu(i, 4, "auto", allowed={2, 5}, quota=None) for i in range(4)] == [{2}, {5}, {2}, {5}]
     # a quota equal to the cores is the machine's own cores
-    assert cores.worker_cpus(1, 2, "auto", allowed=two, quota=2.0) == {1}
+    assert cores.choose_worker_cpu(1, 2, "auto", allowed=two, quota=2.0) == {1}
 
 
 def test_no_pinning_for_one_process_one_core_or_off() -> None:
-    assert cores.worker_cpus(0, 1, "on", allowed={0, 1}, quota=None) is None  # one process uses every core
-    assert cores.worker_cpus(0, 2, "on", allowed={3}, quota=None) is None  # nothing to choose from
-    assert cores.worker_cpus(1, 2, "off", allowed={0, 1}, quota=None) is None
+    assert cores.choose_worker_cpu(0, 1, "on", allowed={0, 1}, quota=None) is None  # one process uses every core
+    assert cores.choose_worker_cpu(0, 2, "on", allowed={3}, quota=None) is None  # nothing to choose from
+    assert cores.choose_worker_cpu(1, 2, "off", allowed={0, 1}, quota=None) is None
 
 
 def test_auto_leaves_a_quota_limited_container_unpinned_and_on_pins_it() -> None:
     # 2 cores of quota on a 16-core host: the cores are shared with other tenants
     host = set(range(16))
-    assert cores.worker_cpus(0, 2, "auto", allowed=host, quota=2.0) is None
-    assert cores.worker_cpus(1, 2, "on", allowed=host, quota=2.0) == {1}
+    assert cores.choose_worker_cpu(0, 2, "auto", allowed=host, quota=2.0) is None
+    assert cores.choose_worker_cpu(1, 2, "on", allowed=host, quota=2.0) == {1}
 
 
 def test_pinning_restricts_the_process_and_its_threads() -> None:

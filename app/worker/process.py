@@ -92,7 +92,7 @@ def worker_process_main(settings: Settings, index: int, conn: Connection, json_l
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings, json_logs=json_logs)
     if cpus is not None:
-        log.info("worker process %d pinned to CPU %s", index, ",".join(map(str, sorted(cpus))))
+        log.info("worker process %d pinned to CPU %s", index, ",".join(map(str, cpus)))
     raise SystemExit(asyncio.run(WorkerRuntime(settings, index, conn, dev=dev, cpus=cpus).run()))
 
 
@@ -100,10 +100,11 @@ class WorkerRuntime:
     """What runs inside one worker process. `run_jobs` is where calls come from (LiveKit)."""
 
     def __init__(
-        self, settings: Settings, index: int, conn: Connection, *, dev: bool = False, cpus: set[int] | None = None,
+        self, settings: Settings, index: int, conn: Connection, *, dev: bool = False, cpus: list[int] | None = None,
     ) -> None:
         self.settings = settings
-        self.cpus = sorted(cpus) if cpus is not None else None
+        self.cpus = cpus
+        """The cores this process is pinned to (`WORKER_CPU_PINNING`); None: not pinned."""
         self.index = index
         self.conn = conn
         self.dev = dev

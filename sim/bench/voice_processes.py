@@ -100,7 +100,6 @@ class BenchWorker:
         else:
             self.gc_pauses.append((info["generation"], time.perf_counter() - self._gc_t0))
 
-
     def send(self, msg: dict[str, Any]) -> None:
         with self._send_lock:
             self.conn.send(msg)
@@ -250,8 +249,7 @@ class BenchWorker:
 
 def bench_worker_main(opts: dict[str, Any], index: int, conn: Connection) -> None:
     # as app.worker.process.worker_process_main does, before any thread starts
-    cpus = pin_this_process(worker_cpus(index, opts["processes"], opts["pinning"]))
-    opts["cpus"] = sorted(cpus) if cpus is not None else None
+    opts["cpus"] = pin_this_process(worker_cpus(index, opts["processes"], opts["pinning"]))
     asyncio.run(BenchWorker(opts, index, conn).run())
 
 

@@ -21,6 +21,16 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def refused_at(tmp_path: Path, text: str, line: int, fragment: str) -> str:
+    """Load `text` as a scenario file: refused, naming `line` and `fragment`; the message."""
+    path = write(tmp_path, text)
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(path)
+    message = str(err.value)
+    assert f"{path}:{line}:" in message and fragment in message, message
+    return message
+
+
 def test_a_typo_is_reported_at_its_line(tmp_path: Path) -> None:
     path = write(tmp_path, """\
 name: typo
@@ -63,11 +73,7 @@ sessions:
     ],
 )
 def test_invalid_scenarios_name_the_line(tmp_path: Path, text: str, line: int, fragment: str) -> None:
-    path = write(tmp_path, text)
-    with pytest.raises(ScenarioError) as err:
-        load_scenario(path)
-    message = str(err.value)
-    assert f"{path}:{line}:" in message and fragment in message, message
+    message = refused_at(tmp_path, text, line, fragment)
     assert "Value error" not in message  # worded by app.domain.field_errors
 
 
@@ -126,11 +132,7 @@ async def test_the_readme_example_is_valid_and_passes(tmp_path: Path) -> None:
 def test_invalid_analysis_and_usage_expectations_name_the_line(
     tmp_path: Path, text: str, line: int, fragment: str
 ) -> None:
-    path = write(tmp_path, text)
-    with pytest.raises(ScenarioError) as err:
-        load_scenario(path)
-    message = str(err.value)
-    assert f"{path}:{line}:" in message and fragment in message, message
+    refused_at(tmp_path, text, line, fragment)
 
 
 @pytest.mark.parametrize(
@@ -148,11 +150,7 @@ def test_invalid_analysis_and_usage_expectations_name_the_line(
     ],
 )
 def test_invalid_key_and_audit_ops_name_the_line(tmp_path: Path, text: str, line: int, fragment: str) -> None:
-    path = write(tmp_path, text)
-    with pytest.raises(ScenarioError) as err:
-        load_scenario(path)
-    message = str(err.value)
-    assert f"{path}:{line}:" in message and fragment in message, message
+    refused_at(tmp_path, text, line, fragment)
 
 
 async def test_named_keys_and_the_audit_order_are_checked(tmp_path: Path) -> None:
