@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from app.background import stop_task
 from app.domain import AgentConfig, NotFound, Route, StoreUnavailable
 from app.domain.routing import RoutingTable
 from app.observability import metrics
@@ -125,11 +126,10 @@ class ConfigCache:
             self._poll_task = asyncio.create_task(self._poll_loop(), name="config-cache-poll")
 
     async def aclose(self) -> None:
-        if self._poll_task is not None:
-            self._poll_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poll_task
-            self._poll_task = None
+        """Stop polling; bounded even when a poll in flight swallows the cancel."""
+        task, self._poll_task = self._poll_task, None
+        if task is not None:
+            await stop_task(task, "config cache poll")
 
     # reads -------------------------------------------------------------------
 
@@ -229,7 +229,8 @@ class ConfigCache:
         metrics.CONFIG_CONFIRMED_AT.labels(metrics.CONFIG_CACHE).set_to_current_time()
 
     async def _poll_loop(self) -> None:
-        while True:
+        # Until `aclose` lets go of this task: a poll that swallowed the cancel ends here.
+        while self._poll_task is asyncio.current_task():
             await asyncio.sleep(self._poll_interval)
             try:
                 await self._check()

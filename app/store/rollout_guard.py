@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 
+from app.background import stop_task
 from app.domain import DomainError, RolloutConflict
 from app.domain.events import ChangeContext
 from app.domain.rollout import GUARD_ACTOR, GuardPolicy
@@ -55,11 +56,9 @@ class RolloutGuard:
             self._task = asyncio.create_task(self._run(), name="rollout-guard")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:  # bounded: a round in flight may swallow the cancel (app.background)
+            await stop_task(task, "rollout guard")
 
     def nudge(self) -> None:
         """A canary session ended: check soon. Safe from any thread."""
@@ -105,7 +104,7 @@ class RolloutGuard:
         return True
 
     async def _run(self) -> None:
-        while True:
+        while self._task is asyncio.current_task():  # until `aclose` lets go of it
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
                 await asyncio.sleep(NUDGE_DELAY)

@@ -23,6 +23,7 @@ import contextlib
 import logging
 from datetime import datetime, timedelta
 
+from app.background import stop_task
 from app.domain import StoreUnavailable
 from app.domain.calls import CallOutcome, Campaign, ContactStatus, after_attempt
 from app.domain.errors import WrongState
@@ -62,11 +63,9 @@ class CampaignRunner:
     async def aclose(self, grace_s: float = 5.0) -> None:
         """Stop claiming; dials ringing now get `grace_s` to finish, then are cancelled
         (their leases run out and another runner, or the next start, tries them again)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:  # bounded: a round in flight may swallow the cancel (app.background)
+            await stop_task(task, "campaign runner")
         if self._calls:
             _, pending = await asyncio.wait(self._calls, timeout=grace_s)
             for t in pending:
@@ -74,7 +73,7 @@ class CampaignRunner:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _loop(self) -> None:
-        while True:
+        while self._task is asyncio.current_task():  # until `aclose` lets go of it
             try:
                 await self.run_once()
             except StoreUnavailable as e:

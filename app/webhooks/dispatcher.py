@@ -29,6 +29,7 @@ from collections import OrderedDict
 import httpx
 from opentelemetry.trace import StatusCode
 
+from app.background import stop_task
 from app.domain import StoreUnavailable
 from app.domain.events import Event
 from app.domain.values import utcnow
@@ -102,12 +103,9 @@ class Dispatcher:
                 loop.call_soon_threadsafe(ev.set)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=STOP_GRACE)
-            if not self._task.done():
-                log.error("webhooks: the dispatch loop did not stop when cancelled")
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:  # bounded: a round in flight may swallow the cancel (app.background)
+            await stop_task(task, "webhooks: the dispatch loop", STOP_GRACE)
         running = [t for tasks in self._inflight.values() for t in tasks]
         if running:
             _, pending = await asyncio.wait(running, timeout=STOP_GRACE)
@@ -142,7 +140,7 @@ class Dispatcher:
 
     async def _run(self) -> None:
         assert self._wake is not None
-        while True:
+        while self._task is asyncio.current_task():  # until `aclose` lets go of it
             self._wake.clear()
             try:
                 await self.round()

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from app.agents.analysis import AnalysisOutcome, analysis_client, analysis_llm, run_analysis
+from app.background import stop_task
 from app.domain import SessionRecord, StoreUnavailable
 from app.domain.analysis import AnalysisStatus, SessionAnalysis
 from app.domain.pricing import PriceTable
@@ -116,10 +117,8 @@ class AnalysisRunner:
         """Stop claiming; cancel running analyses and give their leases back (so a
         restart or another process takes them at once rather than after the lease)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is not None:  # bounded: a claim in flight may swallow the cancel (app.background)
+            await stop_task(task, "analysis runner")
         running = list(self._running.values())
         for t, _ in running:
             t.cancel()
@@ -166,7 +165,7 @@ class AnalysisRunner:
     async def _run(self) -> None:
         assert self._wake is not None
         quiet = False
-        while True:
+        while self._task is asyncio.current_task():  # until `aclose` lets go of it
             self._wake.clear()
             try:
                 await self._claim()

@@ -226,7 +226,9 @@ class WorkerRuntime:
         """Stamp this process's active sessions alive; the supervisor's sweep abandons
         them once this stops (the process died)."""
         failing = False
-        while True:
+        # Not `while True`: a heartbeat in flight may swallow the shutdown's cancel
+        # (app.background), and the shutdown awaits this task.
+        while not self._stop.is_set():
             await asyncio.sleep(self.settings.session_heartbeat_interval)
             assert self.store is not None
             try:

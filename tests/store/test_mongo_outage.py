@@ -7,19 +7,24 @@
 - a session during an outage: `SessionManager` buffers the turns and flushes them when
   the server is back; nothing is dropped;
 - the server comes back empty: indexes (the uniqueness guarantees) are re-created
-  before the next write.
+  before the next write;
+- a store poller closed mid-operation stops within a bound, even when the driver
+  swallows its cancellation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from app.background import STOP_GRACE
 from app.domain import AlreadyExists, SessionRecord, SessionStatus, StoreUnavailable, Turn
 from app.store import ConfigStore, open_store
+from app.store.cache import ConfigCache
 from app.worker.sessions import SessionManager
 from sim.db_servers import MongoServer
 
@@ -143,3 +148,36 @@ async def test_server_back_empty_gets_its_indexes_again(tmp_path: Path, make_age
             assert await s.config_epoch() >= 1
         finally:
             await s.aclose()
+
+
+async def test_a_poller_closed_mid_operation_stops(store) -> None:
+    """The config cache's poll loop, closed while a Mongo call is in flight. On Python 3.11
+    pymongo can swallow that cancel (`asyncio.wait_for` around its socket writes returns
+    the result instead), so a loop that went on and an `aclose` that awaited it forever
+    hung `tests/reliability/test_store_outages.py::test_mongo_stops_mid_run` at teardown.
+    Closing is bounded, and the loop ends by itself (see `app.background`)."""
+    stuck: list[str] = []
+    swallowed = 0
+    for i in range(30):
+        cache = ConfigCache(store, poll_interval=0)  # always mid-poll: the race is likely
+        await cache.start()
+        poll = cache._poll_task
+        assert poll is not None
+        await asyncio.sleep((i % 20) * 0.001)
+        closer = asyncio.ensure_future(cache.aclose())
+        done, _ = await asyncio.wait({closer}, timeout=STOP_GRACE + 3)
+        if not done:
+            stuck.append(f"close {i}: aclose() did not return")
+        else:
+            done, _ = await asyncio.wait({poll}, timeout=5)  # the loop itself stopped too
+            if not done:
+                stuck.append(f"close {i}: the poll loop kept polling")
+        for t in (closer, poll):  # without the fix: get them out of the way (usually one more cancel)
+            for _ in range(20):
+                if t.done():
+                    break
+                t.cancel()
+                await asyncio.wait({t}, timeout=0.5)
+        swallowed += not poll.cancelled()  # it ended by itself: the driver ate the cancel
+    print(f"\n{swallowed} of 30 closes had their cancellation swallowed by the driver")
+    assert not stuck, stuck

@@ -268,3 +268,44 @@ async def test_a_hook_hears_of_each_stored_result(store: SQLStore) -> None:
     finally:
         await r.aclose()
     assert heard == [("s-1", AnalysisStatus.done)]
+
+
+async def test_close_is_bounded_when_a_claim_swallows_the_cancel(tmp_path: Path) -> None:
+    """A driver may catch the runner's cancellation mid-claim and carry on (pymongo on
+    Python 3.11 does: `app.background`): `aclose` still returns, and the loop stops
+    instead of claiming forever."""
+
+    class Swallowing(SQLStore):
+        claims = 0
+        swallow = asyncio.Event()
+        inside = asyncio.Event()
+
+        async def claim_analyses(self, owner: str, *, lease_s: float, limit: int) -> list[Any]:
+            self.claims += 1
+            if self.swallow.is_set():
+                self.swallow.clear()
+                self.inside.set()
+                try:
+                    await asyncio.sleep(30)
+                except asyncio.CancelledError:
+                    pass  # ... and the claim goes on as if nothing happened
+            return await super().claim_analyses(owner, lease_s=lease_s, limit=limit)
+
+    store = Swallowing(f"sqlite+aiosqlite:///{tmp_path}/a.db")
+    await store.start()
+    r = AnalysisRunner(settings(), store, owner="o", prices=PriceTable.defaults(), poll_interval=0.01)
+    r.start()
+    loop_task = r._task
+    assert loop_task is not None
+    try:
+        store.swallow.set()
+        await asyncio.wait_for(store.inside.wait(), 5)
+        closer = asyncio.ensure_future(r.aclose())
+        done, _ = await asyncio.wait({closer}, timeout=10)
+        assert done, "aclose() waited for a loop that swallowed its cancellation"
+        claims = store.claims
+        await asyncio.sleep(0.2)
+        assert store.claims == claims, "the loop went on claiming after aclose()"
+    finally:
+        loop_task.cancel()  # without the fix: stop it for good
+        await store.aclose()
