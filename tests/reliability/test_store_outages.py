@@ -29,9 +29,9 @@ import logging
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -50,6 +50,8 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("chattr") is None, reason="needs chattr (e2fsprogs)"),
 ]
+
+T = TypeVar("T")
 
 FIELDS = [("caller_name", "Ada Lovelace"), ("issue_category", "billing"), ("urgency", "high"),
           ("description", "I was charged twice for one order."), ("order_id", "AB123456")]
@@ -142,6 +144,35 @@ async def _patch(app: LiveApp) -> httpx.Response:
                              headers={"Content-Type": "application/merge-patch+json"})
 
 
+def _stuck_at(task: asyncio.Task[Any], depth: int = 0) -> str:
+    """Where a pending task waits: its chain of awaits, outermost first, into the task it
+    awaits if it awaits one."""
+    lines, coro = [], task.get_coro()
+    while coro is not None and len(lines) < 60:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    waiter = getattr(task, "_fut_waiter", None)
+    if isinstance(waiter, asyncio.Task) and depth < 5:
+        lines += [f"  ... awaiting task {waiter.get_name()!r}:", _stuck_at(waiter, depth + 1)]
+    return "\n".join(lines)
+
+
+async def _phase(name: str, seconds: float, work: Awaitable[T]) -> T:
+    """Run one phase of a test within `seconds` (generous: a run takes ~25 s in all), so a
+    stalled await fails the test naming the phase and the await it is stuck in, instead of
+    stalling CI. `asyncio.wait`, not `asyncio.timeout`: a cancellation that the code under
+    test swallows (see `app.background`) cannot stretch this bound."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if done:
+        return task.result()
+    where = _stuck_at(task)
+    task.cancel()
+    raise AssertionError(f"phase {name!r} did not finish within {seconds:g}s; stuck at:\n{where}")
+
+
 def _chattr(flag: str, *files: Path) -> None:
     subprocess.run(["chattr", flag, *map(str, files)], check=True)
 
@@ -200,8 +231,7 @@ async def test_sqlite_turns_read_only_mid_run(tmp_path: Path, live_app: type[Liv
         assert services.pending.lost == 0
     finally:
         _chattr("-i", *frozen)
-        await services.aclose()
-        await store.aclose()
+        await _phase("teardown", 60, _close(services, store))
 
 
 async def test_mongo_stops_mid_run(tmp_path: Path, live_app: type[LiveApp], lost_log) -> None:
@@ -210,56 +240,76 @@ async def test_mongo_stops_mid_run(tmp_path: Path, live_app: type[LiveApp], lost
     try:
         url = srv.url("outage")
         app = live_app(tmp_path, "mongo-app", database_url=url, livekit=False, extra_env={"LOG_LEVEL": "INFO"})
-        await asyncio.to_thread(app.wait_seeded)
+        await _phase("app seeded", 150, asyncio.to_thread(app.wait_seeded))
         store = open_store(url)
-        await store.start()
+        await _phase("store start", 30, store.start())
         services = WorkerServices(Settings(_env_file=None, cache_poll_interval=0.2), store)  # type: ignore[call-arg]
-        await services.start()
+        await _phase("services start", 30, services.start())
         try:
-            a = await Conversation(services, "before").start()
-            for i in range(2):
-                await a.turn(i)
-            assert await a.prepared.manager.flush(10)  # type: ignore[union-attr]
+            a = Conversation(services, "before")
 
-            await srv.astop()
-            t_out = time.monotonic()
-            for i in range(2, 4):
-                await a.turn(i)
-            # The cache's poll notices (0.2 s interval; a poll against a dead Mongo takes
-            # up to its 2 s server-selection timeout). Until it does, the snapshot is still
-            # fresh and sessions are rightly not marked degraded.
-            deadline = time.monotonic() + 10
-            while services.cache.is_fresh() and time.monotonic() < deadline:  # type: ignore[union-attr]
-                await asyncio.sleep(0.05)
-            b = await Conversation(services, "during").start()  # nothing readable: last known-good
-            assert b.prepared.config.agent_id == "support-agent-v1"  # type: ignore[union-attr]
-            assert "last known-good" in (b.prepared.record.degraded or "")  # type: ignore[union-attr]
-            await b.turn(0)
-            await b.close(flush_timeout=1.0)
-            assert b.prepared.manager.spilled > 0 and b.prepared.manager.dropped == []  # type: ignore[union-attr]
-            ready = await _wait_ready_async(app, 503, 20)
-            assert ready["store"] == "down", ready
-            r = await _patch(app)
-            assert r.status_code == 503 and r.headers.get("retry-after"), r.text
-            print(f"\n[outage mongo] stopped: /readyz 503 {time.monotonic() - t_out:.1f}s in; "
-                  f"{len(services.pending)} write(s) buffered")
+            async def before() -> None:
+                await a.start()
+                for i in range(2):
+                    await a.turn(i)
+                assert await a.prepared.manager.flush(10)  # type: ignore[union-attr]
 
-            await srv.astart()
-            t_back = time.monotonic()
-            assert await a.prepared.manager.flush(30)  # type: ignore[union-attr]
-            assert await services.pending.flush(30), len(services.pending)
-            await _wait_ready_async(app, 200, 30)
-            print(f"[outage mongo] restarted: flushed and /readyz 200 within {time.monotonic() - t_back:.1f}s")
-            await a.turn(4)
-            await a.close()
-            await a.check_stored(store)
-            await b.check_stored(store)
-            assert (await _patch(app)).status_code == 200
+            await _phase("before the outage", 120, before())
+
+            async def outage() -> Conversation:
+                await srv.astop()
+                t_out = time.monotonic()
+                for i in range(2, 4):
+                    await a.turn(i)
+                # The cache's poll notices (0.2 s interval; a poll against a dead Mongo takes
+                # up to its 2 s server-selection timeout). Until it does, the snapshot is still
+                # fresh and sessions are rightly not marked degraded.
+                deadline = time.monotonic() + 10
+                while services.cache.is_fresh() and time.monotonic() < deadline:  # type: ignore[union-attr]
+                    await asyncio.sleep(0.05)
+                b = await Conversation(services, "during").start()  # nothing readable: last known-good
+                assert b.prepared.config.agent_id == "support-agent-v1"  # type: ignore[union-attr]
+                assert "last known-good" in (b.prepared.record.degraded or "")  # type: ignore[union-attr]
+                await b.turn(0)
+                await b.close(flush_timeout=1.0)
+                assert b.prepared.manager.spilled > 0 and b.prepared.manager.dropped == []  # type: ignore[union-attr]
+                ready = await _wait_ready_async(app, 503, 20)
+                assert ready["store"] == "down", ready
+                r = await _patch(app)
+                assert r.status_code == 503 and r.headers.get("retry-after"), r.text
+                print(f"\n[outage mongo] stopped: /readyz 503 {time.monotonic() - t_out:.1f}s in; "
+                      f"{len(services.pending)} write(s) buffered")
+                return b
+
+            b = await _phase("during the outage", 150, outage())
+
+            async def restart() -> None:
+                await srv.astart()
+                t_back = time.monotonic()
+                assert await a.prepared.manager.flush(30)  # type: ignore[union-attr]
+                assert await services.pending.flush(30), len(services.pending)
+                await _wait_ready_async(app, 200, 30)
+                print(f"[outage mongo] restarted: flushed and /readyz 200 within {time.monotonic() - t_back:.1f}s")
+
+            await _phase("restart and flush", 180, restart())
+
+            async def after() -> None:
+                await a.turn(4)
+                await a.close()
+                await a.check_stored(store)
+                await b.check_stored(store)
+                assert (await _patch(app)).status_code == 200
+
+            await _phase("after recovery", 120, after())
             assert not _lost(lost_log), _lost(lost_log)
             assert services.pending.lost == 0
         finally:
-            await services.aclose()
-            await store.aclose()
+            await _phase("teardown", 60, _close(services, store))
             app.stop()
     finally:
         srv.close()
+
+
+async def _close(services: WorkerServices, store: Any) -> None:
+    await services.aclose()
+    await store.aclose()
