@@ -1,6 +1,6 @@
 """Scripted conversation turns per second through the full sim harness, in one process.
 
-Run: `uv run python -m sim.bench.throughput [--turns 400] [--per-session 25]`
+Run: `uv run python -m sim.bench.throughput [--turns 400] [--per-session 25] [--no-gc-freeze]`
 
 Each session is a real one as `pytest sim/` runs it (`sim.harness.run_session`):
 routing, cached config, AgentFactory, SessionManager writing the record to SQLite,
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import time
 from typing import Any
 
@@ -94,13 +95,19 @@ async def measure(
     return done / elapsed, done / cpu
 
 
-async def main(total_turns: int, per_session: int) -> dict[str, Any]:
+async def main(total_turns: int, per_session: int, gc_freeze: bool = True) -> dict[str, Any]:
     scenario = Scenario.model_validate({"name": "throughput", "sessions": [{}]})
     figures: dict[str, Any] = {}
     # Production settings: the sim's 50 ms cache poll (for outage scenarios) would add
     # twenty store queries a second that a worker does not make.
     async with SimEnvironment(scenario, settings_overrides=PRODUCTION) as env:
         await measure(env, per_session * 2, per_session, 2, False)  # warm-up
+        if gc_freeze:
+            # as a worker process does after its warm-up (app/worker/process.py): the
+            # start-up heap leaves the cyclic GC, whose full collections would otherwise
+            # scan every imported object and weigh on every turn measured
+            gc.collect()
+            gc.freeze()
         for tool in (False, True):
             for c in (1, 16):
                 rate, per_cpu = await measure(env, total_turns, per_session, c, tool)
@@ -110,7 +117,7 @@ async def main(total_turns: int, per_session: int) -> dict[str, Any]:
                 label = "tool call + text" if tool else "text"
                 print(f"  {label:>16} turns, concurrency {c:2d}: {rate:7.1f} turns/s"
                       f"   ({per_cpu:7.1f} turns per CPU-second of this process)", flush=True)
-    figures.update(turns=total_turns, per_session=per_session)
+    figures.update(turns=total_turns, per_session=per_session, gc_freeze=gc_freeze)
     return figures
 
 
@@ -118,11 +125,13 @@ def _cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=400, help="turns per measurement")
     parser.add_argument("--per-session", type=int, default=25, help="turns per session")
+    parser.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=True,
+                        help="gc.freeze() after the warm-up, as worker processes do")
     args = parser.parse_args()
     traced = start_tracing(Settings(_env_file=None)) is not None  # type: ignore[call-arg]
     print(f"tracing: {'on (OTEL_EXPORTER_OTLP_*)' if traced else 'off'}")
     print(f"throughput through the full harness ({args.turns} turns per figure, {args.per_session} per session)")
-    emit(asyncio.run(main(args.turns, args.per_session)) | {"tracing": traced})
+    emit(asyncio.run(main(args.turns, args.per_session, args.gc_freeze)) | {"tracing": traced})
     tracing.shutdown()
 
 
