@@ -15,7 +15,13 @@ from livekit.plugins import openai as lk_openai
 from openai.resources.chat.completions import completions as completions_module
 
 from app.adapters import (
-    install_adapters, livekit_agents, openai_sdk, opentelemetry_sdk, otlp_exporter, pins, silero as silero_adapter,
+    install_adapters,
+    livekit_agents,
+    openai_sdk,
+    opentelemetry_sdk,
+    otlp_exporter,
+    pins,
+    silero as silero_adapter,
 )
 from app.adapters.livekit_agents import SegmentingSTT
 from app.agents.audio import session_audio_models

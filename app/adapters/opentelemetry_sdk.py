@@ -22,9 +22,10 @@ library would have refused with a warning.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Span
 from opentelemetry.util import types
 
@@ -40,34 +41,45 @@ _library_set_attribute: Callable[[Span, str, types.AnyValue], None] = Span.set_a
 _library_set_attributes: Callable[[Span, Mapping[str, types.AnyValue]], None] = Span.set_attributes
 
 
-def _stored(span: Span, key: str, value: Any) -> bool:
-    """Store `value` as the library would, where its checks cannot change the outcome."""
-    if span._end_time is not None or type(value) not in _SCALARS or type(key) is not str or not key:
-        return False
-    bounded = span._attributes
+def _room(span: Span, keys: Iterable[Any], values: Iterable[Any]) -> dict[str, Any] | None:
+    """The span's attribute map when every key and value can be stored as the library would
+    store it without its checks changing the outcome (module doc); else None."""
+    if span._end_time is not None:
+        return None
+    bounded = cast(BoundedAttributes, span._attributes)  # a live span's: the SDK's bounded map
     if bounded.max_value_len is not None:
-        return False
+        return None
+    for value in values:
+        if type(value) not in _SCALARS:
+            return None
     attributes = bounded._dict
-    if key in attributes:
-        del attributes[key]
-    elif bounded.maxlen is not None and len(attributes) >= bounded.maxlen:
-        return False  # full: the library drops the oldest and counts it
-    attributes[key] = value
-    return True
+    new = 0
+    for key in keys:
+        if type(key) is not str or not key:
+            return None
+        new += key not in attributes
+    if bounded.maxlen is not None and len(attributes) + new > bounded.maxlen:
+        return None  # full: the library drops the oldest and counts it
+    return attributes
 
 
 def set_attribute(self: Span, key: str, value: types.AnyValue) -> None:
-    if not _stored(self, key, value):
+    attributes = _room(self, (key,), (value,))
+    if attributes is None:
         _library_set_attribute(self, key, value)
+        return
+    attributes.pop(key, None)  # a key written again moves to the end, as in the library
+    attributes[key] = value
 
 
 def set_attributes(self: Span, attributes: Mapping[str, types.AnyValue]) -> None:
-    if self._end_time is not None:
-        _library_set_attributes(self, attributes)  # one warning, as the library gives
+    stored = _room(self, attributes.keys(), attributes.values())
+    if stored is None:
+        _library_set_attributes(self, attributes)  # its warnings, in its order
         return
     for key, value in attributes.items():
-        if not _stored(self, key, value):
-            _library_set_attributes(self, {key: value})
+        stored.pop(key, None)
+        stored[key] = value
 
 
 def install() -> bool:
