@@ -21,7 +21,8 @@ KEYS = st.sampled_from(["a", "b", "c", "session_id", "lk.pii.text", "", "d"])
 VALUES = st.one_of(
     st.text(max_size=12), st.integers(min_value=-(2**63), max_value=2**63 - 1), st.floats(allow_nan=False),
     st.booleans(), st.none(), st.binary(max_size=4), st.lists(st.text(max_size=3), max_size=3),
-    st.just(object()),
+    st.tuples(st.integers(), st.text(max_size=2)), st.lists(st.one_of(st.none(), st.booleans()), max_size=2),
+    st.lists(st.lists(st.integers(), max_size=1), max_size=2), st.just(object()),
 )
 WRITE = st.one_of(
     st.tuples(st.just("one"), KEYS, VALUES),
