@@ -13,8 +13,8 @@ in place and logs one warning. Nothing is patched or enabled on import:
   the PII filter's key test answered once per key.
 - `opentelemetry_sdk`: a span's scalar attribute stored without the library's two locks
   and re-check where they cannot change the outcome.
-- `otlp_exporter`: the OTLP span encoder filling one request in place (same bytes, no
-  per-level copies).
+- `otlp_exporter`: the OTLP span encoder writing the request's protobuf bytes itself (the
+  library's bytes, what repeats encoded once).
 """
 
 from __future__ import annotations
