@@ -5,6 +5,10 @@ a neighbour's load hits both alike; `--no-paired` runs them back to back instead
 
 Run: `uv run python -m sim.bench.observability [--rounds 3] [--turns 400] [--density-args "--sizes 10 --seconds 20"] [--sample 0.1]`
 
+Then, unless `--alternate 0`, the text figure again inside one process
+(`sim.bench.throughput --alternate N`: blocks with tracing off and on, interleaved), which
+two processes side by side, however paired, cannot match for noise on a shared machine.
+
 Every call is traced unless `--sample R`: then the "on" process samples a fraction R of
 calls (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=R`), as a
 deployment that traces a share of its calls would.
@@ -71,6 +75,8 @@ def main() -> None:
                     help="arguments for sim.bench.voice_density")
     ap.add_argument("--paired", action=argparse.BooleanOptionalAction, default=True,
                     help="run the off and on process of a round at the same time")
+    ap.add_argument("--alternate", type=int, default=6, metavar="N",
+                    help="pairs of in-process text blocks, tracing off and on (0: skip)")
     ap.add_argument("--sample", type=float, default=None, metavar="R",
                     help="trace a fraction R of calls in the 'on' process (default: every call)")
     args = ap.parse_args()
@@ -88,6 +94,10 @@ def main() -> None:
                 print(f"round {r + 1} tracing {mode:>3}: text c16 {tp['turns_per_cpu_s_c16']:7.1f} turns/CPU-s, "
                       f"voice {vd['cpu_s_per_session_min']:.3f} CPU-s per session-minute "
                       f"(load {os.getloadavg()[0]:.1f})", flush=True)
+        alternating = None
+        if args.alternate:
+            alternating = _figures(_start("sim.bench.throughput", ["--turns", str(args.turns), "--alternate",
+                                                                   str(args.alternate)], endpoint, args.sample), True)
     finally:
         rx.send_signal(signal.SIGTERM)
         spans = int(rx.communicate(timeout=30)[0].strip().splitlines()[-1])
@@ -105,6 +115,11 @@ def main() -> None:
         "spans_received": spans, "rounds": args.rounds, "paired": args.paired, "sample": args.sample,
         "load": os.getloadavg()[0],
     }
+    if alternating is not None:
+        figures["text_cpu_overhead_pct_alternating"] = alternating["alternating_text_overhead_pct"]
+        print("text, one process, off/on blocks interleaved: "
+              + ", ".join(f"{x:+.1f} %" for x in alternating["alternating_pairs_pct"])
+              + f"; median {alternating['alternating_text_overhead_pct']:+.1f} %")
     print("per round, on vs off: text " + ", ".join(f"{x:+.1f} %" for x in tp_rounds)
           + "; voice " + ", ".join(f"{x:+.1f} %" for x in vd_rounds))
     print(f"CPU overhead of tracing: text turns {figures['throughput_cpu_overhead_pct']:+.1f} %, "
