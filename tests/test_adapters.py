@@ -14,7 +14,15 @@ import pytest
 from livekit.plugins import openai as lk_openai
 from openai.resources.chat.completions import completions as completions_module
 
-from app.adapters import install_adapters, livekit_agents, openai_sdk, otlp_exporter, pins, silero as silero_adapter
+from app.adapters import (
+    install_adapters,
+    livekit_agents,
+    openai_sdk,
+    opentelemetry_sdk,
+    otlp_exporter,
+    pins,
+    silero as silero_adapter,
+)
 from app.adapters.livekit_agents import SegmentingSTT
 from app.agents.audio import session_audio_models
 
@@ -22,12 +30,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_adapter_pins_the_installed_version() -> None:
-    for module in (openai_sdk, silero_adapter, livekit_agents, otlp_exporter):
+    for module in (openai_sdk, silero_adapter, livekit_agents, otlp_exporter, opentelemetry_sdk):
         assert pins.installed_version(module.DISTRIBUTION) == module.WRITTEN_AGAINST, module.__name__
         assert f"{module.DISTRIBUTION} {module.WRITTEN_AGAINST}" in (module.__doc__ or "").replace("\n", " ")
     assert install_adapters() == {
         "app.adapters.openai_sdk": True, "app.adapters.silero": True, "app.adapters.livekit_agents": True,
-        "app.adapters.otlp_exporter": True,
+        "app.adapters.otlp_exporter": True, "app.adapters.opentelemetry_sdk": True,
     }
 
 
@@ -75,11 +83,13 @@ def test_nothing_is_installed_by_importing() -> None:
         import app.agents.factory, app.worker.entrypoint, app.supervisor, app.chat
         from openai.resources.chat.completions import completions
         from app.adapters import silero, livekit_agents, otlp_exporter
-        from livekit.agents.telemetry import input_delta
+        from livekit.agents.telemetry import input_delta, pii
         from opentelemetry.exporter.otlp.proto.common import trace_encoder
+        from opentelemetry.sdk.trace import Span
         def state():
             print(hasattr(completions.async_maybe_transform, "__wrapped__"), silero.active(), livekit_agents.active(),
-                  hasattr(input_delta.compute, "__wrapped__"), hasattr(trace_encoder.encode_spans, "__wrapped__"))
+                  hasattr(input_delta.compute, "__wrapped__"), hasattr(trace_encoder.encode_spans, "__wrapped__"),
+                  hasattr(pii.is_pii_attribute, "__wrapped__"), hasattr(Span.set_attribute, "__wrapped__"))
         state()
         from app.settings import Settings
         from app.worker.services import WorkerServices
@@ -93,7 +103,7 @@ def test_nothing_is_installed_by_importing() -> None:
     """)
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:2] == ["False False False False False", "True True True True True"], out.stdout
+    assert out.stdout.split("\n")[:2] == ["False " * 6 + "False", "True " * 6 + "True"], out.stdout
 
 
 def test_otlp_encoder_left_alone_on_another_version(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -107,4 +117,20 @@ def test_otlp_encoder_left_alone_on_another_version(monkeypatch: pytest.MonkeyPa
     with caplog.at_level(logging.WARNING, logger="app.adapters"):
         assert otlp_exporter.install() is False
     assert trace_encoder.encode_spans is library_encode and not otlp_exporter.active()
+    assert any("0.0.1" in r.getMessage() for r in caplog.records)
+
+
+def test_sdk_attribute_writes_left_alone_on_another_version(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from opentelemetry.sdk.trace import Span
+
+    monkeypatch.setattr(opentelemetry_sdk, "_installed", False)
+    monkeypatch.setattr(opentelemetry_sdk, "_active", False)
+    monkeypatch.setattr(opentelemetry_sdk, "WRITTEN_AGAINST", "0.0.1")
+    monkeypatch.setattr(Span, "set_attribute", opentelemetry_sdk._library_set_attribute)
+    monkeypatch.setattr(Span, "set_attributes", opentelemetry_sdk._library_set_attributes)
+    with caplog.at_level(logging.WARNING, logger="app.adapters"):
+        assert opentelemetry_sdk.install() is False
+    assert Span.set_attribute is opentelemetry_sdk._library_set_attribute and not opentelemetry_sdk.active()
     assert any("0.0.1" in r.getMessage() for r in caplog.records)

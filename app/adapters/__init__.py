@@ -9,9 +9,12 @@ in place and logs one warning. Nothing is patched or enabled on import:
   the identity;
 - `silero`: silero's VAD stream run inline, one per session (`SessionVAD`);
 - `livekit_agents`: `stt.StreamAdapter` segmenting on that one VAD stream
-  (`SegmentingSTT`); no chat-context JSON for a trace span whose PII filter would drop it.
-- `otlp_exporter`: the OTLP span encoder filling one request in place (same bytes, no
-  per-level copies).
+  (`SegmentingSTT`); no chat-context JSON for a trace span whose PII filter would drop it;
+  the PII filter's key test answered once per key.
+- `opentelemetry_sdk`: a span's scalar attribute stored without the library's two locks
+  and re-check where they cannot change the outcome.
+- `otlp_exporter`: the OTLP span encoder writing the request's protobuf bytes itself (the
+  library's bytes, what repeats encoded once).
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ def install_adapters() -> dict[str, bool]:
 
     Call it on the main thread: the silero adapter imports the silero plugin, and
     LiveKit plugins register themselves on the main thread only."""
-    from app.adapters import livekit_agents, openai_sdk, otlp_exporter, silero
+    from app.adapters import livekit_agents, openai_sdk, opentelemetry_sdk, otlp_exporter, silero
 
     return {
         openai_sdk.__name__: openai_sdk.install(),
         silero.__name__: silero.install(),
         livekit_agents.__name__: livekit_agents.install(),
         otlp_exporter.__name__: otlp_exporter.install(),
+        opentelemetry_sdk.__name__: opentelemetry_sdk.install(),
     }

@@ -1,14 +1,17 @@
 """livekit-agents: `stt.StreamAdapter` that segments on the session's primary VAD stream,
-and no chat-context JSON for a trace span that would drop it.
+no chat-context JSON for a trace span that would drop it, and the PII filter's key test
+answered once per key.
 
 Written against livekit-agents 1.8.9: `_SegmentStream` subclasses the private
 `livekit.agents.stt.stream_adapter.StreamAdapterWrapper` and uses its `_input_ch`,
 `_event_ch`, `_FlushSentinel`, `_wrapped_stt` and `_wrapped_stt_conn_options`;
 `_skip_dropped_chat_context` wraps `livekit.agents.telemetry.input_delta.compute` and
 reads `telemetry.traces.tracer._tracer_provider`, `traces._cloud._trace_provider_attached`
-and `pii._PIIFilteringSpanProcessor._allow_pii`. `install()` checks the installed
-version; when it differs, `active()` is False, agents get LiveKit's own `StreamAdapter`
-(`app.agents.audio.session_audio_models`) and `input_delta.compute` is left alone.
+and `pii._PIIFilteringSpanProcessor._allow_pii`; `_memoize_pii_keys` replaces
+`telemetry.pii.is_pii_attribute`, which `pii._contains_pii` and `pii.filter_attributes`
+call by that module-level name. `install()` checks the installed version; when it
+differs, `active()` is False, agents get LiveKit's own `StreamAdapter`
+(`app.agents.audio.session_audio_models`) and both telemetry functions are left alone.
 
 `SegmentingSTT` is `stt.StreamAdapter` for the agent's STT whose stream runs no VAD of
 its own: it cuts the utterance from the audio *it* was given (the STT pipeline's
@@ -30,11 +33,17 @@ dropped (the provider's PII filter strips `lk.pii.*`, no LiveKit Cloud exporter 
 attached, which would get the unfiltered span, and no `input_delta` recording needs the
 node's record), the node gets an empty chat context to serialize instead; everything
 else the span records, and what the model receives, is unchanged.
+
+The PII filter (`pii._PIIFilteringSpanProcessor.on_end`) asks `is_pii_attribute` about
+every attribute of every span as it ends: a split of the key and three tests, on the
+event loop, for the same few dozen keys all day. The answer depends on the key alone,
+so it is kept per key (bounded: an unexpected stream of new keys only evicts).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from typing import Any
@@ -79,6 +88,7 @@ def install() -> bool:
         _active = matches(DISTRIBUTION, WRITTEN_AGAINST, adapter=__name__)
         if _active:
             _skip_dropped_chat_context()
+            _memoize_pii_keys()
     return _active
 
 
@@ -362,3 +372,13 @@ def _skip_dropped_chat_context() -> None:
 
     compute.__wrapped__ = original  # type: ignore[attr-defined]
     input_delta.compute = compute
+
+
+PII_KEYS_REMEMBERED = 4096
+
+
+def _memoize_pii_keys() -> None:
+    original = pii.is_pii_attribute
+    if hasattr(original, "__wrapped__"):
+        return
+    pii.is_pii_attribute = functools.lru_cache(maxsize=PII_KEYS_REMEMBERED)(original)

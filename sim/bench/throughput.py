@@ -1,6 +1,6 @@
 """Scripted conversation turns per second through the full sim harness, in one process.
 
-Run: `uv run python -m sim.bench.throughput [--turns 400] [--per-session 25]`
+Run: `uv run python -m sim.bench.throughput [--turns 400] [--per-session 25] [--no-gc-freeze] [--alternate 6]`
 
 Each session is a real one as `pytest sim/` runs it (`sim.harness.run_session`):
 routing, cached config, AgentFactory, SessionManager writing the record to SQLite,
@@ -19,14 +19,28 @@ workload as `tool_turns_per_s_c1`, `tool_turns_per_s_c16`. Each also as turns pe
 CPU-second of this process (`..._per_cpu_s_...`): the process is one event loop, so on
 an otherwise idle core the wall figure approaches this one; on a shared machine the
 wall figure mostly measures the neighbours.
+
+`--alternate N` (with tracing configured by `OTEL_*`) measures what tracing costs a text
+turn inside one process instead: N pairs of blocks of `--turns` text turns at
+concurrency 16, LiveKit's tracer switched between the provider and none from block to
+block (off-on, then on-off, ...), each "on" block's spans exported within its CPU time.
+Both sides share the process, its heap and the hour's neighbours, which two processes
+side by side do not; the platform's own spans (one `call` span per session) stay on in
+both. Ends with `alternating_text_overhead_pct`, the median of the pairs' overheads.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import statistics
 import time
 from typing import Any
+
+from livekit.agents.telemetry import traces
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import NoOpTracerProvider
 
 from app.observability import tracing
 from app.settings import Settings
@@ -94,13 +108,19 @@ async def measure(
     return done / elapsed, done / cpu
 
 
-async def main(total_turns: int, per_session: int) -> dict[str, Any]:
+async def main(total_turns: int, per_session: int, gc_freeze: bool = True) -> dict[str, Any]:
     scenario = Scenario.model_validate({"name": "throughput", "sessions": [{}]})
     figures: dict[str, Any] = {}
     # Production settings: the sim's 50 ms cache poll (for outage scenarios) would add
     # twenty store queries a second that a worker does not make.
     async with SimEnvironment(scenario, settings_overrides=PRODUCTION) as env:
         await measure(env, per_session * 2, per_session, 2, False)  # warm-up
+        if gc_freeze:
+            # as a worker process does after its warm-up (app/worker/process.py): the
+            # start-up heap leaves the cyclic GC, whose full collections would otherwise
+            # scan every imported object and weigh on every turn measured
+            gc.collect()
+            gc.freeze()
         for tool in (False, True):
             for c in (1, 16):
                 rate, per_cpu = await measure(env, total_turns, per_session, c, tool)
@@ -110,19 +130,56 @@ async def main(total_turns: int, per_session: int) -> dict[str, Any]:
                 label = "tool call + text" if tool else "text"
                 print(f"  {label:>16} turns, concurrency {c:2d}: {rate:7.1f} turns/s"
                       f"   ({per_cpu:7.1f} turns per CPU-second of this process)", flush=True)
-    figures.update(turns=total_turns, per_session=per_session)
+    figures.update(turns=total_turns, per_session=per_session, gc_freeze=gc_freeze)
     return figures
+
+
+async def alternate(total_turns: int, per_session: int, pairs: int, provider: TracerProvider) -> dict[str, Any]:
+    """Text turns with LiveKit's tracer on and off in this process, block by block (module doc)."""
+    scenario = Scenario.model_validate({"name": "throughput", "sessions": [{}]})
+    overheads: list[float] = []
+    async with SimEnvironment(scenario, settings_overrides=PRODUCTION) as env:
+        await measure(env, per_session * 2, per_session, 2, False)  # warm-up, traced
+        gc.collect()
+        gc.freeze()  # as worker processes do
+        for pair in range(pairs):
+            cpu: dict[bool, float] = {}
+            for traced in ((False, True) if pair % 2 == 0 else (True, False)):
+                traces.tracer.set_provider(provider if traced else NoOpTracerProvider())
+                c0 = time.process_time()
+                await measure(env, total_turns, per_session, 16, False)
+                if traced:
+                    await asyncio.to_thread(provider.force_flush)
+                cpu[traced] = time.process_time() - c0
+            overheads.append((cpu[True] / cpu[False] - 1) * 100)
+            print(f"  pair {pair + 1}: {cpu[False] / total_turns * 1e3:.2f} ms CPU per turn off, "
+                  f"{cpu[True] / total_turns * 1e3:.2f} on: {overheads[-1]:+.1f} %", flush=True)
+        traces.tracer.set_provider(provider)
+    return {"alternating_text_overhead_pct": statistics.median(overheads), "alternating_pairs_pct": overheads,
+            "turns": total_turns, "per_session": per_session}
 
 
 def _cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=400, help="turns per measurement")
     parser.add_argument("--per-session", type=int, default=25, help="turns per session")
+    parser.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=True,
+                        help="gc.freeze() after the warm-up, as worker processes do")
+    parser.add_argument("--alternate", type=int, default=0, metavar="N",
+                        help="N pairs of text blocks with tracing off and on in this process (needs OTEL_*)")
     args = parser.parse_args()
-    traced = start_tracing(Settings(_env_file=None)) is not None  # type: ignore[call-arg]
+    provider = start_tracing(Settings(_env_file=None))
+    traced = provider is not None
     print(f"tracing: {'on (OTEL_EXPORTER_OTLP_*)' if traced else 'off'}")
+    if args.alternate:
+        if provider is None:
+            raise SystemExit("--alternate needs tracing configured: set OTEL_EXPORTER_OTLP_ENDPOINT")
+        print(f"tracing off and on, alternating in one process ({args.turns} text turns per block)")
+        emit(asyncio.run(alternate(args.turns, args.per_session, args.alternate, provider)) | {"tracing": True})
+        tracing.shutdown()
+        return
     print(f"throughput through the full harness ({args.turns} turns per figure, {args.per_session} per session)")
-    emit(asyncio.run(main(args.turns, args.per_session)) | {"tracing": traced})
+    emit(asyncio.run(main(args.turns, args.per_session, args.gc_freeze)) | {"tracing": traced})
     tracing.shutdown()
 
 
