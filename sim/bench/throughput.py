@@ -155,7 +155,8 @@ async def alternate(total_turns: int, per_session: int, pairs: int, provider: Tr
             print(f"  pair {pair + 1}: {cpu[False] / total_turns * 1e3:.2f} ms CPU per turn off, "
                   f"{cpu[True] / total_turns * 1e3:.2f} on: {overheads[-1]:+.1f} %", flush=True)
         traces.tracer.set_provider(provider)
-    return {"alternating_text_overhead_pct": statistics.median(overheads), "alternating_pairs_pct": overheads,
+    return {"alternating_text_overhead_pct": statistics.median(overheads),
+            "alternating_pairs_pct": [round(x, 1) for x in overheads],
             "turns": total_turns, "per_session": per_session}
 
 
