@@ -6,19 +6,19 @@ of `opentelemetry.sdk.trace`, which take the span's lock, then the attribute map
 every attribute. `install()` checks the installed version first and leaves both alone,
 with one warning, when it differs.
 
-Why: LiveKit Agents writes ~50 attributes per traced turn (and `CallAttributes` three
-per span), on the event loop that also serves live audio; the two locks and the value
-check were the largest part of what recording them cost. For the common case, a `str`,
-`bool`, `int` or `float` value (or a list or tuple of them) under a non-empty string key,
-on a live span, with no attribute-length limit set and room in the map (or the key
-already in it), the checks cannot change the outcome, so the value is stored as the
-library would store it (a sequence as a tuple; a key written again moves to the end of
-the map, as the library's delete-then-insert does). Every other case (`None`, bytes,
-nested or mixed values, an ended span, a full map, a length limit) takes the library's
-own path, a mapping of several attributes whole, so its warnings come in its order. The span's lock guards against a concurrent `end()`; spans are
-written from the thread that runs them, and one dictionary store is atomic under the GIL,
-so the worst a race with `end()` on another thread can do is keep one attribute the
-library would have refused with a warning.
+Why: LiveKit Agents writes dozens of attributes per traced turn (and `CallAttributes`
+three per span) on the event loop that also serves live audio, and each write paid for
+both locks and the check. For the common case, a `str`, `bool`, `int` or `float` value
+(or a list or tuple of them) under a non-empty string key, on a live span, with no
+attribute-length limit set and room in the map (or the key already in it), the checks
+cannot change the outcome, so the value is stored as the library would store it (a
+sequence as a tuple; a key written again moves to the end of the map, as the library's
+delete-then-insert does). Every other case (`None`, bytes, nested or mixed values, an
+ended span, a full map, a length limit) takes the library's own path, a mapping of
+several attributes whole, so its warnings come in its order. The span's lock guards
+against a concurrent `end()`; spans are written from the thread that runs them, and one
+dictionary store is atomic under the GIL, so the worst a race with `end()` on another
+thread can do is keep one attribute the library would have refused with a warning.
 """
 
 from __future__ import annotations
