@@ -246,6 +246,15 @@ def _plain_map(attributes: types.Attributes, maxlen: int | None) -> dict[str, An
 class LeanSpan(Span):
     """An SDK span on plain maps, ended through a `_Plan` (module doc)."""
 
+    # what every lean span starts with, until it is written (no event list until an event)
+    _trace_config = None
+    _record_end_metrics = None
+    _lock = _lock
+    _status = _UNSET
+    _end_time = None
+    _events: tuple[()] | list[Event] | BoundedList[Event] = ()
+    _links: tuple[()] | BoundedList[trace_api.Link] = ()
+
     def __init__(
         self, name: str, context: trace_api.SpanContext, parent: trace_api.SpanContext | None, tracer: Tracer,
         kind: SpanKind, attributes: types.Attributes, record_exception: bool, set_status_on_exception: bool,
@@ -254,18 +263,14 @@ class LeanSpan(Span):
         self._name, self._context, self._parent, self._kind = name, context, parent, kind
         self._resource, self._instrumentation_scope = tracer.resource, tracer._instrumentation_scope
         self._instrumentation_info = tracer.instrumentation_info
-        self._sampler, self._trace_config, self._span_processor = tracer.sampler, None, tracer.span_processor
+        self._sampler, self._span_processor = tracer.sampler, tracer.span_processor
         self._record_exception, self._set_status_on_exception = record_exception, set_status_on_exception
-        self._limits, self._lock, self._record_end_metrics = limits, _lock, None
-        self._status, self._start_time, self._end_time = _UNSET, None, None
-        self._tracer = tracer
+        self._limits, self._tracer = limits, tracer
         stored = _plain_map(attributes, limits.max_span_attributes)
         self._attributes: dict[str, Any] | BoundedAttributes = (
             stored if stored is not None
             else BoundedAttributes(limits.max_span_attributes, attributes, immutable=False)
         )
-        self._events: list[Event] | BoundedList[Event] = []
-        self._links: tuple[()] | BoundedList[trace_api.Link] = ()
 
     def _bounded_attributes(self) -> None:
         if type(self._attributes) is dict:
@@ -303,12 +308,15 @@ class LeanSpan(Span):
     def add_event(self, name: str, attributes: types.Attributes = None, timestamp: int | None = None) -> None:
         events = self._events
         limits = self._limits
-        if type(events) is list and self._end_time is None and limits.max_attribute_length is None:
+        if type(events) is not BoundedList and self._end_time is None and limits.max_attribute_length is None:
             stored = _plain_map(attributes, limits.max_event_attributes)
             if stored is not None and (limits.max_events is None or len(events) < limits.max_events):
+                if not isinstance(events, list):
+                    events = []
+                    self._events = events
                 events.append(Event(name, stored, timestamp))
                 return
-        if type(events) is list:
+        if type(events) is not BoundedList:
             self._events = BoundedList.from_seq(limits.max_events, events)
         super().add_event(name, attributes, timestamp)
 
