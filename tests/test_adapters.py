@@ -123,7 +123,7 @@ def test_otlp_encoder_left_alone_on_another_version(monkeypatch: pytest.MonkeyPa
 def test_sdk_attribute_writes_left_alone_on_another_version(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from opentelemetry.sdk.trace import Span
+    from opentelemetry.sdk.trace import Span, TracerProvider
 
     monkeypatch.setattr(opentelemetry_sdk, "_installed", False)
     monkeypatch.setattr(opentelemetry_sdk, "_active", False)
@@ -134,3 +134,7 @@ def test_sdk_attribute_writes_left_alone_on_another_version(
         assert opentelemetry_sdk.install() is False
     assert Span.set_attribute is opentelemetry_sdk._library_set_attribute and not opentelemetry_sdk.active()
     assert any("0.0.1" in r.getMessage() for r in caplog.records)
+    # and LiveKit's tracer keeps the library's tracer, its spans the library's
+    tracer = TracerProvider().get_tracer("livekit-agents")
+    assert opentelemetry_sdk.lean(tracer) is tracer
+    assert type(tracer.start_span("s")) is not opentelemetry_sdk.LeanSpan

@@ -10,11 +10,13 @@ in place and logs one warning. Nothing is patched or enabled on import:
 - `silero`: silero's VAD stream run inline, one per session (`SessionVAD`);
 - `livekit_agents`: `stt.StreamAdapter` segmenting on that one VAD stream
   (`SegmentingSTT`); no chat-context JSON for a trace span whose PII filter would drop it;
-  the PII filter's key test answered once per key.
+  the PII filter's key test answered once per key; LiveKit's tracer starting lean spans,
+  its PII filter applied to them as they end.
 - `opentelemetry_sdk`: a span's scalar attribute stored without the library's two locks
-  and re-check where they cannot change the outcome.
+  and re-check where they cannot change the outcome; lean spans (plain maps, encoded as
+  they end) where every processor of the provider is known.
 - `otlp_exporter`: the OTLP span encoder writing the request's protobuf bytes itself (the
-  library's bytes, what repeats encoded once).
+  library's bytes, what repeats encoded once); a lean span encoded as it ends.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ def install_adapters() -> dict[str, bool]:
     LiveKit plugins register themselves on the main thread only."""
     from app.adapters import livekit_agents, openai_sdk, opentelemetry_sdk, otlp_exporter, silero
 
+    # the SDK's and the exporter's first: LiveKit's tracer is made lean as livekit_agents installs
     return {
         openai_sdk.__name__: openai_sdk.install(),
         silero.__name__: silero.install(),
-        livekit_agents.__name__: livekit_agents.install(),
-        otlp_exporter.__name__: otlp_exporter.install(),
         opentelemetry_sdk.__name__: opentelemetry_sdk.install(),
+        otlp_exporter.__name__: otlp_exporter.install(),
+        livekit_agents.__name__: livekit_agents.install(),
     }

@@ -46,6 +46,7 @@ import asyncio
 import functools
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -53,12 +54,15 @@ from livekit import rtc
 from livekit.agents import stt as lk_stt, utils, vad as lk_vad
 from livekit.agents.llm import ChatContext
 from livekit.agents.stt.stream_adapter import StreamAdapterWrapper
-from livekit.agents.telemetry import input_delta, pii, traces
+from livekit.agents.telemetry import input_delta, pii, traces, utils as telemetry_utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
 from livekit.agents.utils import aio
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import Event, TracerProvider
+from opentelemetry.trace import Status, StatusCode
+from opentelemetry.util.types import Attributes
 
+from app.adapters import opentelemetry_sdk
 from app.adapters.pins import matches
 from app.adapters.silero import Fifo, SessionVAD, SileroStream, frame_samples
 
@@ -89,6 +93,7 @@ def install() -> bool:
         if _active:
             _skip_dropped_chat_context()
             _memoize_pii_keys()
+            _lean_livekit_spans()
     return _active
 
 
@@ -372,6 +377,40 @@ def _skip_dropped_chat_context() -> None:
 
     compute.__wrapped__ = original  # type: ignore[attr-defined]
     input_delta.compute = compute
+
+
+def _pii_end_filter(
+    processor: pii._PIIFilteringSpanProcessor, attributes: Attributes, events: Sequence[Event], status: Status
+) -> tuple[Attributes, Sequence[Event], Status] | None:
+    """`pii._PIIFilteringSpanProcessor.on_end` for a lean span: what it exports instead.
+    Nothing is stashed for LiveKit Cloud's `restore_pii`: with Cloud's exporter attached,
+    the provider's processors are not all known and spans take the library's path."""
+    if processor._allow_pii and not telemetry_utils.redaction_enabled(attributes):
+        return None
+    filtered_events = pii._filter_events(events)
+    if not pii._contains_pii(attributes) and filtered_events is None:
+        return None
+    if status.status_code is StatusCode.ERROR and status.description:
+        status = Status(StatusCode.ERROR, telemetry_utils.REDACTED_EXCEPTION_MESSAGE)
+    return pii.filter_attributes(attributes), events if filtered_events is None else filtered_events, status
+
+
+def _lean_livekit_spans() -> None:
+    """LiveKit's tracer starts `opentelemetry_sdk` lean spans (it starts several per turn)
+    with the PII filter applied at their end as its `on_end` would."""
+    opentelemetry_sdk.register_end_filter(pii._PIIFilteringSpanProcessor, _pii_end_filter)
+    dynamic = traces._DynamicTracer
+    original = dynamic.set_provider
+    if hasattr(original, "__wrapped__"):
+        return
+
+    def set_provider(self: traces._DynamicTracer, tracer_provider: trace.TracerProvider) -> None:
+        original(self, tracer_provider)
+        self._tracer = opentelemetry_sdk.lean(self._tracer)
+
+    set_provider.__wrapped__ = original  # type: ignore[attr-defined]
+    dynamic.set_provider = set_provider  # type: ignore[method-assign]
+    traces.tracer._tracer = opentelemetry_sdk.lean(traces.tracer._tracer)
 
 
 PII_KEYS_REMEMBERED = 4096

@@ -1,4 +1,5 @@
-"""opentelemetry-sdk: a span's scalar attribute written straight into its attribute map.
+"""opentelemetry-sdk: a span's scalar attribute written straight into its attribute map;
+lean spans for a tracer whose processors are all known.
 
 Written against opentelemetry-sdk 1.45.2: `Span.set_attribute` and `Span.set_attributes`
 of `opentelemetry.sdk.trace`, which take the span's lock, then the attribute map's
@@ -19,18 +20,49 @@ several attributes whole, so its warnings come in its order. The span's lock gua
 against a concurrent `end()`; spans are written from the thread that runs them, and one
 dictionary store is atomic under the GIL, so the worst a race with `end()` on another
 thread can do is keep one attribute the library would have refused with a warning.
+
+Lean spans (`LeanTracer`, for LiveKit's tracer, which starts several spans per turn): the
+SDK's `Tracer.start_span` and `Span` build, per span, a bounded attribute map and event
+and link lists with a lock each, a sampling result, a read-only copy at `end()` for the
+processors, and the batch processor then keeps that copy, with everything it references,
+until its batch is sent. Where every processor of the provider is known, a `LeanSpan`
+(an SDK `Span`, so `isinstance` checks and the SDK's other methods still hold) keeps
+plain dicts and lists, starts through the same sampler, id generator and `on_start`s,
+and at `end()` applies the registered filters to what it will export (LiveKit's PII
+filter: `app.adapters.livekit_agents`) and hands each batch processor the span already
+encoded (`app.adapters.otlp_exporter`). Known means: processors whose `on_end` does
+nothing, registered filters, then batch processors whose exporter takes encoded spans;
+anything else (another processor, LiveKit Cloud's exporter attaching, links at start, a
+length limit, the SDK's own span metrics or a disabled tracer) and the library's own
+span is started, or ended, instead. A lean span that outgrows plain maps (a full map, a
+value the library must check or refuse) moves to the library's bounded ones and its
+path from there on. Only the order of a rewritten attribute key could differ, and it
+does not: a rewritten key moves to the end, as in the library.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from time import time_ns
 from typing import Any, cast
 
+from opentelemetry import context as context_api, trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.sdk.trace import Span
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor, SynchronousMultiSpanProcessor, Tracer
+from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Decision, ParentBased, ParentBasedTraceIdRatio
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util import types
+from opentelemetry.util._decorator import _agnosticcontextmanager
 
 from app.adapters.pins import matches
+
+log = logging.getLogger(__name__)
 
 DISTRIBUTION = "opentelemetry-sdk"
 WRITTEN_AGAINST = "1.45.2"
@@ -95,6 +127,314 @@ def set_attributes(self: Span, attributes: Mapping[str, types.AnyValue]) -> None
     for key, value in plain:
         stored.pop(key, None)
         stored[key] = value
+
+
+# ------------------------------------------------------------------ lean spans
+
+EndFilter = Callable[[Any, types.Attributes, Sequence[Event], Status], tuple[types.Attributes, Sequence[Event], Status] | None]
+"""(processor, attributes, events, status) -> what the span exports instead, or None for
+no change: what that processor's `on_end` does to the read-only copy it is given."""
+Encoder = Callable[[ReadableSpan, types.Attributes, Sequence[Event], Status], object]
+"""(span, attributes, events, status) -> what a batch processor queues for this span: an
+object with the span's `context`, `resource` and `instrumentation_scope`, which is all the
+batch processor reads before handing it to the exporter that accepted it."""
+
+_end_filters: dict[type, EndFilter] = {}
+_batch_encoders: list[tuple[Callable[[object], bool], Encoder]] = []
+_lock = threading.Lock()
+"""Guards a lean span's status and name as the span's own lock would (`_check_span_ended`);
+one for all: what it guards is a field write, never nested."""
+
+
+def register_end_filter(processor_type: type, end_filter: EndFilter) -> None:
+    """Let lean spans run with a processor of exactly this type, applying `end_filter`
+    where its `on_end` would run."""
+    _end_filters[processor_type] = end_filter
+
+
+def register_batch_encoder(accepts: Callable[[object], bool], encode: Encoder) -> None:
+    """Let lean spans run with a `BatchSpanProcessor` whose exporter `accepts`, queueing
+    `encode(...)` in place of the span."""
+    _batch_encoders.append((accepts, encode))
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What starting and ending a span means for one provider's processors, in order."""
+
+    starts: tuple[SpanProcessor, ...]
+    filters: tuple[tuple[EndFilter, SpanProcessor], ...]
+    batches: tuple[tuple[BatchSpanProcessor, Encoder], ...]
+
+
+def _overrides(processor: SpanProcessor, name: str) -> bool:
+    return getattr(type(processor), name) is not getattr(SpanProcessor, name)
+
+
+def _make_plan(processors: tuple[SpanProcessor, ...]) -> _Plan | None:
+    starts: list[SpanProcessor] = []
+    filters: list[tuple[EndFilter, SpanProcessor]] = []
+    batches: list[tuple[BatchSpanProcessor, Encoder]] = []
+    for processor in processors:
+        if type(processor) is BatchSpanProcessor:  # its on_start and _on_ending do nothing
+            exporter = processor._batch_processor._exporter
+            encode = next((encode for accepts, encode in _batch_encoders if accepts(exporter)), None)
+            if encode is None:
+                return None
+            batches.append((processor, encode))
+            continue
+        if _overrides(processor, "_on_ending"):
+            return None
+        if _overrides(processor, "on_start"):
+            starts.append(processor)
+        if (end_filter := _end_filters.get(type(processor))) is not None:
+            if batches:
+                return None  # a filter after an exporter: the library's shared copy makes that order moot
+            filters.append((end_filter, processor))
+        elif _overrides(processor, "on_end"):
+            return None
+    return _Plan(tuple(starts), tuple(filters), tuple(batches))
+
+
+def _plan(tracer: Tracer) -> _Plan | None:
+    """The plan for this tracer's processors as they are now; None: the library's spans."""
+    multi = tracer.span_processor
+    if type(multi) is not SynchronousMultiSpanProcessor or type(tracer._tracer_metrics) is not NoOpTracerMetrics:
+        return None
+    processors = multi._span_processors
+    cached: tuple[tuple[SpanProcessor, ...], _Plan | None] | None = getattr(multi, "_lean_plan", None)
+    if cached is not None and cached[0] is processors:
+        return cached[1]
+    plan = _make_plan(processors)
+    multi._lean_plan = (processors, plan)  # type: ignore[attr-defined]  # kept until the processors change
+    return plan
+
+
+def _defers_to_parent(sampler: object) -> bool:
+    """A ParentBased sampler with the default delegates: a child is sampled iff its parent is."""
+    return (
+        (type(sampler) is ParentBased or type(sampler) is ParentBasedTraceIdRatio)
+        and sampler._remote_parent_sampled is ALWAYS_ON
+        and sampler._local_parent_sampled is ALWAYS_ON
+        and sampler._remote_parent_not_sampled is ALWAYS_OFF
+        and sampler._local_parent_not_sampled is ALWAYS_OFF
+    )
+
+
+_FLAGS = {
+    (sampled, random): TraceFlags((TraceFlags.SAMPLED if sampled else 0) | (TraceFlags.RANDOM_TRACE_ID if random else 0))
+    for sampled in (False, True) for random in (False, True)
+}
+_UNSET = Status(StatusCode.UNSET)
+
+
+def _plain_map(attributes: types.Attributes, maxlen: int | None) -> dict[str, Any] | None:
+    """`attributes` as the library would store them, when its checks cannot change them."""
+    if not attributes:
+        return {}
+    if maxlen is not None and len(attributes) > maxlen:
+        return None
+    stored: dict[str, Any] = {}
+    for key, value in attributes.items():
+        plain = _plain(value)
+        if plain is _NOT_PLAIN or type(key) is not str or not key:
+            return None
+        stored[key] = plain
+    return stored
+
+
+class LeanSpan(Span):
+    """An SDK span on plain maps, ended through a `_Plan` (module doc)."""
+
+    # what every lean span starts with, until it is written (no event list until an event)
+    _trace_config = None
+    _record_end_metrics = None
+    _lock = _lock
+    _status = _UNSET
+    _end_time = None
+    _events: tuple[()] | list[Event] | BoundedList[Event] = ()
+    _links: tuple[()] | BoundedList[trace_api.Link] = ()
+
+    def __init__(
+        self, name: str, context: trace_api.SpanContext, parent: trace_api.SpanContext | None, tracer: Tracer,
+        kind: SpanKind, attributes: types.Attributes, record_exception: bool, set_status_on_exception: bool,
+    ) -> None:
+        limits = tracer._span_limits
+        self._name, self._context, self._parent, self._kind = name, context, parent, kind
+        self._resource, self._instrumentation_scope = tracer.resource, tracer._instrumentation_scope
+        self._instrumentation_info = tracer.instrumentation_info
+        self._sampler, self._span_processor = tracer.sampler, tracer.span_processor
+        self._record_exception, self._set_status_on_exception = record_exception, set_status_on_exception
+        self._limits, self._tracer = limits, tracer
+        stored = _plain_map(attributes, limits.max_span_attributes)
+        self._attributes: dict[str, Any] | BoundedAttributes = (
+            stored if stored is not None
+            else BoundedAttributes(limits.max_span_attributes, attributes, immutable=False)
+        )
+
+    def _bounded_attributes(self) -> None:
+        if type(self._attributes) is dict:
+            self._attributes = BoundedAttributes(self._limits.max_span_attributes, self._attributes, immutable=False)
+
+    def set_attribute(self, key: str, value: types.AnyValue) -> None:
+        attributes = self._attributes
+        if type(attributes) is dict and self._end_time is None:
+            plain = _plain(value)
+            if plain is not _NOT_PLAIN and type(key) is str and key:
+                if key in attributes:
+                    del attributes[key]  # moves to the end, as in the library
+                    attributes[key] = plain
+                    return
+                maxlen = self._limits.max_span_attributes
+                if maxlen is None or len(attributes) < maxlen:
+                    attributes[key] = plain
+                    return
+            self._bounded_attributes()
+        super().set_attribute(key, value)
+
+    def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
+        stored = self._attributes
+        if type(stored) is dict and self._end_time is None:
+            plain = _plain_map(attributes, None)
+            maxlen = self._limits.max_span_attributes
+            if plain is not None and (maxlen is None or len(stored) + sum(k not in stored for k in plain) <= maxlen):
+                for key, value in plain.items():
+                    stored.pop(key, None)
+                    stored[key] = value
+                return
+            self._bounded_attributes()
+        super().set_attributes(attributes)
+
+    def add_event(self, name: str, attributes: types.Attributes = None, timestamp: int | None = None) -> None:
+        events = self._events
+        limits = self._limits
+        if type(events) is not BoundedList and self._end_time is None and limits.max_attribute_length is None:
+            stored = _plain_map(attributes, limits.max_event_attributes)
+            if stored is not None and (limits.max_events is None or len(events) < limits.max_events):
+                if not isinstance(events, list):
+                    events = []
+                    self._events = events
+                events.append(Event(name, stored, timestamp))
+                return
+        if type(events) is not BoundedList:
+            self._events = BoundedList.from_seq(limits.max_events, events)
+        super().add_event(name, attributes, timestamp)
+
+    def add_link(self, context: trace_api.SpanContext, attributes: types.Attributes = None) -> None:
+        if type(self._links) is tuple:
+            self._links = BoundedList(self._limits.max_links)
+        super().add_link(context, attributes)
+
+    def end(self, end_time: int | None = None) -> None:
+        with _lock:
+            if self._start_time is None:
+                raise RuntimeError("Calling end() on a not started span.")
+            if self._end_time is not None:
+                already_ended = True
+            else:
+                already_ended = False
+                self._end_time = end_time if end_time is not None else time_ns()
+                if type(self._attributes) is BoundedAttributes:
+                    self._attributes._immutable = True
+        if already_ended:
+            log.warning("Calling end() on an ended span.")
+            return
+        plan = _plan(self._tracer)
+        if plan is None:  # the processors changed since the start: theirs, on the library's copy
+            self._span_processor._on_ending(self)
+            self._span_processor.on_end(self._readable_span())
+            return
+        attributes: types.Attributes = self._attributes
+        events: Sequence[Event] = self._events
+        status: Status = self._status
+        for end_filter, processor in plan.filters:
+            changed = end_filter(processor, attributes, events, status)
+            if changed is not None:
+                attributes, events, status = changed
+        if cast(trace_api.SpanContext, self._context).trace_flags.sampled:
+            for batch, encode in plan.batches:
+                batch.on_end(cast(ReadableSpan, encode(self, attributes, events, status)))
+
+
+class LeanTracer(trace_api.Tracer):
+    """The SDK tracer `tracer`, starting `LeanSpan`s where its processors allow (module doc)."""
+
+    def __init__(self, tracer: Tracer) -> None:
+        self.tracer = tracer
+
+    def start_span(
+        self,
+        name: str,
+        context: context_api.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[trace_api.Link] | None = (),
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace_api.Span:
+        tracer = self.tracer
+        plan = _plan(tracer) if not links and tracer._is_enabled() and tracer._span_limits.max_span_attribute_length is None else None
+        current = trace_api.get_current_span(context).get_span_context()
+        if plan is None or not isinstance(current, trace_api.SpanContext):
+            return tracer.start_span(name, context, kind, attributes, links, start_time, record_exception,
+                                     set_status_on_exception)
+        ids = tracer.id_generator
+        parent: trace_api.SpanContext | None = current if current.is_valid else None
+        if parent is not None:
+            trace_id = parent.trace_id
+            random_id = parent.trace_flags.random_trace_id
+        else:
+            trace_id = ids.generate_trace_id()
+            random_id = ids.is_trace_id_random()
+        sampler = tracer.sampler
+        trace_state: trace_api.TraceState | None
+        if parent is not None and _defers_to_parent(sampler):
+            sampled = parent.trace_flags.sampled
+            recording, trace_state = sampled, parent.trace_state
+            initial = attributes if sampled else None
+        else:
+            result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            sampled = result.decision is Decision.RECORD_AND_SAMPLE
+            recording = result.decision is not Decision.DROP
+            initial, trace_state = result.attributes, result.trace_state
+        span_context = trace_api.SpanContext(
+            trace_id, ids.generate_span_id(), is_remote=False, trace_flags=_FLAGS[(sampled, random_id)],
+            trace_state=trace_state,
+        )
+        if not recording:
+            return trace_api.NonRecordingSpan(context=span_context)
+        span = LeanSpan(name, span_context, parent, tracer, kind, initial, record_exception, set_status_on_exception)
+        span._start_time = start_time if start_time is not None else time_ns()
+        for processor in plan.starts:
+            processor.on_start(span, parent_context=context)
+        return span
+
+    @_agnosticcontextmanager
+    def start_as_current_span(
+        self,
+        name: str,
+        context: context_api.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[trace_api.Link] | None = (),
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[trace_api.Span]:
+        span = self.start_span(name, context, kind, attributes, links, start_time, record_exception,
+                               set_status_on_exception)
+        with trace_api.use_span(span, end_on_exit=end_on_exit, record_exception=record_exception,
+                                set_status_on_exception=set_status_on_exception) as current:
+            yield current
+
+
+def lean(tracer: trace_api.Tracer) -> trace_api.Tracer:
+    """`tracer` starting lean spans, when it is the SDK's and this adapter is active."""
+    if _active and type(tracer) is Tracer:
+        return LeanTracer(tracer)
+    return tracer
 
 
 def install() -> bool:

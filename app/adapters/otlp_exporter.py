@@ -45,7 +45,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import Attributes
 
 from app.adapters.pins import installed_version, matches
@@ -313,6 +313,8 @@ def _trace_state(context: SpanContext) -> bytes:
 def _dropped(collection: object) -> int:
     """ReadableSpan's and Event's `dropped_*` properties, on the collection they read."""
     kind = type(collection)
+    if kind is dict or kind is list or kind is tuple:
+        return 0
     if kind is BoundedAttributes or kind is BoundedList or isinstance(collection, (BoundedAttributes, BoundedList)):
         dropped: int = collection.dropped  # type: ignore[attr-defined]
         return dropped
@@ -352,23 +354,42 @@ def _links(out: list[bytes], links: Sequence[Link]) -> None:
         out.append(_field(b"\x6a", b"".join(body)))
 
 
-def _span(span: ReadableSpan) -> bytes:
+def _span(span: ReadableSpan | EncodedSpan) -> bytes:
     """A Span's body, in field number order."""
+    if type(span) is EncodedSpan:
+        return span.body
+    assert isinstance(span, ReadableSpan)
     if _sdk_internals and type(span) is ReadableSpan:
-        context, parent, name, kind = span._context, span._parent, span._name, span._kind
-        start, end, status = span._start_time, span._end_time, span._status
-        attributes, events, links = span._attributes, span._events, span._links
-        dropped_attributes, dropped_events, dropped_links = _dropped(attributes), _dropped(events), _dropped(links)
-        if type(events) is BoundedList:
-            events = events._dq  # type: ignore[attr-defined]  # what its locked __iter__ copies
-        if type(links) is BoundedList:
-            links = links._dq  # type: ignore[attr-defined]
-    else:
-        context, parent, name, kind = span.get_span_context(), span.parent, span.name, span.kind
-        start, end, status = span.start_time, span.end_time, span.status
-        attributes, events, links = span.attributes, span.events, span.links
-        dropped_attributes, dropped_events, dropped_links = span.dropped_attributes, span.dropped_events, span.dropped_links
+        return _span_body(span, span._attributes, span._events, span._status)
+    context, parent, name, kind = span.get_span_context(), span.parent, span.name, span.kind
     assert context is not None  # a ReadableSpan always has one
+    return _body(
+        context, parent, name, kind, span.start_time, span.end_time, span.status,
+        span.attributes, span.events, span.links, span.dropped_attributes, span.dropped_events, span.dropped_links,
+    )
+
+
+def _span_body(span: ReadableSpan, attributes: Attributes, events: Sequence[Event], status: Status | None) -> bytes:
+    """The body of a span read from the SDK's own fields (1.45.2: its properties copy events
+    and take locks), with these attributes, events and status."""
+    links = span._links
+    dropped_attributes, dropped_events, dropped_links = _dropped(attributes), _dropped(events), _dropped(links)
+    if type(events) is BoundedList:
+        events = events._dq  # type: ignore[attr-defined]  # what its locked __iter__ copies
+    if type(links) is BoundedList:
+        links = links._dq  # type: ignore[attr-defined]
+    assert span._context is not None  # a ReadableSpan always has one
+    return _body(
+        span._context, span._parent, span._name, span._kind, span._start_time, span._end_time, status,
+        attributes, events, links, dropped_attributes, dropped_events, dropped_links,
+    )
+
+
+def _body(
+    context: SpanContext, parent: SpanContext | None, name: str, kind: SpanKind, start: int | None, end: int | None,
+    status: Status | None, attributes: Attributes, events: Sequence[Event], links: Sequence[Link],
+    dropped_attributes: int, dropped_events: int, dropped_links: int,
+) -> bytes:
     out = [b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big")]
     if context.trace_state:
         out.append(_trace_state(context))
@@ -402,6 +423,34 @@ def _span(span: ReadableSpan) -> bytes:
             out.append(_status_field(code.value, description))
     out.append(_SPAN_FLAGS_REMOTE if parent is not None and parent.is_remote else _SPAN_FLAGS_LOCAL)
     return b"".join(out)
+
+
+class EncodedSpan:
+    """A span encoded as it ended (`app.adapters.opentelemetry_sdk`'s lean spans): what the
+    batch processor queues instead of the span, with the fields it and `_grouped` read.
+    Bytes hold no references, so a queued span no longer keeps its attribute maps, events
+    and context alive for the cyclic GC to scan until the batch is sent."""
+
+    __slots__ = ("context", "resource", "instrumentation_scope", "body")
+
+    def __init__(self, span: ReadableSpan, body: bytes) -> None:
+        self.context = span._context
+        self.resource = span._resource
+        self.instrumentation_scope = span._instrumentation_scope
+        self.body = body
+
+
+def encode_ended(span: ReadableSpan, attributes: Attributes, events: Sequence[Event], status: Status) -> EncodedSpan:
+    """`span` (an SDK span, read through its fields) as it will be exported, with these
+    attributes, events and status (a filter's, in place of the span's own)."""
+    return EncodedSpan(span, _span_body(span, attributes, events, status))
+
+
+def accepts_encoded(exporter: object) -> bool:
+    """Whether this exporter's requests are encoded here, so that its batches may hold
+    `EncodedSpan`s."""
+    module = sys.modules.get(type(exporter).__module__)
+    return _active and _sdk_internals and getattr(module, "encode_spans", None) in (encode_spans, encode_request)
 
 
 Groups = dict[Resource, dict[InstrumentationScope | None, list[ReadableSpan]]]
@@ -511,6 +560,10 @@ def install() -> bool:
         if module is not None and getattr(module, "encode_spans", None) is original:
             module.encode_spans = ours  # type: ignore[attr-defined]
     _active = True
+    if _sdk_internals:
+        from app.adapters import opentelemetry_sdk
+
+        opentelemetry_sdk.register_batch_encoder(accepts_encoded, encode_ended)
     return True
 
 

@@ -1,0 +1,303 @@
+"""Lean spans (`app.adapters.opentelemetry_sdk.LeanTracer`, LiveKit's tracer): what they
+export, and what the live span reads, is what the SDK's own tracer gives for the same
+calls, with the same processors (LiveKit's PII filter, our call attributes, the batch
+processor), sampler, span limits and ids; where a processor is not known, the library's
+own spans are started, or ended, instead."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
+from livekit.agents.telemetry import pii, traces
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common._internal import trace_encoder
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    DEFAULT_ON,
+    Decision,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    StaticSampler,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, StatusCode
+
+from app.adapters import install_adapters, opentelemetry_sdk, otlp_exporter
+from app.observability import tracing
+
+
+class Capture(SpanExporter):
+    """Keeps each batch as the OTLP request it encodes to: the library's encoder for the
+    SDK's spans, ours (which the lean spans' batches need) for the others."""
+
+    def __init__(self, library: bool) -> None:
+        self.library = library
+        self.requests: list[ExportTraceServiceRequest] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self.library:
+            encode = getattr(trace_encoder.encode_spans, "__wrapped__", trace_encoder.encode_spans)
+            self.requests.append(encode(spans))
+        else:
+            self.requests.append(ExportTraceServiceRequest.FromString(otlp_exporter._encode(spans)))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+class Sequential(IdGenerator):
+    """The same ids in both runs, so that ratio samplers decide alike."""
+
+    def __init__(self, random: bool) -> None:
+        self.counter = itertools.count(1)
+        self.random = random
+
+    def generate_span_id(self) -> int:
+        return next(self.counter)
+
+    def generate_trace_id(self) -> int:
+        return next(self.counter) * 0x9E3779B97F4A7C15_9E3779B97F4A7C15 % (1 << 128) or 1
+
+    def is_trace_id_random(self) -> bool:
+        return self.random
+
+
+@pytest.fixture(autouse=True, scope="module")
+def adapters() -> Iterator[None]:
+    install_adapters()
+    assert opentelemetry_sdk.active() and otlp_exporter.active()
+    accept = (lambda exporter: type(exporter) is Capture and not exporter.library, otlp_exporter.encode_ended)
+    opentelemetry_sdk._batch_encoders.append(accept)
+    yield
+    opentelemetry_sdk._batch_encoders.remove(accept)
+
+
+def _provider(sampler: Sampler, limits: SpanLimits, allow_pii: bool, library: bool,
+              random_ids: bool) -> tuple[TracerProvider, Capture]:
+    provider = TracerProvider(sampler=sampler, span_limits=limits, id_generator=Sequential(random_ids))
+    provider.add_span_processor(pii._PIIFilteringSpanProcessor(allow_pii=allow_pii))
+    provider.add_span_processor(tracing.CallAttributes())
+    capture = Capture(library)
+    provider.add_span_processor(BatchSpanProcessor(capture))
+    return provider, capture
+
+
+KEYS = st.sampled_from(["a", "b", "lk.pii.text", "gen_ai.input.messages", "exception.message", "", "c"])
+VALUES = st.one_of(
+    st.text(max_size=6), st.integers(min_value=-(2**63), max_value=2**63 - 1), st.floats(allow_nan=False),
+    st.booleans(), st.none(), st.lists(st.text(max_size=3), max_size=3), st.lists(st.integers(), max_size=2),
+    st.lists(st.one_of(st.none(), st.booleans()), max_size=2), st.just({"nested": 1}),
+)
+ATTRIBUTES = st.one_of(st.none(), st.dictionaries(KEYS, VALUES, max_size=4))
+EVENT_NAMES = st.sampled_from(["speech_scheduled", "gen_ai.user.message", "exception", "x"])
+START = st.tuples(st.just("start"), st.sampled_from(["agent_turn", "llm_node", "llm_request"]), ATTRIBUTES)
+OPS = st.tuples(START, st.lists(st.one_of(
+    START, START,
+    st.tuples(st.just("set"), KEYS, VALUES),
+    st.tuples(st.just("set_many"), st.dictionaries(KEYS, VALUES, max_size=4)),
+    st.tuples(st.just("event"), EVENT_NAMES, ATTRIBUTES),
+    st.tuples(st.just("status"), st.sampled_from([StatusCode.OK, StatusCode.ERROR, StatusCode.UNSET]),
+              st.one_of(st.none(), st.just("secret detail"))),
+    st.tuples(st.just("exception")),
+    st.tuples(st.just("rename"), st.sampled_from(["renamed", "llm_node"])),
+    st.tuples(st.just("link")),
+    st.tuples(st.just("end")),
+    st.tuples(st.just("end_again")),
+), min_size=2, max_size=30)).map(lambda first_rest: [first_rest[0], *first_rest[1]])
+SAMPLERS = st.sampled_from([
+    DEFAULT_ON, ParentBasedTraceIdRatio(0.5), TraceIdRatioBased(0.5), ALWAYS_OFF, StaticSampler(Decision.RECORD_ONLY),
+    ParentBased(DEFAULT_ON, local_parent_sampled=StaticSampler(Decision.RECORD_ONLY)),
+])
+LIMITS = st.sampled_from([
+    SpanLimits(), SpanLimits(max_span_attributes=2), SpanLimits(max_events=1, max_event_attributes=1),
+    SpanLimits(max_attribute_length=3), SpanLimits(max_span_attribute_length=3), SpanLimits(max_links=0),
+])
+
+
+def _run(ops: list[tuple[Any, ...]], tracer: trace.Tracer, provider: TracerProvider,
+         caplog: pytest.LogCaptureFixture) -> tuple[list[Any], list[str], list[type]]:
+    caplog.clear()
+    spans: list[trace.Span] = []
+    stack: list[trace.Span] = []
+    call = tracing._call.set({"session_id": "s1", "agent_id": "support", "config_version": 3})
+    try:
+        for op in ops:
+            if op[0] == "start":
+                parent = trace.set_span_in_context(stack[-1]) if stack else None
+                span = tracer.start_span(op[1], context=parent, attributes=op[2])
+                spans.append(span)
+                stack.append(span)
+                continue
+            if not stack:
+                continue
+            top = stack[-1]
+            if op[0] == "set":
+                top.set_attribute(op[1], op[2])
+            elif op[0] == "set_many":
+                top.set_attributes(op[1])
+            elif op[0] == "event":
+                top.add_event(op[1], op[2], timestamp=1_000)
+            elif op[0] == "status":
+                top.set_status(op[1], op[2])
+            elif op[0] == "exception":
+                top.record_exception(ValueError("secret detail"), timestamp=2_000)
+            elif op[0] == "rename":
+                top.update_name(op[1])
+            elif op[0] == "link":
+                top.add_link(spans[0].get_span_context(), {"why": "first"})
+            elif op[0] == "end":
+                stack.pop().end(end_time=5_000)
+            else:
+                top.end(end_time=6_000)
+        for span in reversed(stack):
+            span.end(end_time=7_000)
+    finally:
+        tracing._call.reset(call)
+    provider.force_flush()
+    live = [(s.get_span_context(), s.is_recording(),
+             list(s.attributes.items()) if isinstance(s, ReadableSpan) and s.attributes else None,
+             [(e.name, dict(e.attributes or {})) for e in s.events] if isinstance(s, ReadableSpan) else None,
+             (s.status.status_code, s.status.description) if isinstance(s, ReadableSpan) else None,
+             s.name if isinstance(s, ReadableSpan) else None) for s in spans]
+    return live, [r.getMessage() for r in caplog.records], [type(s) for s in spans]
+
+
+def _exported(capture: Capture) -> list[Any]:
+    """Every span exported, as the receiver decodes it, with what varies between runs
+    (start times: the clock) cleared."""
+    out = []
+    for request in capture.requests:
+        for resource_spans in request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    assert span.start_time_unix_nano > 0
+                    span.start_time_unix_nano = 0
+                    out.append((resource_spans.resource.SerializeToString(), scope_spans.scope.SerializeToString(),
+                                span.SerializeToString()))
+    return out
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS, sampler=SAMPLERS, limits=LIMITS, allow_pii=st.booleans(), random_ids=st.booleans())
+@example(ops=[("start", "agent_turn", {"a": 1}), ("event", "x", None), ("event", "y", {"a": 1})], sampler=DEFAULT_ON,
+         limits=SpanLimits(max_events=1, max_event_attributes=1), allow_pii=False, random_ids=True)
+@example(ops=[("start", "agent_turn", {"a": 1, "b": 2}), ("set", "a", 3), ("set_many", {"b": 4, "c": 5}),
+              ("start", "llm_node", {"lk.pii.text": "hi"}), ("status", StatusCode.ERROR, "secret detail")],
+         sampler=ParentBased(DEFAULT_ON, local_parent_sampled=StaticSampler(Decision.RECORD_ONLY)),
+         limits=SpanLimits(max_span_attributes=2), allow_pii=False, random_ids=False)
+def test_lean_spans_export_and_read_what_the_sdk_does(
+    ops: list[tuple[Any, ...]], sampler: Sampler, limits: SpanLimits, allow_pii: bool, random_ids: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    results = []
+    for library in (True, False):
+        provider, capture = _provider(sampler, limits, allow_pii, library, random_ids)
+        sdk_tracer = provider.get_tracer("livekit-agents")
+        tracer = sdk_tracer if library else opentelemetry_sdk.lean(sdk_tracer)
+        assert isinstance(tracer, opentelemetry_sdk.LeanTracer) != library
+        live, warnings, kinds = _run(ops, tracer, provider, caplog)
+        results.append((live, warnings, _exported(capture), kinds))
+        provider.shutdown()
+    (live_sdk, warn_sdk, out_sdk, _), (live_lean, warn_lean, out_lean, kinds) = results
+    assert out_lean == out_sdk
+    assert live_lean == live_sdk
+    assert warn_lean == warn_sdk
+    if limits.max_span_attribute_length is None:  # else the library's spans, by design
+        recording = [k for k, live in zip(kinds, live_lean, strict=True) if live[1] or k is opentelemetry_sdk.LeanSpan]
+        assert all(k is opentelemetry_sdk.LeanSpan for k in recording)
+
+
+def _livekit_provider(processors: Sequence[Any]) -> TracerProvider:
+    provider = TracerProvider()
+    for processor in processors:
+        provider.add_span_processor(processor)
+    return provider
+
+
+def test_an_unknown_processor_gets_the_librarys_spans_and_every_span_that_ends_after_it_joins() -> None:
+    capture = Capture(False)
+    provider = _livekit_provider([BatchSpanProcessor(capture)])
+    before = traces.tracer._tracer_provider
+    traces.set_tracer_provider(provider, allow_pii=False)  # the PII filter first, as the worker does
+    try:
+        tracer = traces.tracer
+        assert isinstance(tracer._tracer, opentelemetry_sdk.LeanTracer)
+        early = tracer.start_span("early", attributes={"lk.pii.text": "hello", "a": 1})
+        assert type(early) is opentelemetry_sdk.LeanSpan
+
+        memory = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(memory))  # e.g. LiveKit Cloud's exporter attaching
+        late = tracer.start_span("late")
+        assert type(late) is not opentelemetry_sdk.LeanSpan
+        late.end()
+        early.end()
+        provider.force_flush()
+        assert [s.name for s in memory.get_finished_spans()] == ["late", "early"]
+        # ended through the library's processors: the PII filter ran on its copy, the live span keeps it
+        assert dict(memory.get_finished_spans()[1].attributes or {}) == {"a": 1}
+        assert early.attributes == {"lk.pii.text": "hello", "a": 1}
+        assert sorted(s.name for r in capture.requests for rs in r.resource_spans
+                      for ss in rs.scope_spans for s in ss.spans) == ["early", "late"]
+    finally:
+        traces.tracer.set_provider(before)
+        provider.shutdown()
+
+
+def test_a_batch_processor_whose_exporter_takes_no_encoded_spans_gets_the_librarys_spans() -> None:
+    memory = InMemorySpanExporter()
+    provider = _livekit_provider([BatchSpanProcessor(memory)])
+    tracer = opentelemetry_sdk.lean(provider.get_tracer("livekit-agents"))
+    span = tracer.start_span("s", attributes={"a": 1})
+    assert type(span) is not opentelemetry_sdk.LeanSpan
+    span.end()
+    provider.force_flush()
+    assert [(s.name, dict(s.attributes or {})) for s in memory.get_finished_spans()] == [("s", {"a": 1})]
+    provider.shutdown()
+
+
+def test_a_lean_span_is_context_for_the_librarys_and_ours() -> None:
+    """Children in other tracers (ours, Litestar's) see a lean span as their parent."""
+    capture = Capture(False)
+    provider = _livekit_provider([BatchSpanProcessor(capture)])
+    lean = opentelemetry_sdk.lean(provider.get_tracer("livekit-agents"))
+    with lean.start_as_current_span("agent_turn") as turn:
+        assert type(turn) is opentelemetry_sdk.LeanSpan
+        child = provider.get_tracer("app").start_span("store.write")
+        child.end()
+        inner = lean.start_span("llm_node")
+        inner.end()
+    provider.force_flush()
+    spans = {s.name: s for r in capture.requests for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans}
+    assert spans["store.write"].parent_span_id == spans["agent_turn"].span_id
+    assert spans["llm_node"].parent_span_id == spans["agent_turn"].span_id
+    assert spans["llm_node"].trace_id == spans["agent_turn"].trace_id == spans["store.write"].trace_id
+    provider.shutdown()
+
+
+def test_a_link_given_at_the_start_gets_the_librarys_span() -> None:
+    capture = Capture(False)
+    provider = _livekit_provider([BatchSpanProcessor(capture)])
+    lean = opentelemetry_sdk.lean(provider.get_tracer("livekit-agents"))
+    first = lean.start_span("first")
+    linked = lean.start_span("linked", links=[Link(first.get_span_context())])
+    assert type(first) is opentelemetry_sdk.LeanSpan and type(linked) is not opentelemetry_sdk.LeanSpan
+    linked.end()
+    first.end()
+    provider.force_flush()
+    (request_spans,) = [[s for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans]
+                        for r in capture.requests]
+    assert [len(s.links) for s in request_spans] == [1, 0]
+    provider.shutdown()
