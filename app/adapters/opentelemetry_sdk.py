@@ -347,13 +347,18 @@ class LeanSpan(Span):
         attributes: types.Attributes = self._attributes
         events: Sequence[Event] = self._events
         status: Status = self._status
-        for end_filter, processor in plan.filters:
-            changed = end_filter(processor, attributes, events, status)
-            if changed is not None:
-                attributes, events, status = changed
-        if cast(trace_api.SpanContext, self._context).trace_flags.sampled:
-            for batch, encode in plan.batches:
-                batch.on_end(cast(ReadableSpan, encode(self, attributes, events, status)))
+        try:
+            for end_filter, processor in plan.filters:
+                changed = end_filter(processor, attributes, events, status)
+                if changed is not None:
+                    attributes, events, status = changed
+            if cast(trace_api.SpanContext, self._context).trace_flags.sampled:
+                for batch, encode in plan.batches:
+                    batch.on_end(cast(ReadableSpan, encode(self, attributes, events, status)))
+        except Exception:
+            # encoding ran on the export thread, where the library logs a failure; here it
+            # would reach the call's own task: the span is lost, the call is not
+            log.exception("span %r not exported", self._name)
 
 
 class LeanTracer(trace_api.Tracer):

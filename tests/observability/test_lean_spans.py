@@ -17,7 +17,7 @@ from livekit.agents.telemetry import pii, traces
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common._internal import trace_encoder
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
@@ -301,3 +301,31 @@ def test_a_link_given_at_the_start_gets_the_librarys_span() -> None:
                         for r in capture.requests]
     assert [len(s.links) for s in request_spans] == [1, 0]
     provider.shutdown()
+
+
+class Failing(SpanProcessor):
+    """A known processor whose end filter fails."""
+
+
+def test_a_span_that_cannot_be_filtered_or_encoded_is_logged_and_dropped_and_the_caller_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(*_: object) -> None:
+        raise ValueError("boom")
+
+    opentelemetry_sdk.register_end_filter(Failing, broken)
+    try:
+        capture = Capture(False)
+        provider = _livekit_provider([Failing(), BatchSpanProcessor(capture)])
+        lean = opentelemetry_sdk.lean(provider.get_tracer("livekit-agents"))
+        span = lean.start_span("s")
+        assert type(span) is opentelemetry_sdk.LeanSpan
+        with caplog.at_level(logging.ERROR, logger="app.adapters.opentelemetry_sdk"):
+            span.end()  # does not raise into the call's task
+        assert not span.is_recording()
+        assert any("'s' not exported" in r.getMessage() for r in caplog.records)
+        provider.force_flush()
+        assert capture.requests == []
+        provider.shutdown()
+    finally:
+        del opentelemetry_sdk._end_filters[Failing]
