@@ -1,6 +1,6 @@
 """livekit-agents: `stt.StreamAdapter` that segments on the session's primary VAD stream,
-no chat-context JSON for a trace span that would drop it, and the PII filter's key test
-answered once per key.
+no chat-context JSON for a trace span that would drop it, the PII filter's key test
+answered once per key, and LiveKit's tracer starting lean spans.
 
 Written against livekit-agents 1.8.9: `_SegmentStream` subclasses the private
 `livekit.agents.stt.stream_adapter.StreamAdapterWrapper` and uses its `_input_ch`,
@@ -9,9 +9,13 @@ Written against livekit-agents 1.8.9: `_SegmentStream` subclasses the private
 reads `telemetry.traces.tracer._tracer_provider`, `traces._cloud._trace_provider_attached`
 and `pii._PIIFilteringSpanProcessor._allow_pii`; `_memoize_pii_keys` replaces
 `telemetry.pii.is_pii_attribute`, which `pii._contains_pii` and `pii.filter_attributes`
-call by that module-level name. `install()` checks the installed version; when it
-differs, `active()` is False, agents get LiveKit's own `StreamAdapter`
-(`app.agents.audio.session_audio_models`) and both telemetry functions are left alone.
+call by that module-level name; `_lean_livekit_spans` wraps
+`traces._DynamicTracer.set_provider` and sets its `_tracer`, and `_pii_end_filter`
+applies `pii._PIIFilteringSpanProcessor.on_end`'s rules through `pii._filter_events`,
+`pii._contains_pii`, `pii.filter_attributes` and `telemetry.utils.redaction_enabled`.
+`install()` checks the installed version; when it differs, `active()` is False, agents
+get LiveKit's own `StreamAdapter` (`app.agents.audio.session_audio_models`) and the
+telemetry functions and LiveKit's tracer are left alone.
 
 `SegmentingSTT` is `stt.StreamAdapter` for the agent's STT whose stream runs no VAD of
 its own: it cuts the utterance from the audio *it* was given (the STT pipeline's
@@ -38,6 +42,12 @@ The PII filter (`pii._PIIFilteringSpanProcessor.on_end`) asks `is_pii_attribute`
 every attribute of every span as it ends: a split of the key and three tests, on the
 event loop, for the same few dozen keys all day. The answer depends on the key alone,
 so it is kept per key (bounded: an unexpected stream of new keys only evicts).
+
+LiveKit's tracer starts several spans per turn on the call's event loop; it gets
+`app.adapters.opentelemetry_sdk.LeanTracer` (see there), with the PII filter registered
+as the rule a lean span applies to what it exports as it ends. LiveKit Cloud's exporter
+needs the filter's stash of the raw attributes, which the lean path does not make: it
+attaches processors of its own, and with them the provider's spans are the library's.
 """
 
 from __future__ import annotations
