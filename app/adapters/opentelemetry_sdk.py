@@ -189,7 +189,7 @@ def _make_plan(processors: tuple[SpanProcessor, ...]) -> _Plan | None:
             starts.append(processor)
         if (end_filter := _end_filters.get(type(processor))) is not None:
             if batches:
-                return None  # a filter after an exporter: the library's shared copy makes that order moot
+                return None  # the library's batch would export what a later filter leaves; ours is encoded by then
             filters.append((end_filter, processor))
         elif _overrides(processor, "on_end"):
             return None
