@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from time import time_ns
 from typing import Any, cast
@@ -58,7 +58,6 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Decision, Pa
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util import types
-from opentelemetry.util._decorator import _agnosticcontextmanager
 
 from app.adapters.pins import matches
 
@@ -415,24 +414,8 @@ class LeanTracer(trace_api.Tracer):
             processor.on_start(span, parent_context=context)
         return span
 
-    @_agnosticcontextmanager
-    def start_as_current_span(
-        self,
-        name: str,
-        context: context_api.Context | None = None,
-        kind: SpanKind = SpanKind.INTERNAL,
-        attributes: types.Attributes = None,
-        links: Sequence[trace_api.Link] | None = (),
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
-        end_on_exit: bool = True,
-    ) -> Iterator[trace_api.Span]:
-        span = self.start_span(name, context, kind, attributes, links, start_time, record_exception,
-                               set_status_on_exception)
-        with trace_api.use_span(span, end_on_exit=end_on_exit, record_exception=record_exception,
-                                set_status_on_exception=set_status_on_exception) as current:
-            yield current
+    # The SDK tracer's own: it starts the span through `self.start_span` and makes it current.
+    start_as_current_span = Tracer.start_as_current_span
 
 
 def lean(tracer: trace_api.Tracer) -> trace_api.Tracer:
