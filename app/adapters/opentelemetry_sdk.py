@@ -36,8 +36,9 @@ anything else (another processor, LiveKit Cloud's exporter attaching, links at s
 length limit, the SDK's own span metrics or a disabled tracer) and the library's own
 span is started, or ended, instead. A lean span that outgrows plain maps (a full map, a
 value the library must check or refuse) moves to the library's bounded ones and its
-path from there on. Only the order of a rewritten attribute key could differ, and it
-does not: a rewritten key moves to the end, as in the library.
+path from there on. A rewritten key moves to the end, as in the library. What differs is
+when an export problem shows: a value the encoder cannot write is logged (and left out)
+as the span ends, not when its batch is sent.
 """
 
 from __future__ import annotations

@@ -193,6 +193,8 @@ def _exported(capture: Capture) -> list[Any]:
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=OPS, sampler=SAMPLERS, limits=LIMITS, allow_pii=st.booleans(), random_ids=st.booleans())
+@example(ops=[("start", "agent_turn", {"a": [2**63]}), ("end_again",), ("start", "llm_node", None)], sampler=DEFAULT_ON,
+         limits=SpanLimits(), allow_pii=False, random_ids=True)
 @example(ops=[("start", "agent_turn", {"a": 1}), ("event", "x", None), ("event", "y", {"a": 1})], sampler=DEFAULT_ON,
          limits=SpanLimits(max_events=1, max_event_attributes=1), allow_pii=False, random_ids=True)
 @example(ops=[("start", "agent_turn", {"a": 1, "b": 2}), ("set", "a", 3), ("set_many", {"b": 4, "c": 5}),
@@ -216,7 +218,11 @@ def test_lean_spans_export_and_read_what_the_sdk_does(
     (live_sdk, warn_sdk, out_sdk, _), (live_lean, warn_lean, out_lean, started) = results
     assert out_lean == out_sdk
     assert live_lean == live_sdk
-    assert warn_lean == warn_sdk
+    # the same warnings; one the encoder logs (a value it cannot write, e.g. an int beyond
+    # int64 in a list) comes as the span ends rather than when its batch is sent
+    encoder = "Failed to encode key"
+    assert [w for w in warn_lean if not w.startswith(encoder)] == [w for w in warn_sdk if not w.startswith(encoder)]
+    assert sorted(w for w in warn_lean if w.startswith(encoder)) == sorted(w for w in warn_sdk if w.startswith(encoder))
     if limits.max_span_attribute_length is None:  # else the library's spans, by design
         # every span that recorded was a lean one (a span the sampler drops is the API's no-op)
         assert all(kind is opentelemetry_sdk.LeanSpan for kind, recording in started if recording)
