@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -61,20 +62,23 @@ from typing import Any
 
 import numpy as np
 from livekit import rtc
-from livekit.agents import stt as lk_stt, utils, vad as lk_vad
+from livekit.agents import job, stt as lk_stt, utils, vad as lk_vad
 from livekit.agents.llm import ChatContext
 from livekit.agents.stt.stream_adapter import StreamAdapterWrapper
-from livekit.agents.telemetry import input_delta, pii, traces, utils as telemetry_utils
+from livekit.agents.telemetry import input_delta, pii, trace_types, traces, utils as telemetry_utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
 from livekit.agents.utils import aio
-from opentelemetry import trace
+from opentelemetry import context as otel_context, trace
 from opentelemetry.sdk.trace import Event, TracerProvider
 from opentelemetry.trace import Status, StatusCode
+from opentelemetry.util._decorator import _AgnosticContextManager
 from opentelemetry.util.types import Attributes
 
 from app.adapters import opentelemetry_sdk
 from app.adapters.pins import matches
 from app.adapters.silero import Fifo, SessionVAD, SileroStream, frame_samples
+
+log = logging.getLogger(__name__)
 
 DISTRIBUTION = "livekit-agents"
 WRITTEN_AGAINST = "1.8.9"
@@ -397,12 +401,23 @@ def _pii_end_filter(
     the provider's processors are not all known and spans take the library's path."""
     if processor._allow_pii and not telemetry_utils.redaction_enabled(attributes):
         return None
-    filtered_events = pii._filter_events(events)
-    if not pii._contains_pii(attributes) and filtered_events is None:
+    filtered_events = pii._filter_events(events) if events else None
+    if filtered_events is None and not _contains_pii(attributes):
         return None
     if status.status_code is StatusCode.ERROR and status.description:
         status = Status(StatusCode.ERROR, telemetry_utils.REDACTED_EXCEPTION_MESSAGE)
     return pii.filter_attributes(attributes), events if filtered_events is None else filtered_events, status
+
+
+_REDACTED_EXCEPTION_KEYS = frozenset(pii._REDACTED_EXCEPTION_ATTRIBUTES)
+
+
+def _contains_pii(attributes: Attributes) -> bool:
+    """`pii._contains_pii`, asking the (memoized, `_memoize_pii_keys`) key test through
+    `map` rather than a generator frame per key."""
+    if not attributes:
+        return False
+    return not _REDACTED_EXCEPTION_KEYS.isdisjoint(attributes) or any(map(pii.is_pii_attribute, attributes))
 
 
 def _lean_livekit_spans() -> None:
@@ -421,6 +436,174 @@ def _lean_livekit_spans() -> None:
     set_provider.__wrapped__ = original  # type: ignore[attr-defined]
     dynamic.set_provider = set_provider  # type: ignore[method-assign]
     traces.tracer._tracer = opentelemetry_sdk.lean(traces.tracer._tracer)
+    _direct_lean_calls(dynamic)
+
+
+class _LiveKitCurrentSpan(opentelemetry_sdk.CurrentSpan):
+    """`traces._DynamicTracer.start_as_current_span` around a lean tracer, as one object:
+    the conversation id goes first among the attributes as the span starts, the SDK records
+    nothing, and LiveKit records an `Exception` itself (redaction-aware) while the span is
+    still current."""
+
+    __slots__ = ("lk_record_exception", "lk_set_status_on_exception")
+    lk_record_exception: bool
+    lk_set_status_on_exception: bool
+
+    def _start(self) -> trace.Span:
+        self.attributes = _with_conversation_id(self.attributes)
+        return super()._start()
+
+    def _failed(self, span: trace.Span, exc: Exception) -> None:
+        telemetry_utils.record_exception(
+            span, exc, record_event=self.lk_record_exception, set_status=self.lk_set_status_on_exception
+        )
+
+
+class _LiveKitUsedSpan(_LiveKitCurrentSpan):
+    """`traces._DynamicTracer.use_span` around a lean tracer: a span started elsewhere,
+    made current, with LiveKit's exception recording."""
+
+    __slots__ = ("given",)
+    given: trace.Span
+
+    def _start(self) -> trace.Span:
+        return self.given
+
+
+def _lean_current_span(
+    tracer: opentelemetry_sdk.LeanTracer,
+    name: str,
+    context: otel_context.Context | None = None,
+    kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+    attributes: Attributes = None,
+    links: Sequence[trace.Link] | None = (),
+    start_time: int | None = None,
+    record_exception: bool = True,
+    set_status_on_exception: bool = True,
+    end_on_exit: bool = True,
+) -> _LiveKitCurrentSpan:
+    current = _LiveKitCurrentSpan(tracer, name, context, kind, attributes, links, start_time, False, False, end_on_exit)
+    current.lk_record_exception, current.lk_set_status_on_exception = record_exception, set_status_on_exception
+    return current
+
+
+def _lean_used_span(
+    span: trace.Span, end_on_exit: bool = False, record_exception: bool = True, set_status_on_exception: bool = True
+) -> _LiveKitUsedSpan:
+    used = _LiveKitUsedSpan(traces.tracer, "", None, trace.SpanKind.INTERNAL, None, (), None, False, False, end_on_exit)
+    used.given, used.lk_record_exception, used.lk_set_status_on_exception = span, record_exception, set_status_on_exception
+    return used
+
+
+def _lean_start_span(
+    tracer: opentelemetry_sdk.LeanTracer,
+    name: str,
+    context: otel_context.Context | None = None,
+    kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+    attributes: Attributes = None,
+    links: Sequence[trace.Link] | None = (),
+    start_time: int | None = None,
+    record_exception: bool = True,
+    set_status_on_exception: bool = True,
+) -> trace.Span:
+    return tracer.start_span(name, context, kind, _with_conversation_id(attributes), links, start_time,
+                             record_exception, set_status_on_exception)
+
+
+def _with_conversation_id(attributes: Attributes) -> Attributes:
+    """`traces._with_conversation_id`: the job's room sid first among the attributes. LiveKit
+    looks it up through the job's protobuf messages for every span; a job's room sid does
+    not change, so the first non-empty one is kept on its job context."""
+    ctx = job._JobContextVar.get(None)
+    if ctx is None:
+        return attributes
+    sid: str | None = getattr(ctx, "_app_room_sid", None)
+    if sid is None:
+        sid = ctx.job.room.sid or None
+        if sid is None:
+            return attributes
+        ctx._app_room_sid = sid  # type: ignore[attr-defined]
+    return {trace_types.ATTR_GEN_AI_CONVERSATION_ID: sid, **(attributes or {})}
+
+
+def _direct_lean_calls(dynamic: type[traces._DynamicTracer]) -> None:
+    """LiveKit's tracer binds every call's arguments to the SDK's signature
+    (`inspect.Signature.bind`) and wraps the SDK's two generator context managers in a third
+    of its own, per span. Around a lean tracer its `start_as_current_span`, `start_span` and
+    `use_span` do the same in one call each (the SDK's defaults, same errors for a wrong
+    argument); around any other tracer, tracing off included, they are LiveKit's.
+    Functions LiveKit decorated at import (`llm_node`, `tts_node`) keep its wrapper, around
+    the lean tracer's own `start_as_current_span`."""
+    if getattr(dynamic.start_span, "__wrapped__", None) is not None:
+        return  # installed (LiveKit's own `start_span` is undecorated)
+    lean_tracer = opentelemetry_sdk.LeanTracer
+    original_current, original_start, original_use = dynamic.start_as_current_span, dynamic.start_span, dynamic.use_span
+
+    def start_as_current_span(self: traces._DynamicTracer, *args: Any, **kwargs: Any) -> Any:
+        tracer = self._tracer
+        if type(tracer) is lean_tracer:
+            return _lean_current_span(tracer, *args, **kwargs)
+        return original_current(self, *args, **kwargs)
+
+    def start_span(self: traces._DynamicTracer, *args: Any, **kwargs: Any) -> trace.Span:
+        tracer = self._tracer
+        if type(tracer) is lean_tracer:
+            return _lean_start_span(tracer, *args, **kwargs)
+        return original_start(self, *args, **kwargs)
+
+    def use_span(self: traces._DynamicTracer, *args: Any, **kwargs: Any) -> Any:
+        if type(self._tracer) is lean_tracer:
+            return _lean_used_span(*args, **kwargs)
+        return original_use(self, *args, **kwargs)
+
+    for method, original in ((start_as_current_span, original_current), (start_span, original_start),
+                             (use_span, original_use)):
+        functools.update_wrapper(method, original)
+        setattr(dynamic, original.__name__, method)
+    livekit_generator = original_current.__wrapped__  # type: ignore[attr-defined]  # what its decorator wraps
+    for decorated in _decorated_at_import():
+        _direct_decorated(decorated, livekit_generator)
+
+
+def _decorated_at_import() -> list[Any]:
+    """LiveKit's functions that `@tracer.start_as_current_span(...)` decorated as their
+    modules were imported, i.e. before `_direct_lean_calls`: the per-turn nodes and the
+    agent hand-off."""
+    from livekit.agents.voice import agent_activity, generation
+
+    return [generation._llm_inference_task, generation._tts_inference_task, agent_activity.AgentActivity.drain]
+
+
+def _direct_decorated(decorated: Any, livekit_generator: Any) -> None:
+    """Each call of a function decorated by LiveKit's tracer recreates the decorator's
+    context manager (`_AgnosticContextManager._recreate_cm`) around LiveKit's generator; for
+    a lean tracer the recreated one is `_LiveKitCurrentSpan` instead. The decorator's
+    context manager sits in the closure of the wrapper it made (`__wrapped__` chain)."""
+    found = False
+    function = decorated
+    while function is not None:
+        for cell in function.__closure__ or ():
+            template = cell.cell_contents
+            if isinstance(template, _AgnosticContextManager) and template.func is livekit_generator:
+                _direct_template(template)
+                found = True
+        function = getattr(function, "__wrapped__", None)
+    if not found:
+        log.warning("%s: no LiveKit tracer decorator found; its spans take LiveKit's path",
+                    getattr(decorated, "__qualname__", decorated))
+
+
+def _direct_template(template: _AgnosticContextManager[trace.Span]) -> None:
+    recreate = template._recreate_cm
+    dynamic, args, kwargs = template.args[0], template.args[1:], template.kwds
+
+    def recreate_cm() -> Any:
+        tracer = dynamic._tracer
+        if type(tracer) is opentelemetry_sdk.LeanTracer:
+            return _lean_current_span(tracer, *args, **kwargs)
+        return recreate()
+
+    template._recreate_cm = recreate_cm  # type: ignore[method-assign]  # this instance only
 
 
 PII_KEYS_REMEMBERED = 4096

@@ -43,29 +43,39 @@ as the span ends, not when its batch is sent.
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
+from random import getrandbits
 from time import time_ns
 from typing import Any, cast
 
 from opentelemetry import context as context_api, trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor, SynchronousMultiSpanProcessor, Tracer
 from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Decision, ParentBased, ParentBasedTraceIdRatio
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.util import types
 
-from app.adapters.pins import matches
+from app.adapters.pins import installed_version, matches
 
 log = logging.getLogger(__name__)
 
 DISTRIBUTION = "opentelemetry-sdk"
+API_DISTRIBUTION = "opentelemetry-api"
 WRITTEN_AGAINST = "1.45.2"
+"""Of both: the API and the SDK are released together."""
 
 _SCALARS = frozenset({str, bool, int, float})
 _NOT_PLAIN = object()
@@ -164,7 +174,9 @@ class _Plan:
 
     starts: tuple[SpanProcessor, ...]
     filters: tuple[tuple[EndFilter, SpanProcessor], ...]
-    batches: tuple[tuple[BatchSpanProcessor, Encoder], ...]
+    batches: tuple[tuple[Callable[[Any], None], Encoder], ...]
+    """(the batch processor's queue `emit`, the encoder): `BatchSpanProcessor.on_end` less
+    its sampled check, which a lean span made as it ended."""
 
 
 def _overrides(processor: SpanProcessor, name: str) -> bool:
@@ -174,14 +186,14 @@ def _overrides(processor: SpanProcessor, name: str) -> bool:
 def _make_plan(processors: tuple[SpanProcessor, ...]) -> _Plan | None:
     starts: list[SpanProcessor] = []
     filters: list[tuple[EndFilter, SpanProcessor]] = []
-    batches: list[tuple[BatchSpanProcessor, Encoder]] = []
+    batches: list[tuple[Callable[[Any], None], Encoder]] = []
     for processor in processors:
         if type(processor) is BatchSpanProcessor:  # its on_start and _on_ending do nothing
             exporter = processor._batch_processor._exporter
             encode = next((encode for accepts, encode in _batch_encoders if accepts(exporter)), None)
             if encode is None:
                 return None
-            batches.append((processor, encode))
+            batches.append((processor._batch_processor.emit, encode))
             continue
         if _overrides(processor, "_on_ending"):
             return None
@@ -226,6 +238,42 @@ _FLAGS = {
     for sampled in (False, True) for random in (False, True)
 }
 _UNSET = Status(StatusCode.UNSET)
+_SAMPLED = int(TraceFlags.SAMPLED)
+_RANDOM_TRACE_ID = int(TraceFlags.RANDOM_TRACE_ID)
+_context_var: ContextVar[context_api.Context] | None = None
+"""The API's current-context variable (`ContextVarsRuntimeContext`, the default runtime
+context), read and set directly by lean spans once `install()` found it; else None and
+they go through `opentelemetry.context`. Both do the same: each of the API's functions is
+one call into the next, several per span."""
+
+
+def _current_span(context: context_api.Context | None) -> trace_api.Span:
+    """`trace_api.get_current_span(context)`."""
+    if context is None:
+        context = _context_var.get() if _context_var is not None else context_api.get_current()
+    span = context.get(_SPAN_KEY)
+    return span if isinstance(span, trace_api.Span) else trace_api.INVALID_SPAN
+
+
+def _attach_span(span: trace_api.Span) -> Token[context_api.Context]:
+    """`context_api.attach(trace_api.set_span_in_context(span))`."""
+    if _context_var is None:
+        return context_api.attach(trace_api.set_span_in_context(span))
+    values = dict(_context_var.get())
+    values[_SPAN_KEY] = span
+    return _context_var.set(context_api.Context(values))
+
+
+def _detach(token: Token[context_api.Context]) -> None:
+    """`context_api.detach(token)`: a token that cannot be reset goes to the API, which
+    logs the failure as it would have."""
+    if _context_var is not None:
+        try:
+            _context_var.reset(token)
+            return
+        except Exception:  # logged by the API's own attempt below
+            pass
+    context_api.detach(token)
 
 
 def _plain_map(attributes: types.Attributes, maxlen: int | None) -> dict[str, Any] | None:
@@ -236,10 +284,13 @@ def _plain_map(attributes: types.Attributes, maxlen: int | None) -> dict[str, An
         return None
     stored: dict[str, Any] = {}
     for key, value in attributes.items():
-        plain = _plain(value)
-        if plain is _NOT_PLAIN or type(key) is not str or not key:
+        if type(key) is not str or not key:
             return None
-        stored[key] = plain
+        if type(value) not in _SCALARS:
+            value = _plain(value)
+            if value is _NOT_PLAIN:
+                return None
+        stored[key] = value
     return stored
 
 
@@ -297,7 +348,7 @@ class LeanSpan(Span):
         if type(stored) is dict and self._end_time is None:
             plain = _plain_map(attributes, None)
             maxlen = self._limits.max_span_attributes
-            if plain is not None and (maxlen is None or len(stored) + sum(k not in stored for k in plain) <= maxlen):
+            if plain is not None and (maxlen is None or len(stored) + len(plain.keys() - stored.keys()) <= maxlen):
                 for key, value in plain.items():
                     stored.pop(key, None)
                     stored[key] = value
@@ -352,9 +403,9 @@ class LeanSpan(Span):
                 changed = end_filter(processor, attributes, events, status)
                 if changed is not None:
                     attributes, events, status = changed
-            if cast(trace_api.SpanContext, self._context).trace_flags.sampled:
-                for batch, encode in plan.batches:
-                    batch.on_end(cast(ReadableSpan, encode(self, attributes, events, status)))
+            if self._context[3] & _SAMPLED:  # type: ignore[index]  # SpanContext's trace_flags
+                for emit, encode in plan.batches:
+                    emit(encode(self, attributes, events, status))
         except Exception:
             # encoding ran on the export thread, where the library logs a failure; here it
             # would reach the call's own task: the span is lost, the call is not
@@ -380,32 +431,36 @@ class LeanTracer(trace_api.Tracer):
     ) -> trace_api.Span:
         tracer = self.tracer
         plan = _plan(tracer) if not links and tracer._is_enabled() and tracer._span_limits.max_span_attribute_length is None else None
-        current = trace_api.get_current_span(context).get_span_context()
+        current = _current_span(context).get_span_context()
         if plan is None or not isinstance(current, trace_api.SpanContext):
             return tracer.start_span(name, context, kind, attributes, links, start_time, record_exception,
                                      set_status_on_exception)
         ids = tracer.id_generator
-        parent: trace_api.SpanContext | None = current if current.is_valid else None
+        # SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid)
+        parent_trace_id, _, _, parent_flags, parent_state, parent_valid = current
+        parent: trace_api.SpanContext | None = current if parent_valid else None
         if parent is not None:
-            trace_id = parent.trace_id
-            random_id = parent.trace_flags.random_trace_id
+            trace_id = parent_trace_id
+            random_id = bool(parent_flags & _RANDOM_TRACE_ID)
         else:
             trace_id = ids.generate_trace_id()
             random_id = ids.is_trace_id_random()
         sampler = tracer.sampler
         trace_state: trace_api.TraceState | None
         if parent is not None and _defers_to_parent(sampler):
-            sampled = parent.trace_flags.sampled
-            recording, trace_state = sampled, parent.trace_state
+            sampled = bool(parent_flags & _SAMPLED)
+            recording, trace_state = sampled, parent_state
             initial = attributes if sampled else None
         else:
             result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
             sampled = result.decision is Decision.RECORD_AND_SAMPLE
             recording = result.decision is not Decision.DROP
             initial, trace_state = result.attributes, result.trace_state
+        span_id = getrandbits(64) if type(ids) is RandomIdGenerator else ids.generate_span_id()
+        if not span_id:  # as RandomIdGenerator: never the invalid id
+            span_id = ids.generate_span_id()
         span_context = trace_api.SpanContext(
-            trace_id, ids.generate_span_id(), is_remote=False, trace_flags=_FLAGS[(sampled, random_id)],
-            trace_state=trace_state,
+            trace_id, span_id, is_remote=False, trace_flags=_FLAGS[(sampled, random_id)], trace_state=trace_state,
         )
         if not recording:
             return trace_api.NonRecordingSpan(context=span_context)
@@ -415,8 +470,97 @@ class LeanTracer(trace_api.Tracer):
             processor.on_start(span, parent_context=context)
         return span
 
-    # The SDK tracer's own: it starts the span through `self.start_span` and makes it current.
-    start_as_current_span = Tracer.start_as_current_span
+    def start_as_current_span(  # type: ignore[override]  # the API names its generator-based class
+        self,
+        name: str,
+        context: context_api.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[trace_api.Link] | None = (),
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> CurrentSpan:
+        """The SDK tracer's `start_as_current_span` (see `CurrentSpan`)."""
+        return CurrentSpan(self, name, context, kind, attributes, links, start_time, record_exception,
+                           set_status_on_exception, end_on_exit)
+
+
+class CurrentSpan:
+    """`Tracer.start_as_current_span` for a `LeanTracer`: starts the span on entry and makes
+    it current, and on exit restores the context, records an `Exception` as
+    `trace_api.use_span` does and ends the span, in the library's order. The library runs
+    this as two nested generator context managers per span (its own and `use_span`); this
+    is one object. Like the library's, it can decorate a function or coroutine function
+    (each call runs in a fresh copy) and is entered once."""
+
+    __slots__ = ("tracer", "name", "context", "kind", "attributes", "links", "start_time", "record_exception",
+                 "set_status_on_exception", "end_on_exit", "span", "_token")
+
+    def __init__(
+        self, tracer: trace_api.Tracer, name: str, context: context_api.Context | None, kind: SpanKind,
+        attributes: types.Attributes, links: Sequence[trace_api.Link] | None, start_time: int | None,
+        record_exception: bool, set_status_on_exception: bool, end_on_exit: bool,
+    ) -> None:
+        self.tracer, self.name, self.context, self.kind = tracer, name, context, kind
+        self.attributes, self.links, self.start_time = attributes, links, start_time
+        self.record_exception, self.set_status_on_exception = record_exception, set_status_on_exception
+        self.end_on_exit = end_on_exit
+        self.span: trace_api.Span | None = None
+
+    def _start(self) -> trace_api.Span:
+        return self.tracer.start_span(self.name, self.context, self.kind, self.attributes, self.links,
+                                      self.start_time, self.record_exception, self.set_status_on_exception)
+
+    def _failed(self, span: trace_api.Span, exc: Exception) -> None:
+        """Runs while the span is still current, before the library's own recording."""
+
+    def __enter__(self) -> trace_api.Span:
+        if self.span is not None:
+            raise RuntimeError(f"the context manager of span {self.name!r} was already entered")
+        span = self.span = self._start()
+        self._token = _attach_span(span)
+        return span
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        span: trace_api.Span = self.span  # type: ignore[assignment]  # entered: started
+        try:
+            if isinstance(exc, Exception):
+                self._failed(span, exc)
+        finally:
+            try:
+                _detach(self._token)
+                # as `use_span`: an Exception only (not GeneratorExit, CancelledError, ...)
+                if isinstance(exc, Exception) and span.is_recording():
+                    if self.record_exception:
+                        span.record_exception(exc)
+                    if self.set_status_on_exception:
+                        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            finally:
+                if self.end_on_exit:
+                    span.end()
+
+    def _recreate_cm(self) -> CurrentSpan:
+        fresh = copy.copy(self)
+        fresh.span = None
+        return fresh
+
+    def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(func):
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with self._recreate_cm():
+                    return await func(*args, **kwargs)
+
+            return async_wrapper
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self._recreate_cm():
+                return func(*args, **kwargs)
+
+        return wrapper
 
 
 def lean(tracer: trace_api.Tracer) -> trace_api.Tracer:
@@ -439,7 +583,15 @@ def install() -> bool:
     Span.set_attribute = set_attribute  # type: ignore[method-assign]
     Span.set_attributes = set_attributes  # type: ignore[method-assign]
     _active = True
+    _find_context_var()
     return True
+
+
+def _find_context_var() -> None:
+    global _context_var
+    runtime = context_api._RUNTIME_CONTEXT
+    if type(runtime) is ContextVarsRuntimeContext and installed_version(API_DISTRIBUTION) == WRITTEN_AGAINST:
+        _context_var = runtime._current_context
 
 
 def active() -> bool:

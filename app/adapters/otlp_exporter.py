@@ -373,7 +373,10 @@ def _span_body(span: ReadableSpan, attributes: Attributes, events: Sequence[Even
     """The body of a span read from the SDK's own fields (1.45.2: its properties copy events
     and take locks), with these attributes, events and status."""
     links = span._links
-    dropped_attributes, dropped_events, dropped_links = _dropped(attributes), _dropped(events), _dropped(links)
+    # a lean span's plain maps and lists have dropped nothing
+    dropped_attributes = 0 if type(attributes) is dict else _dropped(attributes)
+    dropped_events = 0 if type(events) is list or type(events) is tuple else _dropped(events)
+    dropped_links = 0 if type(links) is tuple else _dropped(links)
     if type(events) is BoundedList:
         events = events._dq  # type: ignore[attr-defined]  # what its locked __iter__ copies
     if type(links) is BoundedList:

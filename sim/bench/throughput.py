@@ -146,6 +146,7 @@ async def alternate(total_turns: int, per_session: int, pairs: int, provider: Tr
             cpu: dict[bool, float] = {}
             for traced in ((False, True) if pair % 2 == 0 else (True, False)):
                 traces.tracer.set_provider(provider if traced else NoOpTracerProvider())
+                gc.collect()  # each block starts from empty generations, whatever the last one left
                 c0 = time.process_time()
                 await measure(env, total_turns, per_session, 16, False)
                 if traced:
