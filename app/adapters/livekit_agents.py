@@ -10,7 +10,12 @@ reads `telemetry.traces.tracer._tracer_provider`, `traces._cloud._trace_provider
 and `pii._PIIFilteringSpanProcessor._allow_pii`; `_memoize_pii_keys` replaces
 `telemetry.pii.is_pii_attribute`, which `pii._contains_pii` and `pii.filter_attributes`
 call by that module-level name; `_lean_livekit_spans` wraps
-`traces._DynamicTracer.set_provider` and sets its `_tracer`, and `_pii_end_filter`
+`traces._DynamicTracer.set_provider` and sets its `_tracer`; `_direct_lean_calls` wraps its
+`start_as_current_span`, `start_span` and `use_span` (and reads `traces._with_conversation_id`'s
+rule: `job._JobContextVar`, `trace_types.ATTR_GEN_AI_CONVERSATION_ID`), and sets
+`_recreate_cm` on the `_AgnosticContextManager` that LiveKit's tracer decorator left in the
+closures of `voice.generation._llm_inference_task`, `_tts_inference_task` and
+`voice.agent_activity.AgentActivity.drain`; `_pii_end_filter`
 applies `pii._PIIFilteringSpanProcessor.on_end`'s rules through `pii._filter_events`,
 `pii._contains_pii`, `pii.filter_attributes` and `telemetry.utils.redaction_enabled`.
 `install()` checks the installed version; when it differs, `active()` is False, agents
@@ -48,6 +53,11 @@ LiveKit's tracer starts several spans per turn on the call's event loop; it gets
 as the rule a lean span applies to what it exports as it ends. LiveKit Cloud's exporter
 needs the filter's stash of the raw attributes, which the lean path does not make: it
 attaches processors of its own, and with them the provider's spans are the library's.
+Around a lean tracer, LiveKit's tracer methods are called directly (`_direct_lean_calls`):
+the same spans, attributes, statuses and exception events as its own wrapper, without
+binding each call's arguments to the SDK's signature and three nested generator context
+managers per span. One visible difference: a stack trace recorded for an exception (only
+exported when PII may be) no longer shows the tracer's own `yield span` frame.
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ Written against opentelemetry-sdk 1.45.2: `Span.set_attribute` and `Span.set_att
 of `opentelemetry.sdk.trace`, which take the span's lock, then the attribute map's
 (`BoundedAttributes._lock`), and run the value through `_clean_attribute_value`, for
 every attribute. `install()` checks the installed version first and leaves both alone,
-with one warning, when it differs.
+with one warning, when it differs. Lean spans also read opentelemetry-api 1.45.2 (released
+with the SDK): `SpanContext` as the tuple it is, the runtime context's `ContextVar`
+(`ContextVarsRuntimeContext._current_context`, used only when that is the runtime context
+and the API's version matches) and `trace.propagation._SPAN_KEY`.
 
 Why: LiveKit Agents writes dozens of attributes per traced turn (and `CallAttributes`
 three per span) on the event loop that also serves live audio, and each write paid for
@@ -38,7 +41,8 @@ span is started, or ended, instead. A lean span that outgrows plain maps (a full
 value the library must check or refuse) moves to the library's bounded ones and its
 path from there on. A rewritten key moves to the end, as in the library. What differs is
 when an export problem shows: a value the encoder cannot write is logged (and left out)
-as the span ends, not when its batch is sent.
+as the span ends, not when its batch is sent. A lean tracer's `start_as_current_span` is
+one object (`CurrentSpan`) instead of the library's two generator context managers.
 """
 
 from __future__ import annotations

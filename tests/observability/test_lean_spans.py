@@ -6,8 +6,10 @@ own spans are started, or ended, instead."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -337,3 +339,237 @@ def test_a_span_that_cannot_be_filtered_or_encoded_is_logged_and_dropped_and_the
         provider.shutdown()
     finally:
         del opentelemetry_sdk._end_filters[Failing]
+
+
+# ------------------------------------------------- LiveKit's tracer calling a lean tracer directly
+
+
+TRACER_FRAME = re.compile(
+    r'  File "[^"]*/(livekit/agents/telemetry/traces|opentelemetry/trace/__init__|opentelemetry/sdk/trace/__init__)'
+    r'\.py", line \d+, in \w+\n    yield span\n'
+)
+
+
+def _timeless(capture: Capture) -> list[bytes]:
+    """Every exported span, with its start, end and event times cleared (the clock), and
+    the tracers' own frames left out of a recorded stack trace: a direct call (`CurrentSpan`,
+    `_direct_lean_calls`) has no generator frame for the exception to pass through."""
+    out = []
+    for request in capture.requests:
+        for resource_spans in request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    span.start_time_unix_nano = span.end_time_unix_nano = 0
+                    for event in span.events:
+                        event.time_unix_nano = 0
+                    for attribute in [*span.attributes, *(a for e in span.events for a in e.attributes)]:
+                        if attribute.key == "exception.stacktrace":
+                            value = attribute.value.string_value
+                            attribute.value.string_value = TRACER_FRAME.sub("", value)
+                    out.append(span.SerializeToString())
+    return out
+
+
+async def _livekit_calls(tracer: traces._DynamicTracer) -> list[type]:
+    """What LiveKit Agents does with its tracer: spans made current, started, used; failing
+    bodies (an Exception, a cancellation); decorated functions and coroutines. Returns the
+    context managers' types."""
+    kinds: list[type] = []
+    turn_cm = tracer.start_as_current_span("agent_turn", attributes={"lk.speech_id": "s1"})
+    kinds.append(type(turn_cm))
+    with turn_cm as turn:
+        turn.set_attribute("lk.interrupted", False)
+        child = tracer.start_span("agent_speaking", attributes={"a": 1})
+        with tracer.use_span(child, end_on_exit=True):
+            tracer.start_span("inner").end()  # parented by the span in use
+        with pytest.raises(ValueError), tracer.start_as_current_span("fails"):
+            raise ValueError("secret detail")
+        with pytest.raises(ValueError), tracer.start_as_current_span(
+            "quiet", record_exception=False, set_status_on_exception=False
+        ):
+            raise ValueError("not recorded")
+        with pytest.raises(asyncio.CancelledError), tracer.start_as_current_span("cancelled"):
+            raise asyncio.CancelledError
+        with pytest.raises(KeyError), tracer.use_span(tracer.start_span("used"), end_on_exit=True):
+            raise KeyError("k")
+        with tracer.start_as_current_span("kept_open", end_on_exit=False) as kept:
+            pass
+        assert kept.is_recording()
+        kept.end()
+
+        @tracer.start_as_current_span("sync_node", attributes={"n": 1})
+        def sync_node(x: int) -> int:
+            return x * 2
+
+        @tracer.start_as_current_span("async_node")
+        async def async_node() -> str:
+            await asyncio.sleep(0)
+            current: Any = trace.get_current_span()
+            return str(current.name)
+
+        assert sync_node(2) == 4 and sync_node(3) == 6
+        assert await async_node() == "async_node"
+        assert trace.get_current_span() is turn
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    with pytest.raises(TypeError), tracer.start_as_current_span("x", nonsense=1):  # LiveKit's: as it is entered
+        pass
+    with pytest.raises(TypeError):
+        tracer.start_span()
+    return kinds
+
+
+@pytest.mark.parametrize("allow_pii", [False, True])
+async def test_livekits_tracer_around_a_lean_tracer_exports_what_its_own_calls_would(
+    allow_pii: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_DynamicTracer`'s methods around a lean tracer (`livekit_agents._direct_lean_calls`)
+    against LiveKit's own: the same spans, attributes (the room sid as the conversation id,
+    first), parents, statuses and exception events, and the same errors for bad arguments."""
+    from livekit.agents.testing import fake_job_context
+
+    from app.adapters import livekit_agents
+
+    exported: list[list[bytes]] = []
+    for direct in (False, True):
+        if not direct:
+            for name in ("start_as_current_span", "start_span", "use_span"):
+                monkeypatch.setattr(traces._DynamicTracer, name, getattr(traces._DynamicTracer, name).__wrapped__)
+        capture = Capture(False)
+        provider = TracerProvider(id_generator=Sequential(True))
+        provider.add_span_processor(pii._PIIFilteringSpanProcessor(allow_pii=allow_pii))
+        provider.add_span_processor(tracing.CallAttributes())
+        provider.add_span_processor(BatchSpanProcessor(capture))
+        tracer = traces._DynamicTracer("livekit-agents")
+        tracer.set_provider(provider)
+        assert isinstance(tracer._tracer, opentelemetry_sdk.LeanTracer)
+        call = tracing._call.set({"session_id": "s1", "agent_id": "support", "config_version": 3})
+        try:
+            with fake_job_context(job_metadata="{}") as ctx:
+                ctx.job.room.sid = "RM_both_runs"
+                kinds = await _livekit_calls(tracer)
+        finally:
+            tracing._call.reset(call)
+        assert (kinds == [livekit_agents._LiveKitCurrentSpan]) is direct
+        provider.force_flush()
+        exported.append(_timeless(capture))
+        provider.shutdown()
+        monkeypatch.undo()
+    livekit, ours = exported
+    assert len(ours) == 11
+    assert ours == livekit
+    decoded = {s.name: s for s in (_span_message(b) for b in ours)}
+    assert decoded["agent_turn"].attributes[0].key == "gen_ai.conversation.id"
+    assert decoded["fails"].status.code == StatusCode.ERROR.value
+    assert decoded["quiet"].status.code == StatusCode.UNSET.value and not decoded["quiet"].events
+    assert decoded["inner"].parent_span_id == decoded["agent_speaking"].span_id
+
+
+def _span_message(data: bytes) -> Any:
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanMessage
+
+    return SpanMessage.FromString(data)
+
+
+async def test_lean_start_as_current_span_records_what_the_sdks_does() -> None:
+    """`LeanTracer.start_as_current_span` (one object, `CurrentSpan`) against the SDK
+    tracer's (two generator context managers): exceptions recorded and statuses set as
+    `use_span` does, decorators, a span kept open."""
+
+    async def calls(tracer: trace.Tracer) -> None:
+        with tracer.start_as_current_span("outer", attributes={"a": 1}):
+            with pytest.raises(ValueError), tracer.start_as_current_span("fails"):
+                raise ValueError("boom")
+            with pytest.raises(ValueError), tracer.start_as_current_span("quiet", record_exception=False):
+                raise ValueError("status only")
+            with pytest.raises(asyncio.CancelledError), tracer.start_as_current_span("cancelled"):
+                raise asyncio.CancelledError
+            with tracer.start_as_current_span("open", end_on_exit=False) as kept:
+                pass
+            kept.end()
+
+            @tracer.start_as_current_span("decorated")
+            async def decorated() -> None:
+                await asyncio.sleep(0)
+
+            await decorated()
+            await decorated()
+        cm = tracer.start_as_current_span("once")
+        with cm:
+            pass
+        if isinstance(cm, opentelemetry_sdk.CurrentSpan):
+            with pytest.raises(RuntimeError, match="already entered"), cm:
+                pass
+        assert trace.get_current_span() is trace.INVALID_SPAN
+
+    exported = []
+    for lean in (False, True):
+        capture = Capture(False)
+        provider = TracerProvider(id_generator=Sequential(True))
+        provider.add_span_processor(BatchSpanProcessor(capture))
+        sdk_tracer = provider.get_tracer("livekit-agents")
+        tracer = opentelemetry_sdk.lean(sdk_tracer) if lean else sdk_tracer
+        assert isinstance(tracer, opentelemetry_sdk.LeanTracer) is lean
+        await calls(tracer)
+        provider.force_flush()
+        exported.append(_timeless(capture))
+        provider.shutdown()
+    assert len(exported[1]) == 8
+    assert exported[1] == exported[0]
+
+
+def test_livekits_functions_decorated_at_import_start_direct_spans_around_a_lean_tracer() -> None:
+    """`llm_node`, `tts_node` and the agent hand-off were decorated before the adapter was
+    installed: each call's context manager is `_LiveKitCurrentSpan` around a lean tracer,
+    LiveKit's own around any other."""
+    from opentelemetry.util._decorator import _AgnosticContextManager
+
+    from app.adapters import livekit_agents
+
+    templates = []
+    for decorated in livekit_agents._decorated_at_import():
+        function: Any = decorated
+        while function is not None:
+            templates += [c.cell_contents for c in function.__closure__ or ()
+                          if isinstance(c.cell_contents, _AgnosticContextManager)]
+            function = getattr(function, "__wrapped__", None)
+    assert [t.args[1] for t in templates] == ["llm_node", "tts_node", "drain_agent_activity"]
+    before = traces.tracer._tracer_provider
+    provider = _livekit_provider([BatchSpanProcessor(Capture(False))])
+    try:
+        traces.tracer.set_provider(provider)
+        recreated: list[Any] = [t._recreate_cm() for t in templates]
+        assert all(type(cm) is livekit_agents._LiveKitCurrentSpan for cm in recreated)
+        traces.tracer.set_provider(trace.NoOpTracerProvider())
+        recreated = [t._recreate_cm() for t in templates]
+        assert all(type(cm) is _AgnosticContextManager for cm in recreated)
+    finally:
+        traces.tracer.set_provider(before)
+        provider.shutdown()
+
+
+def test_a_function_without_livekits_decorator_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    from app.adapters import livekit_agents
+
+    def plain() -> None:
+        pass
+
+    with caplog.at_level(logging.WARNING, logger="app.adapters.livekit_agents"):
+        livekit_agents._direct_decorated(plain, object())
+    assert any("no LiveKit tracer decorator found" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_conversation_id_is_livekits() -> None:
+    from livekit.agents.testing import fake_job_context
+
+    from app.adapters import livekit_agents
+
+    cases: list[dict[str, Any] | None] = [None, {}, {"a": 1}, {"gen_ai.conversation.id": "mine", "b": 2}]
+    for attributes in cases:
+        assert livekit_agents._with_conversation_id(attributes) == traces._with_conversation_id(attributes)
+        with fake_job_context(job_metadata="{}") as ctx:
+            for _ in range(2):  # the second one from the job context
+                ours = livekit_agents._with_conversation_id(attributes)
+                assert ours == traces._with_conversation_id(attributes)
+                assert list(ours or {}) == list(traces._with_conversation_id(attributes) or {})
+            assert ours and ours["gen_ai.conversation.id"] == (attributes or {}).get("gen_ai.conversation.id",
+                                                                                  ctx.job.room.sid)
