@@ -500,7 +500,8 @@ def _lean_current_span(
 def _lean_used_span(
     span: trace.Span, end_on_exit: bool = False, record_exception: bool = True, set_status_on_exception: bool = True
 ) -> _LiveKitUsedSpan:
-    used = _LiveKitUsedSpan(traces.tracer, "", None, trace.SpanKind.INTERNAL, None, (), None, False, False, end_on_exit)
+    name = getattr(span, "name", "")
+    used = _LiveKitUsedSpan(traces.tracer, name, None, trace.SpanKind.INTERNAL, None, (), None, False, False, end_on_exit)
     used.given, used.lk_record_exception, used.lk_set_status_on_exception = span, record_exception, set_status_on_exception
     return used
 
@@ -541,9 +542,9 @@ def _direct_lean_calls(dynamic: type[traces._DynamicTracer]) -> None:
     (`inspect.Signature.bind`) and wraps the SDK's two generator context managers in a third
     of its own, per span. Around a lean tracer its `start_as_current_span`, `start_span` and
     `use_span` do the same in one call each (the SDK's defaults, same errors for a wrong
-    argument); around any other tracer, tracing off included, they are LiveKit's.
-    Functions LiveKit decorated at import (`llm_node`, `tts_node`) keep its wrapper, around
-    the lean tracer's own `start_as_current_span`."""
+    argument); around any other tracer, tracing off included, they are LiveKit's. The
+    functions LiveKit decorated at import, before this ran, get the same through their
+    decorator's context manager (`_direct_decorated`)."""
     if getattr(dynamic.start_span, "__wrapped__", None) is not None:
         return  # installed (LiveKit's own `start_span` is undecorated)
     lean_tracer = opentelemetry_sdk.LeanTracer

@@ -573,3 +573,29 @@ async def test_the_conversation_id_is_livekits() -> None:
                 assert list(ours or {}) == list(traces._with_conversation_id(attributes) or {})
             assert ours and ours["gen_ai.conversation.id"] == (attributes or {}).get("gen_ai.conversation.id",
                                                                                   ctx.job.room.sid)
+
+
+def test_a_context_that_cannot_be_restored_is_logged_as_the_api_logs_it(caplog: pytest.LogCaptureFixture) -> None:
+    """A lean span made current in one context and left in another (a context manager
+    entered in one task and exited in another): the API's own error, for both tracers."""
+    import contextvars
+
+    provider = _livekit_provider([BatchSpanProcessor(Capture(False))])
+    messages = []
+
+    def moved(tracer: trace.Tracer) -> None:
+        cm = tracer.start_as_current_span("moved")
+        span = cm.__enter__()
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="opentelemetry.context"):
+            contextvars.copy_context().run(cm.__exit__, None, None, None)
+        messages.append([r.getMessage() for r in caplog.records])
+        assert trace.get_current_span() is span  # this context keeps it
+        assert not span.is_recording()  # ended all the same
+
+    for lean in (False, True):
+        sdk_tracer = provider.get_tracer("livekit-agents")
+        contextvars.copy_context().run(moved, opentelemetry_sdk.lean(sdk_tracer) if lean else sdk_tracer)
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    assert messages[0] == messages[1] == ["Failed to detach context"]
+    provider.shutdown()
