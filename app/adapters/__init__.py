@@ -13,10 +13,12 @@ in place and logs one warning. Nothing is patched or enabled on import:
   the PII filter's key test answered once per key; LiveKit's tracer starting lean spans,
   its PII filter applied to them as they end.
 - `opentelemetry_sdk`: a span's scalar attribute stored without the library's two locks
-  and re-check where they cannot change the outcome; lean spans (plain maps, encoded as
-  they end) where every processor of the provider is known.
+  and re-check where they cannot change the outcome; lean spans (plain maps, one context
+  manager object, filtered and encoded on the export thread) where every processor of the
+  provider is known.
 - `otlp_exporter`: the OTLP span encoder writing the request's protobuf bytes itself (the
-  library's bytes, what repeats encoded once); a lean span encoded as it ends.
+  library's bytes, what repeats encoded once), a lean span's filters applied as its batch
+  is encoded.
 """
 
 from __future__ import annotations

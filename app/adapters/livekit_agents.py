@@ -50,7 +50,8 @@ so it is kept per key (bounded: an unexpected stream of new keys only evicts).
 
 LiveKit's tracer starts several spans per turn on the call's event loop; it gets
 `app.adapters.opentelemetry_sdk.LeanTracer` (see there), with the PII filter registered
-as the rule a lean span applies to what it exports as it ends. LiveKit Cloud's exporter
+as the rule applied to what a lean span exports (on the export thread, as its batch is
+encoded). LiveKit Cloud's exporter
 needs the filter's stash of the raw attributes, which the lean path does not make: it
 attaches processors of its own, and with them the provider's spans are the library's.
 Around a lean tracer, LiveKit's tracer methods are called directly (`_direct_lean_calls`):

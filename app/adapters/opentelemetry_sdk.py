@@ -31,18 +31,17 @@ processors, and the batch processor then keeps that copy, with everything it ref
 until its batch is sent. Where every processor of the provider is known, a `LeanSpan`
 (an SDK `Span`, so `isinstance` checks and the SDK's other methods still hold) keeps
 plain dicts and lists, starts through the same sampler, id generator and `on_start`s,
-and at `end()` applies the registered filters to what it will export (LiveKit's PII
-filter: `app.adapters.livekit_agents`) and hands each batch processor the span already
-encoded (`app.adapters.otlp_exporter`). Known means: processors whose `on_end` does
-nothing, registered filters, then batch processors whose exporter takes encoded spans;
-anything else (another processor, LiveKit Cloud's exporter attaching, links at start, a
-length limit, the SDK's own span metrics or a disabled tracer) and the library's own
-span is started, or ended, instead. A lean span that outgrows plain maps (a full map, a
+and at `end()` hands each batch processor an `EndedSpan`, to which its exporter
+(`app.adapters.otlp_exporter`) applies the registered filters (LiveKit's PII filter:
+`app.adapters.livekit_agents`) as it encodes the batch. Known means: processors whose
+`on_end` does nothing, registered filters, then batch processors whose exporter takes
+ended spans; anything else (another processor, LiveKit Cloud's exporter attaching, links
+at start, a length limit, the SDK's own span metrics or a disabled tracer) and the
+library's own span is started, or ended, instead. A lean span that outgrows plain maps (a full map, a
 value the library must check or refuse) moves to the library's bounded ones and its
-path from there on. A rewritten key moves to the end, as in the library. What differs is
-when an export problem shows: a value the encoder cannot write is logged (and left out)
-as the span ends, not when its batch is sent. A lean tracer's `start_as_current_span` is
-one object (`CurrentSpan`) instead of the library's two generator context managers.
+path from there on. A rewritten key moves to the end, as in the library. A lean tracer's
+`start_as_current_span` is one object (`CurrentSpan`) instead of the library's two
+generator context managers.
 """
 
 from __future__ import annotations
@@ -62,7 +61,7 @@ from typing import Any, cast
 from opentelemetry import context as context_api, trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
-from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor, SynchronousMultiSpanProcessor, Tracer
+from opentelemetry.sdk.trace import Event, Span, SpanProcessor, SynchronousMultiSpanProcessor, Tracer
 from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -148,13 +147,9 @@ def set_attributes(self: Span, attributes: Mapping[str, types.AnyValue]) -> None
 EndFilter = Callable[[Any, types.Attributes, Sequence[Event], Status], tuple[types.Attributes, Sequence[Event], Status] | None]
 """(processor, attributes, events, status) -> what the span exports instead, or None for
 no change: what that processor's `on_end` does to the read-only copy it is given."""
-Encoder = Callable[[ReadableSpan, types.Attributes, Sequence[Event], Status], object]
-"""(span, attributes, events, status) -> what a batch processor queues for this span: an
-object with the span's `context`, `resource` and `instrumentation_scope`, which is all the
-batch processor reads before handing it to the exporter that accepted it."""
 
 _end_filters: dict[type, EndFilter] = {}
-_batch_encoders: list[tuple[Callable[[object], bool], Encoder]] = []
+_batch_exporters: list[Callable[[object], bool]] = []
 _lock = threading.Lock()
 """Guards a lean span's status and name as the span's own lock would (`_check_span_ended`);
 one for all: what it guards is a field write, never nested."""
@@ -166,10 +161,39 @@ def register_end_filter(processor_type: type, end_filter: EndFilter) -> None:
     _end_filters[processor_type] = end_filter
 
 
-def register_batch_encoder(accepts: Callable[[object], bool], encode: Encoder) -> None:
-    """Let lean spans run with a `BatchSpanProcessor` whose exporter `accepts`, queueing
-    `encode(...)` in place of the span."""
-    _batch_encoders.append((accepts, encode))
+def register_batch_exporter(accepts: Callable[[object], bool]) -> None:
+    """Let lean spans run with a `BatchSpanProcessor` whose exporter `accepts`: one that
+    exports `EndedSpan`s, which its batch processor then queues in place of the spans."""
+    _batch_exporters.append(accepts)
+
+
+class EndedSpan:
+    """A lean span as it ended, queued by each batch processor in its place, with the
+    fields the batch processor and an exporter's grouping read. What it exports is asked
+    for on the export thread (`exported()`): the end filters run there, with the encoding,
+    in a loop over the batch rather than on the call's event loop between its turns."""
+
+    __slots__ = ("span", "context", "resource", "instrumentation_scope", "attributes", "events", "status", "filters")
+
+    def __init__(self, span: LeanSpan, filters: tuple[tuple[EndFilter, SpanProcessor], ...]) -> None:
+        self.span = span
+        self.context = span._context
+        self.resource = span._resource
+        self.instrumentation_scope = span._instrumentation_scope
+        # as they were at the end; an ended span refuses writes, and keeps these
+        self.attributes: types.Attributes = span._attributes
+        self.events: Sequence[Event] = span._events
+        self.status: Status = span._status
+        self.filters = filters
+
+    def exported(self) -> tuple[types.Attributes, Sequence[Event], Status]:
+        """The attributes, events and status to export: the span's, through the filters."""
+        attributes, events, status = self.attributes, self.events, self.status
+        for end_filter, processor in self.filters:
+            changed = end_filter(processor, attributes, events, status)
+            if changed is not None:
+                attributes, events, status = changed
+        return attributes, events, status
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,9 +202,9 @@ class _Plan:
 
     starts: tuple[SpanProcessor, ...]
     filters: tuple[tuple[EndFilter, SpanProcessor], ...]
-    batches: tuple[tuple[Callable[[Any], None], Encoder], ...]
-    """(the batch processor's queue `emit`, the encoder): `BatchSpanProcessor.on_end` less
-    its sampled check, which a lean span made as it ended."""
+    emits: tuple[Callable[[Any], None], ...]
+    """Each batch processor's queue `emit`: `BatchSpanProcessor.on_end` less its sampled
+    check, which a lean span makes as it ends."""
 
 
 def _overrides(processor: SpanProcessor, name: str) -> bool:
@@ -190,26 +214,25 @@ def _overrides(processor: SpanProcessor, name: str) -> bool:
 def _make_plan(processors: tuple[SpanProcessor, ...]) -> _Plan | None:
     starts: list[SpanProcessor] = []
     filters: list[tuple[EndFilter, SpanProcessor]] = []
-    batches: list[tuple[Callable[[Any], None], Encoder]] = []
+    emits: list[Callable[[Any], None]] = []
     for processor in processors:
         if type(processor) is BatchSpanProcessor:  # its on_start and _on_ending do nothing
             exporter = processor._batch_processor._exporter
-            encode = next((encode for accepts, encode in _batch_encoders if accepts(exporter)), None)
-            if encode is None:
+            if not any(accepts(exporter) for accepts in _batch_exporters):
                 return None
-            batches.append((processor._batch_processor.emit, encode))
+            emits.append(processor._batch_processor.emit)
             continue
         if _overrides(processor, "_on_ending"):
             return None
         if _overrides(processor, "on_start"):
             starts.append(processor)
         if (end_filter := _end_filters.get(type(processor))) is not None:
-            if batches:
-                return None  # the library's batch would export what a later filter leaves; ours is encoded by then
+            if emits:
+                return None  # the library's batch would export what a later filter leaves; ours filters all first
             filters.append((end_filter, processor))
         elif _overrides(processor, "on_end"):
             return None
-    return _Plan(tuple(starts), tuple(filters), tuple(batches))
+    return _Plan(tuple(starts), tuple(filters), tuple(emits))
 
 
 def _plan(tracer: Tracer) -> _Plan | None:
@@ -399,21 +422,10 @@ class LeanSpan(Span):
             self._span_processor._on_ending(self)
             self._span_processor.on_end(self._readable_span())
             return
-        attributes: types.Attributes = self._attributes
-        events: Sequence[Event] = self._events
-        status: Status = self._status
-        try:
-            for end_filter, processor in plan.filters:
-                changed = end_filter(processor, attributes, events, status)
-                if changed is not None:
-                    attributes, events, status = changed
-            if self._context[3] & _SAMPLED:  # type: ignore[index]  # SpanContext's trace_flags
-                for emit, encode in plan.batches:
-                    emit(encode(self, attributes, events, status))
-        except Exception:
-            # encoding ran on the export thread, where the library logs a failure; here it
-            # would reach the call's own task: the span is lost, the call is not
-            log.exception("span %r not exported", self._name)
+        if plan.emits and self._context[3] & _SAMPLED:  # type: ignore[index]  # SpanContext's trace_flags
+            ended = EndedSpan(self, plan.filters)
+            for emit in plan.emits:
+                emit(ended)
 
 
 class LeanTracer(trace_api.Tracer):

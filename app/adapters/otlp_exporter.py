@@ -29,6 +29,11 @@ the properties otherwise.
 `encode_request` (installed in the gRPC exporter, whose stub serializes a real message,
 and in the common module, which other callers and later imports take the name from)
 parses them into the library's `ExportTraceServiceRequest`.
+
+A lean span (`app.adapters.opentelemetry_sdk`) reaches the batch as an `EndedSpan`: its
+end filters (LiveKit's PII filter) run here, as the batch is encoded, off the call's
+event loop; one whose filters or encoding fail is logged and left out, and the rest of
+the batch is sent.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import Attributes
 
+from app.adapters.opentelemetry_sdk import EndedSpan
 from app.adapters.pins import installed_version, matches
 
 log = logging.getLogger(__name__)
@@ -354,10 +360,15 @@ def _links(out: list[bytes], links: Sequence[Link]) -> None:
         out.append(_field(b"\x6a", b"".join(body)))
 
 
-def _span(span: ReadableSpan | EncodedSpan) -> bytes:
-    """A Span's body, in field number order."""
-    if type(span) is EncodedSpan:
-        return span.body
+def _span(span: ReadableSpan | EndedSpan) -> bytes | None:
+    """A Span's body, in field number order; None for a lean span whose filters or
+    encoding failed (logged: the span is left out, the rest of the batch is sent)."""
+    if type(span) is EndedSpan:
+        try:
+            return _span_body(span.span, *span.exported())
+        except Exception:
+            log.exception("span %r not exported", span.span._name)
+            return None
     assert isinstance(span, ReadableSpan)
     if _sdk_internals and type(span) is ReadableSpan:
         return _span_body(span, span._attributes, span._events, span._status)
@@ -428,30 +439,9 @@ def _body(
     return b"".join(out)
 
 
-class EncodedSpan:
-    """A span encoded as it ended (`app.adapters.opentelemetry_sdk`'s lean spans): what the
-    batch processor queues instead of the span, with the fields it and `_grouped` read.
-    Bytes hold no references, so a queued span no longer keeps its attribute maps, events
-    and context alive for the cyclic GC to scan until the batch is sent."""
-
-    __slots__ = ("context", "resource", "instrumentation_scope", "body")
-
-    def __init__(self, span: ReadableSpan, body: bytes) -> None:
-        self.context = span._context
-        self.resource = span._resource
-        self.instrumentation_scope = span._instrumentation_scope
-        self.body = body
-
-
-def encode_ended(span: ReadableSpan, attributes: Attributes, events: Sequence[Event], status: Status) -> EncodedSpan:
-    """`span` (an SDK span, read through its fields) as it will be exported, with these
-    attributes, events and status (a filter's, in place of the span's own)."""
-    return EncodedSpan(span, _span_body(span, attributes, events, status))
-
-
-def accepts_encoded(exporter: object) -> bool:
+def accepts_ended(exporter: object) -> bool:
     """Whether this exporter's requests are encoded here, so that its batches may hold
-    `EncodedSpan`s."""
+    lean spans' `EndedSpan`s."""
     module = sys.modules.get(type(exporter).__module__)
     return _active and _sdk_internals and getattr(module, "encode_spans", None) in (encode_spans, encode_request)
 
@@ -498,10 +488,15 @@ def _encode(sdk_spans: Sequence[ReadableSpan]) -> bytes:
             scope_spans = [_header(scope, _scope_field)]
             for span in members:
                 body = _span(span)
-                scope_spans.append(b"\x12" + _varint(len(body)) + body)  # ScopeSpans.spans (2)
+                if body is not None:
+                    scope_spans.append(b"\x12" + _varint(len(body)) + body)  # ScopeSpans.spans (2)
+            if len(scope_spans) == 1:
+                continue  # every span of the scope left out (`_span`)
             if scope is not None and scope.schema_url is not None:
                 scope_spans.append(_string_field(b"\x1a", scope.schema_url))  # ScopeSpans.schema_url (3)
             resource_spans.append(_field(b"\x12", b"".join(scope_spans)))  # ResourceSpans.scope_spans (2)
+        if len(resource_spans) == 1:
+            continue
         if resource.schema_url is not None:
             resource_spans.append(_string_field(b"\x1a", resource.schema_url))  # ResourceSpans.schema_url (3)
         request.append(_field(b"\x0a", b"".join(resource_spans)))  # ExportTraceServiceRequest.resource_spans (1)
@@ -566,7 +561,7 @@ def install() -> bool:
     if _sdk_internals:
         from app.adapters import opentelemetry_sdk
 
-        opentelemetry_sdk.register_batch_encoder(accepts_encoded, encode_ended)
+        opentelemetry_sdk.register_batch_exporter(accepts_ended)
     return True
 
 

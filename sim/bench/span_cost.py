@@ -13,8 +13,8 @@ store around them. Three variants, in this order, in one process:
   call attributes, LiveKit's PII filter, the batch processor exporting OTLP/HTTP to a
   receiver in a process of its own on loopback), the libraries' own code;
 - `adapted`: the same after `install_adapters()` (`app/adapters`: LiveKit's tracer
-  starting lean spans, PII-filtered and encoded as they end; the PII key test; the OTLP
-  encoder), as the platform runs.
+  starting lean spans through direct calls, PII-filtered and encoded on the export thread;
+  the PII key test; the OTLP encoder), as the platform runs.
 Each figure is the median over `--repeat` blocks of the process's CPU microseconds per
 turn: recording, the PII filter, encoding and posting (every 100 turns the loop flushes
 the batch itself, so that a tight loop cannot outrun the batch queue), garbage collection

@@ -80,10 +80,12 @@ class Sequential(IdGenerator):
 def adapters() -> Iterator[None]:
     install_adapters()
     assert opentelemetry_sdk.active() and otlp_exporter.active()
-    accept = (lambda exporter: type(exporter) is Capture and not exporter.library, otlp_exporter.encode_ended)
-    opentelemetry_sdk._batch_encoders.append(accept)
+    def accept(exporter: object) -> bool:
+        return type(exporter) is Capture and not exporter.library
+
+    opentelemetry_sdk._batch_exporters.append(accept)
     yield
-    opentelemetry_sdk._batch_encoders.remove(accept)
+    opentelemetry_sdk._batch_exporters.remove(accept)
 
 
 def _provider(sampler: Sampler, limits: SpanLimits, allow_pii: bool, library: bool,
@@ -220,11 +222,9 @@ def test_lean_spans_export_and_read_what_the_sdk_does(
     (live_sdk, warn_sdk, out_sdk, _), (live_lean, warn_lean, out_lean, started) = results
     assert out_lean == out_sdk
     assert live_lean == live_sdk
-    # the same warnings; one the encoder logs (a value it cannot write, e.g. an int beyond
-    # int64 in a list) comes as the span ends rather than when its batch is sent
-    encoder = "Failed to encode key"
-    assert [w for w in warn_lean if not w.startswith(encoder)] == [w for w in warn_sdk if not w.startswith(encoder)]
-    assert sorted(w for w in warn_lean if w.startswith(encoder)) == sorted(w for w in warn_sdk if w.startswith(encoder))
+    # the same warnings, in the same order: the encoder's (a value it cannot write, e.g.
+    # an int beyond int64 in a list) as the batch is sent, as the library's
+    assert warn_lean == warn_sdk
     if limits.max_span_attribute_length is None:  # else the library's spans, by design
         # every span that recorded was a lean one (a span the sampler drops is the API's no-op)
         assert all(kind is opentelemetry_sdk.LeanSpan for kind, recording in started if recording)
@@ -266,7 +266,7 @@ def test_an_unknown_processor_gets_the_librarys_spans_and_every_span_that_ends_a
         provider.shutdown()
 
 
-def test_a_batch_processor_whose_exporter_takes_no_encoded_spans_gets_the_librarys_spans() -> None:
+def test_a_batch_processor_whose_exporter_takes_no_ended_spans_gets_the_librarys_spans() -> None:
     memory = InMemorySpanExporter()
     provider = _livekit_provider([BatchSpanProcessor(memory)])
     tracer = opentelemetry_sdk.lean(provider.get_tracer("livekit-agents"))
@@ -317,25 +317,34 @@ class Failing(SpanProcessor):
     """A known processor whose end filter fails."""
 
 
-def test_a_span_that_cannot_be_filtered_or_encoded_is_logged_and_dropped_and_the_caller_goes_on(
+def test_a_span_that_cannot_be_filtered_is_logged_and_left_out_and_the_rest_of_its_batch_is_sent(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def broken(*_: object) -> None:
-        raise ValueError("boom")
+    def broken(_processor: object, attributes: Any, *_: object) -> None:
+        if attributes and attributes.get("fail"):
+            raise ValueError("boom")
 
     opentelemetry_sdk.register_end_filter(Failing, broken)
     try:
         capture = Capture(False)
         provider = _livekit_provider([Failing(), BatchSpanProcessor(capture)])
         lean = opentelemetry_sdk.lean(provider.get_tracer("livekit-agents"))
-        span = lean.start_span("s")
-        assert type(span) is opentelemetry_sdk.LeanSpan
-        with caplog.at_level(logging.ERROR, logger="app.adapters.opentelemetry_sdk"):
-            span.end()  # does not raise into the call's task
-        assert not span.is_recording()
-        assert any("'s' not exported" in r.getMessage() for r in caplog.records)
-        provider.force_flush()
-        assert capture.requests == []
+        spans = [lean.start_span(name, attributes={"fail": name == "s"}) for name in ("before", "s", "after")]
+        assert all(type(span) is opentelemetry_sdk.LeanSpan for span in spans)
+        for span in spans:
+            span.end()  # the filter runs on the export thread, never in the call's task
+        assert not caplog.records
+        with caplog.at_level(logging.ERROR, logger="app.adapters.otlp_exporter"):
+            provider.force_flush()
+        assert [r.getMessage() for r in caplog.records] == ["span 's' not exported"]
+        assert [s.name for r in capture.requests for rs in r.resource_spans for ss in rs.scope_spans
+                for s in ss.spans] == ["before", "after"]
+        caplog.clear()
+        lean.start_span("s", attributes={"fail": True}).end()
+        with caplog.at_level(logging.ERROR, logger="app.adapters.otlp_exporter"):
+            provider.force_flush()  # a batch of nothing but a failed span: nothing sent
+        assert [r.getMessage() for r in caplog.records] == ["span 's' not exported"]
+        assert len(capture.requests) == 2 and not capture.requests[1].resource_spans  # an empty request
         provider.shutdown()
     finally:
         del opentelemetry_sdk._end_filters[Failing]
