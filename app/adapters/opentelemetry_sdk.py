@@ -260,6 +260,11 @@ def _defers_to_parent(sampler: object) -> bool:
     )
 
 
+_deferring: tuple[object, bool] = (None, False)
+"""The last sampler asked about and `_defers_to_parent`'s answer (a provider's sampler is
+set once, at its creation)."""
+
+
 _FLAGS = {
     (sampled, random): TraceFlags((TraceFlags.SAMPLED if sampled else 0) | (TraceFlags.RANDOM_TRACE_ID if random else 0))
     for sampled in (False, True) for random in (False, True)
@@ -357,7 +362,7 @@ class LeanSpan(Span):
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
         attributes = self._attributes
         if type(attributes) is dict and self._end_time is None:
-            plain = _plain(value)
+            plain = value if type(value) in _SCALARS else _plain(value)
             if plain is not _NOT_PLAIN and type(key) is str and key:
                 if key in attributes:
                     del attributes[key]  # moves to the end, as in the library
@@ -446,7 +451,8 @@ class LeanTracer(trace_api.Tracer):
         set_status_on_exception: bool = True,
     ) -> trace_api.Span:
         tracer = self.tracer
-        plan = _plan(tracer) if not links and tracer._is_enabled() and tracer._span_limits.max_span_attribute_length is None else None
+        enabled = tracer._tracer_config.is_enabled  # `Tracer._is_enabled()`
+        plan = _plan(tracer) if not links and enabled and tracer._span_limits.max_span_attribute_length is None else None
         current = _current_span(context).get_span_context()
         if plan is None or not isinstance(current, trace_api.SpanContext):
             return tracer.start_span(name, context, kind, attributes, links, start_time, record_exception,
@@ -461,9 +467,13 @@ class LeanTracer(trace_api.Tracer):
         else:
             trace_id = ids.generate_trace_id()
             random_id = ids.is_trace_id_random()
+        global _deferring
         sampler = tracer.sampler
+        deferring = _deferring  # one read: another thread may replace it
+        if deferring[0] is not sampler:
+            deferring = _deferring = (sampler, _defers_to_parent(sampler))
         trace_state: trace_api.TraceState | None
-        if parent is not None and _defers_to_parent(sampler):
+        if parent is not None and deferring[1]:
             sampled = bool(parent_flags & _SAMPLED)
             recording, trace_state = sampled, parent_state
             initial = attributes if sampled else None
