@@ -42,6 +42,15 @@ Figures, per N and overall:
 - CPU seconds per session-minute of audio, and RSS per session (the RSS increase with
   N sessions open over the process before any, divided by N, at the largest N).
 
+`--alternate W` (with tracing configured by `OTEL_*`) measures what tracing costs a voice
+session inside one process instead: one run of the largest size, and while its sessions
+talk, LiveKit's tracer is switched between the provider and none every W seconds (off-on,
+then on-off, ...), the process's CPU time taken per window; each pair of windows gives an
+overhead, `alternating_voice_overhead_pct` is their median. The sessions, their turns and
+the machine's neighbours are shared by both sides of every pair, which two processes side
+by side (`sim.bench.observability`) cannot match for noise. A span started in one window
+may end in the next: the windows are long next to a turn.
+
 The machine is shared: the load average is printed with the figures. Ends with one
 JSON line: `cpu_s_per_session_min`, `rss_mb_per_session`, `overhead_p50_ms`,
 `overhead_p99_ms`, `max_realtime_sessions_per_core`, and details.
@@ -58,6 +67,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -407,6 +417,30 @@ def show(r: dict[str, Any]) -> None:
     )
 
 
+async def alternate_windows(provider: Any, window_s: float, start_after_s: float, pairs: int) -> list[float]:
+    """LiveKit's tracer off and on, window by window, while the sessions run (module doc):
+    each pair's CPU overhead of "on" in percent."""
+    from livekit.agents.telemetry import traces
+    from opentelemetry.trace import NoOpTracerProvider
+
+    await asyncio.sleep(start_after_s)
+    overheads: list[float] = []
+    try:
+        for pair in range(pairs):
+            cpu: dict[bool, float] = {}
+            for traced in ((False, True) if pair % 2 == 0 else (True, False)):
+                traces.tracer.set_provider(provider if traced else NoOpTracerProvider())
+                c0 = time.process_time()
+                await asyncio.sleep(window_s)
+                cpu[traced] = time.process_time() - c0
+            overheads.append((cpu[True] / cpu[False] - 1) * 100)
+            print(f"  windows {pair + 1}: {cpu[False]:.2f} CPU-s off, {cpu[True]:.2f} on: {overheads[-1]:+.1f} %",
+                  flush=True)
+    finally:
+        traces.tracer.set_provider(provider)
+    return overheads
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     sizes = [int(s) for s in args.sizes.split(",")]
     delays = Delays(args.stt_ms / 1000, args.llm_ms / 1000, args.tts_ms / 1000)
@@ -435,6 +469,23 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             # every imported object (100-250 ms pauses here, stalling every session at once)
             gc.collect()
             gc.freeze()
+        if args.alternate:
+            n = max(sizes)
+            # from the greetings (starts spread over 2 s) to before the first caller hangs up
+            start_after, pairs = 4.0, int((args.seconds - 2.0) // (2 * args.alternate))
+            if pairs < 1:
+                raise SystemExit(f"--seconds {args.seconds:g} leaves no pair of {args.alternate:g} s windows")
+            print(f"tracing off and on, alternating every {args.alternate:g} s while {n} sessions talk "
+                  f"({pairs} pairs)", flush=True)
+            toggler = asyncio.create_task(alternate_windows(tracing.provider(), args.alternate, start_after, pairs))
+            r = await run_size(services, n, args.seconds + start_after, delays, lines, args.executor, args.frame_ms,
+                               baseline_rss=baseline, rate=rate)
+            overheads = await toggler
+            show(r)
+            return {"alternating_voice_overhead_pct": statistics.median(overheads),
+                    "alternating_pairs_pct": [round(x, 1) for x in overheads], "n": n,
+                    "window_s": args.alternate, "realtime": f"{r['realtime_sessions']}/{n}", "turns": r["turns"],
+                    "loadavg_1m": os.getloadavg()[0]}
         callers = await run_size(services, max(sizes), 0, delays, lines, args.executor, args.frame_ms,
                                  caller_only_s=min(8.0, args.seconds), rate=rate)
         print(f"  simulated callers alone (N={max(sizes)}): {callers['cpu_s_per_session_min']:.2f} s/session-min "
@@ -507,6 +558,8 @@ def main() -> None:
                          "(sim/bench/voice_processes.py); sizes are then sessions per machine")
     ap.add_argument("--pinning", choices=["auto", "on", "off"], default="auto",
                     help="with --processes: pin each process to a core as WORKER_CPU_PINNING does")
+    ap.add_argument("--alternate", type=float, default=0.0, metavar="W",
+                    help="W-second windows with tracing off and on in one run of the largest size (needs OTEL_*)")
     ap.add_argument("--stt-ms", type=int, default=150)
     ap.add_argument("--llm-ms", type=int, default=300)
     ap.add_argument("--tts-ms", type=int, default=100)
@@ -522,6 +575,8 @@ def main() -> None:
         return
     traced = start_tracing(Settings(_env_file=None)) is not None  # type: ignore[call-arg]
     print(f"tracing: {'on (OTEL_EXPORTER_OTLP_*)' if traced else 'off'}", flush=True)
+    if args.alternate and not traced:
+        ap.error("--alternate needs tracing configured: set OTEL_EXPORTER_OTLP_ENDPOINT")
     figures = asyncio.run(main_async(args))
     tracing.shutdown()
     emit(figures | {"tracing": traced})
