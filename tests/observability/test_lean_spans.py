@@ -608,3 +608,27 @@ def test_a_context_that_cannot_be_restored_is_logged_as_the_api_logs_it(caplog: 
     assert trace.get_current_span() is trace.INVALID_SPAN
     assert messages[0] == messages[1] == ["Failed to detach context"]
     provider.shutdown()
+
+
+def test_the_direct_calls_take_the_librarys_parameters_and_defaults() -> None:
+    """The direct calls skip `Signature.bind`, so their own parameters must be the library's:
+    names, order, kinds and defaults (a default of their own would change what a call that
+    leaves it out records)."""
+    import inspect
+
+    from opentelemetry.sdk.trace import Tracer
+
+    from app.adapters import livekit_agents
+
+    def parameters(function: Any, skip: int) -> list[tuple[str, Any, Any]]:
+        return [(p.name, p.kind, p.default) for p in list(inspect.signature(function).parameters.values())[skip:]]
+
+    pairs = [
+        (livekit_agents._lean_start_span, 1, Tracer.start_span, 1),
+        (livekit_agents._lean_current_span, 1, Tracer.start_as_current_span, 1),
+        (livekit_agents._lean_used_span, 0, trace.use_span, 0),
+        (opentelemetry_sdk.LeanTracer.start_span, 1, Tracer.start_span, 1),
+        (opentelemetry_sdk.LeanTracer.start_as_current_span, 1, Tracer.start_as_current_span, 1),
+    ]
+    for ours, ours_skip, library, library_skip in pairs:
+        assert parameters(ours, ours_skip) == parameters(library, library_skip), ours.__qualname__
