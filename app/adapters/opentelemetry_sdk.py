@@ -228,7 +228,7 @@ def _make_plan(processors: tuple[SpanProcessor, ...]) -> _Plan | None:
             starts.append(processor)
         if (end_filter := _end_filters.get(type(processor))) is not None:
             if emits:
-                return None  # the library's batch would export what a later filter leaves; ours filters all first
+                return None  # a batch processor before a filter: the library's spans keep the library's order
             filters.append((end_filter, processor))
         elif _overrides(processor, "on_end"):
             return None
@@ -275,8 +275,8 @@ _RANDOM_TRACE_ID = int(TraceFlags.RANDOM_TRACE_ID)
 _context_var: ContextVar[context_api.Context] | None = None
 """The API's current-context variable (`ContextVarsRuntimeContext`, the default runtime
 context), read and set directly by lean spans once `install()` found it; else None and
-they go through `opentelemetry.context`. Both do the same: each of the API's functions is
-one call into the next, several per span."""
+they go through `opentelemetry.context`, whose functions reach the same variable through
+a chain of calls (`attach` -> the runtime context -> the variable) several times a span."""
 
 
 def _current_span(context: context_api.Context | None) -> trace_api.Span:
