@@ -10,8 +10,8 @@ in place and logs one warning. Nothing is patched or enabled on import:
 - `silero`: silero's VAD stream run inline, one per session (`SessionVAD`);
 - `livekit_agents`: `stt.StreamAdapter` segmenting on that one VAD stream
   (`SegmentingSTT`); no chat-context JSON for a trace span whose PII filter would drop it;
-  the PII filter's key test answered once per key; LiveKit's tracer starting lean spans,
-  its PII filter applied to them as they end.
+  the PII filter's key test answered once per key; LiveKit's tracer starting lean spans
+  through direct calls, its PII filter applied to them as their batch is encoded.
 - `opentelemetry_sdk`: a span's scalar attribute stored without the library's two locks
   and re-check where they cannot change the outcome; lean spans (plain maps, one context
   manager object, filtered and encoded on the export thread) where every processor of the

@@ -26,9 +26,8 @@ thread can do is keep one attribute the library would have refused with a warnin
 
 Lean spans (`LeanTracer`, for LiveKit's tracer, which starts several spans per turn): the
 SDK's `Tracer.start_span` and `Span` build, per span, a bounded attribute map and event
-and link lists with a lock each, a sampling result, a read-only copy at `end()` for the
-processors, and the batch processor then keeps that copy, with everything it references,
-until its batch is sent. Where every processor of the provider is known, a `LeanSpan`
+and link lists with a lock each, a sampling result and a read-only copy at `end()` for
+the processors. Where every processor of the provider is known, a `LeanSpan`
 (an SDK `Span`, so `isinstance` checks and the SDK's other methods still hold) keeps
 plain dicts and lists, starts through the same sampler, id generator and `on_start`s,
 and at `end()` hands each batch processor an `EndedSpan`, to which its exporter
@@ -37,9 +36,9 @@ and at `end()` hands each batch processor an `EndedSpan`, to which its exporter
 `on_end` does nothing, registered filters, then batch processors whose exporter takes
 ended spans; anything else (another processor, LiveKit Cloud's exporter attaching, links
 at start, a length limit, the SDK's own span metrics or a disabled tracer) and the
-library's own span is started, or ended, instead. A lean span that outgrows plain maps (a full map, a
-value the library must check or refuse) moves to the library's bounded ones and its
-path from there on. A rewritten key moves to the end, as in the library. A lean tracer's
+library's own span is started, or ended, instead. A lean span that outgrows plain maps
+(a full map, a value the library must check or refuse) moves to the library's bounded
+ones and its path from there on. A rewritten key moves to the end, as in the library. A lean tracer's
 `start_as_current_span` is one object (`CurrentSpan`) instead of the library's two
 generator context managers.
 """
