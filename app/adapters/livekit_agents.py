@@ -64,24 +64,33 @@ exported when PII may be) no longer shows the tracer's own `yield span` frame.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from livekit import rtc
 from livekit.agents import job, stt as lk_stt, utils, vad as lk_vad
-from livekit.agents.llm import ChatContext
+from livekit.agents.llm import ChatContext, LLMStream
 from livekit.agents.stt.stream_adapter import StreamAdapterWrapper
-from livekit.agents.telemetry import input_delta, pii, trace_types, traces, utils as telemetry_utils
+from livekit.agents.telemetry import (
+    gen_ai as gen_ai_telemetry,
+    input_delta,
+    pii,
+    trace_types,
+    traces,
+    utils as telemetry_utils,
+)
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
 from livekit.agents.utils import aio
 from opentelemetry import context as otel_context, trace
 from opentelemetry.sdk.trace import Event, TracerProvider
 from opentelemetry.trace import Status, StatusCode
+from opentelemetry.util import types as otel_types
 from opentelemetry.util._decorator import _AgnosticContextManager
 from opentelemetry.util.types import Attributes
 
@@ -119,6 +128,7 @@ def install() -> bool:
             _skip_dropped_chat_context()
             _memoize_pii_keys()
             _lean_livekit_spans()
+            _attempt_spans_on_failure()
     return _active
 
 
@@ -616,6 +626,117 @@ def _direct_template(template: _AgnosticContextManager[trace.Span]) -> None:
         return recreate()
 
     template._recreate_cm = recreate_cm  # type: ignore[method-assign]  # this instance only
+
+
+class _FirstAttempt(trace.Span):
+    """An LLM request's first attempt, run in its request's span, as LiveKit's
+    `_attempt_span` context manager: what LiveKit writes to the attempt's span is kept, to
+    go on a span of its own should the attempt fail (an `Exception`), or on the request's
+    span when it does not. Its span context is the request's, the span the attempt's work
+    runs under."""
+
+    def __init__(self, stream: LLMStream, request: trace.Span) -> None:
+        self.stream = stream
+        self.request = request
+        self.start_time = time.time_ns()
+        self.attributes: dict[str, otel_types.AnyValue] = {}
+        self.events: list[tuple[str, Attributes, int | None]] = []
+
+    def __enter__(self) -> _FirstAttempt:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        # Tracing must not change the request's outcome: an error here would replace the
+        # attempt's own and stop LiveKit's retry.
+        try:
+            if isinstance(exc, Exception):
+                self.failed(exc)
+            else:  # done, or cancelled: LiveKit's span would have ended without an error
+                self.succeeded()
+        except Exception:
+            log.exception("an LLM request's first attempt was not recorded")
+
+    def set_attribute(self, key: str, value: otel_types.AnyValue) -> None:
+        self.attributes.pop(key, None)  # a rewritten key moves to the end, as on a span
+        self.attributes[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, otel_types.AnyValue]) -> None:
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
+
+    def add_event(self, name: str, attributes: Attributes = None, timestamp: int | None = None) -> None:
+        self.events.append((name, attributes, timestamp))
+
+    def get_span_context(self) -> trace.SpanContext:
+        return self.request.get_span_context()
+
+    def is_recording(self) -> bool:
+        return True
+
+    def update_name(self, name: str) -> None:
+        raise NotImplementedError("LiveKit 1.8.9 does not rename an attempt's span")
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        raise NotImplementedError("LiveKit 1.8.9 does not set an attempt's status itself")
+
+    def record_exception(self, exception: BaseException, attributes: Attributes = None,
+                         timestamp: int | None = None, escaped: bool = False) -> None:
+        raise NotImplementedError("LiveKit 1.8.9 records an attempt's exception through its tracer")
+
+    def end(self, end_time: int | None = None) -> None:
+        raise NotImplementedError("LiveKit 1.8.9 ends an attempt's span through its tracer")
+
+    def _write(self, span: trace.Span) -> None:
+        if span.is_recording():  # the request's span may have ended (a cancelled stream)
+            if self.attributes:
+                span.set_attributes(self.attributes)
+            for name, attributes, timestamp in self.events:
+                span.add_event(name, attributes, timestamp)
+
+    def succeeded(self) -> None:
+        self._write(self.request)
+
+    def failed(self, exc: Exception) -> None:
+        """The span LiveKit's tracer would have made for the attempt, made now: the same
+        name, parent, start, attributes, exception event and status."""
+        stream = self.stream
+        name = stream._llm_attempt_span_name
+        assert name is not None
+        span = traces.tracer.start_span(name, context=trace.set_span_in_context(self.request),
+                                        start_time=self.start_time)
+        gen_ai_telemetry.set_request_attributes(
+            span, operation=None, provider=stream._llm.provider, model=stream._llm.model
+        )
+        self._write(span)
+        telemetry_utils.record_exception(span, exc)
+        span.end()
+
+
+def _attempt_spans_on_failure() -> None:
+    """`LLMStream._attempt_span`: LiveKit opens a span (`llm_request_run`) for every attempt
+    at an LLM request, inside the request's own span (`llm_request`). Most requests succeed
+    at the first attempt, and the attempt's span then repeats the request's: a fifth of a
+    text turn's spans. Around a lean tracer, the first attempt runs in the request's span
+    (as LiveKit runs every attempt where a stream has no attempt span name), and its span
+    is made only if it fails, as LiveKit would have made it, before the retry's; a
+    successful first attempt's attributes (`lk.retry_count`, the provider's request ids) go
+    on the request's span. Later attempts are LiveKit's. What a first attempt's own work
+    starts (no LiveKit plugin starts spans there) is parented by the request's span, and a
+    stack trace recorded for its failure has no `_attempt_span` frame."""
+    original = LLMStream._attempt_span
+    if hasattr(original, "_app_original"):
+        return
+
+    def attempt_span(self: LLMStream) -> contextlib.AbstractContextManager[trace.Span]:
+        request = trace.get_current_span()
+        if (self._llm_attempt_span_name is None or getattr(self, "_app_attempted", False)
+                or type(traces.tracer._tracer) is not opentelemetry_sdk.LeanTracer or not request.is_recording()):
+            return original(self)
+        self._app_attempted = True  # type: ignore[attr-defined]
+        return _FirstAttempt(self, request)
+
+    attempt_span._app_original = original  # type: ignore[attr-defined]
+    LLMStream._attempt_span = attempt_span  # type: ignore[assignment]
 
 
 PII_KEYS_REMEMBERED = 4096
