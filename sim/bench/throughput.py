@@ -26,7 +26,11 @@ concurrency 16, LiveKit's tracer switched between the provider and none from blo
 block (off-on, then on-off, ...), each "on" block's spans exported within its CPU time.
 Both sides share the process, its heap and the hour's neighbours, which two processes
 side by side do not; the platform's own spans (one `call` span per session) stay on in
-both. Ends with `alternating_text_overhead_pct`, the median of the pairs' overheads.
+both. Ends with `alternating_text_overhead_pct`, the median of the pairs' overheads, and
+the same without the cyclic garbage collector's time on either side
+(`alternating_overhead_outside_collections_pct`), with the collector's own time per turn
+off and on (medians): a full collection over the sessions' heap is one lump of a large
+fraction of a second, two or three per block, which moves a pair by more than tracing costs.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from opentelemetry.trace import NoOpTracerProvider
 from app.observability import tracing
 from app.settings import Settings
 from app.worker.tracing import start_tracing
-from sim.bench.stats import emit
+from sim.bench.stats import CollectionTime, emit
 from sim.harness import SimEnvironment, run_session
 from sim.report import Checks
 from sim.scenario import Scenario, SessionSpec
@@ -138,26 +142,40 @@ async def alternate(total_turns: int, per_session: int, pairs: int, provider: Tr
     """Text turns with LiveKit's tracer on and off in this process, block by block (module doc)."""
     scenario = Scenario.model_validate({"name": "throughput", "sessions": [{}]})
     overheads: list[float] = []
+    without_gc: list[float] = []
+    gc_us: dict[bool, list[float]] = {False: [], True: []}
     async with SimEnvironment(scenario, settings_overrides=PRODUCTION) as env:
         await measure(env, per_session * 2, per_session, 2, False)  # warm-up, traced
         gc.collect()
         gc.freeze()  # as worker processes do
         for pair in range(pairs):
             cpu: dict[bool, float] = {}
+            collecting: dict[bool, float] = {}
             for traced in ((False, True) if pair % 2 == 0 else (True, False)):
                 traces.tracer.set_provider(provider if traced else NoOpTracerProvider())
                 gc.collect()  # each block starts from empty generations, whatever the last one left
-                c0 = time.process_time()
-                await measure(env, total_turns, per_session, 16, False)
-                if traced:
-                    await asyncio.to_thread(provider.force_flush)
-                cpu[traced] = time.process_time() - c0
+                with CollectionTime() as collections:
+                    c0 = time.process_time()
+                    await measure(env, total_turns, per_session, 16, False)
+                    if traced:
+                        await asyncio.to_thread(provider.force_flush)
+                    cpu[traced] = time.process_time() - c0
+                collecting[traced] = collections.ns / 1e9
             overheads.append((cpu[True] / cpu[False] - 1) * 100)
+            without_gc.append(((cpu[True] - collecting[True]) / (cpu[False] - collecting[False]) - 1) * 100)
+            for traced in (False, True):
+                gc_us[traced].append(collecting[traced] / total_turns * 1e6)
             print(f"  pair {pair + 1}: {cpu[False] / total_turns * 1e3:.2f} ms CPU per turn off, "
-                  f"{cpu[True] / total_turns * 1e3:.2f} on: {overheads[-1]:+.1f} %", flush=True)
+                  f"{cpu[True] / total_turns * 1e3:.2f} on: {overheads[-1]:+.1f} %; collections "
+                  f"{gc_us[False][-1]:.0f} and {gc_us[True][-1]:.0f} µs per turn, the rest {without_gc[-1]:+.1f} %",
+                  flush=True)
         traces.tracer.set_provider(provider)
     return {"alternating_text_overhead_pct": statistics.median(overheads),
             "alternating_pairs_pct": [round(x, 1) for x in overheads],
+            "alternating_overhead_outside_collections_pct": statistics.median(without_gc),
+            "outside_collections_pairs_pct": [round(x, 1) for x in without_gc],
+            "collections_us_per_turn_off": statistics.median(gc_us[False]),
+            "collections_us_per_turn_on": statistics.median(gc_us[True]),
             "turns": total_turns, "per_session": per_session}
 
 

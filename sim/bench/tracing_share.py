@@ -16,8 +16,12 @@ callers-alone run not counted).
 Unlike the on/off comparisons (`sim.bench.observability`), this needs no second run to
 compare with, so neighbours and the turns' own variance hardly move it. What it leaves out:
 the cyclic garbage collector's extra work for the spans' objects, LiveKit's own work to
-compute the values it records, and the cost of the timing itself (a clock read before
-and after each call, counted inside). Ends with one JSON line.
+compute the values it records. Taken off the total, whose uncorrected share is printed
+too: the timing's own cost inside each timed call (the thread CPU clock is a system call),
+measured on an empty call, and any garbage collection that ran inside a timed call (a full
+collection is a lump of a large fraction of a second, over the whole heap, landing in
+whichever call allocates at the time; the collector's time with tracing on and off is
+`sim.bench.throughput --alternate`'s to compare). Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from app.observability import tracing
 from app.settings import Settings
 from app.worker.tracing import start_tracing
 from sim.bench import voice_density
-from sim.bench.stats import emit
+from sim.bench.stats import CollectionTime, emit
 from sim.bench.throughput import PRODUCTION, measure
 from sim.harness import SimEnvironment
 from sim.scenario import Scenario
@@ -81,9 +85,35 @@ def instrument() -> None:
     otlp_exporter._encode = _timed("export.encode", otlp_exporter._encode)  # type: ignore[assignment]
 
 
-def share(cpu_s: float) -> dict[str, Any]:
-    traced_s = sum(spent.values()) / 1e9
+def clock_cost_ns(rounds: int = 20000) -> float:
+    """What one timed call counts that is the timing's own: the thread CPU clock is a
+    system call, and the end of one read and the start of the next fall inside the window."""
+    empty = _timed("calibration", lambda: None)
+    for _ in range(rounds):
+        empty()
+    cost = spent.pop("calibration") / calls.pop("calibration")
+    return cost
+
+
+def _collected(thread_ns: int) -> None:
+    """A collection run inside a timed call: the collector's, counted apart."""
+    if getattr(_inside, "depth", 0):
+        spent["collections inside"] += thread_ns
+        calls["collections inside"] += 1
+
+
+collections_time = CollectionTime(_collected)
+
+
+def share(cpu_s: float, clock_ns: float) -> dict[str, Any]:
+    inside_s = spent.pop("collections inside", 0) / 1e9
+    inside_n = calls.pop("collections inside", 0)
+    raw_s = sum(spent.values()) / 1e9
+    traced_s = raw_s - sum(calls.values()) * clock_ns / 1e9 - inside_s
     return {"cpu_s": round(cpu_s, 3), "tracing_cpu_s": round(traced_s, 4), "tracing_pct": traced_s / cpu_s * 100,
+            "uncorrected_pct": raw_s / cpu_s * 100, "clock_ns_per_call": round(clock_ns),
+            "collections_inside_s": round(inside_s, 4), "collections_inside": inside_n,
+            "collections_s": round(collections_time.ns / 1e9, 4), "collections": collections_time.collections,
             "by_entry_point_s": {k: round(v / 1e9, 4) for k, v in spent.most_common()},
             "calls": dict(calls)}
 
@@ -97,10 +127,11 @@ async def text(turns: int, provider: Any) -> dict[str, Any]:
         await asyncio.to_thread(provider.force_flush)
         spent.clear()
         calls.clear()
+        collections_time.ns = collections_time.collections = 0
         c0 = time.process_time()
         await measure(env, turns, 25, 16, False)
         await asyncio.to_thread(provider.force_flush)
-        figures = share(time.process_time() - c0)
+        figures = share(time.process_time() - c0, clock_cost_ns())
     return figures | {"turns": turns, "per_turn_us": figures["tracing_cpu_s"] / turns * 1e6}
 
 
@@ -113,10 +144,11 @@ def voice(sessions: int, seconds: float, provider: Any) -> dict[str, Any]:
             return await run_size(*args, **kwargs)  # the warm-up and the callers alone
         spent.clear()
         calls.clear()
+        collections_time.ns = collections_time.collections = 0
         c0 = time.process_time()
         result = await run_size(*args, **kwargs)
         await asyncio.to_thread(provider.force_flush)
-        measured.update(share(time.process_time() - c0), session_minutes=round(sessions * seconds / 60, 2))
+        measured.update(share(time.process_time() - c0, clock_cost_ns()), session_minutes=round(sessions * seconds / 60, 2))
         return result
 
     voice_density.run_size = counted  # type: ignore[assignment]
@@ -139,12 +171,16 @@ def main() -> None:
     if provider is None:
         raise SystemExit("tracing is off: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. to `uv run python -m sim.otlp_receiver`)")
     instrument()
+    collections_time.__enter__()
     figures: dict[str, Any] = {}
     figures["text"] = asyncio.run(text(args.turns, provider))
     print(f"text turns: {figures['text']['tracing_pct']:.2f} % of the process's CPU in tracing "
-          f"({figures['text']['per_turn_us']:.0f} µs per turn)", flush=True)
+          f"({figures['text']['per_turn_us']:.0f} µs per turn; {figures['text']['uncorrected_pct']:.2f} % "
+          f"before taking off {figures['text']['clock_ns_per_call']} ns of clock reads per timed call and "
+          f"{figures['text']['collections_inside_s']:.3f} s of collections inside them)", flush=True)
     figures["voice"] = voice(args.voice_sessions, args.voice_seconds, provider)
-    print(f"voice sessions: {figures['voice']['tracing_pct']:.2f} % of the process's CPU in tracing", flush=True)
+    print(f"voice sessions: {figures['voice']['tracing_pct']:.2f} % of the process's CPU in tracing "
+          f"({figures['voice']['uncorrected_pct']:.2f} % uncorrected)", flush=True)
     tracing.shutdown()
     emit(figures | {"text_tracing_pct": figures["text"]["tracing_pct"],
                     "voice_tracing_pct": figures["voice"]["tracing_pct"]})
