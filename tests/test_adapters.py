@@ -86,10 +86,13 @@ def test_nothing_is_installed_by_importing() -> None:
         from livekit.agents.telemetry import input_delta, pii
         from opentelemetry.exporter.otlp.proto.common import trace_encoder
         from opentelemetry.sdk.trace import Span
+        from livekit.agents.llm import LLMStream
+        from livekit.agents.voice import agent_activity
         def state():
             print(hasattr(completions.async_maybe_transform, "__wrapped__"), silero.active(), livekit_agents.active(),
                   hasattr(input_delta.compute, "__wrapped__"), hasattr(trace_encoder.encode_spans, "__wrapped__"),
-                  hasattr(pii.is_pii_attribute, "__wrapped__"), hasattr(Span.set_attribute, "__wrapped__"))
+                  hasattr(pii.is_pii_attribute, "__wrapped__"), hasattr(Span.set_attribute, "__wrapped__"),
+                  hasattr(LLMStream._attempt_span, "_app_original"), hasattr(agent_activity.dataclass, "_app_original"))
         state()
         from app.settings import Settings
         from app.worker.services import WorkerServices
@@ -103,7 +106,7 @@ def test_nothing_is_installed_by_importing() -> None:
     """)
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:2] == ["False " * 6 + "False", "True " * 6 + "True"], out.stdout
+    assert out.stdout.split("\n")[:2] == ["False " * 8 + "False", "True " * 8 + "True"], out.stdout
 
 
 def test_otlp_encoder_left_alone_on_another_version(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -138,3 +141,87 @@ def test_sdk_attribute_writes_left_alone_on_another_version(
     tracer = TracerProvider().get_tracer("livekit-agents")
     assert opentelemetry_sdk.lean(tracer) is tracer
     assert type(tracer.start_span("s")) is not opentelemetry_sdk.LeanSpan
+
+
+def test_livekits_per_turn_dataclasses_are_made_once_per_definition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`agent_activity` defines a dataclass inside the function every reply runs; its
+    decorator now returns the class made the first time for the same definition, and makes
+    a new one for anything else."""
+    import dataclasses
+
+    from livekit.agents.voice import agent_activity
+
+    install_adapters()
+    made: list[str] = []
+    process = dataclasses._process_class  # type: ignore[attr-defined]
+
+    def counted(cls: type, *args: object) -> type:
+        made.append(cls.__qualname__)
+        return process(cls, *args)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(dataclasses, "_process_class", counted)
+    decorate = agent_activity.dataclass  # type: ignore[attr-defined]
+
+    def segment(default: object = None) -> type:
+        @decorate
+        class _SpeechSegment:
+            text: str
+            tts: str | None = default  # type: ignore[assignment]
+
+        return _SpeechSegment
+
+    def other_body() -> type:
+        class _SpeechSegment:
+            text: int
+
+        _SpeechSegment.__qualname__ = first.__qualname__  # the same place, another definition
+        return decorate(_SpeechSegment)  # type: ignore[no-any-return]
+
+    first, again = segment(), segment()
+    assert first is again and made == ["test_livekits_per_turn_dataclasses_are_made_once_per_definition.<locals>."
+                                       "segment.<locals>._SpeechSegment"]
+    assert [f.name for f in dataclasses.fields(first)] == ["text", "tts"]
+    assert first("hi") == again("hi") and repr(first("hi")).endswith("_SpeechSegment(text='hi', tts=None)")
+    assert segment(default="x") is not first and segment(default="x") is segment(default="x")
+    assert other_body() is not first and [f.type for f in dataclasses.fields(other_body())] == ["int"]
+    assert segment(default=(1,)) is not segment(default=(1,))  # a default that is not plain: a new class each time
+    assert len(made) == 5  # first, default "x", the other body, and the tuple default twice
+
+    @decorate(frozen=True)
+    class WithOptions:
+        a: int
+
+    @decorate
+    class AtModuleLevelToo:  # a class statement of its own, not repeated: made as before
+        a: int
+
+    assert dataclasses.is_dataclass(WithOptions) and dataclasses.is_dataclass(AtModuleLevelToo)
+
+
+async def test_replies_make_no_dataclass_per_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text session's replies run `_pipeline_reply_task_impl` once per turn: after the
+    first, no dataclass is made."""
+    import dataclasses
+
+    from sim.bench.throughput import PRODUCTION, session_spec
+    from sim.harness import SimEnvironment, run_session
+    from sim.report import Checks
+    from sim.scenario import Scenario
+
+    install_adapters()
+    made: list[str] = []
+    process = dataclasses._process_class  # type: ignore[attr-defined]
+
+    def counted(cls: type, *args: object) -> type:
+        made.append(cls.__qualname__)
+        return process(cls, *args)  # type: ignore[no-any-return]
+
+    scenario = Scenario.model_validate({"name": "replies", "sessions": [{}]})
+    async with SimEnvironment(scenario, settings_overrides=PRODUCTION) as env:
+        checks = Checks()
+        await run_session(env, session_spec(0, 2, False), checks=checks)  # the first reply makes it
+        monkeypatch.setattr(dataclasses, "_process_class", counted)
+        outcome = await run_session(env, session_spec(1, 4, False), checks=checks)
+    assert not checks.failures, "\n".join(f.render() for f in checks.failures)
+    assert outcome.turns == 4
+    assert not [name for name in made if "_SpeechSegment" in name]

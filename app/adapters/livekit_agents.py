@@ -17,7 +17,13 @@ rule: `job._JobContextVar`, `trace_types.ATTR_GEN_AI_CONVERSATION_ID`), and sets
 closures of `voice.generation._llm_inference_task`, `_tts_inference_task` and
 `voice.agent_activity.AgentActivity.drain`; `_pii_end_filter`
 applies `pii._PIIFilteringSpanProcessor.on_end`'s rules through `pii._filter_events`,
-`pii._contains_pii`, `pii.filter_attributes` and `telemetry.utils.redaction_enabled`.
+`pii._contains_pii`, `pii.filter_attributes` and `telemetry.utils.redaction_enabled`;
+`_attempt_spans_on_failure` replaces `llm.LLMStream._attempt_span` (its caller
+`_main_task` only writes attributes to the span it yields) and reads the stream's
+`_llm_attempt_span_name` and `_llm`, making a failed first attempt's span as
+`_attempt_span` does (`gen_ai.set_request_attributes`, `telemetry.utils.record_exception`);
+`_reuse_local_dataclasses` replaces the `dataclass` name `voice.agent_activity` imported,
+which only the classes it defines inside functions still call after import.
 `install()` checks the installed version; when it differs, `active()` is False, agents
 get LiveKit's own `StreamAdapter` (`app.agents.audio.session_audio_models`) and the
 telemetry functions and LiveKit's tracer are left alone.
@@ -58,7 +64,13 @@ Around a lean tracer, LiveKit's tracer methods are called directly (`_direct_lea
 the same spans, attributes, statuses and exception events as its own wrapper, without
 binding each call's arguments to the SDK's signature and three nested generator context
 managers per span. One visible difference: a stack trace recorded for an exception (only
-exported when PII may be) no longer shows the tracer's own `yield span` frame.
+exported when PII may be) no longer shows the tracer's own `yield span` frame. And an LLM
+request's first attempt gets a span of its own (`llm_request_run`) only when it fails
+(`_attempt_spans_on_failure`): when it succeeds, that span would repeat the request's.
+
+Not tracing: every reply (`AgentActivity._pipeline_reply_task_impl`) defined and processed
+a dataclass anew, compiling three methods per turn; `_reuse_local_dataclasses` makes each
+such definition once per process.
 """
 
 from __future__ import annotations
@@ -129,6 +141,7 @@ def install() -> bool:
             _memoize_pii_keys()
             _lean_livekit_spans()
             _attempt_spans_on_failure()
+            _reuse_local_dataclasses()
     return _active
 
 
@@ -737,6 +750,60 @@ def _attempt_spans_on_failure() -> None:
 
     attempt_span._app_original = original  # type: ignore[attr-defined]
     LLMStream._attempt_span = attempt_span  # type: ignore[assignment]
+
+
+LOCAL_DATACLASSES_REMEMBERED = 64
+_ATOMIC = (type(None), bool, int, float, str)
+_CLASS_DICT_GIVEN = frozenset({"__module__", "__qualname__", "__annotations__", "__doc__", "__dict__", "__weakref__"})
+
+
+def _local_class_key(cls: type) -> tuple[Any, ...] | None:
+    """What defines a class made by a `class` statement inside a function: its place, bases,
+    annotations and plain defaults; None when anything else is in its body."""
+    namespace = cls.__dict__
+    extra = []
+    for name, value in namespace.items():
+        if name in _CLASS_DICT_GIVEN:
+            continue
+        if type(value) not in _ATOMIC:
+            return None
+        extra.append((name, type(value), value))
+    annotations = namespace.get("__annotations__", {})
+    if not all(type(a) is str for a in annotations.values()):
+        return None
+    return (cls.__module__, cls.__qualname__, cls.__bases__, tuple(annotations.items()), tuple(extra))
+
+
+def _reuse_local_dataclasses() -> None:
+    """`voice.agent_activity` (`from dataclasses import dataclass`) defines a dataclass inside
+    the function that runs every pipeline reply (`_SpeechSegment`) and the realtime one
+    (`_MsgOutput`): each turn the decorator writes and compiles the class's `__init__`,
+    `__repr__` and `__eq__` again, for a class whose definition never changes. Here the
+    module's `dataclass` keeps the first one made for each such definition (same place,
+    bases, string annotations and plain defaults) and returns it; anything else goes to
+    `dataclasses.dataclass` as before."""
+    from livekit.agents.voice import agent_activity
+
+    made = agent_activity.dataclass  # type: ignore[attr-defined]  # its import, not an export
+    if hasattr(made, "_app_original"):
+        return
+    kept: dict[tuple[Any, ...], Any] = {}
+
+    def dataclass(cls: Any = None, /, **kwargs: Any) -> Any:
+        if cls is None or kwargs or "<locals>" not in getattr(cls, "__qualname__", ""):
+            return made(cls, **kwargs) if cls is not None else made(**kwargs)
+        key = _local_class_key(cls)
+        if key is None:
+            return made(cls)
+        found = kept.get(key)
+        if found is None:
+            found = made(cls)
+            if len(kept) < LOCAL_DATACLASSES_REMEMBERED:
+                kept[key] = found
+        return found
+
+    dataclass._app_original = made  # type: ignore[attr-defined]
+    agent_activity.dataclass = dataclass  # type: ignore[attr-defined]
 
 
 PII_KEYS_REMEMBERED = 4096
