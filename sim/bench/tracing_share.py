@@ -171,14 +171,14 @@ def main() -> None:
     if provider is None:
         raise SystemExit("tracing is off: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. to `uv run python -m sim.otlp_receiver`)")
     instrument()
-    collections_time.__enter__()
     figures: dict[str, Any] = {}
-    figures["text"] = asyncio.run(text(args.turns, provider))
-    print(f"text turns: {figures['text']['tracing_pct']:.2f} % of the process's CPU in tracing "
-          f"({figures['text']['per_turn_us']:.0f} µs per turn; {figures['text']['uncorrected_pct']:.2f} % "
-          f"before taking off {figures['text']['clock_ns_per_call']} ns of clock reads per timed call and "
-          f"{figures['text']['collections_inside_s']:.3f} s of collections inside them)", flush=True)
-    figures["voice"] = voice(args.voice_sessions, args.voice_seconds, provider)
+    with collections_time:
+        figures["text"] = asyncio.run(text(args.turns, provider))
+        print(f"text turns: {figures['text']['tracing_pct']:.2f} % of the process's CPU in tracing "
+              f"({figures['text']['per_turn_us']:.0f} µs per turn; {figures['text']['uncorrected_pct']:.2f} % "
+              f"before taking off {figures['text']['clock_ns_per_call']} ns of clock reads per timed call and "
+              f"{figures['text']['collections_inside_s']:.3f} s of collections inside them)", flush=True)
+        figures["voice"] = voice(args.voice_sessions, args.voice_seconds, provider)
     print(f"voice sessions: {figures['voice']['tracing_pct']:.2f} % of the process's CPU in tracing "
           f"({figures['voice']['uncorrected_pct']:.2f} % uncorrected)", flush=True)
     tracing.shutdown()
