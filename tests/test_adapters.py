@@ -143,6 +143,21 @@ def test_sdk_attribute_writes_left_alone_on_another_version(
     assert type(tracer.start_span("s")) is not opentelemetry_sdk.LeanSpan
 
 
+def _count_dataclasses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The qualified names of the classes `dataclasses` processes from now on."""
+    import dataclasses
+
+    made: list[str] = []
+    process = dataclasses._process_class  # type: ignore[attr-defined]
+
+    def counted(cls: type, *args: object) -> type:
+        made.append(cls.__qualname__)
+        return process(cls, *args)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(dataclasses, "_process_class", counted)
+    return made
+
+
 def test_livekits_per_turn_dataclasses_are_made_once_per_definition(monkeypatch: pytest.MonkeyPatch) -> None:
     """`agent_activity` defines a dataclass inside the function every reply runs; its
     decorator now returns the class made the first time for the same definition, and makes
@@ -152,14 +167,7 @@ def test_livekits_per_turn_dataclasses_are_made_once_per_definition(monkeypatch:
     from livekit.agents.voice import agent_activity
 
     install_adapters()
-    made: list[str] = []
-    process = dataclasses._process_class  # type: ignore[attr-defined]
-
-    def counted(cls: type, *args: object) -> type:
-        made.append(cls.__qualname__)
-        return process(cls, *args)  # type: ignore[no-any-return]
-
-    monkeypatch.setattr(dataclasses, "_process_class", counted)
+    made = _count_dataclasses(monkeypatch)
     decorate = agent_activity.dataclass  # type: ignore[attr-defined]
 
     def segment(default: object = None) -> type:
@@ -187,40 +195,38 @@ def test_livekits_per_turn_dataclasses_are_made_once_per_definition(monkeypatch:
     assert segment(default=(1,)) is not segment(default=(1,))  # a default that is not plain: a new class each time
     assert len(made) == 5  # first, default "x", the other body, and the tuple default twice
 
-    @decorate(frozen=True)
-    class WithOptions:
-        a: int
+    def with_options() -> type:
+        @decorate(frozen=True)
+        class WithOptions:
+            a: int
 
-    @decorate
-    class AtModuleLevelToo:  # a class statement of its own, not repeated: made as before
-        a: int
+        return WithOptions
 
-    assert dataclasses.is_dataclass(WithOptions) and dataclasses.is_dataclass(AtModuleLevelToo)
+    def module_level() -> type:
+        class AtModuleLevel:
+            a: int
+
+        AtModuleLevel.__qualname__ = "AtModuleLevel"  # a class statement of a module's own: run once
+        return decorate(AtModuleLevel)  # type: ignore[no-any-return]
+
+    assert with_options() is not with_options() and module_level() is not module_level()
+    assert len(made) == 9 and dataclasses.is_dataclass(with_options())
 
 
 async def test_replies_make_no_dataclass_per_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     """A text session's replies run `_pipeline_reply_task_impl` once per turn: after the
     first, no dataclass is made."""
-    import dataclasses
-
     from sim.bench.throughput import PRODUCTION, session_spec
     from sim.harness import SimEnvironment, run_session
     from sim.report import Checks
     from sim.scenario import Scenario
 
     install_adapters()
-    made: list[str] = []
-    process = dataclasses._process_class  # type: ignore[attr-defined]
-
-    def counted(cls: type, *args: object) -> type:
-        made.append(cls.__qualname__)
-        return process(cls, *args)  # type: ignore[no-any-return]
-
     scenario = Scenario.model_validate({"name": "replies", "sessions": [{}]})
     async with SimEnvironment(scenario, settings_overrides=PRODUCTION) as env:
         checks = Checks()
         await run_session(env, session_spec(0, 2, False), checks=checks)  # the first reply makes it
-        monkeypatch.setattr(dataclasses, "_process_class", counted)
+        made = _count_dataclasses(monkeypatch)
         outcome = await run_session(env, session_spec(1, 4, False), checks=checks)
     assert not checks.failures, "\n".join(f.render() for f in checks.failures)
     assert outcome.turns == 4
