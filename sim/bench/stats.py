@@ -29,7 +29,7 @@ def emit(figures: dict[str, Any]) -> None:
 class CollectionTime:
     """CPU time the cyclic garbage collector takes while installed (`with`), by the clock of
     the thread each collection runs on. A full collection over a busy heap is a large,
-    irregular lump: set apart, what it adds to a block no longer hides a few per cent.
+    irregular lump, so a comparison is worth making with and without it.
     `during(thread_ns)` is called with each collection's time, on its thread."""
 
     def __init__(self, during: Callable[[int], None] | None = None) -> None:

@@ -30,7 +30,8 @@ both. Ends with `alternating_text_overhead_pct`, the median of the pairs' overhe
 the same without the cyclic garbage collector's time on either side
 (`alternating_overhead_outside_collections_pct`), with the collector's own time per turn
 off and on (medians): a full collection over the sessions' heap is one lump of a large
-fraction of a second, two or three per block, which moves a pair by more than tracing costs.
+fraction of a second, two or three per block; set apart, the rest shows how much of the
+pairs' scatter was the collector's.
 """
 
 from __future__ import annotations
