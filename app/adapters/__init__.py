@@ -11,7 +11,9 @@ in place and logs one warning. Nothing is patched or enabled on import:
 - `livekit_agents`: `stt.StreamAdapter` segmenting on that one VAD stream
   (`SegmentingSTT`); no chat-context JSON for a trace span whose PII filter would drop it;
   the PII filter's key test answered once per key; LiveKit's tracer starting lean spans
-  through direct calls, its PII filter applied to them as their batch is encoded.
+  through direct calls, its PII filter applied to them as their batch is encoded; an LLM
+  request's first attempt given a span of its own only when it fails; the dataclass
+  LiveKit defines inside its per-reply function made once per process.
 - `opentelemetry_sdk`: a span's scalar attribute stored without the library's two locks
   and re-check where they cannot change the outcome; lean spans (plain maps, one context
   manager object, filtered and encoded on the export thread) where every processor of the

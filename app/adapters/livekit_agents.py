@@ -653,7 +653,6 @@ class _FirstAttempt(trace.Span):
         self.request = request
         self.start_time = time.time_ns()
         self.attributes: dict[str, otel_types.AnyValue] = {}
-        self.events: list[tuple[str, Attributes, int | None]] = []
 
     def __enter__(self) -> _FirstAttempt:
         return self
@@ -678,7 +677,7 @@ class _FirstAttempt(trace.Span):
             self.set_attribute(key, value)
 
     def add_event(self, name: str, attributes: Attributes = None, timestamp: int | None = None) -> None:
-        self.events.append((name, attributes, timestamp))
+        raise NotImplementedError("LiveKit 1.8.9 adds no event to an attempt's span")
 
     def get_span_context(self) -> trace.SpanContext:
         return self.request.get_span_context()
@@ -700,11 +699,8 @@ class _FirstAttempt(trace.Span):
         raise NotImplementedError("LiveKit 1.8.9 ends an attempt's span through its tracer")
 
     def _write(self, span: trace.Span) -> None:
-        if span.is_recording():  # the request's span may have ended (a cancelled stream)
-            if self.attributes:
-                span.set_attributes(self.attributes)
-            for name, attributes, timestamp in self.events:
-                span.add_event(name, attributes, timestamp)
+        if self.attributes and span.is_recording():  # the request's span may have ended (a cancelled stream)
+            span.set_attributes(self.attributes)
 
     def succeeded(self) -> None:
         self._write(self.request)
