@@ -495,11 +495,13 @@ def test_webhooks_add_see_deliveries_resend_rotate_disable_delete(server: Consol
 # ------------------------------------------------------------------ sessions
 
 
-def _store_sessions(server: ConsoleServer) -> None:
+def _store_sessions(server: ConsoleServer) -> datetime:
+    """Seed three sessions starting an hour ago; returns that start, whose UTC day may be yesterday's."""
+    t0 = datetime.now(UTC) - timedelta(hours=1)
+
     async def create() -> None:
         store = server.store
         assert store is not None
-        t0 = datetime.now(UTC) - timedelta(hours=1)
         await store.start_session(SessionRecord(
             session_id="sess-interview-1", room="interview-agent-v1-a1b2", agent_id="interview-agent-v1",
             config_version=1, user_id="cand-42", started_at=t0, route_reason="purpose 'interview'",
@@ -563,6 +565,7 @@ def _store_sessions(server: ConsoleServer) -> None:
         ))
 
     server.run(create())
+    return t0
 
 
 def test_sessions_list_filters_and_transcript(server: ConsoleServer, page: Any) -> None:
@@ -645,7 +648,7 @@ def test_sessions_list_filters_and_transcript(server: ConsoleServer, page: Any) 
 
 
 def test_usage_page_sums_per_agent_and_day_and_lists_prices(server: ConsoleServer, page: Any) -> None:
-    _store_sessions(server)
+    t0 = _store_sessions(server)
     page.goto("/usage")
     table = page.get_by_role("table", name=re.compile("^Usage"))
     expect(table.get_by_role("row")).to_have_count(4)  # header + three agents
@@ -658,8 +661,9 @@ def test_usage_page_sums_per_agent_and_day_and_lists_prices(server: ConsoleServe
     screenshot(page, "11-usage", full_page=True)
 
     page.get_by_role("checkbox", name="Day").check()
-    today = datetime.now(UTC).strftime("%Y-%m-%d")
-    expect(table.get_by_role("row").filter(has_text="support-agent-v1")).to_contain_text(today)
+    # the UTC day the support session started, not today's: between 00:00 and 01:10 UTC they differ
+    support_day = (t0 + timedelta(minutes=10)).strftime("%Y-%m-%d")
+    expect(table.get_by_role("row").filter(has_text="support-agent-v1")).to_contain_text(support_day)
     expect(page).to_have_url(re.compile(r"group_by=agent%2Cday"))
     page.get_by_role("checkbox", name="Agent").uncheck()
     page.get_by_role("checkbox", name="Day").uncheck()
