@@ -158,7 +158,12 @@ class Settings(BaseSettings):
         "the app (fly.io: Fly-Client-IP). The token rate limit counts per value of it; unset, "
         "per peer address (behind a proxy: every caller shares the proxy's one limit).",
     )
-    cache_poll_interval: float = Field(0.5, gt=0, le=5.0)
+    cache_poll_interval: float = Field(
+        0.25, gt=0, le=5.0,
+        description="Seconds between the config cache's checks of the store's change counter: "
+        "how soon another process's config write reaches this one's next session (one cheap "
+        "read per check).",
+    )
     session_heartbeat_interval: float = Field(
         15.0, gt=0, le=300,
         description="Seconds between this process's heartbeats on the sessions it runs.",

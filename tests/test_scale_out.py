@@ -156,7 +156,7 @@ def test_a_write_through_one_process_reaches_the_other_within_1s(
                 f"\n[{shared_database.split(':')[0]}] round {rnd}: PATCH took {(t_committed - t_send) * 1000:.0f} ms, "
                 f"B saw v{new_version} {latency * 1000:.0f} ms after A answered"
             )
-            time.sleep(0.05 * rnd)  # vary the phase against B's 0.5 s poll
+            time.sleep(0.05 * rnd)  # vary the phase against B's poll (CACHE_POLL_INTERVAL)
         print(
             f"[{shared_database.split(':')[0]}] propagation A->B: median {statistics.median(latencies) * 1000:.0f} ms, "
             f"max {max(latencies) * 1000:.0f} ms over {ROUNDS} writes (budget {BUDGET_S * 1000:.0f} ms)"

@@ -55,7 +55,7 @@ from sim.harness import SimEnvironment, run_session
 from sim.report import Checks
 from sim.scenario import Scenario, SessionSpec
 
-PRODUCTION = {"cache_poll_interval": 0.5}
+PRODUCTION = {"cache_poll_interval": Settings.model_fields["cache_poll_interval"].default}
 
 
 def session_spec(index: int, turns: int, tool: bool) -> SessionSpec:
