@@ -1,11 +1,13 @@
-"""Tiny helpers shared by the sim benchmarks: percentiles, the collector's time and the
-closing JSON line."""
+"""Tiny helpers shared by the sim benchmarks: percentiles, a median's interval, the
+collector's time and the closing JSON line."""
 
 from __future__ import annotations
 
 import gc
 import json
 import math
+import random
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +21,17 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95, rounds: int = 10000) -> tuple[float, float]:
+    """A bootstrap interval for the median of `values` (resampled with replacement, a fixed
+    seed so a run's figures can be printed again): how far a run's median could move."""
+    if not values:
+        raise ValueError("no samples")
+    draw = random.Random(0)
+    medians = sorted(statistics.median(draw.choices(values, k=len(values))) for _ in range(rounds))
+    tail = (1 - confidence) / 2
+    return medians[int(tail * rounds)], medians[min(rounds - 1, int((1 - tail) * rounds))]
 
 
 def emit(figures: dict[str, Any]) -> None:

@@ -26,7 +26,8 @@ concurrency 16, LiveKit's tracer switched between the provider and none from blo
 block (off-on, then on-off, ...), each "on" block's spans exported within its CPU time.
 Both sides share the process, its heap and the hour's neighbours, which two processes
 side by side do not; the platform's own spans (one `call` span per session) stay on in
-both. Ends with `alternating_text_overhead_pct`, the median of the pairs' overheads, and
+both. Ends with `alternating_text_overhead_pct`, the median of the pairs' overheads (and a
+bootstrap interval for it, `alternating_median_interval_pct`), and
 the same without the cyclic garbage collector's time on either side
 (`alternating_overhead_outside_collections_pct`), with the collector's own time per turn
 off and on (medians): a full collection over the sessions' heap is one lump of a large
@@ -50,7 +51,7 @@ from opentelemetry.trace import NoOpTracerProvider
 from app.observability import tracing
 from app.settings import Settings
 from app.worker.tracing import start_tracing
-from sim.bench.stats import CollectionTime, emit
+from sim.bench.stats import CollectionTime, emit, median_interval
 from sim.harness import SimEnvironment, run_session
 from sim.report import Checks
 from sim.scenario import Scenario, SessionSpec
@@ -171,7 +172,11 @@ async def alternate(total_turns: int, per_session: int, pairs: int, provider: Tr
                   f"{gc_us[False][-1]:.0f} and {gc_us[True][-1]:.0f} µs per turn, the rest {without_gc[-1]:+.1f} %",
                   flush=True)
         traces.tracer.set_provider(provider)
+    low, high = median_interval(overheads)
+    print(f"median {statistics.median(overheads):+.1f} % (95 % bootstrap interval {low:+.1f} to {high:+.1f} %); "
+          f"outside collections {statistics.median(without_gc):+.1f} %", flush=True)
     return {"alternating_text_overhead_pct": statistics.median(overheads),
+            "alternating_median_interval_pct": [round(low, 1), round(high, 1)],
             "alternating_pairs_pct": [round(x, 1) for x in overheads],
             "alternating_overhead_outside_collections_pct": statistics.median(without_gc),
             "outside_collections_pairs_pct": [round(x, 1) for x in without_gc],
