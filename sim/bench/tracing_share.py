@@ -2,7 +2,7 @@
 entry points over the process's CPU time, for text turns and for voice sessions; for text
 turns also what tracing adds, on against off.
 
-Run: `OTEL_EXPORTER_OTLP_ENDPOINT=<receiver> uv run python -m sim.bench.tracing_share [--turns 1200] [--voice-seconds 40]`
+Run: `OTEL_EXPORTER_OTLP_ENDPOINT=<receiver> uv run python -m sim.bench.tracing_share [--turns 1200] [--blocks 6] [--voice-seconds 40]`
 (a receiver: `uv run python -m sim.otlp_receiver`, which prints its endpoint)
 
 The entry points, timed by each thread's own CPU clock, the outermost call only:
