@@ -87,7 +87,7 @@ from app.worker.services import WorkerServices
 from app.worker.session_start import prepare_session
 from app.worker.silence import attach_silence_reprompt
 from app.worker.tracing import start_tracing
-from sim.bench.stats import emit, percentile
+from sim.bench.stats import emit, median_interval, percentile
 from sim.fake_openai import FakeOpenAI, ScriptedText
 from sim.voice.audio import FIXTURES, INPUT_RATE, load_fixture, resample
 from sim.voice.clock import SimClock
@@ -482,7 +482,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                baseline_rss=baseline, rate=rate)
             overheads = await toggler
             show(r)
+            low, high = median_interval(overheads)
+            print(f"median {statistics.median(overheads):+.1f} % over {len(overheads)} pairs "
+                  f"(95 % bootstrap interval {low:+.1f} to {high:+.1f} %)", flush=True)
             return {"alternating_voice_overhead_pct": statistics.median(overheads),
+                    "alternating_median_interval_pct": [round(low, 1), round(high, 1)],
                     "alternating_pairs_pct": [round(x, 1) for x in overheads], "n": n,
                     "window_s": args.alternate, "realtime": f"{r['realtime_sessions']}/{n}", "turns": r["turns"],
                     "loadavg_1m": os.getloadavg()[0]}
