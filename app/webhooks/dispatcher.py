@@ -239,8 +239,10 @@ class Dispatcher:
                     if not outcome.ok:
                         span.set_status(StatusCode.ERROR, outcome.error or f"HTTP {outcome.status_code}")
                 metrics.WEBHOOK_ATTEMPT_SECONDS.observe(time.perf_counter() - started)
-            kind = await self._record(hook, delivery, outcome, retry=event is not None)
+            kind, recorded = await self._record(hook, delivery, outcome, retry=event is not None)
             metrics.WEBHOOK_ATTEMPTS.labels(event.type if event is not None else "unknown", kind).inc()
+            if recorded and outcome.gone:
+                await self._disable_gone(hook)
         except StoreUnavailable as e:
             log.warning("webhooks: delivery %s: outcome not recorded (%s); retried after its lease", delivery.id,
                         e.message)
@@ -251,8 +253,11 @@ class Dispatcher:
         finally:
             self.wake()  # a slot is free
 
-    async def _record(self, hook: StoredWebhook, delivery: Delivery, outcome: Outcome, *, retry: bool) -> str:
-        """Store the attempt's outcome; returns its kind (the metric's `outcome` label)."""
+    async def _record(
+        self, hook: StoredWebhook, delivery: Delivery, outcome: Outcome, *, retry: bool
+    ) -> tuple[str, bool]:
+        """Store the attempt's outcome; returns its kind (the metric's `outcome` label) and
+        whether it was stored (False: the lease was lost to another dispatcher)."""
         now = utcnow()
         kind = "delivered" if outcome.ok else "gone" if outcome.gone else "retrying"
         values: dict[str, object] = {"last_status_code": outcome.status_code, "last_error": outcome.error}
@@ -271,8 +276,16 @@ class Dispatcher:
                             delivery.id, delivery.event_id, hook.id, delivery.attempts, outcome.error)
         if not await self.store.finish_delivery(delivery.id, self.owner, delivery.attempts, **values):
             log.info("webhooks: delivery %s: lease lost before the outcome was recorded", delivery.id)
-            return kind
-        if outcome.gone:
-            log.warning("webhooks: endpoint %s answered 410 Gone: disabled", hook.id)
+            return kind, False
+        return kind, True
+
+    async def _disable_gone(self, hook: StoredWebhook) -> None:
+        """After the 410's outcome is stored and counted: a store outage here leaves the
+        endpoint enabled, and its next 410 disables it."""
+        try:
             await self.store.disable_webhook(hook.id, "the receiver answered 410 Gone")
-        return kind
+        except StoreUnavailable as e:
+            log.warning("webhooks: endpoint %s answered 410 Gone but was not disabled (%s); its next 410 will",
+                        hook.id, e.message)
+            return
+        log.warning("webhooks: endpoint %s answered 410 Gone: disabled", hook.id)

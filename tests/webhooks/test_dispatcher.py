@@ -196,6 +196,40 @@ async def test_410_disables_the_endpoint(store, receiver, dispatcher_factory):
     assert events[0].data["change"] == "disabled"
 
 
+async def test_a_410_whose_endpoint_cannot_be_disabled_is_still_recorded_and_counted(
+    store, receiver, dispatcher_factory, monkeypatch, caplog
+):
+    """The outcome is stored before the endpoint is disabled: a store outage in between
+    leaves the endpoint enabled (its next 410 disables it), not the attempt unrecorded."""
+    from app.domain import StoreUnavailable
+    from tests.webhooks.test_observability import attempts, counted, samples
+
+    receiver.default = Behaviour(status=410)
+    hook = await subscribe(store, receiver.url, ["session.started"])
+    real = store.disable_webhook
+
+    async def down(webhook_id: str, reason: str) -> None:
+        raise StoreUnavailable("database unreachable")
+
+    monkeypatch.setattr(store, "disable_webhook", down)
+    before = samples()
+    dispatcher_factory()
+    await store.start_session(SessionRecord(session_id="s-1", room="r", agent_id="a"))
+    (d,) = await wait_status(store, hook.id, DeliveryStatus.failed, 1)
+    assert d.last_status_code == 410
+    assert attempts(before, await counted(before, "gone", 1), "gone") == 1
+    assert (await store.get_webhook(hook.id)).enabled
+    assert "was not disabled" in caplog.text and "outcome not recorded" not in caplog.text
+
+    monkeypatch.setattr(store, "disable_webhook", real)
+    await store.start_session(SessionRecord(session_id="s-2", room="r", agent_id="a"))
+    await wait_status(store, hook.id, DeliveryStatus.failed, 2)
+    deadline = asyncio.get_running_loop().time() + 5
+    while (await store.get_webhook(hook.id)).enabled and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    assert not (await store.get_webhook(hook.id)).enabled
+
+
 async def test_failed_after_the_window_and_kept_then_resent(store, receiver, dispatcher_factory):
     receiver.default = Behaviour(status=500)
     hook = await subscribe(store, receiver.url, ["session.started"])

@@ -4,6 +4,9 @@ process-wide)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -25,6 +28,15 @@ def attempts(before: dict, after: dict, outcome: str) -> float:  # type: ignore[
     return after.get(key, 0.0) - before.get(key, 0.0)
 
 
+async def counted(before: dict, outcome: str, n: float, timeout: float = 5.0) -> dict:  # type: ignore[type-arg]
+    """The samples once `n` attempts of `outcome` are counted: the dispatcher counts an attempt
+    just after storing its outcome, so a reader of the store can get there first."""
+    deadline = time.monotonic() + timeout
+    while (after := samples()) and attempts(before, after, outcome) < n and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return after
+
+
 async def test_attempts_and_outcomes_are_counted(store, receiver, dispatcher_factory):
     receiver.script = [500, 500]
     hook = await subscribe(store, receiver.url, ["session.started"])
@@ -32,7 +44,7 @@ async def test_attempts_and_outcomes_are_counted(store, receiver, dispatcher_fac
     dispatcher = dispatcher_factory()
     await store.start_session(SessionRecord(session_id="s-1", room="r", agent_id="a"))
     await wait_status(store, hook.id, DeliveryStatus.succeeded, 1)
-    after = samples()
+    after = await counted(before, "delivered", 1)
     assert attempts(before, after, "retrying") == 2
     assert attempts(before, after, "delivered") == 1
     count = ("webhook_delivery_attempt_seconds_count", frozenset())
@@ -52,4 +64,4 @@ async def test_a_410_counts_as_gone(store, receiver, dispatcher_factory):
     dispatcher_factory()
     await store.start_session(SessionRecord(session_id="s-1", room="r", agent_id="a"))
     await wait_status(store, hook.id, DeliveryStatus.failed, 1)
-    assert attempts(before, samples(), "gone") == 1
+    assert attempts(before, await counted(before, "gone", 1), "gone") == 1
