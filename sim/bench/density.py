@@ -40,15 +40,13 @@ from typing import Any
 
 import psutil
 
-from app.settings import Settings
 from sim.bench.stats import emit
+from sim.bench.throughput import PRODUCTION
 from sim.harness import SessionHandle, SessionHooks, SimEnvironment, run_session
 from sim.report import Checks
 from sim.scenario import Scenario, SessionSpec
 
 MB = 1024 * 1024
-PRODUCTION = {"cache_poll_interval": Settings.model_fields["cache_poll_interval"].default}
-"""The worker's cache poll, not the sim's 50 ms (which exists for outage scenarios)."""
 WAVE = 10
 """Job processes started at a time in PROCESS mode."""
 

@@ -233,15 +233,13 @@ async def main(sessions: int, clients: int, duration: float, turns: int = 6,
                think: tuple[float, float] = (1.0, 4.0)) -> dict[str, Any]:
     from app.api.app import create_app
     from app.domain import AgentConfigInput
-    from app.settings import Settings
     from sim.bench.api import _serve
+    from sim.bench.throughput import PRODUCTION
     from sim.harness import SimEnvironment
     from sim.scenario import Scenario
 
     scenario = Scenario.model_validate({"name": "load", "sessions": [{}]})
-    # production's cache poll (the sim's default, 0.05 s, is tuned for fast outage tests)
-    async with SimEnvironment(scenario, settings_overrides={
-        "cache_poll_interval": Settings.model_fields["cache_poll_interval"].default}) as env:
+    async with SimEnvironment(scenario, settings_overrides=PRODUCTION) as env:
         await env.raw_store.create_agent_config(AgentConfigInput.model_validate({
             "agent_id": BENCH_AGENT, "name": "Load bench target", "prompt_config": {"instructions": "Bench."},
         }))

@@ -57,6 +57,7 @@ from sim.report import Checks
 from sim.scenario import Scenario, SessionSpec
 
 PRODUCTION = {"cache_poll_interval": Settings.model_fields["cache_poll_interval"].default}
+"""The worker's cache poll, not the sim's 50 ms (which exists for outage scenarios)."""
 
 
 def session_spec(index: int, turns: int, tool: bool) -> SessionSpec:

@@ -32,8 +32,10 @@ async def counted(before: dict, outcome: str, n: float, timeout: float = 5.0) ->
     """The samples once `n` attempts of `outcome` are counted: the dispatcher counts an attempt
     just after storing its outcome, so a reader of the store can get there first."""
     deadline = time.monotonic() + timeout
-    while (after := samples()) and attempts(before, after, outcome) < n and time.monotonic() < deadline:
+    after = samples()
+    while attempts(before, after, outcome) < n and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
+        after = samples()
     return after
 
 
